@@ -1,0 +1,155 @@
+"""Bulk stock sync (DESIGN.md §3): start → fetch pages (fan-out) → apply each page → finish.
+
+Actors are thin: they decode the message, call the code that does the work (``db.snapshot``,
+``db.syncs``, ``clients.backmarket``) and enqueue what follows.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import datetime, timedelta, timezone
+
+import dramatiq
+
+from actors.retry import MalformedMessage, transient_only
+from db import syncs
+from db.snapshot import PageItem, apply_page, ensure_marketplace
+from workers import runtime, sync_stats
+from workers.clients import backmarket_client
+from workers.failures import on_dead_letter
+from workers.settings import get_settings
+
+#: The marketplaces this pipeline can sync.
+MARKETPLACES = {"backmarket": "Back Market"}
+SYNC_KIND = "stock"
+
+
+def sync_policy() -> syncs.SyncPolicy:
+    """Cooldowns and staleness of stock syncs, from the settings."""
+    settings = get_settings()
+    return syncs.SyncPolicy(settings.sync_cooldown_scheduled_s, settings.sync_cooldown_manual_s,
+                            settings.sync_stale_after_s)
+
+
+def check_marketplace(marketplace: str) -> str:
+    """Return ``marketplace`` if this pipeline knows it; raise a clear error otherwise."""
+    if marketplace not in MARKETPLACES:
+        raise MalformedMessage(f"unknown marketplace {marketplace!r}: expected one of {', '.join(MARKETPLACES)}")
+    return marketplace
+
+
+def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> int:
+    """Open a sync run (lock + cooldown) and enqueue its first page; return the run id.
+
+    Raises :class:`db.syncs.SyncRefused` when a run is going on or the cooldown has not passed.
+    """
+    check_marketplace(marketplace)
+    with runtime.sessions()() as session:
+        ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
+        session.commit()
+        run = syncs.begin_run(session, kind=SYNC_KIND, target=marketplace, trigger=trigger, policy=sync_policy(),
+                              force=force)
+    fetch_listings_page.send(run.id, 1, marketplace)
+    return run.id
+
+
+@dramatiq.actor(queue_name="stock-sync", max_retries=3, min_backoff=1000, max_backoff=30000)
+def start_stock_sync(marketplace: str, force: bool = False, trigger: str = "scheduled") -> int | None:
+    """Start a stock sync of ``marketplace`` unless one runs or the cooldown has not passed."""
+    try:
+        return begin_stock_sync(marketplace, trigger=trigger, force=force)
+    except syncs.SyncRefused as refused:
+        dramatiq.get_logger(__name__).info("stock sync of %s not started: %s", marketplace, refused.reason)
+        return None
+
+
+@dramatiq.actor(queue_name="stock-fetch", retry_when=transient_only(5), min_backoff=2000, max_backoff=60000,
+                max_age=6 * 3600 * 1000, time_limit=10 * 60 * 1000)
+async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket") -> None:
+    """Fetch one listings page; page 1 fans out every other page; hand the items to apply."""
+    check_marketplace(marketplace)
+    settings = get_settings()
+    redis = runtime.async_redis()
+    first_fetch = await redis.set(sync_stats.page_key(settings.redis_namespace, sync_id, page), 1,
+                                  nx=True, ex=sync_stats.STATS_TTL_S)
+    records = []
+    try:
+        result = await backmarket_client(on_request=records.append).get_listings_page(
+            page, settings.backmarket_page_size)
+    finally:
+        await sync_stats.add(redis, settings.redis_namespace, sync_id,
+                             sync_stats.count_attempts(records, first_is_retry=not first_fetch))
+    # The snapshot is as of the moment the successful request left, not when its answer arrived.
+    fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
+    total_pages = max(1, math.ceil(result.count / settings.backmarket_page_size))
+    if page == 1 and total_pages > 1:
+        # Fan out at once: the fleet-wide limiter, not a chain, paces the fetches.
+        await asyncio.to_thread(_enqueue_pages, sync_id, range(2, total_pages + 1), marketplace)
+    items = [{"id": item.id, "listing_id": item.listing_id, "sku": item.sku, "title": item.title,
+              "quantity": item.quantity, "publication_state": item.publication_state, "price": item.price,
+              "currency": item.currency} for item in result.results]
+    await asyncio.to_thread(
+        apply_listings_batch.send, sync_id, page, fetched_at.isoformat(), items, marketplace,
+        total_pages if page == 1 else None, result.count if page == 1 else None)
+
+
+def _enqueue_pages(sync_id: int, pages, marketplace: str) -> None:
+    broker = fetch_listings_page.broker
+    for page in pages:
+        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace))
+
+
+def page_items(items: list) -> list[PageItem]:
+    """Decode a message's items; raise :class:`MalformedMessage` naming the bad item and field."""
+    if not isinstance(items, list):
+        raise MalformedMessage(f"items must be a list, got {type(items).__name__}")
+    decoded = []
+    for index, item in enumerate(items):
+        try:
+            quantity = item["quantity"]
+            if not isinstance(quantity, int) or isinstance(quantity, bool):
+                raise ValueError(f"quantity must be an integer, got {quantity!r}")
+            if not isinstance(item["id"], str) or not item["id"]:
+                raise ValueError(f"id must be a non-empty string, got {item['id']!r}")
+            if not isinstance(item["sku"], str) or not item["sku"]:
+                raise ValueError(f"sku must be a non-empty string, got {item['sku']!r}")
+            decoded.append(PageItem(external_id=item["id"], legacy_id=item.get("listing_id"), sku=item["sku"],
+                                    title=item.get("title"), quantity=quantity,
+                                    publication_state=item.get("publication_state"), price=item.get("price"),
+                                    currency=item.get("currency")))
+        except (KeyError, TypeError, ValueError) as error:
+            what = f"missing field {error}" if isinstance(error, KeyError) else str(error)
+            raise MalformedMessage(f"item {index} of the page is malformed: {what}") from None
+    return decoded
+
+
+@dramatiq.actor(queue_name="stock-apply", retry_when=transient_only(8), min_backoff=500, max_backoff=30000,
+                max_age=6 * 3600 * 1000)
+def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, marketplace: str = "backmarket",
+                         total_pages: int | None = None, total_items: int | None = None) -> None:
+    """Apply one page in one transaction; the last page closes the run."""
+    check_marketplace(marketplace)
+    try:
+        fetched = datetime.fromisoformat(fetched_at)
+    except (TypeError, ValueError):
+        raise MalformedMessage(f"fetched_at must be an ISO 8601 time, got {fetched_at!r}") from None
+    decoded = page_items(items)
+    with runtime.sessions()() as session:
+        marketplace_id = ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
+        result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=page, fetched_at=fetched,
+                            items=decoded, total_pages=total_pages, total_items=total_items)
+        session.commit()
+        if result.finished:
+            settings = get_settings()
+            counts = sync_stats.read(runtime.sync_redis(), settings.redis_namespace, sync_id)
+            syncs.add_counts(session, sync_id, **counts)
+            session.commit()
+
+
+@on_dead_letter("fetch_listings_page")
+@on_dead_letter("apply_listings_batch")
+def _fail_sync_run(message: dramatiq.Message, error: str) -> None:
+    sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
+    page = message.args[1] if len(message.args) > 1 else message.kwargs.get("page")
+    with runtime.sessions()() as session:
+        syncs.fail_run(session, int(sync_id), f"page {page} failed for good ({message.actor_name}): {error}")

@@ -1,0 +1,173 @@
+"""SQLAlchemy 2 typed models: the schema of DESIGN.md §4.
+
+Schema changes go through Alembic (``db/migrations``); these models are the typed view of it.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, func, text)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every stocksync table."""
+
+
+class Marketplace(Base):
+    """A store the seller lists on (Back Market, Refurbed, ...)."""
+
+    __tablename__ = "marketplaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Variation(Base):
+    """A sellable variation, keyed by the seller's SKU; ``total_stock`` sums its marketplaces."""
+
+    __tablename__ = "variations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sku: Mapped[str] = mapped_column(String(200), unique=True)
+    title: Mapped[str | None] = mapped_column(Text)
+    total_stock: Mapped[int] = mapped_column(Integer, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Listing(Base):
+    """A marketplace listing as last seen by a sync."""
+
+    __tablename__ = "listings"
+    __table_args__ = (UniqueConstraint("marketplace_id", "external_id"),
+                      Index("ix_listings_marketplace_sync", "marketplace_id", "last_seen_sync_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    marketplace_id: Mapped[int] = mapped_column(ForeignKey("marketplaces.id"))
+    #: The marketplace's preferred id (Back Market: the listing UUID).
+    external_id: Mapped[str] = mapped_column(String(64))
+    #: The marketplace's legacy integer id (Back Market ``listing_id``).
+    legacy_id: Mapped[int | None] = mapped_column(BigInteger)
+    variation_id: Mapped[int] = mapped_column(ForeignKey("variations.id"), index=True)
+    sku: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(Text)
+    publication_state: Mapped[int | None] = mapped_column(Integer)
+    #: Price per country, e.g. ``{"fr-fr": {"price": "160.99", "currency": "EUR"}}``.
+    prices: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    #: The quantity the marketplace reported on the last sync that saw this listing.
+    api_quantity: Mapped[int | None] = mapped_column(Integer)
+    last_seen_sync_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set when a complete sync did not see the listing any more.
+    missing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class MarketplaceStock(Base):
+    """Stock of one variation on one marketplace; every change has a ledger row."""
+
+    __tablename__ = "marketplace_stock"
+    __table_args__ = (UniqueConstraint("variation_id", "marketplace_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    variation_id: Mapped[int] = mapped_column(ForeignKey("variations.id"))
+    marketplace_id: Mapped[int] = mapped_column(ForeignKey("marketplaces.id"), index=True)
+    #: Listed quantity (may go below zero on an oversell; never clamped).
+    listed: Mapped[int] = mapped_column(Integer, server_default="0")
+    locked: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_api_quantity: Mapped[int | None] = mapped_column(Integer)
+    last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    @property
+    def available(self) -> int:
+        """What can be sold: listed minus locked."""
+        return self.listed - self.locked
+
+
+class StockLedger(Base):
+    """One row per change of a stock row: ``after`` of a row is ``before`` of the next."""
+
+    __tablename__ = "stock_ledger"
+    __table_args__ = (Index("ix_stock_ledger_stock_event", "stock_id", "event_time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stock_id: Mapped[int] = mapped_column(ForeignKey("marketplace_stock.id"))
+    variation_id: Mapped[int] = mapped_column(BigInteger)
+    marketplace_id: Mapped[int] = mapped_column(Integer)
+    quantity_before: Mapped[int] = mapped_column(Integer)
+    quantity_after: Mapped[int] = mapped_column(Integer)
+    change: Mapped[int] = mapped_column(Integer)
+    #: sync, order_created, order_cancelled, topup, manual, reconciliation.
+    change_type: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[str | None] = mapped_column(String(64))
+    order_line_id: Mapped[str | None] = mapped_column(String(64))
+    reference: Mapped[str | None] = mapped_column(String(200))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    sync_id: Mapped[int | None] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SyncRun(Base):
+    """One run of a sync (stock, supplier, store, reconciliation): status, progress and counts."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        # At most one running sync per (kind, target): the database is the lock.
+        Index("uq_sync_runs_running", "kind", "target", unique=True, postgresql_where=text("status = 'running'")),
+        Index("ix_sync_runs_kind_target_finished", "kind", "target", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(64))
+    trigger: Mapped[str] = mapped_column(String(16))
+    forced: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    dry_run: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    #: running, succeeded, failed, abandoned.
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    total_pages: Mapped[int | None] = mapped_column(Integer)
+    pages_done: Mapped[int] = mapped_column(Integer, server_default="0")
+    total_items: Mapped[int | None] = mapped_column(Integer)
+    items: Mapped[int] = mapped_column(Integer, server_default="0")
+    changed: Mapped[int] = mapped_column(Integer, server_default="0")
+    unchanged: Mapped[int] = mapped_column(Integer, server_default="0")
+    missing: Mapped[int] = mapped_column(Integer, server_default="0")
+    api_calls: Mapped[int] = mapped_column(Integer, server_default="0")
+    retries: Mapped[int] = mapped_column(Integer, server_default="0")
+    errors: Mapped[int] = mapped_column(Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish (None while running)."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class SyncPage(Base):
+    """A page applied by a sync: the key that makes a re-delivered page change nothing."""
+
+    __tablename__ = "sync_pages"
+
+    sync_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
+    page: Mapped[int] = mapped_column(Integer, primary_key=True)
+    items: Mapped[int] = mapped_column(Integer)
+    changed: Mapped[int] = mapped_column(Integer)
+    fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+__all__ = ["Base", "Marketplace", "Variation", "Listing", "MarketplaceStock", "StockLedger", "SyncRun", "SyncPage"]

@@ -1,0 +1,1 @@
+"""Process entry points: broker set-up, settings, the CLI, local servers and metrics."""

@@ -1,0 +1,46 @@
+"""Terminal output of sync runs: a live progress bar and a summary table (rich)."""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from db.models import SyncRun
+
+console = Console()
+
+
+def watch_run(load: Callable[[], SyncRun], *, poll_s: float = 0.2, timeout_s: float = 3600,
+              show: bool = True) -> SyncRun:
+    """Poll a run until it leaves ``running``; show pages done / total as it goes."""
+    deadline = time.monotonic() + timeout_s
+    with Progress(TextColumn("[bold]sync {task.fields[run_id]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("pages"), TimeElapsedColumn(), console=console, disable=not show,
+                  transient=False) as progress:
+        run = load()
+        task = progress.add_task("sync", total=None, run_id=run.id)
+        while True:
+            run = load()
+            progress.update(task, total=run.total_pages, completed=run.pages_done)
+            if run.status != "running":
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sync {run.id} still running after {timeout_s:.0f}s")
+            time.sleep(poll_s)
+
+
+def summary_table(runs: Iterable[SyncRun], title: str = "Sync runs") -> Table:
+    """One row per run: status, pages, items, changed rows, API calls, retries, errors, duration."""
+    table = Table(title=title)
+    for column in ("run", "target", "status", "pages", "items", "changed", "unchanged", "missing", "api calls",
+                   "retries", "errors", "duration"):
+        table.add_column(column, justify="right" if column not in ("target", "status") else "left")
+    for run in runs:
+        duration = f"{run.duration_s:.2f} s" if run.duration_s is not None else "-"
+        table.add_row(str(run.id), run.target, run.status, f"{run.pages_done}/{run.total_pages or '?'}",
+                      str(run.items), str(run.changed), str(run.unchanged), str(run.missing), str(run.api_calls),
+                      str(run.retries), str(run.errors), duration)
+    return table
