@@ -1,0 +1,266 @@
+"""The fleet-wide rate limiter: unit tests on fakeredis, exactness across OS processes on a real Redis."""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import queue
+import traceback
+
+import fakeredis
+import pytest
+import redis.asyncio
+
+from clients.ratelimit import FleetRateLimiter, RateLimitWaitTimeout
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def fake_redis() -> redis.asyncio.Redis:
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+# ---------------------------------------------------------------------------------------------
+# Unit tests (fakeredis runs the same Lua script through lupa)
+
+
+def test_grants_up_to_the_limit_then_says_how_long_to_wait():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=3, window_s=10)
+        # Given three free slots, I expect three grants
+        assert [await limiter.try_acquire() for _ in range(3)] == [(True, 0.0)] * 3
+        # When the window is full, I expect a refusal with the time until the oldest slot leaves it
+        granted, wait_s = await limiter.try_acquire()
+        assert granted is False
+        assert 9.0 < wait_s <= 10.0
+
+    run(main())
+
+
+def test_acquire_waits_for_the_window_instead_of_failing():
+    async def main():
+        seen = []
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=2, window_s=0.2, on_wait=lambda *a: seen.append(a))
+        first = await limiter.acquire()
+        second = await limiter.acquire()
+        start = limiter.last_granted_at
+        # The third slot frees up when the first one leaves the 0.2 s window
+        third = await limiter.acquire()
+        assert first < 0.05 and second < 0.05
+        assert 0.19 <= third < 0.4
+        assert limiter.last_granted_at - start >= 0.199
+        assert [name for name, _ in seen] == ["bm"] * 3
+        assert seen[2][1] == third
+
+    run(main())
+
+
+def test_instances_with_the_same_name_share_one_quota_and_namespaces_do_not():
+    async def main():
+        client = fake_redis()
+        one = FleetRateLimiter(client, "bm", limit=1, window_s=10)
+        two = FleetRateLimiter(client, "bm", limit=1, window_s=10)
+        other_name = FleetRateLimiter(client, "im", limit=1, window_s=10)
+        other_ns = FleetRateLimiter(client, "bm", limit=1, window_s=10, namespace="other")
+        assert (await one.try_acquire())[0] is True
+        assert (await two.try_acquire())[0] is False
+        assert (await other_name.try_acquire())[0] is True
+        assert (await other_ns.try_acquire())[0] is True
+
+    run(main())
+
+
+def test_penalty_blocks_every_acquirer_of_the_quota_until_it_expires():
+    async def main():
+        client = fake_redis()
+        limiter = FleetRateLimiter(client, "bm", limit=100, window_s=1)
+        elsewhere = FleetRateLimiter(client, "bm", limit=100, window_s=1)
+        unrelated = FleetRateLimiter(client, "im", limit=100, window_s=1)
+        await limiter.penalize(0.3)
+        granted, wait_s = await elsewhere.try_acquire()
+        assert granted is False and 0.2 < wait_s <= 0.3
+        assert (await unrelated.try_acquire())[0] is True
+        waited = await elsewhere.acquire()
+        assert 0.2 < waited < 0.6
+
+    run(main())
+
+
+def test_a_shorter_penalty_never_cuts_a_longer_one():
+    async def main():
+        client = fake_redis()
+        limiter = FleetRateLimiter(client, "bm", limit=1, window_s=1)
+        await limiter.penalize(5)
+        await limiter.penalize(0.1)
+        assert await client.pttl(limiter.penalty_key) > 4000
+        await limiter.penalize(8)
+        assert await client.pttl(limiter.penalty_key) > 7000
+
+    run(main())
+
+
+def test_keys_expire_when_idle():
+    async def main():
+        client = fake_redis()
+        limiter = FleetRateLimiter(client, "bm", limit=5, window_s=2, namespace="ns")
+        assert limiter.key == "ns:ratelimit:bm" and limiter.penalty_key == "ns:ratelimit:bm:penalty"
+        await limiter.acquire()
+        assert 2000 < await client.pttl(limiter.key) <= 3000
+        await limiter.penalize(1.5)
+        assert 1000 < await client.pttl(limiter.penalty_key) <= 1500
+
+    run(main())
+
+
+def test_max_wait_fails_at_once_when_the_wait_is_known_to_be_too_long():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=1, window_s=30, max_wait_s=0.05)
+        await limiter.acquire()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RateLimitWaitTimeout, match="no slot within max_wait_s=0.050s") as raised:
+            await limiter.acquire()
+        assert loop.time() - started < 0.05
+        assert raised.value.permanent is False
+
+    run(main())
+
+
+def test_a_failing_on_wait_callback_does_not_cost_the_slot():
+    def broken(name, seconds):
+        raise RuntimeError("metrics down")
+
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=1, window_s=1, on_wait=broken)
+        assert await limiter.acquire() < 0.05
+
+    run(main())
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="limit"):
+        FleetRateLimiter(fake_redis(), "bm", limit=0, window_s=1)
+    with pytest.raises(ValueError, match="window_s"):
+        FleetRateLimiter(fake_redis(), "bm", limit=1, window_s=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Integration: several OS processes × several asyncio tasks on one real Redis
+
+
+def _hammer(redis_url, name, limit, window_s, tasks, duration_s, barrier, results):
+    """Child process: acquire in a loop from ``tasks`` tasks; report the Redis times of the grants."""
+    try:
+        grants = asyncio.run(_hammer_async(redis_url, name, limit, window_s, tasks, duration_s, barrier, results))
+        results.put(("grants", os.getpid(), grants))
+    except BaseException:
+        results.put(("error", os.getpid(), traceback.format_exc()))
+
+
+async def _hammer_async(redis_url, name, limit, window_s, tasks, duration_s, barrier, results):
+    client = redis.asyncio.Redis.from_url(redis_url)
+    await client.ping()
+    barrier.wait(30)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration_s
+    grants = []
+
+    async def worker():
+        limiter = FleetRateLimiter(client, name, limit, window_s)
+        while loop.time() < deadline:
+            await limiter.acquire()
+            # Read at once: no other task runs between the grant and this line.
+            grants.append(round(limiter.last_granted_at * 1_000_000))
+            if len(grants) == 1:
+                results.put(("started", os.getpid(), None))
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    await client.aclose()
+    return grants
+
+
+def _run_fleet(redis_url, processes, *, on_started=None, **kwargs):
+    """Start ``processes`` hammering children; return {pid: [grant times in µs]}."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    children = [context.Process(target=_hammer, args=(redis_url,), daemon=True,
+                                kwargs={**kwargs, "barrier": barrier, "results": results})
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    grants, started = {}, set()
+    try:
+        while len(grants) < processes:
+            kind, pid, payload = results.get(timeout=60)
+            if kind == "error":
+                pytest.fail(f"child {pid} failed:\n{payload}")
+            if kind == "started":
+                started.add(pid)
+                if len(started) == processes and on_started:
+                    on_started()
+            else:
+                grants[pid] = payload
+    except queue.Empty:
+        pytest.fail("the children did not report in time")
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+    return grants
+
+
+def _max_in_any_window(times_us, window_us):
+    times = sorted(times_us)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        # A slot granted at s still counts at t while t - s < window.
+        while t - times[start] >= window_us:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def test_limit_is_exact_across_processes_and_tasks(redis_url):
+    limit, window_s, duration_s = 10, 0.5, 2.0
+    grants = _run_fleet(redis_url, 4, name="exact", limit=limit, window_s=window_s, tasks=8, duration_s=duration_s)
+    everything = sorted(t for times in grants.values() for t in times)
+    # Exact: never more than `limit` grants in any 0.5 s window, fleet-wide
+    assert _max_in_any_window(everything, int(window_s * 1_000_000)) == limit
+    # And close to the quota: the limiter waits for slots, it does not waste them
+    first = everything[0]
+    in_duration = [t for t in everything if t - first < duration_s * 1_000_000]
+    assert len(in_duration) >= 0.8 * limit * duration_s / window_s
+    assert all(times for times in grants.values()), "every process got slots"
+
+
+def test_penalty_makes_every_process_wait(redis_url):
+    penalty_s = 0.5
+    marks = {}
+
+    async def penalize():
+        client = redis.asyncio.Redis.from_url(redis_url)
+        limiter = FleetRateLimiter(client, "penalized", 20, 0.1)
+        marks["before"] = _micros(await client.time())
+        await limiter.penalize(penalty_s)
+        marks["after"] = _micros(await client.time())
+        await client.aclose()
+
+    # Once every process is getting slots, a 429 (here: penalize) must stop all of them
+    grants = _run_fleet(redis_url, 3, on_started=lambda: run(penalize()), name="penalized", limit=20, window_s=0.1,
+                        tasks=4, duration_s=1.5)
+    penalty_ends = marks["before"] + int(penalty_s * 1_000_000)
+    slack = 2000  # PTTL has millisecond resolution
+    for pid, times in grants.items():
+        assert any(t < marks["before"] for t in times), f"process {pid} was running before the penalty"
+        after = [t for t in times if t > marks["after"]]
+        assert after, f"process {pid} resumed after the penalty"
+        assert min(after) >= penalty_ends - slack, f"process {pid} did not wait for the penalty"
+
+
+def _micros(redis_time) -> int:
+    seconds, micros = redis_time
+    return int(seconds) * 1_000_000 + int(micros)
