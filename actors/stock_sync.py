@@ -85,9 +85,7 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
     if page == 1 and total_pages > 1:
         # Fan out at once: the fleet-wide limiter, not a chain, paces the fetches.
         await asyncio.to_thread(_enqueue_pages, sync_id, range(2, total_pages + 1), marketplace)
-    items = [{"id": item.id, "listing_id": item.listing_id, "sku": item.sku, "title": item.title,
-              "quantity": item.quantity, "publication_state": item.publication_state, "price": item.price,
-              "currency": item.currency} for item in result.results]
+    items = [item.to_message() for item in result.results]
     await asyncio.to_thread(
         apply_listings_batch.send, sync_id, page, fetched_at.isoformat(), items, marketplace,
         total_pages if page == 1 else None, result.count if page == 1 else None)
@@ -138,12 +136,12 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
         marketplace_id = ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=page, fetched_at=fetched,
                             items=decoded, total_pages=total_pages, total_items=total_items)
-        session.commit()
         if result.finished:
+            # Same transaction as the close: whoever sees the run finished sees its counters too.
             settings = get_settings()
-            counts = sync_stats.read(runtime.sync_redis(), settings.redis_namespace, sync_id)
-            syncs.add_counts(session, sync_id, **counts)
-            session.commit()
+            syncs.add_counts(session, sync_id, **sync_stats.read(runtime.sync_redis(), settings.redis_namespace,
+                                                                 sync_id))
+        session.commit()
 
 
 @on_dead_letter("fetch_listings_page")

@@ -48,7 +48,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@click.option("--revision", default="heads", show_default=True, help="Alembic revision to upgrade to.")
 def db_upgrade(revision: str) -> None:
     """Apply the schema migrations (Alembic) to DATABASE_URL or the embedded database."""
     from db.migrate import upgrade
@@ -113,7 +113,11 @@ def demo_command(listings: int, change: int | None) -> None:
     from sandbox.backmarket import BackMarketSandbox
     from sandbox.server import serve_in_thread
 
-    sandbox = BackMarketSandbox(listings=listings, seed=7, token="demo-token", quota_requests=0)
+    settings = get_settings()
+    # The sandbox enforces Back Market's real catalog quota; the fleet's limiter keeps under it.
+    sandbox = BackMarketSandbox(listings=listings, seed=7, token="demo-token",
+                                quota_requests=settings.backmarket_quota_requests,
+                                quota_window_s=settings.backmarket_quota_window_s)
     server = serve_in_thread(sandbox.build_app())
     # The demo is self-contained whatever the environment says: embedded database, no Redis.
     os.environ.update({"REDIS_URL": "", "DATABASE_URL": "", "BACKMARKET_BASE_URL": server.url,
@@ -134,6 +138,9 @@ def demo_command(listings: int, change: int | None) -> None:
     finally:
         server.stop()
     console.print(summary_table([first, second], title="demo: two Back Market stock syncs"))
+    stats = sandbox.stats()
+    click.echo(f"sandbox saw {stats['total_requests']} requests, {stats['rate_limited']} answered 429 "
+               f"(quota {settings.backmarket_quota_requests} per {settings.backmarket_quota_window_s:g} s)")
     if first.status != "succeeded" or second.status != "succeeded":
         sys.exit(1)
 
@@ -158,6 +165,16 @@ def sandbox_command(listings, seed, port, token, quota_requests, quota_window, l
     click.echo(f"sandbox Back Market: {listings} listings on http://127.0.0.1:{port} (token {token!r})")
     run_forever(sandbox.build_app(), "127.0.0.1", port)
 
+
+def _register_extensions() -> None:
+    # Each pipeline keeps its commands in its own module.
+    from workers import cli_events, cli_ingram, cli_ops
+
+    for module in (cli_events, cli_ingram, cli_ops):
+        module.register(main)
+
+
+_register_extensions()
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ def backmarket_limiter() -> FleetRateLimiter:
     """The fleet-wide limiter of Back Market's catalog endpoints."""
     settings = get_settings()
     return FleetRateLimiter(runtime.async_redis(), "backmarket-catalog", settings.backmarket_quota_requests,
-                            settings.backmarket_quota_window_s, namespace=settings.redis_namespace)
+                            settings.backmarket_quota_window_s + settings.rate_limit_margin_s, namespace=settings.redis_namespace)
 
 
 def backmarket_client(on_request=None) -> BackMarketClient:

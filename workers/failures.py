@@ -75,7 +75,7 @@ class FailureRecorder(Middleware):
                 error_key(self.namespace, message.message_id),
                 json.dumps({"error": error, "traceback": tb, "actor": message.actor_name,
                             "queue": message.queue_name, "failed_at": time.time(),
-                            "retries": message.options.get("retries", 0)}),
+                            "failed_attempts": message.options.get("retries", 0)}),
                 ex=ERROR_TTL_S)
         except Exception:  # the dead letter itself is safe in Redis; the note is best effort
             logger.exception("could not record the error of dead letter %s", message.message_id)

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from db.models import SyncRun
 
-console = Console()
+#: Wide enough for the summary table even when stdout is not a terminal (CI logs, pipes).
+console = Console(width=None if Console().is_terminal else 140)
 
 
 def watch_run(load: Callable[[], SyncRun], *, poll_s: float = 0.2, timeout_s: float = 3600,

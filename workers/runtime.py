@@ -18,7 +18,7 @@ from workers.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _fake_server = None
 _loop_resources: dict[int, dict[str, object]] = {}
 

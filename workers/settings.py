@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     #: Catalog quota: requests per window across the whole fleet.
     backmarket_quota_requests: int = Field(20, ge=1)
     backmarket_quota_window_s: float = Field(10.0, gt=0)
+    #: Added to every limiter window: a request granted at T reaches the API a few ms later, and
+    #: the API measures its window by arrival, so an exact limiter would touch the edge.
+    rate_limit_margin_s: float = Field(0.25, ge=0)
     #: How long the whole fleet backs off after a 429 (Back Market blocks for about 10 s).
     backmarket_penalty_s: float = Field(10.0, ge=0)
     backmarket_timeout_s: float = Field(30.0, gt=0)

@@ -1,0 +1,182 @@
+"""Bulk stock sync benchmark: end to end, and the set-based apply against the old per-row pattern.
+
+    .venv/bin/python bench/bulk_sync.py [--listings 100000] [--processes 2] [--threads 8]
+                                        [--baseline-rows 5000]
+
+1. End to end: N sandbox listings (unthrottled) → real ``dramatiq`` worker processes on a real
+   Redis → a real PostgreSQL (durable settings: fsync on).  Prints the wall time of the sync.
+2. Apply step, same data, same database server, one connection each:
+   - set-based: ``db.snapshot.apply_page`` per page of 50 (one transaction per page);
+   - per-row (the old system): per listing SELECT the stock row, UPDATE it, INSERT a history row,
+     COMMIT.  Run on the first ``--baseline-rows`` rows (it is slow by design).
+   Prints rows/s for both and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from db.engine import session_factory  # noqa: E402
+from db.migrate import upgrade  # noqa: E402
+from db.snapshot import PageItem, apply_page, ensure_marketplace  # noqa: E402
+from db.syncs import SyncPolicy, begin_run  # noqa: E402
+from sandbox.backmarket import BackMarketSandbox  # noqa: E402
+from sandbox.server import serve_in_thread  # noqa: E402
+from tests.fleet import WorkerFleet, fleet_env  # noqa: E402
+from workers.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
+
+PAGE = 50
+DURABLE = ("synchronous_commit=on",)
+
+
+def end_to_end(folder: Path, pg: PostgresServer, redis: RedisServer, listings: int, processes: int,
+               threads: int) -> dict:
+    """Sync ``listings`` sandbox listings through real worker processes; return the run's figures."""
+    url = pg.create_database("bench_e2e")
+    upgrade(url)
+    sandbox = BackMarketSandbox(listings=listings, seed=5, token="bench-token", quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    env = fleet_env(redis_url=redis.url, database_url=url, backmarket_url=server.url, token="bench-token")
+    fleet = WorkerFleet(env, processes=processes, threads=threads, log_path=folder / "workers.log").start()
+    os.environ.update(env)
+    from workers.settings import get_settings
+
+    get_settings.cache_clear()
+    from actors.stock_sync import begin_stock_sync
+    from db.syncs import get_run
+
+    sessions = session_factory(url)
+    try:
+        # Let the workers boot before the clock starts: we time the sync, not Python start-up.
+        wait_until(lambda: "Worker process is ready" in (folder / "workers.log").read_text(errors="ignore")
+                   or "is ready for action" in (folder / "workers.log").read_text(errors="ignore"), 60,
+                   what="workers to boot")
+        started = time.perf_counter()
+        sync_id = begin_stock_sync("backmarket", trigger="manual", force=True)
+
+        def done():
+            with sessions() as session:
+                return get_run(session, sync_id).status != "running"
+
+        wait_until(done, 600, interval=0.05, what="the sync to finish")
+        elapsed = time.perf_counter() - started
+        with sessions() as session:
+            run = get_run(session, sync_id)
+            truth = sandbox.quantities()
+            local = dict(session.execute(text("SELECT l.external_id, s.listed FROM listings l JOIN marketplace_stock s "
+                                              "ON s.variation_id = l.variation_id")).all())
+        return {"status": run.status, "seconds": elapsed, "pages": run.pages_done, "items": run.items,
+                "api_calls": run.api_calls, "retries": run.retries, "correct": local == truth,
+                "requests_at_sandbox": sandbox.stats()["total_requests"] if callable(getattr(sandbox, "stats", None))
+                else None}
+    finally:
+        fleet.stop()
+        server.stop()
+
+
+def page_items(listings: int) -> list[list[PageItem]]:
+    """The benchmark's data: ``listings`` items in pages of 50, from the sandbox catalogue."""
+    sandbox = BackMarketSandbox(listings=listings, seed=9, token="x", quota_requests=0)
+    rows = [sandbox.listing(i) for i in range(listings)]
+    items = [PageItem(r["id"], r["listing_id"], r["sku"], r["title"], int(r["quantity"]), r["publication_state"],
+                      r["price"], r["currency"]) for r in rows]
+    return [items[i:i + PAGE] for i in range(0, len(items), PAGE)]
+
+
+def set_based(pg: PostgresServer, pages: list[list[PageItem]]) -> float:
+    """Rows/s of ``apply_page``, one transaction per page."""
+    url = pg.create_database("bench_set")
+    upgrade(url)
+    sessions = session_factory(url)
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket")
+        session.commit()
+        sync_id = begin_run(session, kind="stock", target="backmarket", trigger="manual",
+                            policy=SyncPolicy(0, 0, 900), force=True).id
+    now = datetime.now(timezone.utc)
+    rows = sum(len(p) for p in pages)
+    started = time.perf_counter()
+    with sessions() as session:
+        for number, page in enumerate(pages, start=1):
+            apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=number, fetched_at=now,
+                       items=page, total_pages=len(pages) if number == 1 else None)
+            session.commit()
+    return rows / (time.perf_counter() - started)
+
+
+def per_row(pg: PostgresServer, pages: list[list[PageItem]], limit: int) -> tuple[float, int]:
+    """Rows/s of the old pattern: SELECT, UPDATE, INSERT history, COMMIT, per row."""
+    import psycopg
+
+    url = pg.create_database("bench_rows")
+    upgrade(url)
+    items = [item for page in pages for item in page][:limit]
+    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=bench_rows") as conn:
+        conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market')")
+        conn.execute("INSERT INTO variations (sku) SELECT unnest(%s::text[])", ([i.sku for i in items],))
+        conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+                     "SELECT id, 1, 0 FROM variations")
+        conn.commit()
+        started = time.perf_counter()
+        for n, item in enumerate(items):
+            row = conn.execute("SELECT s.id, s.listed FROM marketplace_stock s JOIN variations v ON "
+                               "v.id = s.variation_id WHERE v.sku = %s AND s.marketplace_id = 1", (item.sku,)).fetchone()
+            if row[1] != item.quantity:
+                conn.execute("UPDATE marketplace_stock SET listed = %s, last_synced_at = now() WHERE id = %s",
+                             (item.quantity, row[0]))
+                conn.execute("INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, "
+                             "quantity_after, change, change_type, idempotency_key, event_time) "
+                             "SELECT id, variation_id, 1, %s, %s, %s, 'sync', %s, now() FROM marketplace_stock "
+                             "WHERE id = %s", (row[1], item.quantity, item.quantity - row[1], f"row:{n}", row[0]))
+            conn.commit()
+        return len(items) / (time.perf_counter() - started), len(items)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listings", type=int, default=100_000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--baseline-rows", type=int, default=5_000)
+    parser.add_argument("--skip-e2e", action="store_true")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
+    pg = PostgresServer(folder / "pg", options=DURABLE).start()
+    redis = RedisServer(folder / "redis").start()
+    try:
+        print(f"machine: {os.cpu_count()} cores; PostgreSQL durable (fsync on, synchronous_commit on)")
+        if not args.skip_e2e:
+            figures = end_to_end(folder, pg, redis, args.listings, args.processes, args.threads)
+            pages = math.ceil(args.listings / PAGE)
+            print(f"end to end: {args.listings} listings, {figures['pages']}/{pages} pages, "
+                  f"{args.processes} processes x {args.threads} threads: {figures['seconds']:.2f} s "
+                  f"({args.listings / figures['seconds']:,.0f} listings/s), status {figures['status']}, "
+                  f"api_calls {figures['api_calls']} (retries {figures['retries']}), "
+                  f"every stock row right: {figures['correct']}")
+        pages = page_items(args.listings)
+        set_rate = set_based(pg, pages)
+        row_rate, rows = per_row(pg, pages, args.baseline_rows)
+        print(f"apply, set-based (one transaction per page of {PAGE}): {set_rate:,.0f} rows/s "
+              f"over {args.listings} rows")
+        print(f"apply, per-row (select, update, insert history, commit; old system): {row_rate:,.0f} rows/s "
+              f"over {rows} rows")
+        print(f"ratio set-based / per-row: {set_rate / row_rate:.1f}x")
+    finally:
+        redis.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Start real ``dramatiq`` worker processes (``dramatiq workers.fleet``) for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class WorkerFleet:
+    """One ``dramatiq`` master with its worker processes, started in its own process group."""
+
+    env: dict[str, str]
+    processes: int = 1
+    threads: int = 8
+    log_path: Path | None = None
+    queues: tuple[str, ...] = ()
+    process: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> "WorkerFleet":
+        """Start ``python -m dramatiq workers.fleet`` with our environment."""
+        command = [sys.executable, "-m", "dramatiq", "workers.fleet", "--processes", str(self.processes),
+                   "--threads", str(self.threads), "--worker-shutdown-timeout", "5000"]
+        if self.queues:
+            command += ["--queues", *self.queues]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env}, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers at once: no chance to ack or requeue anything."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM lets workers finish their messages), SIGKILL after 20 s."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def fleet_env(*, redis_url: str, database_url: str, backmarket_url: str, token: str, quota_requests: int = 0,
+              quota_window_s: float = 1.0, **extra: str) -> dict[str, str]:
+    """Environment for worker processes talking to our Redis, PostgreSQL and sandbox."""
+    env = {
+        "REDIS_URL": redis_url, "DATABASE_URL": database_url, "BACKMARKET_BASE_URL": backmarket_url,
+        "BACKMARKET_TOKEN": token, "BACKMARKET_QUOTA_REQUESTS": str(quota_requests or 1_000_000),
+        "BACKMARKET_QUOTA_WINDOW_S": str(quota_window_s), "BACKMARKET_PENALTY_S": "1",
+        "DRAMATIQ_HEARTBEAT_TIMEOUT_MS": "3000", "DRAMATIQ_MAINTENANCE_CHANCE": "100000",
+        "dramatiq_prom_db": "", "PYTHONUNBUFFERED": "1",
+    }
+    env.update({k.upper(): str(v) for k, v in extra.items()})
+    return env
