@@ -75,7 +75,9 @@ class MarketplaceStock(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     variation_id: Mapped[int] = mapped_column(ForeignKey("variations.id"))
-    marketplace_id: Mapped[int] = mapped_column(ForeignKey("marketplaces.id"), index=True)
+    # No index of its own on marketplace_id: on a young table the planner would pick it over the
+    # (variation_id, marketplace_id) key and scan every row of the marketplace for a page of 50.
+    marketplace_id: Mapped[int] = mapped_column(ForeignKey("marketplaces.id"))
     #: Listed quantity (may go below zero on an oversell; never clamped).
     listed: Mapped[int] = mapped_column(Integer, server_default="0")
     locked: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -13,6 +13,7 @@ from workers.settings import get_settings
 broker = build_broker(get_settings())
 dramatiq.set_broker(broker)
 
-from actors import stock_sync  # noqa: E402  (actors bind to the broker set above)
+# Actors bind to the broker set above; one module per pipeline.
+from actors import events, ingram, operations, stock_sync  # noqa: E402
 
-__all__ = ["broker", "stock_sync"]
+__all__ = ["broker", "events", "ingram", "operations", "stock_sync"]

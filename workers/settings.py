@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     #: Threads of the in-process worker used by the demo (no REDIS_URL).
     inprocess_worker_threads: int = 8
 
+    # --- stock events, intake, reconciliation (add fields below this line) ---
+
+    # --- Ingram Micro (add fields below this line) ---
+
+    # --- operations: metrics, scheduler, stores, alerts (add fields below this line) ---
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -6,6 +6,8 @@ from sqlalchemy import create_engine, pool
 
 from db.models import Base
 
+# Every module that declares tables (one per pipeline) must be imported here for autogenerate.
+
 config = context.config
 target_metadata = Base.metadata
 

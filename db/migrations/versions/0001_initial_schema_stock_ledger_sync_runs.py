@@ -94,7 +94,6 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('variation_id', 'marketplace_id')
     )
-    op.create_index(op.f('ix_marketplace_stock_marketplace_id'), 'marketplace_stock', ['marketplace_id'], unique=False)
     op.create_table('sync_pages',
     sa.Column('sync_id', sa.BigInteger(), nullable=False),
     sa.Column('page', sa.Integer(), nullable=False),
@@ -134,7 +133,6 @@ def downgrade() -> None:
     op.drop_index('ix_stock_ledger_stock_event', table_name='stock_ledger')
     op.drop_table('stock_ledger')
     op.drop_table('sync_pages')
-    op.drop_index(op.f('ix_marketplace_stock_marketplace_id'), table_name='marketplace_stock')
     op.drop_table('marketplace_stock')
     op.drop_index(op.f('ix_listings_variation_id'), table_name='listings')
     op.drop_index('ix_listings_marketplace_sync', table_name='listings')

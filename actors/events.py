@@ -1,0 +1,2 @@
+"""Actors of the events pipeline (see the README)."""
+from __future__ import annotations
