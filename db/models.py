@@ -167,7 +167,6 @@ class SyncPage(Base):
     sync_id: Mapped[int] = mapped_column(ForeignKey("sync_runs.id", ondelete="CASCADE"), primary_key=True)
     page: Mapped[int] = mapped_column(Integer, primary_key=True)
     items: Mapped[int] = mapped_column(Integer)
-    changed: Mapped[int] = mapped_column(Integer)
     fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

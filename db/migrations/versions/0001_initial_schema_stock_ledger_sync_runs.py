@@ -98,7 +98,6 @@ def upgrade() -> None:
     sa.Column('sync_id', sa.BigInteger(), nullable=False),
     sa.Column('page', sa.Integer(), nullable=False),
     sa.Column('items', sa.Integer(), nullable=False),
-    sa.Column('changed', sa.Integer(), nullable=False),
     sa.Column('fetched_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('applied_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['sync_id'], ['sync_runs.id'], ondelete='CASCADE'),
