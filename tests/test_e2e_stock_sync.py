@@ -145,3 +145,25 @@ def test_page_that_fails_for_good_dead_letters_and_fails_the_run(tmp_path, redis
             assert flagged == 0  # a failed run saw only part of the catalogue: it flags nothing
     finally:
         fleet.stop()
+
+
+def test_two_worker_processes_never_exceed_the_quota_in_any_window(tmp_path, redis_url, database_url):
+    # Back Market's catalog quota, time-scaled: 20 requests per 1 s instead of per 10 s.
+    sandbox = BackMarketSandbox(listings=2000, seed=8, token=TOKEN, quota_requests=20, quota_window_s=1.0)
+    server = serve_in_thread(sandbox.build_app())
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=20, quota_window_s=1.0, rate_limit_margin_s="0.05")
+    fleets = [WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / f"w{i}.log").start() for i in range(2)]
+    sessions = session_factory(database_url)
+    try:
+        assert start_sync(env).returncode == 0
+        run = wait_finished(sessions, 120)
+        assert run["status"] == "succeeded", run["error"]
+        stats = sandbox.stats()
+        assert stats["rate_limited"] == 0
+        assert sandbox.max_in_any_window(1.0) <= 20
+        assert run["api_calls"] == 40 and local_stock(sessions) == sandbox.quantities()
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        server.stop()
