@@ -42,7 +42,9 @@ class WorkerFleet:
     def stop(self) -> None:
         """Graceful stop (SIGTERM lets workers finish their messages), SIGKILL after 20 s."""
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # Only the master: it forwards SIGTERM to its workers, and a second signal would make
+            # them stop hard.
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
