@@ -10,8 +10,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+# Debian packages whose programs the tests start for real (each package's program has its name):
+# redis-server, and prometheus, which scrapes a test fleet.
+SYSTEM_PACKAGES := redis-server prometheus
+
 system-deps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+	@missing=""; for package in $(SYSTEM_PACKAGES); do command -v $$package >/dev/null || missing="$$missing $$package"; done; \
+	[ -z "$$missing" ] || { $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/stocksync demo

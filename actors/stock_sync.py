@@ -14,7 +14,7 @@ import dramatiq
 from actors.retry import MalformedMessage, transient_only
 from db import syncs
 from db.snapshot import PageItem, apply_page, ensure_marketplace
-from workers import runtime, sync_stats
+from workers import metrics, runtime, sync_stats
 from workers.clients import backmarket_client
 from workers.failures import on_dead_letter
 from workers.settings import get_settings
@@ -142,6 +142,9 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
             syncs.add_counts(session, sync_id, **sync_stats.read(runtime.sync_redis(), settings.redis_namespace,
                                                                  sync_id))
         session.commit()
+        metrics.sync_page_applied(SYNC_KIND, marketplace, result)
+        if result.finished:
+            metrics.sync_finished(syncs.get_run(session, sync_id))
 
 
 @on_dead_letter("fetch_listings_page")
@@ -150,4 +153,5 @@ def _fail_sync_run(message: dramatiq.Message, error: str) -> None:
     sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
     page = message.args[1] if len(message.args) > 1 else message.kwargs.get("page")
     with runtime.sessions()() as session:
-        syncs.fail_run(session, int(sync_id), f"page {page} failed for good ({message.actor_name}): {error}")
+        if syncs.fail_run(session, int(sync_id), f"page {page} failed for good ({message.actor_name}): {error}"):
+            metrics.sync_finished(syncs.get_run(session, int(sync_id)))

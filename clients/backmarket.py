@@ -36,6 +36,7 @@ API = "backmarket"
 LIST_LISTINGS = "GET /ws/listings"
 GET_LISTING = "GET /ws/listings/{listingId}"
 UPDATE_LISTING = "POST /ws/listings/{listingId}"
+LIST_ORDERS = "GET /ws/orders"
 
 #: The largest ``page-size`` Back Market accepts.
 MAX_PAGE_SIZE = 50
@@ -223,6 +224,17 @@ class BackMarketClient:
         body = await self._call("POST", UPDATE_LISTING, f"/ws/listings/{quote(str(listing_id), safe='')}",
                                 body={"quantity": quantity})
         return self._expect_object(body, UPDATE_LISTING, f"listing {listing_id}")
+
+    async def get_orders_page(self, page: int, page_size: int = MAX_PAGE_SIZE, **filters: str | int) -> Any:
+        """One page of ``GET /ws/orders`` as the API returns it; ``filters`` are its query parameters
+        (``date_modification``, ``date_creation``, ``state``, ``country_code``).
+
+        The orders are parsed by :mod:`clients.backmarket_orders`.
+        """
+        if page < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page must be >= 1 and page_size in 1..{MAX_PAGE_SIZE}, got {page!r}, {page_size!r}")
+        params = {**{name: str(value) for name, value in filters.items()}, "page": page, "page-size": page_size}
+        return await self._call("GET", LIST_ORDERS, "/ws/orders", params=params)
 
     async def _call(self, method: str, route: str, path: str, *, params: dict | None = None,
                     body: dict | None = None) -> Any:

@@ -82,8 +82,29 @@ class MarketplaceStock(Base):
     listed: Mapped[int] = mapped_column(Integer, server_default="0")
     locked: Mapped[int] = mapped_column(Integer, server_default="0")
     last_api_quantity: Mapped[int | None] = mapped_column(Integer)
+    #: Fetch time of the last marketplace snapshot applied to this row (sync, re-check, reconciliation).
     last_synced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    # Pushing the quantity to the marketplace (db/events.py): columns of migration 0002.
+    #: None (nothing to push), pending (a local change the marketplace has not got yet), pushed, failed.
+    push_state: Mapped[str | None] = mapped_column(String(16))
+    #: Bumped by every change that needs a push; a push that read an older value leaves the row pending.
+    push_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    push_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the last successful push read the quantity it sent, and when the marketplace confirmed it.
+    push_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pushed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    pushed_quantity: Mapped[int | None] = mapped_column(Integer)
+    push_error: Mapped[str | None] = mapped_column(Text)
+    #: One push of a row at a time: who holds it (a message id) and until when.
+    push_lease_owner: Mapped[str | None] = mapped_column(String(64))
+    push_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: A snapshot or an event could not tell whether the other had seen it: fetch this row again.
+    needs_recheck: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    recheck_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Set while ``listed`` is below zero (an order took more than was listed).
+    oversold_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     @property
     def available(self) -> int:

@@ -5,18 +5,39 @@ round trips.  A page is applied as a *delta against the balance as of its fetch 
 stale snapshot"): the new listed quantity is the marketplace's quantity plus every local event
 (orders, top-ups, manual changes) recorded with an event time after the fetch, so an order that
 landed while the page was in flight stays on top.
+
+A row is left as it is, never overwritten, when the page cannot be trusted for it
+(:func:`apply_snapshot`, the same rules for syncs, re-checks and reconciliations):
+
+- ``stale``: a newer page was already applied to it;
+- ``unpushed``: it has a local change (top-up, manual) the marketplace has not confirmed yet, or
+  a push landed after the page was fetched: the push, not the page, makes the two agree;
+- ``ambiguous``: an order or cancellation happened within the clock skew of the fetch time, so
+  the page may or may not count it: the row is flagged ``needs_recheck`` and read again later.
+
+A page saying 0 for a row that was below zero as of the fetch (oversold) agrees with it: a
+marketplace cannot list less than nothing, and the units still owed are not forgiven.
+
+db/events.py books the other half: an order that arrives after a page that already counted it.
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Iterable, Mapping, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db.events import MARKETPLACE_CHANGE_TYPES, clock_skew
+from workers import metrics
+
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
-SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation")
+SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation", "recheck")
+
+#: What :func:`apply_snapshot` did with a row: applied it, or left it (see the module docstring).
+ROW_STATES = ("apply", "stale", "unpushed", "ambiguous")
 
 
 @dataclass(frozen=True)
@@ -44,6 +65,21 @@ class PageResult:
     #: True when this page was the last one of its run and the run was closed in this transaction.
     finished: bool = False
     status: str | None = None
+    #: Stock rows left as they were (stale, unpushed or ambiguous), and of those, flagged for a re-check.
+    deferred: int = 0
+    rechecks: int = 0
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One stock row of a snapshot: its state (:data:`ROW_STATES`), stock before and after, and
+    what the marketplace said.  ``after`` is what the row would be if it were applied."""
+
+    stock_id: int
+    state: str
+    before: int
+    after: int
+    marketplace: int
 
 
 def ensure_marketplace(session: Session, code: str, name: str | None = None) -> int:
@@ -60,12 +96,14 @@ def _dedupe(items: Iterable[PageItem]) -> list[PageItem]:
 
 def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int, fetched_at: datetime,
                items: Iterable[PageItem], language: str = "fr-fr", total_pages: int | None = None,
-               total_items: int | None = None) -> PageResult:
+               total_items: int | None = None, skew: timedelta | None = None) -> PageResult:
     """Apply one page of listings in the caller's transaction (the caller commits).
 
     Idempotent per (sync_id, page): a re-delivered page finds its ``sync_pages`` row and changes
     nothing.  When this page completes the run, the run is finished here too (same transaction),
-    so "all pages applied" never depends on a message that could be lost.
+    so "all pages applied" never depends on a message that could be lost.  Rows the page cannot
+    be trusted for are left as they are (:func:`apply_snapshot`; ``skew`` defaults to
+    :func:`db.events.clock_skew`).
     """
     items = _dedupe(items)
     # A page is 50 rows against tables of 100,000s: the right plan is always nested-loop index
@@ -81,33 +119,16 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
     if claimed is None:
         return PageResult(applied=False)
 
-    changed = 0
+    changed = deferred = rechecks = 0
     if items:
-        columns = {
-            "ext": [i.external_id for i in items], "legacy": [i.legacy_id for i in items],
-            "sku": [i.sku for i in items], "title": [i.title for i in items],
-            "qty": [i.quantity for i in items], "pstate": [i.publication_state for i in items],
-            "price": [i.price for i in items], "cur": [i.currency for i in items],
-        }
-        params = {**columns, "mp": marketplace_id, "sync": sync_id, "page": page, "t": fetched_at, "lang": language}
-        session.execute(text(
-            "INSERT INTO variations (sku, title) SELECT DISTINCT ON (sku) sku, title "
-            "FROM unnest(CAST(:sku AS text[]), CAST(:title AS text[])) AS t(sku, title) "
-            "ORDER BY sku ON CONFLICT (sku) DO NOTHING"), params)
-        # A new statement, a new snapshot: sees variations committed by concurrent pages too.
-        session.execute(text(_UPSERT_LISTINGS), params)
-        session.execute(text(
-            "INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
-            "SELECT DISTINCT v.id, :mp, 0 FROM variations v WHERE v.sku = ANY(CAST(:sku AS text[])) "
-            "ORDER BY v.id ON CONFLICT (variation_id, marketplace_id) DO NOTHING"), params)
-        # Lock the page's stock rows first (in id order: no deadlocks between pages), so the next
-        # statement's snapshot sees every event that committed before we got the locks.
-        session.execute(text(
-            "SELECT s.id FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-            "WHERE s.marketplace_id = :mp AND v.sku = ANY(CAST(:sku AS text[])) ORDER BY s.id FOR UPDATE OF s"),
-            params)
-        changed = session.execute(text(_APPLY_STOCK), {**params, "snapshot_types": list(SNAPSHOT_CHANGE_TYPES)}
-                                  ).scalar_one()
+        upsert_catalogue(session, marketplace_id=marketplace_id, sync_id=sync_id, fetched_at=fetched_at, items=items,
+                         language=language)
+        rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
+                              skus=[i.sku for i in items], quantities=[i.quantity for i in items],
+                              key_prefix=f"sync:{sync_id}:{page}:", sync_id=sync_id, skew=skew)
+        changed = sum(row.state == "apply" and row.after != row.before for row in rows)
+        deferred = sum(row.state != "apply" for row in rows)
+        rechecks = sum(row.state == "ambiguous" for row in rows)
 
     stock_rows = len({i.sku for i in items})
     progress = session.execute(text(
@@ -117,6 +138,7 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         "RETURNING pages_done, total_pages, status"),
         {"n": len(items), "c": changed, "u": stock_rows - changed, "tp": total_pages, "ti": total_items,
          "s": sync_id}).one()
+    metrics.sync_progress(sync_id, progress.pages_done, progress.total_pages)
     finished = False
     status = progress.status
     # The sync_runs row lock serialises this check: exactly one page sees the last increment.
@@ -124,7 +146,72 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         status = finish_run(session, sync_id=sync_id, marketplace_id=marketplace_id)
         finished = True
     return PageResult(applied=True, items=len(items), changed=changed, unchanged=stock_rows - changed,
-                      finished=finished, status=status)
+                      finished=finished, status=status, deferred=deferred, rechecks=rechecks)
+
+
+def upsert_catalogue(session: Session, *, marketplace_id: int, sync_id: int, fetched_at: datetime,
+                     items: Sequence[PageItem], language: str = "fr-fr") -> None:
+    """Upsert a page's variations and listings and create missing stock rows (at 0).  Does not commit."""
+    params = {
+        "ext": [i.external_id for i in items], "legacy": [i.legacy_id for i in items],
+        "sku": [i.sku for i in items], "title": [i.title for i in items],
+        "qty": [i.quantity for i in items], "pstate": [i.publication_state for i in items],
+        "price": [i.price for i in items], "cur": [i.currency for i in items],
+        "mp": marketplace_id, "sync": sync_id, "t": fetched_at, "lang": language,
+    }
+    session.execute(text(
+        "INSERT INTO variations (sku, title) SELECT DISTINCT ON (sku) sku, title "
+        "FROM unnest(CAST(:sku AS text[]), CAST(:title AS text[])) AS t(sku, title) "
+        "ORDER BY sku ON CONFLICT (sku) DO NOTHING"), params)
+    # A new statement, a new snapshot: sees variations committed by concurrent pages too.
+    session.execute(text(_UPSERT_LISTINGS), params)
+    session.execute(text(
+        "INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+        "SELECT DISTINCT v.id, :mp, 0 FROM variations v WHERE v.sku = ANY(CAST(:sku AS text[])) "
+        "ORDER BY v.id ON CONFLICT (variation_id, marketplace_id) DO NOTHING"), params)
+
+
+def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetime, skus: Sequence[str],
+                   quantities: Sequence[int], key_prefix: str, change_type: str = "sync", sync_id: int | None = None,
+                   actor: str = "stock_sync", skew: timedelta | None = None, dry_run: bool = False
+                   ) -> list[SnapshotRow]:
+    """Apply the marketplace's quantities (by SKU, as of ``fetched_at``) to existing stock rows.
+
+    Each row becomes *marketplace + its local events after the fetch*, with one ledger row
+    (``change_type``, key ``key_prefix || stock id``) per change and the variation total moved by
+    the same delta, unless the row is ``stale``, ``unpushed`` or ``ambiguous`` (module docstring):
+    then it is left as it is, and an ambiguous one is flagged for a re-check.  Quantities of one
+    SKU are summed (several listings of one variation).  With ``dry_run`` nothing is locked or
+    written: the rows say what would happen.  Does not commit.
+    """
+    params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
+              "skew": clock_skew() if skew is None else skew, "snapshot_types": list(SNAPSHOT_CHANGE_TYPES),
+              "marketplace_types": list(MARKETPLACE_CHANGE_TYPES)}
+    if not params["sku"]:
+        return []
+    if dry_run:
+        rows = session.execute(text(_SNAPSHOT_TARGET + _COMPARE_ONLY), params)
+    else:
+        # Lock the rows first (in id order: no deadlocks between pages), so the next statement's
+        # snapshot sees every event that committed before we got the locks.
+        session.execute(text(
+            "SELECT s.id FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "WHERE s.marketplace_id = :mp AND v.sku = ANY(CAST(:sku AS text[])) ORDER BY s.id FOR UPDATE OF s"),
+            params)
+        rows = session.execute(text(_SNAPSHOT_TARGET + _APPLY_TARGET), {
+            **params, "change_type": change_type, "key_prefix": key_prefix, "sync": sync_id, "actor": actor})
+    return [SnapshotRow(row.id, row.state, row.before, row.after, row.api_quantity) for row in rows]
+
+
+def apply_recheck(session: Session, *, marketplace_id: int, fetched_at: datetime, quantities: Mapping[str, int],
+                  skew: timedelta | None = None) -> list[SnapshotRow]:
+    """Apply a fresh read of a few flagged rows (SKU -> the marketplace's quantity).  Does not commit.
+
+    The same rules as a page: a row still ambiguous stays flagged, to be read again later.
+    """
+    return apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at, skus=list(quantities),
+                          quantities=list(quantities.values()), key_prefix=f"recheck:{uuid.uuid4().hex}:",
+                          change_type="recheck", actor="recheck", skew=skew)
 
 
 def finish_run(session: Session, *, sync_id: int, marketplace_id: int) -> str:
@@ -165,10 +252,9 @@ ON CONFLICT (marketplace_id, external_id) DO UPDATE SET
     last_seen_sync_id = EXCLUDED.last_seen_sync_id, last_seen_at = EXCLUDED.last_seen_at, missing_since = NULL
 """
 
-# One statement: compute each stock row's new quantity (snapshot + local events after the fetch),
-# update the rows that changed, write one ledger row per change, move the variation totals by the
-# same delta.  Rows whose quantity did not change get only their sync stamp.
-_APPLY_STOCK = """
+# Each stock row of the snapshot: its new quantity (snapshot + local events after the fetch) and
+# whether the snapshot may be applied to it at all (see the module docstring).
+_SNAPSHOT_TARGET = """
 WITH incoming AS (
     SELECT v.id AS variation_id, sum(t.qty)::int AS api_quantity
     FROM unnest(CAST(:sku AS text[]), CAST(:qty AS int[])) AS t(sku, qty)
@@ -176,22 +262,55 @@ WITH incoming AS (
     GROUP BY v.id
 ), target AS (
     SELECT s.id, s.variation_id, s.listed AS before, i.api_quantity,
-           i.api_quantity + COALESCE((
-               SELECT sum(l.change) FROM stock_ledger l
-               WHERE l.stock_id = s.id AND l.event_time > :t
-                 AND l.change_type <> ALL(CAST(:snapshot_types AS text[]))), 0)::int AS after
+           -- A marketplace cannot list less than 0: a page saying 0 for a row that was oversold as
+           -- of the fetch agrees with it, and the units still owed stay owed.
+           CASE WHEN i.api_quantity = 0 AND s.listed - newer.change < 0 THEN s.listed
+                ELSE i.api_quantity + newer.change END AS after,
+           CASE
+               WHEN s.last_synced_at > :t THEN 'stale'
+               WHEN s.push_state IN ('pending', 'failed') OR s.pushed_at >= :t - CAST(:skew AS interval)
+                   THEN 'unpushed'
+               WHEN EXISTS (
+                   SELECT 1 FROM stock_ledger l
+                   WHERE l.stock_id = s.id AND l.change <> 0
+                     AND l.change_type = ANY(CAST(:marketplace_types AS text[]))
+                     AND l.event_time BETWEEN :t - CAST(:skew AS interval) AND :t + CAST(:skew AS interval))
+                   THEN 'ambiguous'
+               ELSE 'apply'
+           END AS state
     FROM marketplace_stock s JOIN incoming i ON i.variation_id = s.variation_id
+    CROSS JOIN LATERAL (
+        SELECT COALESCE(sum(l.change), 0)::int AS change FROM stock_ledger l
+        WHERE l.stock_id = s.id AND l.event_time > :t AND l.change_type <> ALL(CAST(:snapshot_types AS text[]))
+    ) newer
     WHERE s.marketplace_id = :mp
-), updated AS (
+)"""
+
+_COMPARE_ONLY = """
+SELECT id, state, before, after, api_quantity FROM target ORDER BY id
+"""
+
+# One statement: update the rows that may be applied, write one ledger row per change, move the
+# variation totals by the same delta, flag the ambiguous rows.  Rows whose quantity did not change
+# get only their sync stamp.
+_APPLY_TARGET = """
+, updated AS (
     UPDATE marketplace_stock s
-    SET listed = target.after, last_api_quantity = target.api_quantity, last_synced_at = :t, updated_at = now()
-    FROM target WHERE s.id = target.id
+    SET listed = target.after, last_api_quantity = target.api_quantity, last_synced_at = :t, updated_at = now(),
+        needs_recheck = false, recheck_since = NULL,
+        oversold_since = CASE WHEN target.after < 0 THEN COALESCE(s.oversold_since, now()) END
+    FROM target WHERE s.id = target.id AND target.state = 'apply'
     RETURNING s.id, s.variation_id, target.before, target.after
+), flagged AS (
+    UPDATE marketplace_stock s
+    SET needs_recheck = true, recheck_since = COALESCE(s.recheck_since, now()), last_api_quantity = target.api_quantity
+    FROM target WHERE s.id = target.id AND target.state = 'ambiguous'
+    RETURNING s.id
 ), ledger AS (
     INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
                               change_type, sync_id, actor, idempotency_key, event_time)
-    SELECT id, variation_id, :mp, before, after, after - before, 'sync', :sync, 'stock_sync',
-           'sync:' || :sync || ':' || :page || ':' || id, :t
+    SELECT id, variation_id, :mp, before, after, after - before, CAST(:change_type AS text), CAST(:sync AS bigint),
+           CAST(:actor AS text), CAST(:key_prefix AS text) || id, :t
     FROM updated WHERE after <> before
     ORDER BY id
     RETURNING variation_id, change
@@ -201,5 +320,5 @@ WITH incoming AS (
     WHERE v.id = d.variation_id
     RETURNING v.id
 )
-SELECT count(*) FROM ledger
+SELECT id, state, before, after, api_quantity FROM target ORDER BY id
 """

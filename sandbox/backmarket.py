@@ -57,6 +57,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from sandbox.backmarket_orders import BackMarketOrders
+
 __all__ = ["SANDBOX_KEY", "BackMarketSandbox", "CatalogueEntry", "SlidingWindowQuota", "StockChange", "build_app",
            "catalogue_entry", "malformed_kind"]
 
@@ -428,6 +430,8 @@ class BackMarketSandbox:
                        malformed_pages=malformed_pages, drift_per_request=drift_per_request,
                        base_url_for_next=base_url_for_next)
         self.add_listings(listings)
+        #: The account's orders (``GET /ws/orders``); placing one lowers this sandbox's stock.
+        self.orders = BackMarketOrders(self)
 
     # -- dials -----------------------------------------------------------------------------------
 
@@ -658,6 +662,7 @@ class BackMarketSandbox:
         add("GET", ADMIN_PREFIX + "config", self._admin_get_config)
         add("POST", ADMIN_PREFIX + "config", self._admin_set_config)
         add("POST", ADMIN_PREFIX + "reset-stats", self._admin_reset_stats)
+        self.orders.add_routes(app)
         app[SANDBOX_KEY] = self
         return app
 

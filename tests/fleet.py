@@ -60,6 +60,9 @@ def fleet_env(*, redis_url: str, database_url: str, backmarket_url: str, token: 
         "BACKMARKET_QUOTA_WINDOW_S": str(quota_window_s), "BACKMARKET_PENALTY_S": "1",
         "DRAMATIQ_HEARTBEAT_TIMEOUT_MS": "3000", "DRAMATIQ_MAINTENANCE_CHANCE": "100000",
         "dramatiq_prom_db": "", "PYTHONUNBUFFERED": "1",
+        # No /metrics server unless a test asks for one (metrics_port=...): fleets of tests running
+        # side by side would all want the default port.
+        "METRICS_PORT": "0",
     }
     env.update({k.upper(): str(v) for k, v in extra.items()})
     return env

@@ -11,16 +11,25 @@ from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
 from workers import runtime
 from workers.failures import FailureRecorder
+from workers.metrics import FleetPrometheus
 from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+#: Prefix of dramatiq's own Redis keys: queues and their dead letters (``workers.dlq`` reads them).
+BROKER_NAMESPACE = "dramatiq"
 
 
 class LoopResources(Middleware):
     """Close the per-process HTTP session and Redis client when a worker shuts down."""
 
-    def before_worker_shutdown(self, broker, worker):
-        """Run the close on the AsyncIO event loop before it stops."""
+    def after_worker_shutdown(self, broker, worker):
+        """Run the close on the AsyncIO event loop, after the last message and before the loop stops.
+
+        Not before the shutdown: the worker threads are still finishing their messages then, and
+        a fetch in flight would lose its session.  ``after`` hooks run in reverse order, so this
+        one runs before AsyncIO's, which stops the loop.
+        """
         from dramatiq.asyncio import get_event_loop_thread
 
         loop_thread = get_event_loop_thread()
@@ -36,9 +45,13 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     if settings.redis_url:
         broker: dramatiq.Broker = RedisBroker(
             url=settings.redis_url,
+            namespace=BROKER_NAMESPACE,
             heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
             maintenance_chance=settings.dramatiq_maintenance_chance,
         )
+        # Worker processes only (it starts at process boot); the in-process demo keeps its metrics
+        # in memory, in prometheus_client's default registry.
+        broker.add_middleware(FleetPrometheus(settings.metrics_dir))
     else:
         print("stocksync: REDIS_URL is not set: using an in-process broker and worker threads "
               "(demo mode, not for production)", file=sys.stderr)

@@ -148,6 +148,8 @@ def demo_command(listings: int, change: int | None) -> None:
 @main.command("sandbox")
 @click.option("--listings", default=1000, show_default=True, type=click.IntRange(0))
 @click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 in a container; the sandbox has no authentication).")
 @click.option("--port", default=8780, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", default="sandbox-token", show_default=True)
 @click.option("--quota-requests", default=20, show_default=True, type=click.IntRange(0),
@@ -155,22 +157,22 @@ def demo_command(listings: int, change: int | None) -> None:
 @click.option("--quota-window", default=10.0, show_default=True, type=click.FloatRange(min=0.001))
 @click.option("--latency", default=0.0, show_default=True, type=click.FloatRange(min=0), help="Seconds per request.")
 @click.option("--error-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="Share of 500s.")
-def sandbox_command(listings, seed, port, token, quota_requests, quota_window, latency, error_rate) -> None:
-    """Serve a sandbox Back Market on 127.0.0.1:PORT."""
+def sandbox_command(listings, seed, host, port, token, quota_requests, quota_window, latency, error_rate) -> None:
+    """Serve a sandbox Back Market on HOST:PORT."""
     from sandbox.backmarket import BackMarketSandbox
     from sandbox.server import run_forever
 
     sandbox = BackMarketSandbox(listings=listings, seed=seed, token=token, quota_requests=quota_requests,
                                 quota_window_s=quota_window, latency_s=latency, error_rate=error_rate)
-    click.echo(f"sandbox Back Market: {listings} listings on http://127.0.0.1:{port} (token {token!r})")
-    run_forever(sandbox.build_app(), "127.0.0.1", port)
+    click.echo(f"sandbox Back Market: {listings} listings on http://{host}:{port} (token {token!r})")
+    run_forever(sandbox.build_app(), host, port)
 
 
 def _register_extensions() -> None:
     # Each pipeline keeps its commands in its own module.
-    from workers import cli_events, cli_ingram, cli_ops
+    from workers import cli_events, cli_ingram, cli_intake, cli_ops
 
-    for module in (cli_events, cli_ingram, cli_ops):
+    for module in (cli_events, cli_ingram, cli_ops, cli_intake):
         module.register(main)
 
 

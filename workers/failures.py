@@ -17,6 +17,8 @@ from typing import Callable
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from workers import metrics
+
 logger = logging.getLogger(__name__)
 
 #: actor name -> handler(message, error) run when one of its messages is dead-lettered.
@@ -70,6 +72,7 @@ class FailureRecorder(Middleware):
         with self._lock:
             error, tb = self._last_errors.pop(message.message_id, ("failed (no exception recorded)", ""))
         logger.error("message %s (%s) dead-lettered: %s", message.message_id, message.actor_name, error)
+        metrics.dead_lettered(message.queue_name, message.actor_name)
         try:
             self.redis_client_factory().set(
                 error_key(self.namespace, message.message_id),

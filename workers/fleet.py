@@ -15,5 +15,6 @@ dramatiq.set_broker(broker)
 
 # Actors bind to the broker set above; one module per pipeline.
 from actors import events, ingram, operations, stock_sync  # noqa: E402
+from actors import orders  # noqa: E402
 
 __all__ = ["broker", "events", "ingram", "operations", "stock_sync"]

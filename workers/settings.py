@@ -6,6 +6,7 @@ line or an error message.
 """
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,9 +60,138 @@ class Settings(BaseSettings):
 
     # --- stock events, intake, reconciliation (add fields below this line) ---
 
+    #: ``stocksync serve``: webhooks, the signed producer endpoint and the read API.  Loopback
+    #: unless told otherwise: put a TLS-terminating proxy in front of it.
+    intake_host: str = "127.0.0.1"
+    intake_port: int = Field(8790, ge=1, le=65535)
+    #: The largest request body the intake reads (a Shopify order is a few kB).
+    intake_max_body_bytes: int = Field(1_000_000, ge=1024)
+    #: Connections of the read API's pool (one event loop: a few connections keep it busy).
+    intake_read_pool_size: int = Field(4, ge=1)
+    #: Back Market order polling: the first poll reads this far back; later polls re-read this
+    #: much before the last ``date_modification`` seen (orders that moved between pages during a
+    #: walk).  Re-reads are free: every event has an idempotency key.
+    intake_orders_lookback_s: float = Field(24 * 3600, gt=0)
+    intake_orders_overlap_s: float = Field(600, ge=0)
+    #: Fleet-wide quota of Back Market's order endpoints (its general limit is ~200 per 10 s).
+    intake_orders_quota_requests: int = Field(50, ge=1)
+    intake_orders_quota_window_s: float = Field(10.0, gt=0)
+
+    #: Refurbed signs nothing: the webhook URL ends with this secret (``/webhooks/refurbed/<secret>``).
+    refurbed_webhook_secret: SecretStr = SecretStr("")
+    refurbed_base_url: str = "https://api.refurbed.com"
+    #: Merchant API token, sent as ``Authorization: Plain <token>``.
+    refurbed_token: SecretStr = SecretStr("")
+    refurbed_timeout_s: float = Field(30.0, gt=0)
+    refurbed_http_attempts: int = Field(4, ge=1)
+    #: Refurbed publishes no numbers; a fleet-wide ceiling keeps a burst of webhooks polite.
+    refurbed_quota_requests: int = Field(10, ge=1)
+    refurbed_quota_window_s: float = Field(1.0, gt=0)
+    #: The Refurbed backstop poll re-reads orders released this far back: webhooks announce new
+    #: orders only, so a cancellation is seen by this walk (or a later webhook of the same order).
+    refurbed_orders_lookback_s: float = Field(14 * 24 * 3600, gt=0)
+
+    #: The app's client secret: ``X-Shopify-Hmac-Sha256`` is keyed with it.
+    shopify_webhook_secret: SecretStr = SecretStr("")
+    #: The previous secret, still accepted during a rotation (Shopify takes up to an hour to switch).
+    shopify_previous_webhook_secret: SecretStr = SecretStr("")
+    #: The marketplace code Shopify orders are booked on.
+    shopify_marketplace: str = "shopify"
+    #: How long a delivery id (``X-Shopify-Webhook-Id``) is remembered; Shopify retries for 4 hours.
+    shopify_webhook_dedupe_ttl_s: int = Field(48 * 3600, ge=60)
+
+    #: Key of the signed endpoint for in-house producers (HMAC-SHA256 over timestamp + body).
+    producer_hmac_key: SecretStr = SecretStr("")
+    #: A signature older (or further in the future) than this is refused: no replays.
+    producer_signature_tolerance_s: float = Field(300.0, gt=0)
+
+    #: Stock events (db/events.py): how far our clock and a marketplace's may disagree.  An order
+    #: this close to a page's fetch time may or may not be in the page: the row is re-checked.
+    stock_event_skew_s: float = Field(5.0, ge=0)
+    #: Pushes of local stock changes (``POST /ws/listings/{id}``, queue ``stock-push``): retries
+    #: (with exponential backoff between these bounds) before the dead letters and ``failed``.
+    stock_push_max_retries: int = Field(6, ge=0)
+    stock_push_min_backoff_ms: int = Field(1_000, ge=1)
+    stock_push_max_backoff_ms: int = Field(120_000, ge=1)
+    #: How many times a re-check reads a row that is still ambiguous before leaving it to the next walk.
+    stock_recheck_attempts: int = Field(5, ge=1)
+    #: ``stocksync reconcile``: alert when more rows than this differ; listing pages fetched at once.
+    reconcile_alert_threshold: int = Field(10, ge=0)
+    reconcile_concurrency: int = Field(4, ge=1)
+
     # --- Ingram Micro (add fields below this line) ---
+    #: Ingram Micro Reseller API v6 (docs/api-shapes.md §2).  The vendor's sandbox is under ``/sandbox``.
+    ingram_base_url: str = "https://api.ingrammicro.com:443"
+    #: OAuth client credentials of the API app; the secret never shows in a repr, a log or an error.
+    ingram_client_id: str = ""
+    ingram_client_secret: SecretStr = SecretStr("")
+    #: ``IM-CustomerNumber`` (must match the registered one), ``IM-CountryCode``, optional ``IM-SenderID``.
+    ingram_customer_number: str = Field("", max_length=10)
+    ingram_country_code: str = Field("US", pattern=r"^[A-Z]{2}$")
+    ingram_sender_id: str = Field("", max_length=32)
+    #: Fleet-wide quotas: price & availability requests per minute, least gap between two details calls.
+    ingram_pa_per_minute: int = Field(60, ge=1)
+    ingram_details_min_interval_s: float = Field(0.5, gt=0)
+    #: Added to both Ingram limiter windows (seconds, never scaled): the supplier counts requests when
+    #: they arrive, and arrival jitter (network, scheduling) must not make two grants look too close.
+    ingram_rate_margin_s: float = Field(0.02, ge=0)
+    #: Products per price & availability request (Ingram Micro takes at most 50).
+    ingram_batch_size: int = Field(50, ge=1, le=50)
+    #: Price & availability batches running at once across the whole fleet.
+    ingram_max_concurrent: int = Field(4, ge=1)
+    #: Details older than this are fetched again even when nothing changed (seconds).
+    ingram_details_max_age_s: float = Field(7 * 24 * 3600, ge=0)
+    #: Multiplies every Ingram quota window and retry delay (benchmarks and tests run at e.g. 0.05).
+    ingram_time_scale: float = Field(1.0, gt=0)
+    #: Delays before the retries of a failed message (seconds, before the time scale; up to 25% jitter is
+    #: added); once they are used up the message goes to the dead letters.  JSON lists in the environment.
+    ingram_batch_retry_delays_s: list[float] = [30.0, 60.0, 120.0]
+    ingram_details_retry_delays_s: list[float] = [10.0, 30.0, 60.0]
+    ingram_timeout_s: float = Field(30.0, gt=0)
+    #: HTTP attempts per call inside the client (429 / 5xx / timeouts) before the message retries.
+    ingram_http_attempts: int = Field(4, ge=1)
+    #: The shared token is replaced this long before it expires (and it lives at most 24 h).
+    ingram_token_refresh_before_s: float = Field(300.0, ge=0)
+    #: A batch's concurrency slot is a lease renewed while it runs; a killed worker's lease ends after this.
+    ingram_lease_ttl_s: float = Field(60.0, gt=0)
+    #: How many more times a batch asks again for the products a 207 answered with an error.
+    ingram_partial_retries: int = Field(1, ge=0)
+    #: Queues of the pipeline; ``stocksync ingram sync --queue Q`` may also name one of the extra queues
+    #: (comma-separated), which every worker declares so that it consumes them.
+    ingram_batch_queue: str = "ingram-batch"
+    ingram_details_queue: str = "ingram-details"
+    ingram_extra_queues: str = ""
+    #: Cooldown between two supplier syncs, by trigger (seconds).
+    ingram_cooldown_scheduled_s: float = 6 * 3600
+    ingram_cooldown_manual_s: float = 30 * 60
 
     # --- operations: metrics, scheduler, stores, alerts (add fields below this line) ---
+    #: Address every process's ``/metrics`` server binds: loopback unless Prometheus scrapes from
+    #: another host or container (then e.g. ``0.0.0.0`` behind a firewall).
+    metrics_host: str = "127.0.0.1"
+    #: Port of this process's ``/metrics`` (0 turns it off).  Every process on one host needs its
+    #: own: each dramatiq master, the scheduler, the intake (deploy/supervisor gives each one).
+    metrics_port: int = Field(9191, ge=0, le=65535)
+    #: Folder of the worker processes' metric files (prometheus_client multiprocess mode); each
+    #: dramatiq master writes to a new sub-folder of its own, removed once the master is gone.
+    metrics_dir: Path = Path(tempfile.gettempdir()) / "stocksync-metrics"
+
+    #: ``stocksync scheduler``: when each periodic job enqueues its message, as a five-field
+    #: crontab string (minute hour day-of-month month day-of-week) in ``scheduler_timezone``.  An
+    #: empty string turns the job off.  The job -> actor table is ``workers.scheduler.JOBS``.
+    scheduler_backmarket_stock_sync_cron: str = "0 */6 * * *"
+    scheduler_ingram_sync_cron: str = "30 */6 * * *"
+    scheduler_all_stores_sync_cron: str = "0 */4 * * *"
+    scheduler_stock_alerts_cron: str = "15 * * * *"
+    scheduler_reconciliation_cron: str = "0 2 * * *"
+    scheduler_order_polling_cron: str = "*/2 * * * *"
+    #: Time zone the crontab strings are read in.
+    scheduler_timezone: str = "UTC"
+    #: Leader lock: only the scheduler holding it enqueues.  It expires this long after its holder's
+    #: last renewal (a dead scheduler is replaced within about this time); renewed every
+    #: ``scheduler_lock_renew_s``, which must be well under the expiry.
+    scheduler_lock_ttl_s: float = Field(30.0, gt=0)
+    scheduler_lock_renew_s: float = Field(5.0, gt=0)
 
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,8 @@ from sqlalchemy import create_engine, pool
 from db.models import Base
 
 # Every module that declares tables (one per pipeline) must be imported here for autogenerate.
+import db.event_models  # noqa: F401
+import db.supplier  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

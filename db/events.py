@@ -1,0 +1,489 @@
+"""Stock events (DESIGN.md §3, §5): orders, cancellations, top-ups and manual adjustments.
+
+Each event is one ledger row written in the same transaction as the stock change it makes, and
+happens once: its idempotency key is UNIQUE in the ledger and is checked under the stock row's
+lock, so a re-delivered message or a re-sent webhook finds its key and changes nothing.
+
+Two kinds of event, and why they differ:
+
+- **Marketplace events** (``order_created``, ``order_cancelled``): the marketplace moved its own
+  stock when the order happened (Back Market lowers it itself), so a page fetched after that
+  moment already counts the order.  An order that arrives after such a page was applied is
+  booked with a change of 0 ("absorbed") rather than counted twice.
+- **Local events** (``topup``, ``manual``): the marketplace learns of them only when we push the
+  new absolute quantity (``POST /ws/listings/{id}``).  Until that push is confirmed, no snapshot
+  may overwrite the row (db/snapshot.py skips it).
+
+The push is absolute, so it overwrites an order the marketplace took after the push read our
+quantity but before we booked it: such an order is applied and asks for another push.  When the
+clocks cannot tell whether a page saw an event (their times are within the clock skew), the row
+is flagged ``needs_recheck`` and read again later, and meanwhile the lower stock is kept: an
+uncertain unit is never offered twice.  The README's "Stock events" section has the full table.
+
+This module never commits: the caller owns the transaction (one per message).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+logger = logging.getLogger(__name__)
+
+#: Events the marketplace applies to its own stock at their event time.
+MARKETPLACE_CHANGE_TYPES = ("order_created", "order_cancelled")
+#: Events the marketplace learns of only through a push.
+LOCAL_CHANGE_TYPES = ("topup", "manual")
+CHANGE_TYPES = MARKETPLACE_CHANGE_TYPES + LOCAL_CHANGE_TYPES
+
+#: Marketplaces whose stock is pushed after a local change (an absolute quantity, one call).
+#: Others keep the change locally only, and their rows never wait for a push.
+PUSHED_MARKETPLACES = frozenset({"backmarket"})
+
+#: How far apart two clocks (ours, the marketplace's) may be: an event this close to a page's
+#: fetch time may or may not be in the page.  ``STOCK_EVENT_SKEW_S`` sets it for the fleet.
+DEFAULT_CLOCK_SKEW = timedelta(seconds=5)
+_clock_skew = DEFAULT_CLOCK_SKEW
+
+#: How far ahead of our clock an event time may be.  An event "from the future" would stay on top
+#: of every page until that time (the producer API refuses the same).
+MAX_FUTURE = timedelta(minutes=5)
+
+#: Column sizes of ``stock_ledger`` (db/models.py).
+_ID_CHARS, _SKU_CHARS, _TEXT_CHARS, _KEY_CHARS = 64, 200, 200, 300
+_MARKETPLACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def set_clock_skew(seconds: float) -> None:
+    """Set the process-wide clock skew used when no ``skew`` is passed (workers do it from settings)."""
+    global _clock_skew
+    if seconds < 0:
+        raise ValueError(f"the clock skew must be >= 0 seconds, got {seconds!r}")
+    _clock_skew = timedelta(seconds=seconds)
+
+
+def clock_skew() -> timedelta:
+    """The process-wide clock skew (see :data:`DEFAULT_CLOCK_SKEW`)."""
+    return _clock_skew
+
+
+class InvalidStockEvent(ValueError):
+    """An event field is missing or wrong; ``field`` names it.  Permanent: retrying cannot help."""
+
+    permanent = True
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class StockEvent:
+    """One stock event, as booked in the ledger.
+
+    ``quantity`` is in units and positive, except for ``manual`` where it is the signed change.
+    ``idempotency_key`` defaults to ``marketplace:order_line_id:change_type`` for orders and
+    ``marketplace:change_type:reference`` for top-ups and manual changes (``reference`` is then
+    required: it is what makes a re-sent top-up the same top-up).
+    """
+
+    marketplace: str
+    sku: str
+    change_type: str
+    quantity: int
+    event_time: datetime
+    order_id: str | None = None
+    order_line_id: str | None = None
+    reference: str | None = None
+    actor: str | None = None
+    note: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The idempotency key: given, or derived from what identifies the effect."""
+        if self.idempotency_key:
+            return self.idempotency_key
+        if self.change_type in MARKETPLACE_CHANGE_TYPES:
+            return order_line_key(self.marketplace, self.order_line_id, self.change_type)
+        return f"{self.marketplace}:{self.change_type}:{self.reference}"
+
+    @property
+    def change(self) -> int:
+        """The signed change the event asks for (before any absorption)."""
+        if self.change_type == "order_created":
+            return -self.quantity
+        return self.quantity
+
+    def validated(self) -> StockEvent:
+        """This event with ids as strings and the time in UTC; raise :class:`InvalidStockEvent`."""
+        if not isinstance(self.marketplace, str) or not _MARKETPLACE.fullmatch(self.marketplace):
+            raise InvalidStockEvent("marketplace", f"must be a code like 'backmarket', got {self.marketplace!r}")
+        if self.change_type not in CHANGE_TYPES:
+            raise InvalidStockEvent("change_type", f"must be one of {', '.join(CHANGE_TYPES)}, "
+                                                   f"got {self.change_type!r}")
+        _check_text("sku", self.sku, _SKU_CHARS)
+        if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
+            raise InvalidStockEvent("quantity", f"must be an integer, got {type(self.quantity).__name__}")
+        if self.change_type == "manual":
+            if self.quantity == 0:
+                raise InvalidStockEvent("change", "must not be zero")
+        elif self.quantity <= 0:
+            raise InvalidStockEvent("quantity", f"must be a positive number of units, got {self.quantity}")
+        if not isinstance(self.event_time, datetime) or self.event_time.utcoffset() is None:
+            raise InvalidStockEvent("event_time", "must be a datetime with a time zone")
+        fields = {"event_time": self.event_time.astimezone(timezone.utc)}
+        if self.change_type in MARKETPLACE_CHANGE_TYPES:
+            for name in ("order_id", "order_line_id"):
+                value = getattr(self, name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    value = str(value)
+                _check_text(name, value, _ID_CHARS)
+                fields[name] = value
+        elif not self.idempotency_key:
+            _check_text("reference", self.reference, _TEXT_CHARS)
+        for name in ("reference", "actor"):
+            if getattr(self, name) is not None:
+                _check_text(name, getattr(self, name), _TEXT_CHARS)
+        event = replace(self, **fields)
+        _check_text("idempotency_key", event.key, _KEY_CHARS)
+        return event
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What booking an event did.
+
+    ``status`` is ``applied`` or ``duplicate`` (the key was already in the ledger: nothing
+    changed; ``before == after`` is the current stock, and the flags say what the row still
+    waits for).  ``change`` is what was booked: 0 when the event was ``absorbed`` (a page
+    already counted it, or it met its other half first).  ``push_requested``: the caller should
+    enqueue a push of the row.  ``needs_recheck``: the row was flagged to be read again from the
+    marketplace.  ``created``: the stock row did not exist.
+    """
+
+    status: str
+    stock_id: int
+    before: int
+    after: int
+    oversold: bool = False
+    change: int = 0
+    idempotency_key: str = ""
+    absorbed: bool = False
+    needs_recheck: bool = False
+    push_requested: bool = False
+    created: bool = False
+
+
+def order_line_key(marketplace: str, order_line_id: str | None, change_type: str) -> str:
+    """The idempotency key of an order line's event: one ``order_created`` and one ``order_cancelled``."""
+    return f"{marketplace}:{order_line_id}:{change_type}"
+
+
+def marketplace_id_of(session: Session, code: str) -> int:
+    """The id of marketplace ``code``, created on first use.  Does not commit."""
+    found = session.execute(text("SELECT id FROM marketplaces WHERE code = :c"), {"c": code}).scalar()
+    if found is not None:
+        return found
+    from db.snapshot import ensure_marketplace
+
+    return ensure_marketplace(session, code)
+
+
+def record_stock_event(session: Session, event: StockEvent, *, now: datetime | None = None,
+                       skew: timedelta | None = None) -> EventResult:
+    """Book ``event`` in the caller's transaction (the caller commits), exactly once.
+
+    Locks the stock row (creating the variation and the row at 0 when the SKU is new: an order
+    may arrive before the first sync), checks the idempotency key under that lock, then one
+    statement writes the ledger row (``ON CONFLICT DO NOTHING`` on the key), moves the stock and
+    the variation total by the same change, and sets the push and re-check flags.  ``now`` and
+    ``skew`` default to the wall clock and :func:`clock_skew` (tests pass a clock of their own).
+
+    Raises :class:`InvalidStockEvent` for a bad field (nothing written).
+    """
+    event = event.validated()
+    now = now or datetime.now(timezone.utc)
+    if event.event_time > now + MAX_FUTURE:
+        raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
+                                              f"{now.isoformat()})")
+    skew = clock_skew() if skew is None else skew
+    key = event.key
+    marketplace_id = marketplace_id_of(session, event.marketplace)
+    row = _lock_stock_row(session, marketplace_id, event.sku)
+    created = False
+    if row is None:
+        created = _create_stock_row(session, marketplace_id, event.sku)
+        row = _lock_stock_row(session, marketplace_id, event.sku)
+
+    # Under the row lock: a concurrent delivery of the same event has committed or waits behind us.
+    booked = session.execute(text("SELECT stock_id, change_type FROM stock_ledger WHERE idempotency_key = :k"),
+                             {"k": key}).first()
+    if booked is not None:
+        return _duplicate(event, key, row, booked)
+
+    decision = _decide(session, event, row, now=now, skew=skew)
+    written = session.execute(text(_BOOK_EVENT), {
+        "sid": row.id, "change": decision.change, "type": event.change_type, "order": event.order_id,
+        "line": event.order_line_id, "ref": event.reference, "actor": event.actor,
+        "note": decision.note or event.note, "key": key, "t": event.event_time, "now": now,
+        "recheck": decision.recheck, "push": decision.push,
+    }).first()
+    if written is None:
+        # The key was booked meanwhile on another stock row (a key reused for another SKU).
+        return _duplicate(event, key, row, None)
+    oversold = written.quantity_after < 0 and decision.change < 0
+    if oversold:
+        logger.warning("oversold: %s of %s on %s leaves stock at %d (stock row %d)", event.change_type, event.sku,
+                       event.marketplace, written.quantity_after, row.id)
+    return EventResult("applied", row.id, written.quantity_before, written.quantity_after, oversold=oversold,
+                       change=decision.change, idempotency_key=key, absorbed=decision.change != event.change,
+                       needs_recheck=decision.recheck, push_requested=decision.push, created=created)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    change: int
+    push: bool
+    recheck: bool
+    note: str | None = None
+
+
+def _decide(session: Session, event: StockEvent, row, *, now: datetime, skew: timedelta) -> _Decision:
+    """What an event changes, given what the last page and the last push of its row saw."""
+    pushable = event.marketplace in PUSHED_MARKETPLACES
+    if event.change_type in LOCAL_CHANGE_TYPES:
+        return _Decision(event.change, push=pushable, recheck=False)
+
+    moment = event.event_time
+    synced = row.last_synced_at
+    covered = synced is not None and moment < synced - skew       # the last page applied counted it
+    uncovered = synced is None or moment > synced + skew          # it did not
+    # A push that landed after the event (or is in flight) set the marketplace to a quantity
+    # that did not know it: the marketplace's own change was overwritten.
+    pushed_over = (row.push_lease_until is not None and row.push_lease_until > now) or (
+        row.pushed_at is not None and row.pushed_at >= moment - skew)
+    other = "order_cancelled" if event.change_type == "order_created" else "order_created"
+    other_booked = session.execute(text("SELECT 1 FROM stock_ledger WHERE idempotency_key = :k"),
+                                   {"k": order_line_key(event.marketplace, event.order_line_id, other)}).first()
+
+    if event.change_type == "order_created":
+        if other_booked:
+            # Cancelled before we saw it: the pair nets to nothing here, and the cancellation's
+            # push already set the marketplace to our quantity.
+            return _Decision(0, push=False, recheck=False, note="cancelled before the order was booked")
+        if covered and not pushed_over:
+            return _Decision(0, push=False, recheck=False,
+                             note=f"already counted by the marketplace page fetched at {synced.isoformat()}")
+        # Uncertain (clocks too close) or overwritten by a push: book it, the lower stock is safe.
+        return _Decision(event.change, push=pushable and pushed_over, recheck=not uncovered and not pushed_over)
+
+    # order_cancelled: the units come back.  We push after every cancellation, so the
+    # marketplace gets them back whether or not it restores stock itself.
+    if not other_booked:
+        # Its order comes later (and then books nothing): the marketplace took the units at the
+        # order and may not give them back itself, so our push sets them.
+        return _Decision(0, push=pushable, recheck=False, note="cancelled before its order was booked")
+    if uncovered:
+        return _Decision(event.change, push=pushable, recheck=False)
+    # A page fetched after the cancellation counted it (if the marketplace restores stock), or
+    # the clocks are too close to tell: keep the lower stock and let the re-check decide.
+    note = f"already counted by the marketplace page fetched at {synced.isoformat()}" if covered else None
+    return _Decision(0, push=pushable, recheck=not covered, note=note)
+
+
+def _check_text(name: str, value, limit: int) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidStockEvent(name, f"must be a non-empty string, got {value!r}")
+    if len(value) > limit:
+        raise InvalidStockEvent(name, f"must be at most {limit} characters, got {len(value)}")
+
+
+def _lock_stock_row(session: Session, marketplace_id: int, sku: str):
+    return session.execute(text(
+        "SELECT s.id, s.variation_id, s.listed, s.last_synced_at, s.push_state, s.pushed_at, s.push_lease_until, "
+        "s.needs_recheck "
+        "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+        "WHERE v.sku = :sku AND s.marketplace_id = :mp FOR UPDATE OF s"), {"sku": sku, "mp": marketplace_id}).first()
+
+
+def _create_stock_row(session: Session, marketplace_id: int, sku: str) -> bool:
+    # An event for a SKU no sync has seen: the variation and its stock row start at 0, like a
+    # sync's, so the ledger invariant holds from the first row; the first sync corrects the rest.
+    session.execute(text("INSERT INTO variations (sku) VALUES (:sku) ON CONFLICT (sku) DO NOTHING"), {"sku": sku})
+    return session.execute(text(
+        "INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+        "SELECT id, :mp, 0 FROM variations WHERE sku = :sku "
+        "ON CONFLICT (variation_id, marketplace_id) DO NOTHING RETURNING id"),
+        {"sku": sku, "mp": marketplace_id}).first() is not None
+
+
+def _duplicate(event: StockEvent, key: str, row, booked) -> EventResult:
+    if booked is not None and (booked.stock_id != row.id or booked.change_type != event.change_type):
+        logger.warning("idempotency key %s was booked for stock row %d (%s), now sent for row %d (%s): "
+                       "a key must name one effect", key, booked.stock_id, booked.change_type, row.id,
+                       event.change_type)
+    logger.info("duplicate stock event %s skipped", key)
+    # Still waiting for a push or a re-check: the first delivery may have died between its commit
+    # and sending them, so the caller sends them again (a push with nothing to do sends nothing).
+    return EventResult("duplicate", row.id, row.listed, row.listed, idempotency_key=key,
+                       push_requested=row.push_state == "pending", needs_recheck=row.needs_recheck)
+
+
+# One statement under the row lock: the ledger row (its key UNIQUE: ON CONFLICT nothing is written
+# and nothing moves), the stock row, the flags and the variation total, all by the same change.
+_BOOK_EVENT = """
+WITH entry AS (
+    INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
+                              change_type, order_id, order_line_id, reference, actor, note, idempotency_key,
+                              event_time)
+    SELECT s.id, s.variation_id, s.marketplace_id, s.listed, s.listed + CAST(:change AS int), CAST(:change AS int),
+           :type, :order, :line, :ref, :actor, :note, :key, :t
+    FROM marketplace_stock s WHERE s.id = :sid
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING stock_id, variation_id, quantity_before, quantity_after, change
+), stock AS (
+    UPDATE marketplace_stock s SET
+        listed = entry.quantity_after, updated_at = :now,
+        oversold_since = CASE WHEN entry.quantity_after < 0 THEN COALESCE(s.oversold_since, :now) END,
+        needs_recheck = s.needs_recheck OR CAST(:recheck AS boolean),
+        recheck_since = CASE WHEN CAST(:recheck AS boolean) THEN COALESCE(s.recheck_since, :now)
+                             ELSE s.recheck_since END,
+        push_state = CASE WHEN CAST(:push AS boolean) THEN 'pending' ELSE s.push_state END,
+        push_seq = s.push_seq + CASE WHEN CAST(:push AS boolean) THEN 1 ELSE 0 END,
+        push_requested_at = CASE WHEN CAST(:push AS boolean) THEN :now ELSE s.push_requested_at END
+    FROM entry WHERE s.id = entry.stock_id
+    RETURNING s.id
+), total AS (
+    UPDATE variations v SET total_stock = v.total_stock + entry.change, updated_at = :now
+    FROM entry WHERE v.id = entry.variation_id AND entry.change <> 0
+    RETURNING v.id
+)
+SELECT entry.quantity_before, entry.quantity_after, entry.change FROM entry
+"""
+
+
+# -- pushing the quantity to the marketplace -------------------------------------------------------
+
+
+class PushImpossible(Exception):
+    """The row cannot be pushed (no listing, or several to split between).  Permanent."""
+
+    permanent = True
+
+
+@dataclass(frozen=True)
+class PushClaim:
+    """A claimed push: the quantity to send (``listed``, never below 0) to ``listing``.
+
+    ``needed`` is False when nothing is waiting (another push already sent the latest change):
+    then no lease was taken and nothing must be sent.
+    """
+
+    stock_id: int
+    owner: str
+    needed: bool
+    listing: str | None = None
+    listed: int = 0
+    quantity: int = 0
+    seq: int = 0
+    started_at: datetime | None = None
+
+
+def find_stock_id(session: Session, marketplace: str, sku: str) -> int | None:
+    """The stock row of ``sku`` on ``marketplace``, or None."""
+    return session.execute(text(
+        "SELECT s.id FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+        "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND v.sku = :sku"),
+        {"mp": marketplace, "sku": sku}).scalar()
+
+
+def claim_push(session: Session, stock_id: int, owner: str, *, lease: timedelta,
+               now: datetime | None = None) -> PushClaim | None:
+    """Take the row's push lease and read the quantity to send, atomically.  Does not commit.
+
+    One push of a row at a time: two absolute pushes in flight could land in the wrong order and
+    leave the older quantity.  Returns None when another owner holds a live lease (that push
+    will leave the row pending if it read too early, and its actor pushes again).  The same
+    ``owner`` (a re-delivered message) takes its own lease back at once.
+
+    Raises :class:`PushImpossible` when the variation has no listing, or several, on the marketplace.
+    """
+    now = now or datetime.now(timezone.utc)
+    row = session.execute(text(
+        "SELECT id, variation_id, marketplace_id, listed, push_seq, push_state, push_lease_owner, push_lease_until "
+        "FROM marketplace_stock WHERE id = :sid FOR UPDATE"), {"sid": stock_id}).first()
+    if row is None:
+        raise PushImpossible(f"no stock row {stock_id}")
+    if row.push_state not in ("pending", "failed"):
+        return PushClaim(stock_id, owner, needed=False, listed=row.listed, seq=row.push_seq)
+    if row.push_lease_until is not None and row.push_lease_until > now and row.push_lease_owner != owner:
+        return None
+    listings = session.execute(text(
+        "SELECT external_id FROM listings WHERE marketplace_id = :mp AND variation_id = :v AND missing_since IS NULL "
+        "ORDER BY id"), {"mp": row.marketplace_id, "v": row.variation_id}).scalars().all()
+    if len(listings) != 1:
+        what = "no listing" if not listings else f"{len(listings)} listings (an absolute quantity cannot be split)"
+        raise PushImpossible(f"stock row {stock_id} has {what} on the marketplace: sync it, or push by hand")
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_lease_owner = :owner, push_lease_until = :until WHERE id = :sid"),
+        {"owner": owner[:64], "until": now + lease, "sid": stock_id})
+    return PushClaim(stock_id, owner, needed=True, listing=listings[0], listed=row.listed,
+                     quantity=max(row.listed, 0), seq=row.push_seq, started_at=now)
+
+
+def finish_push(session: Session, claim: PushClaim, *, now: datetime | None = None) -> bool:
+    """Record a push the marketplace confirmed; True when the row is now up to date.  Does not commit.
+
+    False when a change arrived after the claim read the quantity (the row stays ``pending``: push
+    again), or when the lease was lost to another owner (whose push will follow ours).
+    """
+    now = now or datetime.now(timezone.utc)
+    state = session.execute(text(
+        "UPDATE marketplace_stock SET push_lease_owner = NULL, push_lease_until = NULL, push_error = NULL, "
+        "push_started_at = :started, pushed_at = :now, pushed_quantity = :q, "
+        "push_state = CASE WHEN push_seq = :seq THEN 'pushed' ELSE 'pending' END "
+        "WHERE id = :sid AND push_lease_owner = :owner RETURNING push_state"),
+        {"started": claim.started_at, "now": now, "q": claim.quantity, "seq": claim.seq, "sid": claim.stock_id,
+         "owner": claim.owner[:64]}).scalar()
+    return state == "pushed"
+
+
+def note_push_error(session: Session, stock_id: int, owner: str, error: str) -> None:
+    """Keep a failed attempt's error on the row, and keep the lease.  Does not commit.
+
+    A POST that timed out may still land: until the lease ends, only the same owner (the same
+    message, retried) may push the row, so no newer quantity can land before this older one.
+    """
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_error = :error WHERE id = :sid AND push_lease_owner = :owner"),
+        {"error": error[:4000], "sid": stock_id, "owner": owner[:64]})
+
+
+def release_push(session: Session, stock_id: int, owner: str, error: str, *, failed: bool) -> None:
+    """Give the lease back after a push failed, keeping its error; ``failed``: it failed for good.
+
+    A row marked ``failed`` still waits for a push (the next one, or an operator's retry of the
+    dead letter, sends it) and no snapshot overwrites it meanwhile.  Does not commit.
+    """
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_error = :error, "
+        "push_lease_owner = CASE WHEN push_lease_owner = :owner THEN NULL ELSE push_lease_owner END, "
+        "push_lease_until = CASE WHEN push_lease_owner = :owner THEN NULL ELSE push_lease_until END, "
+        "push_state = CASE WHEN CAST(:failed AS boolean) AND push_state = 'pending' THEN 'failed' "
+        "ELSE push_state END WHERE id = :sid"),
+        {"error": error[:4000], "owner": owner[:64], "failed": failed, "sid": stock_id})
+
+
+def rows_to_recheck(session: Session, marketplace: str, *, older_than: datetime, limit: int = 500
+                    ) -> list[tuple[int, str]]:
+    """``(stock_id, sku)`` of rows flagged for a re-check before ``older_than``, oldest first."""
+    return [tuple(row) for row in session.execute(text(
+        "SELECT s.id, v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+        "JOIN marketplaces m ON m.id = s.marketplace_id "
+        "WHERE m.code = :mp AND s.needs_recheck AND s.recheck_since < :before ORDER BY s.recheck_since LIMIT :n"),
+        {"mp": marketplace, "before": older_than, "n": limit})]

@@ -1,0 +1,206 @@
+"""Reconciliation (DESIGN.md §3): compare the marketplace's listing pages with the stock table.
+
+A reconciliation is a ``sync_runs`` row of kind ``reconciliation``.  It first checks the ledger
+invariant (a broken ledger is not corrected from the marketplace: the run fails and alerts), then
+takes the same bulk page walk as a stock sync (never one call per listing) and applies each page
+with the rules of :func:`db.snapshot.apply_snapshot` in compare mode: every row that differs is
+written to ``reconciliation_reports`` (local, marketplace, difference) and, unless it is a dry
+run, corrected by one ``reconciliation`` ledger entry.  Rows the page cannot be trusted for (a
+push pending, an order too close to the fetch time) are counted as deferred, not as differences.
+More differences than the threshold raise an alert (:mod:`workers.alerts_hook`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Sequence
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from db import syncs
+from db.event_models import ReconciliationReport
+from db.ledger import check_invariant
+from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, upsert_catalogue
+
+logger = logging.getLogger(__name__)
+
+#: ``sync_runs.kind`` of a reconciliation.
+KIND = "reconciliation"
+
+
+@dataclass(frozen=True)
+class ComparedPage:
+    """What comparing one page found (``applied`` False: the page was already compared in this run)."""
+
+    applied: bool
+    discrepancies: int = 0
+    corrected: int = 0
+    deferred: int = 0
+
+
+@dataclass(frozen=True)
+class ReconciliationSummary:
+    """A finished (or refused) reconciliation run, for the CLI, the logs and the alert."""
+
+    run_id: int
+    marketplace: str
+    status: str
+    dry_run: bool
+    pages: int
+    listings: int
+    discrepancies: int
+    corrected: int
+    deferred: int
+    threshold: int
+    alert: bool
+    error: str | None = None
+
+
+def begin_reconciliation(session: Session, marketplace: str, *, dry_run: bool, trigger: str = "manual",
+                         stale_after_s: float = 15 * 60) -> syncs.SyncRun:
+    """Open a reconciliation run of ``marketplace`` and check the ledger invariant.  Commits.
+
+    At most one runs per marketplace (the run lock of :mod:`db.syncs`; raises
+    :class:`db.syncs.SyncRefused`).  When the invariant is broken the run is returned already
+    ``failed`` (with the violations in ``details``) and an alert is raised: the marketplace is not
+    compared with a ledger that does not add up.
+    """
+    marketplace_id = ensure_marketplace(session, marketplace)
+    session.commit()
+    policy = syncs.SyncPolicy(cooldown_scheduled_s=0, cooldown_manual_s=0, stale_after_s=stale_after_s)
+    run = syncs.begin_run(session, kind=KIND, target=marketplace, trigger=trigger, policy=policy, force=True,
+                          dry_run=dry_run, details={"marketplace_id": marketplace_id})
+    violations = check_invariant(session, marketplace_id)
+    if violations:
+        shown = [{"stock_id": v.stock_id, "problem": v.problem} for v in violations[:20]]
+        error = f"the ledger invariant is broken on {len(violations)} stock rows: nothing compared or corrected"
+        session.execute(text("UPDATE sync_runs SET details = details || CAST(:d AS jsonb) WHERE id = :s"),
+                        {"d": _json({"invariant_violations": len(violations), "violations": shown, "alert": True}),
+                         "s": run.id})
+        session.commit()
+        syncs.fail_run(session, run.id, error)
+        _alert("ledger_invariant", f"{marketplace}: {error}", {"run_id": run.id, "violations": shown})
+        session.refresh(run)
+    return run
+
+
+def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: int, fetched_at: datetime,
+                 items: Sequence[PageItem], dry_run: bool, total_pages: int | None = None,
+                 total_items: int | None = None, language: str = "fr-fr") -> ComparedPage:
+    """Compare one page with the stock table, record its differences, correct them unless ``dry_run``.
+
+    One transaction (the caller commits); idempotent per (run, page) like a sync's page.  A
+    listing the stock table does not know yet is a difference from 0; a real run creates its rows
+    (as a sync would) and books the marketplace's quantity.
+    """
+    items = list({item.external_id: item for item in items}.values())
+    claimed = session.execute(text(
+        "INSERT INTO sync_pages (sync_id, page, items, fetched_at) VALUES (:s, :p, :n, :t) "
+        "ON CONFLICT DO NOTHING RETURNING page"), {"s": run_id, "p": page, "n": len(items), "t": fetched_at}).first()
+    if claimed is None:
+        return ComparedPage(applied=False)
+    listing_of = {item.sku: item.external_id for item in items}
+    reports: list[dict] = []
+    deferred = 0
+    if items:
+        if dry_run:
+            known = set(session.execute(text(
+                "SELECT v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+                "WHERE s.marketplace_id = :mp AND v.sku = ANY(CAST(:sku AS text[]))"),
+                {"mp": marketplace_id, "sku": list(listing_of)}).scalars())
+            new = {}
+            for item in items:
+                if item.sku not in known:
+                    new[item.sku] = new.get(item.sku, 0) + item.quantity
+            reports += [{"stock_id": None, "sku": sku, "local": 0, "marketplace": quantity, "difference": quantity}
+                        for sku, quantity in new.items() if quantity != 0]
+        else:
+            upsert_catalogue(session, marketplace_id=marketplace_id, sync_id=run_id, fetched_at=fetched_at,
+                             items=items, language=language)
+        rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
+                              skus=[i.sku for i in items], quantities=[i.quantity for i in items],
+                              key_prefix=f"reconciliation:{run_id}:{page}:", change_type="reconciliation",
+                              sync_id=run_id, actor="reconciliation", dry_run=dry_run)
+        sku_of = dict(session.execute(text(
+            "SELECT s.id, v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "WHERE s.id = ANY(CAST(:ids AS bigint[]))"), {"ids": [row.stock_id for row in rows]}).all())
+        deferred = sum(row.state != "apply" for row in rows)
+        reports += [{"stock_id": row.stock_id, "sku": sku_of[row.stock_id], "local": row.before,
+                     "marketplace": row.marketplace, "difference": row.after - row.before}
+                    for row in rows if row.state == "apply" and row.after != row.before]
+    if reports:
+        session.execute(text(
+            "INSERT INTO reconciliation_reports (run_id, marketplace_id, stock_id, listing, sku, local, marketplace, "
+            "difference, corrected) VALUES (:run, :mp, :stock_id, :listing, :sku, :local, :marketplace, :difference, "
+            ":corrected)"),
+            [{**report, "run": run_id, "mp": marketplace_id, "listing": listing_of.get(report["sku"]),
+              "corrected": not dry_run} for report in reports])
+    corrected = 0 if dry_run else len(reports)
+    session.execute(text(
+        "UPDATE sync_runs SET pages_done = pages_done + 1, items = items + :n, changed = changed + :c, "
+        "unchanged = unchanged + :u, heartbeat_at = now(), total_pages = COALESCE(:tp, total_pages), "
+        "total_items = COALESCE(:ti, total_items), "
+        "details = jsonb_set(details, '{deferred}', to_jsonb(COALESCE((details->>'deferred')::int, 0) + :d)) "
+        "WHERE id = :s"),
+        {"n": len(items), "c": len(reports), "u": len({i.sku for i in items}) - len(reports), "tp": total_pages,
+         "ti": total_items, "d": deferred, "s": run_id})
+    return ComparedPage(applied=True, discrepancies=len(reports), corrected=corrected, deferred=deferred)
+
+
+def finish_reconciliation(session: Session, run_id: int, *, threshold: int) -> ReconciliationSummary:
+    """Close a run whose pages are all compared; alert when more than ``threshold`` rows differ.  Commits.
+
+    The alert is logged at ERROR, flagged on the run (``details.alert``) and handed to
+    :func:`workers.alerts_hook.raise_alert`.
+    """
+    run = syncs.get_run(session, run_id)
+    discrepancies = run.changed
+    alert = discrepancies > threshold
+    corrected = 0 if run.dry_run else discrepancies
+    details = {"discrepancies": discrepancies, "corrected": corrected, "threshold": threshold, "alert": alert}
+    session.execute(text(
+        "UPDATE sync_runs SET status = CASE WHEN status = 'running' THEN 'succeeded' ELSE status END, "
+        "finished_at = COALESCE(finished_at, now()), details = details || CAST(:d AS jsonb) WHERE id = :s"),
+        {"d": _json(details), "s": run_id})
+    session.commit()
+    summary = summarize(session, run_id)
+    if alert:
+        what = "would correct" if run.dry_run else "corrected"
+        _alert("reconciliation_discrepancies",
+               f"{run.target}: {discrepancies} stock rows differ from the marketplace (threshold {threshold}); "
+               f"{what} them in run {run_id}", {"run_id": run_id, **details})
+    return summary
+
+
+def summarize(session: Session, run_id: int) -> ReconciliationSummary:
+    """The summary of reconciliation run ``run_id`` as it stands."""
+    run = syncs.get_run(session, run_id)
+    details = run.details or {}
+    return ReconciliationSummary(
+        run_id=run.id, marketplace=run.target, status=run.status, dry_run=run.dry_run, pages=run.pages_done,
+        listings=run.items, discrepancies=run.changed, corrected=0 if run.dry_run else run.changed,
+        deferred=int(details.get("deferred", 0)), threshold=int(details.get("threshold", 0)),
+        alert=bool(details.get("alert", False)), error=run.error)
+
+
+def discrepancy_report(session: Session, run_id: int, limit: int | None = None) -> list[ReconciliationReport]:
+    """The differences a run found, largest first."""
+    query = (select(ReconciliationReport).where(ReconciliationReport.run_id == run_id)
+             .order_by(text("abs(difference) DESC"), ReconciliationReport.id))
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def _alert(kind: str, message: str, details: dict) -> None:
+    from workers.alerts_hook import raise_alert
+
+    raise_alert(kind, message, details)
+
+
+def _json(value: dict) -> str:
+    import json
+
+    return json.dumps(value)

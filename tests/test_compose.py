@@ -1,0 +1,95 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: the structure, and every
+command a container runs parsed by the real ``stocksync`` and ``dramatiq`` command lines."""
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+import yaml
+
+from tests.deploy_commands import Pending, check_command
+from tests.fleet import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+#: The services that run the stocksync image.
+APP = ("migrate", "workers", "scheduler", "intake", "sandbox")
+
+
+def test_it_has_every_service_of_the_fleet():
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "workers", "scheduler", "intake", "sandbox", "prometheus",
+                             "grafana"}
+    for name in APP:
+        assert SERVICES[name]["build"] == "." and SERVICES[name]["image"] == "stocksync:latest", name
+        assert isinstance(SERVICES[name]["command"], list), f"{name}: exec form, so SIGTERM reaches the process"
+    for name, service in SERVICES.items():
+        for dependency in service.get("depends_on") or []:
+            assert dependency in SERVICES, (name, dependency)
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_the_fleet_waits_for_its_database_redis_and_schema():
+    assert "healthcheck" in SERVICES["postgres"] and "healthcheck" in SERVICES["redis"]
+    assert SERVICES["migrate"]["command"] == ["stocksync", "db", "upgrade"]
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert SERVICES["migrate"]["restart"] == "no"
+    for name in ("workers", "scheduler", "intake"):
+        depends = SERVICES[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == depends["postgres"]["condition"] == "service_healthy", name
+        environment = SERVICES[name]["environment"]
+        assert "@postgres:5432/" in environment["DATABASE_URL"]
+        assert environment["REDIS_URL"].startswith("redis://redis:")
+
+
+@pytest.mark.parametrize("name", APP)
+def test_every_command_a_container_runs_exists_in_the_cli(name):
+    try:
+        check_command(SERVICES[name]["command"])
+    except Pending as pending:
+        pytest.skip(str(pending))
+
+
+def test_workers_get_the_time_to_finish_their_messages():
+    command = SERVICES["workers"]["command"]
+    shutdown_s = int(command[command.index("--worker-shutdown-timeout") + 1]) / 1000
+    grace = SERVICES["workers"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) > shutdown_s
+    assert SERVICES["workers"]["stop_signal"] == "SIGTERM"
+
+
+def test_prometheus_scrapes_every_process_on_its_metrics_port():
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus-compose.yml").read_text())
+    found = {(name, sd["port"]) for job in scrape["scrape_configs"] for sd in job.get("dns_sd_configs", [])
+             for name in sd["names"]}
+    exposed = {(name, int(SERVICES[name]["environment"]["METRICS_PORT"])) for name in APP
+               if "METRICS_PORT" in SERVICES[name].get("environment", {})}
+    assert exposed == found == {("workers", 9191), ("scheduler", 9194), ("intake", 9195)}
+    for name, _ in exposed:
+        assert SERVICES[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
+
+
+def test_every_file_a_container_mounts_is_in_the_repository():
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+    mounts = {volume.split(":")[1] for volume in SERVICES["grafana"]["volumes"]}
+    assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= mounts
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/stocksync.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_the_image_holds_every_package_of_the_project():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile, re.MULTILINE))
+    packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= copied, f"the Dockerfile does not copy {sorted(packages - copied)}"
+    assert re.search(r"^COPY pyproject\.toml README\.md ", dockerfile, re.MULTILINE)  # the build reads both
+    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+    assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE)
+    assert "METRICS_HOST=0.0.0.0" in dockerfile

@@ -1,0 +1,41 @@
+"""The events actors refuse a bad message for good, naming the field (no database needed)."""
+from __future__ import annotations
+
+import pytest
+
+from actors import events
+from actors.retry import MalformedMessage
+
+GOOD_ORDER = {"marketplace": "backmarket", "order_id": "5978", "order_line_id": "37195", "sku": "SKU-1",
+              "quantity": 1, "event_time": "2026-11-23T09:35:24Z", "source": "webhook"}
+
+
+@pytest.mark.parametrize("actor, changes, field", [
+    (events.order_created, {"event_time": "yesterday"}, "event_time"),
+    (events.order_created, {"event_time": "2026-11-23T09:35:24"}, "event_time"),  # no zone: ambiguous
+    (events.order_created, {"quantity": "3"}, "quantity"),
+    (events.order_cancelled, {"quantity": 0}, "quantity"),
+    (events.order_created, {"order_line_id": None}, "order_line_id"),
+    (events.order_created, {"sku": ""}, "sku"),
+    (events.order_created, {"marketplace": "Back Market"}, "marketplace"),
+])
+def test_malformed_order_messages_name_the_field(actor, changes, field):
+    with pytest.raises(MalformedMessage, match=field) as refused:
+        actor(**{**GOOD_ORDER, **changes})
+    assert refused.value.permanent
+    # transient_only never retries it: it goes straight to the dead letters.
+    assert actor.options["retry_when"](0, refused.value) is False
+
+
+def test_malformed_topup_and_adjustment_messages_name_the_field():
+    with pytest.raises(MalformedMessage, match="reference"):
+        events.stock_topup(marketplace="backmarket", sku="SKU-1", quantity=2, reference="")
+    with pytest.raises(MalformedMessage, match="change"):
+        events.manual_adjustment(marketplace="backmarket", sku="SKU-1", change=0, reference="count-1")
+    with pytest.raises(MalformedMessage, match="quantity"):
+        events.stock_topup(marketplace="backmarket", sku="SKU-1", quantity=-4, reference="PO-1")
+
+
+def test_event_time_is_parsed_to_utc():
+    moment = events.parse_event_time("2026-11-23T10:35:24+01:00")
+    assert moment.isoformat() == "2026-11-23T09:35:24+00:00"

@@ -1,0 +1,282 @@
+"""Stock events on a real PostgreSQL: exactly once, oversold, absorption, push leases, snapshot rules."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from db.engine import session_factory
+from db.events import (InvalidStockEvent, StockEvent, claim_push, find_stock_id, finish_push, note_push_error,
+                       record_stock_event, release_push)
+from db.ledger import check_invariant
+from db.snapshot import PageItem, apply_page, apply_recheck, ensure_marketplace
+from db.syncs import SyncPolicy, begin_run
+
+T0 = datetime(2026, 11, 23, 9, 0, tzinfo=timezone.utc)
+SKEW = timedelta(seconds=2)
+POLICY = SyncPolicy(cooldown_scheduled_s=0, cooldown_manual_s=0, stale_after_s=900)
+
+
+@pytest.fixture
+def sessions(database_url):
+    return session_factory(database_url)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def order(line: str, quantity: int, seconds: float, sku: str = "SKU-1", kind: str = "order_created") -> StockEvent:
+    return StockEvent("backmarket", sku, kind, quantity, at(seconds), order_id=f"o{line}", order_line_id=line,
+                      actor="webhook")
+
+
+def topup(reference: str, quantity: int, seconds: float, sku: str = "SKU-1") -> StockEvent:
+    return StockEvent("backmarket", sku, "topup", quantity, at(seconds), reference=reference, actor="anna",
+                      note="delivery")
+
+
+def book(sessions, event: StockEvent, now: float | None = None):
+    with sessions() as session:
+        result = record_stock_event(session, event, now=at(now if now is not None else 0), skew=SKEW)
+        session.commit()
+        return result
+
+
+def sync_page(sessions, quantities: dict[str, int], fetched: float):
+    """A one-page sync of listings ``uuid-<sku>`` fetched at ``at(fetched)``."""
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket")
+        session.commit()
+        sync_id = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=POLICY,
+                            force=True).id
+        result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=1, fetched_at=at(fetched),
+                            items=[PageItem(f"uuid-{sku}", None, sku, None, qty, 2, None, None)
+                                   for sku, qty in quantities.items()], total_pages=1, skew=SKEW)
+        session.commit()
+        return result
+
+
+def row(sessions, sku: str = "SKU-1"):
+    with sessions() as session:
+        return session.execute(text(
+            "SELECT s.*, v.total_stock FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "WHERE v.sku = :sku"), {"sku": sku}).mappings().one()
+
+
+def ledger(sessions):
+    with sessions() as session:
+        return session.execute(text("SELECT * FROM stock_ledger ORDER BY id")).mappings().all()
+
+
+def assert_invariant(sessions):
+    with sessions() as session:
+        assert check_invariant(session) == []
+        assert session.execute(text(
+            "SELECT count(*) FROM variations v WHERE total_stock <> "
+            "(SELECT COALESCE(sum(listed), 0) FROM marketplace_stock s WHERE s.variation_id = v.id)")).scalar() == 0
+
+
+def test_topup_of_an_unknown_sku_creates_its_row_and_one_full_ledger_entry(sessions):
+    result = book(sessions, topup("PO-1", 5, 1))
+    assert (result.status, result.before, result.after, result.created, result.push_requested) == (
+        "applied", 0, 5, True, True)
+    entry = ledger(sessions)[0]
+    assert (entry["quantity_before"], entry["quantity_after"], entry["change"], entry["change_type"],
+            entry["reference"], entry["actor"], entry["note"], entry["idempotency_key"], entry["event_time"]) == (
+        0, 5, 5, "topup", "PO-1", "anna", "delivery", "backmarket:topup:PO-1", at(1))
+    stock = row(sessions)
+    assert (stock["listed"], stock["total_stock"], stock["push_state"], stock["push_seq"]) == (5, 5, "pending", 1)
+    assert_invariant(sessions)
+
+
+def test_redelivered_events_change_nothing_and_say_duplicate(sessions, caplog):
+    book(sessions, topup("PO-1", 5, 1))
+    first = book(sessions, order("L1", 2, 2))
+    assert (first.status, first.after, first.idempotency_key) == ("applied", 3, "backmarket:L1:order_created")
+    with caplog.at_level("INFO", logger="db.events"):
+        again = [book(sessions, order("L1", 2, 2)), book(sessions, topup("PO-1", 5, 1))]
+    assert [(r.status, r.before, r.after) for r in again] == [("duplicate", 3, 3)] * 2
+    assert "duplicate stock event backmarket:L1:order_created skipped" in caplog.text
+    assert len(ledger(sessions)) == 2 and row(sessions)["listed"] == 3
+    assert_invariant(sessions)
+
+
+def test_concurrent_deliveries_of_one_event_book_it_once(sessions):
+    book(sessions, topup("PO-1", 50, 1))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: book(sessions, order("L1", 1, 2)), range(16)))
+    assert sorted(r.status for r in results).count("applied") == 1
+    assert row(sessions)["listed"] == 49
+    assert_invariant(sessions)
+
+
+def test_an_order_for_more_than_listed_goes_below_zero_flagged_not_clamped(sessions):
+    book(sessions, topup("PO-1", 2, 1))
+    result = book(sessions, order("L1", 5, 2))
+    assert (result.after, result.oversold) == (-3, True)
+    stock = row(sessions)
+    assert stock["listed"] == -3 and stock["total_stock"] == -3 and stock["oversold_since"] is not None
+    assert book(sessions, topup("PO-2", 4, 3)).oversold is False
+    assert row(sessions)["oversold_since"] is None
+    assert_invariant(sessions)
+
+
+def test_order_counted_by_an_applied_page_is_absorbed_not_counted_twice(sessions):
+    sync_page(sessions, {"SKU-1": 9}, fetched=100)     # the marketplace's page already counts the order
+    late = book(sessions, order("L1", 1, 50), now=110)  # the order happened at 50, arrives at 110
+    assert (late.status, late.change, late.absorbed, late.after) == ("applied", 0, True, 9)
+    assert "already counted by the marketplace page" in ledger(sessions)[-1]["note"]
+    fresh = book(sessions, order("L2", 1, 150), now=151)
+    assert (fresh.change, fresh.after) == (-1, 8)
+    assert_invariant(sessions)
+
+
+def test_order_close_to_a_page_fetch_is_booked_and_flagged_for_recheck(sessions):
+    sync_page(sessions, {"SKU-1": 9}, fetched=100)
+    result = book(sessions, order("L1", 1, 101), now=102)
+    assert (result.change, result.needs_recheck) == (-1, True)
+    assert row(sessions)["needs_recheck"] is True
+    # A page fetched around the same moment is ambiguous for the row: left as it is, still flagged.
+    page = sync_page(sessions, {"SKU-1": 9}, fetched=100.5)
+    assert (page.deferred, page.rechecks) == (1, 1) and row(sessions)["listed"] == 8
+    # A re-check well after the order reads the truth and clears the flag.
+    with sessions() as session:
+        rows = apply_recheck(session, marketplace_id=ensure_marketplace(session, "backmarket"), fetched_at=at(200),
+                             quantities={"SKU-1": 8}, skew=SKEW)
+        session.commit()
+    assert [r.state for r in rows] == ["apply"]
+    assert (row(sessions)["listed"], row(sessions)["needs_recheck"]) == (8, False)
+    assert_invariant(sessions)
+
+
+def test_order_after_the_fetch_stays_on_top_of_the_page(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, order("L1", 2, 50), now=51)
+    page = sync_page(sessions, {"SKU-1": 10}, fetched=40)  # fetched before the order, applied after it
+    assert (page.changed, row(sessions)["listed"]) == (0, 8)
+    assert_invariant(sessions)
+
+
+def test_a_page_never_overwrites_a_local_change_not_yet_pushed(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    page = sync_page(sessions, {"SKU-1": 10}, fetched=20)   # the marketplace does not know the top-up yet
+    assert (page.deferred, row(sessions)["listed"]) == (1, 15)
+    assert_invariant(sessions)
+
+
+def test_an_older_page_than_the_last_applied_is_stale(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=100)
+    page = sync_page(sessions, {"SKU-1": 4}, fetched=50)
+    assert (page.deferred, row(sessions)["listed"]) == (1, 10)
+
+
+def test_cancellation_before_its_order_nets_to_nothing(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    cancel = book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=31)
+    create = book(sessions, order("L1", 2, 20), now=32)
+    assert (cancel.change, cancel.push_requested, create.change, create.push_requested) == (0, True, 0, False)
+    assert row(sessions)["listed"] == 10
+    assert_invariant(sessions)
+
+
+def test_cancellation_gives_the_units_back_and_asks_for_a_push(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, order("L1", 2, 20), now=21)
+    cancel = book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=31)
+    assert (cancel.change, cancel.after, cancel.push_requested) == (2, 10, True)
+
+
+def test_one_push_at_a_time_and_a_change_during_the_push_leaves_it_pending(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    with sessions() as session:
+        stock_id = find_stock_id(session, "backmarket", "SKU-1")
+        claim = claim_push(session, stock_id, "push-a", lease=timedelta(minutes=5), now=at(11))
+        session.commit()
+    assert (claim.needed, claim.listing, claim.quantity) == (True, "uuid-SKU-1", 15)
+    with sessions() as session:
+        assert claim_push(session, stock_id, "push-b", lease=timedelta(minutes=5), now=at(12)) is None
+        again = claim_push(session, stock_id, "push-a", lease=timedelta(minutes=5), now=at(12))  # re-delivered
+        assert again.needed and again.quantity == 15
+        session.commit()
+    # An order the marketplace took while our POST was in flight: our POST overwrote it.
+    during = book(sessions, order("L1", 1, 12), now=13)
+    assert (during.change, during.push_requested) == (-1, True)
+    with sessions() as session:
+        assert finish_push(session, claim, now=at(14)) is False
+        session.commit()
+    assert (row(sessions)["push_state"], row(sessions)["pushed_quantity"]) == ("pending", 15)
+    with sessions() as session:
+        second = claim_push(session, stock_id, "push-b", lease=timedelta(minutes=5), now=at(15))
+        assert second.quantity == 14
+        assert finish_push(session, second, now=at(16)) is True
+        session.commit()
+        assert claim_push(session, stock_id, "push-c", lease=timedelta(minutes=5), now=at(17)).needed is False
+    assert row(sessions)["push_state"] == "pushed"
+    assert_invariant(sessions)
+
+
+def test_a_failed_push_keeps_its_error_and_blocks_pages(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    with sessions() as session:
+        stock_id = find_stock_id(session, "backmarket", "SKU-1")
+        release_push(session, stock_id, "push-a", "ServerError: HTTP 500", failed=True)
+        session.commit()
+    stock = row(sessions)
+    assert (stock["push_state"], stock["push_error"]) == ("failed", "ServerError: HTTP 500")
+    assert sync_page(sessions, {"SKU-1": 10}, fetched=60).deferred == 1 and row(sessions)["listed"] == 15
+
+
+@pytest.mark.parametrize("event, field", [
+    (StockEvent("backmarket", "A", "order_created", 1, T0, order_id="1"), "order_line_id"),
+    (StockEvent("backmarket", "A", "order_created", 0, T0, order_id="1", order_line_id="2"), "quantity"),
+    (StockEvent("backmarket", "A", "topup", 3, T0), "reference"),
+    (StockEvent("backmarket", "A", "manual", 0, T0, reference="r"), "change"),
+    (StockEvent("backmarket", "A", "refund", 1, T0, reference="r"), "change_type"),
+    (StockEvent("backmarket", "", "topup", 1, T0, reference="r"), "sku"),
+    (StockEvent("Back Market", "A", "topup", 1, T0, reference="r"), "marketplace"),
+    (StockEvent("backmarket", "A", "topup", 1, datetime(2026, 1, 1), reference="r"), "event_time"),
+])
+def test_bad_events_are_refused_naming_the_field(sessions, event, field):
+    with sessions() as session, pytest.raises(InvalidStockEvent) as refused:
+        record_stock_event(session, event)
+    assert refused.value.field == field and refused.value.permanent
+
+
+def test_a_duplicate_still_asks_for_the_push_its_first_delivery_may_not_have_sent(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    assert book(sessions, topup("PO-1", 5, 10), now=11).push_requested is True   # still pending
+    with sessions() as session:
+        claim = claim_push(session, find_stock_id(session, "backmarket", "SKU-1"), "p", lease=timedelta(minutes=5),
+                           now=at(12))
+        finish_push(session, claim, now=at(13))
+        session.commit()
+    assert book(sessions, topup("PO-1", 5, 10), now=14).push_requested is False  # pushed: nothing to resend
+
+
+def test_an_event_from_the_future_is_refused(sessions):
+    with sessions() as session, pytest.raises(InvalidStockEvent, match="future") as refused:
+        record_stock_event(session, topup("PO-1", 1, 3600), now=at(0))
+    assert refused.value.field == "event_time"
+
+
+def test_a_failed_attempt_keeps_the_lease_for_its_own_retry(sessions):
+    # A POST that timed out may still land: no other push may go out before the lease ends.
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    lease = timedelta(minutes=5)
+    with sessions() as session:
+        stock_id = find_stock_id(session, "backmarket", "SKU-1")
+        claim_push(session, stock_id, "message-1", lease=lease, now=at(11))
+        note_push_error(session, stock_id, "message-1", "TransportError: timeout")
+        session.commit()
+        assert claim_push(session, stock_id, "message-2", lease=lease, now=at(20)) is None
+        assert claim_push(session, stock_id, "message-1", lease=lease, now=at(20)).needed  # its retry
+        assert claim_push(session, stock_id, "message-2", lease=lease, now=at(20 + 301)).needed  # lease over
+    assert row(sessions)["push_error"] == "TransportError: timeout"

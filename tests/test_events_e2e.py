@@ -1,0 +1,214 @@
+"""End to end: stock events on real ``dramatiq workers.fleet`` processes, real Redis and PostgreSQL.
+
+- a re-delivered message and a re-sent event each leave the stock unchanged (counted duplicates);
+- 2 worker processes × 8 threads moving one stock row give the exact result;
+- a top-up is pushed as one POST of the absolute quantity; a push that keeps failing is retried,
+  dead-lettered, and the row says ``failed``;
+- a worker SIGKILLed during a burst of events loses and doubles none of them.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import text
+
+from db.engine import session_factory
+from db.ledger import check_invariant
+from db.snapshot import PageItem, apply_page, ensure_marketplace
+from db.syncs import SyncPolicy, begin_run
+from sandbox.backmarket import BackMarketSandbox
+from sandbox.server import serve_in_thread
+from tests.fleet import WorkerFleet, fleet_env
+from workers.broker import build_broker
+from workers.local_servers import wait_until
+from workers.settings import Settings
+
+pytestmark = pytest.mark.e2e
+TOKEN = "e2e-events-token"
+LISTINGS = 10
+QUEUES = ("stock-events", "stock-push")
+POST_LISTING = "POST /ws/listings/{listingId}"
+_lines = itertools.count(1)
+
+
+@pytest.fixture
+def world(tmp_path, redis_url, database_url):
+    sandbox = BackMarketSandbox(listings=LISTINGS, seed=41, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    listings = [sandbox.listing(i) for i in range(LISTINGS)]
+    sessions = session_factory(database_url)
+    # The catalogue as a stock sync left it, an hour ago: the events below come well after the page.
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
+        session.commit()
+        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
+                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
+                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
+                                   l["currency"]) for l in listings])
+        session.commit()
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import events  # message factories only: the test process enqueues, the fleet works
+
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    backmarket_http_attempts=1, stock_push_min_backoff_ms=100, stock_push_max_backoff_ms=300,
+                    stock_push_max_retries=2)
+    fleets: list[WorkerFleet] = []
+
+    def start(name: str, processes: int = 1, threads: int = 8) -> WorkerFleet:
+        fleet = WorkerFleet(env, processes=processes, threads=threads, log_path=tmp_path / f"{name}.log").start()
+        fleets.append(fleet)
+        return fleet
+
+    try:
+        yield {"sandbox": sandbox, "listings": listings, "sessions": sessions, "broker": broker, "events": events,
+               "redis": redis_lib.Redis.from_url(redis_url), "start": start, "logs": tmp_path}
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def send(world, actor_name: str, **kwargs):
+    message = getattr(world["events"], actor_name).message_with_options(kwargs=kwargs)
+    return world["broker"].enqueue(message)
+
+
+def order(world, sku: str, quantity: int = 1, line: str | None = None):
+    line = line or f"line-{next(_lines)}"
+    return send(world, "order_created", marketplace="backmarket", order_id=f"order-{line}", order_line_id=line, sku=sku,
+                quantity=quantity, event_time=datetime.now(timezone.utc).isoformat(), source="webhook")
+
+
+def drained(world) -> bool:
+    """No message of ours waiting, delayed (a retry) or in flight: Redis keeps each in ``.msgs`` until acked."""
+    client = world["redis"]
+    return all(client.hlen(f"dramatiq:{q}.msgs") == 0 and client.hlen(f"dramatiq:{q}.DQ.msgs") == 0 for q in QUEUES)
+
+
+def stock_row(world, sku: str):
+    with world["sessions"]() as session:
+        return session.execute(text(
+            "SELECT s.*, v.total_stock FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "WHERE v.sku = :sku"), {"sku": sku}).mappings().one()
+
+
+def ledger_count(world, change_type: str | None = None) -> int:
+    with world["sessions"]() as session:
+        return session.execute(text("SELECT count(*) FROM stock_ledger WHERE CAST(:t AS text) IS NULL "
+                                    "OR change_type = :t"), {"t": change_type}).scalar()
+
+
+def assert_ledger_whole(world) -> None:
+    with world["sessions"]() as session:
+        assert check_invariant(session) == []
+        assert session.execute(text(
+            "SELECT count(*) FROM variations v WHERE total_stock <> "
+            "(SELECT COALESCE(sum(listed), 0) FROM marketplace_stock s WHERE s.variation_id = v.id)")).scalar() == 0
+
+
+def test_redelivered_message_and_resent_event_leave_stock_unchanged(world):
+    world["start"]("w")
+    sku = world["listings"][0]["sku"]
+    before = stock_row(world, sku)["listed"]
+    first = order(world, sku, 2, line="L-dup")
+    wait_until(lambda: ledger_count(world, "order_created") == 1 and drained(world), 60, what="the order")
+    assert stock_row(world, sku)["listed"] == before - 2
+    # The same message again (what Dramatiq does after a crash), and the same event in a new
+    # message (a webhook re-sent by the marketplace).
+    world["broker"].enqueue(first)
+    order(world, sku, 2, line="L-dup")
+    log = world["logs"] / "w.log"
+    wait_until(lambda: log.read_text().count("duplicate stock event backmarket:L-dup:order_created skipped") == 2
+               and drained(world), 60, what="both duplicates")
+    assert stock_row(world, sku)["listed"] == before - 2
+    assert ledger_count(world, "order_created") == 1
+    assert_ledger_whole(world)
+
+
+def test_two_processes_eight_threads_on_one_row_give_the_exact_result(world):
+    sku = world["listings"][1]["sku"]
+    start = stock_row(world, sku)["listed"]
+    orders, topups, adjustments = 240, 60, [(-1) ** i * (1 + i % 3) for i in range(60)]
+    # Enqueued before the workers start, so that all 16 threads find work at once.
+    for _ in range(orders):
+        order(world, sku)
+    for i in range(topups):
+        send(world, "stock_topup", marketplace="backmarket", sku=sku, quantity=2, reference=f"PO-{i}")
+    for i, change in enumerate(adjustments):
+        send(world, "manual_adjustment", marketplace="backmarket", sku=sku, change=change, reference=f"count-{i}")
+    world["start"]("w", processes=2, threads=8)
+    expected = start - orders + 2 * topups + sum(adjustments)
+    events = orders + topups + len(adjustments)
+    wait_until(lambda: ledger_count(world) - ledger_count(world, "sync") == events and drained(world), 120,
+               what="every event booked")
+    row = stock_row(world, sku)
+    assert (row["listed"], row["total_stock"]) == (expected, expected)
+    assert_ledger_whole(world)
+    # Pushes ran concurrently with the events, one at a time per row; the last one carries the end result
+    # once every order that overtook a push has asked for another.
+    wait_until(lambda: stock_row(world, sku)["push_state"] == "pushed" and drained(world), 60,
+               what="the pushes to settle")
+    assert world["sandbox"].quantity(world["listings"][1]["id"]) == max(expected, 0)
+
+
+def test_topup_is_pushed_as_one_absolute_post(world):
+    world["start"]("w")
+    listing = world["listings"][2]
+    before = stock_row(world, listing["sku"])["listed"]
+    world["sandbox"].reset_stats()
+    send(world, "stock_topup", marketplace="backmarket", sku=listing["sku"], quantity=7, reference="PO-7",
+         actor="anna", note="delivery 7")
+    wait_until(lambda: stock_row(world, listing["sku"])["push_state"] == "pushed", 60, what="the push")
+    row = stock_row(world, listing["sku"])
+    assert (row["listed"], row["pushed_quantity"], row["push_error"]) == (before + 7, before + 7, None)
+    stats = world["sandbox"].stats()["by_endpoint"]
+    assert stats == {POST_LISTING: 1}  # one call, no read first
+    assert world["sandbox"].quantity(listing["id"]) == before + 7
+
+
+def test_push_that_keeps_failing_is_retried_then_dead_lettered_and_marked_failed(world):
+    world["sandbox"].configure(error_rate=1.0)
+    world["start"]("w")
+    listing = world["listings"][3]
+    world["sandbox"].reset_stats()
+    send(world, "stock_topup", marketplace="backmarket", sku=listing["sku"], quantity=1, reference="PO-fail")
+    wait_until(lambda: stock_row(world, listing["sku"])["push_state"] == "failed", 60, what="the push to fail")
+    row = stock_row(world, listing["sku"])
+    assert "ServerError" in row["push_error"] and row["push_lease_owner"] is None
+    assert world["sandbox"].stats()["by_endpoint"][POST_LISTING] == 3  # the first attempt and 2 retries
+    dead = [json.loads(raw) for raw in world["redis"].hvals("dramatiq:stock-push.XQ.msgs")]
+    assert [(m["actor_name"], m["args"]) for m in dead] == [("push_stock", ["backmarket", listing["sku"]])]
+    # Once the marketplace answers again, the next push (an operator's retry) sets it right.
+    world["sandbox"].configure(error_rate=0.0)
+    send(world, "push_stock", marketplace="backmarket", sku=listing["sku"])
+    wait_until(lambda: stock_row(world, listing["sku"])["push_state"] == "pushed", 60, what="the retried push")
+    assert world["sandbox"].quantity(listing["id"]) == row["listed"]
+
+
+def test_sigkilled_worker_during_an_event_burst_loses_and_doubles_nothing(world):
+    skus = [listing["sku"] for listing in world["listings"][4:9]]
+    start = {sku: stock_row(world, sku)["listed"] for sku in skus}
+    per_sku = 120
+    for i in range(per_sku):
+        for sku in skus:
+            order(world, sku)
+    victim = world["start"]("victim")
+    world["start"]("survivor")
+    wait_until(lambda: ledger_count(world, "order_created") >= 100, 60, interval=0.01, what="the burst under way")
+    victim.kill()
+    assert ledger_count(world, "order_created") < per_sku * len(skus)
+    # The victim's messages come back after the heartbeat timeout (3 s in tests) to the survivor.
+    wait_until(lambda: ledger_count(world, "order_created") == per_sku * len(skus) and drained(world), 120,
+               what="every event booked once")
+    for sku in skus:
+        assert stock_row(world, sku)["listed"] == start[sku] - per_sku
+    with world["sessions"]() as session:
+        assert session.execute(text("SELECT count(DISTINCT order_line_id) FROM stock_ledger "
+                                    "WHERE change_type = 'order_created'")).scalar() == per_sku * len(skus)
+    assert_ledger_whole(world)

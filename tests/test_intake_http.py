@@ -1,0 +1,275 @@
+"""The HTTP intake's webhooks and signed endpoint, over HTTP, with the stub broker and fakeredis.
+
+What is checked is what got enqueued (or not): the events pipeline's actors are tested on their
+own, and ``test_intake_e2e.py`` runs the whole path on real worker processes.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import dramatiq
+import pytest
+from dramatiq import Message
+
+from sandbox.server import serve_in_thread
+from workers import runtime, webhook_auth
+from workers.intake import RedactingAccessLogger, build_intake_app, redact_path
+from workers.producer import StockEvents
+from workers.settings import Settings, get_settings
+
+REFURBED_SECRET = "rb-url-secret-5f1c"
+SHOPIFY_SECRET = "shpss_test_secret"
+PRODUCER_KEY = "producer-key-9a7"
+
+
+@pytest.fixture
+def intake(monkeypatch, database_url):
+    """The intake on a free port, the fleet's stub broker (flushed) and fakeredis."""
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    runtime.sync_redis().flushall()
+    from workers import fleet
+
+    broker = fleet.broker
+    broker.flush_all()
+    settings = Settings(refurbed_webhook_secret=REFURBED_SECRET, shopify_webhook_secret=SHOPIFY_SECRET,
+                        producer_hmac_key=PRODUCER_KEY, intake_read_pool_size=1)
+    server = serve_in_thread(build_intake_app(settings, broker=broker, database_url=database_url))
+    yield server, broker
+    server.stop()
+    broker.flush_all()
+    get_settings.cache_clear()
+
+
+def post(server, path: str, body: Any, headers: dict | None = None) -> tuple[int, Any]:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    try:
+        connection.request("POST", path, body=raw, headers={"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def enqueued(broker) -> list[Message]:
+    """Every message waiting on the stub broker's queues."""
+    return [Message.decode(raw) for queue in broker.queues.values() for raw in list(queue.queue)]
+
+
+# -- Refurbed --------------------------------------------------------------------------------------
+
+
+def test_refurbed_webhook_enqueues_a_refetch_of_the_order(intake):
+    server, broker = intake
+    status, body = post(server, f"/webhooks/refurbed/{REFURBED_SECRET}", {"order_id": 9100001})
+    assert status == 202 and body["accepted"] is True and body["order_id"] == 9100001
+    [message] = enqueued(broker)
+    assert message.actor_name == "refurbed_order_notified" and message.kwargs["order_id"] == "9100001"
+    assert message.message_id == body["message_id"]
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"not json", "not valid JSON"),
+    ({"id": 1}, "order_id"),
+    ({"order_id": -4}, "positive integer"),
+    ({"order_id": True}, "positive integer"),
+    ({"order_id": "12a"}, "positive integer"),
+    ([1], "order_id"),
+])
+def test_refurbed_bad_payloads_are_400_and_not_enqueued(intake, body, words):
+    server, broker = intake
+    status, answer = post(server, f"/webhooks/refurbed/{REFURBED_SECRET}", body)
+    assert status == 400 and words in answer["error"]
+    assert enqueued(broker) == []
+
+
+def test_refurbed_wrong_secret_is_refused_and_the_secret_never_logged(intake):
+    server, broker = intake
+    status, answer = post(server, "/webhooks/refurbed/guess", {"order_id": 1})
+    assert status == 403 and REFURBED_SECRET not in json.dumps(answer)
+    assert post(server, "/webhooks/refurbed", {"order_id": 1})[0] == 404
+    assert enqueued(broker) == []
+    assert redact_path(f"/webhooks/refurbed/{REFURBED_SECRET}") == "/webhooks/refurbed/<redacted>"
+
+
+def test_access_log_redacts_the_url_secret(caplog):
+    class Request:
+        method, path = "POST", f"/webhooks/refurbed/{REFURBED_SECRET}"
+
+    class Response:
+        status, body_length = 202, 10
+
+    logger = logging.getLogger("test.access")
+    with caplog.at_level(logging.INFO, logger="test.access"):
+        RedactingAccessLogger(logger, "").log(Request(), Response(), 0.001)
+    assert "/webhooks/refurbed/<redacted>" in caplog.text and REFURBED_SECRET not in caplog.text
+
+
+# -- Shopify ---------------------------------------------------------------------------------------
+
+
+EASTERN = timezone(timedelta(hours=-5))
+CREATED = (datetime.now(timezone.utc) - timedelta(hours=2)).replace(microsecond=0)
+CANCELLED = CREATED + timedelta(minutes=30)
+
+
+def shopify_order(order_id: int = 820982911946154508, *, cancelled: bool = False) -> dict:
+    # Shopify writes times in the shop's zone: the events carry them in UTC.
+    return {"id": order_id, "created_at": CREATED.astimezone(EASTERN).isoformat(),
+            "cancelled_at": CANCELLED.astimezone(EASTERN).isoformat() if cancelled else None,
+            "line_items": [{"id": 466157049, "sku": "IPOD2008GREEN", "quantity": 1},
+                           {"id": 518995019, "sku": "IPOD2008RED", "quantity": 2},
+                           {"id": 703073504, "sku": "", "quantity": 1}]}
+
+
+def shopify_post(server, order: dict, *, topic: str = "orders/create", webhook_id: str = "b54557e4-1",
+                 secret: str = SHOPIFY_SECRET, raw: bytes | None = None) -> tuple[int, Any]:
+    body = raw if raw is not None else json.dumps(order).encode()
+    headers = {"X-Shopify-Hmac-Sha256": webhook_auth.shopify_hmac(secret, body), "X-Shopify-Topic": topic,
+               "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-Shop-Domain": "stocksync-test.myshopify.com"}
+    return post(server, "/webhooks/shopify", body, headers)
+
+
+def test_shopify_order_created_enqueues_one_event_per_line_with_a_sku(intake):
+    server, broker = intake
+    status, answer = shopify_post(server, shopify_order())
+    assert status == 202 and answer == {"accepted": True, "events": 2, "skipped_lines": ["703073504"]}
+    messages = sorted(enqueued(broker), key=lambda m: m.kwargs["order_line_id"])
+    assert [(m.actor_name, m.kwargs["sku"], m.kwargs["quantity"], m.kwargs["marketplace"]) for m in messages] == [
+        ("order_created", "IPOD2008GREEN", 1, "shopify"), ("order_created", "IPOD2008RED", 2, "shopify")]
+    assert messages[0].kwargs["order_id"] == "820982911946154508"
+    assert messages[0].kwargs["event_time"] == CREATED.isoformat()
+
+
+def test_shopify_redelivery_is_answered_and_not_enqueued_again(intake):
+    server, broker = intake
+    assert shopify_post(server, shopify_order())[0] == 202
+    status, answer = shopify_post(server, shopify_order())
+    assert status == 200 and answer["duplicate"] is True
+    assert len(enqueued(broker)) == 2
+    # Another delivery id of the same order is enqueued again: the ledger key makes it a no-op.
+    assert shopify_post(server, shopify_order(), webhook_id="b54557e4-2")[0] == 202
+
+
+def test_shopify_cancellation_books_create_then_cancel_in_order(intake):
+    server, broker = intake
+    status, answer = shopify_post(server, shopify_order(cancelled=True), topic="orders/cancelled")
+    assert status == 202 and answer["events"] == 4
+    first = enqueued(broker)
+    # Only the creations are on the queues; each cancel is chained behind its creation.
+    assert {m.actor_name for m in first} == {"order_created"}
+    chained = [m.options["pipe_target"] for m in first]
+    assert {target["actor_name"] for target in chained} == {"order_cancelled"}
+    assert all(target["options"]["pipe_ignore"] for target in chained)
+    assert chained[0]["kwargs"]["event_time"] == CANCELLED.isoformat()
+
+
+def test_shopify_refuses_bad_signatures_and_bad_payloads(intake):
+    server, broker = intake
+    assert shopify_post(server, shopify_order(), secret="wrong")[0] == 401
+    body = json.dumps(shopify_order()).encode()
+    status, answer = post(server, "/webhooks/shopify", body, {"X-Shopify-Topic": "orders/create",
+                                                              "X-Shopify-Webhook-Id": "x"})
+    assert status == 401 and "missing" in answer["error"]
+    assert shopify_post(server, shopify_order(), webhook_id="")[0] == 400
+    bad = shopify_order()
+    bad["line_items"][0]["quantity"] = 0
+    status, answer = shopify_post(server, bad, webhook_id="bad-1")
+    assert status == 400 and "quantity" in answer["error"]
+    assert shopify_post(server, {"line_items": []}, webhook_id="bad-2")[0] == 400
+    assert enqueued(broker) == []
+    # A refused delivery is not remembered: fixed and sent again with the same id, it is taken.
+    assert shopify_post(server, shopify_order(), webhook_id="bad-1")[0] == 202
+
+
+def test_shopify_topics_that_do_not_move_stock_are_acknowledged(intake):
+    server, broker = intake
+    status, answer = shopify_post(server, {"id": 1}, topic="customers/create")
+    assert status == 200 and "does not move stock" in answer["ignored"]
+    assert enqueued(broker) == []
+
+
+# -- in-house producers ----------------------------------------------------------------------------
+
+
+def signed_post(server, body: Any, *, key: str = PRODUCER_KEY, timestamp: int | None = None) -> tuple[int, Any]:
+    raw = json.dumps(body).encode()
+    header = webhook_auth.producer_signature(key, raw, timestamp=timestamp)
+    return post(server, "/events", raw, {webhook_auth.SIGNATURE_HEADER: header})
+
+
+TOPUP = {"type": "stock_topup", "marketplace": "backmarket", "sku": "SKU-1", "quantity": 5, "reference": "PO-77",
+         "actor": "warehouse"}
+
+
+def test_signed_events_are_validated_and_enqueued(intake):
+    server, broker = intake
+    status, answer = signed_post(server, TOPUP)
+    assert status == 202 and answer["accepted"] == 1
+    order = {"type": "order_created", "marketplace": "refurbed", "order_id": "9", "order_line_id": "90",
+             "sku": "SKU-2", "quantity": 1}
+    status, answer = signed_post(server, {"events": [order, {**TOPUP, "reference": "PO-78"}]})
+    assert status == 202 and answer["accepted"] == 2
+    assert sorted(m.actor_name for m in enqueued(broker)) == ["order_created", "stock_topup", "stock_topup"]
+
+
+def test_a_bad_event_in_a_batch_refuses_the_whole_batch(intake):
+    server, broker = intake
+    status, answer = signed_post(server, {"events": [TOPUP, {**TOPUP, "quantity": -2}]})
+    assert status == 400 and answer["error"].startswith("events[1].quantity")
+    assert signed_post(server, {"events": []})[0] == 400
+    assert signed_post(server, {"type": "teleport"})[0] == 400
+    assert enqueued(broker) == []
+
+
+def test_unsigned_stale_or_wrongly_signed_requests_are_401(intake):
+    server, broker = intake
+    assert post(server, "/events", TOPUP)[0] == 401
+    status, answer = signed_post(server, TOPUP, timestamp=int(time.time()) - 301)
+    assert status == 401 and "300 s" in answer["error"]
+    assert signed_post(server, TOPUP, key="not-the-key")[0] == 401
+    assert enqueued(broker) == []
+
+
+def test_endpoints_without_a_secret_configured_are_off(monkeypatch, database_url):
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    from workers import fleet
+
+    server = serve_in_thread(build_intake_app(Settings(intake_read_pool_size=1), broker=fleet.broker,
+                                              database_url=database_url))
+    try:
+        assert post(server, "/webhooks/refurbed/anything", {"order_id": 1})[0] == 404
+        assert post(server, "/webhooks/shopify", {})[0] == 404
+        assert post(server, "/events", TOPUP)[0] == 404
+    finally:
+        server.stop()
+        get_settings.cache_clear()
+
+
+# -- the Python producer API -------------------------------------------------------------------------
+
+
+def test_producer_api_enqueues_validated_messages():
+    from workers import fleet
+
+    broker = fleet.broker
+    broker.flush_all()
+    events = StockEvents(broker)
+    message = events.manual_adjustment("backmarket", sku="SKU-9", change=-2, reference="count-2026-11-23",
+                                       actor="anna", note="found broken")
+    assert message.actor_name == "manual_adjustment" and message.kwargs["change"] == -2
+    assert [m.message_id for m in enqueued(broker)] == [message.message_id]
+    with pytest.raises(ValueError, match="quantity"):
+        events.stock_topup("backmarket", sku="SKU-9", quantity=0, reference="PO-1")
+    assert len(enqueued(broker)) == 1
+    broker.flush_all()
+    assert isinstance(message, dramatiq.Message)

@@ -1,0 +1,95 @@
+"""The read API of ``stocksync serve``: stock per marketplace from PostgreSQL, no marketplace call."""
+from __future__ import annotations
+
+import http.client
+import json
+from datetime import datetime, timezone
+from urllib.parse import quote, urlsplit
+
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import text
+
+from db.engine import session_factory
+from db.snapshot import PageItem, apply_page, ensure_marketplace
+from db.syncs import SyncPolicy, begin_run
+from sandbox.server import serve_in_thread
+from workers.intake import build_intake_app
+from workers.settings import Settings
+
+FETCHED_AT = datetime(2026, 11, 23, 8, 30, tzinfo=timezone.utc)
+
+
+def get(server, path: str) -> tuple[int, dict]:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def seeded(database_url):
+    """Two SKUs synced from Back Market, one of them also on Refurbed (a stock row with no sync yet)."""
+    sessions = session_factory(database_url)
+    with sessions() as session:
+        backmarket = ensure_marketplace(session, "backmarket", "Back Market")
+        refurbed = ensure_marketplace(session, "refurbed", "Refurbed")
+        session.commit()
+        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        items = [PageItem("0f0e3c2a-0000-5000-8000-000000000001", 100001, "SKU-ONE", "Phone one", 7, 2, "99.00", "EUR"),
+                 PageItem("0f0e3c2a-0000-5000-8000-000000000002", 100002, "SKU TWO/ü", "Phone two", 0, 2, None, None)]
+        apply_page(session, marketplace_id=backmarket, sync_id=run.id, page=1, fetched_at=FETCHED_AT, items=items,
+                   total_pages=1, total_items=2)
+        session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed, locked) "
+                             "SELECT id, :mp, 3, 1 FROM variations WHERE sku = 'SKU-ONE'"), {"mp": refurbed})
+        session.commit()
+        ids = dict(session.execute(text("SELECT sku, id FROM variations")).all())
+    app = build_intake_app(Settings(intake_read_pool_size=2), broker=StubBroker(), database_url=database_url)
+    server = serve_in_thread(app)
+    yield server, ids
+    server.stop()
+
+
+def test_stock_by_sku_has_every_marketplace_with_its_last_sync(seeded):
+    server, ids = seeded
+    status, body = get(server, "/stock?sku=SKU-ONE")
+    assert status == 200
+    assert body == {
+        "variation_id": ids["SKU-ONE"], "sku": "SKU-ONE", "total_stock": 7,
+        "marketplaces": {
+            "backmarket": {"listed": 7, "locked": 0, "available": 7, "last_api_quantity": 7,
+                           "last_synced_at": FETCHED_AT.isoformat(), "updated_at": body["marketplaces"]
+                           ["backmarket"]["updated_at"]},
+            "refurbed": {"listed": 3, "locked": 1, "available": 2, "last_api_quantity": None,
+                         "last_synced_at": None, "updated_at": body["marketplaces"]["refurbed"]["updated_at"]},
+        },
+    }
+
+
+def test_stock_by_variation_id_and_odd_skus(seeded):
+    server, ids = seeded
+    status, body = get(server, f"/variations/{ids['SKU TWO/ü']}/stock")
+    assert status == 200 and body["sku"] == "SKU TWO/ü" and body["marketplaces"]["backmarket"]["listed"] == 0
+    assert get(server, f"/stock?sku={quote('SKU TWO/ü')}")[1] == body
+
+
+def test_unknown_and_malformed_lookups_are_clear_4xx(seeded):
+    server, _ = seeded
+    status, body = get(server, "/stock?sku=NOPE")
+    assert status == 404 and "NOPE" in body["error"]
+    assert get(server, "/stock")[0] == 400
+    assert get(server, "/stock?sku=%20")[0] == 400
+    assert get(server, "/variations/999999/stock")[0] == 404
+    status, body = get(server, "/variations/abc/stock")
+    assert status == 400 and "positive integer" in body["error"]
+
+
+def test_many_reads_use_the_pool_and_prepared_statements(seeded):
+    server, ids = seeded
+    for _ in range(30):  # past psycopg's prepare threshold on every pooled connection
+        assert get(server, "/stock?sku=SKU-ONE")[0] == 200
+        assert get(server, f"/variations/{ids['SKU-ONE']}/stock")[0] == 200

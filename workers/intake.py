@@ -1,0 +1,407 @@
+"""The HTTP intake (``stocksync serve``): order webhooks, the signed producer endpoint, the read API.
+
+Routes:
+
+- ``POST /webhooks/refurbed/{secret}``: Refurbed's "Instant Order Notification", ``{"order_id": n}``,
+  unsigned: the secret in the URL (compared in constant time, never logged) is what proves the
+  sender.  The body is not trusted beyond the id: ``refurbed_order_notified`` re-fetches the order.
+- ``POST /webhooks/shopify``: ``orders/create`` and ``orders/cancelled``; ``X-Shopify-Hmac-Sha256``
+  verified in constant time over the raw body; ``X-Shopify-Webhook-Id`` remembered in Redis (SET NX
+  with a TTL) so a re-delivery is answered 200 and not enqueued again.
+- ``POST /events``: in-house producers; ``X-Stocksync-Signature: t=..,v1=..`` (HMAC-SHA256 over
+  ``"<t>." + body``, 300 s tolerance); one event ``{"type": "order_created", ...}`` or a batch
+  ``{"events": [...]}``, validated whole before any is enqueued.
+- ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
+  ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call.
+- ``GET /healthz``.
+
+Answers are JSON.  A bad request gets a 4xx saying what is wrong and nothing is enqueued; an
+accepted one is enqueued and answered 202.  Whatever the sender repeats, the ledger's unique
+idempotency key is the last guard: the dedupe here only saves work.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+import dramatiq
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from workers import runtime, webhook_auth
+from workers.producer import InvalidEvent, StockEvent, StockEvents, event_from_json, make_event
+from workers.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Most events one signed request may carry.
+MAX_BATCH = 1000
+
+#: Shopify topics that move stock; other topics are acknowledged and ignored.
+SHOPIFY_TOPICS = ("orders/create", "orders/cancelled")
+
+_SECRET_IN_PATH = re.compile(r"^(/webhooks/refurbed/)[^/?]+")
+
+SETTINGS_KEY = web.AppKey("settings", Settings)
+EVENTS_KEY = web.AppKey("events", StockEvents)
+READER_KEY = web.AppKey("reader", object)
+
+
+def redact_path(path: str) -> str:
+    """``path`` with the Refurbed webhook secret replaced, fit for a log line."""
+    return _SECRET_IN_PATH.sub(r"\1<redacted>", path)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """An access log of webhooks, events and errors that never writes the Refurbed secret (it is in the URL).
+
+    Successful reads are not logged: they are the high-volume path, and a line each would cost
+    more than the read itself.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """One line per request: method, redacted path, status, size, milliseconds."""
+        if request.method == "GET" and response.status < 400:
+            return
+        self.logger.info("%s %s %s %s %.1fms", request.method, redact_path(request.path), response.status,
+                         response.body_length, time * 1000)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _error(error.status, error.reason if error.status != 413 else
+                      f"the body is larger than the {request.app[SETTINGS_KEY].intake_max_body_bytes} bytes accepted")
+    except Exception:
+        # The path is redacted: the traceback must not carry the Refurbed secret to the logs.
+        logger.exception("intake failed on %s %s", request.method, redact_path(request.path))
+        return _error(500, "internal error")
+
+
+def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broker | None = None,
+                     database_url: str | None = None) -> web.Application:
+    """The intake's aiohttp application.
+
+    Parameters:
+      settings(Settings): Default: the process's settings.
+      broker(dramatiq.Broker): Where events are enqueued; default the fleet's broker.
+      database_url(str): The read API's database; default the process's (``DATABASE_URL``).
+    """
+    settings = settings or get_settings()
+    app = web.Application(middlewares=[_json_errors], client_max_size=settings.intake_max_body_bytes)
+    app[SETTINGS_KEY] = settings
+    app[EVENTS_KEY] = StockEvents(broker)
+    app[READER_KEY] = None
+    app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
+    app.router.add_post("/webhooks/shopify", shopify_webhook)
+    app.router.add_post("/events", producer_events)
+    app.router.add_get("/stock", stock_by_sku)
+    app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
+    app.router.add_get("/healthz", healthz)
+
+    async def open_reader(app: web.Application) -> None:
+        reader = StockReader(database_url or runtime.database_url(), pool_size=settings.intake_read_pool_size)
+        await reader.open()
+        app[READER_KEY] = reader
+
+    async def close_resources(app: web.Application) -> None:
+        if app[READER_KEY] is not None:
+            await app[READER_KEY].close()
+        await runtime.close_loop_resources()
+
+    app.on_startup.append(open_reader)
+    app.on_cleanup.append(close_resources)
+    return app
+
+
+async def _enqueue(request: web.Request, send: Callable[[], Any]) -> Any:
+    # The broker's client blocks: keep the event loop (and the read API) free while Redis answers.
+    return await asyncio.to_thread(send)
+
+
+async def _json_body(request: web.Request, raw: bytes | None = None) -> Any:
+    raw = await request.read() if raw is None else raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise _BadRequest("the body is not valid JSON") from None
+
+
+class _BadRequest(Exception):
+    """Answered 400 with this message; nothing was enqueued."""
+
+
+# -- Refurbed ------------------------------------------------------------------------------------
+
+
+async def refurbed_webhook(request: web.Request) -> web.Response:
+    """``{"order_id": n}`` from Refurbed: check the URL secret, enqueue the re-fetch, answer 202."""
+    settings = request.app[SETTINGS_KEY]
+    expected = settings.refurbed_webhook_secret.get_secret_value()
+    if not expected:
+        return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
+    if not webhook_auth.secrets_match(request.match_info["secret"], expected):
+        return _error(403, "wrong webhook secret in the URL")
+    try:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or "order_id" not in body:
+            raise _BadRequest('expected {"order_id": <positive integer>}')
+        order_id = body["order_id"]
+        if isinstance(order_id, str) and order_id.isdigit():
+            order_id = int(order_id)
+        if isinstance(order_id, bool) or not isinstance(order_id, int) or not 0 < order_id < 2**63:
+            raise _BadRequest(f"order_id must be a positive integer, got {json.dumps(order_id)[:40]}")
+    except _BadRequest as bad:
+        return _error(400, str(bad))
+    from actors.orders import refurbed_order_notified
+
+    message = refurbed_order_notified.message_with_options(
+        kwargs={"order_id": str(order_id), "received_at": datetime.now(timezone.utc).isoformat()})
+    enqueued = await _enqueue(request, lambda: request.app[EVENTS_KEY].broker.enqueue(message))
+    return web.json_response({"accepted": True, "order_id": order_id, "message_id": enqueued.message_id}, status=202)
+
+
+# -- Shopify -------------------------------------------------------------------------------------
+
+
+async def shopify_webhook(request: web.Request) -> web.Response:
+    """An order webhook from Shopify: verify, dedupe on the delivery id, enqueue its events."""
+    settings = request.app[SETTINGS_KEY]
+    secrets = [secret.get_secret_value() for secret in
+               (settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret)]
+    if not secrets[0]:
+        return _error(404, "Shopify webhooks are not enabled here (SHOPIFY_WEBHOOK_SECRET is not set)")
+    raw = await request.read()
+    try:
+        webhook_auth.verify_shopify(secrets, raw, request.headers.get(webhook_auth.SHOPIFY_HMAC_HEADER))
+    except webhook_auth.SignatureError as refused:
+        return _error(401, str(refused))
+    webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
+    topic = request.headers.get("X-Shopify-Topic", "").strip()
+    if not webhook_id or len(webhook_id) > 200:
+        return _error(400, "missing X-Shopify-Webhook-Id header")
+    if topic not in SHOPIFY_TOPICS:
+        # A 4xx would make Shopify retry, then drop the subscription: acknowledge and ignore.
+        return web.json_response({"ignored": f"topic {topic or '(none)'} does not move stock"}, status=200)
+    try:
+        chains, skipped = shopify_order_events(await _json_body(request, raw), topic, settings.shopify_marketplace)
+    except _BadRequest as bad:
+        return _error(400, str(bad))
+    except InvalidEvent as invalid:
+        return _error(400, f"order payload: {invalid}")
+    redis = runtime.async_redis()
+    key = f"{settings.redis_namespace}:intake:shopify-webhook:{webhook_id}"
+    if not await redis.set(key, 1, nx=True, ex=settings.shopify_webhook_dedupe_ttl_s):
+        return web.json_response({"duplicate": True, "webhook_id": webhook_id}, status=200)
+    events = request.app[EVENTS_KEY]
+    try:
+        await _enqueue(request, lambda: [events.send_in_order(chain) for chain in chains])
+    except Exception:
+        # Not enqueued: forget the delivery so that Shopify's retry is taken.
+        await redis.delete(key)
+        raise
+    return web.json_response({"accepted": True, "events": sum(len(chain) for chain in chains),
+                              "skipped_lines": skipped}, status=202)
+
+
+def shopify_order_events(order: Any, topic: str, marketplace: str) -> tuple[list[list[StockEvent]], list[str]]:
+    """The event chains of a Shopify order payload, and the line ids left out (no SKU).
+
+    ``orders/create``: ``order_created`` per line at ``created_at``.  ``orders/cancelled``:
+    ``order_created`` then ``order_cancelled`` (at ``cancelled_at``) per line, chained, so a
+    cancellation whose creation was never received still books both and nets to zero.
+
+    Raises:
+      _BadRequest: The payload is not an order.
+      InvalidEvent: A field of a line is wrong.
+    """
+    if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
+        raise _BadRequest("expected a Shopify order object with id and line_items")
+    created_at = order.get("created_at")
+    if not isinstance(created_at, str):
+        raise _BadRequest("the order has no created_at")
+    cancelled_at = order.get("cancelled_at") or order.get("updated_at")
+    if topic == "orders/cancelled" and not isinstance(cancelled_at, str):
+        raise _BadRequest("a cancelled order must carry cancelled_at")
+    # Shopify's clock ahead of ours must not refuse the order (Shopify would retry it, then give up).
+    now = datetime.now(timezone.utc)
+    created_at = min(_aware(created_at, "created_at"), now)
+    if topic == "orders/cancelled":
+        cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
+    chains, skipped = [], []
+    for index, line in enumerate(order["line_items"]):
+        if not isinstance(line, dict) or "id" not in line:
+            raise _BadRequest(f"line_items[{index}] must be an object with an id")
+        if not line.get("sku"):
+            skipped.append(str(line["id"]))
+            continue
+        common = {"marketplace": marketplace, "order_id": order["id"], "order_line_id": line["id"],
+                  "sku": line["sku"], "quantity": line.get("quantity"), "source": "webhook"}
+        chain = [make_event("order_created", event_time=created_at, **common)]
+        if topic == "orders/cancelled":
+            chain.append(make_event("order_cancelled", event_time=cancelled_at, **common))
+        chains.append(chain)
+    return chains, skipped
+
+
+def _aware(text: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _BadRequest(f"{name} is not an ISO 8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise _BadRequest(f"{name} has no time zone: {text[:40]!r}")
+    return moment
+
+
+# -- in-house producers --------------------------------------------------------------------------
+
+
+async def producer_events(request: web.Request) -> web.Response:
+    """Signed events from in-house producers: verify, validate all, enqueue all, answer 202."""
+    settings = request.app[SETTINGS_KEY]
+    key = settings.producer_hmac_key.get_secret_value()
+    if not key:
+        return _error(404, "the producer endpoint is not enabled here (PRODUCER_HMAC_KEY is not set)")
+    raw = await request.read()
+    try:
+        webhook_auth.verify_producer(key, raw, request.headers.get(webhook_auth.SIGNATURE_HEADER),
+                                     tolerance_s=settings.producer_signature_tolerance_s)
+    except webhook_auth.SignatureError as refused:
+        return _error(401, str(refused))
+    try:
+        body = await _json_body(request, raw)
+        batched = isinstance(body, dict) and "events" in body
+        batch = body["events"] if batched else [body]
+        if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
+            raise _BadRequest(f"events must be a list of 1 to {MAX_BATCH} events")
+        events = []
+        for index, item in enumerate(batch):
+            try:
+                events.append(event_from_json(item))
+            except InvalidEvent as invalid:
+                where = f"events[{index}]." if batched else ""
+                raise _BadRequest(f"{where}{invalid}") from None
+    except _BadRequest as bad:
+        return _error(400, str(bad))
+    producer = request.app[EVENTS_KEY]
+    messages = await _enqueue(request, lambda: producer.send_all(events))
+    return web.json_response({"accepted": len(messages), "message_ids": [m.message_id for m in messages]},
+                             status=202)
+
+
+# -- read API ------------------------------------------------------------------------------------
+
+
+async def stock_by_sku(request: web.Request) -> web.Response:
+    """``GET /stock?sku=...``: a variation's stock on every marketplace."""
+    sku = request.query.get("sku", "")
+    if not sku.strip():
+        return _error(400, "give the variation's SKU: /stock?sku=<sku>")
+    found = await request.app[READER_KEY].by_sku(sku)
+    if found is None:
+        return _error(404, f"no variation with SKU {sku[:200]!r}")
+    return _stock_response(found)
+
+
+async def stock_by_variation(request: web.Request) -> web.Response:
+    """``GET /variations/{id}/stock``: the same, by variation id."""
+    raw = request.match_info["variation_id"]
+    if not raw.isdigit() or int(raw) >= 2**63:
+        return _error(400, f"variation id must be a positive integer, got {raw[:40]!r}")
+    found = await request.app[READER_KEY].by_variation(int(raw))
+    if found is None:
+        return _error(404, f"no variation {raw}")
+    return _stock_response(found)
+
+
+class StockReader:
+    """Reads a variation's stock per marketplace from PostgreSQL for the read API.
+
+    One statement per request on a psycopg async pool (no ORM, no per-request session): the
+    variation by its unique SKU (or id), joined to its stock rows by the (variation, marketplace)
+    unique key, so both lookups are index scans whatever the catalogue size.  Statements are
+    prepared on each connection at their first run.
+    """
+
+    _QUERY = ("SELECT v.id, v.sku, v.total_stock, m.code, s.listed, s.locked, s.last_api_quantity, "
+              "s.last_synced_at, s.updated_at FROM variations v "
+              "LEFT JOIN marketplace_stock s ON s.variation_id = v.id "
+              "LEFT JOIN marketplaces m ON m.id = s.marketplace_id WHERE {where}")
+    BY_SKU = _QUERY.format(where="v.sku = %s")
+    BY_ID = _QUERY.format(where="v.id = %s")
+
+    def __init__(self, database_url: str, *, pool_size: int = 4) -> None:
+        from psycopg_pool import AsyncConnectionPool
+        from sqlalchemy.engine import make_url
+
+        # SQLAlchemy's URL (postgresql+psycopg://...) as libpq wants it.
+        conninfo = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.pool = AsyncConnectionPool(conninfo, min_size=pool_size, max_size=pool_size, open=False,
+                                        kwargs={"autocommit": True}, name="read-api")
+
+    async def open(self) -> None:
+        """Open the pool's connections (fails if the database does not answer in 30 s)."""
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        """Close the pool."""
+        await self.pool.close()
+
+    async def by_sku(self, sku: str) -> dict | None:
+        """The stock of the variation with this SKU, or None."""
+        return await self._read(self.BY_SKU, sku)
+
+    async def by_variation(self, variation_id: int) -> dict | None:
+        """The stock of variation ``variation_id``, or None."""
+        return await self._read(self.BY_ID, variation_id)
+
+    async def _read(self, query: str, key: Any) -> dict | None:
+        async with self.pool.connection() as connection:
+            cursor = await connection.execute(query, (key,), prepare=True)
+            rows = await cursor.fetchall()
+        if not rows:
+            return None
+        variation_id, sku, total = rows[0][:3]
+        marketplaces = {}
+        for row in rows:
+            code, listed, locked, api_quantity, synced_at, updated_at = row[3:]
+            if code is not None:
+                marketplaces[code] = {"listed": listed, "locked": locked, "available": listed - locked,
+                                      "last_api_quantity": api_quantity, "last_synced_at": _iso(synced_at),
+                                      "updated_at": _iso(updated_at)}
+        return {"variation_id": variation_id, "sku": sku, "total_stock": total, "marketplaces": marketplaces}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _stock_response(found: dict) -> web.Response:
+    return web.Response(text=json.dumps(found), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"ok": True})
+
+
+def run(host: str, port: int, *, settings: Settings | None = None) -> None:
+    """Serve the intake in the foreground until interrupted (``stocksync serve``)."""
+    app = build_intake_app(settings)
+    web.run_app(app, host=host, port=port, access_log_class=RedactingAccessLogger,
+                access_log=logging.getLogger("stocksync.intake.access"), print=None, shutdown_timeout=5.0)
