@@ -214,7 +214,7 @@ def push_stock(marketplace: str, sku: str) -> None:
 
 async def _send_quantity(listing: str, quantity: int) -> None:
     # Built here, on the loop: the HTTP session belongs to the loop that runs the request.
-    await backmarket_client(on_request=metrics.request_hook()).update_listing(listing, quantity=quantity)
+    await backmarket_client().update_listing(listing, quantity=quantity)
 
 
 @on_dead_letter("push_stock")
@@ -280,7 +280,7 @@ def recheck_stock(marketplace: str, sku: str, attempt: int = 1) -> None:
 async def _read_listings(listings: list[str]) -> tuple[datetime, int]:
     # The read is as of when the first request left: anything booked after that stays on top.
     fetched_at = datetime.now(timezone.utc)
-    client = backmarket_client(on_request=metrics.request_hook())
+    client = backmarket_client()
     quantity = 0
     for listing in listings:
         quantity += parse_listing(await client.get_listing(listing)).quantity
@@ -350,7 +350,7 @@ async def _walk(run_id: int, marketplace_id: int, dry_run: bool) -> dict[str, in
     async def compare(page: int, total_pages: int | None = None) -> int:
         records = []
         try:
-            result = await backmarket_client(on_request=metrics.request_hook(records.append)).get_listings_page(
+            result = await backmarket_client(on_request=records.append).get_listings_page(
                 page, page_size)
         finally:
             counts["api_calls"] += len(records)

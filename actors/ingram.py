@@ -36,7 +36,7 @@ from clients.ingram import (DETAILS, MAX_PRODUCTS, TOKEN, FleetSemaphore, Ingram
                             RequestRecord, SharedToken, check_batch_size)
 from clients.ratelimit import FleetRateLimiter
 from db import supplier, syncs
-from workers import runtime, sync_stats
+from workers import metrics, runtime, sync_stats
 from workers.failures import on_dead_letter
 from workers.settings import Settings, get_settings
 
@@ -72,17 +72,20 @@ def queues(settings: Settings | None = None) -> list[str]:
 def pa_limiter() -> FleetRateLimiter:
     """The fleet-wide price & availability quota: ``INGRAM_PA_PER_MINUTE`` per (scaled) minute."""
     settings = get_settings()
+    window_s = 60.0 * settings.ingram_time_scale
+    metrics.quota("ingram-pa", settings.ingram_pa_per_minute, window_s)
     return FleetRateLimiter(runtime.async_redis(), "ingram-pa", settings.ingram_pa_per_minute,
-                            60.0 * settings.ingram_time_scale + settings.ingram_rate_margin_s,
-                            namespace=settings.redis_namespace)
+                            window_s + settings.ingram_rate_margin_s, namespace=settings.redis_namespace,
+                            on_wait=metrics.rate_limit_wait)
 
 
 def details_limiter() -> FleetRateLimiter:
     """The fleet-wide details quota: one call per ``INGRAM_DETAILS_MIN_INTERVAL_S`` (scaled)."""
     settings = get_settings()
-    return FleetRateLimiter(runtime.async_redis(), "ingram-details", 1,
-                            settings.ingram_details_min_interval_s * settings.ingram_time_scale
-                            + settings.ingram_rate_margin_s, namespace=settings.redis_namespace)
+    window_s = settings.ingram_details_min_interval_s * settings.ingram_time_scale
+    metrics.quota("ingram-details", 1, window_s)
+    return FleetRateLimiter(runtime.async_redis(), "ingram-details", 1, window_s + settings.ingram_rate_margin_s,
+                            namespace=settings.redis_namespace, on_wait=metrics.rate_limit_wait)
 
 
 def batch_slots() -> FleetSemaphore:
@@ -280,7 +283,7 @@ async def _price(sync_id: int, batch: int, parts: list[str], partial_retries: in
     """Price ``parts``; ask again (``partial_retries`` times) for the products answered with an error."""
     records: list[RequestRecord] = []
     first = await _first_attempt(sync_id, f"batch:{batch}")
-    client = ingram_client(on_request=records.append)
+    client = ingram_client(on_request=metrics.request_hook(records.append))
     try:
         result = await client.price_and_availability(parts)
         products = {p.part_number: p for p in result.products}
@@ -313,6 +316,7 @@ def _apply_batch(sync_id: int, batch: int, fetched_at: datetime, products: list[
         if result.finished:
             _copy_counts(session, sync_id)
         session.commit()
+        _observe_pages(session, sync_id, result.finished)
     return result.detail_parts
 
 
@@ -343,7 +347,7 @@ async def product_details(sync_id: int, part_number: str) -> None:
         first = await _first_attempt(sync_id, f"details:{part}")
         fetched_at = datetime.now(timezone.utc)
         try:
-            details = await ingram_client(on_request=records.append).product_details(part)
+            details = await ingram_client(on_request=metrics.request_hook(records.append)).product_details(part)
         finally:
             await _count(sync_id, records, first)
         await asyncio.to_thread(_apply_details, sync_id, part, details, fetched_at)
@@ -356,6 +360,16 @@ def _apply_details(sync_id: int, part: str, details: dict | None, fetched_at: da
         if result.finished:
             _copy_counts(session, sync_id)
         session.commit()
+        _observe_pages(session, sync_id, result.finished)
+
+
+def _observe_pages(session, sync_id: int, finished: bool) -> None:
+    # After the commit: metrics tell what the database holds, never what a rollback undid.
+    run = syncs.get_run(session, sync_id)
+    if run is not None:
+        metrics.sync_progress(sync_id, run.pages_done, run.total_pages)
+        if finished:
+            metrics.sync_finished(run)
 
 
 def _copy_counts(session, sync_id: int) -> None:
@@ -372,7 +386,8 @@ def _fail_batch_run(message: dramatiq.Message, error: str) -> None:
     sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
     batch = message.args[1] if len(message.args) > 1 else message.kwargs.get("batch")
     with runtime.sessions()() as session:
-        syncs.fail_run(session, int(sync_id), f"batch {batch} failed for good (price_availability_batch): {error}")
+        if syncs.fail_run(session, int(sync_id), f"batch {batch} failed for good (price_availability_batch): {error}"):
+            metrics.sync_finished(syncs.get_run(session, int(sync_id)))
 
 
 @on_dead_letter("product_details")
@@ -383,7 +398,8 @@ def _fail_details_run(message: dramatiq.Message, error: str) -> None:
         supplier.record_details_failure(session, supplier=SUPPLIER, sync_id=int(sync_id), part_number=str(part),
                                         error=error)
         session.commit()
-        syncs.fail_run(session, int(sync_id), f"details of {part} failed for good (product_details): {error}")
+        if syncs.fail_run(session, int(sync_id), f"details of {part} failed for good (product_details): {error}"):
+            metrics.sync_finished(syncs.get_run(session, int(sync_id)))
 
 
 def _declare_extra_queues() -> None:

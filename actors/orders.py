@@ -25,11 +25,10 @@ from datetime import datetime, timedelta, timezone
 import dramatiq
 
 from actors.retry import MalformedMessage, transient_only
-from clients.backmarket import BackMarketClient
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
-from clients.ratelimit import FleetRateLimiter
-from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedClient, RefurbedOrder
+from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
 from workers import runtime
+from workers.clients import backmarket_orders_client, refurbed_client
 from workers.producer import InvalidEvent, StockEvent, StockEvents, make_event
 from workers.settings import get_settings
 
@@ -274,29 +273,3 @@ def _chain_key(chain: EventChain) -> str:
     # A line moving between two states that hold stock (paid → accepted → shipped) needs nothing new.
     fields = chain[-1].fields
     return f"{fields['order_id']}:{fields['order_line_id']}:{chain[-1].kind}"
-
-
-# -- clients ---------------------------------------------------------------------------------------
-
-
-def refurbed_client() -> RefurbedClient:
-    """A Refurbed client on this process's session, with the fleet-wide Refurbed quota."""
-    settings = get_settings()
-    limiter = FleetRateLimiter(runtime.async_redis(), "refurbed", settings.refurbed_quota_requests,
-                               settings.refurbed_quota_window_s, namespace=settings.redis_namespace)
-    return RefurbedClient(runtime.http_session(), base_url=settings.refurbed_base_url,
-                          token=settings.refurbed_token.get_secret_value(), limiter=limiter,
-                          timeout_s=settings.refurbed_timeout_s, attempts=settings.refurbed_http_attempts)
-
-
-def backmarket_orders_client() -> BackMarketClient:
-    """A Back Market client for the order endpoints: their own fleet-wide quota, not the catalog's."""
-    settings = get_settings()
-    limiter = FleetRateLimiter(runtime.async_redis(), "backmarket-orders", settings.intake_orders_quota_requests,
-                               settings.intake_orders_quota_window_s + settings.rate_limit_margin_s,
-                               namespace=settings.redis_namespace)
-    return BackMarketClient(
-        runtime.http_session(), base_url=settings.backmarket_base_url,
-        token=settings.backmarket_token.get_secret_value(), user_agent=settings.backmarket_user_agent,
-        language=settings.backmarket_language, limiter=limiter, timeout_s=settings.backmarket_timeout_s,
-        attempts=settings.backmarket_http_attempts, penalty_s=settings.backmarket_penalty_s)

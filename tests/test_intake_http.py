@@ -273,3 +273,20 @@ def test_producer_api_enqueues_validated_messages():
     assert len(enqueued(broker)) == 1
     broker.flush_all()
     assert isinstance(message, dramatiq.Message)
+
+
+def test_intake_requests_are_counted_by_route_template_never_by_path(intake):
+    from prometheus_client import REGISTRY
+
+    server, broker = intake
+    route = "/webhooks/refurbed/{secret}"
+
+    def count(status: str) -> float:
+        return REGISTRY.get_sample_value("stocksync_intake_requests_total", {"route": route, "status": status}) or 0.0
+
+    accepted, refused = count("202"), count("403")
+    assert post(server, f"/webhooks/refurbed/{REFURBED_SECRET}", {"order_id": 9100002})[0] == 202
+    assert post(server, "/webhooks/refurbed/guess", {"order_id": 1})[0] == 403
+    assert (count("202") - accepted, count("403") - refused) == (1, 1)
+    exposed = "\n".join(str(sample) for metric in REGISTRY.collect() for sample in metric.samples)
+    assert REFURBED_SECRET not in exposed and "guess" not in exposed

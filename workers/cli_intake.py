@@ -25,6 +25,9 @@ def serve_command(host: str | None, port: int | None) -> None:
     settings = get_settings()
     host, port = host or settings.intake_host, port or settings.intake_port
     click.echo(f"stocksync intake on http://{host}:{port} (webhooks, /events, /stock)")
+    from workers import metrics
+
+    metrics.start_exposition_server(settings)
     # Without REDIS_URL the events are processed by worker threads of this process (demo mode).
     with in_process_worker():
         run(host, port)

@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
@@ -32,7 +33,7 @@ import dramatiq
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from workers import runtime, webhook_auth
+from workers import metrics, runtime, webhook_auth
 from workers.producer import InvalidEvent, StockEvent, StockEvents, event_from_json, make_event
 from workers.settings import Settings, get_settings
 
@@ -76,6 +77,24 @@ def _error(status: int, message: str) -> web.Response:
 
 
 @web.middleware
+async def _count_requests(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "(unmatched)"
+        metrics.intake_request(route, status, time.perf_counter() - started)
+
+
+@web.middleware
 async def _json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
     try:
@@ -101,7 +120,7 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
       database_url(str): The read API's database; default the process's (``DATABASE_URL``).
     """
     settings = settings or get_settings()
-    app = web.Application(middlewares=[_json_errors], client_max_size=settings.intake_max_body_bytes)
+    app = web.Application(middlewares=[_count_requests, _json_errors], client_max_size=settings.intake_max_body_bytes)
     app[SETTINGS_KEY] = settings
     app[EVENTS_KEY] = StockEvents(broker)
     app[READER_KEY] = None
@@ -205,6 +224,7 @@ async def shopify_webhook(request: web.Request) -> web.Response:
     redis = runtime.async_redis()
     key = f"{settings.redis_namespace}:intake:shopify-webhook:{webhook_id}"
     if not await redis.set(key, 1, nx=True, ex=settings.shopify_webhook_dedupe_ttl_s):
+        metrics.duplicate_event("shopify-webhook")
         return web.json_response({"duplicate": True, "webhook_id": webhook_id}, status=200)
     events = request.app[EVENTS_KEY]
     try:

@@ -111,6 +111,12 @@ class _Metrics:
         self.dead_letters = counter(
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
+        self.intake_requests = counter(
+            "stocksync_intake_requests", "Requests the HTTP intake answered, by route template (never the "
+            "path: a webhook secret may be in it) and status.", ["route", "status"])
+        self.intake_duration = histogram(
+            "stocksync_intake_request_duration_seconds", "Time the HTTP intake took to answer (seconds).",
+            ["route"], buckets=API_DURATION_BUCKETS)
 
     def all(self) -> list:
         """Every metric object."""
@@ -243,6 +249,14 @@ def discrepancies(marketplace: str, count: int) -> None:
     """Count ``count`` stock rows a reconciliation of ``marketplace`` found different."""
     if count:
         _metrics().discrepancies.labels(marketplace).inc(count)
+
+
+@_safely
+def intake_request(route: str, status: int, elapsed_s: float) -> None:
+    """Count one request the HTTP intake answered: ``route`` is the route's template, never the path."""
+    metrics = _metrics()
+    metrics.intake_requests.labels(route, str(status)).inc()
+    metrics.intake_duration.labels(route).observe(elapsed_s)
 
 
 @_safely
