@@ -54,15 +54,21 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # -- set-up --------------------------------------------------------------------------------------
 
 
+#: Each stock row's quantity before the run: a shop sells what it has, so no order oversells here
+#: (an oversold order is booked the same way, plus a warning line and a metric).
+STARTING_STOCK = 1_000_000
+
+
 def seed(conninfo: str, skus: int) -> list[str]:
-    """A marketplace and ``skus`` variations with a stock row each (at zero, as the ledger starts)."""
+    """A marketplace and ``skus`` variations with a stock row each, at :data:`STARTING_STOCK`."""
     names = [f"EV-{n:06d}" for n in range(skus)]
     with psycopg.connect(conninfo) as conn:
         conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market') "
                      "ON CONFLICT (code) DO NOTHING")
         conn.execute("INSERT INTO variations (sku) SELECT unnest(%s::text[])", (names,))
         conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
-                     "SELECT v.id, m.id, 0 FROM variations v, marketplaces m WHERE m.code = 'backmarket'")
+                     "SELECT v.id, m.id, %s FROM variations v, marketplaces m WHERE m.code = 'backmarket'",
+                     (STARTING_STOCK,))
         # The benchmark's own probe: a notification per ledger row, delivered when its transaction commits.
         conn.execute("CREATE FUNCTION bench_notify_ledger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
                      "PERFORM pg_notify('bench_ledger', COALESCE(NEW.order_id, '')); RETURN NEW; END $$")
@@ -283,7 +289,8 @@ def main() -> None:
             rows, keys = conn.execute("SELECT count(*), count(DISTINCT idempotency_key) FROM stock_ledger").fetchone()
             booked = conn.execute("SELECT -sum(change) FROM stock_ledger").scalar() if hasattr(conn, "scalar") else \
                 conn.execute("SELECT -sum(change) FROM stock_ledger").fetchone()[0]
-            listed = conn.execute("SELECT -sum(listed) FROM marketplace_stock").fetchone()[0]
+            listed = conn.execute("SELECT count(*) * %s - sum(listed) FROM marketplace_stock",
+                                  (STARTING_STOCK,)).fetchone()[0]
         expected = 200 + args.events + timed["count"]
         print(f"check: {rows} ledger rows for {expected} distinct events (re-deliveries booked nothing: "
               f"{rows == expected == keys}); stock moved by {listed} = ledger {booked}")

@@ -184,10 +184,21 @@ def order_line_key(marketplace: str, order_line_id: str | None, change_type: str
     return f"{marketplace}:{order_line_id}:{change_type}"
 
 
+#: (database URL, marketplace code) -> id: marketplaces are never renumbered nor deleted, and each
+#: event would otherwise pay a round trip to look its id up again.
+_marketplace_ids: dict[tuple[str, str], int] = {}
+
+
 def marketplace_id_of(session: Session, code: str) -> int:
     """The id of marketplace ``code``, created on first use.  Does not commit."""
+    cache_key = (session.get_bind().url.render_as_string(hide_password=True), code)
+    cached = _marketplace_ids.get(cache_key)
+    if cached is not None:
+        return cached
     found = session.execute(text("SELECT id FROM marketplaces WHERE code = :c"), {"c": code}).scalar()
     if found is not None:
+        # Only a row that was there already: one this transaction creates may yet roll back.
+        _marketplace_ids[cache_key] = found
         return found
     from db.snapshot import ensure_marketplace
 
@@ -220,14 +231,15 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
         created = _create_stock_row(session, marketplace_id, event.sku)
         row = _lock_stock_row(session, marketplace_id, event.sku)
 
-    # Under the row lock: a concurrent delivery of the same event has committed or waits behind us.
-    booked = session.execute(text("SELECT stock_id, change_type FROM stock_ledger WHERE idempotency_key = :k"),
-                             {"k": key}).first()
-    if booked is not None:
-        return _duplicate(event, key, row, booked)
+    # Under the row lock, in a statement of its own (a snapshot taken after the lock): a concurrent
+    # delivery of the same event, or the other half of its order line, has committed or waits behind us.
+    other_key = _other_half_key(event)
+    checks = session.execute(_LEDGER_CHECKS, {"k": key, "other": other_key}).one()
+    if checks.stock_id is not None:
+        return _duplicate(event, key, row, checks)
 
-    decision = _decide(session, event, row, now=now, skew=skew)
-    written = session.execute(text(_BOOK_EVENT), {
+    decision = _decide(event, row, other_booked=checks.other_booked, now=now, skew=skew)
+    written = session.execute(_BOOK_EVENT, {
         "sid": row.id, "change": decision.change, "type": event.change_type, "order": event.order_id,
         "line": event.order_line_id, "ref": event.reference, "actor": event.actor,
         "note": decision.note or event.note, "key": key, "t": event.event_time, "now": now,
@@ -253,7 +265,24 @@ class _Decision:
     note: str | None = None
 
 
-def _decide(session: Session, event: StockEvent, row, *, now: datetime, skew: timedelta) -> _Decision:
+# The event's own key (booked already?) and its order line's other half (order / cancellation).
+_LEDGER_CHECKS = text("""
+SELECT booked.stock_id, booked.change_type,
+       EXISTS (SELECT 1 FROM stock_ledger WHERE idempotency_key = :other) AS other_booked
+FROM (SELECT 1) AS one
+LEFT JOIN stock_ledger booked ON booked.idempotency_key = :k
+""")
+
+
+def _other_half_key(event: StockEvent) -> str | None:
+    """The key of the order line's other event (its cancellation, or its order), if an order line's."""
+    if event.change_type in LOCAL_CHANGE_TYPES:
+        return None
+    other = "order_cancelled" if event.change_type == "order_created" else "order_created"
+    return order_line_key(event.marketplace, event.order_line_id, other)
+
+
+def _decide(event: StockEvent, row, *, other_booked: bool, now: datetime, skew: timedelta) -> _Decision:
     """What an event changes, given what the last page and the last push of its row saw."""
     pushable = event.marketplace in PUSHED_MARKETPLACES
     if event.change_type in LOCAL_CHANGE_TYPES:
@@ -267,9 +296,6 @@ def _decide(session: Session, event: StockEvent, row, *, now: datetime, skew: ti
     # that did not know it: the marketplace's own change was overwritten.
     pushed_over = (row.push_lease_until is not None and row.push_lease_until > now) or (
         row.pushed_at is not None and row.pushed_at >= moment - skew)
-    other = "order_cancelled" if event.change_type == "order_created" else "order_created"
-    other_booked = session.execute(text("SELECT 1 FROM stock_ledger WHERE idempotency_key = :k"),
-                                   {"k": order_line_key(event.marketplace, event.order_line_id, other)}).first()
 
     if event.change_type == "order_created":
         if other_booked:
@@ -303,12 +329,16 @@ def _check_text(name: str, value, limit: int) -> None:
         raise InvalidStockEvent(name, f"must be at most {limit} characters, got {len(value)}")
 
 
+# The hot path's statements are made once: a text() parses its SQL for bind names when built.
+_LOCK_STOCK_ROW = text(
+    "SELECT s.id, s.variation_id, s.listed, s.last_synced_at, s.push_state, s.pushed_at, s.push_lease_until, "
+    "s.needs_recheck "
+    "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+    "WHERE v.sku = :sku AND s.marketplace_id = :mp FOR UPDATE OF s")
+
+
 def _lock_stock_row(session: Session, marketplace_id: int, sku: str):
-    return session.execute(text(
-        "SELECT s.id, s.variation_id, s.listed, s.last_synced_at, s.push_state, s.pushed_at, s.push_lease_until, "
-        "s.needs_recheck "
-        "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-        "WHERE v.sku = :sku AND s.marketplace_id = :mp FOR UPDATE OF s"), {"sku": sku, "mp": marketplace_id}).first()
+    return session.execute(_LOCK_STOCK_ROW, {"sku": sku, "mp": marketplace_id}).first()
 
 
 def _create_stock_row(session: Session, marketplace_id: int, sku: str) -> bool:
@@ -336,7 +366,7 @@ def _duplicate(event: StockEvent, key: str, row, booked) -> EventResult:
 
 # One statement under the row lock: the ledger row (its key UNIQUE: ON CONFLICT nothing is written
 # and nothing moves), the stock row, the flags and the variation total, all by the same change.
-_BOOK_EVENT = """
+_BOOK_EVENT = text("""
 WITH entry AS (
     INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
                               change_type, order_id, order_line_id, reference, actor, note, idempotency_key,
@@ -364,7 +394,7 @@ WITH entry AS (
     RETURNING v.id
 )
 SELECT entry.quantity_before, entry.quantity_after, entry.change FROM entry
-"""
+""")
 
 
 # -- pushing the quantity to the marketplace -------------------------------------------------------
