@@ -19,7 +19,7 @@ import logging
 import math
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -69,13 +69,31 @@ def parse_event_time(value: Any, *, default_now: bool = False) -> datetime:
 
 def book(event: StockEvent, source: str) -> EventResult:
     """Book one event in its own transaction, then count it and enqueue what follows."""
-    try:
-        event = event.validated()
-    except InvalidStockEvent as invalid:
-        raise MalformedMessage(f"{event.change_type} event: {invalid}") from None
+    return book_all([(event, source)])[0]
+
+
+def book_all(events: list[tuple[StockEvent, str]]) -> list[EventResult]:
+    """Book ``(event, source)`` pairs in one transaction, then count them and enqueue what follows.
+
+    All or nothing: a bad event refuses the batch (:class:`MalformedMessage` naming it), and a
+    failure rolls every booking back, so a retry of the message books them all once.
+    """
+    checked = []
+    for index, (event, source) in enumerate(events):
+        try:
+            checked.append(event.validated())
+        except InvalidStockEvent as invalid:
+            where = f"event {index} ({event.change_type})" if len(events) > 1 else f"{event.change_type} event"
+            raise MalformedMessage(f"{where}: {invalid}") from None
     with runtime.sessions()() as session:
-        result = stock_events.record_stock_event(session, event)
+        results = stock_events.record_stock_events(session, checked)
         session.commit()
+    for event, (_, source), result in zip(checked, events, results):
+        _after_booking(event, source, result)
+    return results
+
+
+def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
     if result.status == "duplicate":
         metrics.duplicate_event(source)
     else:
@@ -89,14 +107,55 @@ def book(event: StockEvent, source: str) -> EventResult:
         push_stock.send(event.marketplace, event.sku)
     if result.needs_recheck and event.marketplace in READABLE_MARKETPLACES:
         recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=_recheck_delay_ms())
-    return result
+
+
+# -- decoding a message's arguments into events ------------------------------------------------------
 
 
 def _order_event(change_type: str, marketplace, order_id, order_line_id, sku, quantity, event_time,
-                 source) -> StockEvent:
+                 source="api") -> tuple[StockEvent, str]:
     return StockEvent(marketplace=marketplace, sku=sku, change_type=change_type, quantity=quantity,
                       event_time=parse_event_time(event_time), order_id=order_id, order_line_id=order_line_id,
-                      actor=source)
+                      actor=source), source
+
+
+def _topup_event(marketplace, sku, quantity, reference, actor=None, note=None, event_time=None
+                 ) -> tuple[StockEvent, str]:
+    return StockEvent(marketplace=marketplace, sku=sku, change_type="topup", quantity=quantity,
+                      event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
+                      note=note), "api"
+
+
+def _manual_event(marketplace, sku, change, reference, actor=None, note=None, event_time=None
+                  ) -> tuple[StockEvent, str]:
+    return StockEvent(marketplace=marketplace, sku=sku, change_type="manual", quantity=change,
+                      event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
+                      note=note), "api"
+
+
+#: Each event actor's name -> how its keyword arguments become an event (and its source).
+EVENT_DECODERS: dict[str, Callable[..., tuple[StockEvent, str]]] = {
+    "order_created": lambda **fields: _order_event("order_created", **fields),
+    "order_cancelled": lambda **fields: _order_event("order_cancelled", **fields),
+    "stock_topup": _topup_event,
+    "manual_adjustment": _manual_event,
+}
+
+
+def decode_batch_item(item: Any, index: int) -> tuple[StockEvent, str]:
+    """One ``{"kind": ..., "fields": {...}}`` of a batch as an event; :class:`MalformedMessage` names what is wrong."""
+    if not isinstance(item, dict) or not isinstance(item.get("fields"), dict):
+        raise MalformedMessage(f"event {index} must be an object with 'kind' and 'fields', got {item!r:.200}")
+    decoder = EVENT_DECODERS.get(item.get("kind"))
+    if decoder is None:
+        raise MalformedMessage(f"event {index}: kind must be one of {', '.join(EVENT_DECODERS)}, "
+                               f"got {item.get('kind')!r}")
+    try:
+        return decoder(**item["fields"])
+    except TypeError as error:
+        raise MalformedMessage(f"event {index} ({item['kind']}): {error}") from None
+    except MalformedMessage as error:
+        raise MalformedMessage(f"event {index} ({item['kind']}): {error}") from None
 
 
 _EVENT_OPTIONS = dict(queue_name=EVENTS_QUEUE, retry_when=transient_only(10), min_backoff=200, max_backoff=30_000,
@@ -107,34 +166,40 @@ _EVENT_OPTIONS = dict(queue_name=EVENTS_QUEUE, retry_when=transient_only(10), mi
 def order_created(marketplace: str, order_id: str, order_line_id: str, sku: str, quantity: int, event_time: str,
                   source: str = "api") -> None:
     """An order line took ``quantity`` units of ``sku`` on ``marketplace`` at ``event_time``."""
-    book(_order_event("order_created", marketplace, order_id, order_line_id, sku, quantity, event_time, source),
-         source)
+    book(*_order_event("order_created", marketplace, order_id, order_line_id, sku, quantity, event_time, source))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
 def order_cancelled(marketplace: str, order_id: str, order_line_id: str, sku: str, quantity: int, event_time: str,
                     source: str = "api") -> None:
     """An order line was cancelled at ``event_time``: its ``quantity`` units come back (and are pushed)."""
-    book(_order_event("order_cancelled", marketplace, order_id, order_line_id, sku, quantity, event_time, source),
-         source)
+    book(*_order_event("order_cancelled", marketplace, order_id, order_line_id, sku, quantity, event_time, source))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
 def stock_topup(marketplace: str, sku: str, quantity: int, reference: str, actor: str | None = None,
                 note: str | None = None, event_time: str | None = None) -> None:
     """``quantity`` units of ``sku`` arrived (``reference``: once per delivery); then pushed."""
-    book(StockEvent(marketplace=marketplace, sku=sku, change_type="topup", quantity=quantity,
-                    event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
-                    note=note), "api")
+    book(*_topup_event(marketplace, sku, quantity, reference, actor, note, event_time))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
 def manual_adjustment(marketplace: str, sku: str, change: int, reference: str, actor: str | None = None,
                       note: str | None = None, event_time: str | None = None) -> None:
     """A person moved ``sku``'s stock by ``change`` (signed; ``reference``: once); then pushed."""
-    book(StockEvent(marketplace=marketplace, sku=sku, change_type="manual", quantity=change,
-                    event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
-                    note=note), "api")
+    book(*_manual_event(marketplace, sku, change, reference, actor, note, event_time))
+
+
+@dramatiq.actor(**_EVENT_OPTIONS)
+def stock_events_batch(events: list) -> None:
+    """Book a batch of events (each ``{"kind": actor name, "fields": its arguments}``) in one transaction.
+
+    What a producer sends when it has many events at once: one message, one commit, each event
+    still its own ledger row under its own idempotency key.  A re-delivered batch books nothing.
+    """
+    if not isinstance(events, list) or not events:
+        raise MalformedMessage(f"events must be a non-empty list, got {events!r:.200}")
+    book_all([decode_batch_item(item, index) for index, item in enumerate(events)])
 
 
 # -- pushing ---------------------------------------------------------------------------------------
@@ -146,23 +211,6 @@ def _push_lease() -> timedelta:
     settings = get_settings()
     attempts = settings.backmarket_http_attempts
     return timedelta(seconds=settings.backmarket_timeout_s * attempts + 30 * (attempts - 1) + 30)
-
-
-def _run_on_loop(make: Callable[[], Awaitable[Any]]) -> Any:
-    """Run a coroutine on the worker's event loop (the AsyncIO middleware's), or a fresh one."""
-    from dramatiq.asyncio import get_event_loop_thread
-
-    loop_thread = get_event_loop_thread()
-    if loop_thread is not None:
-        return loop_thread.run_coroutine(make())
-
-    async def once():
-        try:
-            return await make()
-        finally:
-            await runtime.close_loop_resources()
-
-    return asyncio.run(once())
 
 
 def _message_id() -> str:
@@ -197,7 +245,7 @@ def push_stock(marketplace: str, sku: str) -> None:
     if not claim.needed:
         return
     try:
-        _run_on_loop(lambda: _send_quantity(claim.listing, claim.quantity))
+        runtime.run_on_worker_loop(lambda: _send_quantity(claim.listing, claim.quantity))
     except BaseException as error:
         # The lease stays: a retry of this message takes it back; the dead letter gives it up.
         with runtime.sessions()() as session:
@@ -264,7 +312,7 @@ def recheck_stock(marketplace: str, sku: str, attempt: int = 1) -> None:
         row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
     if row is None or not row.needs_recheck or not row.listings:
         return
-    fetched_at, quantity = _run_on_loop(lambda: _read_listings(row.listings))
+    fetched_at, quantity = runtime.run_on_worker_loop(lambda: _read_listings(row.listings))
     with runtime.sessions()() as session:
         rows = apply_recheck(session, marketplace_id=row.marketplace_id, fetched_at=fetched_at,
                              quantities={sku: quantity})
@@ -327,7 +375,7 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
             return reconcile.summarize(session, run.id)
         marketplace_id = run.details["marketplace_id"]
     try:
-        api_calls = _run_on_loop(lambda: _walk(run.id, marketplace_id, dry_run))
+        api_calls = runtime.run_on_worker_loop(lambda: _walk(run.id, marketplace_id, dry_run))
     except BaseException as error:
         with sessions() as session:
             syncs.fail_run(session, run.id, f"reconciliation walk failed: {type(error).__name__}: {error}")

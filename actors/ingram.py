@@ -37,7 +37,7 @@ from clients.ingram import (DETAILS, MAX_PRODUCTS, TOKEN, FleetSemaphore, Ingram
 from clients.ratelimit import FleetRateLimiter
 from db import supplier, syncs
 from workers import metrics, runtime, sync_stats
-from workers.failures import on_dead_letter
+from workers.failures import message_argument, on_dead_letter
 from workers.settings import Settings, get_settings
 
 #: The supplier this pipeline syncs (``supplier_products.supplier`` and ``sync_runs.target``).
@@ -383,8 +383,8 @@ def _copy_counts(session, sync_id: int) -> None:
 
 @on_dead_letter("price_availability_batch")
 def _fail_batch_run(message: dramatiq.Message, error: str) -> None:
-    sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
-    batch = message.args[1] if len(message.args) > 1 else message.kwargs.get("batch")
+    sync_id = message_argument(message, 0, "sync_id")
+    batch = message_argument(message, 1, "batch")
     with runtime.sessions()() as session:
         if syncs.fail_run(session, int(sync_id), f"batch {batch} failed for good (price_availability_batch): {error}"):
             metrics.sync_finished(syncs.get_run(session, int(sync_id)))
@@ -392,8 +392,8 @@ def _fail_batch_run(message: dramatiq.Message, error: str) -> None:
 
 @on_dead_letter("product_details")
 def _fail_details_run(message: dramatiq.Message, error: str) -> None:
-    sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
-    part = message.args[1] if len(message.args) > 1 else message.kwargs.get("part_number")
+    sync_id = message_argument(message, 0, "sync_id")
+    part = message_argument(message, 1, "part_number")
     with runtime.sessions()() as session:
         supplier.record_details_failure(session, supplier=SUPPLIER, sync_id=int(sync_id), part_number=str(part),
                                         error=error)

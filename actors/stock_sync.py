@@ -16,7 +16,7 @@ from db import syncs
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from workers import metrics, runtime, sync_stats
 from workers.clients import backmarket_client
-from workers.failures import on_dead_letter
+from workers.failures import message_argument, on_dead_letter
 from workers.settings import get_settings
 
 #: The marketplaces this pipeline can sync.
@@ -150,8 +150,8 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
 @on_dead_letter("fetch_listings_page")
 @on_dead_letter("apply_listings_batch")
 def _fail_sync_run(message: dramatiq.Message, error: str) -> None:
-    sync_id = message.args[0] if message.args else message.kwargs.get("sync_id")
-    page = message.args[1] if len(message.args) > 1 else message.kwargs.get("page")
+    sync_id = message_argument(message, 0, "sync_id")
+    page = message_argument(message, 1, "page")
     with runtime.sessions()() as session:
         if syncs.fail_run(session, int(sync_id), f"page {page} failed for good ({message.actor_name}): {error}"):
             metrics.sync_finished(syncs.get_run(session, int(sync_id)))

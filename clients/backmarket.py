@@ -10,21 +10,24 @@ permanent (401, 403, 404, 400, a malformed page) is raised at once as a typed er
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from clients.errors import (ApiError, Forbidden, MalformedResponse, RateLimited, TransportError, error_class,
-                            is_transient)
+from clients.errors import MalformedResponse
+
+# RequestRecord is re-exported: one record type for every API, so metrics need one hook.
+from clients.http import (MAX_BACKOFF_S, AttemptHeaders, ErrorDetails, JsonApi, RequestRecord, RetryPolicy, Secret,
+                          retry_after, with_hint)
+from clients.http import is_int as _is_int
+from clients.http import json_kind as _kind
+from clients.http import text as _text
 
 if TYPE_CHECKING:
     from clients.ratelimit import FleetRateLimiter
@@ -41,9 +44,6 @@ LIST_ORDERS = "GET /ws/orders"
 #: The largest ``page-size`` Back Market accepts.
 MAX_PAGE_SIZE = 50
 
-#: The longest exponential backoff between two attempts (seconds).
-MAX_BACKOFF_S = 30.0
-
 _LOCALE = re.compile(r"^[a-z]{2}-[a-z]{2}$")
 _INTEGER = re.compile(r"^[0-9]+$")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
@@ -58,22 +58,6 @@ _HINTS = {
     404: "no such listing, or it does not belong to this merchant",
     429: "rate limited by Back Market (Cloudflare blocks for about 10 s)",
 }
-
-
-@dataclass
-class RequestRecord:
-    """One HTTP attempt, for the ``api_calls``/``retries``/``errors`` counters and metrics.
-
-    ``status`` is ``None`` when no response came back (timeout, connection error); ``attempt`` is
-    1-based within one client call; ``waited_s`` is the time spent waiting for the rate limiter.
-    """
-
-    api: str
-    endpoint: str
-    status: int | None
-    attempt: int
-    elapsed_s: float
-    waited_s: float
 
 
 @dataclass(frozen=True)
@@ -120,23 +104,6 @@ class ListingsPage:
     results: list[Listing]
 
 
-class _Secret:
-    """Holds a credential so that no repr, log line or traceback local shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "<hidden>"
-
-    __str__ = __repr__
-
-
 class _Invalid(ValueError):
     """A field of an item is not what the spec promises (turned into :class:`MalformedResponse`)."""
 
@@ -172,23 +139,28 @@ class BackMarketClient:
             raise ValueError(f"language must be a lowercase locale like 'fr-fr', got {language!r}")
         if not user_agent:
             raise ValueError("user_agent is mandatory for Back Market (requests without one may be refused)")
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {attempts!r}")
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.user_agent = user_agent
         self.language = language
         self.limiter = limiter
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.attempts = attempts
         self.penalty_s = penalty_s
         self.backoff_s = backoff_s
         self.on_request = on_request
-        self._token = _Secret(token)
-        # Exponential with jitter (tenacity's wait_exponential_jitter, spelled the same way on tenacity 8 and 9).
-        self._backoff = (wait_exponential(multiplier=backoff_s, max=max(MAX_BACKOFF_S, backoff_s))
-                         + wait_random(0, backoff_s))
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        secret = Secret(token)
+        self._http = JsonApi(
+            session, api=API, base_url=base_url, describe_error=_describe_error, reset_at=retry_after,
+            request_id_header="X-Request-Id",
+            auth=AttemptHeaders({"Authorization": f"Basic {token}"}, secret),
+            headers={"User-Agent": user_agent, "Accept-Language": language, "Accept": "application/json",
+                     # Sent on every call, GETs included, as Back Market's own examples do.
+                     "Content-Type": "application/json"},
+            retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, max_backoff_s=MAX_BACKOFF_S,
+                              penalty_s=penalty_s),
+            timeout_s=timeout_s, on_request=on_request, logger=self.logger)
+        self.timeout = self._http.timeout
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(base_url={self.base_url!r}, language={self.language!r}, "
@@ -238,79 +210,8 @@ class BackMarketClient:
 
     async def _call(self, method: str, route: str, path: str, *, params: dict | None = None,
                     body: dict | None = None) -> Any:
-        retrying = AsyncRetrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(self.attempts),
-                                 wait=self._wait, before_sleep=self._log_retry, reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt(method, route, path, params, body, attempt.retry_state.attempt_number)
-
-    async def _attempt(self, method: str, route: str, path: str, params: dict | None, body: dict | None,
-                       number: int) -> Any:
-        waited = await self.limiter.acquire() if self.limiter is not None else 0.0
-        data = json.dumps(body).encode() if body is not None else None
-        status = None
-        started = time.monotonic()
-        try:
-            async with self.session.request(method, self.base_url + path, params=params, data=data,
-                                            headers=self._headers(), timeout=self.timeout) as response:
-                status = response.status
-                raw = await response.read()
-                headers = response.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            status = None
-            if isinstance(error, asyncio.TimeoutError) and not str(error):
-                what = f"no complete answer within {self.timeout.total:g}s (timeout)"
-            else:
-                what = f"{type(error).__name__}: {error}".rstrip(": ")
-            # ``from None``: the cause adds nothing the message lacks, and keeps the traceback short.
-            raise TransportError(self._redact(what), api=API, endpoint=route) from None
-        finally:
-            self._record(RequestRecord(API, route, status, number, time.monotonic() - started, waited))
-
-        if 200 <= status < 300:
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise MalformedResponse(f"the {status} answer is not JSON: {self._redact(_text(raw)[:120])!r}",
-                                        api=API, endpoint=route, status=status) from None
-        error = self._error(route, status, raw, headers)
-        if isinstance(error, RateLimited) and self.limiter is not None:
-            # Back Market blocks the caller for ~10 s: the whole fleet must stop, not this thread alone.
-            penalty = self.penalty_s
-            if error.reset_at is not None:
-                penalty = max(penalty, error.reset_at - time.time())
-            await self.limiter.penalize(penalty)
-        raise error
-
-    def _headers(self) -> dict[str, str]:
-        return {
-            "Authorization": f"Basic {self._token.reveal()}",
-            "User-Agent": self.user_agent,
-            "Accept-Language": self.language,
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-        }
-
-    def _error(self, route: str, status: int, raw: bytes, headers) -> ApiError:
-        """Turn an error answer (any of Back Market's envelopes, or a Cloudflare page) into a typed error."""
-        message, code, request_id = _describe(raw, headers)
-        hint = _HINTS.get(status)
-        if status == 403 and headers.get("cf-ray"):
-            hint = "blocked by Back Market's WAF (Cloudflare): check the User-Agent; quote the cf-ray to support"
-        if hint and message:
-            message = f"{message} — {hint}"
-        message = self._redact(message or hint or "empty body")
-        request_id = request_id or headers.get("X-Request-Id")
-        cls = error_class(status)
-        kwargs: dict[str, Any] = {"api": API, "endpoint": route, "status": status, "code": code,
-                                  "request_id": request_id}
-        if cls is Forbidden:
-            kwargs["cf_ray"] = headers.get("cf-ray")
-        elif cls is RateLimited:
-            kwargs["reset_at"] = _retry_after(headers)
-        elif cls is ApiError and status in (408, 425):
-            kwargs["permanent"] = False
-        return cls(message, **kwargs)
+        answer = await self._http.call(method, route, path, params=params, body=body, limiter=self.limiter)
+        return answer.body
 
     def _parse_page(self, page: int, body: Any) -> ListingsPage:
         where = f"page {page}"
@@ -346,35 +247,6 @@ class BackMarketClient:
             raise MalformedResponse(f"{what}: expected a JSON object, got {_kind(body)}", api=API, endpoint=route,
                                     status=200)
         return body
-
-    def _wait(self, retry_state) -> float:
-        error = retry_state.outcome.exception()
-        if isinstance(error, RateLimited):
-            if self.limiter is not None:
-                # The fleet-wide penalty already makes the next acquire() wait.
-                return 0.0
-            if error.reset_at is not None:
-                return max(self.penalty_s, error.reset_at - time.time())
-            return self.penalty_s
-        return self._backoff(retry_state)
-
-    def _log_retry(self, retry_state) -> None:
-        self.logger.warning("attempt %d/%d failed, retrying in %.2fs: %s", retry_state.attempt_number,
-                            self.attempts, retry_state.next_action.sleep if retry_state.next_action else 0.0,
-                            retry_state.outcome.exception())
-
-    def _record(self, record: RequestRecord) -> None:
-        if self.on_request is None:
-            return
-        try:
-            self.on_request(record)
-        except Exception:
-            # Counting a request must never fail it.
-            self.logger.exception("on_request callback failed")
-
-    def _redact(self, text: str) -> str:
-        token = self._token.reveal()
-        return text.replace(token, "<token>") if token else text
 
 
 def parse_listing(item: Any) -> Listing:
@@ -419,6 +291,15 @@ def _optional_text(item: dict, field: str) -> str | None:
     return value
 
 
+def _describe_error(status: int, raw: bytes, headers) -> ErrorDetails:
+    """Read an error answer (any of Back Market's envelopes, or a Cloudflare page) for :class:`JsonApi`."""
+    message, code, request_id = _describe(raw, headers)
+    hint = _HINTS.get(status)
+    if status == 403 and headers.get("cf-ray"):
+        hint = "blocked by Back Market's WAF (Cloudflare): check the User-Agent; quote the cf-ray to support"
+    return ErrorDetails(with_hint(message, hint), code=code, request_id=request_id, cf_ray=headers.get("cf-ray"))
+
+
 def _describe(raw: bytes, headers) -> tuple[str, str | None, str | None]:
     """``(message, code, request_id)`` from an error body, whichever envelope it uses."""
     text = _text(raw).strip()
@@ -458,30 +339,3 @@ def _describe(raw: bytes, headers) -> tuple[str, str | None, str | None]:
 def _code(error: dict) -> str | None:
     code = error.get("code")
     return str(code) if code is not None else None
-
-
-def _retry_after(headers) -> float | None:
-    """``Retry-After`` as an epoch time (Back Market documents none, Cloudflare may send one)."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return time.time() + float(value)
-    except ValueError:
-        pass
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

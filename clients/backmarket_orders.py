@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from clients.errors import MalformedResponse
+from clients.http import is_int as _is_int
+from clients.http import json_kind as _kind
 
 if TYPE_CHECKING:
     from clients.backmarket import BackMarketClient
@@ -168,11 +170,3 @@ def _is_time(value: Any) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__

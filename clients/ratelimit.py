@@ -7,7 +7,9 @@ exact across every worker process and host and that simply makes the caller wait
 :class:`FleetRateLimiter` keeps a sliding-window log (one sorted-set entry per granted request)
 checked and updated by one Lua script (``ratelimit.lua``) on Redis ``TIME``, so it is exact no
 matter how many processes share it or how far apart their clocks are.  A 429 from the API calls
-:meth:`FleetRateLimiter.penalize`, which blocks every acquirer in the fleet until it expires.
+:meth:`FleetRateLimiter.penalize`, which blocks every acquirer in the fleet until it expires; when
+the API did not count the refused request, :meth:`FleetRateLimiter.refund` takes its slot back out
+of the window.
 
 "At least X seconds apart" is ``limit=1, window_s=X``.
 """
@@ -86,6 +88,9 @@ class FleetRateLimiter:
         #: Redis time (seconds since the epoch) of the last slot this instance granted, or ``None``.
         #: Read it right after ``await acquire()``, before the next ``await``.
         self.last_granted_at: float | None = None
+        #: The id of the last slot this instance granted (its window entry), for :meth:`refund`, or
+        #: ``None``.  Read it right after ``await acquire()``, before the next ``await``.
+        self.last_slot: str | None = None
         self._window_us = max(1, round(self.window_s * 1_000_000))
         self._script = redis.register_script(LUA_SOURCE)
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -106,6 +111,7 @@ class FleetRateLimiter:
             keys=[self.key, self.penalty_key], args=["acquire", self.limit, self._window_us, member])
         if int(granted):
             self.last_granted_at = int(now_us) / 1_000_000
+            self.last_slot = member
             return True, 0.0
         return False, int(wait_us) / 1_000_000
 
@@ -142,6 +148,17 @@ class FleetRateLimiter:
         penalty_ms = max(1, round(seconds * 1000))
         await self._script(keys=[self.key, self.penalty_key], args=["penalize", penalty_ms])
         self.logger.warning("rate limiter %r penalized: every worker waits %.3fs", self.name, seconds)
+
+    async def refund(self, slot: str) -> bool:
+        """Give back the slot ``slot`` (``last_slot`` right after its ``acquire``): it no longer counts.
+
+        For a request the API refused without counting it (an Ingram Micro 429): it should not count
+        against our window either, so the retry may go as soon as the penalty ends, not a whole
+        window later.  Returns whether the slot was given back (not if it already left the window).
+        """
+        # Each grant is its own member of the window's sorted set, so removing it is exact and
+        # atomic on its own: no script needed, and no other grant can be hit by mistake.
+        return bool(await self.redis.zrem(self.key, slot))
 
     def _report(self, waited: float) -> None:
         if self.on_wait is None:

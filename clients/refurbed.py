@@ -1,4 +1,4 @@
-"""The Refurbed Merchant API client, orders only (docs/api-shapes.md §3), over its HTTP gateway.
+"""The Refurbed Merchant API client, orders and offers' stock (docs/api-shapes.md §3), over its HTTP gateway.
 
 Every call is ``POST <base>/refb.merchant.v1.<Service>/<Method>`` with a JSON body mirroring the
 proto request and ``Authorization: Plain <token>``.  JSON follows the proto: snake_case names,
@@ -12,18 +12,15 @@ so the order is always re-fetched) and :meth:`RefurbedClient.list_orders` (the b
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import aiohttp
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from clients.backmarket import RequestRecord
-from clients.errors import ApiError, MalformedResponse, RateLimited, TransportError, error_class, is_transient
+from clients.errors import MalformedResponse
+from clients.http import AttemptHeaders, ErrorDetails, JsonApi, RequestRecord, RetryPolicy, Secret, with_hint
 
 if TYPE_CHECKING:
     from clients.ratelimit import FleetRateLimiter
@@ -33,6 +30,7 @@ API = "refurbed"
 
 GET_ORDER = "POST /refb.merchant.v1.OrderService/GetOrder"
 LIST_ORDERS = "POST /refb.merchant.v1.OrderService/ListOrders"
+LIST_OFFERS = "POST /refb.merchant.v1.OfferService/ListOffers"
 
 #: The largest ``pagination.limit`` Refurbed accepts.
 MAX_PAGE_LIMIT = 100
@@ -86,21 +84,23 @@ class OrdersPage:
     has_more: bool
 
 
-class _Secret:
-    """Holds the token so that no repr, log line or traceback local shows it."""
+@dataclass(frozen=True)
+class RefurbedOffer:
+    """The fields of an ``Offer`` a stock read needs: ``stock`` is market-independent; ``sku`` may be empty."""
 
-    __slots__ = ("_value",)
+    id: str
+    sku: str
+    stock: int
+    state: str
+    instance_name: str | None
 
-    def __init__(self, value: str) -> None:
-        self._value = value
 
-    def reveal(self) -> str:
-        return self._value
+@dataclass(frozen=True)
+class OffersPage:
+    """One ``OfferService/ListOffers`` answer."""
 
-    def __repr__(self) -> str:
-        return "<hidden>"
-
-    __str__ = __repr__
+    offers: tuple[RefurbedOffer, ...]
+    has_more: bool
 
 
 class RefurbedClient:
@@ -120,17 +120,20 @@ class RefurbedClient:
     def __init__(self, session: aiohttp.ClientSession, *, base_url: str, token: str,
                  limiter: FleetRateLimiter | None = None, timeout_s: float = 30, attempts: int = 4,
                  backoff_s: float = 0.5, on_request: Callable[[RequestRecord], None] | None = None) -> None:
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {attempts!r}")
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.limiter = limiter
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.attempts = attempts
         self.on_request = on_request
-        self._token = _Secret(token)
-        self._backoff = wait_exponential(multiplier=backoff_s, max=max(30.0, backoff_s)) + wait_random(0, backoff_s)
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self._http = JsonApi(
+            session, api=API, base_url=base_url, describe_error=_describe_error, reset_at=_reset_at,
+            auth=AttemptHeaders({"Authorization": f"Plain {token}"}, Secret(token)),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            # A 429 without a reset time pauses the fleet for a second.
+            retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, penalty_s=1.0),
+            timeout_s=timeout_s, on_request=on_request, logger=self.logger)
+        self.timeout = self._http.timeout
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, token=<hidden>)"
@@ -191,107 +194,61 @@ class RefurbedClient:
                 return
             cursor = page.orders[-1].id
 
+    async def list_offers(self, *, starting_after: str | None = None, limit: int = MAX_PAGE_LIMIT) -> OffersPage:
+        """``OfferService/ListOffers``: one page of this merchant's offers by ascending id (docs/api-shapes.md §3.5).
+
+        Raises:
+          MalformedResponse: The answer is not ``{"offers": [Offer...], "has_more": bool}`` of valid offers.
+        """
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE_LIMIT}, got {limit!r}")
+        pagination: dict[str, Any] = {"limit": limit}
+        if starting_after is not None:
+            pagination["starting_after"] = _int64_text("starting_after", starting_after)
+        body = await self._call(LIST_OFFERS, {"pagination": pagination, "sort": {"by": "ID", "order": "ASC"}})
+        if not isinstance(body, dict) or not isinstance(body.get("offers", []), list):
+            raise MalformedResponse(f"expected {{\"offers\": [...], \"has_more\": bool}}, got {_kind(body)}",
+                                    api=API, endpoint=LIST_OFFERS, status=200)
+        offers = tuple(_parse_offer(offer, index) for index, offer in enumerate(body.get("offers", [])))
+        return OffersPage(offers=offers, has_more=bool(body.get("has_more", False)))
+
     async def _call(self, route: str, request: dict) -> Any:
-        retrying = AsyncRetrying(retry=retry_if_exception(is_transient), stop=stop_after_attempt(self.attempts),
-                                 wait=self._wait, before_sleep=self._log_retry, reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt(route, request, attempt.retry_state.attempt_number)
+        # Every gateway call is a POST of the proto request; the route template carries the path.
+        answer = await self._http.call("POST", route, route.split(" ", 1)[1], body=request, limiter=self.limiter)
+        return answer.body
 
-    async def _attempt(self, route: str, request: dict, number: int) -> Any:
-        waited = await self.limiter.acquire() if self.limiter is not None else 0.0
-        path = route.split(" ", 1)[1]
-        status = None
-        started = time.monotonic()
-        try:
-            async with self.session.post(self.base_url + path, data=json.dumps(request).encode(),
-                                         headers=self._headers(), timeout=self.timeout) as response:
-                status = response.status
-                raw = await response.read()
-                headers = response.headers
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            status = None
-            if isinstance(error, asyncio.TimeoutError) and not str(error):
-                what = f"no complete answer within {self.timeout.total:g}s (timeout)"
-            else:
-                what = f"{type(error).__name__}: {error}".rstrip(": ")
-            raise TransportError(self._redact(what), api=API, endpoint=route) from None
-        finally:
-            self._record(RequestRecord(API, route, status, number, time.monotonic() - started, waited))
-        if 200 <= status < 300:
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise MalformedResponse(f"the {status} answer is not JSON: {self._redact(_text(raw)[:120])!r}",
-                                        api=API, endpoint=route, status=status) from None
-        error = self._error(route, status, raw, headers)
-        if isinstance(error, RateLimited) and self.limiter is not None:
-            await self.limiter.penalize(max(1.0, (error.reset_at or 0) - time.time()))
-        raise error
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Plain {self._token.reveal()}", "Content-Type": "application/json",
-                "Accept": "application/json"}
+def _describe_error(status: int, raw: bytes, headers) -> ErrorDetails:
+    """Read an error answer (``google.rpc.Status`` behind the gateway's status) for :class:`JsonApi`."""
+    message, code = "", None
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):  # google.rpc.Status
+        message = str(body.get("message") or "")
+        if isinstance(body.get("code"), int):
+            code = _GRPC_CODES.get(body["code"], str(body["code"]))
+    elif raw:
+        message = _text(raw)[:200]
+    return ErrorDetails(with_hint(message, _HINTS.get(status)), code=code)
 
-    def _error(self, route: str, status: int, raw: bytes, headers) -> ApiError:
-        message, code = "", None
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if isinstance(body, dict):  # google.rpc.Status
-            message = str(body.get("message") or "")
-            if isinstance(body.get("code"), int):
-                code = _GRPC_CODES.get(body["code"], str(body["code"]))
-        elif raw:
-            message = _text(raw)[:200]
-        hint = _HINTS.get(status)
-        message = self._redact(f"{message} — {hint}" if message and hint else message or hint or "empty body")
-        cls = error_class(status)
-        kwargs: dict[str, Any] = {"api": API, "endpoint": route, "status": status, "code": code}
-        if cls is RateLimited:
-            kwargs["reset_at"] = _reset_at(headers)
-        elif cls is ApiError and status in (408, 425):
-            kwargs["permanent"] = False
-        return cls(message, **kwargs)
 
-    def _wait(self, retry_state) -> float:
-        error = retry_state.outcome.exception()
-        if isinstance(error, RateLimited):
-            if self.limiter is not None:
-                return 0.0  # the fleet-wide penalty already makes the next acquire() wait
-            return max(1.0, (error.reset_at or 0) - time.time())
-        return self._backoff(retry_state)
-
-    def _log_retry(self, retry_state) -> None:
-        self.logger.warning("attempt %d/%d failed, retrying in %.2fs: %s", retry_state.attempt_number, self.attempts,
-                            retry_state.next_action.sleep if retry_state.next_action else 0.0,
-                            retry_state.outcome.exception())
-
-    def _record(self, record: RequestRecord) -> None:
-        if self.on_request is None:
-            return
-        try:
-            self.on_request(record)
-        except Exception:
-            # Counting a request must never fail it.
-            self.logger.exception("on_request callback failed")
-
-    def _redact(self, text: str) -> str:
-        token = self._token.reveal()
-        return text.replace(token, "<token>") if token else text
+def _object_id(value: Any, kind: str, malformed: Callable[[str], MalformedResponse]) -> str:
+    """The int64 ``id`` of a proto object ``kind``, as text; ``malformed(problem)`` is raised otherwise."""
+    if not isinstance(value, dict):
+        raise malformed(f"expected an {kind} object, got {_kind(value)}")
+    try:
+        return _int64_text("id", value.get("id"))
+    except ValueError as error:
+        raise malformed(str(error)) from None
 
 
 def _parse_order(order: Any, route: str, where: str) -> RefurbedOrder:
     def malformed(problem: str) -> MalformedResponse:
         return MalformedResponse(f"{where}: {problem}", api=API, endpoint=route, status=200)
 
-    if not isinstance(order, dict):
-        raise malformed(f"expected an Order object, got {_kind(order)}")
-    try:
-        order_id = _int64_text("id", order.get("id"))
-    except ValueError as error:
-        raise malformed(str(error)) from None
+    order_id = _object_id(order, "Order", malformed)
     state = order.get("state", "UNSPECIFIED")
     released_at = order.get("released_at")
     if not isinstance(state, str):
@@ -316,6 +273,24 @@ def _parse_order(order: Any, route: str, where: str) -> RefurbedOrder:
         items.append(RefurbedOrderItem(id=item_id, order_id=str(item.get("order_id") or order_id), sku=sku,
                                        state=item_state, name=name if isinstance(name, str) else None))
     return RefurbedOrder(id=order_id, state=state, released_at=released_at, items=tuple(items), raw=order)
+
+
+def _parse_offer(offer: Any, index: int) -> RefurbedOffer:
+    """Validate one ``Offer`` of a ListOffers page (proto3 JSON leaves out empty and zero fields)."""
+    def malformed(problem: str) -> MalformedResponse:
+        return MalformedResponse(f"offers[{index}]: {problem}", api=API, endpoint=LIST_OFFERS, status=200)
+
+    offer_id = _object_id(offer, "Offer", malformed)
+    sku, state, stock = offer.get("sku", ""), offer.get("state", "UNSPECIFIED"), offer.get("stock", 0)
+    if isinstance(stock, str) and stock.isdigit():
+        stock = int(stock)
+    if not isinstance(stock, int) or isinstance(stock, bool) or stock < 0:
+        raise malformed(f"(offer {offer_id}) stock must be a non-negative integer, got {stock!r}")
+    if not isinstance(sku, str) or not isinstance(state, str):
+        raise malformed(f"(offer {offer_id}) sku and state must be strings")
+    name = offer.get("instance_name")
+    return RefurbedOffer(id=offer_id, sku=sku.strip(), stock=stock, state=state,
+                         instance_name=name if isinstance(name, str) else None)
 
 
 def _int64_text(name: str, value: Any) -> str:

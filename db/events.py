@@ -257,6 +257,23 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
                        needs_recheck=decision.recheck, push_requested=decision.push, created=created)
 
 
+def record_stock_events(session: Session, events: list[StockEvent], *, now: datetime | None = None,
+                        skew: timedelta | None = None) -> list[EventResult]:
+    """Book several events in the caller's one transaction (the caller commits); results in ``events`` order.
+
+    Each is booked as :func:`record_stock_event` books it (its own key, its own ledger row), but
+    one commit and one message serve them all.  The stock rows are locked in one order, by
+    (marketplace, SKU), so that two batches touching the same rows wait for each other instead of
+    deadlocking; events of one SKU keep the order they were given in.  Raises
+    :class:`InvalidStockEvent` for a bad event (the caller rolls the whole batch back).
+    """
+    order = sorted(range(len(events)), key=lambda index: (events[index].marketplace, events[index].sku))
+    results: list[EventResult | None] = [None] * len(events)
+    for index in order:
+        results[index] = record_stock_event(session, events[index], now=now, skew=skew)
+    return results  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class _Decision:
     change: int

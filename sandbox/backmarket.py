@@ -37,10 +37,8 @@ Behaviour the spec leaves open, and what the sandbox does:
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
-import hmac
 import itertools
 import json
 import math
@@ -58,6 +56,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from sandbox.backmarket_orders import BackMarketOrders
+from sandbox.common import (Dials, Draws, SlidingWindowQuota, admin_error, credential_matches, injected_failure,
+                            max_in_window, pause, serve_counted)
 
 __all__ = ["SANDBOX_KEY", "BackMarketSandbox", "CatalogueEntry", "SlidingWindowQuota", "StockChange", "build_app",
            "catalogue_entry", "malformed_kind"]
@@ -147,34 +147,6 @@ class CatalogueEntry(NamedTuple):
     initial_quantity: int
 
 
-class _Draws:
-    """Bounded integers taken one after another from a 128-bit hash of ``parts``.
-
-    A hash rather than a seeded ``random.Random``: listing ``i`` is generated on its own, in O(1),
-    and is the same in every process and Python version.
-    """
-
-    __slots__ = ("_rest",)
-
-    def __init__(self, *parts: object) -> None:
-        digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=16).digest()
-        self._rest = int.from_bytes(digest, "big")
-
-    def below(self, bound: int) -> int:
-        """An integer in ``[0, bound)``."""
-        self._rest, value = divmod(self._rest, bound)
-        return value
-
-    def weighted(self, choices: Iterable[tuple]) -> tuple:
-        """One of ``choices``, whose last item is its weight in percent."""
-        roll = self.below(100)
-        for choice in choices:
-            roll -= choice[-1]
-            if roll < 0:
-                return choice
-        raise AssertionError("weights must add up to 100")
-
-
 def _uuid5(name: str) -> str:
     """``str(uuid.uuid5(uuid.NAMESPACE_URL, name))``, three times faster (a big catalogue makes many)."""
     digest = bytearray(hashlib.sha1(_NAMESPACE + name.encode()).digest()[:16])
@@ -188,10 +160,10 @@ def _listing_uuid(seed: int, index: int) -> str:
     return _uuid5(f"stocksync-sandbox:backmarket:{seed}:listing:{index}")
 
 
-def _initial_draws(seed: int, index: int) -> tuple[_Draws, int, int]:
+def _initial_draws(seed: int, index: int) -> tuple[Draws, int, int]:
     # Quantity and publication state come first so that the sandbox can set up a big catalogue
     # without generating every field of every listing.
-    draws = _Draws("listing", seed, index)
+    draws = Draws("listing", seed, index)
     quantity = draws.below(MAX_GENERATED_QUANTITY + 1)
     publication_state = draws.weighted(_PUBLICATION_WEIGHTS)[0]
     return draws, quantity, publication_state
@@ -201,7 +173,7 @@ def _initial_draws(seed: int, index: int) -> tuple[_Draws, int, int]:
 def _product(seed: int, product: int) -> tuple[str, str, int]:
     # (product uuid, title, EUR cents): cached because neighbouring listings share a product and
     # pages are read in order.
-    draws = _Draws("product", seed, product)
+    draws = Draws("product", seed, product)
     model, base_cents = _MODELS[draws.below(len(_MODELS))]
     storage, storage_percent = _STORAGE[draws.below(len(_STORAGE))]
     colour = _COLOURS[draws.below(len(_COLOURS))]
@@ -289,49 +261,6 @@ def malformed_kind(page: int) -> str:
 # -- quota and records ---------------------------------------------------------------------------
 
 
-class SlidingWindowQuota:
-    """At most ``limit`` requests admitted in any ``window_s`` seconds, all clients together.
-
-    A sliding log of admission times.  A refused request is not logged (see the module docstring).
-    With ``block_s`` > 0, the first refusal also refuses everything for ``block_s`` seconds, like a
-    Cloudflare rule's mitigation timeout; refusals during the block do not extend it.  ``limit``
-    0 or None (or ``window_s`` 0 or None) admits everything.  Not thread-safe: the sandbox calls
-    it under its lock.
-    """
-
-    def __init__(self, limit: int | None, window_s: float | None, block_s: float = 0.0) -> None:
-        self._admitted: deque[float] = deque()
-        self._blocked_until = -math.inf
-        self.reconfigure(limit, window_s, block_s)
-
-    def reconfigure(self, limit: int | None, window_s: float | None, block_s: float = 0.0) -> None:
-        """Change the limits; the requests already admitted still count."""
-        self.limit = limit or 0
-        self.window_s = window_s or 0.0
-        self.block_s = block_s or 0.0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any request can be refused."""
-        return self.limit > 0 and self.window_s > 0
-
-    def admit(self, now: float) -> bool:
-        """Admit (and log) a request at time ``now``, or refuse it."""
-        if not self.enabled:
-            return True
-        if now < self._blocked_until:
-            return False
-        horizon = now - self.window_s
-        while self._admitted and self._admitted[0] <= horizon:
-            self._admitted.popleft()
-        if len(self._admitted) >= self.limit:
-            if self.block_s > 0:
-                self._blocked_until = now + self.block_s
-            return False
-        self._admitted.append(now)
-        return True
-
-
 class StockChange(NamedTuple):
     """One change of a listing's true stock: when (sandbox clock), which, from, to, and why.
 
@@ -370,7 +299,7 @@ class InvalidInput(ValueError):
 # -- the sandbox ---------------------------------------------------------------------------------
 
 
-class BackMarketSandbox:
+class BackMarketSandbox(Dials):
     """The state of a simulated Back Market merchant account, and the app that serves it.
 
     The catalogue has ``listings`` listings generated from ``seed`` (see :func:`catalogue_entry`);
@@ -440,29 +369,17 @@ class BackMarketSandbox:
         """The token ``Authorization: Basic <token>`` must carry."""
         return self._token
 
-    def configure(self, **dials: Any) -> None:
-        """Change dials at run time (names as in the constructor).
-
-        Raises:
-          TypeError: An unknown dial.
-          ValueError: A value out of range.
-        """
-        unknown = sorted(set(dials) - set(self._DIALS))
-        if unknown:
-            raise TypeError(f"unknown sandbox dials: {', '.join(unknown)} (known: {', '.join(self._DIALS)})")
-        checked = {name: _check_dial(name, value) for name, value in dials.items()}
-        with self._lock:
-            # Each dial is the attribute "_<name>", read under the lock by the request handlers.
-            for name, value in checked.items():
-                setattr(self, f"_{name}", value)
-            self._quota.reconfigure(self._quota_requests, self._quota_window_s, self._quota_block_s)
-
     def dials(self) -> dict[str, Any]:
         """The current dials, JSON-able."""
-        with self._lock:
-            values = {name: getattr(self, f"_{name}") for name in self._DIALS}
+        values = super().dials()
         values["malformed_pages"] = sorted(values["malformed_pages"])
         return values
+
+    def _check_dial(self, name: str, value: Any) -> Any:
+        return _check_dial(name, value)
+
+    def _dials_changed(self) -> None:
+        self._quota.reconfigure(self._quota_requests, self._quota_window_s, self._quota_block_s)
 
     # -- the catalogue ---------------------------------------------------------------------------
 
@@ -624,13 +541,7 @@ class BackMarketSandbox:
 
         Windows are half-open, as the quota's: requests ``window_s`` apart are not in one window.
         """
-        times = self.accepted_timestamps()
-        best = start = 0
-        for end, at in enumerate(times):
-            while at - times[start] >= window_s:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(self.accepted_timestamps(), window_s)
 
     def reset_stats(self) -> None:
         """Zero the counters and forget the accepted timestamps (the quota's own log stays)."""
@@ -672,15 +583,7 @@ class BackMarketSandbox:
             return await handler(request)
         with self._lock:
             self._counters.by_endpoint[_endpoint(request)] += 1
-        try:
-            response = await self._gate(request)
-            if response is None:
-                response = await handler(request)
-        except web.HTTPException as http_error:  # aiohttp's own 404/405 for unknown routes
-            self._count_status(http_error.status)
-            raise
-        self._count_status(response.status)
-        return response
+        return await serve_counted(request, handler, self._gate, self._count_status)
 
     async def _gate(self, request: web.Request) -> web.Response | None:
         """The checks in front of every API handler; an answer refuses the request, None lets it through."""
@@ -689,15 +592,15 @@ class BackMarketSandbox:
         catalog = request.path.startswith(CATALOG_PREFIX)
         with self._lock:
             now = self._clock()
-            admitted = self._quota.admit(now) if catalog else True
+            admitted = self._quota.admit(now).admitted if catalog else True
             if admitted:
                 self._counters.accepted.append(now)
             token, latency = self._token, self._latency_s
         if not admitted:
             return self._error_v1(429, "too-many-requests", "Too many requests: slow down and retry later")
-        if latency > 0:
-            await asyncio.sleep(latency)
-        if not _authorized(request.headers.get("Authorization"), token):
+        await pause(latency)
+        # The literal word Basic and the back-office token as it is (not base64 of anything).
+        if not credential_matches(request.headers.get("Authorization"), "Basic", token):
             return self._error_v1(401, "unauthenticated", "Authentication credentials were not provided or are "
                                   "invalid: send 'Authorization: Basic <token>'")
         locale = request.headers.get("Accept-Language", DEFAULT_LOCALE)
@@ -706,7 +609,7 @@ class BackMarketSandbox:
                                      "locale like fr-fr")
         if catalog:
             with self._lock:
-                fail = self._error_rate > 0 and self._error_rng.random() < self._error_rate
+                fail = injected_failure(self._error_rng, self._error_rate)
                 if fail:
                     self._counters.errors_injected += 1
             if fail:
@@ -805,7 +708,7 @@ class BackMarketSandbox:
             if "window" in request.query:
                 stats["max_in_window"] = self.max_in_any_window(float(request.query["window"]))
         except ValueError:
-            return _admin_error(400, "window must be a number of seconds")
+            return admin_error(400, "window must be a number of seconds")
         if request.query.get("timestamps") in ("1", "true", "yes"):
             stats["accepted_timestamps"] = self.accepted_timestamps()
         return web.json_response(stats)
@@ -825,25 +728,12 @@ class BackMarketSandbox:
             with self._lock:
                 unknown = sorted(set(quantities) - set(self._quantities))
                 if unknown:
-                    return _admin_error(404, f"no such listings: {', '.join(unknown[:5])}")
+                    return admin_error(404, f"no such listings: {', '.join(unknown[:5])}")
                 for listing, quantity in quantities.items():
                     self._set_quantity(listing, quantity, "admin")
         except ValueError as error:
-            return _admin_error(400, str(error))
+            return admin_error(400, str(error))
         return web.json_response({"updated": len(quantities)})
-
-    async def _admin_get_config(self, request: web.Request) -> web.Response:
-        return web.json_response(self.dials())
-
-    async def _admin_set_config(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object of dials")
-            self.configure(**body)
-        except (TypeError, ValueError) as error:
-            return _admin_error(400, str(error))
-        return web.json_response(self.dials())
 
     async def _admin_reset_stats(self, request: web.Request) -> web.Response:
         self.reset_stats()
@@ -994,12 +884,6 @@ def _locale(request: web.Request) -> str:
     return request.headers.get("Accept-Language", DEFAULT_LOCALE)
 
 
-def _authorized(header: str | None, token: str) -> bool:
-    # The literal word Basic and the back-office token as it is (not base64 of anything).
-    scheme, _, credential = (header or "").strip().partition(" ")
-    return scheme.lower() == "basic" and hmac.compare_digest(credential.strip().encode(), token.encode())
-
-
 def _waf_challenge() -> web.Response:
     # Cloudflare answers, not the application: hence its headers and the V2-like envelope.
     ray = uuid.uuid4().hex[:16]
@@ -1008,10 +892,6 @@ def _waf_challenge() -> web.Response:
 
 def _bare_error(status: int, message: str) -> web.Response:
     return web.json_response(message, status=status)
-
-
-def _admin_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def _query_int(request: web.Request, name: str, *, default: int | None = None, minimum: int | None = None,

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import hashlib
+import functools
 import itertools
 import json
 import math
@@ -53,10 +53,13 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from aiohttp import web
+
+from sandbox.common import (Dials, Draws, SlidingWindowQuota, admin_error, injected_failure, max_in_window, pause,
+                            serve_counted)
 
 __all__ = ["IngramSandbox", "ProductEntry", "WindowQuota", "product_entry"]
 
@@ -113,28 +116,6 @@ class ProductEntry:
     has_details: bool
 
 
-class _Draws:
-    """Bounded integers taken one after another from a hash of ``parts`` (same inputs, same draws)."""
-
-    __slots__ = ("_rest",)
-
-    def __init__(self, *parts: object) -> None:
-        self._rest = int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=24).digest(),
-                                    "big")
-
-    def below(self, bound: int) -> int:
-        self._rest, value = divmod(self._rest, bound)
-        return value
-
-    def weighted(self, choices: Iterable[tuple]) -> tuple:
-        roll = self.below(100)
-        for choice in choices:
-            roll -= choice[-1]
-            if roll < 0:
-                return choice
-        raise AssertionError("weights must add up to 100")
-
-
 def part_number(seed: int, index: int) -> str:
     """The Ingram part number of product ``index`` of catalogue ``seed`` (6 to 8 characters)."""
     return f"{seed % 100:02d}{index:05d}" if index < 100_000 else f"{seed % 100:02d}{index}"
@@ -142,7 +123,7 @@ def part_number(seed: int, index: int) -> str:
 
 def product_entry(seed: int, index: int) -> ProductEntry:
     """Product number ``index`` (0-based) of the catalogue made from ``seed``: same inputs, same product."""
-    draws = _Draws("ingram-product", seed, index)
+    draws = Draws("ingram-product", seed, index, digest_size=24)
     vendor, vendor_number = _VENDORS[draws.below(len(_VENDORS))]
     kind, category, subcategory, base_cents = _KINDS[draws.below(len(_KINDS))]
     price_cents = base_cents * (80 + draws.below(60)) // 100 + draws.below(100)
@@ -167,43 +148,8 @@ def _money(cents: int) -> float:
 # -- quota ---------------------------------------------------------------------------------------
 
 
-class WindowQuota:
-    """At most ``limit`` admitted requests in any ``window_s`` seconds (a sliding log).
-
-    A refused request is not logged.  ``limit`` 0 (or ``window_s`` 0) admits everything.  Not
-    thread-safe: the sandbox calls it under its lock.
-    """
-
-    def __init__(self, limit: int, window_s: float) -> None:
-        self._admitted: deque[float] = deque()
-        self.reconfigure(limit, window_s)
-
-    def reconfigure(self, limit: int, window_s: float) -> None:
-        """Change the limits; requests already admitted still count."""
-        self.limit = int(limit or 0)
-        self.window_s = float(window_s or 0.0)
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any request can be refused."""
-        return self.limit > 0 and self.window_s > 0
-
-    def admit(self, now: float) -> tuple[bool, int, float]:
-        """Admit (and log) a request at ``now``, or refuse it.
-
-        Returns ``(admitted, remaining, reset_in_s)``: the slots left in the window after this
-        request and the seconds until the oldest admitted request leaves the window.
-        """
-        if not self.enabled:
-            return True, 0, 0.0
-        horizon = now - self.window_s
-        while self._admitted and self._admitted[0] <= horizon:
-            self._admitted.popleft()
-        admitted = len(self._admitted) < self.limit
-        if admitted:
-            self._admitted.append(now)
-        reset_in = self._admitted[0] + self.window_s - now if self._admitted else 0.0
-        return admitted, self.limit - len(self._admitted), max(reset_in, 0.0)
+#: The quota of each limited endpoint (the name tests and tools know it by).
+WindowQuota = SlidingWindowQuota
 
 
 class _Counters:
@@ -225,7 +171,7 @@ class _Counters:
 # -- the sandbox ---------------------------------------------------------------------------------
 
 
-class IngramSandbox:
+class IngramSandbox(Dials):
     """The state of a simulated Ingram Micro reseller account, and the app that serves it.
 
     The catalogue has ``products`` products generated from ``seed`` (see :func:`product_entry`);
@@ -293,28 +239,13 @@ class IngramSandbox:
 
     # -- dials -----------------------------------------------------------------------------------
 
-    def configure(self, **dials: Any) -> None:
-        """Change dials at run time (names as in the constructor).
+    def _check_dial(self, name: str, value: Any) -> Any:
+        return _check_dial(name, value)
 
-        Raises:
-          TypeError: An unknown dial.
-          ValueError: A value out of range.
-        """
-        unknown = sorted(set(dials) - set(self._DIALS))
-        if unknown:
-            raise TypeError(f"unknown sandbox dials: {', '.join(unknown)} (known: {', '.join(self._DIALS)})")
-        checked = {name: _check_dial(name, value) for name, value in dials.items()}
-        with self._lock:
-            for name, value in checked.items():
-                setattr(self, f"_{name}", value)
-            scale = self._time_scale
-            self._quotas[PA].reconfigure(self._pa_quota_requests, self._pa_quota_window_s * scale)
-            self._quotas[DETAILS].reconfigure(self._details_quota_requests, self._details_quota_window_s * scale)
-
-    def dials(self) -> dict[str, Any]:
-        """The current dials, JSON-able (the client secret included: the sandbox has no secrets)."""
-        with self._lock:
-            return {name: getattr(self, f"_{name}") for name in self._DIALS}
+    def _dials_changed(self) -> None:
+        scale = self._time_scale
+        self._quotas[PA].reconfigure(self._pa_quota_requests, self._pa_quota_window_s * scale)
+        self._quotas[DETAILS].reconfigure(self._details_quota_requests, self._details_quota_window_s * scale)
 
     def quota_window_s(self, endpoint: str) -> float:
         """The scaled window of ``endpoint``'s quota (``"priceandavailability"`` or ``"details"``)."""
@@ -448,13 +379,7 @@ class IngramSandbox:
         those let through): a fleet that keeps under the quota never has a refused request at all.
         Windows are half-open, as the quota's: requests ``window_s`` apart are not in one window.
         """
-        times = self.quota_requests(endpoint, admitted_only=admitted_only)
-        best = start = 0
-        for end, at in enumerate(times):
-            while at - times[start] >= window_s:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return max_in_window(self.quota_requests(endpoint, admitted_only=admitted_only), window_s)
 
     def requests_per_window(self, endpoint: str, window_s: float) -> list[int]:
         """Requests to ``endpoint`` per consecutive fixed window of ``window_s`` seconds, from the first."""
@@ -511,15 +436,9 @@ class IngramSandbox:
                 counters.in_flight[kind] += 1
                 counters.max_in_flight[kind] = max(counters.max_in_flight[kind], counters.in_flight[kind])
         try:
-            if request.path == TOKEN_PATH:
-                response = await handler(request)
-            else:
-                response = await self._gate(request, kind)
-                if response is None:
-                    response = await handler(request)
-        except web.HTTPException as http_error:  # aiohttp's own 404/405 for unknown routes
-            self._count_status(http_error.status)
-            raise
+            # The token endpoint has no quota, faults or headers to check: it is the gate's way in.
+            gate = None if request.path == TOKEN_PATH else functools.partial(self._gate, kind=kind)
+            response = await serve_counted(request, handler, gate, self._count_status)
         finally:
             if kind is not None:
                 with self._lock:
@@ -532,7 +451,6 @@ class IngramSandbox:
         for name in ("IM-CorrelationID", "IM-SenderID"):
             if name in request.headers and name not in response.headers:
                 response.headers[name] = request.headers[name]
-        self._count_status(response.status)
         return response
 
     async def _gate(self, request: web.Request, kind: str | None) -> web.Response | None:
@@ -554,15 +472,14 @@ class IngramSandbox:
                 if self._faults and (kind == PA or self._faults[0][0] != "malformed"):
                     fault = self._faults.popleft()
                     self._counters.faults_injected[fault[0]] += 1
-                elif self._error_rate > 0 and self._rng["error"].random() < self._error_rate:
+                elif injected_failure(self._rng["error"], self._error_rate):
                     fault = ("fail", 500)
                     self._counters.faults_injected["error_rate"] += 1
             latency = self._latency_s
         if fault is not None and fault[0] == "throttle":
             state.ratelimit = ((state.ratelimit or (0,))[0], 0, self._wall_clock() + fault[1])
             return self._too_many(request)
-        if latency > 0:
-            await asyncio.sleep(latency)
+        await pause(latency)
         if fault is not None and fault[0] == "hang":
             await asyncio.sleep(fault[1])
         if fault is not None and fault[0] == "fail":
@@ -680,7 +597,7 @@ class IngramSandbox:
                 if window is not None:
                     stats[f"{endpoint}_max_in_window"] = self.max_in_any_window(endpoint, float(window))
         except ValueError:
-            return _admin_error(400, "windows must be numbers of seconds")
+            return admin_error(400, "windows must be numbers of seconds")
         return web.json_response(stats)
 
     async def _admin_products(self, request: web.Request) -> web.Response:
@@ -690,19 +607,6 @@ class IngramSandbox:
         truth = {part: {**fields, "price": str(fields["price"])} for part, fields in self.truth().items()}
         return web.json_response(truth)
 
-    async def _admin_get_config(self, request: web.Request) -> web.Response:
-        return web.json_response(self.dials())
-
-    async def _admin_set_config(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("expected a JSON object of dials")
-            self.configure(**body)
-        except (TypeError, ValueError) as error:
-            return _admin_error(400, str(error))
-        return web.json_response(self.dials())
-
     async def _admin_change(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -710,7 +614,7 @@ class IngramSandbox:
             if not isinstance(count, int) or count < 0:
                 raise ValueError("expected {\"count\": n, \"seed\": ...} with n >= 0")
         except (KeyError, ValueError) as error:
-            return _admin_error(400, str(error))
+            return admin_error(400, str(error))
         return web.json_response({"changed": self.change_products(count, body.get("seed", 0))})
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
@@ -727,7 +631,7 @@ class IngramSandbox:
             if "malformed" in body:
                 self.malformed_next(int(body["malformed"]))
         except (TypeError, ValueError) as error:
-            return _admin_error(400, str(error))
+            return admin_error(400, str(error))
         return web.json_response({"pending": self.stats()["faults_pending"]})
 
     async def _admin_expire_tokens(self, request: web.Request) -> web.Response:
@@ -871,10 +775,6 @@ def _endpoint(request: web.Request) -> str:
 
 def _fault(status: int, message: str, code: str) -> web.Response:
     return web.json_response({"fault": {"faultstring": message, "detail": {"errorcode": code}}}, status=status)
-
-
-def _admin_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def _check_dial(name: str, value: Any) -> Any:

@@ -20,8 +20,6 @@ delivers at least once, so the sandbox makes duplicates happen: every notificati
 """
 from __future__ import annotations
 
-import asyncio
-import hmac
 import http.client
 import itertools
 import json
@@ -36,12 +34,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from sandbox.common import Dials, credential_matches, injected_failure, pause
+
 __all__ = ["Delivery", "RefurbedSandbox"]
 
 SERVICE = "/refb.merchant.v1."
 ORDER_ID_BASE = 9_100_000
 ITEM_ID_BASE = 77_000_000
 MAX_LIMIT = 100
+OFFER_ID_BASE = 5_200_000
 
 ORDER_ITEM_STATES = ("NEW", "REJECTED", "CANCELLED", "ACCEPTED", "SHIPPED", "RETURNED")
 #: Item state changes a merchant (or the customer) may make (OrderItemState in the Swagger).
@@ -79,12 +80,24 @@ class _RpcError(Exception):
         self.message = message
 
 
+def _page_limit(pagination: dict) -> int:
+    """An Int64Pagination's ``limit`` (default and maximum 100); :class:`_RpcError` if it is not one."""
+    limit = pagination.get("limit") or MAX_LIMIT
+    if isinstance(limit, str) and limit.isdigit():
+        limit = int(limit)
+    if not isinstance(limit, int) or limit < 1:
+        raise _RpcError(INVALID_ARGUMENT, "pagination limit must be a positive integer")
+    if limit > MAX_LIMIT:
+        raise _RpcError(INVALID_ARGUMENT, "pagination limit is too large (>100)")
+    return limit
+
+
 def rfc3339(moment: datetime) -> str:
     """``2026-11-23T09:35:24.123456Z`` (UTC)."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class RefurbedSandbox:
+class RefurbedSandbox(Dials):
     """The orders of one simulated Refurbed merchant, the app that serves them and the webhook sender.
 
     Dials (constructor keywords, and :meth:`configure`):
@@ -114,22 +127,17 @@ class RefurbedSandbox:
         self._error_rng = random.Random(f"refurbed-errors:{seed}")
         self._requests: dict[str, int] = {}
         self._deliveries: list[Delivery] = []
+        self._offers: dict[int, dict[str, Any]] = {}  # OfferService (docs/api-shapes.md §3.5)
         self._outbox: queue.Queue[tuple[int, int] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
         self.configure(token=token, webhook_url=webhook_url, webhook_resends=webhook_resends,
                        webhook_max_attempts=webhook_max_attempts, webhook_retry_s=webhook_retry_s,
                        latency_s=latency_s, error_rate=error_rate)
 
-    def configure(self, **dials: Any) -> None:
-        """Change dials at run time (names as in the constructor)."""
-        unknown = sorted(set(dials) - set(self._DIALS))
-        if unknown:
-            raise TypeError(f"unknown sandbox dials: {', '.join(unknown)} (known: {', '.join(self._DIALS)})")
-        if dials.get("webhook_resends", 0) < 0 or dials.get("webhook_max_attempts", 1) < 1:
+    def _check_dial(self, name: str, value: Any) -> Any:
+        if (name == "webhook_resends" and value < 0) or (name == "webhook_max_attempts" and value < 1):
             raise ValueError("webhook_resends must be >= 0 and webhook_max_attempts >= 1")
-        with self._lock:
-            for name, value in dials.items():
-                setattr(self, f"_{name}", value)
+        return value
 
     # -- orders --------------------------------------------------------------------------------------
 
@@ -176,6 +184,56 @@ class RefurbedSandbox:
             item["state"] = state
             order["state"] = _order_state(i["state"] for i in order["items"])
             return json.loads(json.dumps(item))
+
+    # -- offers (OfferService) ------------------------------------------------------------------------
+
+    def add_offer(self, sku: str, stock: int, *, state: str = "OK", grading: str = "A") -> dict[str, Any]:
+        """Create an offer (``sku`` may be empty, as for old offers) and return it as ListOffers shows it."""
+        if stock < 0:
+            raise ValueError(f"stock is a uint32, got {stock!r}")
+        with self._lock:
+            offer_id = OFFER_ID_BASE + len(self._offers)
+            offer = {
+                "id": str(offer_id), "version": "1", "is_current": True, "created_at": rfc3339(self.now()),
+                "instance_id": str(offer_id + 500_000), "instance_name": f"Refurbished device {sku or offer_id}",
+                "state": state, "sku": sku, "grading": grading, "warranty": "M12", "stock": stock,
+                "shipping_profile_id": "1", "shipping_profile_name": "Standard", "taxation": "MARGINAL",
+                "reference_currency_code": "EUR", "reference_price": "249.00", "reference_min_price": "199.00",
+                "set_market_prices": [], "calculated_market_prices": [],
+            }
+            self._offers[offer_id] = offer
+            return json.loads(json.dumps(offer))
+
+    def set_offer_stock(self, sku: str, stock: int) -> None:
+        """Set the stock of the offer(s) with ``sku`` (as ``UpdateOffer`` would).  Raises ``KeyError``."""
+        with self._lock:
+            offers = [offer for offer in self._offers.values() if offer["sku"] == sku]
+            if not offers:
+                raise KeyError(f"no offer with SKU {sku!r}")
+            for offer in offers:
+                offer["stock"] = stock
+                offer["version"] = str(int(offer["version"]) + 1)
+
+    def offers(self) -> list[dict[str, Any]]:
+        """Every offer, by id (copies)."""
+        with self._lock:
+            return json.loads(json.dumps([offer for _, offer in sorted(self._offers.items())]))
+
+    def _list_offers(self, body: dict) -> dict:
+        """``ListOffers``: Int64Pagination by id (limit ≤ 100, starting_after), filter ``sku`` any_of."""
+        pagination = body.get("pagination") or {}
+        limit = _page_limit(pagination)
+        offers = [offer for _, offer in sorted(self._offers.items())]
+        skus = ((body.get("filter") or {}).get("sku") or {}).get("any_of")
+        if skus:
+            offers = [offer for offer in offers if offer["sku"] in skus]
+        if pagination.get("starting_after") is not None:
+            cursor = _int64(pagination["starting_after"], "pagination.starting_after")
+            offers = [offer for offer in offers if int(offer["id"]) > cursor]
+        # proto3 JSON leaves out zero values: an offer with no stock has no "stock" field.
+        page = [{name: value for name, value in offer.items() if not (name == "stock" and value == 0)}
+                for offer in offers[:limit]]
+        return {"offers": page, "has_more": len(offers) > limit}
 
     def order(self, order_id: int | str) -> dict[str, Any]:
         """One ``Order``.  Raises ``KeyError``."""
@@ -245,6 +303,7 @@ class RefurbedSandbox:
         app.router.add_post(SERVICE + "OrderService/GetOrder", self._rpc(self._get_order))
         app.router.add_post(SERVICE + "OrderService/ListOrders", self._rpc(self._list_orders))
         app.router.add_post(SERVICE + "OrderItemService/UpdateOrderItemState", self._rpc(self._update_item_state))
+        app.router.add_post(SERVICE + "OfferService/ListOffers", self._rpc(self._list_offers))
         app.router.add_get("/_sandbox/stats", self._admin_stats)
         app.router.add_post("/_sandbox/orders", self._admin_place)
         return app
@@ -262,11 +321,9 @@ class RefurbedSandbox:
             method = request.path.rsplit("/", 1)[-1]
             self._requests[method] = self._requests.get(method, 0) + 1
             token, latency = self._token, self._latency_s
-            fail = self._error_rate > 0 and self._error_rng.random() < self._error_rate
-        if latency > 0:
-            await asyncio.sleep(latency)
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Plain" or not _same(credential.strip(), token):
+            fail = injected_failure(self._error_rng, self._error_rate)
+        await pause(latency)
+        if not credential_matches(request.headers.get("Authorization"), "Plain", token, exact_scheme=True):
             return _status(UNAUTHENTICATED, "missing or invalid authorization header: send 'Plain <token>'")
         if fail:
             return _status(INTERNAL, "internal error (injected by the sandbox)")
@@ -295,13 +352,7 @@ class RefurbedSandbox:
 
     def _list_orders(self, body: dict) -> dict:
         pagination = body.get("pagination") or {}
-        limit = pagination.get("limit") or MAX_LIMIT
-        if isinstance(limit, str) and limit.isdigit():
-            limit = int(limit)
-        if not isinstance(limit, int) or limit < 1:
-            raise _RpcError(INVALID_ARGUMENT, "pagination limit must be a positive integer")
-        if limit > MAX_LIMIT:
-            raise _RpcError(INVALID_ARGUMENT, "pagination limit is too large (>100)")
+        limit = _page_limit(pagination)
         after, before = pagination.get("starting_after"), pagination.get("ending_before")
         if after is not None and before is not None:
             raise _RpcError(INVALID_ARGUMENT,
@@ -423,10 +474,6 @@ def _int64(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
         raise _RpcError(INVALID_ARGUMENT, f"{name} must be an int64 (a string of digits), got {value!r}")
     return int(value)
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _status(code: int, message: str) -> web.Response:

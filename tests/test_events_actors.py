@@ -39,3 +39,36 @@ def test_malformed_topup_and_adjustment_messages_name_the_field():
 def test_event_time_is_parsed_to_utc():
     moment = events.parse_event_time("2026-11-23T10:35:24+01:00")
     assert moment.isoformat() == "2026-11-23T09:35:24+00:00"
+
+
+@pytest.mark.parametrize("batch, words", [
+    ([], "non-empty list"),
+    ("not a list", "non-empty list"),
+    ([{"kind": "order_created", "fields": GOOD_ORDER}, {"kind": "refund", "fields": {}}], "event 1: kind must be"),
+    ([{"kind": "order_created", "fields": {**GOOD_ORDER, "colour": "red"}}], "event 0 .order_created.*colour"),
+    ([{"kind": "order_created", "fields": GOOD_ORDER}, {"kind": "order_created", "fields": {**GOOD_ORDER,
+                                                                                          "quantity": 0}}],
+     "event 1 .order_created.*quantity"),
+    ([["order_created"]], "event 0 must be an object"),
+])
+def test_a_malformed_batch_is_refused_for_good_naming_the_event(batch, words):
+    with pytest.raises(MalformedMessage, match=words) as refused:
+        events.stock_events_batch(batch)
+    assert events.stock_events_batch.options["retry_when"](0, refused.value) is False
+
+
+def test_the_producer_splits_a_batch_into_messages_of_the_size_asked():
+    from dramatiq.brokers.stub import StubBroker
+
+    from workers.producer import MAX_BATCH, StockEvents, make_event
+
+    broker = StubBroker()
+    broker.declare_actor(events.stock_events_batch)
+    sent = [make_event("order_created", marketplace="backmarket", order_id=f"o{n}", order_line_id=f"l{n}",
+                       sku="SKU-1", quantity=1, event_time="2026-11-23T09:35:24Z") for n in range(7)]
+    messages = StockEvents(broker).send_batch(sent, batch_size=3)
+    assert [len(message.args[0]) for message in messages] == [3, 3, 1]
+    assert {message.actor_name for message in messages} == {"stock_events_batch"}
+    assert messages[0].args[0][0] == {"kind": "order_created", "fields": sent[0].fields}
+    with pytest.raises(ValueError, match="batch_size"):
+        StockEvents(broker).send_batch(sent, batch_size=MAX_BATCH + 1)

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from db.engine import session_factory
 from db.events import (InvalidStockEvent, StockEvent, claim_push, find_stock_id, finish_push, note_push_error,
-                       record_stock_event, release_push)
+                       record_stock_event, record_stock_events, release_push)
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, apply_recheck, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
@@ -280,3 +280,47 @@ def test_a_failed_attempt_keeps_the_lease_for_its_own_retry(sessions):
         assert claim_push(session, stock_id, "message-1", lease=lease, now=at(20)).needed  # its retry
         assert claim_push(session, stock_id, "message-2", lease=lease, now=at(20 + 301)).needed  # lease over
     assert row(sessions)["push_error"] == "TransportError: timeout"
+
+
+def book_batch(sessions, events: list[StockEvent]):
+    with sessions() as session:
+        results = record_stock_events(session, events, now=at(0), skew=SKEW)
+        session.commit()
+        return results
+
+
+def test_a_batch_books_each_event_once_in_the_order_given_per_sku(sessions):
+    batch = [topup("PO-1", 5, 1, sku="SKU-B"), order("L1", 2, 2, sku="SKU-A"), topup("PO-2", 10, 1, sku="SKU-A"),
+             order("L2", 1, 3, sku="SKU-B"), order("L1", 2, 2, sku="SKU-A")]  # the last one: sent twice
+    results = book_batch(sessions, batch)
+    assert [r.status for r in results] == ["applied", "applied", "applied", "applied", "duplicate"]
+    # SKU-A: the order (-2) was given before the top-up (+10), and was booked before it.
+    assert [(r.before, r.after) for r in results[1:3]] == [(0, -2), (-2, 8)]
+    assert (row(sessions, "SKU-A")["listed"], row(sessions, "SKU-B")["listed"]) == (8, 4)
+    again = book_batch(sessions, batch)
+    assert {r.status for r in again} == {"duplicate"} and len(ledger(sessions)) == 4
+    assert_invariant(sessions)
+
+
+def test_a_bad_event_rolls_the_whole_batch_back(sessions):
+    bad = StockEvent("backmarket", "SKU-2", "topup", 0, at(1), reference="PO-9")
+    with sessions() as session:
+        with pytest.raises(InvalidStockEvent, match="quantity"):
+            record_stock_events(session, [topup("PO-1", 5, 1), bad], now=at(0), skew=SKEW)
+        session.rollback()
+    assert ledger(sessions) == []
+
+
+def test_batches_over_the_same_rows_in_opposite_orders_neither_deadlock_nor_lose_updates(sessions):
+    skus = [f"SKU-{n}" for n in range(6)]
+    book_batch(sessions, [topup(f"PO-{sku}", 1000, 1, sku=sku) for sku in skus])
+
+    def batch(number: int):
+        order_of_skus = skus if number % 2 else list(reversed(skus))
+        return book_batch(sessions, [order(f"L{number}-{sku}", 1, 2, sku=sku) for sku in order_of_skus])
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for batch_results in pool.map(batch, range(40)) for r in batch_results]
+    assert len(results) == 240 and {r.status for r in results} == {"applied"}
+    assert {sku: row(sessions, sku)["listed"] for sku in skus} == {sku: 960 for sku in skus}
+    assert_invariant(sessions)

@@ -139,6 +139,28 @@ def test_a_failing_on_wait_callback_does_not_cost_the_slot():
     run(main())
 
 
+def test_refund_gives_back_exactly_the_slot_named_and_only_once():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "ingram", limit=2, window_s=10)
+        await limiter.acquire()
+        kept = limiter.last_slot
+        await limiter.acquire()
+        refused = limiter.last_slot
+        assert kept != refused
+        # Given a full window, when the second request's slot is refunded (the API refused it),
+        # I expect one free slot at once, and the first grant still counted
+        assert (await limiter.try_acquire())[0] is False
+        assert await limiter.refund(refused) is True
+        assert await limiter.redis.zscore(limiter.key, kept) is not None
+        assert await limiter.try_acquire() == (True, 0.0)
+        assert (await limiter.try_acquire())[0] is False
+        # A slot given back (or already gone from the window) is not given back twice
+        assert await limiter.refund(refused) is False
+        assert await limiter.redis.zcard(limiter.key) == 2
+
+    run(main())
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="limit"):
         FleetRateLimiter(fake_redis(), "bm", limit=0, window_s=1)

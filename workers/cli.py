@@ -174,6 +174,12 @@ def _register_extensions() -> None:
 
     for module in (cli_events, cli_ingram, cli_ops, cli_intake):
         module.register(main)
+    from workers import cli_stores
+
+    cli_stores.register(main)
+    from workers import cli_alerts
+
+    cli_alerts.register(main)
 
 
 _register_extensions()

@@ -192,16 +192,26 @@ def dlq_retry(message_id, every, queue, actor, since, grep) -> None:
         raise click.UsageError("name one MESSAGE_ID, or use --all (with filters if you like)")
     if message_id and filtered:
         raise click.UsageError("the filters go with --all, not with a MESSAGE_ID")
-    queues = _dead_letters()
-    letters = [_one(queues, message_id)] if message_id else queues.select(queue=queue, actor=actor, since=since,
-                                                                          grep=grep)
+    queues, letters = _matching(message_id, queue, actor, since, grep)
     if not letters:
-        click.echo("no dead letters match")
         return
     result = queues.retry(letters)
     _report("put back", result)
     if message_id and not result.moved:
         raise click.ClickException(f"dead letter {message_id} was not retried")
+
+
+def _matching(message_id, queue, actor, since, grep):
+    """The dead letters a command acts on (MESSAGE_ID's, or those passing the filters) and their store.
+
+    Says so when none match, so the command only has to stop.
+    """
+    queues = _dead_letters()
+    letters = [_one(queues, message_id)] if message_id else queues.select(queue=queue, actor=actor, since=since,
+                                                                          grep=grep)
+    if not letters:
+        click.echo("no dead letters match")
+    return queues, letters
 
 
 @dlq.command("purge")
@@ -212,11 +222,8 @@ def dlq_purge(message_id, queue, actor, since, grep, yes) -> None:
     """Delete MESSAGE_ID, or every dead letter that passes the filters, for good (after a confirmation)."""
     if message_id and any(value is not None for value in (queue, actor, since, grep)):
         raise click.UsageError("the filters go without a MESSAGE_ID")
-    queues = _dead_letters()
-    letters = [_one(queues, message_id)] if message_id else queues.select(queue=queue, actor=actor, since=since,
-                                                                          grep=grep)
+    queues, letters = _matching(message_id, queue, actor, since, grep)
     if not letters:
-        click.echo("no dead letters match")
         return
     if not yes:
         click.confirm(f"Delete {len(letters)} dead letter(s) ({_by_queue(letters)}) for good?", abort=True)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -34,6 +34,13 @@ def on_dead_letter(actor_name: str):
         _handlers[actor_name] = handler
         return handler
     return register
+
+
+def message_argument(message: dramatiq.Message, position: int, name: str) -> Any:
+    """The actor argument at ``position`` (or passed as keyword ``name``) of ``message``; None if absent."""
+    if len(message.args) > position:
+        return message.args[position]
+    return message.kwargs.get(name)
 
 
 def error_key(namespace: str, message_id: str) -> str:

@@ -14,7 +14,6 @@ broker = build_broker(get_settings())
 dramatiq.set_broker(broker)
 
 # Actors bind to the broker set above; one module per pipeline.
-from actors import events, ingram, operations, stock_sync  # noqa: E402
-from actors import orders  # noqa: E402
+from actors import alerts, events, ingram, operations, orders, stock_sync, stores  # noqa: E402
 
-__all__ = ["broker", "events", "ingram", "operations", "stock_sync"]
+__all__ = ["alerts", "broker", "events", "ingram", "operations", "orders", "stock_sync", "stores"]

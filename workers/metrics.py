@@ -111,6 +111,13 @@ class _Metrics:
         self.dead_letters = counter(
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
+        # Set by whichever process ran the last check: the most recent value of a live process wins.
+        self.stock_alerts_firing = gauge(
+            "stocksync_stock_alerts_firing", "Stock alerts firing after the last check.",
+            multiprocess_mode="livemostrecent")
+        self.stock_alert_notifications = counter(
+            "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
+            "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
         self.intake_requests = counter(
             "stocksync_intake_requests", "Requests the HTTP intake answered, by route template (never the "
             "path: a webhook secret may be in it) and status.", ["route", "status"])
@@ -263,6 +270,18 @@ def intake_request(route: str, status: int, elapsed_s: float) -> None:
 def dead_lettered(queue: str, actor: str) -> None:
     """Count a message dead-lettered on ``queue`` (a delay queue counts as its queue)."""
     _metrics().dead_letters.labels(q_name(queue), actor).inc()
+
+
+@_safely
+def stock_alerts_firing(count: int) -> None:
+    """Publish how many stock alerts are firing (after a check)."""
+    _metrics().stock_alerts_firing.set(count)
+
+
+@_safely
+def stock_alert_notification(event: str, outcome: str) -> None:
+    """Count a stock alert notification: ``event`` fired or resolved, ``outcome`` sent or failed."""
+    _metrics().stock_alert_notifications.labels(event, outcome).inc()
 
 
 def exported_names() -> set[str]:

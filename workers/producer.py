@@ -23,6 +23,8 @@ from typing import Any, Iterable, Mapping
 
 import dramatiq
 
+from db.events import InvalidStockEvent
+
 __all__ = ["EVENT_KINDS", "InvalidEvent", "StockEvent", "StockEvents", "event_from_json", "make_event"]
 
 #: The events this API produces, by the name of the actor that books them.
@@ -30,6 +32,10 @@ EVENT_KINDS = ("order_created", "order_cancelled", "stock_topup", "manual_adjust
 
 #: The largest quantity (or adjustment) one event may carry: a typo guard, far above any real order.
 MAX_QUANTITY = 100_000
+
+#: The most events one batch message carries (``StockEvents.send_batch``): one transaction holds
+#: a row lock per SKU until it commits, and a message stays well under Redis' comfortable sizes.
+MAX_BATCH = 500
 
 #: How far in the future an event time may be: a little clock skew, not a date typed wrong.  An
 #: event "from the future" would be kept on top of every stock snapshot until that time comes.
@@ -49,14 +55,12 @@ _FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
-class InvalidEvent(ValueError):
-    """An event argument is missing or wrong; ``field`` names it, the message says what is expected."""
+class InvalidEvent(InvalidStockEvent):
+    """An event argument is missing or wrong; ``field`` names it, the message says what is expected.
 
-    permanent = True
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
+    The producer's name for the ledger's :class:`db.events.InvalidStockEvent` (same fields, same
+    message shape, permanent): one refusal type from the caller's arguments down to the ledger.
+    """
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,22 @@ class StockEvents:
     def send_all(self, events: Iterable[StockEvent]) -> list[dramatiq.Message]:
         """Enqueue validated events, each on its own (they may run in any order, in parallel)."""
         return [self.broker.enqueue(event.message()) for event in events]
+
+    def send_batch(self, events: Iterable[StockEvent], batch_size: int = 100) -> list[dramatiq.Message]:
+        """Enqueue validated events in messages of up to ``batch_size``, each booked in one transaction.
+
+        For a producer with many events at hand (an import, a backlog, a burst from a marketplace):
+        one message and one commit per batch instead of per event, every event still its own ledger
+        row under its own idempotency key.  A batch is all or nothing: it is booked whole or retried
+        whole (a re-delivery books nothing twice).  Events of one SKU are booked in the order given.
+        """
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
+        from actors.events import stock_events_batch
+
+        items = [{"kind": event.kind, "fields": dict(event.fields)} for event in events]
+        return [self.broker.enqueue(stock_events_batch.message(items[start:start + batch_size]))
+                for start in range(0, len(items), batch_size)]
 
     def send_in_order(self, events: Iterable[StockEvent]) -> dramatiq.Message:
         """Enqueue events as a chain: each is enqueued by the worker only once the previous one succeeded.

@@ -106,3 +106,26 @@ async def close_loop_resources() -> None:
     for resource in resources.values():
         close = getattr(resource, "aclose", None) or getattr(resource, "close")
         await close()
+
+
+def run_on_worker_loop(make):
+    """Run the coroutine ``make()`` returns on the worker's event loop, or on a fresh one; return its result.
+
+    For synchronous actors that call an async client: under dramatiq's AsyncIO middleware the
+    coroutine runs on the worker's loop, where this process's HTTP session and Redis client live;
+    elsewhere (a CLI, a test) on a loop of its own, whose resources are closed when it ends.
+    ``make`` is called on that loop, so what it builds belongs to it.
+    """
+    from dramatiq.asyncio import get_event_loop_thread
+
+    loop_thread = get_event_loop_thread()
+    if loop_thread is not None:
+        return loop_thread.run_coroutine(make())
+
+    async def once():
+        try:
+            return await make()
+        finally:
+            await close_loop_resources()
+
+    return asyncio.run(once())

@@ -55,6 +55,7 @@ JOBS: tuple[Job, ...] = (
     Job("reconciliation", "scheduler_reconciliation_cron", "reconcile_stock", ("backmarket",),
         {"trigger": "scheduled"}),
     Job("order_polling", "scheduler_order_polling_cron", "poll_orders", ("backmarket",)),
+    Job("stock_sweep", "scheduler_stock_sweep_cron", "sweep_stock", ("backmarket",)),
 )
 
 JOBS_BY_NAME = {job.name: job for job in JOBS}

@@ -185,6 +185,8 @@ class Settings(BaseSettings):
     scheduler_stock_alerts_cron: str = "15 * * * *"
     scheduler_reconciliation_cron: str = "0 2 * * *"
     scheduler_order_polling_cron: str = "*/2 * * * *"
+    #: Re-checks of flagged rows and pushes a crash left pending (``sweep_stock``).
+    scheduler_stock_sweep_cron: str = "*/15 * * * *"
     #: Time zone the crontab strings are read in.
     scheduler_timezone: str = "UTC"
     #: Leader lock: only the scheduler holding it enqueues.  It expires this long after its holder's
@@ -192,6 +194,41 @@ class Settings(BaseSettings):
     #: ``scheduler_lock_renew_s``, which must be well under the expiry.
     scheduler_lock_ttl_s: float = Field(30.0, gt=0)
     scheduler_lock_renew_s: float = Field(5.0, gt=0)
+
+    #: Store integrations (``stocksync stores``, actors/stores.py): cooldown between two syncs of one
+    #: store by trigger (seconds; a manual sync only waits for a running one to end), and how long a
+    #: running store sync may go without progress before the next one may replace it.
+    store_sync_cooldown_scheduled_s: float = Field(30 * 60, ge=0)
+    store_sync_cooldown_manual_s: float = Field(0, ge=0)
+    store_sync_stale_after_s: float = Field(15 * 60, gt=0)
+    #: Retries of a failed store sync (backoff between these bounds) before the dead letters.
+    store_sync_max_retries: int = Field(3, ge=0)
+    store_sync_min_backoff_ms: int = Field(10_000, ge=1)
+    store_sync_max_backoff_ms: int = Field(10 * 60_000, ge=1)
+    store_http_attempts: int = Field(4, ge=1)
+    store_timeout_s: float = Field(30.0, gt=0)
+    #: Shopify Admin REST API version of every Shopify integration; its REST leak rate per shop
+    #: (2 calls a second on a standard plan, 4 Advanced, 20 Plus), shared by the fleet.
+    shopify_api_version: str = Field("2025-01", pattern=r"^(\d{4}-\d{2}|unstable)$")
+    shopify_leak_per_s: float = Field(2.0, gt=0)
+
+    #: Stock alerts (db/alerts.py): the threshold of every variation's total stock when no rule
+    #: sets one; stock strictly below it fires an alert.  0: no alert unless a rule asks for one.
+    stock_alert_default_threshold: int = Field(0, ge=0)
+    #: A firing alert resolves once the stock is at least its threshold plus this (0: at the
+    #: threshold), so a stock that wobbles around the threshold does not notify every hour.
+    stock_alert_hysteresis: int = Field(0, ge=0)
+    #: Where alert notifications are POSTed (a Slack incoming webhook or any receiver of
+    #: ``{"text", "blocks"}``).  A secret: its path carries the token; never printed.  Empty: none.
+    stock_alert_webhook_url: SecretStr = SecretStr("")
+    #: Per POST; attempts inside one delivery (5xx, 408, 429, network) and the first wait between them.
+    stock_alert_webhook_timeout_s: float = Field(10.0, gt=0)
+    stock_alert_webhook_attempts: int = Field(3, ge=1)
+    stock_alert_webhook_backoff_s: float = Field(1.0, ge=0)
+    #: Retries of a failed delivery's message (with backoff between these bounds) before the dead letters.
+    stock_alert_notify_max_retries: int = Field(5, ge=0)
+    stock_alert_notify_min_backoff_ms: int = Field(30_000, ge=1)
+    stock_alert_notify_max_backoff_ms: int = Field(30 * 60_000, ge=1)
 
 
 @lru_cache(maxsize=1)
