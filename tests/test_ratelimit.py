@@ -139,6 +139,83 @@ def test_a_failing_on_wait_callback_does_not_cost_the_slot():
     run(main())
 
 
+async def _until_reserved(redis_client, key: str) -> None:
+    while await redis_client.zcard(key) < 2:
+        await asyncio.sleep(0.001)
+
+
+async def _until(condition) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def test_waiters_reserve_their_slots_first_come_first_served_with_one_call_each():
+    async def main():
+        redis_client = fake_redis()
+        limiter = FleetRateLimiter(redis_client, "details", limit=1, window_s=0.05)
+        calls = []
+        script = limiter._script
+
+        async def counted(*args, **kwargs):
+            calls.append(1)
+            return await script(*args, **kwargs)
+
+        limiter._script = counted
+        grants: list[tuple[int, float]] = []
+
+        async def waiter(number: int):
+            mine = FleetRateLimiter(redis_client, "details", limit=1, window_s=0.05)
+            mine._script = counted
+            await mine.acquire()
+            grants.append((number, mine.last_granted_at))
+
+        await limiter.acquire()
+        tasks = []
+        for number in range(5):
+            # Each asks once the one before it holds its reservation: they ask in number order.
+            tasks.append(asyncio.create_task(waiter(number)))
+            await asyncio.wait_for(_until(lambda: len(calls) == number + 2), 5)
+        await asyncio.gather(*tasks)
+        # Given a full window, I expect each waiter served in the order it asked, a window apart,
+        # and each served by one script call (a reservation), not by asking again at every slot
+        assert [number for number, _ in sorted(grants, key=lambda grant: grant[1])] == [0, 1, 2, 3, 4]
+        times = [0.0] + [at for _, at in sorted(grants, key=lambda grant: grant[1])]
+        assert all(later - earlier >= 0.05 - 1e-6 for earlier, later in zip(times[1:], times[2:]))
+        assert len(calls) == 6
+
+    run(main())
+
+
+def test_a_penalty_that_begins_during_a_reserved_wait_gives_the_slot_back_and_is_waited_out():
+    async def main():
+        redis_client = fake_redis()
+        limiter = FleetRateLimiter(redis_client, "bm", limit=1, window_s=0.1)
+        await limiter.acquire()
+        waiting = asyncio.create_task(FleetRateLimiter(redis_client, "bm", limit=1, window_s=0.1).acquire())
+        await asyncio.wait_for(_until_reserved(redis_client, limiter.key), 5)  # the waiter's reservation
+        await limiter.penalize(0.3)  # a 429 somewhere in the fleet
+        waited = await waiting
+        # I expect the waiter not to go before the penalty ends (0.3 s after it began)
+        assert waited >= 0.3
+
+    run(main())
+
+
+def test_a_cancelled_waiter_gives_its_reserved_slot_back():
+    async def main():
+        redis_client = fake_redis()
+        limiter = FleetRateLimiter(redis_client, "bm", limit=1, window_s=5)
+        await limiter.acquire()
+        waiting = asyncio.create_task(FleetRateLimiter(redis_client, "bm", limit=1, window_s=5).acquire())
+        await asyncio.wait_for(_until_reserved(redis_client, limiter.key), 5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert await redis_client.zcard(limiter.key) == 1
+
+    run(main())
+
+
 def test_refund_gives_back_exactly_the_slot_named_and_only_once():
     async def main():
         limiter = FleetRateLimiter(fake_redis(), "ingram", limit=2, window_s=10)
