@@ -8,10 +8,8 @@
 -- KEYS[1]  the window: a sorted set of granted slots, scored by grant time (microseconds)
 -- KEYS[2]  the penalty: while it exists, nobody is granted a slot
 --
--- ARGV[1] = "acquire"   ARGV[2] = limit, ARGV[3] = window (microseconds), ARGV[4] = unique member,
---                       ARGV[5] = the longest wait to reserve a slot for (microseconds; 0: never reserve)
---   returns {1, 0, now}     granted now (now = Redis time of the grant, microseconds)
---   returns {2, wait, now}  reserved: the slot is the caller's at now + wait; it counts from then
+-- ARGV[1] = "acquire"   ARGV[2] = limit, ARGV[3] = window (microseconds), ARGV[4] = unique member
+--   returns {1, 0, now}     granted (now = Redis time of the grant, microseconds)
 --   returns {0, wait, now}  refused; wait = microseconds until a slot may be free
 -- ARGV[1] = "penalize"  ARGV[2] = penalty (milliseconds)
 --   returns {pttl, now}     the penalty's remaining time (milliseconds) after this call
@@ -52,24 +50,12 @@ if command == "acquire" then
     return {1, 0, now}
   end
 
-  -- Full: the next slot is when the entry `limit` places before the newest leaves the window
-  -- (entries may be reservations in the future).  Reserving it there keeps every window at
-  -- `limit` or fewer, serves waiters first come first served, and spares them waking up to ask
-  -- again (one round trip per grant instead of one per waiter per freed slot).
-  local count = redis.call("ZCARD", KEYS[1])
-  local leaving = redis.call("ZRANGE", KEYS[1], count - limit, count - limit, "WITHSCORES")
-  local at = tonumber(leaving[2]) + window
-  local wait = at - now
+  local oldest = redis.call("ZRANGE", KEYS[1], 0, 0, "WITHSCORES")
+  local wait = tonumber(oldest[2]) + window - now
   if wait < 1 then
     wait = 1
-    at = now + 1
   end
-  if wait > tonumber(ARGV[5] or "0") then
-    return {0, wait, now}
-  end
-  redis.call("ZADD", KEYS[1], at, ARGV[4])
-  redis.call("PEXPIRE", KEYS[1], math.ceil((wait + window) / 1000) + 1000)
-  return {2, wait, now}
+  return {0, wait, now}
 end
 
 return redis.error_reply("ratelimit.lua: unknown command " .. tostring(command))

@@ -28,14 +28,6 @@ if TYPE_CHECKING:
 #: The script behind every limiter, read once at import.
 LUA_SOURCE = (Path(__file__).with_name("ratelimit.lua")).read_text()
 
-#: Outcomes of one attempt (the script's first value).
-REFUSED, GRANTED, RESERVED = 0, 1, 2
-
-#: How far ahead :meth:`FleetRateLimiter.acquire` reserves a slot rather than asking again later.
-#: Longer waits (a long window, a penalty) sleep and ask again, so a waiter that dies holds no
-#: slot far in the future.
-RESERVE_AHEAD_S = 30.0
-
 #: The most jitter (seconds) added to each wait, so waiters woken together do not retry in lockstep.
 MAX_JITTER_S = 0.005
 
@@ -114,28 +106,17 @@ class FleetRateLimiter:
           ``seconds`` is how long until a slot may be free (a penalty's remaining time, or until
           the oldest slot in the window leaves it).
         """
-        granted, wait_s = await self._attempt(reserve_us=0)
-        return granted == GRANTED, wait_s
-
-    async def _attempt(self, reserve_us: int) -> tuple[int, float]:
-        """One script call: ``(GRANTED, 0.0)``, ``(RESERVED, seconds until the slot)`` or ``(REFUSED, seconds)``."""
         member = uuid.uuid4().hex
-        status, wait_us, now_us = await self._script(
-            keys=[self.key, self.penalty_key], args=["acquire", self.limit, self._window_us, member, reserve_us])
-        status, wait_us = int(status), int(wait_us)
-        if status != REFUSED:
-            # A reservation counts from its time, not from now: that is when its request may go.
-            self.last_granted_at = (int(now_us) + (wait_us if status == RESERVED else 0)) / 1_000_000
+        granted, wait_us, now_us = await self._script(
+            keys=[self.key, self.penalty_key], args=["acquire", self.limit, self._window_us, member])
+        if int(granted):
+            self.last_granted_at = int(now_us) / 1_000_000
             self.last_slot = member
-        return status, (0.0 if status == GRANTED else wait_us / 1_000_000)
+            return True, 0.0
+        return False, int(wait_us) / 1_000_000
 
     async def acquire(self) -> float:
         """Wait for a slot, however long the quota (or a penalty) makes it take.
-
-        A slot free within :data:`RESERVE_AHEAD_S` (and ``max_wait_s``) is reserved at once: the
-        waiter sleeps until its time and goes, first come first served, unless a 429 penalty began
-        meanwhile (then the slot is given back and the penalty waited out).  A cancelled waiter
-        gives its reserved slot back.
 
         Returns:
           float: The seconds spent waiting.
@@ -146,42 +127,17 @@ class FleetRateLimiter:
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
+            granted, wait_s = await self.try_acquire()
             waited = loop.time() - started
-            budget_s = RESERVE_AHEAD_S if self.max_wait_s is None else min(RESERVE_AHEAD_S,
-                                                                           self.max_wait_s - waited)
-            status, wait_s = await self._attempt(reserve_us=max(0, int(budget_s * 1_000_000)))
-            waited = loop.time() - started
-            if status == GRANTED:
+            if granted:
                 self._report(waited)
                 return waited
-            if status == RESERVED:
-                slot, granted_at = self.last_slot, self.last_granted_at
-                if await self._sleep_until_reserved(wait_s, slot):
-                    waited = loop.time() - started
-                    # Another task on this instance may have acquired while we slept.
-                    self.last_slot, self.last_granted_at = slot, granted_at
-                    self._report(waited)
-                    return waited
-                continue  # a 429 penalty began meanwhile: the slot was given back; wait it out
             if self.max_wait_s is not None and waited + wait_s > self.max_wait_s:
                 # Fail now rather than sleep into a timeout we already know about.
                 raise RateLimitWaitTimeout(self.name, waited, self.max_wait_s)
-            # A penalty, or a wait longer than we reserve for: sleep until then and ask again; the
-            # jitter spreads out waiters that were all told the same moment.
+            # Sleep exactly until the slot should free up; the jitter spreads out waiters that
+            # were all told the same moment, so they do not all hit Redis in the same millisecond.
             await asyncio.sleep(wait_s + random.uniform(0, MAX_JITTER_S))
-
-    async def _sleep_until_reserved(self, wait_s: float, slot: str) -> bool:
-        """Sleep until a reserved slot's time; False (slot given back) if a penalty began meanwhile."""
-        try:
-            await asyncio.sleep(wait_s)
-            if await self.redis.pttl(self.penalty_key) > 0:
-                await self.refund(slot)
-                return False
-            return True
-        except asyncio.CancelledError:
-            # Nobody will use it: give it back rather than leave a hole in the quota.
-            await asyncio.shield(self.refund(slot))
-            raise
 
     async def penalize(self, seconds: float) -> None:
         """Block every acquirer of this quota, fleet-wide, for ``seconds``.
