@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/order_events.py [--events 20000] [--rate 500] [--rate-seconds 10]
                                            [--processes 2] [--threads 8] [--skus 1000] [--duplicates 0.1]
-                                           [--batch-size 100]
+                                           [--batch-size 20]
 
 Real servers: PostgreSQL with durable settings (fsync on, synchronous_commit on), ``redis-server``,
 and ``--processes`` real ``dramatiq workers.fleet`` processes.  Events are ``order_created`` sent
@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--skus", type=int, default=1000)
     parser.add_argument("--duplicates", type=float, default=0.1, help="Share of events sent twice.")
     parser.add_argument("--baseline-events", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=100, help="Events a message in the batched phase.")
+    parser.add_argument("--batch-size", type=int, default=20, help="Events a message in the batched phase.")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="stocksync-bench-events-"))

@@ -257,7 +257,7 @@ class StockEvents:
         """Enqueue validated events, each on its own (they may run in any order, in parallel)."""
         return [self.broker.enqueue(event.message()) for event in events]
 
-    def send_batch(self, events: Iterable[StockEvent], batch_size: int = 100) -> list[dramatiq.Message]:
+    def send_batch(self, events: Iterable[StockEvent], batch_size: int = 20) -> list[dramatiq.Message]:
         """Enqueue validated events in messages of up to ``batch_size``, each booked in one transaction.
 
         For a producer with many events at hand (an import, a backlog, a burst from a marketplace):
