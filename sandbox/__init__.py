@@ -1,0 +1,1 @@
+"""Simulated marketplaces and supplier (aiohttp servers in the vendors' shapes, with quotas and faults to dial)."""
