@@ -27,7 +27,9 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -257,21 +259,189 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
                        needs_recheck=decision.recheck, push_requested=decision.push, created=created)
 
 
+class LedgerRace(Exception):
+    """A batch's idempotency key was booked meanwhile on another stock row: retry the batch.
+
+    Transient: the retry finds the key booked and counts that event as a duplicate.
+    """
+
+    permanent = False
+
+
 def record_stock_events(session: Session, events: list[StockEvent], *, now: datetime | None = None,
                         skew: timedelta | None = None) -> list[EventResult]:
     """Book several events in the caller's one transaction (the caller commits); results in ``events`` order.
 
-    Each is booked as :func:`record_stock_event` books it (its own key, its own ledger row), but
-    one commit and one message serve them all.  The stock rows are locked in one order, by
-    (marketplace, SKU), so that two batches touching the same rows wait for each other instead of
-    deadlocking; events of one SKU keep the order they were given in.  Raises
-    :class:`InvalidStockEvent` for a bad event (the caller rolls the whole batch back).
+    The same rules and results as :func:`record_stock_event` for each event in turn (events of
+    one SKU in the order given), in a fixed number of statements per batch rather than three per
+    event: the batch's stock rows are locked in one statement (in id order, so two batches over
+    the same rows queue instead of deadlocking), every key and order-line half is looked up in
+    one, each event is decided here in order, and one statement writes every ledger row, moves
+    every stock row and variation total and sets the flags.
+
+    Raises :class:`InvalidStockEvent` for a bad event (nothing written: the caller rolls back),
+    and :class:`LedgerRace` if a key of the batch was booked meanwhile on another row.
     """
-    order = sorted(range(len(events)), key=lambda index: (events[index].marketplace, events[index].sku))
+    if not events:
+        return []
+    events = [event.validated() for event in events]
+    now = now or datetime.now(timezone.utc)
+    for event in events:
+        if event.event_time > now + MAX_FUTURE:
+            raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
+                                                  f"{now.isoformat()})")
+    skew = clock_skew() if skew is None else skew
+    marketplace_ids = {code: marketplace_id_of(session, code) for code in sorted({e.marketplace for e in events})}
+    wanted = sorted({(marketplace_ids[e.marketplace], e.sku) for e in events})
+    rows = _lock_stock_rows(session, wanted)
+    created: set[tuple[int, str]] = set()
+    for marketplace_id, sku in wanted:
+        if (marketplace_id, sku) not in rows and _create_stock_row(session, marketplace_id, sku):
+            created.add((marketplace_id, sku))
+    if len(rows) < len(wanted):
+        rows.update(_lock_stock_rows(session, [pair for pair in wanted if pair not in rows]))
+
+    # Under the locks, in a statement of its own (a snapshot taken after them).
+    keys = {event.key for event in events} | {k for k in map(_other_half_key, events) if k is not None}
+    booked = {row.idempotency_key: row for row in session.execute(_BOOKED_KEYS, {"keys": sorted(keys)})}
+
+    states = {pair: _RowState(row.listed, row.push_state == "pending", row.needs_recheck) for pair, row in rows.items()}
     results: list[EventResult | None] = [None] * len(events)
+    entries: list[tuple[int, StockEvent, _Decision, int, int]] = []
+    order = sorted(range(len(events)), key=lambda index: (events[index].marketplace, events[index].sku))
     for index in order:
-        results[index] = record_stock_event(session, events[index], now=now, skew=skew)
+        event = events[index]
+        pair = (marketplace_ids[event.marketplace], event.sku)
+        row, state, key = rows[pair], states[pair], event.key
+        first_on_new_row = pair in created
+        created.discard(pair)
+        if key in booked:
+            results[index] = _duplicate(event, key, row, booked[key], listed=state.listed, pending=state.pending,
+                                        flagged=state.needs_recheck)
+            continue
+        other = _other_half_key(event)
+        decision = _decide(event, row, other_booked=other is not None and other in booked, now=now, skew=skew)
+        before, after = state.listed, state.listed + decision.change
+        state.listed, state.changed = after, True
+        state.pending = state.pending or decision.push
+        state.needs_recheck = state.needs_recheck or decision.recheck
+        state.rechecked = state.rechecked or decision.recheck
+        state.pushes += int(decision.push)
+        booked[key] = SimpleNamespace(stock_id=row.id, change_type=event.change_type)
+        entries.append((row.id, event, decision, before, after))
+        oversold = after < 0 and decision.change < 0
+        if oversold:
+            logger.warning("oversold: %s of %s on %s leaves stock at %d (stock row %d)", event.change_type,
+                           event.sku, event.marketplace, after, row.id)
+        results[index] = EventResult("applied", row.id, before, after, oversold=oversold, change=decision.change,
+                                     idempotency_key=key, absorbed=decision.change != event.change,
+                                     needs_recheck=decision.recheck, push_requested=decision.push,
+                                     created=first_on_new_row)
+    if entries:
+        _write_batch(session, entries, rows, states, now)
     return results  # type: ignore[return-value]
+
+
+@dataclass
+class _RowState:
+    """A locked stock row as the batch's events so far leave it."""
+
+    listed: int
+    pending: bool
+    needs_recheck: bool
+    changed: bool = False
+    rechecked: bool = False
+    pushes: int = 0
+
+
+def _lock_stock_rows(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Any]:
+    found = session.execute(_LOCK_STOCK_ROWS, {"mp": [mp for mp, _ in pairs], "sku": [sku for _, sku in pairs]})
+    return {(row.marketplace_id, row.sku): row for row in found}
+
+
+def _write_batch(session: Session, entries, rows, states: dict, now: datetime) -> None:
+    changed = [(rows[pair], state) for pair, state in states.items() if state.changed]
+    totals: dict[int, int] = {}
+    by_id = {row.id: row for row in rows.values()}
+    for stock_id, _, decision, _, _ in entries:
+        variation_id = by_id[stock_id].variation_id
+        totals[variation_id] = totals.get(variation_id, 0) + decision.change
+    written = session.execute(_BOOK_BATCH, {
+        "sid": [stock_id for stock_id, *_ in entries],
+        "before": [before for *_, before, _ in entries],
+        "after": [after for *_, after in entries],
+        "change": [decision.change for _, _, decision, _, _ in entries],
+        "type": [event.change_type for _, event, _, _, _ in entries],
+        "order": [event.order_id for _, event, _, _, _ in entries],
+        "line": [event.order_line_id for _, event, _, _, _ in entries],
+        "ref": [event.reference for _, event, _, _, _ in entries],
+        "actor": [event.actor for _, event, _, _, _ in entries],
+        "note": [decision.note or event.note for _, event, decision, _, _ in entries],
+        "key": [event.key for _, event, _, _, _ in entries],
+        "t": [event.event_time for _, event, _, _, _ in entries],
+        "row_id": [row.id for row, _ in changed],
+        "row_listed": [state.listed for _, state in changed],
+        "row_recheck": [state.rechecked for _, state in changed],
+        "row_pushes": [state.pushes for _, state in changed],
+        "var_id": list(totals), "var_delta": list(totals.values()), "now": now,
+    }).scalar_one()
+    if written != len(entries):
+        # A key of ours went into the ledger on another row since we looked (a key reused for
+        # another SKU, by a concurrent transaction): the running quantities above no longer hold.
+        raise LedgerRace(f"{len(entries) - written} idempotency key(s) of the batch were booked meanwhile on "
+                         "another stock row; retry the batch")
+
+
+_LOCK_STOCK_ROWS = text(
+    "SELECT s.id, s.variation_id, s.marketplace_id, v.sku, s.listed, s.last_synced_at, s.push_state, s.pushed_at, "
+    "s.push_lease_until, s.needs_recheck "
+    "FROM unnest(CAST(:mp AS int[]), CAST(:sku AS text[])) AS t(mp, sku) "
+    "JOIN variations v ON v.sku = t.sku "
+    "JOIN marketplace_stock s ON s.variation_id = v.id AND s.marketplace_id = t.mp "
+    "ORDER BY s.id FOR UPDATE OF s")
+
+_BOOKED_KEYS = text(
+    "SELECT idempotency_key, stock_id, change_type FROM stock_ledger "
+    "WHERE idempotency_key = ANY(CAST(:keys AS text[]))")
+
+# Every ledger row of the batch (in order), then each changed stock row's final quantity and
+# flags, then the variation totals by the batch's net change: one statement, under the locks.
+_BOOK_BATCH = text("""
+WITH entry AS (
+    INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
+                              change_type, order_id, order_line_id, reference, actor, note, idempotency_key,
+                              event_time)
+    SELECT s.id, s.variation_id, s.marketplace_id, e.before, e.after, e.change, e.type, e.order_id, e.line, e.ref,
+           e.actor, e.note, e.key, e.t
+    FROM unnest(CAST(:sid AS bigint[]), CAST(:before AS int[]), CAST(:after AS int[]), CAST(:change AS int[]),
+                CAST(:type AS text[]), CAST(:order AS text[]), CAST(:line AS text[]), CAST(:ref AS text[]),
+                CAST(:actor AS text[]), CAST(:note AS text[]), CAST(:key AS text[]), CAST(:t AS timestamptz[]))
+         WITH ORDINALITY AS e(sid, before, after, change, type, order_id, line, ref, actor, note, key, t, position)
+    JOIN marketplace_stock s ON s.id = e.sid
+    ORDER BY e.position
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+), stock AS (
+    UPDATE marketplace_stock s SET
+        listed = r.listed, updated_at = :now,
+        oversold_since = CASE WHEN r.listed < 0 THEN COALESCE(s.oversold_since, :now) END,
+        needs_recheck = s.needs_recheck OR r.recheck,
+        recheck_since = CASE WHEN r.recheck THEN COALESCE(s.recheck_since, :now) ELSE s.recheck_since END,
+        push_state = CASE WHEN r.pushes > 0 THEN 'pending' ELSE s.push_state END,
+        push_seq = s.push_seq + r.pushes,
+        push_requested_at = CASE WHEN r.pushes > 0 THEN :now ELSE s.push_requested_at END
+    FROM unnest(CAST(:row_id AS bigint[]), CAST(:row_listed AS int[]), CAST(:row_recheck AS boolean[]),
+                CAST(:row_pushes AS int[])) AS r(id, listed, recheck, pushes)
+    WHERE s.id = r.id
+    RETURNING s.id
+), total AS (
+    UPDATE variations v SET total_stock = v.total_stock + d.delta, updated_at = :now
+    FROM unnest(CAST(:var_id AS bigint[]), CAST(:var_delta AS int[])) AS d(id, delta)
+    WHERE v.id = d.id AND d.delta <> 0
+    RETURNING v.id
+)
+SELECT count(*) FROM entry
+""")
 
 
 @dataclass(frozen=True)
@@ -369,7 +539,8 @@ def _create_stock_row(session: Session, marketplace_id: int, sku: str) -> bool:
         {"sku": sku, "mp": marketplace_id}).first() is not None
 
 
-def _duplicate(event: StockEvent, key: str, row, booked) -> EventResult:
+def _duplicate(event: StockEvent, key: str, row, booked, *, listed: int | None = None, pending: bool | None = None,
+               flagged: bool | None = None) -> EventResult:
     if booked is not None and (booked.stock_id != row.id or booked.change_type != event.change_type):
         logger.warning("idempotency key %s was booked for stock row %d (%s), now sent for row %d (%s): "
                        "a key must name one effect", key, booked.stock_id, booked.change_type, row.id,
@@ -377,8 +548,12 @@ def _duplicate(event: StockEvent, key: str, row, booked) -> EventResult:
     logger.info("duplicate stock event %s skipped", key)
     # Still waiting for a push or a re-check: the first delivery may have died between its commit
     # and sending them, so the caller sends them again (a push with nothing to do sends nothing).
-    return EventResult("duplicate", row.id, row.listed, row.listed, idempotency_key=key,
-                       push_requested=row.push_state == "pending", needs_recheck=row.needs_recheck)
+    # (A batch passes the row as its earlier events leave it.)
+    listed = row.listed if listed is None else listed
+    pending = row.push_state == "pending" if pending is None else pending
+    flagged = row.needs_recheck if flagged is None else flagged
+    return EventResult("duplicate", row.id, listed, listed, idempotency_key=key, push_requested=pending,
+                       needs_recheck=flagged)
 
 
 # One statement under the row lock: the ledger row (its key UNIQUE: ON CONFLICT nothing is written
