@@ -72,3 +72,63 @@ def test_the_producer_splits_a_batch_into_messages_of_the_size_asked():
     assert messages[0].args[0][0] == {"kind": "order_created", "fields": sent[0].fields}
     with pytest.raises(ValueError, match="batch_size"):
         StockEvents(broker).send_batch(sent, batch_size=MAX_BATCH + 1)
+
+
+def _order(number: int):
+    from workers.producer import make_event
+
+    return make_event("order_created", marketplace="backmarket", order_id=f"o{number}", order_line_id=f"l{number}",
+                      sku="SKU-1", quantity=1, event_time="2026-11-23T09:35:24Z")
+
+
+def _batches(broker) -> list[list]:
+    from dramatiq import Message
+
+    return [Message.decode(raw).args[0] for queue in broker.queues.values() for raw in list(queue.queue)]
+
+
+def test_the_buffer_sends_full_batches_at_once_and_the_rest_on_close():
+    from dramatiq.brokers.stub import StubBroker
+
+    from workers.producer import BufferedStockEvents, StockEvents
+
+    broker = StubBroker()
+    broker.declare_actor(events.stock_events_batch)
+    with BufferedStockEvents(StockEvents(broker), max_events=20, max_delay_s=60) as buffer:
+        for number in range(45):
+            buffer.send(_order(number))
+        # Two batches are full: they go without waiting for the (long) delay.
+        from workers.local_servers import wait_until
+
+        wait_until(lambda: len(_batches(broker)) == 2, 10, what="the two full batches")
+    batches = _batches(broker)
+    assert [len(batch) for batch in batches] == [20, 20, 5]
+    assert [item["fields"]["order_id"] for batch in batches for item in batch] == [f"o{n}" for n in range(45)]
+
+
+def test_the_buffer_sends_a_lone_event_after_its_delay_and_keeps_a_batch_redis_refused():
+    from dramatiq.brokers.stub import StubBroker
+
+    from workers.local_servers import wait_until
+    from workers.producer import BufferedStockEvents, StockEvents
+
+    broker = StubBroker()
+    broker.declare_actor(events.stock_events_batch)
+    refusals = []
+    enqueue = broker.enqueue
+
+    def flaky_enqueue(message, **options):
+        if not refusals:
+            refusals.append(message)
+            raise ConnectionError("redis went away")
+        return enqueue(message, **options)
+
+    broker.enqueue = flaky_enqueue
+    buffer = BufferedStockEvents(StockEvents(broker), max_events=20, max_delay_s=0.01)
+    buffer.send(_order(1))
+    # Not full and not closed: the delay alone sends it, after one refused attempt.
+    wait_until(lambda: len(_batches(broker)) == 1, 10, what="the lone event's batch")
+    buffer.close()
+    assert len(refusals) == 1 and [len(batch) for batch in _batches(broker)] == [1]
+    with pytest.raises(RuntimeError, match="closed"):
+        buffer.send(_order(2))

@@ -16,7 +16,10 @@ the same event twice changes the stock once.
 """
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
@@ -25,7 +28,10 @@ import dramatiq
 
 from db.events import InvalidStockEvent
 
-__all__ = ["EVENT_KINDS", "InvalidEvent", "StockEvent", "StockEvents", "event_from_json", "make_event"]
+__all__ = ["BufferedStockEvents", "EVENT_KINDS", "InvalidEvent", "StockEvent", "StockEvents", "event_from_json",
+           "make_event"]
+
+logger = logging.getLogger(__name__)
 
 #: The events this API produces, by the name of the actor that books them.
 EVENT_KINDS = ("order_created", "order_cancelled", "stock_topup", "manual_adjustment")
@@ -289,3 +295,82 @@ class StockEvents:
             # The next actor gets its own arguments, not the previous one's return value.
             message.options["pipe_ignore"] = True
         return dramatiq.pipeline(messages, broker=self.broker).run().messages[0]
+
+
+class BufferedStockEvents:
+    """Collect single events and enqueue them as batches: a high-rate producer's front door.
+
+    Parameters:
+      events(StockEvents): Where the batches go.
+      max_events(int): Send as soon as this many events wait.
+      max_delay_s(float): Send what waits after at most this long (the latency an event may
+        gain here; the batch then costs one message and one commit instead of one each).
+
+    ``send`` validates nothing more (pass events made by :func:`make_event`) and never blocks on
+    Redis: a background thread enqueues.  ``close`` (or leaving the ``with`` block) sends what
+    waits and stops the thread.  A batch that cannot be enqueued is logged and kept for the next
+    attempt, never dropped; ``close`` raises if some remain unsent.
+    """
+
+    def __init__(self, events: StockEvents, max_events: int = 20, max_delay_s: float = 0.005) -> None:
+        if not 1 <= max_events <= MAX_BATCH:
+            raise ValueError(f"max_events must be between 1 and {MAX_BATCH}, got {max_events}")
+        if max_delay_s <= 0:
+            raise ValueError(f"max_delay_s must be positive, got {max_delay_s}")
+        self.events, self.max_events, self.max_delay_s = events, max_events, max_delay_s
+        self._waiting: list[StockEvent] = []
+        self._oldest: float | None = None
+        self._condition = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stock-events-buffer", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "BufferedStockEvents":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def send(self, event: StockEvent) -> None:
+        """Queue one event; it is enqueued within ``max_delay_s`` (sooner when a batch fills)."""
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("this BufferedStockEvents is closed")
+            if not self._waiting:
+                self._oldest = time.monotonic()
+            self._waiting.append(event)
+            if len(self._waiting) == 1 or len(self._waiting) >= self.max_events:
+                # The first starts the sender's clock; a full batch goes at once.
+                self._condition.notify()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Send what waits, stop the thread; raise if events remain unsent after ``timeout_s``."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join(timeout_s)
+        if self._waiting:
+            raise RuntimeError(f"{len(self._waiting)} stock events could not be enqueued")
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and (not self._waiting or (
+                        len(self._waiting) < self.max_events
+                        and time.monotonic() - self._oldest < self.max_delay_s)):
+                    timeout = None if not self._waiting else self.max_delay_s - (time.monotonic() - self._oldest)
+                    self._condition.wait(timeout)
+                if not self._waiting:
+                    return  # closed, nothing left
+                batch, self._waiting = self._waiting[:self.max_events], self._waiting[self.max_events:]
+                self._oldest = time.monotonic() if self._waiting else None
+            try:
+                self.events.send_batch(batch, self.max_events)
+            except Exception:
+                logger.exception("could not enqueue %d stock events; keeping them for the next attempt", len(batch))
+                with self._condition:
+                    self._waiting[:0] = batch
+                    self._oldest = time.monotonic()
+                    if self._closed:
+                        return
+                time.sleep(self.max_delay_s)
