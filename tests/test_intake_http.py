@@ -217,8 +217,10 @@ def test_signed_events_are_validated_and_enqueued(intake):
     order = {"type": "order_created", "marketplace": "refurbed", "order_id": "9", "order_line_id": "90",
              "sku": "SKU-2", "quantity": 1}
     status, answer = signed_post(server, {"events": [order, {**TOPUP, "reference": "PO-78"}]})
-    assert status == 202 and answer["accepted"] == 2
-    assert sorted(m.actor_name for m in enqueued(broker)) == ["order_created", "stock_topup", "stock_topup"]
+    assert status == 202 and answer["accepted"] == 2 and len(answer["message_ids"]) == 1
+    messages = sorted(enqueued(broker), key=lambda m: m.actor_name)
+    assert [m.actor_name for m in messages] == ["stock_events_batch", "stock_topup"]
+    assert [item["kind"] for item in messages[0].args[0]] == ["order_created", "stock_topup"]
 
 
 def test_a_bad_event_in_a_batch_refuses_the_whole_batch(intake):
