@@ -9,6 +9,10 @@
   are used up it goes to the dead letters and the alert says so (``notify_failed_at``).  A
   delivery holds the alert's row lock, so a redelivered message finds it notified and sends nothing.
 
+- ``notify_operations_alert(kind, message, details)``: the alerts other pipelines raise through
+  :func:`workers.alerts_hook.raise_alert` (reconciliation discrepancies, a broken ledger) go to
+  the same webhook, enqueued by a handler this module registers.
+
 The rules live in :mod:`db.alerts`; these actors only decode, call and enqueue.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ from clients.webhook import post_webhook, slack_message
 from db import alerts
 from db.alert_models import FIRING
 from workers import metrics, runtime
+from workers.alerts_hook import add_alert_handler
 from workers.failures import message_argument, on_dead_letter
 from workers.settings import get_settings
 
@@ -154,4 +159,44 @@ def _notify_failed(message: dramatiq.Message, error: str) -> None:
     logger.error("stock alert %d: notification failed for good: %s", alert_id, error)
 
 
-__all__ = ["ALERTS_QUEUE", "check_stock_alerts", "deliver", "notify_stock_alert", "run_check"]
+# -- operations alerts (reconciliation discrepancies, a broken ledger) ------------------------------
+
+
+def operations_message(kind: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The Slack-compatible body of an operations alert (``workers.alerts_hook.raise_alert``)."""
+    facts = ", ".join(f"{name}: {value}" for name, value in sorted(details.items())
+                      if isinstance(value, (str, int, float, bool)))
+    text = f":rotating_light: stocksync {kind}: {message}" + (f" ({facts})" if facts else "")
+    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
+
+
+@dramatiq.actor(queue_name=ALERTS_QUEUE, retry_when=transient_only(_settings.stock_alert_notify_max_retries),
+                min_backoff=_settings.stock_alert_notify_min_backoff_ms,
+                max_backoff=_settings.stock_alert_notify_max_backoff_ms, max_age=24 * 3600 * 1000,
+                time_limit=5 * 60 * 1000)
+def notify_operations_alert(kind: str, message: str, details: dict | None = None) -> None:
+    """POST an operations alert to ``STOCK_ALERT_WEBHOOK_URL`` (retried, then dead-lettered)."""
+    if not isinstance(kind, str) or not isinstance(message, str):
+        raise MalformedMessage(f"kind and message must be strings, got {kind!r} and {message!r:.100}")
+    settings = get_settings()
+    if not settings.stock_alert_webhook_url.get_secret_value():
+        logger.warning("operations alert %s not sent: %s", kind, NOT_CONFIGURED)
+        return
+    body = operations_message(kind, message, details if isinstance(details, dict) else {})
+    runtime.run_on_worker_loop(lambda: post_webhook(
+        runtime.http_session(), settings.stock_alert_webhook_url, body,
+        timeout_s=settings.stock_alert_webhook_timeout_s, attempts=settings.stock_alert_webhook_attempts,
+        backoff_s=settings.stock_alert_webhook_backoff_s))
+    logger.info("operations alert %s sent", kind)
+
+
+def _forward_operations_alert(kind: str, message: str, details: dict[str, Any]) -> None:
+    # Enqueued, not posted here: the caller (a reconciliation) must not wait on, or fail with, Slack.
+    if get_settings().stock_alert_webhook_url.get_secret_value():
+        notify_operations_alert.send(kind, message, details)
+
+
+add_alert_handler(_forward_operations_alert)
+
+__all__ = ["ALERTS_QUEUE", "check_stock_alerts", "deliver", "notify_operations_alert", "notify_stock_alert",
+           "operations_message", "run_check"]

@@ -545,3 +545,22 @@ def test_on_real_workers_a_failing_webhook_is_retried_then_dead_lettered(tmp_pat
         fleet.stop()
         broker.close()
         server.stop()
+
+
+def test_operations_alerts_reach_the_same_webhook_and_never_show_its_secret(world, caplog, monkeypatch):
+    from workers.alerts_hook import raise_alert
+
+    # A reconciliation that found too many differences raises its alert as it always has...
+    raise_alert("reconciliation_discrepancies", "12 stock rows differ from backmarket",
+                {"run_id": 7, "discrepancies": 12, "marketplace": "backmarket"})
+    # ...and the handler this module registered sends it to the webhook through the alerts queue.
+    wait_until(lambda: world.receiver.count() == 1, 30, what="the operations alert's POST")
+    [text_sent] = world.receiver.texts()
+    assert "reconciliation_discrepancies" in text_sent and "discrepancies: 12" in text_sent
+    assert "run_id: 7" in text_sent and world.receiver.posts[0]["json"]["blocks"]
+    # Without a webhook configured, raising an alert enqueues nothing.
+    setting(monkeypatch, stock_alert_webhook_url="")
+    raise_alert("ledger_invariant", "ledger broken", {})
+    world.broker.join("alerts")
+    assert world.receiver.count() == 1
+    assert SECRET_PATH not in caplog.text

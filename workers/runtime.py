@@ -118,13 +118,18 @@ def run_on_worker_loop(make):
     """
     from dramatiq.asyncio import get_event_loop_thread
 
+    async def on_the_loop():
+        # make() itself runs here, on the loop: what it builds (a client on this loop's HTTP
+        # session) must not be made in the calling thread.
+        return await make()
+
     loop_thread = get_event_loop_thread()
     if loop_thread is not None:
-        return loop_thread.run_coroutine(make())
+        return loop_thread.run_coroutine(on_the_loop())
 
     async def once():
         try:
-            return await make()
+            return await on_the_loop()
         finally:
             await close_loop_resources()
 
