@@ -42,6 +42,14 @@ NOT_CONFIGURED = "STOCK_ALERT_WEBHOOK_URL is not set: notification not sent"
 _settings = get_settings()
 
 
+#: Both notification actors: retried with backoff (the webhook retries inside each attempt too),
+#: then dead-lettered.
+_NOTIFY_OPTIONS = dict(queue_name=ALERTS_QUEUE, retry_when=transient_only(_settings.stock_alert_notify_max_retries),
+                       min_backoff=_settings.stock_alert_notify_min_backoff_ms,
+                       max_backoff=_settings.stock_alert_notify_max_backoff_ms, max_age=24 * 3600 * 1000,
+                       time_limit=5 * 60 * 1000)
+
+
 def run_check(*, dry_run: bool = False, notify: Callable[[int], Any] | None = None) -> alerts.CheckResult:
     """Run the check in one transaction; unless ``dry_run``, commit and notify every change.
 
@@ -92,18 +100,21 @@ def _describe(error: BaseException) -> str:
 
 
 async def _post(alert: alerts.Alert, event: str) -> int:
-    settings = get_settings()
-
     def counted(number: int, error: BaseException | None) -> None:
         metrics.stock_alert_notification(event, "failed" if error else "sent")
         if error is not None:
             logger.warning("stock alert %d: delivery attempt %d failed: %s", alert.id, number, _describe(error))
 
+    return await _post_to_webhook(slack_message(alert), on_attempt=counted)
+
+
+async def _post_to_webhook(body: dict[str, Any], on_attempt=None) -> int:
     # The HTTP session belongs to the loop that runs the request: made here, on it.
-    return await post_webhook(runtime.http_session(), settings.stock_alert_webhook_url, slack_message(alert),
+    settings = get_settings()
+    return await post_webhook(runtime.http_session(), settings.stock_alert_webhook_url, body,
                               timeout_s=settings.stock_alert_webhook_timeout_s,
                               attempts=settings.stock_alert_webhook_attempts,
-                              backoff_s=settings.stock_alert_webhook_backoff_s, on_attempt=counted)
+                              backoff_s=settings.stock_alert_webhook_backoff_s, on_attempt=on_attempt)
 
 
 def deliver(alert_id: int) -> str:
@@ -137,10 +148,7 @@ def deliver(alert_id: int) -> str:
     return "sent"
 
 
-@dramatiq.actor(queue_name=ALERTS_QUEUE, retry_when=transient_only(_settings.stock_alert_notify_max_retries),
-                min_backoff=_settings.stock_alert_notify_min_backoff_ms,
-                max_backoff=_settings.stock_alert_notify_max_backoff_ms, max_age=24 * 3600 * 1000,
-                time_limit=5 * 60 * 1000)
+@dramatiq.actor(**_NOTIFY_OPTIONS)
 def notify_stock_alert(alert_id: int) -> None:
     """POST alert ``alert_id``'s state (fired or resolved) to the webhook, once."""
     deliver(_alert_id(alert_id))
@@ -170,10 +178,7 @@ def operations_message(kind: str, message: str, details: dict[str, Any]) -> dict
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}
 
 
-@dramatiq.actor(queue_name=ALERTS_QUEUE, retry_when=transient_only(_settings.stock_alert_notify_max_retries),
-                min_backoff=_settings.stock_alert_notify_min_backoff_ms,
-                max_backoff=_settings.stock_alert_notify_max_backoff_ms, max_age=24 * 3600 * 1000,
-                time_limit=5 * 60 * 1000)
+@dramatiq.actor(**_NOTIFY_OPTIONS)
 def notify_operations_alert(kind: str, message: str, details: dict | None = None) -> None:
     """POST an operations alert to ``STOCK_ALERT_WEBHOOK_URL`` (retried, then dead-lettered)."""
     if not isinstance(kind, str) or not isinstance(message, str):
@@ -183,10 +188,7 @@ def notify_operations_alert(kind: str, message: str, details: dict | None = None
         logger.warning("operations alert %s not sent: %s", kind, NOT_CONFIGURED)
         return
     body = operations_message(kind, message, details if isinstance(details, dict) else {})
-    runtime.run_on_worker_loop(lambda: post_webhook(
-        runtime.http_session(), settings.stock_alert_webhook_url, body,
-        timeout_s=settings.stock_alert_webhook_timeout_s, attempts=settings.stock_alert_webhook_attempts,
-        backoff_s=settings.stock_alert_webhook_backoff_s))
+    runtime.run_on_worker_loop(lambda: _post_to_webhook(body))
     logger.info("operations alert %s sent", kind)
 
 

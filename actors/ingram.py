@@ -37,6 +37,7 @@ from clients.ingram import (DETAILS, MAX_PRODUCTS, TOKEN, FleetSemaphore, Ingram
 from clients.ratelimit import FleetRateLimiter
 from db import supplier, syncs
 from workers import metrics, runtime, sync_stats
+from workers.clients import fleet_limiter
 from workers.failures import message_argument, on_dead_letter
 from workers.settings import Settings, get_settings
 
@@ -72,20 +73,15 @@ def queues(settings: Settings | None = None) -> list[str]:
 def pa_limiter() -> FleetRateLimiter:
     """The fleet-wide price & availability quota: ``INGRAM_PA_PER_MINUTE`` per (scaled) minute."""
     settings = get_settings()
-    window_s = 60.0 * settings.ingram_time_scale
-    metrics.quota("ingram-pa", settings.ingram_pa_per_minute, window_s)
-    return FleetRateLimiter(runtime.async_redis(), "ingram-pa", settings.ingram_pa_per_minute,
-                            window_s + settings.ingram_rate_margin_s, namespace=settings.redis_namespace,
-                            on_wait=metrics.rate_limit_wait)
+    return fleet_limiter("ingram-pa", settings.ingram_pa_per_minute, 60.0 * settings.ingram_time_scale,
+                         settings.ingram_rate_margin_s)
 
 
 def details_limiter() -> FleetRateLimiter:
     """The fleet-wide details quota: one call per ``INGRAM_DETAILS_MIN_INTERVAL_S`` (scaled)."""
     settings = get_settings()
-    window_s = settings.ingram_details_min_interval_s * settings.ingram_time_scale
-    metrics.quota("ingram-details", 1, window_s)
-    return FleetRateLimiter(runtime.async_redis(), "ingram-details", 1, window_s + settings.ingram_rate_margin_s,
-                            namespace=settings.redis_namespace, on_wait=metrics.rate_limit_wait)
+    return fleet_limiter("ingram-details", 1, settings.ingram_details_min_interval_s * settings.ingram_time_scale,
+                         settings.ingram_rate_margin_s)
 
 
 def batch_slots() -> FleetSemaphore:

@@ -17,7 +17,7 @@ from actors.retry import MalformedMessage, transient_only
 from db import stores, syncs
 from db.store_models import StoreIntegration
 from workers import runtime
-from workers.clients import backmarket_limiter, fleet_limiter
+from workers.clients import backmarket_limiter, fleet_limiter, refurbed_limiter
 from workers.settings import get_settings
 from workers.store_sync import begin_store_sync, run_store_sync
 
@@ -36,7 +36,7 @@ def limiter_for(integration: StoreIntegration):
     if integration.platform == "backmarket":
         return backmarket_limiter()
     if integration.platform == "refurbed":
-        return fleet_limiter("refurbed", settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
+        return refurbed_limiter()
     window_s = 10.0
     return fleet_limiter(f"shopify:{integration.name}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
                          settings.rate_limit_margin_s)

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -188,12 +188,12 @@ def order_line_key(marketplace: str, order_line_id: str | None, change_type: str
 
 #: (database URL, marketplace code) -> id: marketplaces are never renumbered nor deleted, and each
 #: event would otherwise pay a round trip to look its id up again.
-_marketplace_ids: dict[tuple[str, str], int] = {}
+_marketplace_ids: dict[tuple[Any, str], int] = {}
 
 
 def marketplace_id_of(session: Session, code: str) -> int:
     """The id of marketplace ``code``, created on first use.  Does not commit."""
-    cache_key = (session.get_bind().url.render_as_string(hide_password=True), code)
+    cache_key = (session.get_bind().url, code)  # a URL is immutable and hashable: no rendering per event
     cached = _marketplace_ids.get(cache_key)
     if cached is not None:
         return cached
@@ -219,11 +219,8 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
 
     Raises :class:`InvalidStockEvent` for a bad field (nothing written).
     """
-    event = event.validated()
     now = now or datetime.now(timezone.utc)
-    if event.event_time > now + MAX_FUTURE:
-        raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
-                                              f"{now.isoformat()})")
+    event = _checked(event, now)
     skew = clock_skew() if skew is None else skew
     key = event.key
     marketplace_id = marketplace_id_of(session, event.marketplace)
@@ -250,12 +247,27 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
     if written is None:
         # The key was booked meanwhile on another stock row (a key reused for another SKU).
         return _duplicate(event, key, row, None)
-    oversold = written.quantity_after < 0 and decision.change < 0
+    return _applied(event, row.id, decision, written.quantity_before, written.quantity_after, created)
+
+
+def _checked(event: StockEvent, now: datetime) -> StockEvent:
+    """``event`` validated, and not from the future; :class:`InvalidStockEvent` otherwise."""
+    event = event.validated()
+    if event.event_time > now + MAX_FUTURE:
+        raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
+                                              f"{now.isoformat()})")
+    return event
+
+
+def _applied(event: StockEvent, stock_id: int, decision: _Decision, before: int, after: int,
+             created: bool) -> EventResult:
+    """The result of a booked event; an oversold one is logged (and counted by the caller)."""
+    oversold = after < 0 and decision.change < 0
     if oversold:
         logger.warning("oversold: %s of %s on %s leaves stock at %d (stock row %d)", event.change_type, event.sku,
-                       event.marketplace, written.quantity_after, row.id)
-    return EventResult("applied", row.id, written.quantity_before, written.quantity_after, oversold=oversold,
-                       change=decision.change, idempotency_key=key, absorbed=decision.change != event.change,
+                       event.marketplace, after, stock_id)
+    return EventResult("applied", stock_id, before, after, oversold=oversold, change=decision.change,
+                       idempotency_key=event.key, absorbed=decision.change != event.change,
                        needs_recheck=decision.recheck, push_requested=decision.push, created=created)
 
 
@@ -284,12 +296,8 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     """
     if not events:
         return []
-    events = [event.validated() for event in events]
     now = now or datetime.now(timezone.utc)
-    for event in events:
-        if event.event_time > now + MAX_FUTURE:
-            raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
-                                                  f"{now.isoformat()})")
+    events = [_checked(event, now) for event in events]
     skew = clock_skew() if skew is None else skew
     marketplace_ids = {code: marketplace_id_of(session, code) for code in sorted({e.marketplace for e in events})}
     wanted = sorted({(marketplace_ids[e.marketplace], e.sku) for e in events})
@@ -305,11 +313,10 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     keys = {event.key for event in events} | {k for k in map(_other_half_key, events) if k is not None}
     booked = {row.idempotency_key: row for row in session.execute(_BOOKED_KEYS, {"keys": sorted(keys)})}
 
-    states = {pair: _RowState(row.listed, row.push_state == "pending", row.needs_recheck) for pair, row in rows.items()}
+    states = {pair: _RowState(row) for pair, row in rows.items()}
     results: list[EventResult | None] = [None] * len(events)
-    entries: list[tuple[int, StockEvent, _Decision, int, int]] = []
-    order = sorted(range(len(events)), key=lambda index: (events[index].marketplace, events[index].sku))
-    for index in order:
+    entries: list[_Entry] = []
+    for index in sorted(range(len(events)), key=lambda index: (events[index].marketplace, events[index].sku)):
         event = events[index]
         pair = (marketplace_ids[event.marketplace], event.sku)
         row, state, key = rows[pair], states[pair], event.key
@@ -321,37 +328,52 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
             continue
         other = _other_half_key(event)
         decision = _decide(event, row, other_booked=other is not None and other in booked, now=now, skew=skew)
-        before, after = state.listed, state.listed + decision.change
-        state.listed, state.changed = after, True
-        state.pending = state.pending or decision.push
-        state.needs_recheck = state.needs_recheck or decision.recheck
-        state.rechecked = state.rechecked or decision.recheck
-        state.pushes += int(decision.push)
+        entry = _Entry(row, event, decision, state.listed, state.listed + decision.change)
+        state.book(entry)
         booked[key] = SimpleNamespace(stock_id=row.id, change_type=event.change_type)
-        entries.append((row.id, event, decision, before, after))
-        oversold = after < 0 and decision.change < 0
-        if oversold:
-            logger.warning("oversold: %s of %s on %s leaves stock at %d (stock row %d)", event.change_type,
-                           event.sku, event.marketplace, after, row.id)
-        results[index] = EventResult("applied", row.id, before, after, oversold=oversold, change=decision.change,
-                                     idempotency_key=key, absorbed=decision.change != event.change,
-                                     needs_recheck=decision.recheck, push_requested=decision.push,
-                                     created=first_on_new_row)
+        entries.append(entry)
+        results[index] = _applied(event, row.id, decision, entry.before, entry.after, first_on_new_row)
     if entries:
-        _write_batch(session, entries, rows, states, now)
+        _write_batch(session, entries, [state for state in states.values() if state.entries], now)
     return results  # type: ignore[return-value]
 
 
-@dataclass
+class _Entry(NamedTuple):
+    """One ledger row a batch writes: the locked stock row, the event, what it books, before and after."""
+
+    row: Any
+    event: StockEvent
+    decision: _Decision
+    before: int
+    after: int
+
+
 class _RowState:
     """A locked stock row as the batch's events so far leave it."""
 
-    listed: int
-    pending: bool
-    needs_recheck: bool
-    changed: bool = False
-    rechecked: bool = False
-    pushes: int = 0
+    def __init__(self, row) -> None:
+        self.row = row
+        self.listed: int = row.listed
+        self.entries = 0
+        self.rechecked = False
+        self.pushes = 0
+
+    @property
+    def pending(self) -> bool:
+        """Whether the row waits for a push (before the batch, or asked by one of its events)."""
+        return self.row.push_state == "pending" or self.pushes > 0
+
+    @property
+    def needs_recheck(self) -> bool:
+        """Whether the row is flagged for a re-check (before the batch, or by one of its events)."""
+        return self.row.needs_recheck or self.rechecked
+
+    def book(self, entry: _Entry) -> None:
+        """Count ``entry`` on this row."""
+        self.listed = entry.after
+        self.entries += 1
+        self.rechecked = self.rechecked or entry.decision.recheck
+        self.pushes += int(entry.decision.push)
 
 
 def _lock_stock_rows(session: Session, pairs: list[tuple[int, str]]) -> dict[tuple[int, str], Any]:
@@ -359,30 +381,19 @@ def _lock_stock_rows(session: Session, pairs: list[tuple[int, str]]) -> dict[tup
     return {(row.marketplace_id, row.sku): row for row in found}
 
 
-def _write_batch(session: Session, entries, rows, states: dict, now: datetime) -> None:
-    changed = [(rows[pair], state) for pair, state in states.items() if state.changed]
+def _write_batch(session: Session, entries: list[_Entry], changed: list[_RowState], now: datetime) -> None:
     totals: dict[int, int] = {}
-    by_id = {row.id: row for row in rows.values()}
-    for stock_id, _, decision, _, _ in entries:
-        variation_id = by_id[stock_id].variation_id
-        totals[variation_id] = totals.get(variation_id, 0) + decision.change
+    for entry in entries:
+        totals[entry.row.variation_id] = totals.get(entry.row.variation_id, 0) + entry.decision.change
     written = session.execute(_BOOK_BATCH, {
-        "sid": [stock_id for stock_id, *_ in entries],
-        "before": [before for *_, before, _ in entries],
-        "after": [after for *_, after in entries],
-        "change": [decision.change for _, _, decision, _, _ in entries],
-        "type": [event.change_type for _, event, _, _, _ in entries],
-        "order": [event.order_id for _, event, _, _, _ in entries],
-        "line": [event.order_line_id for _, event, _, _, _ in entries],
-        "ref": [event.reference for _, event, _, _, _ in entries],
-        "actor": [event.actor for _, event, _, _, _ in entries],
-        "note": [decision.note or event.note for _, event, decision, _, _ in entries],
-        "key": [event.key for _, event, _, _, _ in entries],
-        "t": [event.event_time for _, event, _, _, _ in entries],
-        "row_id": [row.id for row, _ in changed],
-        "row_listed": [state.listed for _, state in changed],
-        "row_recheck": [state.rechecked for _, state in changed],
-        "row_pushes": [state.pushes for _, state in changed],
+        "sid": [e.row.id for e in entries], "before": [e.before for e in entries],
+        "after": [e.after for e in entries], "change": [e.decision.change for e in entries],
+        "type": [e.event.change_type for e in entries], "order": [e.event.order_id for e in entries],
+        "line": [e.event.order_line_id for e in entries], "ref": [e.event.reference for e in entries],
+        "actor": [e.event.actor for e in entries], "note": [e.decision.note or e.event.note for e in entries],
+        "key": [e.event.key for e in entries], "t": [e.event.event_time for e in entries],
+        "row_id": [state.row.id for state in changed], "row_listed": [state.listed for state in changed],
+        "row_recheck": [state.rechecked for state in changed], "row_pushes": [state.pushes for state in changed],
         "var_id": list(totals), "var_delta": list(totals.values()), "now": now,
     }).scalar_one()
     if written != len(entries):

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from db import syncs
 from db.event_models import ReconciliationReport
 from db.ledger import check_invariant
-from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, plan_for_small_batches, upsert_catalogue
+from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, upsert_catalogue
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,6 @@ def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: in
     reports: list[dict] = []
     deferred = 0
     if items:
-        plan_for_small_batches(session)
         if dry_run:
             known = set(session.execute(text(
                 "SELECT v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "

@@ -98,8 +98,15 @@ def plan_for_small_batches(session: Session) -> None:
     sync of 20,000 listings went from 8 to 29 ms a page until autovacuum's ANALYZE caught up,
     measured); with these off, every page costs the same few index lookups.
     """
+    transaction = session.get_transaction()
+    if transaction is not None and session.info.get(_PLANNED) is transaction:
+        return  # already told in this transaction (a page runs several statements that need it)
     session.execute(text("SELECT set_config('enable_hashjoin', 'off', true), "
                          "set_config('enable_mergejoin', 'off', true), set_config('enable_seqscan', 'off', true)"))
+    session.info[_PLANNED] = session.get_transaction()
+
+
+_PLANNED = "stocksync.small_batch_plans"
 
 
 def _dedupe(items: Iterable[PageItem]) -> list[PageItem]:
@@ -119,7 +126,6 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
     :func:`db.events.clock_skew`).
     """
     items = _dedupe(items)
-    plan_for_small_batches(session)
     claimed = session.execute(
         text("INSERT INTO sync_pages (sync_id, page, items, fetched_at) VALUES (:s, :p, :n, :t) "
              "ON CONFLICT DO NOTHING RETURNING page"),
@@ -161,6 +167,7 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
 def upsert_catalogue(session: Session, *, marketplace_id: int, sync_id: int, fetched_at: datetime,
                      items: Sequence[PageItem], language: str = "fr-fr") -> None:
     """Upsert a page's variations and listings and create missing stock rows (at 0).  Does not commit."""
+    plan_for_small_batches(session)
     params = {
         "ext": [i.external_id for i in items], "legacy": [i.legacy_id for i in items],
         "sku": [i.sku for i in items], "title": [i.title for i in items],
@@ -193,6 +200,7 @@ def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetim
     SKU are summed (several listings of one variation).  With ``dry_run`` nothing is locked or
     written: the rows say what would happen.  Does not commit.
     """
+    plan_for_small_batches(session)
     params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
               "skew": clock_skew() if skew is None else skew, "snapshot_types": list(SNAPSHOT_CHANGE_TYPES),
               "marketplace_types": list(MARKETPLACE_CHANGE_TYPES)}

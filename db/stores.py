@@ -17,7 +17,7 @@ from typing import Protocol
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, plan_for_small_batches, upsert_catalogue
+from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, upsert_catalogue
 from db.store_models import PLATFORMS, StoreIntegration, StoreSyncLog
 
 #: What an environment variable's name may look like (and what a credential usually does not).
@@ -255,7 +255,6 @@ def apply_store_batch(session: Session, *, marketplace_id: int, sync_id: int, ba
     if not unique:
         return StoreCounts(items=len(items), skipped=no_sku)
     skus = [item.sku for item in unique]
-    plan_for_small_batches(session)
     existing = set(session.scalars(text(
         "SELECT s.id FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
         "WHERE s.marketplace_id = :mp AND v.sku = ANY(CAST(:sku AS text[]))"), {"mp": marketplace_id, "sku": skus}))
