@@ -1,7 +1,7 @@
 """Bulk stock sync benchmark: end to end, and the set-based apply against the old per-row pattern.
 
     .venv/bin/python bench/bulk_sync.py [--listings 100000] [--processes 2] [--threads 8]
-                                        [--baseline-rows 5000]
+                                        [--baseline-rows 5000] [--skip-e2e] [--statements]
 
 1. End to end: N sandbox listings (unthrottled) → real ``dramatiq`` worker processes on a real
    Redis → a real PostgreSQL (durable settings: fsync on).  Prints the wall time of the sync.
@@ -9,7 +9,9 @@
    - set-based: ``db.snapshot.apply_page`` per page of 50 (one transaction per page);
    - per-row (the old system): per listing SELECT the stock row, UPDATE it, INSERT a history row,
      COMMIT.  Run on the first ``--baseline-rows`` rows (it is slow by design).
-   Prints rows/s for both and the ratio.
+   Prints rows/s for both and the ratio.  With ``--statements``, also where the set-based
+   apply's time goes: each statement's mean client-side time per page (timed by SQLAlchemy
+   cursor events around every statement, so the rows/s of that run include the timing itself).
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import text  # noqa: E402
+from sqlalchemy import event, text  # noqa: E402
+from sqlalchemy.engine import Engine  # noqa: E402
 
 from db.engine import session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
@@ -94,9 +97,9 @@ def page_items(listings: int) -> list[list[PageItem]]:
     return [items[i:i + PAGE] for i in range(0, len(items), PAGE)]
 
 
-def set_based(pg: PostgresServer, pages: list[list[PageItem]]) -> float:
-    """Rows/s of ``apply_page``, one transaction per page."""
-    url = pg.create_database("bench_set")
+def set_based(pg: PostgresServer, pages: list[list[PageItem]], database: str = "bench_set") -> float:
+    """Rows/s of ``apply_page``, one transaction per page, into a new database ``database``."""
+    url = pg.create_database(database)
     upgrade(url)
     sessions = session_factory(url)
     with sessions() as session:
@@ -143,6 +146,37 @@ def per_row(pg: PostgresServer, pages: list[list[PageItem]], limit: int) -> tupl
         return len(items) / (time.perf_counter() - started), len(items)
 
 
+class StatementTimes:
+    """Client-side time of each SQL statement while active (SQLAlchemy cursor events), by its first words."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list] = {}
+        self._started: dict[int, float] = {}
+
+    def __enter__(self) -> "StatementTimes":
+        event.listen(Engine, "before_cursor_execute", self._before)
+        event.listen(Engine, "after_cursor_execute", self._after)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        event.remove(Engine, "before_cursor_execute", self._before)
+        event.remove(Engine, "after_cursor_execute", self._after)
+
+    def _before(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        self._started[id(cursor)] = time.perf_counter()
+
+    def _after(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        elapsed = time.perf_counter() - self._started.pop(id(cursor), time.perf_counter())
+        entry = self.totals.setdefault(" ".join(statement.split())[:60], [0, 0.0])
+        entry[0] += 1
+        entry[1] += elapsed
+
+    def report(self, pages: int, most: int = 8) -> list[str]:
+        """One line per statement run on every page or more: mean ms per page, slowest first."""
+        rows = [(total / pages * 1000, text_) for text_, (count, total) in self.totals.items() if count >= pages]
+        return [f"  {ms:6.2f} ms/page  {text_}" for ms, text_ in sorted(rows, reverse=True)[:most]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--listings", type=int, default=100_000)
@@ -150,6 +184,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--baseline-rows", type=int, default=5_000)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--statements", action="store_true",
+                        help="also time the set-based apply's statements (a separate, instrumented run)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="stocksync-bench-"))
@@ -173,6 +209,11 @@ def main() -> None:
         print(f"apply, per-row (select, update, insert history, commit; old system): {row_rate:,.0f} rows/s "
               f"over {rows} rows")
         print(f"ratio set-based / per-row: {set_rate / row_rate:.1f}x")
+        if args.statements:
+            with StatementTimes() as times:
+                instrumented = set_based(pg, pages, database="bench_statements")
+            print(f"where a page's apply goes (instrumented run, {instrumented:,.0f} rows/s):")
+            print("\n".join(times.report(len(pages))))
     finally:
         redis.stop()
         pg.stop()
