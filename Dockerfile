@@ -13,7 +13,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY actors ./actors
 COPY clients ./clients
+COPY core ./core
 COPY db ./db
+COPY pipelines ./pipelines
+COPY runtime ./runtime
 COPY sandbox ./sandbox
 COPY workers ./workers
 RUN pip install . \

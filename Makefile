@@ -23,6 +23,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/stocksync demo
 
 test: system-deps $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 bench: system-deps $(VENV)/.installed

@@ -1,6 +1,8 @@
-"""Dramatiq actors, one module per pipeline.
+"""Dramatiq actors, one module per pipeline: decode the message, call the pipeline, enqueue what follows.
 
-An actor binds to the global broker when it is declared, so importing any actor module first
-builds the fleet's broker (``workers.fleet``), whoever imports it: the workers, the CLI, tests.
+An actor binds to the global broker when it is declared, so the fleet's broker is installed
+here, before any actor module runs.
 """
-import workers.fleet  # noqa: F401
+from runtime.broker import install_broker
+
+install_broker()

@@ -10,7 +10,7 @@
   delivery holds the alert's row lock, so a redelivered message finds it notified and sends nothing.
 
 - ``notify_operations_alert(kind, message, details)``: the alerts other pipelines raise through
-  :func:`workers.alerts_hook.raise_alert` (reconciliation discrepancies, a broken ledger) go to
+  :func:`runtime.alert_hooks.raise_alert` (reconciliation discrepancies, a broken ledger) go to
   the same webhook, enqueued by a handler this module registers.
 
 The rules live in :mod:`db.alerts`; these actors only decode, call and enqueue.
@@ -26,14 +26,14 @@ from actors.retry import MalformedMessage, transient_only
 from clients.webhook import post_webhook, slack_message
 from db import alerts
 from db.alert_models import FIRING
-from workers import metrics, runtime
-from workers.alerts_hook import add_alert_handler
-from workers.failures import message_argument, on_dead_letter
-from workers.settings import get_settings
+from runtime import metrics, queues, resources
+from runtime.alert_hooks import add_alert_handler
+from runtime.failures import message_argument, on_dead_letter
+from runtime.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-ALERTS_QUEUE = "alerts"
+ALERTS_QUEUE = queues.ALERTS
 #: A notification due this long without an attempt was lost (a crash between commit and enqueue).
 LOST_AFTER_S = 600.0
 #: What an alert says when no webhook is configured.
@@ -57,7 +57,7 @@ def run_check(*, dry_run: bool = False, notify: Callable[[int], Any] | None = No
     the result says what would fire and resolve, and nothing is stored or sent.
     """
     settings = get_settings()
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         result = alerts.check(session, default_threshold=settings.stock_alert_default_threshold,
                               hysteresis=settings.stock_alert_hysteresis)
         if dry_run:
@@ -111,7 +111,7 @@ async def _post(alert: alerts.Alert, event: str) -> int:
 async def _post_to_webhook(body: dict[str, Any], on_attempt=None) -> int:
     # The HTTP session belongs to the loop that runs the request: made here, on it.
     settings = get_settings()
-    return await post_webhook(runtime.http_session(), settings.stock_alert_webhook_url, body,
+    return await post_webhook(resources.http_session(), settings.stock_alert_webhook_url, body,
                               timeout_s=settings.stock_alert_webhook_timeout_s,
                               attempts=settings.stock_alert_webhook_attempts,
                               backoff_s=settings.stock_alert_webhook_backoff_s, on_attempt=on_attempt)
@@ -123,7 +123,7 @@ def deliver(alert_id: int) -> str:
     Raises the delivery's error (recorded on the alert first) when the webhook failed.
     """
     settings = get_settings()
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         alert = alerts.claim_notification(session, alert_id)
         if alert is None:
             session.commit()
@@ -136,7 +136,7 @@ def deliver(alert_id: int) -> str:
             return "not_configured"
         event = "fired" if alert.state == FIRING else "resolved"
         try:
-            runtime.run_on_worker_loop(lambda: _post(alert, event))
+            resources.run_on_worker_loop(lambda: _post(alert, event))
         except BaseException as error:
             session.rollback()  # the row lock goes; the failure is recorded in a transaction of its own
             alerts.record_notify_failure(session, alert_id, _describe(error))
@@ -161,7 +161,7 @@ def _notify_failed(message: dramatiq.Message, error: str) -> None:
         alert_id = _alert_id(value)
     except MalformedMessage:
         return
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         alerts.record_notify_failure(session, alert_id, error, final=True)
         session.commit()
     logger.error("stock alert %d: notification failed for good: %s", alert_id, error)
@@ -171,7 +171,7 @@ def _notify_failed(message: dramatiq.Message, error: str) -> None:
 
 
 def operations_message(kind: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
-    """The Slack-compatible body of an operations alert (``workers.alerts_hook.raise_alert``)."""
+    """The Slack-compatible body of an operations alert (``runtime.alert_hooks.raise_alert``)."""
     facts = ", ".join(f"{name}: {value}" for name, value in sorted(details.items())
                       if isinstance(value, (str, int, float, bool)))
     text = f":rotating_light: stocksync {kind}: {message}" + (f" ({facts})" if facts else "")
@@ -188,7 +188,7 @@ def notify_operations_alert(kind: str, message: str, details: dict | None = None
         logger.warning("operations alert %s not sent: %s", kind, NOT_CONFIGURED)
         return
     body = operations_message(kind, message, details if isinstance(details, dict) else {})
-    runtime.run_on_worker_loop(lambda: _post_to_webhook(body))
+    resources.run_on_worker_loop(lambda: _post_to_webhook(body))
     logger.info("operations alert %s sent", kind)
 
 

@@ -31,17 +31,18 @@ from db import events as stock_events
 from db import reconcile, syncs
 from db.events import EventResult, InvalidStockEvent, StockEvent
 from db.snapshot import PageItem, apply_recheck
-from workers import metrics, runtime
-from workers.clients import backmarket_client
-from workers.failures import on_dead_letter
-from workers.settings import get_settings
+from runtime import metrics, queues, resources
+from runtime.alert_hooks import raise_alert
+from runtime.clients import backmarket_client
+from runtime.failures import on_dead_letter
+from runtime.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
-EVENTS_QUEUE = "stock-events"
-PUSH_QUEUE = "stock-push"
-RECHECK_QUEUE = "stock-recheck"
-RECONCILE_QUEUE = "reconcile"
+EVENTS_QUEUE = queues.EVENTS
+PUSH_QUEUE = queues.PUSH
+RECHECK_QUEUE = queues.RECHECK
+RECONCILE_QUEUE = queues.RECONCILE
 
 #: Marketplaces whose stock can be pushed and read back one listing at a time.
 READABLE_MARKETPLACES = ("backmarket",)
@@ -85,7 +86,7 @@ def book_all(events: list[tuple[StockEvent, str]]) -> list[EventResult]:
         except InvalidStockEvent as invalid:
             where = f"event {index} ({event.change_type})" if len(events) > 1 else f"{event.change_type} event"
             raise MalformedMessage(f"{where}: {invalid}") from None
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         results = stock_events.record_stock_events(session, checked)
         session.commit()
     for event, (_, source), result in zip(checked, events, results):
@@ -231,7 +232,7 @@ def push_stock(marketplace: str, sku: str) -> None:
         logger.info("%s stock is not pushed; nothing to do for %s", marketplace, sku)
         return
     owner = _message_id()
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         stock_id = stock_events.find_stock_id(session, marketplace, sku)
         if stock_id is None:
             raise MalformedMessage(f"no stock row for sku {sku!r} on {marketplace}")
@@ -245,14 +246,14 @@ def push_stock(marketplace: str, sku: str) -> None:
     if not claim.needed:
         return
     try:
-        runtime.run_on_worker_loop(lambda: _send_quantity(claim.listing, claim.quantity))
+        resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, claim.quantity))
     except BaseException as error:
         # The lease stays: a retry of this message takes it back; the dead letter gives it up.
-        with runtime.sessions()() as session:
+        with resources.sessions()() as session:
             stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
             session.commit()
         raise
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         up_to_date = stock_events.finish_push(session, claim)
         session.commit()
     logger.info("pushed %s on %s: quantity %d", sku, marketplace, claim.quantity)
@@ -268,7 +269,7 @@ async def _send_quantity(listing: str, quantity: int) -> None:
 @on_dead_letter("push_stock")
 def _push_failed(message: dramatiq.Message, error: str) -> None:
     marketplace, sku = _args(message, "marketplace", "sku")
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         stock_id = stock_events.find_stock_id(session, marketplace, sku)
         if stock_id is not None:
             stock_events.release_push(session, stock_id, message.message_id, error, failed=True)
@@ -308,12 +309,12 @@ def recheck_stock(marketplace: str, sku: str, attempt: int = 1) -> None:
     """Read one flagged row's listing(s) again and apply the read with the snapshot rules."""
     if marketplace not in READABLE_MARKETPLACES:
         return
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
     if row is None or not row.needs_recheck or not row.listings:
         return
-    fetched_at, quantity = runtime.run_on_worker_loop(lambda: _read_listings(row.listings))
-    with runtime.sessions()() as session:
+    fetched_at, quantity = resources.run_on_worker_loop(lambda: _read_listings(row.listings))
+    with resources.sessions()() as session:
         rows = apply_recheck(session, marketplace_id=row.marketplace_id, fetched_at=fetched_at,
                              quantities={sku: quantity})
         session.commit()
@@ -340,7 +341,7 @@ def sweep_stock(marketplace: str = "backmarket") -> int:
     """Enqueue re-checks of flagged rows and pushes of rows left pending; return how many (the scheduler's hook)."""
     now = datetime.now(timezone.utc)
     skew = stock_events.clock_skew()
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew)
         pending = session.execute(_PENDING_PUSHES,
                                   {"mp": marketplace, "before": now - timedelta(minutes=1)}).scalars().all()
@@ -367,15 +368,19 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
         raise MalformedMessage(f"cannot reconcile {marketplace!r}: expected one of {', '.join(READABLE_MARKETPLACES)}")
     settings = get_settings()
     threshold = settings.reconcile_alert_threshold if threshold is None else threshold
-    sessions = runtime.sessions()
+    sessions = resources.sessions()
     with sessions() as session:
         run = reconcile.begin_reconciliation(session, marketplace, dry_run=dry_run, trigger=trigger,
                                              stale_after_s=settings.sync_stale_after_s)
         if run.status != "running":
-            return reconcile.summarize(session, run.id)
+            summary = reconcile.summarize(session, run.id)
+            if run.details.get("invariant_violations"):
+                raise_alert("ledger_invariant", f"{marketplace}: {run.error}",
+                            {"run_id": run.id, "violations": run.details.get("violations", [])})
+            return summary
         marketplace_id = run.details["marketplace_id"]
     try:
-        api_calls = runtime.run_on_worker_loop(lambda: _walk(run.id, marketplace_id, dry_run))
+        api_calls = resources.run_on_worker_loop(lambda: _walk(run.id, marketplace_id, dry_run))
     except BaseException as error:
         with sessions() as session:
             syncs.fail_run(session, run.id, f"reconciliation walk failed: {type(error).__name__}: {error}")
@@ -385,6 +390,13 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
         session.commit()
         summary = reconcile.finish_reconciliation(session, run.id, threshold=threshold)
     metrics.discrepancies(marketplace, summary.discrepancies)
+    if summary.alert:
+        what = "would correct" if summary.dry_run else "corrected"
+        raise_alert("reconciliation_discrepancies",
+                    f"{marketplace}: {summary.discrepancies} stock rows differ from the marketplace (threshold "
+                    f"{summary.threshold}); {what} them in run {summary.run_id}",
+                    {"run_id": summary.run_id, "discrepancies": summary.discrepancies,
+                     "corrected": summary.corrected, "threshold": summary.threshold, "alert": True})
     return summary
 
 
@@ -426,7 +438,7 @@ async def _walk(run_id: int, marketplace_id: int, dry_run: bool) -> dict[str, in
 
 
 def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, total_pages, total_items) -> None:
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         reconcile.compare_page(session, run_id=run_id, marketplace_id=marketplace_id, page=page,
                                fetched_at=fetched_at, items=items, dry_run=dry_run, total_pages=total_pages,
                                total_items=total_items, language=get_settings().backmarket_language)
@@ -434,7 +446,7 @@ def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, tota
 
 
 def _set_total_pages(run_id: int, total_pages: int) -> None:
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         session.execute(text("UPDATE sync_runs SET total_pages = :n WHERE id = :s"), {"n": total_pages, "s": run_id})
         session.commit()
 

@@ -32,14 +32,24 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from actors.retry import MalformedMessage, transient_only
-from clients.ingram import (DETAILS, MAX_PRODUCTS, TOKEN, FleetSemaphore, IngramClient, PriceAvailability, ProductError,
-                            RequestRecord, SharedToken, check_batch_size)
+from clients.ingram import (
+    DETAILS,
+    MAX_PRODUCTS,
+    TOKEN,
+    FleetSemaphore,
+    IngramClient,
+    PriceAvailability,
+    ProductError,
+    RequestRecord,
+    SharedToken,
+    check_batch_size,
+)
 from clients.ratelimit import FleetRateLimiter
 from db import supplier, syncs
-from workers import metrics, runtime, sync_stats
-from workers.clients import fleet_limiter
-from workers.failures import message_argument, on_dead_letter
-from workers.settings import Settings, get_settings
+from runtime import metrics, resources, sync_stats
+from runtime.clients import fleet_limiter
+from runtime.failures import message_argument, on_dead_letter
+from runtime.settings import Settings, get_settings
 
 #: The supplier this pipeline syncs (``supplier_products.supplier`` and ``sync_runs.target``).
 SUPPLIER = "ingram"
@@ -87,7 +97,7 @@ def details_limiter() -> FleetRateLimiter:
 def batch_slots() -> FleetSemaphore:
     """The fleet-wide limit on price & availability batches running at once."""
     settings = get_settings()
-    return FleetSemaphore(runtime.async_redis(), "ingram-batches", namespace=settings.redis_namespace,
+    return FleetSemaphore(resources.async_redis(), "ingram-batches", namespace=settings.redis_namespace,
                           ttl_s=settings.ingram_lease_ttl_s)
 
 
@@ -95,7 +105,7 @@ def shared_token() -> SharedToken:
     """The fleet's OAuth token for this API app (one per base URL and client id)."""
     settings = get_settings()
     app = hashlib.sha1(f"{settings.ingram_base_url}|{settings.ingram_client_id}".encode()).hexdigest()[:12]
-    return SharedToken(runtime.async_redis(), f"ingram:{app}", namespace=settings.redis_namespace,
+    return SharedToken(resources.async_redis(), f"ingram:{app}", namespace=settings.redis_namespace,
                        refresh_before_s=settings.ingram_token_refresh_before_s,
                        lock_ttl_s=settings.ingram_timeout_s * 2)
 
@@ -104,7 +114,7 @@ def ingram_client(on_request=None) -> IngramClient:
     """An Ingram Micro client on this process's session, shared token, limiters and settings."""
     settings = get_settings()
     return IngramClient(
-        runtime.http_session(), base_url=settings.ingram_base_url, client_id=settings.ingram_client_id,
+        resources.http_session(), base_url=settings.ingram_base_url, client_id=settings.ingram_client_id,
         client_secret=settings.ingram_client_secret.get_secret_value(),
         customer_number=settings.ingram_customer_number, country_code=settings.ingram_country_code,
         sender_id=settings.ingram_sender_id or None, tokens=shared_token(), pa_limiter=pa_limiter(),
@@ -181,7 +191,7 @@ def _count_attempts(records: Sequence[RequestRecord], first_is_retry: bool) -> d
 
 async def _count(sync_id: int, records: Sequence[RequestRecord], first: bool) -> None:
     settings = get_settings()
-    await sync_stats.add(runtime.async_redis(), settings.redis_namespace, sync_id,
+    await sync_stats.add(resources.async_redis(), settings.redis_namespace, sync_id,
                          _count_attempts(records, first_is_retry=not first))
 
 
@@ -189,7 +199,7 @@ async def _first_attempt(sync_id: int, what: str) -> bool:
     # Set when a message's work first starts: a later start (a Dramatiq retry) is a retry.
     settings = get_settings()
     key = f"{settings.redis_namespace}:sync:{sync_id}:started:{what}"
-    return bool(await runtime.async_redis().set(key, 1, nx=True, ex=sync_stats.STATS_TTL_S))
+    return bool(await resources.async_redis().set(key, 1, nx=True, ex=sync_stats.STATS_TTL_S))
 
 
 # -- starting a sync -----------------------------------------------------------------------------
@@ -215,7 +225,7 @@ def begin_supplier_sync(*, trigger: str = "manual", force: bool = False, batch_s
         raise ValueError(f"max_concurrent must be a positive integer, got {max_concurrent!r}")
     queue = check_queue(queue or settings.ingram_batch_queue, settings)
     details_queue = check_queue(details_queue or settings.ingram_details_queue, settings)
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         parts = supplier.part_numbers(session, SUPPLIER)
         if not parts:
             raise syncs.SyncRefused("no Ingram Micro products are followed yet: add them with "
@@ -298,14 +308,14 @@ async def _price(sync_id: int, batch: int, parts: list[str], partial_retries: in
 
 
 def _applied_batch_parts(sync_id: int, batch: int) -> list[str] | None:
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         return supplier.batch_detail_parts(session, sync_id, batch, pending_only=True)
 
 
 def _apply_batch(sync_id: int, batch: int, fetched_at: datetime, products: list[PriceAvailability],
                  errors: list[ProductError], seen: int) -> list[str]:
     settings = get_settings()
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         result = supplier.apply_batch(session, supplier=SUPPLIER, sync_id=sync_id, batch=batch, fetched_at=fetched_at,
                                       products=products, errors=errors, errors_seen=seen,
                                       details_max_age_s=settings.ingram_details_max_age_s)
@@ -350,7 +360,7 @@ async def product_details(sync_id: int, part_number: str) -> None:
 
 
 def _apply_details(sync_id: int, part: str, details: dict | None, fetched_at: datetime) -> None:
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         result = supplier.apply_details(session, supplier=SUPPLIER, sync_id=sync_id, part_number=part,
                                         details=details, fetched_at=fetched_at)
         if result.finished:
@@ -371,7 +381,7 @@ def _observe_pages(session, sync_id: int, finished: bool) -> None:
 def _copy_counts(session, sync_id: int) -> None:
     # Same transaction as the close: whoever sees the run finished sees its counters too.
     settings = get_settings()
-    syncs.add_counts(session, sync_id, **sync_stats.read(runtime.sync_redis(), settings.redis_namespace, sync_id))
+    syncs.add_counts(session, sync_id, **sync_stats.read(resources.sync_redis(), settings.redis_namespace, sync_id))
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -381,7 +391,7 @@ def _copy_counts(session, sync_id: int) -> None:
 def _fail_batch_run(message: dramatiq.Message, error: str) -> None:
     sync_id = message_argument(message, 0, "sync_id")
     batch = message_argument(message, 1, "batch")
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         if syncs.fail_run(session, int(sync_id), f"batch {batch} failed for good (price_availability_batch): {error}"):
             metrics.sync_finished(syncs.get_run(session, int(sync_id)))
 
@@ -390,7 +400,7 @@ def _fail_batch_run(message: dramatiq.Message, error: str) -> None:
 def _fail_details_run(message: dramatiq.Message, error: str) -> None:
     sync_id = message_argument(message, 0, "sync_id")
     part = message_argument(message, 1, "part_number")
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         supplier.record_details_failure(session, supplier=SUPPLIER, sync_id=int(sync_id), part_number=str(part),
                                         error=error)
         session.commit()

@@ -27,10 +27,10 @@ import dramatiq
 from actors.retry import MalformedMessage, transient_only
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
 from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
-from workers import runtime
-from workers.clients import backmarket_orders_client, refurbed_client
-from workers.producer import InvalidEvent, StockEvent, StockEvents, make_event
-from workers.settings import get_settings
+from runtime import queues, resources
+from runtime.clients import backmarket_orders_client, refurbed_client
+from runtime.producer import InvalidEvent, StockEvent, StockEvents, make_event
+from runtime.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def send_chains(chains: list[EventChain], broker: dramatiq.Broker) -> int:
 # -- Refurbed webhook follow-up --------------------------------------------------------------------
 
 
-@dramatiq.actor(queue_name="orders", retry_when=transient_only(12), min_backoff=2_000, max_backoff=600_000,
+@dramatiq.actor(queue_name=queues.ORDERS, retry_when=transient_only(12), min_backoff=2_000, max_backoff=600_000,
                 max_age=3 * 24 * 3600 * 1000, time_limit=5 * 60 * 1000)
 async def refurbed_order_notified(order_id: str, received_at: str | None = None) -> None:
     """Re-fetch a notified Refurbed order (``GetOrder``) and emit the events not sent yet."""
@@ -134,14 +134,14 @@ async def book_refurbed_order(order_id: str, broker: dramatiq.Broker) -> int:
         raise MalformedMessage(f"order_id must be a string of digits, got {order_id!r}")
     order = await refurbed_client().get_order(order_id)
     chains = refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook")
-    state = IntakeState(runtime.async_redis(), get_settings().redis_namespace, "refurbed")
+    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, "refurbed")
     return await state.send_new(chains, broker)
 
 
 # -- the backstop walks ----------------------------------------------------------------------------
 
 
-@dramatiq.actor(queue_name="orders", retry_when=transient_only(3), min_backoff=5_000, max_backoff=60_000,
+@dramatiq.actor(queue_name=queues.ORDERS, retry_when=transient_only(3), min_backoff=5_000, max_backoff=60_000,
                 max_age=3600 * 1000, time_limit=POLL_LOCK_S * 1000)
 async def poll_orders(marketplace: str = "backmarket") -> None:
     """Walk ``marketplace``'s recent orders and emit the events not sent yet (the scheduler's hook)."""
@@ -158,7 +158,7 @@ async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | No
     if marketplace not in POLLED_MARKETPLACES:
         raise MalformedMessage(f"poll_orders cannot walk {marketplace!r}: expected one of "
                                f"{', '.join(POLLED_MARKETPLACES)}")
-    state = IntakeState(runtime.async_redis(), get_settings().redis_namespace, marketplace)
+    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, marketplace)
     if not await state.lock():
         logger.info("orders of %s are being polled already: this poll stops here", marketplace)
         return None

@@ -14,10 +14,10 @@ import dramatiq
 from actors.retry import MalformedMessage, transient_only
 from db import syncs
 from db.snapshot import PageItem, apply_page, ensure_marketplace
-from workers import metrics, runtime, sync_stats
-from workers.clients import backmarket_client
-from workers.failures import message_argument, on_dead_letter
-from workers.settings import get_settings
+from runtime import metrics, queues, resources, sync_stats
+from runtime.clients import backmarket_client
+from runtime.failures import message_argument, on_dead_letter
+from runtime.settings import get_settings
 
 #: The marketplaces this pipeline can sync.
 MARKETPLACES = {"backmarket": "Back Market"}
@@ -44,7 +44,7 @@ def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool =
     Raises :class:`db.syncs.SyncRefused` when a run is going on or the cooldown has not passed.
     """
     check_marketplace(marketplace)
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
         session.commit()
         run = syncs.begin_run(session, kind=SYNC_KIND, target=marketplace, trigger=trigger, policy=sync_policy(),
@@ -53,7 +53,7 @@ def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool =
     return run.id
 
 
-@dramatiq.actor(queue_name="stock-sync", max_retries=3, min_backoff=1000, max_backoff=30000)
+@dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000)
 def start_stock_sync(marketplace: str, force: bool = False, trigger: str = "scheduled") -> int | None:
     """Start a stock sync of ``marketplace`` unless one runs or the cooldown has not passed."""
     try:
@@ -63,13 +63,13 @@ def start_stock_sync(marketplace: str, force: bool = False, trigger: str = "sche
         return None
 
 
-@dramatiq.actor(queue_name="stock-fetch", retry_when=transient_only(5), min_backoff=2000, max_backoff=60000,
+@dramatiq.actor(queue_name=queues.STOCK_FETCH, retry_when=transient_only(5), min_backoff=2000, max_backoff=60000,
                 max_age=6 * 3600 * 1000, time_limit=10 * 60 * 1000)
 async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket") -> None:
     """Fetch one listings page; page 1 fans out every other page; hand the items to apply."""
     check_marketplace(marketplace)
     settings = get_settings()
-    redis = runtime.async_redis()
+    redis = resources.async_redis()
     first_fetch = await redis.set(sync_stats.page_key(settings.redis_namespace, sync_id, page), 1,
                                   nx=True, ex=sync_stats.STATS_TTL_S)
     records = []
@@ -121,7 +121,7 @@ def page_items(items: list) -> list[PageItem]:
     return decoded
 
 
-@dramatiq.actor(queue_name="stock-apply", retry_when=transient_only(8), min_backoff=500, max_backoff=30000,
+@dramatiq.actor(queue_name=queues.STOCK_APPLY, retry_when=transient_only(8), min_backoff=500, max_backoff=30000,
                 max_age=6 * 3600 * 1000)
 def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, marketplace: str = "backmarket",
                          total_pages: int | None = None, total_items: int | None = None) -> None:
@@ -132,16 +132,18 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
     except (TypeError, ValueError):
         raise MalformedMessage(f"fetched_at must be an ISO 8601 time, got {fetched_at!r}") from None
     decoded = page_items(items)
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         marketplace_id = ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=page, fetched_at=fetched,
                             items=decoded, total_pages=total_pages, total_items=total_items)
         if result.finished:
             # Same transaction as the close: whoever sees the run finished sees its counters too.
             settings = get_settings()
-            syncs.add_counts(session, sync_id, **sync_stats.read(runtime.sync_redis(), settings.redis_namespace,
+            syncs.add_counts(session, sync_id, **sync_stats.read(resources.sync_redis(), settings.redis_namespace,
                                                                  sync_id))
         session.commit()
+        if result.applied:
+            metrics.sync_progress(sync_id, result.pages_done, result.total_pages)
         metrics.sync_page_applied(SYNC_KIND, marketplace, result)
         if result.finished:
             metrics.sync_finished(syncs.get_run(session, sync_id))
@@ -152,6 +154,6 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
 def _fail_sync_run(message: dramatiq.Message, error: str) -> None:
     sync_id = message_argument(message, 0, "sync_id")
     page = message_argument(message, 1, "page")
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         if syncs.fail_run(session, int(sync_id), f"page {page} failed for good ({message.actor_name}): {error}"):
             metrics.sync_finished(syncs.get_run(session, int(sync_id)))

@@ -1,6 +1,6 @@
 """Store integrations (issue 5 item 7): ``sync_store`` and ``sync_all_stores`` (queue ``stores``).
 
-Thin: the work is in :mod:`workers.store_sync` and :mod:`db.stores`.  The per-integration lock
+Thin: the work is in :mod:`pipelines.stores` and :mod:`db.stores`.  The per-integration lock
 is the ``sync_runs`` row of the running sync (one running row per store, enforced by PostgreSQL),
 so a second ``sync_store`` of a store that is syncing is refused and dropped, not queued behind it.
 A transient failure (a 5xx, a timeout, a 429 the client could not wait out) retries with backoff,
@@ -16,12 +16,12 @@ import dramatiq
 from actors.retry import MalformedMessage, transient_only
 from db import stores, syncs
 from db.store_models import StoreIntegration
-from workers import runtime
-from workers.clients import backmarket_limiter, fleet_limiter, refurbed_limiter
-from workers.settings import get_settings
-from workers.store_sync import begin_store_sync, run_store_sync
+from pipelines.stores import begin_store_sync, run_store_sync
+from runtime import queues, resources
+from runtime.clients import backmarket_limiter, fleet_limiter, refurbed_limiter
+from runtime.settings import get_settings
 
-QUEUE = "stores"
+QUEUE = queues.STORES
 
 _settings = get_settings()
 
@@ -58,7 +58,7 @@ async def sync_store(integration_id: int, trigger: str = "manual") -> None:
     """Sync one store integration's stock (dropped with a log line when refused: running, cooldown, disabled)."""
     if not isinstance(integration_id, int) or isinstance(integration_id, bool):
         raise MalformedMessage(f"integration_id must be an integer, got {integration_id!r}")
-    sessions = runtime.sessions()
+    sessions = resources.sessions()
     try:
         start = await asyncio.to_thread(begin_store_sync, sessions, integration_id, str(trigger))
     except syncs.SyncRefused as refused:
@@ -68,13 +68,13 @@ async def sync_store(integration_id: int, trigger: str = "manual") -> None:
     except stores.StoreError as refused:
         dramatiq.get_logger(__name__).warning("store sync of integration %s not started: %s", integration_id, refused)
         return
-    await run_store_sync(sessions, start, runtime.http_session(), limiter_for=limiter_for)
+    await run_store_sync(sessions, start, resources.http_session(), limiter_for=limiter_for)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=1000, max_backoff=30000)
 def sync_all_stores(trigger: str = "scheduled") -> None:
     """Enqueue ``sync_store(id, trigger)`` for every active ``auto_sync`` integration (the 4-hourly schedule)."""
-    ids = enqueue_all(runtime.sessions(), str(trigger))
+    ids = enqueue_all(resources.sessions(), str(trigger))
     dramatiq.get_logger(__name__).info("enqueued the sync of %d store(s): %s", len(ids), ids)
 
 

@@ -34,10 +34,10 @@ from db.engine import session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from db.snapshot import PageItem, apply_page, ensure_marketplace  # noqa: E402
 from db.syncs import SyncPolicy, begin_run  # noqa: E402
+from runtime.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 from sandbox.backmarket import BackMarketSandbox  # noqa: E402
 from sandbox.server import serve_in_thread  # noqa: E402
 from tests.fleet import WorkerFleet, fleet_env  # noqa: E402
-from workers.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 
 PAGE = 50
 DURABLE = ("synchronous_commit=on",)
@@ -53,7 +53,7 @@ def end_to_end(folder: Path, pg: PostgresServer, redis: RedisServer, listings: i
     env = fleet_env(redis_url=redis.url, database_url=url, backmarket_url=server.url, token="bench-token")
     fleet = WorkerFleet(env, processes=processes, threads=threads, log_path=folder / "workers.log").start()
     os.environ.update(env)
-    from workers.settings import get_settings
+    from runtime.settings import get_settings
 
     get_settings.cache_clear()
     from actors.stock_sync import begin_stock_sync

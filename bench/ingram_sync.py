@@ -36,10 +36,10 @@ from sqlalchemy import text  # noqa: E402
 
 from db.engine import session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
+from runtime.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 from sandbox.ingram import DETAILS, PA, IngramSandbox  # noqa: E402
 from sandbox.server import serve_in_thread  # noqa: E402
 from tests.fleet import WorkerFleet, fleet_env  # noqa: E402
-from workers.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 
 DURABLE = ("synchronous_commit=on",)
 PA_PER_MINUTE = 60
@@ -167,7 +167,7 @@ def main() -> None:
         # Idle queues are polled every second by default; on a scaled clock that is scaled too.
         env["dramatiq_worker_timeout"] = str(args.worker_timeout_ms or max(10, round(1000 * scale / 2)))
         os.environ.update(env)
-        from workers.settings import get_settings
+        from runtime.settings import get_settings
 
         get_settings.cache_clear()
         from actors.ingram import SUPPLIER

@@ -6,7 +6,7 @@
 
 Real servers: PostgreSQL with durable settings (fsync on, synchronous_commit on), ``redis-server``,
 and ``--processes`` real ``dramatiq workers.fleet`` processes.  Events are ``order_created`` sent
-with the Python producer API (:class:`workers.producer.StockEvents`) over ``--skus`` SKUs, each with
+with the Python producer API (:class:`runtime.producer.StockEvents`) over ``--skus`` SKUs, each with
 its idempotency key checked in the ledger's transaction; ``--duplicates`` of them are sent twice
 (a re-delivery), which must book nothing.
 
@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from db.migrate import upgrade  # noqa: E402
+from runtime.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 from tests.fleet import WorkerFleet, fleet_env  # noqa: E402
-from workers.local_servers import PostgresServer, RedisServer, wait_until  # noqa: E402
 
 DURABLE = ("synchronous_commit=on",)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -155,7 +155,7 @@ def throughput(producer, listener: CommitListener, skus: list[str], events: int,
 
     With ``batch_size``, the producer sends them with ``send_batch`` (``batch_size`` events a message).
     """
-    from workers.producer import make_event
+    from runtime.producer import make_event
 
     sent: dict[str, float] = {}
     cpu = CpuSampler()
@@ -195,7 +195,7 @@ def fixed_rate(producer, listener: CommitListener, skus: list[str], rate: float,
     With ``buffer`` (a ``BufferedStockEvents``), each event is handed to it instead of enqueued
     on its own; its latency still counts from the hand-over.
     """
-    from workers.producer import make_event
+    from runtime.producer import make_event
 
     sent: dict[str, float] = {}
     count = int(rate * seconds)
@@ -287,9 +287,9 @@ def main() -> None:
         fleet = WorkerFleet(env, processes=args.processes, threads=args.threads, log_path=folder / "workers.log")
         fleet.start()
         os.environ.update(env)
-        from workers.broker import build_broker
-        from workers.producer import StockEvents
-        from workers.settings import Settings
+        from runtime.broker import build_broker
+        from runtime.producer import StockEvents
+        from runtime.settings import Settings
 
         producer = StockEvents(build_broker(Settings(redis_url=redis.url)))
         listener = CommitListener(conninfo)
@@ -322,7 +322,7 @@ def main() -> None:
               f"p90 {percentile(ordered, 0.9):.1f} ms, p99 {percentile(ordered, 0.99):.1f} ms, "
               f"max {ordered[-1] * 1000:.1f} ms, mean {statistics.fmean(ordered) * 1000:.1f} ms")
         print(f"  CPU: {timed['cpu']}")
-        from workers.producer import BufferedStockEvents
+        from runtime.producer import BufferedStockEvents
 
         with BufferedStockEvents(producer, max_events=args.batch_size, max_delay_s=args.buffer_delay_ms / 1000) as buffer:
             buffered = fixed_rate(producer, listener, skus, args.rate, args.rate_seconds, rng, buffer, "buffered")

@@ -32,7 +32,7 @@ import aiohttp  # noqa: E402
 import psycopg  # noqa: E402
 
 from db.migrate import upgrade  # noqa: E402
-from workers.local_servers import PostgresServer, RedisServer, free_port, wait_until  # noqa: E402
+from runtime.local_servers import PostgresServer, RedisServer, free_port, wait_until  # noqa: E402
 
 DURABLE = ("synchronous_commit=on",)
 

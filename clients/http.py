@@ -6,7 +6,7 @@ way lives here, once:
 
 - **one attempt** takes a slot from the fleet-wide limiter (:class:`clients.ratelimit.FleetRateLimiter`)
   if the call names one, sends the request on the process's aiohttp session, and reports a
-  :class:`RequestRecord` to ``on_request`` (``workers.metrics.request_hook()`` in the fleet);
+  :class:`RequestRecord` to ``on_request`` (``runtime.metrics.request_hook()`` in the fleet);
 - **a 2xx** answer is decoded as JSON (:class:`MalformedResponse` when it is not);
 - **an error answer** becomes the typed error of :mod:`clients.errors` for its status
   (:func:`clients.errors.error_class`), with the message, code and request id the client's
@@ -77,8 +77,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from clients.errors import (ApiError, Forbidden, MalformedResponse, RateLimited, TransportError, error_class,
-                            is_transient)
+from clients.errors import (
+    ApiError,
+    Forbidden,
+    MalformedResponse,
+    RateLimited,
+    TransportError,
+    error_class,
+    is_transient,
+)
 
 if TYPE_CHECKING:
     from clients.ratelimit import FleetRateLimiter

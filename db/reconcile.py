@@ -7,7 +7,7 @@ with the rules of :func:`db.snapshot.apply_snapshot` in compare mode: every row 
 written to ``reconciliation_reports`` (local, marketplace, difference) and, unless it is a dry
 run, corrected by one ``reconciliation`` ledger entry.  Rows the page cannot be trusted for (a
 push pending, an order too close to the fetch time) are counted as deferred, not as differences.
-More differences than the threshold raise an alert (:mod:`workers.alerts_hook`).
+More differences than the threshold raise an alert (:mod:`runtime.alert_hooks`).
 """
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ def begin_reconciliation(session: Session, marketplace: str, *, dry_run: bool, t
 
     At most one runs per marketplace (the run lock of :mod:`db.syncs`; raises
     :class:`db.syncs.SyncRefused`).  When the invariant is broken the run is returned already
-    ``failed`` (with the violations in ``details``) and an alert is raised: the marketplace is not
-    compared with a ledger that does not add up.
+    ``failed`` (with the violations in ``details``; the caller raises the alert): the marketplace is
+    not compared with a ledger that does not add up.
     """
     marketplace_id = ensure_marketplace(session, marketplace)
     session.commit()
@@ -81,7 +81,6 @@ def begin_reconciliation(session: Session, marketplace: str, *, dry_run: bool, t
                          "s": run.id})
         session.commit()
         syncs.fail_run(session, run.id, error)
-        _alert("ledger_invariant", f"{marketplace}: {error}", {"run_id": run.id, "violations": shown})
         session.refresh(run)
     return run
 
@@ -150,10 +149,8 @@ def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: in
 
 
 def finish_reconciliation(session: Session, run_id: int, *, threshold: int) -> ReconciliationSummary:
-    """Close a run whose pages are all compared; alert when more than ``threshold`` rows differ.  Commits.
-
-    The alert is logged at ERROR, flagged on the run (``details.alert``) and handed to
-    :func:`workers.alerts_hook.raise_alert`.
+    """Close a run whose pages are all compared; flag it (``details.alert``) when more than
+    ``threshold`` rows differ.  Commits.  Raising the alert is the caller's (``summary.alert``).
     """
     run = syncs.get_run(session, run_id)
     discrepancies = run.changed
@@ -165,13 +162,7 @@ def finish_reconciliation(session: Session, run_id: int, *, threshold: int) -> R
         "finished_at = COALESCE(finished_at, now()), details = details || CAST(:d AS jsonb) WHERE id = :s"),
         {"d": _json(details), "s": run_id})
     session.commit()
-    summary = summarize(session, run_id)
-    if alert:
-        what = "would correct" if run.dry_run else "corrected"
-        _alert("reconciliation_discrepancies",
-               f"{run.target}: {discrepancies} stock rows differ from the marketplace (threshold {threshold}); "
-               f"{what} them in run {run_id}", {"run_id": run_id, **details})
-    return summary
+    return summarize(session, run_id)
 
 
 def summarize(session: Session, run_id: int) -> ReconciliationSummary:
@@ -192,12 +183,6 @@ def discrepancy_report(session: Session, run_id: int, limit: int | None = None) 
     if limit is not None:
         query = query.limit(limit)
     return list(session.scalars(query))
-
-
-def _alert(kind: str, message: str, details: dict) -> None:
-    from workers.alerts_hook import raise_alert
-
-    raise_alert(kind, message, details)
 
 
 def _json(value: dict) -> str:

@@ -31,7 +31,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db.events import MARKETPLACE_CHANGE_TYPES, clock_skew
-from workers import metrics
 
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
 SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation", "recheck")
@@ -68,6 +67,9 @@ class PageResult:
     #: Stock rows left as they were (stale, unpushed or ambiguous), and of those, flagged for a re-check.
     deferred: int = 0
     rechecks: int = 0
+    #: The run's pages done and total after this page (for the caller's progress metrics).
+    pages_done: int = 0
+    total_pages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,6 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         "RETURNING pages_done, total_pages, status"),
         {"n": len(items), "c": changed, "u": stock_rows - changed, "tp": total_pages, "ti": total_items,
          "s": sync_id}).one()
-    metrics.sync_progress(sync_id, progress.pages_done, progress.total_pages)
     finished = False
     status = progress.status
     # The sync_runs row lock serialises this check: exactly one page sees the last increment.
@@ -161,7 +162,8 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         status = finish_run(session, sync_id=sync_id, marketplace_id=marketplace_id)
         finished = True
     return PageResult(applied=True, items=len(items), changed=changed, unchanged=stock_rows - changed,
-                      finished=finished, status=status, deferred=deferred, rechecks=rechecks)
+                      finished=finished, status=status, deferred=deferred, rechecks=rechecks,
+                      pages_done=progress.pages_done, total_pages=progress.total_pages)
 
 
 def upsert_catalogue(session: Session, *, marketplace_id: int, sync_id: int, fetched_at: datetime,

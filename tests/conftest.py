@@ -10,7 +10,7 @@ import os
 import pytest
 
 from db.migrate import upgrade
-from workers.local_servers import PostgresServer, RedisServer
+from runtime.local_servers import PostgresServer, RedisServer
 
 _database_numbers = itertools.count(1)
 

@@ -2,7 +2,7 @@
 
 The messages die for real: a ``dramatiq.Worker`` on a real Redis runs actors that fail on
 purpose, dramatiq's Retries middleware gives up on them and the Redis broker moves them to its
-dead-letter sets, with :class:`~workers.failures.FailureRecorder` keeping their errors.
+dead-letter sets, with :class:`~runtime.failures.FailureRecorder` keeping their errors.
 """
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ import redis
 from click.testing import CliRunner
 from dramatiq.brokers.redis import RedisBroker
 
-from workers.broker import BROKER_NAMESPACE
-from workers.dlq import DeadLetterQueues, parse_since
-from workers.failures import FailureRecorder, error_key
-from workers.local_servers import wait_until
-from workers.settings import get_settings
+from runtime.broker import BROKER_NAMESPACE
+from runtime.dlq import DeadLetterQueues, parse_since
+from runtime.failures import FailureRecorder, error_key
+from runtime.local_servers import wait_until
+from runtime.settings import get_settings
 
 FAILING = "dlq-test:failing"
 
@@ -275,7 +275,7 @@ def test_without_redis_the_commands_say_where_dead_letters_live(monkeypatch):
 
 
 def test_an_unreachable_redis_is_one_line_without_its_password(monkeypatch):
-    from workers.local_servers import free_port
+    from runtime.local_servers import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()

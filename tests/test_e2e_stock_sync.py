@@ -15,10 +15,10 @@ from sqlalchemy import text
 
 from db.engine import session_factory
 from db.ledger import check_invariant
+from runtime.local_servers import wait_until
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
-from workers.local_servers import wait_until
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-token"

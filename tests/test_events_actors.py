@@ -60,7 +60,7 @@ def test_a_malformed_batch_is_refused_for_good_naming_the_event(batch, words):
 def test_the_producer_splits_a_batch_into_messages_of_the_size_asked():
     from dramatiq.brokers.stub import StubBroker
 
-    from workers.producer import MAX_BATCH, StockEvents, make_event
+    from runtime.producer import MAX_BATCH, StockEvents, make_event
 
     broker = StubBroker()
     broker.declare_actor(events.stock_events_batch)
@@ -75,7 +75,7 @@ def test_the_producer_splits_a_batch_into_messages_of_the_size_asked():
 
 
 def _order(number: int):
-    from workers.producer import make_event
+    from runtime.producer import make_event
 
     return make_event("order_created", marketplace="backmarket", order_id=f"o{number}", order_line_id=f"l{number}",
                       sku="SKU-1", quantity=1, event_time="2026-11-23T09:35:24Z")
@@ -90,7 +90,7 @@ def _batches(broker) -> list[list]:
 def test_the_buffer_sends_full_batches_at_once_and_the_rest_on_close():
     from dramatiq.brokers.stub import StubBroker
 
-    from workers.producer import BufferedStockEvents, StockEvents
+    from runtime.producer import BufferedStockEvents, StockEvents
 
     broker = StubBroker()
     broker.declare_actor(events.stock_events_batch)
@@ -98,7 +98,7 @@ def test_the_buffer_sends_full_batches_at_once_and_the_rest_on_close():
         for number in range(45):
             buffer.send(_order(number))
         # Two batches are full: they go without waiting for the (long) delay.
-        from workers.local_servers import wait_until
+        from runtime.local_servers import wait_until
 
         wait_until(lambda: len(_batches(broker)) == 2, 10, what="the two full batches")
     batches = _batches(broker)
@@ -109,8 +109,8 @@ def test_the_buffer_sends_full_batches_at_once_and_the_rest_on_close():
 def test_the_buffer_sends_a_lone_event_after_its_delay_and_keeps_a_batch_redis_refused():
     from dramatiq.brokers.stub import StubBroker
 
-    from workers.local_servers import wait_until
-    from workers.producer import BufferedStockEvents, StockEvents
+    from runtime.local_servers import wait_until
+    from runtime.producer import BufferedStockEvents, StockEvents
 
     broker = StubBroker()
     broker.declare_actor(events.stock_events_batch)

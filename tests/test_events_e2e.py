@@ -20,12 +20,12 @@ from db.engine import session_factory
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
+from runtime.broker import build_broker
+from runtime.local_servers import wait_until
+from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import WorkerFleet, fleet_env
-from workers.broker import build_broker
-from workers.local_servers import wait_until
-from workers.settings import Settings
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-events-token"

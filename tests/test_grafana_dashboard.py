@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
+from runtime import metrics
 from tests.fleet import ROOT
-from workers import metrics
 
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/stocksync.json").read_text())
 DATASOURCES = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())

@@ -13,11 +13,11 @@ from sqlalchemy import text
 
 from clients.errors import MalformedResponse, ServerError
 from clients.ingram import DETAILS, PRICE_AVAILABILITY, TOKEN, RequestRecord
+from runtime import resources
+from runtime.settings import get_settings
 from sandbox.ingram import IngramSandbox
 from sandbox.server import serve_in_thread
-from workers import runtime
 from workers.cli import main
-from workers.settings import get_settings
 
 SCALE = 0.01
 
@@ -32,13 +32,13 @@ def pipeline(monkeypatch, database_url):
                         "INGRAM_RATE_MARGIN_S": "0.01", "INGRAM_BATCH_SIZE": "5"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
     from actors import ingram
 
     broker = ingram.price_availability_batch.broker
     broker.flush_all()
-    runtime.sync_redis().flushall()  # limiter, token and per-run counters: every test's ids start at 1
-    with runtime.sessions()() as session:
+    resources.sync_redis().flushall()  # limiter, token and per-run counters: every test's ids start at 1
+    with resources.sessions()() as session:
         from db import supplier
 
         supplier.add_products(session, ingram.SUPPLIER, [(part, None) for part in sandbox.part_numbers()])
@@ -50,7 +50,7 @@ def pipeline(monkeypatch, database_url):
     broker.flush_all()
     server.stop()
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 def run_to_end(broker) -> None:
@@ -60,12 +60,12 @@ def run_to_end(broker) -> None:
 
 
 def run_row(sync_id: int):
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         return session.execute(text("SELECT * FROM sync_runs WHERE id = :s"), {"s": sync_id}).mappings().one()
 
 
 def prices() -> dict:
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         return dict(session.execute(text("SELECT part_number, price FROM supplier_products")).all())
 
 

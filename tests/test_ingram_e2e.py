@@ -16,10 +16,10 @@ import redis
 from sqlalchemy import text
 
 from db.engine import session_factory
+from runtime.local_servers import wait_until
 from sandbox.ingram import DETAILS, PA, IngramSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
-from workers.local_servers import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from workers import webhook_auth
-from workers.producer import InvalidEvent, event_from_json, make_event
-from workers.webhook_auth import SignatureError
+from runtime.producer import InvalidEvent, event_from_json, make_event
+from workers.intake import auth
+from workers.intake.auth import SignatureError
 
 BODY = b'{"id": 820982911946154508, "line_items": []}'
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
@@ -21,76 +21,76 @@ NOW = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
 
 def test_shopify_hmac_is_base64_of_hmac_sha256_of_the_raw_body():
     expected = base64.b64encode(hmac.new(b"shpss_secret", BODY, hashlib.sha256).digest()).decode()
-    assert webhook_auth.shopify_hmac("shpss_secret", BODY) == expected
-    webhook_auth.verify_shopify(["shpss_secret"], BODY, expected)
+    assert auth.shopify_hmac("shpss_secret", BODY) == expected
+    auth.verify_shopify(["shpss_secret"], BODY, expected)
 
 
 def test_shopify_rotation_accepts_the_previous_secret_and_nothing_else():
-    header = webhook_auth.shopify_hmac("old", BODY)
-    webhook_auth.verify_shopify(["new", "old"], BODY, header)
+    header = auth.shopify_hmac("old", BODY)
+    auth.verify_shopify(["new", "old"], BODY, header)
     with pytest.raises(SignatureError, match="does not match"):
-        webhook_auth.verify_shopify(["new", ""], BODY, header)
+        auth.verify_shopify(["new", ""], BODY, header)
 
 
 @pytest.mark.parametrize("header", [None, "", "bm90IGEgc2lnbmF0dXJl"])
 def test_shopify_missing_or_wrong_header_is_refused(header):
     with pytest.raises(SignatureError):
-        webhook_auth.verify_shopify(["secret"], BODY, header)
+        auth.verify_shopify(["secret"], BODY, header)
 
 
 def test_shopify_body_changed_after_signing_is_refused():
-    header = webhook_auth.shopify_hmac("secret", BODY)
+    header = auth.shopify_hmac("secret", BODY)
     with pytest.raises(SignatureError):
-        webhook_auth.verify_shopify(["secret"], BODY + b" ", header)
+        auth.verify_shopify(["secret"], BODY + b" ", header)
 
 
 # -- in-house producers ------------------------------------------------------------------------------
 
 
 def test_producer_signature_round_trip_and_format():
-    header = webhook_auth.producer_signature("key", BODY, timestamp=1_700_000_000)
+    header = auth.producer_signature("key", BODY, timestamp=1_700_000_000)
     digest = hmac.new(b"key", b"1700000000." + BODY, hashlib.sha256).hexdigest()
     assert header == f"t=1700000000,v1={digest}"
-    assert webhook_auth.verify_producer("key", BODY, header, now=1_700_000_100) == 1_700_000_000
+    assert auth.verify_producer("key", BODY, header, now=1_700_000_100) == 1_700_000_000
 
 
 @pytest.mark.parametrize("skew", [-301, 301])
 def test_producer_signature_outside_the_tolerance_is_refused_both_ways(skew):
-    header = webhook_auth.producer_signature("key", BODY, timestamp=1_700_000_000)
+    header = auth.producer_signature("key", BODY, timestamp=1_700_000_000)
     with pytest.raises(SignatureError, match="300 s"):
-        webhook_auth.verify_producer("key", BODY, header, now=1_700_000_000 + skew, tolerance_s=300)
+        auth.verify_producer("key", BODY, header, now=1_700_000_000 + skew, tolerance_s=300)
 
 
 def test_producer_signature_binds_the_timestamp():
     # Moving the timestamp forward (to pass the tolerance) breaks the signature.
-    header = webhook_auth.producer_signature("key", BODY, timestamp=1_700_000_000)
+    header = auth.producer_signature("key", BODY, timestamp=1_700_000_000)
     moved = header.replace("t=1700000000", "t=1700000500")
     with pytest.raises(SignatureError, match="does not match"):
-        webhook_auth.verify_producer("key", BODY, moved, now=1_700_000_500)
+        auth.verify_producer("key", BODY, moved, now=1_700_000_500)
 
 
 def test_producer_signature_accepts_any_v1_during_a_key_rotation():
-    old = webhook_auth.producer_signature("old", BODY, timestamp=1_700_000_000).split(",")[1]
-    new = webhook_auth.producer_signature("new", BODY, timestamp=1_700_000_000).split(",")[1]
-    assert webhook_auth.verify_producer("new", BODY, f"t=1700000000,{old},{new}", now=1_700_000_000)
+    old = auth.producer_signature("old", BODY, timestamp=1_700_000_000).split(",")[1]
+    new = auth.producer_signature("new", BODY, timestamp=1_700_000_000).split(",")[1]
+    assert auth.verify_producer("new", BODY, f"t=1700000000,{old},{new}", now=1_700_000_000)
 
 
 @pytest.mark.parametrize("header", [None, "", "garbage", "t=abc,v1=00", "t=1700000000", "v1=00"])
 def test_producer_malformed_header_is_refused_with_a_clear_reason(header):
     with pytest.raises(SignatureError) as refused:
-        webhook_auth.verify_producer("key", BODY, header, now=1_700_000_000)
+        auth.verify_producer("key", BODY, header, now=1_700_000_000)
     assert "key" not in str(refused.value).replace("no key configured", "")
 
 
 def test_producer_without_a_key_configured_refuses_everything():
     with pytest.raises(SignatureError, match="no key configured"):
-        webhook_auth.verify_producer("", BODY, webhook_auth.producer_signature("", BODY))
+        auth.verify_producer("", BODY, auth.producer_signature("", BODY))
 
 
 def test_url_secret_comparison():
-    assert webhook_auth.secrets_match("s3cret", "s3cret")
-    assert not webhook_auth.secrets_match("s3cre", "s3cret")
-    assert not webhook_auth.secrets_match("", "")  # an unset secret never matches
+    assert auth.secrets_match("s3cret", "s3cret")
+    assert not auth.secrets_match("s3cre", "s3cret")
+    assert not auth.secrets_match("", "")  # an unset secret never matches
 
 
 # -- producer validation -----------------------------------------------------------------------------

@@ -23,15 +23,15 @@ from db.engine import session_factory
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
+from runtime.broker import build_broker
+from runtime.local_servers import free_port, wait_until
+from runtime.producer import StockEvents
+from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
-from workers import webhook_auth
-from workers.broker import build_broker
-from workers.local_servers import free_port, wait_until
-from workers.producer import StockEvents
-from workers.settings import Settings
+from workers.intake import auth
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-intake-token"
@@ -167,7 +167,7 @@ def test_shopify_retries_and_replays_move_stock_once(world):
     settle(world, "the top-up", lambda: stock(sessions, "shopify", "SH-CASE") == 10)
     body = json.dumps({"id": 450789469, "created_at": datetime.now(timezone.utc).isoformat(),
                        "line_items": [{"id": 1, "sku": "SH-CASE", "quantity": 3}]}).encode()
-    headers = {"X-Shopify-Hmac-Sha256": webhook_auth.shopify_hmac(SHOPIFY_SECRET, body),
+    headers = {"X-Shopify-Hmac-Sha256": auth.shopify_hmac(SHOPIFY_SECRET, body),
                "X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": "e2e-delivery-1"}
     assert post(world["intake"], "/webhooks/shopify", body, headers) == 202
     assert post(world["intake"], "/webhooks/shopify", body, headers) == 200  # the same delivery: dropped

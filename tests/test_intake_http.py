@@ -17,11 +17,12 @@ import dramatiq
 import pytest
 from dramatiq import Message
 
+from runtime import resources
+from runtime.producer import StockEvents
+from runtime.settings import Settings, get_settings
 from sandbox.server import serve_in_thread
-from workers import runtime, webhook_auth
-from workers.intake import RedactingAccessLogger, build_intake_app, redact_path
-from workers.producer import StockEvents
-from workers.settings import Settings, get_settings
+from workers.intake import auth
+from workers.intake.app import RedactingAccessLogger, build_intake_app, redact_path
 
 REFURBED_SECRET = "rb-url-secret-5f1c"
 SHOPIFY_SECRET = "shpss_test_secret"
@@ -33,7 +34,7 @@ def intake(monkeypatch, database_url):
     """The intake on a free port, the fleet's stub broker (flushed) and fakeredis."""
     monkeypatch.setenv("REDIS_URL", "")
     get_settings.cache_clear()
-    runtime.sync_redis().flushall()
+    resources.sync_redis().flushall()
     from workers import fleet
 
     broker = fleet.broker
@@ -133,7 +134,7 @@ def shopify_order(order_id: int = 820982911946154508, *, cancelled: bool = False
 def shopify_post(server, order: dict, *, topic: str = "orders/create", webhook_id: str = "b54557e4-1",
                  secret: str = SHOPIFY_SECRET, raw: bytes | None = None) -> tuple[int, Any]:
     body = raw if raw is not None else json.dumps(order).encode()
-    headers = {"X-Shopify-Hmac-Sha256": webhook_auth.shopify_hmac(secret, body), "X-Shopify-Topic": topic,
+    headers = {"X-Shopify-Hmac-Sha256": auth.shopify_hmac(secret, body), "X-Shopify-Topic": topic,
                "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-Shop-Domain": "stocksync-test.myshopify.com"}
     return post(server, "/webhooks/shopify", body, headers)
 
@@ -202,8 +203,8 @@ def test_shopify_topics_that_do_not_move_stock_are_acknowledged(intake):
 
 def signed_post(server, body: Any, *, key: str = PRODUCER_KEY, timestamp: int | None = None) -> tuple[int, Any]:
     raw = json.dumps(body).encode()
-    header = webhook_auth.producer_signature(key, raw, timestamp=timestamp)
-    return post(server, "/events", raw, {webhook_auth.SIGNATURE_HEADER: header})
+    header = auth.producer_signature(key, raw, timestamp=timestamp)
+    return post(server, "/events", raw, {auth.SIGNATURE_HEADER: header})
 
 
 TOPUP = {"type": "stock_topup", "marketplace": "backmarket", "sku": "SKU-1", "quantity": 5, "reference": "PO-77",

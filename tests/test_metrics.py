@@ -1,4 +1,4 @@
-"""workers.metrics in one process (the default registry, as in the in-process demo) and its folders."""
+"""runtime.metrics in one process (the default registry, as in the in-process demo) and its folders."""
 from __future__ import annotations
 
 import os
@@ -12,9 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from clients.backmarket import LIST_LISTINGS, RequestRecord
-from workers import metrics
+from runtime import metrics
+from runtime.local_servers import free_port
 from tests.fleet import ROOT
-from workers.local_servers import free_port
 
 
 def sample(name: str, **labels) -> float:
@@ -122,7 +122,7 @@ def test_each_dramatiq_master_gets_a_new_folder_and_dead_ones_are_removed(tmp_pa
 def test_importing_the_metrics_survives_any_dramatiq_prom_db(value):
     # The test fleets set dramatiq_prom_db to "", which dramatiq's own module cannot import with.
     env = {**os.environ, "dramatiq_prom_db": value}
-    done = subprocess.run([sys.executable, "-c", "import workers.metrics, os; print(os.environ['dramatiq_prom_host'])"],
+    done = subprocess.run([sys.executable, "-c", "import runtime.metrics, os; print(os.environ['dramatiq_prom_host'])"],
                           env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "127.0.0.1"

@@ -7,11 +7,11 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import text
+from workers.cli.monitor import format_duration, render_text, run_progress, runs_table
 
 from db.engine import session_factory
 from db.models import SyncRun
 from tests.fleet import ROOT
-from workers.monitor import format_duration, run_progress, runs_table, render_text
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 

@@ -17,11 +17,11 @@ from actors.retry import MalformedMessage
 from clients.backmarket_orders import Order, OrderLine
 from clients.errors import NotFound
 from clients.refurbed import RefurbedOrder, RefurbedOrderItem
+from runtime import resources
+from runtime.settings import get_settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
-from workers import runtime
-from workers.settings import get_settings
 
 TOKEN = "orders-intake-token"
 
@@ -32,7 +32,7 @@ def run(coroutine_function, *args):
         try:
             return await coroutine_function(*args)
         finally:
-            await runtime.close_loop_resources()
+            await resources.close_loop_resources()
 
     return asyncio.run(main())
 
@@ -67,7 +67,7 @@ def env(monkeypatch):
                         "INTAKE_ORDERS_OVERLAP_S": "60", "REFURBED_QUOTA_REQUESTS": "1000"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    runtime.sync_redis().flushall()
+    resources.sync_redis().flushall()
     broker = orders.poll_orders.broker
     broker.flush_all()
     yield backmarket, refurbed, broker
@@ -135,7 +135,7 @@ def test_a_second_poll_while_one_runs_stops_at_once(env):
     settings = get_settings()
 
     async def held_lock():
-        state = orders.IntakeState(runtime.async_redis(), settings.redis_namespace, "backmarket")
+        state = orders.IntakeState(resources.async_redis(), settings.redis_namespace, "backmarket")
         assert await state.lock()
         try:
             return await orders.walk_orders_of("backmarket", orders.poll_orders.broker)

@@ -22,10 +22,10 @@ import yaml
 from sqlalchemy import text
 
 from db.engine import session_factory
+from runtime.local_servers import free_port, wait_until
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
-from workers.local_servers import free_port, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 TOKEN = "scrape-token"

@@ -13,9 +13,9 @@ from sqlalchemy import text
 from db.engine import session_factory
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
+from runtime.settings import Settings
 from sandbox.server import serve_in_thread
-from workers.intake import build_intake_app
-from workers.settings import Settings
+from workers.intake.app import build_intake_app
 
 FETCHED_AT = datetime(2026, 11, 23, 8, 30, tzinfo=timezone.utc)
 

@@ -16,10 +16,10 @@ from db.ledger import check_invariant
 from db.reconcile import discrepancy_report
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
+from runtime import alert_hooks, resources
+from runtime.settings import get_settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
-from workers import alerts_hook, runtime
-from workers.settings import get_settings
 
 TOKEN = "reconcile-token"
 LISTINGS = 120  # three pages of 50
@@ -34,9 +34,9 @@ def world(monkeypatch, database_url):
                         "BACKMARKET_QUOTA_WINDOW_S": "1"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
-    runtime.sync_redis().flushall()
-    sessions = runtime.sessions()
+    resources.database_url.cache_clear()
+    resources.sync_redis().flushall()
+    sessions = resources.sessions()
     listings = [sandbox.listing(i) for i in range(LISTINGS)]
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
@@ -48,12 +48,12 @@ def world(monkeypatch, database_url):
                                    l["currency"]) for l in listings])
         session.commit()
     alerts = []
-    handler = alerts_hook.add_alert_handler(lambda kind, message, details: alerts.append((kind, message, details)))
+    handler = alert_hooks.add_alert_handler(lambda kind, message, details: alerts.append((kind, message, details)))
     yield {"sandbox": sandbox, "listings": listings, "sessions": sessions, "alerts": alerts}
-    alerts_hook.remove_alert_handler(handler)
+    alert_hooks.remove_alert_handler(handler)
     server.stop()
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 def local(world) -> dict[str, int]:

@@ -15,11 +15,11 @@ from aiohttp import web
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 
+from runtime.local_servers import wait_until
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.backmarket_orders import OutOfStock
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
-from workers.local_servers import wait_until
 
 SPECS = Path(__file__).resolve().parents[1] / "sandbox" / "specs"
 SHARED_SPECS = Path(__file__).resolve().parents[2] / "shared" / "specs"

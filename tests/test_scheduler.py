@@ -9,9 +9,9 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
+from runtime.local_servers import wait_until
+from runtime.settings import Settings
 from workers import scheduler as jobs
-from workers.local_servers import wait_until
-from workers.settings import Settings
 
 UTC = timezone.utc
 
@@ -131,7 +131,7 @@ def test_a_bad_crontab_names_its_setting(value):
 def test_the_cli_reports_a_bad_crontab_in_one_line(monkeypatch):
     from click.testing import CliRunner
 
-    from workers import settings as settings_module
+    from runtime import settings as settings_module
     from workers.cli import main
 
     monkeypatch.setenv("SCHEDULER_RECONCILIATION_CRON", "0 25 * * *")

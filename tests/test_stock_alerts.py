@@ -19,10 +19,10 @@ from sqlalchemy import text
 
 from db import alerts as alerts_db
 from db.engine import session_factory
+from runtime import resources
+from runtime.local_servers import wait_until
+from runtime.settings import get_settings
 from sandbox.server import serve_in_thread
-from workers import runtime
-from workers.local_servers import wait_until
-from workers.settings import get_settings
 
 #: A Slack-like URL: the path is the secret, and must never show in an error or a log line.
 SECRET_PATH = "/hooks/T0001/B0002/s3cr3t-t0k3n-xyz"
@@ -70,7 +70,7 @@ def _env(monkeypatch, values: dict) -> None:
     for name, value in values.items():
         monkeypatch.setenv(name, str(value))
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def world(monkeypatch, database_url):
     broker.flush_all()
     server.stop()
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 def setting(monkeypatch, **values) -> None:
@@ -294,7 +294,7 @@ def test_a_refused_webhook_is_not_retried(world):
 
 
 def test_an_unreachable_webhook_is_transient_and_its_url_is_not_shown(world, monkeypatch):
-    from workers.local_servers import free_port
+    from runtime.local_servers import free_port
 
     stock(world, "SKU-U", {"backmarket": 0})
     rule(world, 1, sku="SKU-U")
@@ -455,7 +455,7 @@ def test_cli_check_dry_run_stores_and_sends_nothing_then_check_and_list(world):
 
 
 def test_cli_says_when_postgresql_is_unreachable(world, monkeypatch):
-    from workers.local_servers import free_port
+    from runtime.local_servers import free_port
 
     setting(monkeypatch, database_url=f"postgresql+psycopg://user:pa55word@127.0.0.1:{free_port()}/nope")
     result = stocksync("rules", "list")
@@ -500,9 +500,9 @@ def test_the_migration_matches_the_models_and_goes_down_and_up(pg_server):
 def test_on_real_workers_a_failing_webhook_is_retried_then_dead_lettered(tmp_path, redis_url, database_url):
     from dramatiq import Message
 
+    from runtime.broker import build_broker
+    from runtime.settings import Settings
     from tests.fleet import WorkerFleet, fleet_env
-    from workers.broker import build_broker
-    from workers.settings import Settings
 
     receiver = Receiver()
     receiver.default = 500
@@ -548,7 +548,7 @@ def test_on_real_workers_a_failing_webhook_is_retried_then_dead_lettered(tmp_pat
 
 
 def test_operations_alerts_reach_the_same_webhook_and_never_show_its_secret(world, caplog, monkeypatch):
-    from workers.alerts_hook import raise_alert
+    from runtime.alert_hooks import raise_alert
 
     # A reconciliation that found too many differences raises its alert as it always has...
     raise_alert("reconciliation_discrepancies", "12 stock rows differ from backmarket",

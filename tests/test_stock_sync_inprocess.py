@@ -13,11 +13,11 @@ from sqlalchemy import text
 from actors import stock_sync
 from actors.retry import MalformedMessage, transient_only
 from db.syncs import SyncRefused, get_run
+from runtime import resources
+from runtime.settings import get_settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
-from workers import runtime
 from workers.cli import main
-from workers.settings import get_settings
 
 TOKEN = "unit-token"
 
@@ -31,10 +31,10 @@ def pipeline(monkeypatch, database_url):
                         "BACKMARKET_QUOTA_WINDOW_S": "1"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
     broker = stock_sync.fetch_listings_page.broker
     broker.flush_all()
-    runtime.sync_redis().flushall()  # per-run counters are keyed by run id, and every test's ids start at 1
+    resources.sync_redis().flushall()  # per-run counters are keyed by run id, and every test's ids start at 1
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     worker.start()
     yield sandbox, broker
@@ -42,7 +42,7 @@ def pipeline(monkeypatch, database_url):
     broker.flush_all()
     server.stop()
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 def run_to_end(broker) -> None:
@@ -55,7 +55,7 @@ def test_sync_pages_fan_out_and_close_the_run(pipeline):
     sandbox, broker = pipeline
     sync_id = stock_sync.begin_stock_sync("backmarket", trigger="manual")
     run_to_end(broker)
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         run = get_run(session, sync_id)
         local = dict(session.execute(text("SELECT l.external_id, s.listed FROM listings l JOIN marketplace_stock s "
                                           "ON s.variation_id = l.variation_id")).all())
@@ -81,7 +81,7 @@ def test_5xx_bursts_are_retried_and_counted(pipeline):
     sandbox.configure(error_rate=0.3)
     sync_id = stock_sync.begin_stock_sync("backmarket", trigger="manual")
     run_to_end(broker)
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         run = get_run(session, sync_id)
     assert run.status == "succeeded"
     assert run.retries > 0 and run.api_calls == 15 + run.retries

@@ -23,13 +23,13 @@ from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, Shopify
 from db import stores
 from db.ledger import check_invariant
 from db.syncs import SyncRefused
+from pipelines.stores import begin_store_sync, sync_store_now
+from runtime import resources
+from runtime.settings import get_settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
-from workers import runtime
-from workers.settings import get_settings
-from workers.store_sync import begin_store_sync, sync_store_now
 
 SECRET = "shpat_0123456789abcdef-very-secret"
 
@@ -62,10 +62,10 @@ def env(monkeypatch, database_url):
     monkeypatch.setenv("REFURBED_STORE_TOKEN", "rb-token")
     monkeypatch.setenv("BM_STORE_TOKEN", "bm-token")
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
-    yield runtime.sessions()
+    resources.database_url.cache_clear()
+    yield resources.sessions()
     get_settings.cache_clear()
-    runtime.database_url.cache_clear()
+    resources.database_url.cache_clear()
 
 
 def run(coroutine_function):
@@ -358,5 +358,5 @@ def test_cli_add_refuses_bad_platform_and_env_names(env):
     secret = runner.invoke(main, ["stores", "add", "shopify", "x", "--credentials-env", SECRET])
     assert secret.exit_code == 2 and "never as the secret itself" in secret.output
     assert SECRET not in secret.output
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         assert stores.list_integrations(session) == []

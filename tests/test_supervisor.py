@@ -24,11 +24,11 @@ from sqlalchemy import text
 
 from db.engine import session_factory
 from db.ledger import check_invariant
+from runtime.local_servers import free_port, wait_until
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.deploy_commands import Pending, check_command
 from tests.fleet import ROOT, fleet_env
-from workers.local_servers import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

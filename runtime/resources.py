@@ -14,7 +14,7 @@ import aiohttp
 import redis
 import redis.asyncio
 
-from workers.settings import Settings, get_settings
+from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return settings.database_url
-    from workers.local_servers import embedded_database_url
+    from runtime.local_servers import embedded_database_url
 
     logger.info("DATABASE_URL is not set: using the embedded PostgreSQL in %s", settings.data_dir)
     return embedded_database_url(settings.data_dir.resolve())

@@ -14,13 +14,7 @@ from typing import Iterable, TextIO
 
 import click
 
-from workers.settings import get_settings
-
-
-def register(main: click.Group) -> None:
-    """Add this module's commands to the ``stocksync`` group."""
-    main.add_command(ingram)
-    main.add_command(monitor_command)
+from runtime.settings import get_settings
 
 
 @click.group("ingram")
@@ -54,10 +48,10 @@ def sync_command(force: bool, batch_size: int | None, max_concurrent: int | None
     """Sync every followed product's price and stock; fetch details of the new and changed ones."""
     from actors.ingram import begin_supplier_sync
     from db.syncs import SyncRefused
-    from workers import runtime
-    from workers.cli import in_process_worker
+    from runtime import resources
+    from workers.cli.common import in_process_worker
 
-    wait = True if runtime.in_process() else bool(wait)
+    wait = True if resources.in_process() else bool(wait)
     with in_process_worker():
         try:
             sync_id = begin_supplier_sync(trigger="manual", force=force, batch_size=batch_size,
@@ -84,7 +78,7 @@ def add_products_command(products: tuple[str, ...], file: TextIO | None, sandbox
     """Follow Ingram Micro products: PART or PART,SKU (the seller's SKU it supplies, to link them)."""
     from actors.ingram import SUPPLIER
     from db import supplier
-    from workers import runtime
+    from runtime import resources
 
     rows = list(_parse_products(products, "argument"))
     if file is not None:
@@ -94,7 +88,7 @@ def add_products_command(products: tuple[str, ...], file: TextIO | None, sandbox
             rows += [(part, None) for part in json.loads(response.read())]
     if not rows:
         raise click.UsageError("no products given: pass PART[,SKU] arguments, --file or --from-sandbox")
-    with runtime.sessions()() as session:
+    with resources.sessions()() as session:
         try:
             new = supplier.add_products(session, SUPPLIER, rows)
         except ValueError as error:
@@ -141,46 +135,3 @@ def sandbox_command(products, seed, port, client_id, client_secret, customer_num
     click.echo(f"sandbox Ingram Micro: {products} products on http://127.0.0.1:{port} "
                f"(client id {client_id!r}, customer number {customer_number!r})")
     run_forever(sandbox.build_app(), "127.0.0.1", port)
-
-
-@click.command("monitor")
-@click.argument("sync_id", required=False, type=int)
-@click.option("--refresh", "refresh_s", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
-              help="Seconds between refreshes.")
-@click.option("--once", is_flag=True, help="Print the table once and exit.")
-@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000),
-              help="Finished runs shown besides the running ones.")
-def monitor_command(sync_id: int | None, refresh_s: float, once: bool, limit: int) -> None:
-    """A live view of running and recent syncs of every kind: done/total, rate, ETA, retries, errors.
-
-    With SYNC_ID, that run only, until it ends.  Ctrl-C stops the view (not the syncs).  When the
-    output is not a terminal, the table is printed once (or, with SYNC_ID, once the run has ended).
-    """
-    try:
-        progresses = _watch(sync_id, refresh_s=refresh_s, once=once, until_done=sync_id is not None, limit=limit)
-    except KeyboardInterrupt:
-        return
-    if sync_id is not None and not progresses:
-        raise click.ClickException(f"no sync run {sync_id}")
-
-
-def _watch(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10):
-    from workers import monitor, runtime
-    from workers.reporting import console
-    from workers.sync_stats import read
-
-    factory = runtime.sessions()
-    namespace = get_settings().redis_namespace
-
-    def load():
-        with factory() as session:
-            runs = monitor.load_runs(session, sync_id, limit)
-        redis = runtime.sync_redis()
-        return [monitor.run_progress(run, read(redis, namespace, run.id) if run.status == "running" else None)
-                for run in runs]
-
-    title = f"sync {sync_id}" if sync_id is not None else "stocksync syncs"
-    if sync_id is not None and not load():
-        return []
-    return monitor.watch(load, refresh_s=refresh_s, once=once or not sys.stdout.isatty() and not until_done,
-                         until_done=until_done, console=console, title=title)

@@ -9,11 +9,6 @@ from __future__ import annotations
 import click
 
 
-def register(main: click.Group) -> None:
-    """Add this module's commands to the ``stocksync`` group."""
-    main.add_command(reconcile_command)
-
-
 @click.command("reconcile")
 @click.argument("marketplace", type=click.Choice(["backmarket"]))
 @click.option("--dry-run", is_flag=True, help="Report the differences; correct nothing.")
@@ -31,9 +26,9 @@ def reconcile_command(marketplace: str, dry_run: bool, threshold: int | None, sh
 
     from db.reconcile import discrepancy_report
     from db.syncs import SyncRefused
-    from workers import runtime
-    from workers.cli import _fleet
-    from workers.reporting import console
+    from runtime import resources
+    from workers.cli.common import console
+    from workers.cli.common import fleet as _fleet
 
     _fleet()  # the broker first: actors bind to it when their module is imported
     from actors.events import run_reconciliation
@@ -51,7 +46,7 @@ def reconcile_command(marketplace: str, dry_run: bool, threshold: int | None, sh
                   "ALERT" if summary.alert else "-")
     console.print(table)
     if show and summary.discrepancies:
-        with runtime.sessions()() as session:
+        with resources.sessions()() as session:
             rows = discrepancy_report(session, summary.run_id, limit=show)
         details = Table(title=f"largest differences ({len(rows)} of {summary.discrepancies})")
         for column in ("sku", "listing", "local", "marketplace", "difference", "corrected"):

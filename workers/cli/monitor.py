@@ -2,7 +2,7 @@
 
 Each run shows its progress as done/total per track (pages or batches; details for supplier
 syncs), the rate of each track, an ETA (the slowest track's), and its API calls, retries and
-errors.  While a run is going on those three counters live in Redis (``workers.sync_stats``), so
+errors.  While a run is going on those three counters live in Redis (``runtime.sync_stats``), so
 the view reads them there; a finished run has them in its row.
 
 :func:`run_progress` and :func:`runs_table` are pure (rows in, table out) so they are tested
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Mapping, Sequence
 
+import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -186,3 +187,46 @@ class _Discard:
 
     def flush(self) -> None:
         pass
+
+
+@click.command("monitor")
+@click.argument("sync_id", required=False, type=int)
+@click.option("--refresh", "refresh_s", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between refreshes.")
+@click.option("--once", is_flag=True, help="Print the table once and exit.")
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000),
+              help="Finished runs shown besides the running ones.")
+def monitor_command(sync_id: int | None, refresh_s: float, once: bool, limit: int) -> None:
+    """A live view of running and recent syncs of every kind: done/total, rate, ETA, retries, errors.
+
+    With SYNC_ID, that run only, until it ends.  Ctrl-C stops the view (not the syncs).  When the
+    output is not a terminal, the table is printed once (or, with SYNC_ID, once the run has ended).
+    """
+    try:
+        progresses = _watch(sync_id, refresh_s=refresh_s, once=once, until_done=sync_id is not None, limit=limit)
+    except KeyboardInterrupt:
+        return
+    if sync_id is not None and not progresses:
+        raise click.ClickException(f"no sync run {sync_id}")
+
+
+def _watch(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10):
+    from runtime import resources
+    from runtime.sync_stats import read
+    from workers.cli.common import console
+
+    factory = resources.sessions()
+    namespace = get_settings().redis_namespace
+
+    def load():
+        with factory() as session:
+            runs = load_runs(session, sync_id, limit)
+        redis = resources.sync_redis()
+        return [run_progress(run, read(redis, namespace, run.id) if run.status == "running" else None)
+                for run in runs]
+
+    title = f"sync {sync_id}" if sync_id is not None else "stocksync syncs"
+    if sync_id is not None and not load():
+        return []
+    return watch(load, refresh_s=refresh_s, once=once or not sys.stdout.isatty() and not until_done,
+                         until_done=until_done, console=console, title=title)

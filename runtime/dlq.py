@@ -4,7 +4,7 @@ Dramatiq keeps the messages it gave up on in ``<ns>:<queue>.XQ`` (a sorted set o
 ids scored by the time they died, in ms) and ``<ns>:<queue>.XQ.msgs`` (id -> encoded message),
 drops them after 7 days, and has no tool to read or requeue them.  The dead-letter copy is the
 message as it was enqueued before its last attempt, so the final error is not in it:
-:class:`workers.failures.FailureRecorder` keeps that error beside it, and :class:`DeadLetter`
+:class:`runtime.failures.FailureRecorder` keeps that error beside it, and :class:`DeadLetter`
 joins the two.
 
 Retry and purge run ``dlq.lua``: for each message, in one step, it checks the dead letter is still
@@ -30,8 +30,8 @@ from typing import Iterable
 import dramatiq
 from dramatiq.errors import DecodeError
 
-from workers.broker import BROKER_NAMESPACE
-from workers.failures import error_key
+from runtime.broker import BROKER_NAMESPACE
+from runtime.failures import error_key
 
 #: The script behind retry and purge, read once at import.
 LUA_SOURCE = Path(__file__).with_name("dlq.lua").read_text()
@@ -75,7 +75,7 @@ def _text(value) -> str:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """One dead-lettered message, with the error :class:`~workers.failures.FailureRecorder` kept for it.
+    """One dead-lettered message, with the error :class:`~runtime.failures.FailureRecorder` kept for it.
 
     ``redis_id`` is its key in the dead-letter set (a new one per enqueue); ``message_id`` is
     dramatiq's id, the same across retries, by which operators name it.  ``message`` is ``None``

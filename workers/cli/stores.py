@@ -15,11 +15,6 @@ import asyncio
 import click
 
 
-def register(main: click.Group) -> None:
-    """Add the ``stores`` group to the ``stocksync`` group."""
-    main.add_command(stores_group)
-
-
 @click.group("stores")
 def stores_group() -> None:
     """Store integrations (Back Market, Refurbed, Shopify): add, list, sync, disable."""
@@ -33,15 +28,16 @@ def _console():
 
 
 def _sessions():
-    from workers import runtime
+    from runtime import resources
 
-    return runtime.sessions()
+    return resources.sessions()
 
 
 def _enqueue(integration_ids: list[int], trigger: str) -> None:
     """Send ``sync_store`` for each id; without Redis, run them on in-process worker threads until done."""
-    from workers import runtime
-    from workers.cli import _fleet, in_process_worker
+    from runtime import resources
+    from workers.cli.common import fleet as _fleet
+    from workers.cli.common import in_process_worker
 
     fleet = _fleet()
     from actors.stores import QUEUE, sync_store
@@ -49,7 +45,7 @@ def _enqueue(integration_ids: list[int], trigger: str) -> None:
     with in_process_worker():
         for integration_id in integration_ids:
             sync_store.send(integration_id, trigger)
-        if runtime.in_process():
+        if resources.in_process():
             fleet.broker.join(QUEUE, fail_fast=False)
 
 
@@ -58,10 +54,10 @@ def _run_here(integration_id: int, trigger: str):
     import aiohttp
 
     from actors.stores import limiter_for
-    from db.syncs import SyncRefused
     from db.stores import StoreError
-    from workers import runtime
-    from workers.store_sync import begin_store_sync, run_store_sync
+    from db.syncs import SyncRefused
+    from pipelines.stores import begin_store_sync, run_store_sync
+    from runtime import resources
 
     sessions = _sessions()
     try:
@@ -74,7 +70,7 @@ def _run_here(integration_id: int, trigger: str):
             async with aiohttp.ClientSession() as http:
                 return await run_store_sync(sessions, start, http, limiter_for=limiter_for)
         finally:
-            await runtime.close_loop_resources()
+            await resources.close_loop_resources()
 
     try:
         return asyncio.run(go())
@@ -164,7 +160,7 @@ def sync_command(name: str | None, all_: bool, wait: bool | None) -> None:
 
     from db import stores
     from db.store_models import StoreIntegration
-    from workers import runtime
+    from runtime import resources
 
     if bool(name) == all_:
         raise click.UsageError("give a store NAME or --all (not both)")
@@ -182,7 +178,7 @@ def sync_command(name: str | None, all_: bool, wait: bool | None) -> None:
             if not integration.active:
                 raise click.ClickException(f"store {name} is disabled (`stocksync stores enable {name}` first)")
             ids = [integration.id]
-    wait = True if runtime.in_process() else bool(wait)
+    wait = True if resources.in_process() else bool(wait)
     if not wait:
         _enqueue(ids, "manual")
         click.echo(f"enqueued {len(ids)} store sync(s) on queue stores; see `stocksync stores list`")

@@ -1,6 +1,6 @@
 """The Python producer API: how other services (and the intake) put stock events on the fleet.
 
-    from workers.producer import StockEvents
+    from runtime.producer import StockEvents
 
     events = StockEvents()            # the fleet's broker (REDIS_URL), or pass one
     events.order_created("backmarket", order_id="5978", order_line_id="37195", sku="IPHONE416GONLIB0",
@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping
 import dramatiq
 
 from db.events import InvalidStockEvent
+from runtime import queues
+from runtime.broker import install_broker
 
 __all__ = ["BufferedStockEvents", "EVENT_KINDS", "InvalidEvent", "StockEvent", "StockEvents", "event_from_json",
            "make_event"]
@@ -35,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: The events this API produces, by the name of the actor that books them.
 EVENT_KINDS = ("order_created", "order_cancelled", "stock_topup", "manual_adjustment")
+
+#: The actor that books a batch of events in one transaction.
+BATCH_ACTOR = "stock_events_batch"
 
 #: The largest quantity (or adjustment) one event may carry: a typo guard, far above any real order.
 MAX_QUANTITY = 100_000
@@ -77,10 +82,9 @@ class StockEvent:
     fields: dict[str, Any] = field(default_factory=dict)
 
     def message(self) -> dramatiq.Message:
-        """The Dramatiq message for the events pipeline's actor."""
-        from actors import events
-
-        return getattr(events, self.kind).message_with_options(kwargs=dict(self.fields))
+        """The Dramatiq message for the events pipeline's actor (addressed by name: no actor import)."""
+        return dramatiq.Message(queue_name=queues.EVENTS, actor_name=self.kind, args=(), kwargs=dict(self.fields),
+                                options={})
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -211,7 +215,7 @@ class StockEvents:
     """Validate stock events and enqueue them for the fleet.
 
     Parameters:
-      broker(dramatiq.Broker): Where to enqueue; default the fleet's broker (``workers.fleet``).
+      broker(dramatiq.Broker): Where to enqueue; default the fleet's broker (``runtime.broker.install_broker``).
 
     Each method validates its arguments (raising :class:`InvalidEvent`, nothing enqueued) and
     returns the enqueued :class:`dramatiq.Message` (its ``message_id`` identifies it in the logs).
@@ -219,9 +223,7 @@ class StockEvents:
 
     def __init__(self, broker: dramatiq.Broker | None = None) -> None:
         if broker is None:
-            from workers import fleet
-
-            broker = fleet.broker
+            broker = install_broker()
         self.broker = broker
 
     def __repr__(self) -> str:
@@ -273,10 +275,9 @@ class StockEvents:
         """
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
-        from actors.events import stock_events_batch
-
         items = [{"kind": event.kind, "fields": dict(event.fields)} for event in events]
-        return [self.broker.enqueue(stock_events_batch.message(items[start:start + batch_size]))
+        return [self.broker.enqueue(dramatiq.Message(queue_name=queues.EVENTS, actor_name=BATCH_ACTOR,
+                                                     args=(items[start:start + batch_size],), kwargs={}, options={}))
                 for start in range(0, len(items), batch_size)]
 
     def send_in_order(self, events: Iterable[StockEvent]) -> dramatiq.Message:

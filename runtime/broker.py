@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
-from workers import runtime
-from workers.failures import FailureRecorder
-from workers.metrics import FleetPrometheus
-from workers.settings import Settings
+from runtime import resources
+from runtime.failures import FailureRecorder
+from runtime.metrics import FleetPrometheus
+from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of dramatiq's own Redis keys: queues and their dead letters (``workers.dlq`` reads them).
+#: Prefix of dramatiq's own Redis keys: queues and their dead letters (``runtime.dlq`` reads them).
 BROKER_NAMESPACE = "dramatiq"
+
+_installed: dramatiq.Broker | None = None
+_install_lock = threading.Lock()
 
 
 class LoopResources(Middleware):
@@ -35,9 +39,23 @@ class LoopResources(Middleware):
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             try:
-                loop_thread.run_coroutine(runtime.close_loop_resources())
+                loop_thread.run_coroutine(resources.close_loop_resources())
             except Exception:
                 logger.exception("could not close the HTTP session cleanly")
+
+
+def install_broker() -> dramatiq.Broker:
+    """The fleet's broker, built from the settings on first use and made dramatiq's global broker.
+
+    Actors bind to the global broker when they are declared, so ``actors`` calls this before
+    declaring any; every later call returns the same broker.
+    """
+    global _installed
+    with _install_lock:
+        if _installed is None:
+            _installed = build_broker(get_settings())
+            dramatiq.set_broker(_installed)
+        return _installed
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
@@ -57,7 +75,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
               "(demo mode, not for production)", file=sys.stderr)
         broker = StubBroker()
     for middleware in (AsyncIO(), CurrentMessage(), LoopResources(),
-                       FailureRecorder(runtime.sync_redis, settings.redis_namespace)):
+                       FailureRecorder(resources.sync_redis, settings.redis_namespace)):
         broker.add_middleware(middleware)
     if isinstance(broker, StubBroker):
         broker.emit_after("process_boot")

@@ -33,9 +33,10 @@ import dramatiq
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from workers import metrics, runtime, webhook_auth
-from workers.producer import InvalidEvent, StockEvent, StockEvents, event_from_json, make_event
-from workers.settings import Settings, get_settings
+from runtime import metrics, resources
+from runtime.producer import InvalidEvent, StockEvent, StockEvents, event_from_json, make_event
+from runtime.settings import Settings, get_settings
+from workers.intake import auth
 
 logger = logging.getLogger(__name__)
 
@@ -132,14 +133,14 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app.router.add_get("/healthz", healthz)
 
     async def open_reader(app: web.Application) -> None:
-        reader = StockReader(database_url or runtime.database_url(), pool_size=settings.intake_read_pool_size)
+        reader = StockReader(database_url or resources.database_url(), pool_size=settings.intake_read_pool_size)
         await reader.open()
         app[READER_KEY] = reader
 
     async def close_resources(app: web.Application) -> None:
         if app[READER_KEY] is not None:
             await app[READER_KEY].close()
-        await runtime.close_loop_resources()
+        await resources.close_loop_resources()
 
     app.on_startup.append(open_reader)
     app.on_cleanup.append(close_resources)
@@ -172,7 +173,7 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
     expected = settings.refurbed_webhook_secret.get_secret_value()
     if not expected:
         return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
-    if not webhook_auth.secrets_match(request.match_info["secret"], expected):
+    if not auth.secrets_match(request.match_info["secret"], expected):
         return _error(403, "wrong webhook secret in the URL")
     try:
         body = await _json_body(request)
@@ -205,8 +206,8 @@ async def shopify_webhook(request: web.Request) -> web.Response:
         return _error(404, "Shopify webhooks are not enabled here (SHOPIFY_WEBHOOK_SECRET is not set)")
     raw = await request.read()
     try:
-        webhook_auth.verify_shopify(secrets, raw, request.headers.get(webhook_auth.SHOPIFY_HMAC_HEADER))
-    except webhook_auth.SignatureError as refused:
+        auth.verify_shopify(secrets, raw, request.headers.get(auth.SHOPIFY_HMAC_HEADER))
+    except auth.SignatureError as refused:
         return _error(401, str(refused))
     webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
     topic = request.headers.get("X-Shopify-Topic", "").strip()
@@ -221,7 +222,7 @@ async def shopify_webhook(request: web.Request) -> web.Response:
         return _error(400, str(bad))
     except InvalidEvent as invalid:
         return _error(400, f"order payload: {invalid}")
-    redis = runtime.async_redis()
+    redis = resources.async_redis()
     key = f"{settings.redis_namespace}:intake:shopify-webhook:{webhook_id}"
     if not await redis.set(key, 1, nx=True, ex=settings.shopify_webhook_dedupe_ttl_s):
         metrics.duplicate_event("shopify-webhook")
@@ -298,9 +299,9 @@ async def producer_events(request: web.Request) -> web.Response:
         return _error(404, "the producer endpoint is not enabled here (PRODUCER_HMAC_KEY is not set)")
     raw = await request.read()
     try:
-        webhook_auth.verify_producer(key, raw, request.headers.get(webhook_auth.SIGNATURE_HEADER),
+        auth.verify_producer(key, raw, request.headers.get(auth.SIGNATURE_HEADER),
                                      tolerance_s=settings.producer_signature_tolerance_s)
-    except webhook_auth.SignatureError as refused:
+    except auth.SignatureError as refused:
         return _error(401, str(refused))
     try:
         body = await _json_body(request, raw)

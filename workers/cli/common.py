@@ -1,14 +1,18 @@
-"""Terminal output of sync runs: a live progress bar and a summary table (rich)."""
+"""Helpers shared by the command groups: the fleet import, in-process workers, run output (rich)."""
 from __future__ import annotations
 
+import shutil
 import time
+from contextlib import contextmanager
 from typing import Callable, Iterable
 
+import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from db.models import SyncRun
+from runtime.settings import get_settings
 
 #: Wide enough for the summary table even when stdout is not a terminal (CI logs, pipes).
 console = Console(width=None if Console().is_terminal else 140)
@@ -45,3 +49,44 @@ def summary_table(runs: Iterable[SyncRun], title: str = "Sync runs") -> Table:
                       str(run.items), str(run.changed), str(run.unchanged), str(run.missing), str(run.api_calls),
                       str(run.retries), str(run.errors), duration)
     return table
+
+
+def fleet():
+    """Import the broker and actors (late: settings may be changed by the command first)."""
+    from workers import fleet
+
+    return fleet
+
+
+@contextmanager
+def in_process_worker(threads: int | None = None):
+    """Run dramatiq worker threads in this process when there is no Redis (demo mode)."""
+    from runtime import resources
+
+    if not resources.in_process():
+        yield None
+        return
+    import dramatiq
+
+    worker = dramatiq.Worker(fleet().broker, worker_threads=threads or get_settings().inprocess_worker_threads,
+                             worker_timeout=100)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Aligned plain-text columns (easy to grep and to copy ids from); the last one, an error, is cut to fit."""
+    widths = [max(len(column), *(len(row[index]) for row in rows)) for index, column in enumerate(columns[:-1])]
+    room = max(30, shutil.get_terminal_size((160, 24)).columns - sum(widths) - 2 * len(widths))
+
+    def line(cells) -> str:
+        last = cells[-1] if len(cells[-1]) <= room else cells[-1][:room - 1] + "…"
+        return "  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), last]).rstrip()
+
+    click.echo(f"{title}:")
+    click.echo(line([column.upper() for column in columns]))
+    for row in rows:
+        click.echo(line(row))

@@ -12,12 +12,7 @@ from datetime import datetime
 
 import click
 
-from workers.settings import get_settings
-
-
-def register(main: click.Group) -> None:
-    """Add ``stocksync alerts`` to the main group."""
-    main.add_command(alerts_group)
+from runtime.settings import get_settings
 
 
 class _DatabaseCommands(click.Group):
@@ -35,9 +30,9 @@ class _DatabaseCommands(click.Group):
 
 
 def _sessions():
-    from workers import runtime
+    from runtime import resources
 
-    return runtime.sessions()
+    return resources.sessions()
 
 
 def _when(moment: datetime | None) -> str:
@@ -160,7 +155,7 @@ def alerts_check(dry_run: bool) -> None:
     from this process.
     """
     from actors.alerts import deliver, run_check
-    from workers import runtime
+    from runtime import resources
 
     failures: list[str] = []
 
@@ -170,7 +165,7 @@ def alerts_check(dry_run: bool) -> None:
         except Exception as error:  # recorded on the alert; the command goes on
             failures.append(f"alert {alert_id}: notification failed: {error}")
 
-    result = run_check(dry_run=dry_run, notify=deliver_here if runtime.in_process() else None)
+    result = run_check(dry_run=dry_run, notify=deliver_here if resources.in_process() else None)
     fire, resolve = ("WOULD FIRE", "WOULD RESOLVE") if dry_run else ("FIRED", "RESOLVED")
     for alert in result.fired:
         click.echo(f"{fire:<13} {alert.scope}: {alert.quantity} < {alert.threshold}")

@@ -1,8 +1,4 @@
-"""`stocksync` commands of the ops pipelines (registered on the main group by :func:`register`).
-
-``stocksync dlq``: the dead letters (``workers.dlq``).  ``stocksync scheduler``: the periodic jobs
-(``workers.scheduler``).  Other operations commands (stores, alerts) get a group of their own here.
-"""
+"""``stocksync dlq``: the dead letters (list, show, retry, purge, history), through ``runtime.dlq``."""
 from __future__ import annotations
 
 import json
@@ -11,16 +7,12 @@ from datetime import datetime, timezone
 
 import click
 
-from workers.settings import get_settings
+from runtime.settings import get_settings
+from workers.cli.common import print_table
 
 #: How much of each argument ``dlq show`` prints (``--json`` prints everything).
 ARGUMENT_WIDTH = 1000
 
-
-def register(main: click.Group) -> None:
-    """Add this module's commands to the ``stocksync`` group."""
-    main.add_command(dlq)
-    main.add_command(scheduler)
 
 
 class Since(click.ParamType):
@@ -29,10 +21,10 @@ class Since(click.ParamType):
     name = "since"
 
     def convert(self, value, param, ctx):
-        """Parse ``value`` with :func:`workers.dlq.parse_since`."""
+        """Parse ``value`` with :func:`runtime.dlq.parse_since`."""
         if isinstance(value, datetime):
             return value
-        from workers.dlq import parse_since
+        from runtime.dlq import parse_since
 
         try:
             return parse_since(value)
@@ -55,13 +47,13 @@ def _filters(command):
 
 
 def _dead_letters():
-    from workers import runtime
-    from workers.dlq import DeadLetterQueues
+    from runtime import resources
+    from runtime.dlq import DeadLetterQueues
 
     settings = get_settings()
-    if runtime.in_process(settings):
+    if resources.in_process(settings):
         raise click.ClickException("dead letters live in Redis: set REDIS_URL (the in-process demo broker keeps none)")
-    return DeadLetterQueues(runtime.sync_redis(), notes_namespace=settings.redis_namespace)
+    return DeadLetterQueues(resources.sync_redis(), notes_namespace=settings.redis_namespace)
 
 
 def _one(queues, message_id: str):
@@ -135,7 +127,7 @@ def dlq_list(queue, actor, since, grep, limit, as_json) -> None:
         return
     rows = [(letter.message_id, letter.queue, letter.actor_name, _when(letter.dead_at, short=True),
              str(letter.attempts), letter.error) for letter in shown]
-    _print_table("dead letters", ("message id", "queue", "actor", "dead since", "attempts", "error"), rows)
+    print_table("dead letters", ("message id", "queue", "actor", "dead since", "attempts", "error"), rows)
     more = f"; showing the latest {len(shown)}" if len(shown) < len(letters) else ""
     click.echo(f"{len(letters)} dead letter(s) ({_by_queue(letters)}){more}")
 
@@ -240,60 +232,5 @@ def dlq_history(limit) -> None:
         return
     rows = [(_when(datetime.fromisoformat(entry["at"]), short=True), entry["action"], entry["by"], entry["queue"],
              entry["actor"], entry["message_id"], entry.get("error") or "") for entry in entries]
-    _print_table("dead-letter history (newest first)",
+    print_table("dead-letter history (newest first)",
                  ("at", "action", "by", "queue", "actor", "message id", "error"), rows)
-
-
-def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    """Aligned plain-text columns (easy to grep and to copy ids from); the last one, an error, is cut to fit."""
-    widths = [max(len(column), *(len(row[index]) for row in rows)) for index, column in enumerate(columns[:-1])]
-    room = max(30, shutil.get_terminal_size((160, 24)).columns - sum(widths) - 2 * len(widths))
-
-    def line(cells) -> str:
-        last = cells[-1] if len(cells[-1]) <= room else cells[-1][:room - 1] + "…"
-        return "  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), last]).rstrip()
-
-    click.echo(f"{title}:")
-    click.echo(line([column.upper() for column in columns]))
-    for row in rows:
-        click.echo(line(row))
-
-
-@click.command()
-@click.option("--once", "once", metavar="JOB", default=None,
-              help="Enqueue JOB's message once, now, and exit (no leader lock; see --list for the names).")
-@click.option("--list", "show", is_flag=True, help="Print every job, its actor, crontab and next run times, and exit.")
-def scheduler(once, show) -> None:
-    """The periodic jobs: enqueue each job's message at its SCHEDULER_*_CRON times (one leader per fleet).
-
-    Run one per host if you like: only the one holding the Redis leader lock enqueues; the others
-    wait and take over within SCHEDULER_LOCK_TTL_S when it stops.
-    """
-    import logging
-
-    from workers import scheduler as jobs
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    try:
-        if show:
-            times = jobs.next_fire_times(settings, datetime.now(timezone.utc), count=3)
-            rows = [(job.name, job.actor, str(getattr(settings, job.setting)) or "(off)",
-                     ", ".join(f"{moment:%m-%d %H:%M %Z}" for moment in times.get(job.name, [])))
-                    for job in jobs.JOBS]
-            _print_table(f"scheduled jobs ({settings.scheduler_timezone})", ("job", "actor", "cron", "next runs"), rows)
-            return
-        if once is not None:
-            if once not in jobs.JOBS_BY_NAME:
-                raise click.BadParameter(f"no job {once!r}; one of: {', '.join(jobs.JOBS_BY_NAME)}", param_hint="--once")
-            if not settings.redis_url:
-                raise click.ClickException("set REDIS_URL: without it the message would go to an in-process broker "
-                                           "that no worker reads")
-            message = jobs.send_now(settings, once)
-            if message is None:
-                raise click.ClickException(f"job {once} enqueued nothing (see the log above)")
-            click.echo(f"enqueued {message.actor_name} on {message.queue_name} (message {message.message_id})")
-            return
-        jobs.run(settings)
-    except jobs.SchedulerConfigError as error:
-        raise click.ClickException(str(error)) from None

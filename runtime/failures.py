@@ -17,7 +17,7 @@ from typing import Any, Callable
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from workers import metrics
+from runtime import metrics
 
 logger = logging.getLogger(__name__)
 

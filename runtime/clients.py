@@ -8,15 +8,15 @@ from __future__ import annotations
 from clients.backmarket import BackMarketClient
 from clients.ratelimit import FleetRateLimiter
 from clients.refurbed import RefurbedClient
-from workers import metrics, runtime
-from workers.settings import get_settings
+from runtime import metrics, resources
+from runtime.settings import get_settings
 
 
 def fleet_limiter(name: str, requests: int, window_s: float, margin_s: float = 0.0) -> FleetRateLimiter:
     """The fleet-wide limiter ``name``: ``requests`` per ``window_s`` (widened by ``margin_s``)."""
     settings = get_settings()
     metrics.quota(name, requests, window_s)
-    return FleetRateLimiter(runtime.async_redis(), name, requests, window_s + margin_s,
+    return FleetRateLimiter(resources.async_redis(), name, requests, window_s + margin_s,
                             namespace=settings.redis_namespace, on_wait=metrics.rate_limit_wait)
 
 
@@ -31,7 +31,7 @@ def backmarket_client(on_request=None, limiter: FleetRateLimiter | None = None) 
     """A Back Market client on this process's session and settings (default: the catalog's limiter)."""
     settings = get_settings()
     return BackMarketClient(
-        runtime.http_session(), base_url=settings.backmarket_base_url,
+        resources.http_session(), base_url=settings.backmarket_base_url,
         token=settings.backmarket_token.get_secret_value(), user_agent=settings.backmarket_user_agent,
         language=settings.backmarket_language, limiter=limiter or backmarket_limiter(),
         timeout_s=settings.backmarket_timeout_s, attempts=settings.backmarket_http_attempts,
@@ -55,7 +55,7 @@ def refurbed_limiter() -> FleetRateLimiter:
 def refurbed_client(on_request=None) -> RefurbedClient:
     """A Refurbed client on this process's session, with the fleet-wide Refurbed quota."""
     settings = get_settings()
-    return RefurbedClient(runtime.http_session(), base_url=settings.refurbed_base_url,
+    return RefurbedClient(resources.http_session(), base_url=settings.refurbed_base_url,
                           token=settings.refurbed_token.get_secret_value(), limiter=refurbed_limiter(),
                           timeout_s=settings.refurbed_timeout_s, attempts=settings.refurbed_http_attempts,
                           on_request=metrics.request_hook(on_request))

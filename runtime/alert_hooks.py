@@ -2,7 +2,7 @@
 
 Raising an alert never fails the caller: a handler that raises is logged and skipped.
 
-    from workers.alerts_hook import add_alert_handler
+    from runtime.alert_hooks import add_alert_handler
 
     add_alert_handler(lambda kind, message, details: post_to_slack(f"[{kind}] {message}"))
 """

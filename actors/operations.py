@@ -1,2 +1,0 @@
-"""Actors of the operations pipeline (see the README)."""
-from __future__ import annotations
