@@ -37,17 +37,18 @@ import aiohttp
 from clients.errors import ApiError, MalformedResponse, NotFound, Unauthorized
 from clients.http import (MAX_BACKOFF_S, AttemptHeaders, JsonAnswer, JsonApi, RequestRecord, RetryPolicy, Secret,
                           json_kind, rate_limit_reset)
-from clients.ingram_parsing import (API, DETAILS, MAX_PRODUCTS, PRICE_AVAILABILITY, TOKEN, PriceAvailability,
-                                    PriceAvailabilityResult, ProductError, WarehouseStock, check_batch_size,
-                                    describe_error, parse_price_availability, parse_token)
+from clients.ingram_parsing import (API, DETAILS, MAX_PART_NUMBER, MAX_PRODUCTS, PRICE_AVAILABILITY, TOKEN, Measure,
+                                    PriceAvailability, PriceAvailabilityResult, ProductDimensions, ProductError,
+                                    WarehouseStock, check_batch_size, describe_error, parse_dimensions,
+                                    parse_price_availability, parse_token)
 from clients.ingram_token import MAX_TOKEN_LIFETIME_S, LocalToken, SharedToken, TokenFetcher, cache_lifetime
 from clients.ratelimit import FleetRateLimiter
 from clients.semaphore import FleetSemaphore
 
-__all__ = ["API", "DETAILS", "MAX_PRODUCTS", "MAX_TOKEN_LIFETIME_S", "PRICE_AVAILABILITY", "TOKEN", "FleetSemaphore",
-           "IngramClient", "LocalToken", "PriceAvailability", "PriceAvailabilityResult", "ProductError",
-           "RequestRecord", "SharedToken", "TokenFetcher", "WarehouseStock", "cache_lifetime", "check_batch_size",
-           "parse_price_availability"]
+__all__ = ["API", "DETAILS", "MAX_PART_NUMBER", "MAX_PRODUCTS", "MAX_TOKEN_LIFETIME_S", "PRICE_AVAILABILITY", "TOKEN",
+           "FleetSemaphore", "IngramClient", "LocalToken", "Measure", "PriceAvailability", "PriceAvailabilityResult",
+           "ProductDimensions", "ProductError", "RequestRecord", "SharedToken", "TokenFetcher", "WarehouseStock",
+           "cache_lifetime", "check_batch_size", "parse_dimensions", "parse_price_availability"]
 
 #: ``IM-CorrelationID`` and ``IM-SenderID`` are at most this long (the SDK enforces it).
 MAX_HEADER_ID = 32
@@ -157,6 +158,11 @@ class IngramClient:
     async def product_details(self, part_number: str) -> dict[str, Any] | None:
         """A product's details (``ProductDetailResponse``) as the API returns them; None on 404.
 
+        Its dimensions and net weight are read with :func:`parse_dimensions` (numbers or strings
+        with a unit).  A malformed one is logged as a warning naming the field, not raised: the
+        details are still stored as given, and one odd field does not fail the product (and with
+        it the sync run).
+
         Raises:
           MalformedResponse: The answer is not a JSON object.
           ApiError: Any other failure, after the client's own retries.
@@ -174,6 +180,10 @@ class IngramClient:
         if not isinstance(answer.body, dict):
             raise MalformedResponse(f"details of {part_number}: expected a JSON object, got {json_kind(answer.body)}",
                                     api=API, endpoint=DETAILS, status=answer.status)
+        try:
+            parse_dimensions(answer.body, part_number)
+        except MalformedResponse as malformed:
+            self.logger.warning("%s (stored as given)", malformed.message)
         return answer.body
 
     async def access_token(self) -> str:

@@ -1,7 +1,13 @@
 """Ingram Micro Reseller API v6 answers (docs/api-shapes.md §2): routes, result types and parsing.
 
 No HTTP here: :mod:`clients.ingram` sends the requests; this module names the calls, validates the
-answers (price & availability, token, error envelopes) and holds what they become.
+answers (price & availability, token, details' dimensions, error envelopes) and holds what they
+become.
+
+Where the reseller SDK's models and the docs' examples differ, both shapes are read: ``expires_in``
+is a string in the SDK and a number in the docs; ``additionalInformation`` ``height``, ``width``,
+``length`` and ``netWeight`` are strings with a unit in the SDK (``"5.2 Inches"``, ``"10 lb"``) and
+numbers (with ``dimensionUnit``) in older answers.
 """
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ from typing import Any
 from clients.errors import MalformedResponse
 from clients.http import ErrorDetails, is_int as _is_int, json_kind as _kind, text as _text
 
-__all__ = ["API", "DETAILS", "MAX_PRODUCTS", "PRICE_AVAILABILITY", "TOKEN", "PriceAvailability",
-           "PriceAvailabilityResult", "ProductError", "WarehouseStock", "check_batch_size", "describe_error",
-           "parse_price_availability", "parse_token"]
+__all__ = ["API", "DETAILS", "MAX_PART_NUMBER", "MAX_PRODUCTS", "PRICE_AVAILABILITY", "TOKEN", "Measure",
+           "PriceAvailability", "PriceAvailabilityResult", "ProductDimensions", "ProductError", "WarehouseStock",
+           "check_batch_size", "describe_error", "parse_dimensions", "parse_price_availability", "parse_token"]
 
 #: The API's name in errors, records and metrics.
 API = "ingram"
@@ -31,7 +37,13 @@ DETAILS = "GET /resellers/v6/catalog/details/{ingramPartNumber}"
 #: The most products one price & availability request may carry.
 MAX_PRODUCTS = 50
 
+#: Ingram part numbers (``ingramPartNumber``) are at most this long (the reseller SDK's limit).
+MAX_PART_NUMBER = 6
+
 _INTEGER = re.compile(r"^[0-9]+$")
+_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+# A measure as the SDK shows it: a number, then its unit ("5.2 Inches", "10 lb", "13in").
+_MEASURE = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*((?:[^\W\d_]|[\"'\u2033]).*)?$")
 
 
 def check_batch_size(batch_size: int) -> int:
@@ -108,6 +120,27 @@ class ProductError:
 
     def __str__(self) -> str:
         return f"{self.part_number}: {self.message}" + (f" (code {self.code})" if self.code else "")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A dimension or weight of a product: its number and its unit as Ingram wrote it (None: not said)."""
+
+    value: Decimal
+    unit: str | None
+
+    def __str__(self) -> str:
+        return f"{self.value} {self.unit}" if self.unit else str(self.value)
+
+
+@dataclass(frozen=True)
+class ProductDimensions:
+    """``additionalInformation`` ``height``, ``width``, ``length`` and ``netWeight`` of a details answer."""
+
+    height: Measure | None
+    width: Measure | None
+    length: Measure | None
+    net_weight: Measure | None
 
 
 @dataclass(frozen=True)
@@ -292,13 +325,65 @@ def parse_token(body: Any) -> tuple[str, float]:
     token_type = body.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         raise malformed(f"token_type must be Bearer, got {token_type!r}")
-    expires_in = body.get("expires_in")
-    # The SDK types expires_in as a string; the docs' example is a number.
-    if isinstance(expires_in, str) and _INTEGER.match(expires_in.strip()):
-        expires_in = int(expires_in)
+    given = expires_in = body.get("expires_in")
+    # The SDK types expires_in as a string ("86399"); the docs' example is a number.
+    if isinstance(expires_in, str) and _DECIMAL.match(expires_in.strip()):
+        expires_in = float(expires_in)
     if not _is_number(expires_in) or expires_in <= 0:
-        raise malformed(f"expires_in must be a positive number of seconds, got {expires_in!r}")
+        raise malformed(f"expires_in must be a positive number of seconds, got {given!r}")
     return token, float(expires_in)
+
+
+#: The fields of ``additionalInformation`` read as measures, by the name :class:`ProductDimensions` gives them.
+_MEASURES = (("height", "height"), ("width", "width"), ("length", "length"), ("net_weight", "netWeight"))
+_LENGTHS = frozenset({"height", "width", "length"})
+
+
+def parse_dimensions(details: Any, part_number: str | None = None) -> ProductDimensions:
+    """Read the dimensions and net weight of a details answer (``ProductDetailResponse``).
+
+    Each of ``additionalInformation.height/width/length/netWeight`` may be a string with a unit
+    (the SDK: ``"5.2 Inches"``; the leading number is the value, the rest its unit), a bare number
+    or numeric string (the unit is then ``dimensionUnit`` for the three lengths, and none for the
+    weight), or left out / null / empty (None).
+
+    Raises:
+      MalformedResponse: Naming the field (``additionalInformation.height``, ...) and its value.
+    """
+    def malformed(problem: str) -> MalformedResponse:
+        who = f"details of {part_number}" if part_number else "details answer"
+        return MalformedResponse(f"{who}: {problem}", api=API, endpoint=DETAILS, status=200)
+
+    if not isinstance(details, dict):
+        raise malformed(f"expected a JSON object, got {_kind(details)}")
+    try:
+        info = _optional_object(details, "additionalInformation")
+        unit = info.get("dimensionUnit")
+        if unit is not None and not isinstance(unit, str):
+            raise _Invalid("additionalInformation.dimensionUnit", f"must be a string, got {_kind(unit)}")
+        unit = unit.strip() if unit and unit.strip() else None
+        measures = {name: _measure(info, key, unit if key in _LENGTHS else None) for name, key in _MEASURES}
+    except _Invalid as invalid:
+        raise malformed(str(invalid)) from None
+    return ProductDimensions(**measures)
+
+
+def _measure(info: dict, key: str, default_unit: str | None) -> Measure | None:
+    value = info.get(key)
+    name = f"additionalInformation.{key}"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if _is_number(value):
+        if value < 0:
+            raise _Invalid(name, f"must not be negative, got {value!r}")
+        return Measure(Decimal(str(value)), default_unit)
+    if not isinstance(value, str):
+        raise _Invalid(name, f"must be a number or a string like '5.2 Inches', got {_kind(value)}")
+    match = _MEASURE.match(value.strip())
+    if match is None:
+        raise _Invalid(name, f"must be a number with an optional unit like '5.2 Inches', got {value[:100]!r}")
+    number, unit = match.groups()
+    return Measure(Decimal(number), unit.strip() if unit else default_unit)
 
 
 def describe_error(status: int, raw: bytes, headers) -> ErrorDetails:

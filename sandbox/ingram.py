@@ -4,14 +4,21 @@ The shapes come from ``docs/api-shapes.md`` §2 (Ingram Micro's SDK and develope
 :class:`IngramSandbox` holds a deterministic catalogue of products whose prices and stock drift,
 and serves:
 
-- ``POST /oauth/oauth20/token``: client credentials as a form; answers ``{"access_token",
-  "token_type": "Bearer", "expires_in"}``; wrong credentials answer 400 ``{"message": ...}``.
+- ``POST /oauth/oauth20/token`` (client credentials as a form) and ``GET /oauth/oauth20/token?
+  grant_type=client_credentials&client_id=…&client_secret=…`` (the SDK's form): the same checks and
+  answers, ``{"access_token", "token_type": "Bearer", "expires_in": "86400"}`` (``expires_in`` a
+  string, as the SDK types it); wrong credentials or grant type answer 400 ``{"message": ...}``.
 - ``POST /resellers/v6/catalog/priceandavailability?includeAvailability=true&includePricing=true``:
   at most 50 products; a top-level JSON array, 200, or 207 when some products are in error
   (``productStatusCode`` ``E``).
 - ``GET /resellers/v6/catalog/details/{ingramPartNumber}``: ``ProductDetailResponse``, or 404
-  ("No Content") for a product without details.
+  ("No Content") for a product without details.  ``additionalInformation`` ``height``, ``width``,
+  ``length`` and ``netWeight`` are strings with their unit (``"0.8 Inches"``, ``"2.4 lbs"``), as
+  the SDK types them.
 - ``/_sandbox/...``: admin routes for tests and benchmarks (stats, truth, dials, faults); no auth.
+
+Ingram part numbers are at most 6 characters (the SDK's limit): the catalogue's are 6, the seed's
+two digits and the product's index in base 36 (see :func:`part_number`).
 
 Every API request needs ``Authorization: Bearer <token>`` (401 gateway fault otherwise), then the
 headers ``IM-CustomerNumber`` (must match), ``IM-CountryCode`` (two letters), ``IM-CorrelationID``
@@ -75,6 +82,12 @@ DETAILS = "details"
 MAX_PRODUCTS = 50
 MAX_HEADER_ID = 32
 
+#: Ingram part numbers are at most this long (the SDK's ``ingramPartNumber``).
+MAX_PART_NUMBER = 6
+_BASE36 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: A catalogue holds at most this many products: the index has the 4 characters after the seed's 2.
+MAX_CATALOGUE = 36 ** (MAX_PART_NUMBER - 2)
+
 #: Generated stock per warehouse is 0..MAX_WAREHOUSE_STOCK.
 MAX_WAREHOUSE_STOCK = 60
 
@@ -117,8 +130,19 @@ class ProductEntry:
 
 
 def part_number(seed: int, index: int) -> str:
-    """The Ingram part number of product ``index`` of catalogue ``seed`` (6 to 8 characters)."""
-    return f"{seed % 100:02d}{index:05d}" if index < 100_000 else f"{seed % 100:02d}{index}"
+    """The Ingram part number of product ``index`` of catalogue ``seed``: 6 characters, e.g. ``"01002S"``.
+
+    Two digits of the seed, then the index in base 36 on 4 characters (upper case), so part
+    numbers sort in catalogue order.  Raises ``ValueError`` past :data:`MAX_CATALOGUE` products.
+    """
+    if not 0 <= index < MAX_CATALOGUE:
+        raise ValueError(f"product index {index!r} out of range: a catalogue holds at most {MAX_CATALOGUE} products "
+                         f"(Ingram part numbers are at most {MAX_PART_NUMBER} characters)")
+    digits = ""
+    for _ in range(MAX_PART_NUMBER - 2):
+        index, digit = divmod(index, 36)
+        digits = _BASE36[digit] + digits
+    return f"{seed % 100:02d}{digits}"
 
 
 def product_entry(seed: int, index: int) -> ProductEntry:
@@ -185,7 +209,7 @@ class IngramSandbox(Dials):
     - ``time_scale``: multiplies the quota windows and the drift's minute.
     - ``pa_quota_requests`` per ``pa_quota_window_s``, ``details_quota_requests`` per
       ``details_quota_window_s`` (0: unthrottled).
-    - ``token_ttl_s``: a token's lifetime (real seconds), reported as ``expires_in``.
+    - ``token_ttl_s``: a token's lifetime (real seconds), reported as ``expires_in`` (a string).
     - ``latency_s``: added to every API request past the quota.
     - ``partial_rate``: share of products answered in error in a 207 (transient; see the module).
     - ``error_rate``: share of API requests answered 500 (seeded).
@@ -293,6 +317,9 @@ class IngramSandbox(Dials):
             raise ValueError(f"count must be >= 0, got {count!r}")
         with self._lock:
             start = len(self._order)
+            if start + count > MAX_CATALOGUE:
+                # Refused whole, before adding any: part numbers longer than 6 would not be Ingram's.
+                raise ValueError(f"a catalogue holds at most {MAX_CATALOGUE} products, asked for {start + count}")
             added = []
             for index in range(start, start + count):
                 entry = product_entry(self.seed, index)
@@ -408,6 +435,7 @@ class IngramSandbox(Dials):
         app = web.Application(middlewares=[self._middleware])
         add = app.router.add_route
         add("POST", TOKEN_PATH, self._token)
+        add("GET", TOKEN_PATH, self._token)  # the SDK's form: the same fields in the query string
         add("POST", PA_PATH, self._price_availability)
         add("GET", DETAILS_PREFIX + "{ingramPartNumber}", self._product_details)
         add("GET", ADMIN_PREFIX + "stats", self._admin_stats)
@@ -513,8 +541,12 @@ class IngramSandbox(Dials):
     # -- handlers --------------------------------------------------------------------------------
 
     async def _token(self, request: web.Request) -> web.Response:
-        form = parse_qs((await request.read()).decode("utf-8", errors="replace"))
-        values = {key: items[0] for key, items in form.items() if items}
+        # POST carries the fields as a form, GET in the query string; both are checked alike.
+        if request.method == "GET":
+            values = {key: request.query.getone(key) for key in request.query}
+        else:
+            form = parse_qs((await request.read()).decode("utf-8", errors="replace"))
+            values = {key: items[0] for key, items in form.items() if items}
         with self._lock:
             valid = (values.get("grant_type") == "client_credentials" and values.get("client_id") == self._client_id
                      and values.get("client_secret") == self._client_secret)
@@ -524,7 +556,9 @@ class IngramSandbox(Dials):
             ttl = self._token_ttl_s
             self._tokens[token] = self._clock() + ttl
             self._counters.tokens_issued += 1
-        return web.json_response({"access_token": token, "token_type": "Bearer", "expires_in": int(math.ceil(ttl))})
+        # A string, as the SDK's AccesstokenResponse types it (the docs' example is a number).
+        return web.json_response({"access_token": token, "token_type": "Bearer",
+                                  "expires_in": str(int(math.ceil(ttl)))})
 
     async def _price_availability(self, request: web.Request) -> web.Response:
         for flag in ("includeAvailability", "includePricing"):
@@ -697,10 +731,12 @@ class IngramSandbox(Dials):
             "indicators": {"hasWarranty": True, "isNewProduct": False, "isRefurbishedProduct": True,
                            "isDiscontinuedProduct": product_class in ("D", "V"), "isDirectship": product_class == "X",
                            "isReturnableProduct": True, "IsBackOrderAllowed": product_class != "D"},
+            # The SDK types the dimensions and net weight as strings with their unit ("5.2 Inches").
             "additionalInformation": {"productWeight": [{"plantId": "10", "weight": 1.2 + entry.index % 7 / 10,
                                                          "weightUnit": "KG"}],
-                                      "isBulkFreight": False, "height": 2.0, "width": 30.0, "length": 21.0,
-                                      "netWeight": 1.1, "dimensionUnit": "CM"},
+                                      "isBulkFreight": False, "height": f"{0.8 + entry.index % 5 / 10:.1f} Inches",
+                                      "width": "11.8 Inches", "length": "8.3 Inches",
+                                      "netWeight": f"{2.4 + entry.index % 7 / 10:.1f} lbs", "dimensionUnit": "Inches"},
         }
 
     def _change(self, part: str, rng: random.Random) -> str:

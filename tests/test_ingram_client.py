@@ -16,9 +16,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from clients.errors import MalformedResponse, RateLimited, ServerError, TransportError, Unauthorized
-from clients.ingram import (DETAILS, TOKEN, FleetSemaphore, IngramClient, SharedToken, cache_lifetime,
-                            parse_price_availability)
+from clients.ingram import (DETAILS, TOKEN, FleetSemaphore, IngramClient, Measure, ProductDimensions, SharedToken,
+                            cache_lifetime, parse_dimensions, parse_price_availability)
+from clients.ingram_parsing import parse_token
 from clients.ratelimit import FleetRateLimiter
+from sandbox.ingram import IngramSandbox
+from sandbox.server import serve_in_thread
 
 SECRET = "s3cret-CLIENT-value"
 TOKEN_VALUE = "tok-ABC-123-xyz"
@@ -260,6 +263,125 @@ def test_expires_in_as_a_string_is_accepted_and_bad_credentials_are_a_clear_perm
     text = str(refused.value)
     assert "check INGRAM_CLIENT_ID ('app-1') and INGRAM_CLIENT_SECRET" in text
     assert SECRET not in text and SECRET not in caplog.text and "<client_secret>" in text
+
+
+@pytest.mark.parametrize("expires_in, seconds", [("86399", 86399.0), (" 3600 ", 3600.0), ("3599.5", 3599.5),
+                                                  (86400, 86400.0), (1.5, 1.5)])
+def test_expires_in_is_read_as_a_string_or_a_number(expires_in, seconds):
+    assert parse_token({"access_token": "t", "token_type": "Bearer", "expires_in": expires_in}) == ("t", seconds)
+
+
+@pytest.mark.parametrize("expires_in", ["soon", "", "0", "-5", "1e3", "inf", "NaN", "86 399", True, None, [1]])
+def test_a_non_numeric_expires_in_is_a_malformed_token_answer(expires_in):
+    with pytest.raises(MalformedResponse, match="expires_in must be a positive number of seconds") as refused:
+        parse_token({"access_token": "t", "token_type": "Bearer", "expires_in": expires_in})
+    assert refused.value.permanent and refused.value.endpoint == TOKEN
+
+
+# -- against the sandbox -------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def sandbox_client(url: str, redis=None, **options):
+    async with aiohttp.ClientSession() as session:
+        settings = {"client_id": "sandbox-client", "client_secret": "sandbox-secret", "customer_number": "20-222222",
+                    "timeout_s": 5, "attempts": 2, "backoff_s": 0.001,
+                    "tokens": SharedToken(redis or fake_redis(), "sandbox"), **options}
+        yield IngramClient(session, base_url=url, **settings)
+
+
+def test_the_sandboxs_string_expires_in_sets_how_long_the_fleet_keeps_the_token():
+    sandbox = IngramSandbox(products=1, token_ttl_s=3600, details_quota_requests=0)
+    redis = fake_redis()
+    with serve_in_thread(sandbox.build_app()) as server:
+        async def main():
+            async with aiohttp.ClientSession() as session:
+                form = {"grant_type": "client_credentials", "client_id": "sandbox-client",
+                        "client_secret": "sandbox-secret"}
+                async with session.post(f"{server.url}/oauth/oauth20/token", data=form) as response:
+                    raw = (await response.json())["expires_in"]
+            async with sandbox_client(server.url, redis) as client:
+                details = await client.product_details(sandbox.part_numbers()[0])
+            return raw, details, await redis.pttl("stocksync:oauth:sandbox:token")
+
+        raw, details, ttl_ms = run(main())
+    assert raw == "3600"  # the SDK's type
+    assert details == sandbox.details_json(sandbox.part_numbers()[0])
+    assert 3300 * 1000 - 5000 < ttl_ms <= 3300 * 1000  # its 3600 s, less the 300 s replaced early
+
+
+def test_the_sandboxs_unit_strings_are_read_as_numbers_with_their_units():
+    sandbox = IngramSandbox(products=2, details_quota_requests=0)
+    part = sandbox.part_numbers()[1]
+    with serve_in_thread(sandbox.build_app()) as server:
+        async def main():
+            async with sandbox_client(server.url) as client:
+                return await client.product_details(part)
+
+        details = run(main())
+    assert details == sandbox.details_json(part)  # stored as given
+    assert parse_dimensions(details, part) == ProductDimensions(
+        height=Measure(Decimal("0.9"), "Inches"), width=Measure(Decimal("11.8"), "Inches"),
+        length=Measure(Decimal("8.3"), "Inches"), net_weight=Measure(Decimal("2.5"), "lbs"))
+
+
+def test_numeric_dimensions_are_still_read_with_the_dimension_unit():
+    body = {"ingramPartNumber": "A1", "additionalInformation": {
+        "height": 2.0, "width": 30, "length": "21", "netWeight": 1.1, "dimensionUnit": "CM"}}
+
+    async def main():
+        async with client_for(Api(answer(200, body))) as client:
+            return await client.product_details("A1")
+
+    assert parse_dimensions(run(main())) == ProductDimensions(
+        height=Measure(Decimal("2.0"), "CM"), width=Measure(Decimal("30"), "CM"),
+        length=Measure(Decimal("21"), "CM"), net_weight=Measure(Decimal("1.1"), None))  # no unit said for weight
+
+
+@pytest.mark.parametrize("info, expected", [
+    ({"height": "5.2 Inches", "width": "13 inches", "length": '20.4"', "netWeight": "10 lb"},
+     ProductDimensions(Measure(Decimal("5.2"), "Inches"), Measure(Decimal("13"), "inches"),
+                       Measure(Decimal("20.4"), '"'), Measure(Decimal("10"), "lb"))),
+    ({"height": "5.2in", "width": " .5 Inches ", "length": "", "dimensionUnit": "CM"},
+     ProductDimensions(Measure(Decimal("5.2"), "in"), Measure(Decimal("0.5"), "Inches"), None, None)),
+    ({}, ProductDimensions(None, None, None, None)),
+])
+def test_dimensions_keep_the_unit_each_value_carries(info, expected):
+    assert parse_dimensions({"additionalInformation": info}) == expected
+    assert parse_dimensions({"ingramPartNumber": "A1"}) == ProductDimensions(None, None, None, None)
+
+
+@pytest.mark.parametrize("info, expected", [
+    ({"height": "tall"}, "field 'additionalInformation.height' must be a number with an optional unit like "
+                         "'5.2 Inches', got 'tall'"),
+    ({"width": "5.2 5.3 Inches"}, "field 'additionalInformation.width' must be a number with an optional unit"),
+    ({"length": "-3 Inches"}, "field 'additionalInformation.length' must be a number with an optional unit"),
+    ({"netWeight": -1}, "field 'additionalInformation.netWeight' must not be negative, got -1"),
+    ({"netWeight": True}, "field 'additionalInformation.netWeight' must be a number or a string like '5.2 Inches', "
+                          "got bool"),
+    ({"height": {"value": 5}}, "field 'additionalInformation.height' must be a number or a string"),
+    ({"height": "NaN"}, "field 'additionalInformation.height' must be a number with an optional unit"),
+    ({"height": 1, "dimensionUnit": 7}, "field 'additionalInformation.dimensionUnit' must be a string, got int"),
+])
+def test_a_malformed_dimension_is_refused_naming_the_field(info, expected):
+    with pytest.raises(MalformedResponse) as refused:
+        parse_dimensions({"additionalInformation": info}, "6YE881")
+    assert f"details of 6YE881: {expected}" in str(refused.value)
+    assert refused.value.endpoint == DETAILS
+
+
+def test_details_with_a_malformed_dimension_are_returned_as_given_and_the_field_is_logged(caplog):
+    body = {"ingramPartNumber": "A1", "additionalInformation": {"height": "tall", "width": "13 inches"}}
+    caplog.set_level(logging.WARNING)
+
+    async def main():
+        async with client_for(Api(answer(200, body))) as client:
+            return await client.product_details("A1")
+
+    assert run(main()) == body  # one odd field does not fail the product (nor, with it, the run)
+    assert "details of A1: field 'additionalInformation.height' must be a number" in caplog.text
+    with pytest.raises(MalformedResponse, match="'additionalInformation' must be an object, got list"):
+        parse_dimensions({"additionalInformation": []})
 
 
 # -- errors and quotas ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from decimal import Decimal
 
@@ -10,7 +11,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from sandbox.ingram import PA, IngramSandbox, WindowQuota, product_entry
+from db.supplier import check_part_number
+from sandbox.ingram import MAX_CATALOGUE, PA, IngramSandbox, WindowQuota, part_number, product_entry
+from sandbox.server import serve_in_thread
 
 PA_URL = "/resellers/v6/catalog/priceandavailability?includeAvailability=true&includePricing=true"
 
@@ -47,7 +50,7 @@ def test_catalogue_is_deterministic_per_seed():
     assert product_entry(3, 7) == product_entry(3, 7)
     assert product_entry(3, 7) != product_entry(4, 7)
     sandbox = IngramSandbox(products=5, seed=3)
-    assert sandbox.part_numbers() == ["0300000", "0300001", "0300002", "0300003", "0300004"]
+    assert sandbox.part_numbers() == ["030000", "030001", "030002", "030003", "030004"]
 
 
 def test_token_endpoint_answers_the_documented_shape_and_refuses_bad_credentials():
@@ -65,14 +68,14 @@ def test_token_endpoint_answers_the_documented_shape_and_refuses_bad_credentials
                     ok = response.status, await response.json()
                 async with session.post(url, data={**good, "client_secret": "wrong"}) as response:
                     bad = response.status, await response.json()
-                async with session.get(server.make_url("/resellers/v6/catalog/details/0100000")) as response:
+                async with session.get(server.make_url("/resellers/v6/catalog/details/010000")) as response:
                     anonymous = response.status, await response.json()
             return ok, bad, anonymous
         finally:
             await server.close()
 
     (status, body), bad, anonymous = run(main())
-    assert status == 200 and body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    assert status == 200 and body["token_type"] == "Bearer" and body["expires_in"] == "3600"
     assert bad == (400, {"message": "Invalid client credentials or grant_type"})
     assert anonymous[0] == 401 and anonymous[1]["fault"]["faultstring"] == "Invalid Access Token"
 
@@ -239,3 +242,117 @@ def test_dials_are_checked():
         sandbox.configure(partial_rate=2)
     with pytest.raises(ValueError, match="5xx"):
         sandbox.fail_next(1, status=404)
+
+
+# -- the reseller SDK's shapes, against the sandbox served on loopback ---------------------------
+
+
+TOKEN_FORM = {"grant_type": "client_credentials", "client_id": "sandbox-client", "client_secret": "sandbox-secret"}
+
+
+def token_answers(url: str, method: str, fields: dict) -> tuple[int, dict]:
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            # POST sends the fields as a form; GET, as the SDK does, in the query string.
+            options = {"data": fields} if method == "POST" else {"params": fields}
+            async with session.request(method, f"{url}/oauth/oauth20/token", **options) as response:
+                return response.status, await response.json()
+
+    return run(main())
+
+
+def test_the_sdks_get_token_form_is_answered_as_the_post_form_is():
+    sandbox = IngramSandbox(products=2, token_ttl_s=86399)
+    refusals = [{**TOKEN_FORM, "client_secret": "wrong"}, {**TOKEN_FORM, "client_id": "someone"},
+                {**TOKEN_FORM, "grant_type": "password"}, {"grant_type": "client_credentials"}, {}]
+    with serve_in_thread(sandbox.build_app()) as server:
+        answers = {method: [token_answers(server.url, method, fields) for fields in [TOKEN_FORM, *refusals]]
+                   for method in ("POST", "GET")}
+
+        async def priced_with(token):
+            async with aiohttp.ClientSession() as session:
+                headers = {"Authorization": f"Bearer {token}", "IM-CustomerNumber": "20-222222",
+                           "IM-CountryCode": "US", "IM-CorrelationID": "c" * 32}
+                body = {"products": [{"ingramPartNumber": sandbox.part_numbers()[0]}]}
+                async with session.post(server.url + PA_URL, json=body, headers=headers) as response:
+                    return response.status
+
+        got_token = answers["GET"][0][1]["access_token"]
+        assert run(priced_with(got_token)) == 200  # a token from the GET form opens the API
+    (post_status, post_body), *post_refused = answers["POST"]
+    (get_status, get_body), *get_refused = answers["GET"]
+    assert post_status == get_status == 200
+    assert {k: v for k, v in get_body.items() if k != "access_token"} == {"token_type": "Bearer",
+                                                                          "expires_in": "86399"}
+    assert get_body.keys() == post_body.keys() and get_body["access_token"] != post_body["access_token"]
+    assert get_refused == post_refused == [(400, {"message": "Invalid client credentials or grant_type"})] * 5
+    assert sandbox.stats()["tokens_issued"] == 2  # one per good answer, refusals issue none
+
+
+def test_expires_in_is_a_string_of_whole_seconds():
+    sandbox = IngramSandbox(products=0, token_ttl_s=1799.5)
+    with serve_in_thread(sandbox.build_app()) as server:
+        status, body = token_answers(server.url, "POST", TOKEN_FORM)
+    assert status == 200 and body["expires_in"] == "1800"
+
+
+def test_part_numbers_are_at_most_6_characters_everywhere_the_api_shows_them():
+    sandbox = IngramSandbox(products=60, seed=7, details_quota_requests=0)
+    with serve_in_thread(sandbox.build_app()) as server:
+        async def main():
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{server.url}/_sandbox/products") as response:
+                    listed = await response.json()
+                async with session.post(f"{server.url}/oauth/oauth20/token", data=TOKEN_FORM) as response:
+                    token = (await response.json())["access_token"]
+                headers = {"Authorization": f"Bearer {token}", "IM-CustomerNumber": "20-222222",
+                           "IM-CountryCode": "US", "IM-CorrelationID": "c" * 32}
+                body = {"products": [{"ingramPartNumber": part} for part in listed[:50]]}
+                async with session.post(server.url + PA_URL, json=body, headers=headers) as response:
+                    priced = [item["ingramPartNumber"] for item in await response.json()]
+                async with session.get(f"{server.url}/resellers/v6/catalog/details/{listed[0]}",
+                                       headers=headers) as response:
+                    detailed = (await response.json())["ingramPartNumber"]
+                return listed, priced, detailed
+
+        listed, priced, detailed = run(main())
+    assert len(listed) == 60 and len(set(listed)) == 60
+    assert all(len(part) == 6 for part in [*listed, *priced, detailed])
+    assert priced == listed[:50] and detailed == listed[0]
+    assert [check_part_number(part) for part in listed] == listed  # what the seller may follow
+
+
+def test_part_numbers_stay_6_characters_and_distinct_up_to_the_catalogues_capacity():
+    edges = [0, 9, 10, 35, 36, 99_999, 100_000, 1_000_000, MAX_CATALOGUE - 1]
+    parts = [part_number(seed, index) for seed in (1, 42, 199) for index in edges]
+    assert all(re.fullmatch(r"[0-9A-Z]{6}", part) for part in parts)
+    assert len(set(part_number(1, index) for index in edges)) == len(edges)
+    assert sorted(part_number(1, index) for index in edges) == [part_number(1, index) for index in edges]
+    with pytest.raises(ValueError, match="at most 1679616 products"):
+        part_number(1, MAX_CATALOGUE)
+    with pytest.raises(ValueError, match="at most 1679616 products"):
+        IngramSandbox(products=0).add_products(MAX_CATALOGUE + 1)  # refused before generating any
+
+
+def test_details_dimensions_and_net_weight_are_strings_with_units():
+    sandbox = IngramSandbox(products=3, details_quota_requests=0)
+    with serve_in_thread(sandbox.build_app()) as server:
+        async def main():
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{server.url}/oauth/oauth20/token", data=TOKEN_FORM) as response:
+                    token = (await response.json())["access_token"]
+                headers = {"Authorization": f"Bearer {token}", "IM-CustomerNumber": "20-222222",
+                           "IM-CountryCode": "US", "IM-CorrelationID": "c" * 32}
+                answers = []
+                for part in sandbox.part_numbers():
+                    async with session.get(f"{server.url}/resellers/v6/catalog/details/{part}",
+                                           headers=headers) as response:
+                        answers.append((await response.json())["additionalInformation"])
+                return answers
+
+        answers = run(main())
+    for info in answers:
+        for key in ("height", "width", "length"):
+            assert re.fullmatch(r"[0-9]+\.[0-9] Inches", info[key]), (key, info[key])
+        assert re.fullmatch(r"[0-9]+\.[0-9] lbs", info["netWeight"])
+    assert [info["height"] for info in answers] == ["0.8 Inches", "0.9 Inches", "1.0 Inches"]
