@@ -8,13 +8,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import urllib.request
 from typing import Iterable, TextIO
 
 import click
 
-from runtime.settings import get_settings
+from workers.cli.monitor import watch_syncs
 
 
 @click.group("ingram")
@@ -63,7 +62,7 @@ def sync_command(force: bool, batch_size: int | None, max_concurrent: int | None
         if not wait:
             click.echo(f"supplier sync {sync_id} started; follow it with `stocksync monitor {sync_id}`")
             return
-        progresses = _watch(sync_id, refresh_s=0.5, once=False, until_done=True)
+        progresses = watch_syncs(sync_id, refresh_s=0.5, once=False, until_done=True)
     if progresses and progresses[0].status != "succeeded":
         raise click.ClickException(f"supplier sync {sync_id} {progresses[0].status}: {progresses[0].error}")
 

@@ -10,6 +10,7 @@ without a terminal; :func:`watch` drives a :class:`rich.live.Live` display.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.models import SyncRun
+from runtime.settings import get_settings
 
 #: What a run's pages are called in the view, by kind (a supplier sync's pages are batches).
 PAGE_NAMES = {"supplier": "batches"}
@@ -203,14 +205,14 @@ def monitor_command(sync_id: int | None, refresh_s: float, once: bool, limit: in
     output is not a terminal, the table is printed once (or, with SYNC_ID, once the run has ended).
     """
     try:
-        progresses = _watch(sync_id, refresh_s=refresh_s, once=once, until_done=sync_id is not None, limit=limit)
+        progresses = watch_syncs(sync_id, refresh_s=refresh_s, once=once, until_done=sync_id is not None, limit=limit)
     except KeyboardInterrupt:
         return
     if sync_id is not None and not progresses:
         raise click.ClickException(f"no sync run {sync_id}")
 
 
-def _watch(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10):
+def watch_syncs(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10):
     from runtime import resources
     from runtime.sync_stats import read
     from workers.cli.common import console
