@@ -71,6 +71,19 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port():
         assert SERVICES[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
 
 
+def test_prometheus_gets_the_alert_rules_its_config_loads():
+    # A rule_files entry is read relative to the config's folder: the container must have it there.
+    volumes = [volume.split(":") for volume in SERVICES["prometheus"]["volumes"] if volume.startswith("./")]
+    mounts = {target: source for source, target, *_ in volumes}
+    config = mounts["/etc/prometheus/prometheus.yml"]
+    assert config == "./deploy/prometheus/prometheus-compose.yml"
+    rule_files = yaml.safe_load((ROOT / config).read_text())["rule_files"]
+    assert rule_files == ["alerts.yml"]
+    for rule_file in rule_files:
+        assert mounts[f"/etc/prometheus/{rule_file}"] == f"./deploy/prometheus/{rule_file}"
+    assert all(options == ["ro"] for _, _, *options in volumes)
+
+
 def test_every_file_a_container_mounts_is_in_the_repository():
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):

@@ -4,7 +4,8 @@ Two dramatiq masters (as two hosts or two worker groups would be) serve ``/metri
 ports; Prometheus runs on loopback with ``deploy/prometheus/prometheus.yml`` (its scrape interval
 shortened) and a targets file naming them.  After two sandbox syncs, one with a page that
 fails for good and a sandbox quota tighter than the fleet's (so it answers 429s), the project's
-metrics have non-zero values in Prometheus's own query API.
+metrics have non-zero values in Prometheus's own query API, and the alert rules of
+``deploy/prometheus/alerts.yml`` are loaded and evaluate cleanly against them.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
 
 PROMETHEUS = shutil.which("prometheus")
+PROMETHEUS_DIR = ROOT / "deploy/prometheus"
 TOKEN = "scrape-token"
 LISTINGS = 500
 PAGES = LISTINGS // 50
@@ -52,6 +54,8 @@ class PrometheusServer:
         """Write the config (the repo's, scraping every second) and start; wait until it is ready."""
         config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+        # Rule files are read relative to the config's folder, which is not the repo's here.
+        config["rule_files"] = [str(PROMETHEUS_DIR / name) for name in config["rule_files"]]
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         (self.folder / "targets").mkdir()
         (self.folder / "targets/test.yml").write_text(yaml.safe_dump(
@@ -77,6 +81,14 @@ class PrometheusServer:
         answer = json.load(urllib.request.urlopen(url, timeout=5))
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
+
+    def rule_health(self) -> dict[tuple[str, str], str]:
+        """The health (ok, err, unknown) of every rule loaded, by (group, rule name)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/rules"
+        answer = json.load(urllib.request.urlopen(url, timeout=5))
+        assert answer["status"] == "success", answer
+        return {(group["name"], rule["name"]): rule["health"] for group in answer["data"]["groups"]
+                for rule in group["rules"]}
 
     def value(self, expr: str) -> float:
         """The value of a query that sums to one number (0 when it has no series)."""
@@ -132,6 +144,13 @@ def test_prometheus_scrapes_the_fleet_and_sees_a_sandbox_sync(tmp_path, redis_ur
         prometheus = PrometheusServer(tmp_path, ports).start()
         wait_until(lambda: prometheus.value('count(up{job="stocksync"} == 1)') == len(ports), 60,
                    interval=0.5, what="prometheus to scrape both workers' /metrics")
+        # Every alert rule of the repo is loaded and evaluates without an error ("unknown": not yet).
+        alerts = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())["groups"]
+        wanted = {(group["name"], rule["alert"]) for group in alerts for rule in group["rules"]}
+        wait_until(lambda: set(prometheus.rule_health()) == wanted
+                   and "unknown" not in prometheus.rule_health().values(), 30, interval=0.5,
+                   what="prometheus to load and evaluate every alert rule")
+        assert prometheus.rule_health() == dict.fromkeys(wanted, "ok")
 
         sessions = session_factory(database_url)
         failed = run_sync(env, sessions)
@@ -186,6 +205,9 @@ def test_prometheus_scrapes_the_fleet_and_sees_a_sandbox_sync(tmp_path, redis_ur
             assert prometheus.value(expr) == total, (expr, total)
         # The 429s paused the fleet: someone waited for the limiter.
         assert prometheus.value("sum(stocksync_rate_limit_wait_seconds_sum)") > 0.5
+        # The page that died waits in the dead letters: its alert is pending (it fires after its `for:`).
+        wait_until(lambda: prometheus.query('ALERTS{alertname="StocksyncDeadLettersWaiting", queue="stock-fetch"}'),
+                   30, interval=0.5, what="the dead letters' alert to be pending")
     finally:
         if prometheus:
             prometheus.stop()
