@@ -447,7 +447,7 @@ def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, tota
 
 def _set_total_pages(run_id: int, total_pages: int) -> None:
     with resources.sessions()() as session:
-        session.execute(text("UPDATE sync_runs SET total_pages = :n WHERE id = :s"), {"n": total_pages, "s": run_id})
+        syncs.set_totals(session, run_id, total_pages=total_pages)
         session.commit()
 
 
