@@ -31,7 +31,7 @@ from db import events as stock_events
 from db import reconcile, syncs
 from db.events import EventResult, InvalidStockEvent, StockEvent
 from db.snapshot import PageItem, apply_recheck
-from runtime import metrics, queues, resources
+from runtime import metrics, queues, resources, sync_stats
 from runtime.alert_hooks import raise_alert
 from runtime.clients import backmarket_client
 from runtime.failures import on_dead_letter
@@ -413,9 +413,7 @@ async def _walk(run_id: int, marketplace_id: int, dry_run: bool) -> dict[str, in
             result = await backmarket_client(on_request=records.append).get_listings_page(
                 page, page_size)
         finally:
-            counts["api_calls"] += len(records)
-            counts["retries"] += max(0, len(records) - 1)
-            counts["errors"] += sum(r.status is None or r.status >= 400 for r in records)
+            sync_stats.add_counts(counts, sync_stats.count_attempts(records))
         fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
         items = [PageItem(external_id=i.id, legacy_id=i.listing_id, sku=i.sku, title=i.title, quantity=i.quantity,
                           publication_state=i.publication_state, price=i.price, currency=i.currency)
@@ -447,7 +445,7 @@ def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, tota
 
 def _set_total_pages(run_id: int, total_pages: int) -> None:
     with resources.sessions()() as session:
-        session.execute(text("UPDATE sync_runs SET total_pages = :n WHERE id = :s"), {"n": total_pages, "s": run_id})
+        syncs.set_totals(session, run_id, total_pages=total_pages)
         session.commit()
 
 

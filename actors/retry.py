@@ -1,6 +1,10 @@
 """Retry policies for actors: transient failures retry, permanent ones go straight to the DLQ."""
 from __future__ import annotations
 
+from core.errors import MalformedMessage
+
+__all__ = ["MalformedMessage", "transient_only"]
+
 
 def transient_only(max_retries: int):
     """A dramatiq ``retry_when`` that retries up to ``max_retries`` times, never a permanent error.
@@ -15,9 +19,3 @@ def transient_only(max_retries: int):
 
     retry_when.__name__ = f"transient_only_{max_retries}"
     return retry_when
-
-
-class MalformedMessage(ValueError):
-    """A message whose arguments cannot be used; retrying would not help."""
-
-    permanent = True

@@ -1,4 +1,4 @@
-"""Store integrations (issue 5 item 7): ``sync_store`` and ``sync_all_stores`` (queue ``stores``).
+"""Store integrations: ``sync_store`` and ``sync_all_stores`` (queue ``stores``).
 
 Thin: the work is in :mod:`pipelines.stores` and :mod:`db.stores`.  The per-integration lock
 is the ``sync_runs`` row of the running sync (one running row per store, enforced by PostgreSQL),
@@ -15,31 +15,14 @@ import dramatiq
 
 from actors.retry import MalformedMessage, transient_only
 from db import stores, syncs
-from db.store_models import StoreIntegration
 from pipelines.stores import begin_store_sync, run_store_sync
 from runtime import queues, resources
-from runtime.clients import backmarket_limiter, fleet_limiter, refurbed_limiter
+from runtime.clients import store_limiter
 from runtime.settings import get_settings
 
 QUEUE = queues.STORES
 
 _settings = get_settings()
-
-
-def limiter_for(integration: StoreIntegration):
-    """The fleet-wide limiter a store's calls count against.
-
-    Back Market: the catalog quota every Back Market call shares.  Refurbed: the fleet's Refurbed
-    quota.  Shopify: one per shop, at its leak rate (the REST bucket is per app and shop).
-    """
-    settings = get_settings()
-    if integration.platform == "backmarket":
-        return backmarket_limiter()
-    if integration.platform == "refurbed":
-        return refurbed_limiter()
-    window_s = 10.0
-    return fleet_limiter(f"shopify:{integration.name}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
-                         settings.rate_limit_margin_s)
 
 
 def enqueue_all(sessions, trigger: str = "scheduled") -> list[int]:
@@ -68,7 +51,7 @@ async def sync_store(integration_id: int, trigger: str = "manual") -> None:
     except stores.StoreError as refused:
         dramatiq.get_logger(__name__).warning("store sync of integration %s not started: %s", integration_id, refused)
         return
-    await run_store_sync(sessions, start, resources.http_session(), limiter_for=limiter_for)
+    await run_store_sync(sessions, start, resources.http_session(), limiter_for=store_limiter)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=1000, max_backoff=30000)
@@ -78,4 +61,4 @@ def sync_all_stores(trigger: str = "scheduled") -> None:
     dramatiq.get_logger(__name__).info("enqueued the sync of %d store(s): %s", len(ids), ids)
 
 
-__all__ = ["QUEUE", "enqueue_all", "limiter_for", "sync_all_stores", "sync_store"]
+__all__ = ["QUEUE", "enqueue_all", "sync_all_stores", "sync_store"]

@@ -76,9 +76,8 @@ def begin_reconciliation(session: Session, marketplace: str, *, dry_run: bool, t
     if violations:
         shown = [{"stock_id": v.stock_id, "problem": v.problem} for v in violations[:20]]
         error = f"the ledger invariant is broken on {len(violations)} stock rows: nothing compared or corrected"
-        session.execute(text("UPDATE sync_runs SET details = details || CAST(:d AS jsonb) WHERE id = :s"),
-                        {"d": _json({"invariant_violations": len(violations), "violations": shown, "alert": True}),
-                         "s": run.id})
+        syncs.set_totals(session, run.id, details={"invariant_violations": len(violations), "violations": shown,
+                                                   "alert": True})
         session.commit()
         syncs.fail_run(session, run.id, error)
         session.refresh(run)
@@ -137,14 +136,9 @@ def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: in
             [{**report, "run": run_id, "mp": marketplace_id, "listing": listing_of.get(report["sku"]),
               "corrected": not dry_run} for report in reports])
     corrected = 0 if dry_run else len(reports)
-    session.execute(text(
-        "UPDATE sync_runs SET pages_done = pages_done + 1, items = items + :n, changed = changed + :c, "
-        "unchanged = unchanged + :u, heartbeat_at = now(), total_pages = COALESCE(:tp, total_pages), "
-        "total_items = COALESCE(:ti, total_items), "
-        "details = jsonb_set(details, '{deferred}', to_jsonb(COALESCE((details->>'deferred')::int, 0) + :d)) "
-        "WHERE id = :s"),
-        {"n": len(items), "c": len(reports), "u": len({i.sku for i in items}) - len(reports), "tp": total_pages,
-         "ti": total_items, "d": deferred, "s": run_id})
+    syncs.record_page(session, run_id, items=len(items), changed=len(reports),
+                      unchanged=len({i.sku for i in items}) - len(reports), total_pages=total_pages,
+                      total_items=total_items, counters={"deferred": deferred})
     return ComparedPage(applied=True, discrepancies=len(reports), corrected=corrected, deferred=deferred)
 
 
@@ -157,10 +151,8 @@ def finish_reconciliation(session: Session, run_id: int, *, threshold: int) -> R
     alert = discrepancies > threshold
     corrected = 0 if run.dry_run else discrepancies
     details = {"discrepancies": discrepancies, "corrected": corrected, "threshold": threshold, "alert": alert}
-    session.execute(text(
-        "UPDATE sync_runs SET status = CASE WHEN status = 'running' THEN 'succeeded' ELSE status END, "
-        "finished_at = COALESCE(finished_at, now()), details = details || CAST(:d AS jsonb) WHERE id = :s"),
-        {"d": _json(details), "s": run_id})
+    syncs.set_totals(session, run_id, details=details)
+    syncs.succeed_run(session, run_id)
     session.commit()
     return summarize(session, run_id)
 
@@ -185,7 +177,3 @@ def discrepancy_report(session: Session, run_id: int, limit: int | None = None) 
     return list(session.scalars(query))
 
 
-def _json(value: dict) -> str:
-    import json
-
-    return json.dumps(value)

@@ -30,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db import syncs
 from db.events import MARKETPLACE_CHANGE_TYPES, clock_skew
 
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
@@ -148,13 +149,8 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         rechecks = sum(row.state == "ambiguous" for row in rows)
 
     stock_rows = len({i.sku for i in items})
-    progress = session.execute(text(
-        "UPDATE sync_runs SET pages_done = pages_done + 1, items = items + :n, changed = changed + :c, "
-        "unchanged = unchanged + :u, heartbeat_at = now(), total_pages = COALESCE(:tp, total_pages), "
-        "total_items = COALESCE(:ti, total_items) WHERE id = :s "
-        "RETURNING pages_done, total_pages, status"),
-        {"n": len(items), "c": changed, "u": stock_rows - changed, "tp": total_pages, "ti": total_items,
-         "s": sync_id}).one()
+    progress = syncs.record_page(session, sync_id, items=len(items), changed=changed, unchanged=stock_rows - changed,
+                                 total_pages=total_pages, total_items=total_items)
     finished = False
     status = progress.status
     # The sync_runs row lock serialises this check: exactly one page sees the last increment.
@@ -236,17 +232,14 @@ def finish_run(session: Session, *, sync_id: int, marketplace_id: int) -> str:
     A run that already failed (a page went to the dead letters) stays failed, and flags nothing:
     it did not see the whole catalogue.
     """
-    status = session.execute(text("SELECT status FROM sync_runs WHERE id = :s FOR UPDATE"),
-                             {"s": sync_id}).scalar_one()
+    status = syncs.lock_status(session, sync_id)
     if status != "running":
         return status
     missing = session.execute(text(
         "UPDATE listings SET missing_since = now() WHERE marketplace_id = :mp "
         "AND last_seen_sync_id IS DISTINCT FROM :s AND missing_since IS NULL"),
         {"mp": marketplace_id, "s": sync_id}).rowcount
-    session.execute(text(
-        "UPDATE sync_runs SET status = 'succeeded', finished_at = now(), missing = :m WHERE id = :s"),
-        {"m": missing, "s": sync_id})
+    syncs.succeed_run(session, sync_id, missing=missing)
     return "succeeded"
 
 

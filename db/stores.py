@@ -17,6 +17,7 @@ from typing import Protocol
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from db import syncs
 from db.snapshot import PageItem, apply_snapshot, ensure_marketplace, upsert_catalogue
 from db.store_models import PLATFORMS, StoreIntegration, StoreSyncLog
 
@@ -205,12 +206,10 @@ def finish_log(session: Session, log_id: int, counts: StoreCounts, *, api_calls:
         {"now": now, "i": counts.items, "c": counts.created, "u": counts.updated, "s": counts.skipped,
          "a": api_calls, "id": log_id}).scalar_one()
     if sync_run_id is not None:
-        session.execute(text(
-            "UPDATE sync_runs SET status = 'succeeded', finished_at = :now, heartbeat_at = :now, total_pages = :p, "
-            "pages_done = :p, items = :i, total_items = :i, changed = :changed, unchanged = :unchanged, "
-            "api_calls = :a, retries = GREATEST(:a - :p, 0) WHERE id = :id AND status = 'running'"),
-            {"now": now, "p": pages, "i": counts.items, "changed": counts.created + counts.updated,
-             "unchanged": counts.skipped, "a": api_calls, "id": sync_run_id})
+        syncs.succeed_run(session, sync_run_id, finished_at=now, heartbeat_at=now, total_pages=pages,
+                          pages_done=pages, items=counts.items, total_items=counts.items,
+                          changed=counts.created + counts.updated, unchanged=counts.skipped, api_calls=api_calls,
+                          retries=max(api_calls - pages, 0))
 
 
 def fail_log(session: Session, log_id: int, error: str, *, api_calls: int = 0) -> None:
@@ -221,17 +220,13 @@ def fail_log(session: Session, log_id: int, error: str, *, api_calls: int = 0) -
         "WHERE id = :id AND status = 'running' RETURNING sync_run_id"),
         {"now": now, "e": error[:4000], "a": api_calls, "id": log_id}).scalar()
     if sync_run_id is not None:
-        session.execute(text(
-            "UPDATE sync_runs SET status = 'failed', finished_at = :now, error = :e, errors = errors + 1, "
-            "api_calls = :a WHERE id = :id AND status = 'running'"),
-            {"now": now, "e": error[:4000], "a": api_calls, "id": sync_run_id})
+        syncs.fail_run(session, sync_run_id, error, commit=False, api_calls=api_calls)
     session.commit()
 
 
 def heartbeat(session: Session, sync_run_id: int, pages: int) -> None:
     """Say a store sync is alive (so it is not abandoned as stale) and how many pages it has read.  Commits."""
-    session.execute(text("UPDATE sync_runs SET heartbeat_at = now(), pages_done = :p WHERE id = :id"),
-                    {"p": pages, "id": sync_run_id})
+    syncs.heartbeat(session, sync_run_id, pages_done=pages)
     session.commit()
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Integer, Nume
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from db import syncs
 from db.models import Base
 
 #: The ``sync_runs.kind`` of supplier syncs.
@@ -221,10 +222,8 @@ def part_numbers(session: Session, supplier: str) -> list[str]:
 
 def set_totals(session: Session, sync_id: int, *, batches: int, products: int) -> None:
     """Record how many batches and products a run has (before any batch is sent).  Does not commit."""
-    session.execute(text(
-        "UPDATE sync_runs SET total_pages = :b, total_items = :p, heartbeat_at = now(), "
-        "details = details || CAST(:zero AS jsonb) WHERE id = :s"),
-        {"b": batches, "p": products, "s": sync_id, "zero": json.dumps({k: 0 for k in DETAIL_COUNTERS})})
+    syncs.set_totals(session, sync_id, total_pages=batches, total_items=products,
+                     details={name: 0 for name in DETAIL_COUNTERS})
 
 
 # -- a batch -------------------------------------------------------------------------------------
@@ -296,13 +295,10 @@ def apply_batch(session: Session, *, supplier: str, sync_id: int, batch: int, fe
     session.execute(text(
         "UPDATE supplier_sync_batches SET changed = :c, detail_parts = CAST(:d AS text[]) "
         "WHERE sync_id = :s AND batch = :b"), {"c": changed, "d": detail_parts, "s": sync_id, "b": batch})
-    progress = session.execute(text(
-        "UPDATE sync_runs SET pages_done = pages_done + 1, items = items + :n, changed = changed + :c, "
-        "unchanged = unchanged + :u, missing = missing + :e, heartbeat_at = now(), "
-        f"details = {_add_counters('details_total', 'product_errors')} "
-        "WHERE id = :s RETURNING pages_done, total_pages, status, details"),
-        {"n": len(rows), "c": changed, "u": len(rows) - changed, "e": len(errors), "details_total": len(detail_parts),
-         "product_errors": len(errors) if errors_seen is None else errors_seen, "s": sync_id}).one()
+    progress = syncs.record_page(session, sync_id, items=len(rows), changed=changed, unchanged=len(rows) - changed,
+                                 missing=len(errors), counters={
+                                     "details_total": len(detail_parts),
+                                     "product_errors": len(errors) if errors_seen is None else errors_seen})
     status, finished = _finish_if_complete(session, sync_id, progress)
     return BatchResult(applied=True, detail_parts=detail_parts, products=len(rows), changed=changed,
                        unchanged=len(rows) - changed, errors=len(errors), finished=finished, status=status)
@@ -315,16 +311,14 @@ def apply_details(session: Session, *, supplier: str, sync_id: int, part_number:
     Idempotent per (sync_id, part_number): the product row records which sync fetched its details,
     so a second delivery changes nothing and is not counted twice.
     """
-    progress = session.execute(text(
-        "WITH claimed AS ("
-        "  UPDATE supplier_products SET details = CAST(:d AS jsonb), details_status = :st, details_fetched_at = :t,"
-        "    details_sync_id = :s, updated_at = now()"
-        "  WHERE supplier = :sup AND part_number = :p AND details_sync_id IS DISTINCT FROM :s RETURNING id) "
-        f"UPDATE sync_runs SET heartbeat_at = now(), details = {_add_counters('details_done', 'details_none')} "
-        "WHERE id = :s AND EXISTS (SELECT 1 FROM claimed) RETURNING pages_done, total_pages, status, details"),
+    claimed = session.execute(text(
+        "UPDATE supplier_products SET details = CAST(:d AS jsonb), details_status = :st, details_fetched_at = :t,"
+        "  details_sync_id = :s, updated_at = now()"
+        " WHERE supplier = :sup AND part_number = :p AND details_sync_id IS DISTINCT FROM :s RETURNING id"),
         {"d": None if details is None else json.dumps(details), "st": "none" if details is None else "ok",
-         "t": fetched_at, "s": sync_id, "sup": supplier, "p": part_number, "details_done": 1,
-         "details_none": 1 if details is None else 0}).first()
+         "t": fetched_at, "s": sync_id, "sup": supplier, "p": part_number}).first()
+    progress = None if claimed is None else syncs.add_counters(
+        session, sync_id, {"details_done": 1, "details_none": 1 if details is None else 0})
     if progress is None:
         return DetailsResult(applied=False)
     status, finished = _finish_if_complete(session, sync_id, progress)
@@ -336,8 +330,7 @@ def record_details_failure(session: Session, *, supplier: str, sync_id: int, par
     session.execute(text(
         "UPDATE supplier_products SET error = :e, error_code = 'details', error_at = now(), updated_at = now() "
         "WHERE supplier = :sup AND part_number = :p"), {"e": error[:4000], "sup": supplier, "p": part_number})
-    session.execute(text(f"UPDATE sync_runs SET details = {_add_counters('details_failed')} WHERE id = :s"),
-                    {"details_failed": 1, "s": sync_id})
+    syncs.add_counters(session, sync_id, {"details_failed": 1})
 
 
 def run_counters(details: Mapping[str, Any] | None) -> dict[str, int]:
@@ -346,13 +339,7 @@ def run_counters(details: Mapping[str, Any] | None) -> dict[str, int]:
     return {name: int(details.get(name) or 0) for name in DETAIL_COUNTERS}
 
 
-def _add_counters(*names: str) -> str:
-    # ``details || {name: old + :name, ...}``: one statement under the row lock, no read-modify-write.
-    pairs = ", ".join(f"'{name}', COALESCE((details->>'{name}')::int, 0) + :{name}" for name in names)
-    return f"details || jsonb_build_object({pairs})"
-
-
-def _finish_if_complete(session: Session, sync_id: int, progress) -> tuple[str, bool]:
+def _finish_if_complete(session: Session, sync_id: int, progress: syncs.Progress) -> tuple[str, bool]:
     """Close the run if ``progress`` (the row just updated, still locked) shows nothing left to do."""
     counters = run_counters(progress.details)
     complete = (progress.total_pages is not None and progress.pages_done >= progress.total_pages
@@ -360,8 +347,7 @@ def _finish_if_complete(session: Session, sync_id: int, progress) -> tuple[str, 
     if not complete or progress.status != "running":
         return progress.status, False
     # The row lock held since the UPDATE serialises this: exactly one step sees the last increment.
-    session.execute(text("UPDATE sync_runs SET status = 'succeeded', finished_at = now() "
-                         "WHERE id = :s AND status = 'running'"), {"s": sync_id})
+    syncs.succeed_run(session, sync_id)
     return "succeeded", True
 
 

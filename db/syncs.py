@@ -1,5 +1,7 @@
 """The lifecycle of a ``sync_runs`` row: begin (lock + cooldown), progress, finish, fail.
 
+This module is the only writer of ``sync_runs``; every pipeline records its progress through it.
+
 The database is the lock: a partial unique index allows one ``running`` row per (kind, target),
 so two syncs of one marketplace never overlap, whichever host starts them.  A run that stopped
 making progress (its workers died) is marked ``abandoned`` after ``stale_after_s`` so the next
@@ -9,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Mapping
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Integer, cast, func, literal_column, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,14 +100,100 @@ def begin_run(session: Session, *, kind: str, target: str, trigger: str, policy:
     return run
 
 
-def fail_run(session: Session, sync_id: int, error: str) -> bool:
-    """Mark a running sync as failed with ``error``; True if this call failed it.  Commits."""
+def fail_run(session: Session, sync_id: int, error: str, *, commit: bool = True, **values: Any) -> bool:
+    """Mark a running sync as failed with ``error`` (and ``values``); True if this call failed it.
+
+    Commits unless ``commit`` is false.
+    """
     result = session.execute(
         update(SyncRun).where(SyncRun.id == sync_id, SyncRun.status == "running")
-        .values(status="failed", error=error[:4000], errors=SyncRun.errors + 1, finished_at=_now())
+        .values(status="failed", error=error[:4000], errors=SyncRun.errors + 1, finished_at=_now(), **values)
     )
-    session.commit()
+    if commit:
+        session.commit()
     return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A run's row right after a step was recorded (still locked by the caller's transaction)."""
+
+    pages_done: int
+    total_pages: int | None
+    status: str
+    details: dict[str, Any]
+
+
+def record_page(session: Session, sync_id: int, *, items: int, changed: int, unchanged: int, missing: int = 0,
+                total_pages: int | None = None, total_items: int | None = None,
+                counters: Mapping[str, int] | None = None) -> Progress:
+    """Count one page (or batch) done: its items, changes and ``details`` counters.  Does not commit.
+
+    The UPDATE takes the run's row lock, so of the pages of a run recorded at once exactly one
+    sees the last increment: that one may close the run (:func:`succeed_run`) in its transaction.
+    """
+    values: dict[str, Any] = {
+        "pages_done": SyncRun.pages_done + 1, "items": SyncRun.items + items, "changed": SyncRun.changed + changed,
+        "unchanged": SyncRun.unchanged + unchanged, "missing": SyncRun.missing + missing, "heartbeat_at": func.now()}
+    if total_pages is not None:
+        values["total_pages"] = total_pages
+    if total_items is not None:
+        values["total_items"] = total_items
+    if counters:
+        values["details"] = _add_counters(counters)
+    row = session.execute(update(SyncRun).where(SyncRun.id == sync_id).values(values).returning(
+        SyncRun.pages_done, SyncRun.total_pages, SyncRun.status, SyncRun.details)).one()
+    return Progress(row.pages_done, row.total_pages, row.status, row.details or {})
+
+
+def add_counters(session: Session, sync_id: int, counters: Mapping[str, int]) -> Progress | None:
+    """Add to counters kept in the run's ``details`` (and beat its heart).  Does not commit."""
+    row = session.execute(update(SyncRun).where(SyncRun.id == sync_id).values(
+        details=_add_counters(counters), heartbeat_at=func.now()).returning(
+        SyncRun.pages_done, SyncRun.total_pages, SyncRun.status, SyncRun.details)).first()
+    return None if row is None else Progress(row.pages_done, row.total_pages, row.status, row.details or {})
+
+
+def set_totals(session: Session, sync_id: int, *, total_pages: int | None = None, total_items: int | None = None,
+               details: Mapping[str, Any] | None = None) -> None:
+    """Record a run's size once it is known, and merge ``details`` into its JSON.  Does not commit."""
+    values: dict[str, Any] = {"heartbeat_at": func.now()}
+    if total_pages is not None:
+        values["total_pages"] = total_pages
+    if total_items is not None:
+        values["total_items"] = total_items
+    if details:
+        values["details"] = SyncRun.details.op("||")(cast(dict(details), JSONB))
+    session.execute(update(SyncRun).where(SyncRun.id == sync_id).values(values))
+
+
+def heartbeat(session: Session, sync_id: int, *, pages_done: int | None = None) -> None:
+    """Say a run is alive (so it is not abandoned as stale).  Does not commit."""
+    values: dict[str, Any] = {"heartbeat_at": func.now()}
+    if pages_done is not None:
+        values["pages_done"] = pages_done
+    session.execute(update(SyncRun).where(SyncRun.id == sync_id).values(values))
+
+
+def lock_status(session: Session, sync_id: int) -> str:
+    """The run's status, its row locked until the caller's transaction ends."""
+    return session.execute(select(SyncRun.status).where(SyncRun.id == sync_id).with_for_update()).scalar_one()
+
+
+def succeed_run(session: Session, sync_id: int, **values: Any) -> bool:
+    """Close a running run as succeeded (with ``values``); True if this call closed it.  Does not commit."""
+    result = session.execute(update(SyncRun).where(SyncRun.id == sync_id, SyncRun.status == "running")
+                             .values(status="succeeded", finished_at=values.pop("finished_at", None) or _now(),
+                                     **values))
+    return result.rowcount == 1
+
+
+def _add_counters(counters: Mapping[str, int]):
+    # ``details || {name: old + n, ...}`` in one statement under the row lock: no read-modify-write.
+    pairs = []
+    for name, amount in counters.items():
+        pairs += [literal_column(f"'{name}'"), func.coalesce(cast(SyncRun.details[name].astext, Integer), 0) + amount]
+    return SyncRun.details.op("||")(func.jsonb_build_object(*pairs))
 
 
 def add_counts(session: Session, sync_id: int, **counts: int) -> None:

@@ -21,13 +21,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from clients.backmarket import BackMarketClient
 from clients.http import RequestRecord
-from clients.refurbed import RefurbedClient
-from clients.shopify import ShopifyClient
-from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter, StoreBatch
+from clients.stores import StoreBatch
 from db import stores, syncs
 from db.store_models import StoreIntegration
+from runtime.clients import store_adapter
 from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -87,38 +85,6 @@ def begin_store_sync(sessions, integration_id: int, trigger: str = "manual", *, 
                               integration.marketplace_id, trigger)
 
 
-def build_adapter(integration: StoreIntegration, http: aiohttp.ClientSession, *, settings: Settings | None = None,
-                  environ: Mapping[str, str] | None = None,
-                  limiter_for: Callable[[StoreIntegration], object] | None = None,
-                  on_request: Callable[[RequestRecord], None] | None = None) -> StoreAdapter:
-    """The adapter of ``integration``'s platform, its client built from the settings and the credential variable.
-
-    ``limiter_for(integration)`` gives the fleet-wide limiter its calls count against (``None``: none).
-    The base URL defaults to the platform's (Back Market and Refurbed: the settings; Shopify:
-    ``https://<name>.myshopify.com``).
-    """
-    settings = settings or get_settings()
-    token = stores.resolve_credentials(integration, environ)
-    limiter = limiter_for(integration) if limiter_for is not None else None
-    common = {"timeout_s": settings.store_timeout_s, "attempts": settings.store_http_attempts,
-              "on_request": on_request}
-    if integration.platform == "backmarket":
-        client = BackMarketClient(http, base_url=integration.base_url or settings.backmarket_base_url, token=token,
-                                  user_agent=settings.backmarket_user_agent, language=settings.backmarket_language,
-                                  limiter=limiter, penalty_s=settings.backmarket_penalty_s, **common)
-        return BackMarketStoreAdapter(client, page_size=settings.backmarket_page_size)
-    if integration.platform == "refurbed":
-        client = RefurbedClient(http, base_url=integration.base_url or settings.refurbed_base_url, token=token,
-                                limiter=limiter, **common)
-        return RefurbedStoreAdapter(client)
-    if integration.platform == "shopify":
-        client = ShopifyClient(http, base_url=integration.base_url or f"https://{integration.name}.myshopify.com",
-                               token=token, api_version=settings.shopify_api_version, limiter=limiter,
-                               leak_per_s=settings.shopify_leak_per_s, **common)
-        return ShopifyStoreAdapter(client)
-    raise stores.StoreError(f"unknown platform {integration.platform!r}")
-
-
 async def run_store_sync(sessions, start: StoreSyncStart, http: aiohttp.ClientSession, *,
                          settings: Settings | None = None, environ: Mapping[str, str] | None = None,
                          limiter_for: Callable[[StoreIntegration], object] | None = None,
@@ -140,7 +106,7 @@ async def run_store_sync(sessions, start: StoreSyncStart, http: aiohttp.ClientSe
     try:
         integration = await asyncio.to_thread(_load, sessions, start.integration_id)
         credential = environ.get(integration.credentials_env, "")
-        adapter = build_adapter(integration, http, settings=settings, environ=environ, limiter_for=limiter_for,
+        adapter = store_adapter(integration, http, settings=settings, environ=environ, limiter_for=limiter_for,
                                 on_request=count)
         batches: list[StoreBatch] = []
         async for batch in adapter.batches():

@@ -5,11 +5,22 @@ publishes its quota and its waits, so the dashboards draw calls against quota fo
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Mapping
+
+import aiohttp
+
 from clients.backmarket import BackMarketClient
+from clients.http import RequestRecord
+from clients.ingram import FleetSemaphore, IngramClient, SharedToken
 from clients.ratelimit import FleetRateLimiter
 from clients.refurbed import RefurbedClient
+from clients.shopify import ShopifyClient
+from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter
+from db import stores
+from db.store_models import StoreIntegration
 from runtime import metrics, resources
-from runtime.settings import get_settings
+from runtime.settings import Settings, get_settings
 
 
 def fleet_limiter(name: str, requests: int, window_s: float, margin_s: float = 0.0) -> FleetRateLimiter:
@@ -59,3 +70,95 @@ def refurbed_client(on_request=None) -> RefurbedClient:
                           token=settings.refurbed_token.get_secret_value(), limiter=refurbed_limiter(),
                           timeout_s=settings.refurbed_timeout_s, attempts=settings.refurbed_http_attempts,
                           on_request=metrics.request_hook(on_request))
+
+
+def ingram_pa_limiter() -> FleetRateLimiter:
+    """The fleet-wide Ingram price & availability quota: ``INGRAM_PA_PER_MINUTE`` per (scaled) minute."""
+    settings = get_settings()
+    return fleet_limiter("ingram-pa", settings.ingram_pa_per_minute, 60.0 * settings.ingram_time_scale,
+                         settings.ingram_rate_margin_s)
+
+
+def ingram_details_limiter() -> FleetRateLimiter:
+    """The fleet-wide Ingram details quota: one call per ``INGRAM_DETAILS_MIN_INTERVAL_S`` (scaled)."""
+    settings = get_settings()
+    return fleet_limiter("ingram-details", 1, settings.ingram_details_min_interval_s * settings.ingram_time_scale,
+                         settings.ingram_rate_margin_s)
+
+
+def ingram_batch_slots() -> FleetSemaphore:
+    """The fleet-wide limit on Ingram price & availability batches running at once."""
+    settings = get_settings()
+    return FleetSemaphore(resources.async_redis(), "ingram-batches", namespace=settings.redis_namespace,
+                          ttl_s=settings.ingram_lease_ttl_s)
+
+
+def ingram_shared_token() -> SharedToken:
+    """The fleet's Ingram OAuth token for this API app (one per base URL and client id)."""
+    settings = get_settings()
+    app = hashlib.sha1(f"{settings.ingram_base_url}|{settings.ingram_client_id}".encode()).hexdigest()[:12]
+    return SharedToken(resources.async_redis(), f"ingram:{app}", namespace=settings.redis_namespace,
+                       refresh_before_s=settings.ingram_token_refresh_before_s,
+                       lock_ttl_s=settings.ingram_timeout_s * 2)
+
+
+def ingram_client(on_request=None) -> IngramClient:
+    """An Ingram Micro client on this process's session, shared token, limiters and settings."""
+    settings = get_settings()
+    return IngramClient(
+        resources.http_session(), base_url=settings.ingram_base_url, client_id=settings.ingram_client_id,
+        client_secret=settings.ingram_client_secret.get_secret_value(),
+        customer_number=settings.ingram_customer_number, country_code=settings.ingram_country_code,
+        sender_id=settings.ingram_sender_id or None, tokens=ingram_shared_token(), pa_limiter=ingram_pa_limiter(),
+        details_limiter=ingram_details_limiter(), timeout_s=settings.ingram_timeout_s,
+        attempts=settings.ingram_http_attempts, backoff_s=0.5 * settings.ingram_time_scale,
+        min_penalty_s=0.05 * settings.ingram_time_scale, on_request=metrics.request_hook(on_request))
+
+
+def store_limiter(integration: StoreIntegration) -> FleetRateLimiter:
+    """The fleet-wide limiter a store integration's calls count against.
+
+    Back Market: the catalog quota every Back Market call shares.  Refurbed: the fleet's Refurbed
+    quota.  Shopify: one per shop, at its leak rate (the REST bucket is per app and shop).
+    """
+    settings = get_settings()
+    if integration.platform == "backmarket":
+        return backmarket_limiter()
+    if integration.platform == "refurbed":
+        return refurbed_limiter()
+    window_s = 10.0
+    return fleet_limiter(f"shopify:{integration.name}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
+                         settings.rate_limit_margin_s)
+
+
+def store_adapter(integration: StoreIntegration, http: aiohttp.ClientSession, *, settings: Settings | None = None,
+                  environ: Mapping[str, str] | None = None,
+                  limiter_for: Callable[[StoreIntegration], FleetRateLimiter | None] | None = None,
+                  on_request: Callable[[RequestRecord], None] | None = None) -> StoreAdapter:
+    """The adapter of ``integration``'s platform, its client built from the settings and the credential variable.
+
+    ``limiter_for(integration)`` gives the fleet-wide limiter its calls count against (e.g.
+    :func:`store_limiter`; ``None``: none).
+    The base URL defaults to the platform's (Back Market and Refurbed: the settings; Shopify:
+    ``https://<name>.myshopify.com``).
+    """
+    settings = settings or get_settings()
+    token = stores.resolve_credentials(integration, environ)
+    limiter = limiter_for(integration) if limiter_for is not None else None
+    common = {"timeout_s": settings.store_timeout_s, "attempts": settings.store_http_attempts,
+              "on_request": on_request}
+    if integration.platform == "backmarket":
+        client = BackMarketClient(http, base_url=integration.base_url or settings.backmarket_base_url, token=token,
+                                  user_agent=settings.backmarket_user_agent, language=settings.backmarket_language,
+                                  limiter=limiter, penalty_s=settings.backmarket_penalty_s, **common)
+        return BackMarketStoreAdapter(client, page_size=settings.backmarket_page_size)
+    if integration.platform == "refurbed":
+        client = RefurbedClient(http, base_url=integration.base_url or settings.refurbed_base_url, token=token,
+                                limiter=limiter, **common)
+        return RefurbedStoreAdapter(client)
+    if integration.platform == "shopify":
+        client = ShopifyClient(http, base_url=integration.base_url or f"https://{integration.name}.myshopify.com",
+                               token=token, api_version=settings.shopify_api_version, limiter=limiter,
+                               leak_per_s=settings.shopify_leak_per_s, **common)
+        return ShopifyStoreAdapter(client)
+    raise stores.StoreError(f"unknown platform {integration.platform!r}")

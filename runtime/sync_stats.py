@@ -6,7 +6,7 @@ PostgreSQL, and the monitor reads them live.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Container, Iterable, Mapping
 
 #: Counters are kept this long after the last update (seconds).
 STATS_TTL_S = 7 * 24 * 3600
@@ -22,20 +22,34 @@ def page_key(namespace: str, sync_id: int, page: int) -> str:
     return f"{namespace}:sync:{sync_id}:fetched:{page}"
 
 
-def count_attempts(records: Iterable, first_is_retry: bool) -> dict[str, int]:
-    """Counters for one page fetch's HTTP attempts (``RequestRecord`` objects).
+def count_attempts(records: Iterable, first_is_retry: bool = False, *, never_retries: Container[str] = (),
+                   is_error: Callable[[Any], bool] | None = None) -> dict[str, int]:
+    """Counters for one message's HTTP attempts (``RequestRecord`` objects): the one counting rule.
 
-    Every attempt is an API call; every attempt but the first of a page's first fetch is a retry;
-    every attempt that did not get a 2xx is an error.
+    Every attempt is an API call.  An attempt is a retry when an earlier attempt of the message
+    went to the same endpoint, or when the message itself is a retry (``first_is_retry``); calls
+    to ``never_retries`` endpoints (a token) never are.  An attempt without a 2xx is an error,
+    unless ``is_error`` says otherwise (a 404 that is an answer).
     """
     counts = {"api_calls": 0, "retries": 0, "errors": 0}
-    for index, record in enumerate(records):
+    seen: set[str] = set()
+    for record in records:
+        endpoint = getattr(record, "endpoint", None)
         counts["api_calls"] += 1
-        if index > 0 or first_is_retry:
+        if endpoint not in never_retries and (first_is_retry or endpoint in seen):
             counts["retries"] += 1
-        if record.status is None or record.status >= 400:
+        seen.add(endpoint)
+        failed = record.status is None or record.status >= 400
+        if is_error(record) if is_error is not None else failed:
             counts["errors"] += 1
     return counts
+
+
+def add_counts(total: dict[str, int], counts: Mapping[str, int]) -> dict[str, int]:
+    """Add ``counts`` into ``total`` (in place) and return it."""
+    for name, value in counts.items():
+        total[name] = total.get(name, 0) + value
+    return total
 
 
 async def add(redis, namespace: str, sync_id: int, counts: dict[str, int]) -> None:

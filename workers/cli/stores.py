@@ -53,11 +53,11 @@ def _run_here(integration_id: int, trigger: str):
     """Run one store sync in this process (``--wait``), as a worker would; the result or a ClickException."""
     import aiohttp
 
-    from actors.stores import limiter_for
     from db.stores import StoreError
     from db.syncs import SyncRefused
     from pipelines.stores import begin_store_sync, run_store_sync
     from runtime import resources
+    from runtime.clients import store_limiter
 
     sessions = _sessions()
     try:
@@ -68,7 +68,7 @@ def _run_here(integration_id: int, trigger: str):
     async def go():
         try:
             async with aiohttp.ClientSession() as http:
-                return await run_store_sync(sessions, start, http, limiter_for=limiter_for)
+                return await run_store_sync(sessions, start, http, limiter_for=store_limiter)
         finally:
             await resources.close_loop_resources()
 
