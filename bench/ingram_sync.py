@@ -170,7 +170,7 @@ def main() -> None:
         from runtime.settings import get_settings
 
         get_settings.cache_clear()
-        from actors.ingram import SUPPLIER
+        from pipelines.ingram import SUPPLIER
         from db import supplier
 
         sessions = session_factory(url)

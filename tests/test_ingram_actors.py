@@ -148,7 +148,7 @@ def test_scheduled_retries_follow_the_schedule_then_let_the_error_through():
 
 
 def test_attempts_are_counted_once_and_token_calls_are_never_retries():
-    from actors.ingram import _count_attempts
+    from pipelines.ingram import count_attempts as _count_attempts
 
     records = [RequestRecord("ingram", TOKEN, 200, 1, 0.01, 0),
                RequestRecord("ingram", PRICE_AVAILABILITY, 503, 1, 0, 0),

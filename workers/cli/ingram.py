@@ -75,7 +75,7 @@ def sync_command(force: bool, batch_size: int | None, max_concurrent: int | None
               help="Follow every product of a sandbox Ingram Micro (its /_sandbox/products).")
 def add_products_command(products: tuple[str, ...], file: TextIO | None, sandbox_url: str | None) -> None:
     """Follow Ingram Micro products: PART or PART,SKU (the seller's SKU it supplies, to link them)."""
-    from actors.ingram import SUPPLIER
+    from pipelines.ingram import SUPPLIER
     from db import supplier
     from runtime import resources
 
