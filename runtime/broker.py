@@ -11,14 +11,13 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 
 from runtime import resources
+from runtime.queues import BROKER_NAMESPACE
 from runtime.failures import FailureRecorder
 from runtime.metrics import FleetPrometheus
 from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of dramatiq's own Redis keys: queues and their dead letters (``runtime.dlq`` reads them).
-BROKER_NAMESPACE = "dramatiq"
 
 _installed: dramatiq.Broker | None = None
 _install_lock = threading.Lock()

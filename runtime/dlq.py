@@ -30,11 +30,16 @@ from typing import Iterable
 import dramatiq
 from dramatiq.errors import DecodeError
 
-from runtime.broker import BROKER_NAMESPACE
-from runtime.failures import error_key
+from runtime.queues import BROKER_NAMESPACE
 
 #: The script behind retry and purge, read once at import.
 LUA_SOURCE = Path(__file__).with_name("dlq.lua").read_text()
+
+
+def error_key(namespace: str, message_id: str) -> str:
+    """The Redis key holding a dead letter's error and traceback."""
+    return f"{namespace}:dead-letter-errors:{message_id}"
+
 
 #: Messages moved per script call: each call holds Redis for a moment only.
 MOVE_BATCH = 100

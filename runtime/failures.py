@@ -18,6 +18,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from runtime import metrics
+from runtime.dlq import error_key
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ def message_argument(message: dramatiq.Message, position: int, name: str) -> Any
     if len(message.args) > position:
         return message.args[position]
     return message.kwargs.get(name)
-
-
-def error_key(namespace: str, message_id: str) -> str:
-    """The Redis key holding a dead letter's error and traceback."""
-    return f"{namespace}:dead-letter-errors:{message_id}"
 
 
 class FailureRecorder(Middleware):

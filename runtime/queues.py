@@ -2,6 +2,9 @@
 
 The Ingram Micro queues are settings (``INGRAM_BATCH_QUEUE``, ``INGRAM_DETAILS_QUEUE``), not here.
 """
+#: Prefix of dramatiq's own Redis keys: queues and their dead letters (``runtime.dlq`` reads them).
+BROKER_NAMESPACE = "dramatiq"
+
 STOCK_SYNC = "stock-sync"
 STOCK_FETCH = "stock-fetch"
 STOCK_APPLY = "stock-apply"

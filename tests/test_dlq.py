@@ -18,9 +18,10 @@ import redis
 from click.testing import CliRunner
 from dramatiq.brokers.redis import RedisBroker
 
-from runtime.broker import BROKER_NAMESPACE
+from runtime.queues import BROKER_NAMESPACE
 from runtime.dlq import DeadLetterQueues, parse_since
-from runtime.failures import FailureRecorder, error_key
+from runtime.dlq import error_key
+from runtime.failures import FailureRecorder
 from runtime.local_servers import wait_until
 from runtime.settings import get_settings
 
