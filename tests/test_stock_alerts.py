@@ -84,13 +84,15 @@ def world(monkeypatch, database_url):
                        "STOCK_ALERT_WEBHOOK_TIMEOUT_S": "5", "STOCK_ALERT_DEFAULT_THRESHOLD": "0",
                        "STOCK_ALERT_HYSTERESIS": "0"})
     from actors import alerts as actors
+    from pipelines import alerts as pipeline
 
     broker = actors.notify_stock_alert.broker
     broker.flush_all()
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
     sessions = session_factory(database_url)
-    state = SimpleNamespace(receiver=receiver, url=url, sessions=sessions, actors=actors, broker=broker)
+    state = SimpleNamespace(receiver=receiver, url=url, sessions=sessions, actors=actors, pipeline=pipeline,
+                            broker=broker)
     yield state
     worker.stop()
     broker.flush_all()
@@ -260,11 +262,11 @@ def test_a_failed_delivery_is_recorded_then_retried_and_never_shows_the_url(worl
     stock(world, "SKU-F", {"backmarket": 0})
     rule(world, 1, sku="SKU-F")
     due: list[int] = []
-    world.actors.run_check(notify=due.append)
+    world.pipeline.run_check(notify=due.append)
     [alert_id] = due
     world.receiver.plan = [500, 502, 503]  # every attempt of the first delivery (3 attempts inside it)
     with pytest.raises(ServerError) as failed:
-        world.actors.deliver(alert_id)
+        world.pipeline.deliver(alert_id)
     assert world.receiver.count() == 3
     [alert] = alert_rows(world)
     assert alert.notified_state is None and alert.notify_attempts == 1 and "HTTP 503" in alert.notify_error
@@ -273,10 +275,10 @@ def test_a_failed_delivery_is_recorded_then_retried_and_never_shows_the_url(worl
     for shown in (str(failed.value), alert.notify_error, caplog.text):
         assert "s3cr3t" not in shown and SECRET_PATH not in shown and world.url not in shown
 
-    assert world.actors.deliver(alert_id) == "sent"  # the retry: the receiver is back
+    assert world.pipeline.deliver(alert_id) == "sent"  # the retry: the receiver is back
     [alert] = alert_rows(world)
     assert alert.notified_state == "firing" and alert.notify_error is None and world.receiver.count() == 4
-    assert world.actors.deliver(alert_id) == "skipped"  # a redelivered message sends nothing
+    assert world.pipeline.deliver(alert_id) == "skipped"  # a redelivered message sends nothing
     assert world.receiver.count() == 4
 
 
@@ -284,10 +286,10 @@ def test_a_refused_webhook_is_not_retried(world):
     stock(world, "SKU-R", {"backmarket": 0})
     rule(world, 1, sku="SKU-R")
     due: list[int] = []
-    world.actors.run_check(notify=due.append)
+    world.pipeline.run_check(notify=due.append)
     world.receiver.default = 404
     with pytest.raises(Exception) as refused:
-        world.actors.deliver(due[0])
+        world.pipeline.deliver(due[0])
     assert refused.value.permanent and world.receiver.count() == 1  # no attempt after a 404
     assert world.actors.notify_stock_alert.options["retry_when"](0, refused.value) is False
     assert "HTTP 404" in alert_rows(world)[0].notify_error and "s3cr3t" not in alert_rows(world)[0].notify_error
@@ -299,11 +301,11 @@ def test_an_unreachable_webhook_is_transient_and_its_url_is_not_shown(world, mon
     stock(world, "SKU-U", {"backmarket": 0})
     rule(world, 1, sku="SKU-U")
     due: list[int] = []
-    world.actors.run_check(notify=due.append)
+    world.pipeline.run_check(notify=due.append)
     setting(monkeypatch, stock_alert_webhook_url=f"http://127.0.0.1:{free_port()}{SECRET_PATH}",
             stock_alert_webhook_attempts=2)
     with pytest.raises(Exception) as failed:
-        world.actors.deliver(due[0])
+        world.pipeline.deliver(due[0])
     assert not failed.value.permanent and "no answer" in str(failed.value)
     assert "s3cr3t" not in str(failed.value) and "s3cr3t" not in alert_rows(world)[0].notify_error
 
@@ -329,7 +331,7 @@ def test_two_checks_at_once_open_each_alert_once(world):
     def one_check() -> None:
         try:
             barrier.wait(10)
-            world.actors.run_check(notify=sent.append)
+            world.pipeline.run_check(notify=sent.append)
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
@@ -348,10 +350,10 @@ def test_two_deliveries_of_one_alert_at_once_post_once(world):
     stock(world, "SKU-D", {"backmarket": 0})
     rule(world, 1, sku="SKU-D")
     due: list[int] = []
-    world.actors.run_check(notify=due.append)
+    world.pipeline.run_check(notify=due.append)
     world.receiver.delay_s = 0.3
     outcomes: list[str] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(world.actors.deliver(due[0]))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: outcomes.append(world.pipeline.deliver(due[0]))) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -362,7 +364,7 @@ def test_two_deliveries_of_one_alert_at_once_post_once(world):
 def test_a_lost_notification_is_sent_by_the_next_check(world):
     stock(world, "SKU-L", {"backmarket": 0})
     rule(world, 1, sku="SKU-L")
-    world.actors.run_check(notify=lambda alert_id: None)  # the message never reached Redis
+    world.pipeline.run_check(notify=lambda alert_id: None)  # the message never reached Redis
     with world.sessions() as session:  # ... and that was long enough ago
         session.execute(text("UPDATE stock_alerts SET fired_at = now() - interval '1 hour'"))
         session.commit()

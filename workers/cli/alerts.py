@@ -154,7 +154,7 @@ def alerts_check(dry_run: bool) -> None:
     Notifications go through the workers (queue ``alerts``); without REDIS_URL they are sent
     from this process.
     """
-    from actors.alerts import deliver, run_check
+    from pipelines.alerts import deliver, run_check
     from runtime import resources
 
     failures: list[str] = []
@@ -165,7 +165,13 @@ def alerts_check(dry_run: bool) -> None:
         except Exception as error:  # recorded on the alert; the command goes on
             failures.append(f"alert {alert_id}: notification failed: {error}")
 
-    result = run_check(dry_run=dry_run, notify=deliver_here if resources.in_process() else None)
+    if resources.in_process():
+        notify = deliver_here
+    else:
+        from workers.cli.common import fleet
+
+        notify = fleet().alerts.notify_stock_alert.send
+    result = run_check(notify, dry_run=dry_run)
     fire, resolve = ("WOULD FIRE", "WOULD RESOLVE") if dry_run else ("FIRED", "RESOLVED")
     for alert in result.fired:
         click.echo(f"{fire:<13} {alert.scope}: {alert.quantity} < {alert.threshold}")
