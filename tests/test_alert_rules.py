@@ -14,7 +14,7 @@ import yaml
 
 from tests.fleet import ROOT
 from tests.test_grafana_dashboard import metric_names
-from workers import metrics
+from runtime import metrics
 
 PROMETHEUS_DIR = ROOT / "deploy/prometheus"
 RULES_FILE = PROMETHEUS_DIR / "alerts.yml"
