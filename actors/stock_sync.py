@@ -1,4 +1,4 @@
-"""Bulk stock sync (DESIGN.md §3): start → fetch pages (fan-out) → apply each page → finish.
+"""Bulk stock sync: start → fetch pages (fan-out) → apply each page → finish.
 
 Actors are thin: they decode the message, call the code that does the work (``db.snapshot``,
 ``db.syncs``, ``clients.backmarket``) and enqueue what follows.

@@ -1,4 +1,4 @@
-"""The Back Market seller API client (docs/api-shapes.md §1), on aiohttp.
+"""The Back Market seller API client (sandbox/specs/backmarket-openapi.yml), on aiohttp.
 
 What a stock sync needs: listing pages (``GET /ws/listings``), one listing, and the absolute stock
 update (``POST /ws/listings/{listingId}``).  Every request takes a slot from the fleet-wide limiter

@@ -1,4 +1,4 @@
-"""Back Market orders (docs/api-shapes.md §1.7): ``GET /ws/orders`` pages, validated.
+"""Back Market orders (sandbox/specs/backmarket-openapi.yml): ``GET /ws/orders`` pages, validated.
 
 Back Market sends no order webhooks, so the fleet polls ``/ws/orders`` by ``date_modification``
 (see ``actors.orders.poll_orders``).  The HTTP call is :meth:`BackMarketClient.get_orders_page`

@@ -1,4 +1,4 @@
-"""The Ingram Micro Reseller API v6 client (docs/api-shapes.md §2), on aiohttp.
+"""The Ingram Micro Reseller API v6 client, on aiohttp.
 
 What the supplier sync needs: price & availability for up to 50 products a call
 (``POST /resellers/v6/catalog/priceandavailability``) and one product's details

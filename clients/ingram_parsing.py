@@ -1,4 +1,4 @@
-"""Ingram Micro Reseller API v6 answers (docs/api-shapes.md §2): routes, result types and parsing.
+"""Ingram Micro Reseller API v6 answers: routes, result types and parsing.
 
 No HTTP here: :mod:`clients.ingram` sends the requests; this module names the calls, validates the
 answers (price & availability, token, details' dimensions, error envelopes) and holds what they

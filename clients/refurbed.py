@@ -1,4 +1,4 @@
-"""The Refurbed Merchant API client, orders and offers' stock (docs/api-shapes.md §3), over its HTTP gateway.
+"""The Refurbed Merchant API client, orders and offers' stock (sandbox/specs/refurbed-merchant-openapi.json), over its HTTP gateway.
 
 Every call is ``POST <base>/refb.merchant.v1.<Service>/<Method>`` with a JSON body mirroring the
 proto request and ``Authorization: Plain <token>``.  JSON follows the proto: snake_case names,
@@ -195,7 +195,7 @@ class RefurbedClient:
             cursor = page.orders[-1].id
 
     async def list_offers(self, *, starting_after: str | None = None, limit: int = MAX_PAGE_LIMIT) -> OffersPage:
-        """``OfferService/ListOffers``: one page of this merchant's offers by ascending id (docs/api-shapes.md §3.5).
+        """``OfferService/ListOffers``: one page of this merchant's offers by ascending id (sandbox/specs/refurbed-merchant-openapi.json).
 
         Raises:
           MalformedResponse: The answer is not ``{"offers": [Offer...], "has_more": bool}`` of valid offers.

@@ -1,4 +1,4 @@
-"""A Shopify Admin REST API client for inventory reads (docs/api-shapes.md §4).
+"""A Shopify Admin REST API client for inventory reads.
 
 Auth is the ``X-Shopify-Access-Token`` header; paths are ``/admin/api/{version}/...json``.  Lists
 page by the ``Link`` header (``<url?page_info=...>; rel="next"``): the next page's URL is taken

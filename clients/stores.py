@@ -2,7 +2,7 @@
 
 Every adapter walks its platform's bulk read with the platform's client (paging, quotas, 429s and
 errors are the client's business) and yields :class:`StoreBatch` es: the items of one page and the
-time that page was fetched, so a page is applied as a snapshot *as of that time* (DESIGN.md §5).
+time that page was fetched, so a page is applied as a snapshot *as of that time*.
 
 - :class:`BackMarketStoreAdapter`: ``GET /ws/listings`` pages (:class:`clients.backmarket.BackMarketClient`).
 - :class:`RefurbedStoreAdapter`: ``OfferService/ListOffers`` while ``has_more``

@@ -1,4 +1,4 @@
-"""Tables of the stock alerts (issue 5 item 8): the rules and each alert's state.
+"""Tables of the stock alerts: the rules and each alert's state.
 
 A rule sets the stock threshold of a scope: one variation on one marketplace, one variation (its
 total stock), one marketplace (every variation listed there), or everything (neither set: it

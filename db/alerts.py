@@ -1,4 +1,4 @@
-"""Stock alerts (issue 5 item 8): the rules, the set-based check, and the notification bookkeeping.
+"""Stock alerts: the rules, the set-based check, and the notification bookkeeping.
 
 **Which threshold.**  Every variation's *total* stock (``variations.total_stock``) is compared with
 its variation rule, else the catch-all rule (no variation, no marketplace), else

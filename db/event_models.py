@@ -1,4 +1,4 @@
-"""Tables of the events pipeline: what a reconciliation found (DESIGN.md §3 "Reconciliation").
+"""Tables of the events pipeline: what a reconciliation found.
 
 The stock events themselves are rows of ``stock_ledger`` (db/models.py), and the push state lives
 on ``marketplace_stock``; only the reconciliation report needs a table of its own.

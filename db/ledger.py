@@ -1,4 +1,4 @@
-"""The ledger invariant (DESIGN.md §5) as queries: every stock row equals the sum of its ledger.
+"""The ledger invariant as queries: every stock row equals the sum of its ledger.
 
 Stock rows start at zero, so for every row: ``listed == sum(change)``; and the ledger rows of a
 stock row, in order, chain: each ``quantity_after`` is the next ``quantity_before``.

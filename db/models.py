@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 typed models: the schema of DESIGN.md §4.
+"""SQLAlchemy 2 typed models of the core schema: catalogue, stock, ledger, sync runs.
 
 Schema changes go through Alembic (``db/migrations``); these models are the typed view of it.
 """

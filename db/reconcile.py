@@ -1,4 +1,4 @@
-"""Reconciliation (DESIGN.md §3): compare the marketplace's listing pages with the stock table.
+"""Reconciliation: compare the marketplace's listing pages with the stock table.
 
 A reconciliation is a ``sync_runs`` row of kind ``reconciliation``.  It first checks the ledger
 invariant (a broken ledger is not corrected from the marketplace: the run fails and alerts), then

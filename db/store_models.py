@@ -1,4 +1,4 @@
-"""Tables of store integrations (issue 5 item 7): the stores the seller connects, and their sync logs.
+"""Tables of store integrations: the stores the seller connects, and their sync logs.
 
 A store integration is one account on one platform (Back Market, Refurbed, Shopify) whose stock
 is read in bulk into its own marketplace's stock rows (``marketplaces.code`` = the integration's

@@ -1,4 +1,4 @@
-"""Supplier products (Ingram Micro) and the set-based steps of a supplier sync (DESIGN.md §3, §4).
+"""Supplier products (Ingram Micro) and the set-based steps of a supplier sync.
 
 A supplier sync walks the products the seller follows in batches of at most 50.  Each batch is
 one transaction and a few statements whatever its size: claim the batch, update the products it

@@ -1,6 +1,6 @@
 """A simulated Ingram Micro Reseller API v6: an aiohttp app speaking the shapes of the real one.
 
-The shapes come from ``docs/api-shapes.md`` §2 (Ingram Micro's SDK and developer pages).
+The shapes follow Ingram Micro's v6 developer pages and its published reseller SDK.
 :class:`IngramSandbox` holds a deterministic catalogue of products whose prices and stock drift,
 and serves:
 

@@ -1,7 +1,7 @@
 """A simulated Refurbed Merchant API (orders) and its "Instant Order Notifications" webhook.
 
 Shapes follow Refurbed's Swagger (``shared/specs/refurbed-merchant-openapi.json``) and
-docs/api-shapes.md §3: the HTTP gateway of a gRPC API, so every call is ``POST
+sandbox/specs/refurbed-merchant-openapi.json: the HTTP gateway of a gRPC API, so every call is ``POST
 /refb.merchant.v1.<Service>/<Method>`` with a JSON body, ``Authorization: Plain <token>``,
 snake_case fields, int64 ids as strings, enums as strings, errors as ``google.rpc.Status``
 (``{"code", "message", "details"}``) behind the gateway's HTTP status.
@@ -127,7 +127,7 @@ class RefurbedSandbox(Dials):
         self._error_rng = random.Random(f"refurbed-errors:{seed}")
         self._requests: dict[str, int] = {}
         self._deliveries: list[Delivery] = []
-        self._offers: dict[int, dict[str, Any]] = {}  # OfferService (docs/api-shapes.md §3.5)
+        self._offers: dict[int, dict[str, Any]] = {}  # OfferService (sandbox/specs/refurbed-merchant-openapi.json)
         self._outbox: queue.Queue[tuple[int, int] | None] = queue.Queue()
         self._sender: threading.Thread | None = None
         self.configure(token=token, webhook_url=webhook_url, webhook_resends=webhook_resends,

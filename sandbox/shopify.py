@@ -1,4 +1,4 @@
-"""A simulated Shopify shop: the Admin REST reads a stock sync makes (docs/api-shapes.md §4).
+"""A simulated Shopify shop: the Admin REST reads a stock sync makes.
 
 Served under ``/admin/api/{version}/``: ``products.json`` (products with their variants: ``sku``,
 ``inventory_item_id``), ``locations.json`` and ``inventory_levels.json?location_ids=...`` (one
