@@ -1,7 +1,7 @@
 """A simulated Refurbed Merchant API (orders) and its "Instant Order Notifications" webhook.
 
-Shapes follow Refurbed's Swagger (``shared/specs/refurbed-merchant-openapi.json``) and
-sandbox/specs/refurbed-merchant-openapi.json: the HTTP gateway of a gRPC API, so every call is ``POST
+Shapes follow Refurbed's Swagger (``sandbox/specs/refurbed-merchant-openapi.json``): the HTTP
+gateway of a gRPC API, so every call is ``POST
 /refb.merchant.v1.<Service>/<Method>`` with a JSON body, ``Authorization: Plain <token>``,
 snake_case fields, int64 ids as strings, enums as strings, errors as ``google.rpc.Status``
 (``{"code", "message", "details"}``) behind the gateway's HTTP status.
