@@ -1,66 +1,13 @@
 """The HTTP request core every API client is built on: :class:`JsonApi`.
 
-A client (Back Market, Ingram Micro, Refurbed, ... Shopify) keeps what is its own: its routes, the
-validation of its answers, its error envelope and its public API.  What every client does the same
-way lives here, once:
+A client keeps what is its own (routes, answer validation, error envelope); what every client
+does the same way is here, once: take a slot from the fleet-wide limiter, send on the process's
+session, report a :class:`RequestRecord` per attempt, decode JSON, turn an error answer into the
+typed error of :mod:`clients.errors`, penalize the whole fleet on a 429, retry transient errors
+(429, 5xx, 408/425, timeouts) with backoff and jitter, and keep every :class:`Secret` out of
+reprs, errors and logs.  ``clients/shopify.py`` is the shortest client to copy.
 
-- **one attempt** takes a slot from the fleet-wide limiter (:class:`clients.ratelimit.FleetRateLimiter`)
-  if the call names one, sends the request on the process's aiohttp session, and reports a
-  :class:`RequestRecord` to ``on_request`` (``runtime.metrics.request_hook()`` in the fleet);
-- **a 2xx** answer is decoded as JSON (:class:`MalformedResponse` when it is not);
-- **an error answer** becomes the typed error of :mod:`clients.errors` for its status
-  (:func:`clients.errors.error_class`), with the message, code and request id the client's
-  ``describe_error`` found in the body;
-- **a 429** penalizes the whole fleet through the limiter (``penalize``) for the API's reset time
-  (at least ``RetryPolicy.penalty_s``), and, with ``RetryPolicy.refund_on_429``, gives the refused
-  request's slot back (``refund``);
-- **transient errors** (429, 5xx, 408/425, timeouts, dropped connections) are retried by tenacity up
-  to ``RetryPolicy.attempts`` attempts, with exponential backoff and jitter; a 429 waits for the
-  fleet penalty instead.  After the last attempt the error is raised, and the actor's retry schedule
-  takes over.  Permanent errors are raised at once;
-- **secrets** (:class:`Secret`) never show: not in a repr, not in an error (anything the server
-  echoes is redacted), not in a log line.
-
-Building a client on it (a sketch of a Shopify Admin API client)::
-
-    from clients.http import AttemptHeaders, ErrorDetails, JsonApi, RetryPolicy, Secret, retry_after, text, with_hint
-
-    API = "shopify"
-    LIST_PRODUCTS = "GET /admin/api/2024-07/products.json"     # the route template names the call
-
-    def describe_error(status: int, raw: bytes, headers) -> ErrorDetails:
-        # Shopify answers {"errors": "..."} or {"errors": {"field": ["..."]}}; JsonApi redacts the
-        # token from the message, turns "" into "empty body" and picks the error class by status.
-        try:
-            errors = json.loads(raw).get("errors")
-        except (ValueError, AttributeError):
-            errors = None
-        message = errors if isinstance(errors, str) else json.dumps(errors) if errors else text(raw)[:200]
-        return ErrorDetails(with_hint(message, HINTS.get(status)), request_id=headers.get("X-Request-Id"))
-
-    class ShopifyClient:
-        def __init__(self, session, *, shop_url, token, limiter=None, attempts=4, backoff_s=0.5,
-                     on_request=None):
-            token_secret = Secret(token)
-            self._http = JsonApi(
-                session, api=API, base_url=shop_url, describe_error=describe_error,
-                reset_at=retry_after,   # Shopify's 429 carries Retry-After (seconds)
-                auth=AttemptHeaders({"X-Shopify-Access-Token": token}, token_secret),
-                headers={"Accept": "application/json"},
-                retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, penalty_s=2.0),
-                on_request=on_request, logger=logging.getLogger(f"{__name__}.ShopifyClient"))
-            self.limiter = limiter
-
-        async def products_page(self, page_info=None):
-            answer = await self._http.call("GET", LIST_PRODUCTS, "/admin/api/2024-07/products.json",
-                                           params={"limit": 250}, limiter=self.limiter)
-            # answer.body is the decoded JSON; answer.headers has the Link header for the next page
-            ...
-
-Rules worth keeping when you add a client: name calls by route template (``"GET /ws/listings"``),
-never by URL, in errors and metrics; put every credential in a :class:`Secret` (the ``auth``
-headers' secret and any other in ``secrets``); keep the client's own ``__repr__`` free of them;
-validate answers in the client and raise :class:`MalformedResponse` naming the item and the field.
+Calls are named by route template (``"GET /ws/listings"``), never by URL, in errors and metrics.
 """
 from __future__ import annotations
 

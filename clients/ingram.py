@@ -1,26 +1,11 @@
-"""The Ingram Micro Reseller API v6 client, on aiohttp.
+"""The Ingram Micro Reseller API v6 client, on aiohttp: price & availability for up to 50 products
+a call, and one product's details, behind an OAuth client-credentials token.
 
-What the supplier sync needs: price & availability for up to 50 products a call
-(``POST /resellers/v6/catalog/priceandavailability``) and one product's details
-(``GET /resellers/v6/catalog/details/{ingramPartNumber}``), both behind an OAuth client-credentials
-token.
-
-- **The token** is shared by the whole fleet through Redis (:class:`clients.ingram_token.SharedToken`):
-  one worker fetches it under a Redis lock, stores it with its expiry, and every worker reads it.  It
-  is replaced before it expires (at most 24 h after it was issued).  A 401 makes the client drop
-  that token and fetch a new one once; a second 401 is an error.
-- **Quotas** are fleet-wide :class:`clients.ratelimit.FleetRateLimiter` instances (one for price &
-  availability, one for details): every HTTP attempt takes a slot first.  A 429 penalizes the
-  whole fleet until ``X-RateLimit-Reset`` and refunds the refused request's slot.
-- **5xx answers and timeouts** are retried with exponential backoff and jitter (:mod:`clients.http`);
-  after the last attempt the typed error of :mod:`clients.errors` is raised, transient or permanent,
-  and the actor's retry schedule takes over.
-- **207 Multi-Status** answers are parsed item by item (:mod:`clients.ingram_parsing`): products the
-  API answered with an error come back as :class:`ProductError` next to the products it priced.
-
-This module is the client; the names of :mod:`clients.ingram_parsing` (routes, result types,
-parsing), :mod:`clients.ingram_token` (the token stores) and :class:`clients.semaphore.FleetSemaphore`
-are re-exported, so ``from clients.ingram import ...`` reaches all of them.
+The token is shared by the whole fleet through Redis (:class:`clients.ingram_token.SharedToken`);
+a 401 drops it and fetches a new one once.  A 207 answer is parsed item by item: products answered
+with an error come back as :class:`ProductError` beside the priced ones.  The names of
+:mod:`clients.ingram_parsing`, :mod:`clients.ingram_token` and :mod:`clients.semaphore` are
+re-exported here.
 """
 from __future__ import annotations
 

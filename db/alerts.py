@@ -1,23 +1,9 @@
-"""Stock alerts: the rules, the set-based check, and the notification bookkeeping.
+"""Stock alerts in PostgreSQL: the rules, the set-based check, and the notification bookkeeping.
 
-**Which threshold.**  Every variation's *total* stock (``variations.total_stock``) is compared with
-its variation rule, else the catch-all rule (no variation, no marketplace), else
-``STOCK_ALERT_DEFAULT_THRESHOLD``.  A variation's *available* stock on a marketplace (listed minus
-locked) is compared only where a marketplace rule applies (one for that variation and
-marketplace, or one for the whole marketplace), with the most specific rule winning:
-variation + marketplace > variation > marketplace > catch-all > the setting.  A threshold of 0
-means "no alert" for that scope.
-
-**When.**  Stock strictly below the threshold opens a ``firing`` alert (one per scope at most: a
-unique partial index); the alert resolves once the stock is at least threshold + hysteresis (or
-its scope is no longer checked).  Only those two transitions are notified, so a stock that stays
-low is notified once, and one that comes back and drops again is notified again (a new alert).
-
-**Safety.**  :func:`check` runs in the caller's transaction: it takes a transaction-level advisory
-lock first, so two checks at once run one after the other and the second finds nothing to do
-(the unique index backs that up); every statement is set-based, whatever the catalogue's size.
-A notification locks its alert row while it is delivered (:func:`claim_notification`), so two
-deliveries of the same message send it once.
+The most specific rule wins (variation + marketplace > variation > marketplace > catch-all >
+``STOCK_ALERT_DEFAULT_THRESHOLD``; 0 means no alert).  An alert fires when stock drops below its
+threshold and resolves at threshold + hysteresis; only those two transitions are notified.  A
+check holds a transaction-level advisory lock, so two checks at once run one after the other.
 """
 from __future__ import annotations
 

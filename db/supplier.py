@@ -1,19 +1,9 @@
 """Supplier products (Ingram Micro) and the set-based steps of a supplier sync.
 
-A supplier sync walks the products the seller follows in batches of at most 50.  Each batch is
-one transaction and a few statements whatever its size: claim the batch, update the products it
-priced (comparing in the same statement what changed), record the products the supplier answered
-with an error, count the run's progress.  The products that are new, changed (price,
-availability or status) or whose details are older than the allowed age come back from that
-transaction: only those get a details call.
-
-The run is complete when every batch is applied **and** every details call it asked for is done
-(or failed for good); the step that completes it closes it in its own transaction, so "complete"
-never depends on a message that could be lost.  Progress lives on the ``sync_runs`` row:
-``total_pages``/``pages_done`` count batches, ``total_items``/``items`` products, ``changed``/
-``unchanged`` products that changed (new ones included) or not, ``missing`` products left in error,
-and ``details`` (JSON) ``details_total``, ``details_done`` (404s included), ``details_none`` (404s),
-``details_failed`` and ``product_errors`` (every per-product error seen, retried ones included).
+A batch of at most 50 products is one transaction and a few statements whatever its size; only
+products new, changed or with old details come back for a details call.  The run is complete when
+every batch is applied and every details call it asked for is done (or failed for good), and the
+step that completes it closes it in its own transaction.
 """
 from __future__ import annotations
 

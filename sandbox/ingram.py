@@ -1,48 +1,7 @@
 """A simulated Ingram Micro Reseller API v6: an aiohttp app speaking the shapes of the real one.
 
-The shapes follow Ingram Micro's v6 developer pages and its published reseller SDK.
-:class:`IngramSandbox` holds a deterministic catalogue of products whose prices and stock drift,
-and serves:
-
-- ``POST /oauth/oauth20/token`` (client credentials as a form) and ``GET /oauth/oauth20/token?
-  grant_type=client_credentials&client_id=…&client_secret=…`` (the SDK's form): the same checks and
-  answers, ``{"access_token", "token_type": "Bearer", "expires_in": "86400"}`` (``expires_in`` a
-  string, as the SDK types it); wrong credentials or grant type answer 400 ``{"message": ...}``.
-- ``POST /resellers/v6/catalog/priceandavailability?includeAvailability=true&includePricing=true``:
-  at most 50 products; a top-level JSON array, 200, or 207 when some products are in error
-  (``productStatusCode`` ``E``).
-- ``GET /resellers/v6/catalog/details/{ingramPartNumber}``: ``ProductDetailResponse``, or 404
-  ("No Content") for a product without details.  ``additionalInformation`` ``height``, ``width``,
-  ``length`` and ``netWeight`` are strings with their unit (``"0.8 Inches"``, ``"2.4 lbs"``), as
-  the SDK types them.
-- ``/_sandbox/...``: admin routes for tests and benchmarks (stats, truth, dials, faults); no auth.
-
-Ingram part numbers are at most 6 characters (the SDK's limit): the catalogue's are 6, the seed's
-two digits and the product's index in base 36 (see :func:`part_number`).
-
-Every API request needs ``Authorization: Bearer <token>`` (401 gateway fault otherwise), then the
-headers ``IM-CustomerNumber`` (must match), ``IM-CountryCode`` (two letters), ``IM-CorrelationID``
-(at most 32 characters) and optionally ``IM-SenderID`` (at most 32); the correlation and sender
-ids are echoed back.
-
-Behaviour the docs leave open, and what the sandbox does:
-
-- Checks run in the order of a gateway: token (401), quota (429), then the backend (latency,
-  injected faults, header and body validation, the handler).  Requests refused for their token
-  do not reach the quota.
-- Quotas are sliding windows per endpoint: price & availability ``pa_quota_requests`` per
-  ``pa_quota_window_s`` (60 per 60 s), details ``details_quota_requests`` per
-  ``details_quota_window_s`` (1 per 0.5 s: "at least 500 ms apart").  A refused request does not
-  use the window.  Every answer carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
-  ``X-RateLimit-Reset``; the 429 body is ``{"errors": [{"field": null, "message": "too many
-  requests"}]}``.  ``X-RateLimit-Reset`` is epoch seconds **with milliseconds** (the real one is
-  whole seconds, as far as the docs show), so a time-scaled run is not rounded to a second.
-- ``time_scale`` multiplies every quota window and the drift's minute, so a benchmark can run
-  the real quotas 20 times faster (``time_scale=0.05``).  Token lifetimes are real seconds.
-- ``partial_rate``: the share of products a price & availability answer reports in error
-  ("temporarily unavailable"), seeded.  Such errors are transient: a product answered with one
-  is answered normally the next time it is asked for.  Part numbers the catalogue does not have
-  are always in error ("Invalid SKU").
+The shapes follow Ingram Micro's v6 developer pages and its published reseller SDK; where the
+docs leave behaviour open, :class:`IngramSandbox` says what the sandbox does.
 """
 from __future__ import annotations
 
@@ -197,6 +156,49 @@ class _Counters:
 
 class IngramSandbox(Dials):
     """The state of a simulated Ingram Micro reseller account, and the app that serves it.
+
+    :class:`IngramSandbox` holds a deterministic catalogue of products whose prices and stock drift,
+    and serves:
+
+    - ``POST /oauth/oauth20/token`` (client credentials as a form) and ``GET /oauth/oauth20/token?
+      grant_type=client_credentials&client_id=…&client_secret=…`` (the SDK's form): the same checks and
+      answers, ``{"access_token", "token_type": "Bearer", "expires_in": "86400"}`` (``expires_in`` a
+      string, as the SDK types it); wrong credentials or grant type answer 400 ``{"message": ...}``.
+    - ``POST /resellers/v6/catalog/priceandavailability?includeAvailability=true&includePricing=true``:
+      at most 50 products; a top-level JSON array, 200, or 207 when some products are in error
+      (``productStatusCode`` ``E``).
+    - ``GET /resellers/v6/catalog/details/{ingramPartNumber}``: ``ProductDetailResponse``, or 404
+      ("No Content") for a product without details.  ``additionalInformation`` ``height``, ``width``,
+      ``length`` and ``netWeight`` are strings with their unit (``"0.8 Inches"``, ``"2.4 lbs"``), as
+      the SDK types them.
+    - ``/_sandbox/...``: admin routes for tests and benchmarks (stats, truth, dials, faults); no auth.
+
+    Ingram part numbers are at most 6 characters (the SDK's limit): the catalogue's are 6, the seed's
+    two digits and the product's index in base 36 (see :func:`part_number`).
+
+    Every API request needs ``Authorization: Bearer <token>`` (401 gateway fault otherwise), then the
+    headers ``IM-CustomerNumber`` (must match), ``IM-CountryCode`` (two letters), ``IM-CorrelationID``
+    (at most 32 characters) and optionally ``IM-SenderID`` (at most 32); the correlation and sender
+    ids are echoed back.
+
+    Behaviour the docs leave open, and what the sandbox does:
+
+    - Checks run in the order of a gateway: token (401), quota (429), then the backend (latency,
+      injected faults, header and body validation, the handler).  Requests refused for their token
+      do not reach the quota.
+    - Quotas are sliding windows per endpoint: price & availability ``pa_quota_requests`` per
+      ``pa_quota_window_s`` (60 per 60 s), details ``details_quota_requests`` per
+      ``details_quota_window_s`` (1 per 0.5 s: "at least 500 ms apart").  A refused request does not
+      use the window.  Every answer carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
+      ``X-RateLimit-Reset``; the 429 body is ``{"errors": [{"field": null, "message": "too many
+      requests"}]}``.  ``X-RateLimit-Reset`` is epoch seconds **with milliseconds** (the real one is
+      whole seconds, as far as the docs show), so a time-scaled run is not rounded to a second.
+    - ``time_scale`` multiplies every quota window and the drift's minute, so a benchmark can run
+      the real quotas 20 times faster (``time_scale=0.05``).  Token lifetimes are real seconds.
+    - ``partial_rate``: the share of products a price & availability answer reports in error
+      ("temporarily unavailable"), seeded.  Such errors are transient: a product answered with one
+      is answered normally the next time it is asked for.  Part numbers the catalogue does not have
+      are always in error ("Invalid SKU").
 
     The catalogue has ``products`` products generated from ``seed`` (see :func:`product_entry`);
     their prices, stock and class live in dicts that the dials and the Python methods change.  The
