@@ -22,7 +22,11 @@ def _safe_next(target: str | None) -> str:
 
 def _login_form(request: web.Request, *, error: str | None = None, status: int = 200, username: str = "",
                 next_path: str = "/") -> web.Response:
-    token = security.new_token()
+    # One token per browser, kept across login pages: a second tab (or a favicon fetch sent to the login
+    # page) must not invalidate the form already shown.
+    token = request.cookies.get(security.LOGIN_CSRF_COOKIE) or ""
+    if len(token) < 32 or len(token) > 64:
+        token = security.new_token()
     response = aiohttp_jinja2.render_template("login.html", request, {
         "error": error, "login_csrf": token, "username": username, "next": next_path})
     response.set_status(status)
@@ -92,6 +96,12 @@ async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login")
     response.del_cookie(security.SESSION_COOKIE, path="/")
     raise response
+
+
+@routes.get("/favicon.ico")
+async def favicon(request: web.Request) -> web.Response:
+    """No icon (answered here so that a browser's automatic fetch is not sent to the login page)."""
+    return web.Response(status=204)
 
 
 @routes.get("/healthz")
