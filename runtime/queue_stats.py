@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import DecodeError
 
-from runtime.broker import BROKER_NAMESPACE
+from runtime.queues import BROKER_NAMESPACE
 
 
 @dataclass(frozen=True)

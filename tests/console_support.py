@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from db import users
 from db.snapshot import ensure_marketplace
-from runtime.broker import BROKER_NAMESPACE
+from runtime.queues import BROKER_NAMESPACE
 
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -46,7 +46,7 @@ def add_dead_letter(redis, queue: str, actor: str, *args, error: str = "RuntimeE
     """A dead letter as dramatiq's Redis broker leaves one (plus the error the failure recorder keeps)."""
     import json
 
-    from runtime.failures import error_key
+    from runtime.dlq import error_key
 
     message = dramatiq.Message(queue_name=queue, actor_name=actor, args=args, kwargs={}, options={})
     redis_id = str(uuid.uuid4())
