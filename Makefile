@@ -11,8 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages whose programs the tests start for real (each package's program has its name):
-# redis-server, and prometheus, which scrapes a test fleet.
-SYSTEM_PACKAGES := redis-server prometheus
+# redis-server, prometheus, which scrapes a test fleet, and chromium, which the console's browser tests drive.
+SYSTEM_PACKAGES := redis-server prometheus chromium
 
 system-deps:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do command -v $$package >/dev/null || missing="$$missing $$package"; done; \

@@ -305,13 +305,16 @@ def _recheck_delay_ms() -> int:
 
 @dramatiq.actor(queue_name=RECHECK_QUEUE, retry_when=transient_only(5), min_backoff=2_000, max_backoff=60_000,
                 max_age=24 * 3600 * 1000, time_limit=5 * 60 * 1000)
-def recheck_stock(marketplace: str, sku: str, attempt: int = 1) -> None:
-    """Read one flagged row's listing(s) again and apply the read with the snapshot rules."""
+def recheck_stock(marketplace: str, sku: str, attempt: int = 1, refresh: bool = False) -> None:
+    """Read one flagged row's listing(s) again and apply the read with the snapshot rules.
+
+    ``refresh``: an operator asked for this row (the console), flagged or not; same read, same rules.
+    """
     if marketplace not in READABLE_MARKETPLACES:
         return
     with resources.sessions()() as session:
         row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
-    if row is None or not row.needs_recheck or not row.listings:
+    if row is None or not (row.needs_recheck or refresh) or not row.listings:
         return
     fetched_at, quantity = resources.run_on_worker_loop(lambda: _read_listings(row.listings))
     with resources.sessions()() as session:

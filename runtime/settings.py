@@ -230,6 +230,21 @@ class Settings(BaseSettings):
     stock_alert_notify_min_backoff_ms: int = Field(30_000, ge=1)
     stock_alert_notify_max_backoff_ms: int = Field(30 * 60_000, ge=1)
 
+    # --- operator console (add fields below this line) ---
+    #: ``stocksync console``: the operator web console.  Loopback unless told otherwise: put a
+    #: TLS-terminating proxy in front of it (the session cookie is marked Secure over HTTPS).
+    console_host: str = "127.0.0.1"
+    console_port: int = Field(8800, ge=1, le=65535)
+    #: A session lasts this long from its login, whatever is done meanwhile (seconds).
+    console_session_lifetime_s: float = Field(8 * 3600, gt=0)
+    #: Failed logins allowed per account and per client address within the window, then refused
+    #: until the window has passed.
+    console_login_max_failures: int = Field(5, ge=1)
+    console_login_max_failures_per_address: int = Field(20, ge=1)
+    console_login_window_s: float = Field(15 * 60, gt=0)
+    #: Rows per page of the ledger, the audit and the run lists.
+    console_page_size: int = Field(50, ge=1, le=1000)
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -14,12 +14,12 @@ from tests.fleet import ROOT
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 #: The services that run the stocksync image.
-APP = ("migrate", "workers", "scheduler", "intake", "sandbox")
+APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox")
 
 
 def test_it_has_every_service_of_the_fleet():
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "workers", "scheduler", "intake", "sandbox", "prometheus",
-                             "grafana"}
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "workers", "scheduler", "intake", "console", "sandbox",
+                             "prometheus", "grafana"}
     for name in APP:
         assert SERVICES[name]["build"] == "." and SERVICES[name]["image"] == "stocksync:latest", name
         assert isinstance(SERVICES[name]["command"], list), f"{name}: exec form, so SIGTERM reaches the process"
@@ -35,7 +35,7 @@ def test_the_fleet_waits_for_its_database_redis_and_schema():
     assert SERVICES["migrate"]["command"] == ["stocksync", "db", "upgrade"]
     assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert SERVICES["migrate"]["restart"] == "no"
-    for name in ("workers", "scheduler", "intake"):
+    for name in ("workers", "scheduler", "intake", "console"):
         depends = SERVICES[name]["depends_on"]
         assert depends["migrate"]["condition"] == "service_completed_successfully", name
         assert depends["redis"]["condition"] == depends["postgres"]["condition"] == "service_healthy", name
@@ -66,7 +66,7 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port():
              for name in sd["names"]}
     exposed = {(name, int(SERVICES[name]["environment"]["METRICS_PORT"])) for name in APP
                if "METRICS_PORT" in SERVICES[name].get("environment", {})}
-    assert exposed == found == {("workers", 9191), ("scheduler", 9194), ("intake", 9195)}
+    assert exposed == found == {("workers", 9191), ("scheduler", 9194), ("intake", 9195), ("console", 9196)}
     for name, _ in exposed:
         assert SERVICES[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
 

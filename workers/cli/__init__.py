@@ -9,6 +9,7 @@ import click
 
 from workers.cli import (
     alerts,
+    console,
     db,
     demo,
     dlq,
@@ -21,6 +22,7 @@ from workers.cli import (
     serve,
     stores,
     sync,
+    users,
 )
 
 
@@ -32,5 +34,5 @@ def main() -> None:
 for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandbox_command,
                 reconcile.reconcile_command, ingram.ingram, monitor.monitor_command, serve.serve_command,
                 poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, stores.stores_group,
-                alerts.alerts_group):
+                alerts.alerts_group, console.console_command, users.users_group):
     main.add_command(command)

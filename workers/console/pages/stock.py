@@ -1,0 +1,169 @@
+"""Stock: SKU search, a variation's stock per marketplace and its ledger; top-up, adjustment, refresh.
+
+Top-ups and adjustments are stock events through the producer API (``StockEvents``) with the user
+as the ledger's ``actor``; the reference comes with the form (made when it was shown), so the
+same form sent twice books once.  A refresh enqueues ``recheck_stock`` for the row: one GET of its
+listing, applied with the re-check's rules.
+"""
+from __future__ import annotations
+
+import uuid
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from db import console_queries
+from runtime.producer import InvalidEvent, StockEvents
+from workers.console.app import CONSOLE
+from workers.console.security import Done, Refused, action, current_user
+
+routes = web.RouteTableDef()
+
+#: Marketplaces whose rows a refresh can read (the re-check reads Back Market listings).
+REFRESHABLE = ("backmarket",)
+
+MAX_SEARCH_RESULTS = 50
+
+
+def _int(value, name: str, *, minimum: int | None = None) -> int:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise Refused(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
+    if minimum is not None and number < minimum:
+        raise Refused(f"{name} must be at least {minimum}, got {number}")
+    return number
+
+
+def _id(request: web.Request, name: str = "variation_id") -> int:
+    value = request.match_info[name]
+    if not value.isdigit() or len(value) > 18:
+        raise web.HTTPNotFound(text=f"no such {name.replace('_', ' ')}: {value[:40]!r}")
+    return int(value)
+
+
+@routes.get("/stock")
+@aiohttp_jinja2.template("stock_search.html")
+async def search(request: web.Request):
+    """Variations whose SKU starts with ``q``; exactly one found goes straight to its page."""
+    console = request.app[CONSOLE]
+    prefix = request.query.get("q", "").strip()
+    if len(prefix) > 200:
+        raise web.HTTPBadRequest(text="q (a SKU prefix) must be at most 200 characters")
+    found = await console.read(console_queries.search_variations, prefix, MAX_SEARCH_RESULTS) if prefix else []
+    if len(found) == 1 and request.query.get("exact") != "0":
+        raise web.HTTPSeeOther(f"/variations/{found[0].id}")
+    return {"q": prefix, "found": found, "limit": MAX_SEARCH_RESULTS}
+
+
+def _variation_page(session, variation_id: int, before_id: int | None, limit: int):
+    variation = console_queries.get_variation(session, variation_id)
+    if variation is None:
+        return None
+    ledger, more = console_queries.ledger_page(session, variation_id, before_id=before_id, limit=limit)
+    return {"variation": variation, "stock": console_queries.stock_rows(session, variation_id), "ledger": ledger,
+            "more": more, "marketplaces": console_queries.marketplace_codes(session)}
+
+
+@routes.get("/variations/{variation_id}")
+@aiohttp_jinja2.template("variation.html")
+async def variation(request: web.Request):
+    """One variation: totals, stock per marketplace, the first ledger page and the action forms."""
+    console = request.app[CONSOLE]
+    before = request.query.get("before")
+    before_id = _int(before, "before", minimum=1) if before else None
+    data = await console.read(_variation_page, _id(request), before_id, console.settings.console_page_size)
+    if data is None:
+        raise web.HTTPNotFound(text=f"no variation {request.match_info['variation_id']}")
+    data.update(before=before_id, reference=f"console-{uuid.uuid4().hex[:12]}", refreshable=REFRESHABLE)
+    return data
+
+
+@routes.get("/variations/{variation_id}/ledger")
+@aiohttp_jinja2.template("ledger.html")
+async def ledger(request: web.Request):
+    """One page of the variation's ledger, newest first (``before``: the last id of the previous page)."""
+    console = request.app[CONSOLE]
+    before = request.query.get("before")
+    before_id = _int(before, "before", minimum=1) if before else None
+    variation_id = _id(request)
+
+    def load(session):
+        found = console_queries.get_variation(session, variation_id)
+        if found is None:
+            return None
+        rows, more = console_queries.ledger_page(session, variation_id, before_id=before_id,
+                                                 limit=console.settings.console_page_size)
+        return {"variation": found, "ledger": rows, "more": more, "before": before_id}
+
+    data = await console.read(load)
+    if data is None:
+        raise web.HTTPNotFound(text=f"no variation {variation_id}")
+    return data
+
+
+async def _stock_form(request: web.Request):
+    console = request.app[CONSOLE]
+    form = await request.post()
+    variation_id = _int(form.get("variation_id"), "variation_id", minimum=1)
+    found = await console.read(console_queries.get_variation, variation_id)
+    if found is None:
+        raise Refused(f"no variation {variation_id}", status=404)
+    marketplace = str(form.get("marketplace") or "").strip()
+    return console, form, found, marketplace
+
+
+def _event_error(error: InvalidEvent) -> Refused:
+    return Refused(str(error))  # names the field: "quantity: must be ..."
+
+
+@routes.post("/stock/topup")
+@action("stock.topup", role="operator")
+async def topup(request: web.Request) -> Done:
+    """A top-up stock event (pushed to the marketplace as any top-up)."""
+    console, form, found, marketplace = await _stock_form(request)
+    quantity = _int(form.get("quantity"), "quantity", minimum=1)
+    events = StockEvents(console.broker)
+    try:
+        message = await console.call(events.stock_topup, marketplace, sku=found.sku, quantity=quantity,
+                                     reference=str(form.get("reference") or "").strip(),
+                                     actor=current_user(request).username, note=str(form.get("note") or "") or None)
+    except InvalidEvent as error:
+        raise _event_error(error) from None
+    return Done(f"top-up of {quantity} on {marketplace} enqueued", f"/variations/{found.id}",
+                detail=f"message {message.message_id}")
+
+
+@routes.post("/stock/adjust")
+@action("stock.adjust", role="operator")
+async def adjust(request: web.Request) -> Done:
+    """A manual adjustment (either sign) as a stock event."""
+    console, form, found, marketplace = await _stock_form(request)
+    change = _int(form.get("change"), "change")
+    events = StockEvents(console.broker)
+    try:
+        message = await console.call(events.manual_adjustment, marketplace, sku=found.sku, change=change,
+                                     reference=str(form.get("reference") or "").strip(),
+                                     actor=current_user(request).username, note=str(form.get("note") or "") or None)
+    except InvalidEvent as error:
+        raise _event_error(error) from None
+    return Done(f"adjustment of {change:+d} on {marketplace} enqueued", f"/variations/{found.id}",
+                detail=f"message {message.message_id}")
+
+
+@routes.post("/stock/refresh")
+@action("stock.refresh", role="operator")
+async def refresh(request: web.Request) -> Done:
+    """Read one listing again from the marketplace (``recheck_stock`` with ``refresh``)."""
+    console, form, found, marketplace = await _stock_form(request)
+    if marketplace not in REFRESHABLE:
+        raise Refused(f"marketplace: a refresh reads {', '.join(REFRESHABLE)} listings, not {marketplace[:40]!r}")
+    rows = await console.read(console_queries.stock_rows, found.id)
+    row = next((row for row in rows if row.marketplace == marketplace), None)
+    if row is None or not row.listings:
+        raise Refused(f"{found.sku} has no listing on {marketplace} to read", status=409)
+    actor = console.broker.get_actor("recheck_stock")
+    message = await console.call(actor.send_with_options, args=(marketplace, found.sku),
+                                 kwargs={"refresh": True})
+    return Done(f"refresh of {marketplace} enqueued", f"/variations/{found.id}",
+                detail=f"message {message.message_id}")
