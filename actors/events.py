@@ -19,7 +19,7 @@ import logging
 import math
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -29,7 +29,8 @@ from actors.retry import MalformedMessage, transient_only
 from clients.backmarket import parse_listing
 from db import events as stock_events
 from db import reconcile, syncs
-from db.events import EventResult, InvalidStockEvent, StockEvent
+from core.events import EVENT_KINDS, MAX_BATCH, InvalidStockEvent, StockEvent
+from db.events import EventResult
 from db.snapshot import PageItem, apply_recheck
 from runtime import metrics, queues, resources, sync_stats
 from runtime.alert_hooks import raise_alert
@@ -51,46 +52,52 @@ _settings = get_settings()
 stock_events.set_clock_skew(_settings.stock_event_skew_s)
 
 
-# -- decoding --------------------------------------------------------------------------------------
+# -- decoding and booking ----------------------------------------------------------------------------
 
 
-def parse_event_time(value: Any, *, default_now: bool = False) -> datetime:
-    """An ISO 8601 time with a zone, as UTC; raise :class:`MalformedMessage` naming ``event_time``."""
-    if value is None and default_now:
-        return datetime.now(timezone.utc)
+def decode(kind: str, args: tuple = (), kwargs: dict | None = None) -> StockEvent:
+    """A ``kind`` actor's arguments as an event; :class:`MalformedMessage` naming the field otherwise."""
     try:
-        moment = datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise MalformedMessage(f"event_time must be an ISO 8601 time like 2026-11-23T09:35:24Z, got {value!r}") \
-            from None
-    if moment.utcoffset() is None:
-        raise MalformedMessage(f"event_time must carry a time zone (Z or +01:00), got {value!r}")
-    return moment.astimezone(timezone.utc)
+        return StockEvent.from_message(kind, args, kwargs)
+    except InvalidStockEvent as invalid:
+        raise MalformedMessage(f"{kind} event: {invalid}") from None
 
 
-def book(event: StockEvent, source: str) -> EventResult:
+def decode_batch_item(item: Any, index: int) -> StockEvent:
+    """One ``{"kind": ..., "fields": {...}}`` of a batch as an event; :class:`MalformedMessage` names what is wrong."""
+    if not isinstance(item, dict) or not isinstance(item.get("fields"), dict) or set(item) != {"kind", "fields"}:
+        raise MalformedMessage(f"event {index} must be an object with 'kind' and 'fields' only, got "
+                               f"{_short(item)}")
+    kind = item["kind"]
+    if kind not in EVENT_KINDS:
+        raise MalformedMessage(f"event {index}: kind must be one of {', '.join(EVENT_KINDS)}, got {_short(kind)}")
+    try:
+        return StockEvent.from_message(kind, (), item["fields"])
+    except InvalidStockEvent as invalid:
+        raise MalformedMessage(f"event {index} ({kind}): {invalid}") from None
+
+
+def _short(value: Any) -> str:
+    # A malformed message may be megabytes: its error names the problem, not the whole value.
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def book(event: StockEvent) -> EventResult:
     """Book one event in its own transaction, then count it and enqueue what follows."""
-    return book_all([(event, source)])[0]
+    return book_all([event])[0]
 
 
-def book_all(events: list[tuple[StockEvent, str]]) -> list[EventResult]:
-    """Book ``(event, source)`` pairs in one transaction, then count them and enqueue what follows.
+def book_all(events: list[StockEvent]) -> list[EventResult]:
+    """Book events (valid by construction) in one transaction, then count them and enqueue what follows.
 
-    All or nothing: a bad event refuses the batch (:class:`MalformedMessage` naming it), and a
-    failure rolls every booking back, so a retry of the message books them all once.
+    All or nothing: a failure rolls every booking back, so a retry of the message books them all once.
     """
-    checked = []
-    for index, (event, source) in enumerate(events):
-        try:
-            checked.append(event.validated())
-        except InvalidStockEvent as invalid:
-            where = f"event {index} ({event.change_type})" if len(events) > 1 else f"{event.change_type} event"
-            raise MalformedMessage(f"{where}: {invalid}") from None
     with resources.sessions()() as session:
-        results = stock_events.record_stock_events(session, checked)
+        results = stock_events.record_stock_events(session, events)
         session.commit()
-    for event, (_, source), result in zip(checked, events, results):
-        _after_booking(event, source, result)
+    for event, result in zip(events, results):
+        _after_booking(event, event.source or "api", result)
     return results
 
 
@@ -110,96 +117,50 @@ def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
         recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=_recheck_delay_ms())
 
 
-# -- decoding a message's arguments into events ------------------------------------------------------
-
-
-def _order_event(change_type: str, marketplace, order_id, order_line_id, sku, quantity, event_time,
-                 source="api") -> tuple[StockEvent, str]:
-    return StockEvent(marketplace=marketplace, sku=sku, change_type=change_type, quantity=quantity,
-                      event_time=parse_event_time(event_time), order_id=order_id, order_line_id=order_line_id,
-                      actor=source), source
-
-
-def _topup_event(marketplace, sku, quantity, reference, actor=None, note=None, event_time=None
-                 ) -> tuple[StockEvent, str]:
-    return StockEvent(marketplace=marketplace, sku=sku, change_type="topup", quantity=quantity,
-                      event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
-                      note=note), "api"
-
-
-def _manual_event(marketplace, sku, change, reference, actor=None, note=None, event_time=None
-                  ) -> tuple[StockEvent, str]:
-    return StockEvent(marketplace=marketplace, sku=sku, change_type="manual", quantity=change,
-                      event_time=parse_event_time(event_time, default_now=True), reference=reference, actor=actor,
-                      note=note), "api"
-
-
-#: Each event actor's name -> how its keyword arguments become an event (and its source).
-EVENT_DECODERS: dict[str, Callable[..., tuple[StockEvent, str]]] = {
-    "order_created": lambda **fields: _order_event("order_created", **fields),
-    "order_cancelled": lambda **fields: _order_event("order_cancelled", **fields),
-    "stock_topup": _topup_event,
-    "manual_adjustment": _manual_event,
-}
-
-
-def decode_batch_item(item: Any, index: int) -> tuple[StockEvent, str]:
-    """One ``{"kind": ..., "fields": {...}}`` of a batch as an event; :class:`MalformedMessage` names what is wrong."""
-    if not isinstance(item, dict) or not isinstance(item.get("fields"), dict):
-        raise MalformedMessage(f"event {index} must be an object with 'kind' and 'fields', got {item!r:.200}")
-    decoder = EVENT_DECODERS.get(item.get("kind"))
-    if decoder is None:
-        raise MalformedMessage(f"event {index}: kind must be one of {', '.join(EVENT_DECODERS)}, "
-                               f"got {item.get('kind')!r}")
-    try:
-        return decoder(**item["fields"])
-    except TypeError as error:
-        raise MalformedMessage(f"event {index} ({item['kind']}): {error}") from None
-    except MalformedMessage as error:
-        raise MalformedMessage(f"event {index} ({item['kind']}): {error}") from None
-
-
+# Each event actor takes its kind's fields (core.events.FIELDS), by keyword or in that order, and
+# checks them with the contract before anything touches the database: a missing, unknown or bad
+# field is a MalformedMessage, dead-lettered at once.
 _EVENT_OPTIONS = dict(queue_name=EVENTS_QUEUE, retry_when=transient_only(10), min_backoff=200, max_backoff=30_000,
                       max_age=7 * 24 * 3600 * 1000)
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
-def order_created(marketplace: str, order_id: str, order_line_id: str, sku: str, quantity: int, event_time: str,
-                  source: str = "api") -> None:
+def order_created(*args: Any, **fields: Any) -> None:
     """An order line took ``quantity`` units of ``sku`` on ``marketplace`` at ``event_time``."""
-    book(*_order_event("order_created", marketplace, order_id, order_line_id, sku, quantity, event_time, source))
+    book(decode("order_created", args, fields))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
-def order_cancelled(marketplace: str, order_id: str, order_line_id: str, sku: str, quantity: int, event_time: str,
-                    source: str = "api") -> None:
+def order_cancelled(*args: Any, **fields: Any) -> None:
     """An order line was cancelled at ``event_time``: its ``quantity`` units come back (and are pushed)."""
-    book(*_order_event("order_cancelled", marketplace, order_id, order_line_id, sku, quantity, event_time, source))
+    book(decode("order_cancelled", args, fields))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
-def stock_topup(marketplace: str, sku: str, quantity: int, reference: str, actor: str | None = None,
-                note: str | None = None, event_time: str | None = None) -> None:
+def stock_topup(*args: Any, **fields: Any) -> None:
     """``quantity`` units of ``sku`` arrived (``reference``: once per delivery); then pushed."""
-    book(*_topup_event(marketplace, sku, quantity, reference, actor, note, event_time))
+    book(decode("stock_topup", args, fields))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
-def manual_adjustment(marketplace: str, sku: str, change: int, reference: str, actor: str | None = None,
-                      note: str | None = None, event_time: str | None = None) -> None:
+def manual_adjustment(*args: Any, **fields: Any) -> None:
     """A person moved ``sku``'s stock by ``change`` (signed; ``reference``: once); then pushed."""
-    book(*_manual_event(marketplace, sku, change, reference, actor, note, event_time))
+    book(decode("manual_adjustment", args, fields))
 
 
 @dramatiq.actor(**_EVENT_OPTIONS)
-def stock_events_batch(events: list) -> None:
+def stock_events_batch(*args: Any, **kwargs: Any) -> None:
     """Book a batch of events (each ``{"kind": actor name, "fields": its arguments}``) in one transaction.
 
     What a producer sends when it has many events at once: one message, one commit, each event
     still its own ledger row under its own idempotency key.  A re-delivered batch books nothing.
     """
-    if not isinstance(events, list) or not events:
-        raise MalformedMessage(f"events must be a non-empty list, got {events!r:.200}")
+    if len(args) + len(kwargs) != 1 or set(kwargs) - {"events"}:
+        raise MalformedMessage("stock_events_batch takes one argument: events, a list")
+    events = args[0] if args else kwargs["events"]
+    if not isinstance(events, list) or not 1 <= len(events) <= MAX_BATCH:
+        raise MalformedMessage(f"events must be a non-empty list of at most {MAX_BATCH} events, got "
+                               f"{_short(events) if not isinstance(events, list) else f'{len(events)} items'}")
     book_all([decode_batch_item(item, index) for index, item in enumerate(events)])
 
 

@@ -25,8 +25,7 @@ This module never commits: the caller owns the transaction (one per message).
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple
@@ -34,13 +33,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-logger = logging.getLogger(__name__)
+# The event contract lives in core.events; these names are re-exported for the ledger's callers.
+from core.events import (CHANGE_TYPES, LOCAL_CHANGE_TYPES, MARKETPLACE_CHANGE_TYPES, InvalidStockEvent,  # noqa: F401
+                         StockEvent, order_line_key)
 
-#: Events the marketplace applies to its own stock at their event time.
-MARKETPLACE_CHANGE_TYPES = ("order_created", "order_cancelled")
-#: Events the marketplace learns of only through a push.
-LOCAL_CHANGE_TYPES = ("topup", "manual")
-CHANGE_TYPES = MARKETPLACE_CHANGE_TYPES + LOCAL_CHANGE_TYPES
+logger = logging.getLogger(__name__)
 
 #: Marketplaces whose stock is pushed after a local change (an absolute quantity, one call).
 #: Others keep the change locally only, and their rows never wait for a push.
@@ -50,15 +47,6 @@ PUSHED_MARKETPLACES = frozenset({"backmarket"})
 #: fetch time may or may not be in the page.  ``STOCK_EVENT_SKEW_S`` sets it for the fleet.
 DEFAULT_CLOCK_SKEW = timedelta(seconds=5)
 _clock_skew = DEFAULT_CLOCK_SKEW
-
-#: How far ahead of our clock an event time may be.  An event "from the future" would stay on top
-#: of every page until that time (the producer API refuses the same).
-MAX_FUTURE = timedelta(minutes=5)
-
-#: Column sizes of ``stock_ledger`` (db/models.py).
-_ID_CHARS, _SKU_CHARS, _TEXT_CHARS, _KEY_CHARS = 64, 200, 200, 300
-_MARKETPLACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-
 
 def set_clock_skew(seconds: float) -> None:
     """Set the process-wide clock skew used when no ``skew`` is passed (workers do it from settings)."""
@@ -71,89 +59,6 @@ def set_clock_skew(seconds: float) -> None:
 def clock_skew() -> timedelta:
     """The process-wide clock skew (see :data:`DEFAULT_CLOCK_SKEW`)."""
     return _clock_skew
-
-
-class InvalidStockEvent(ValueError):
-    """An event field is missing or wrong; ``field`` names it.  Permanent: retrying cannot help."""
-
-    permanent = True
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
-
-
-@dataclass(frozen=True)
-class StockEvent:
-    """One stock event, as booked in the ledger.
-
-    ``quantity`` is in units and positive, except for ``manual`` where it is the signed change.
-    ``idempotency_key`` defaults to ``marketplace:order_line_id:change_type`` for orders and
-    ``marketplace:change_type:reference`` for top-ups and manual changes (``reference`` is then
-    required: it is what makes a re-sent top-up the same top-up).
-    """
-
-    marketplace: str
-    sku: str
-    change_type: str
-    quantity: int
-    event_time: datetime
-    order_id: str | None = None
-    order_line_id: str | None = None
-    reference: str | None = None
-    actor: str | None = None
-    note: str | None = None
-    idempotency_key: str | None = None
-
-    @property
-    def key(self) -> str:
-        """The idempotency key: given, or derived from what identifies the effect."""
-        if self.idempotency_key:
-            return self.idempotency_key
-        if self.change_type in MARKETPLACE_CHANGE_TYPES:
-            return order_line_key(self.marketplace, self.order_line_id, self.change_type)
-        return f"{self.marketplace}:{self.change_type}:{self.reference}"
-
-    @property
-    def change(self) -> int:
-        """The signed change the event asks for (before any absorption)."""
-        if self.change_type == "order_created":
-            return -self.quantity
-        return self.quantity
-
-    def validated(self) -> StockEvent:
-        """This event with ids as strings and the time in UTC; raise :class:`InvalidStockEvent`."""
-        if not isinstance(self.marketplace, str) or not _MARKETPLACE.fullmatch(self.marketplace):
-            raise InvalidStockEvent("marketplace", f"must be a code like 'backmarket', got {self.marketplace!r}")
-        if self.change_type not in CHANGE_TYPES:
-            raise InvalidStockEvent("change_type", f"must be one of {', '.join(CHANGE_TYPES)}, "
-                                                   f"got {self.change_type!r}")
-        _check_text("sku", self.sku, _SKU_CHARS)
-        if isinstance(self.quantity, bool) or not isinstance(self.quantity, int):
-            raise InvalidStockEvent("quantity", f"must be an integer, got {type(self.quantity).__name__}")
-        if self.change_type == "manual":
-            if self.quantity == 0:
-                raise InvalidStockEvent("change", "must not be zero")
-        elif self.quantity <= 0:
-            raise InvalidStockEvent("quantity", f"must be a positive number of units, got {self.quantity}")
-        if not isinstance(self.event_time, datetime) or self.event_time.utcoffset() is None:
-            raise InvalidStockEvent("event_time", "must be a datetime with a time zone")
-        fields = {"event_time": self.event_time.astimezone(timezone.utc)}
-        if self.change_type in MARKETPLACE_CHANGE_TYPES:
-            for name in ("order_id", "order_line_id"):
-                value = getattr(self, name)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    value = str(value)
-                _check_text(name, value, _ID_CHARS)
-                fields[name] = value
-        elif not self.idempotency_key:
-            _check_text("reference", self.reference, _TEXT_CHARS)
-        for name in ("reference", "actor"):
-            if getattr(self, name) is not None:
-                _check_text(name, getattr(self, name), _TEXT_CHARS)
-        event = replace(self, **fields)
-        _check_text("idempotency_key", event.key, _KEY_CHARS)
-        return event
 
 
 @dataclass(frozen=True)
@@ -179,11 +84,6 @@ class EventResult:
     needs_recheck: bool = False
     push_requested: bool = False
     created: bool = False
-
-
-def order_line_key(marketplace: str, order_line_id: str | None, change_type: str) -> str:
-    """The idempotency key of an order line's event: one ``order_created`` and one ``order_cancelled``."""
-    return f"{marketplace}:{order_line_id}:{change_type}"
 
 
 #: (database URL, marketplace code) -> id: marketplaces are never renumbered nor deleted, and each
@@ -216,11 +116,9 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
     statement writes the ledger row (``ON CONFLICT DO NOTHING`` on the key), moves the stock and
     the variation total by the same change, and sets the push and re-check flags.  ``now`` and
     ``skew`` default to the wall clock and :func:`clock_skew` (tests pass a clock of their own).
-
-    Raises :class:`InvalidStockEvent` for a bad field (nothing written).
+    ``event`` is valid by construction (:class:`core.events.StockEvent`).
     """
     now = now or datetime.now(timezone.utc)
-    event = _checked(event, now)
     skew = clock_skew() if skew is None else skew
     key = event.key
     marketplace_id = marketplace_id_of(session, event.marketplace)
@@ -248,15 +146,6 @@ def record_stock_event(session: Session, event: StockEvent, *, now: datetime | N
         # The key was booked meanwhile on another stock row (a key reused for another SKU).
         return _duplicate(event, key, row, None)
     return _applied(event, row.id, decision, written.quantity_before, written.quantity_after, created)
-
-
-def _checked(event: StockEvent, now: datetime) -> StockEvent:
-    """``event`` validated, and not from the future; :class:`InvalidStockEvent` otherwise."""
-    event = event.validated()
-    if event.event_time > now + MAX_FUTURE:
-        raise InvalidStockEvent("event_time", f"is in the future ({event.event_time.isoformat()}, now "
-                                              f"{now.isoformat()})")
-    return event
 
 
 def _applied(event: StockEvent, stock_id: int, decision: _Decision, before: int, after: int,
@@ -291,13 +180,11 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     one, each event is decided here in order, and one statement writes every ledger row, moves
     every stock row and variation total and sets the flags.
 
-    Raises :class:`InvalidStockEvent` for a bad event (nothing written: the caller rolls back),
-    and :class:`LedgerRace` if a key of the batch was booked meanwhile on another row.
+    Raises :class:`LedgerRace` if a key of the batch was booked meanwhile on another row.
     """
     if not events:
         return []
     now = now or datetime.now(timezone.utc)
-    events = [_checked(event, now) for event in events]
     skew = clock_skew() if skew is None else skew
     marketplace_ids = {code: marketplace_id_of(session, code) for code in sorted({e.marketplace for e in events})}
     wanted = sorted({(marketplace_ids[e.marketplace], e.sku) for e in events})
@@ -518,13 +405,6 @@ def _decide(event: StockEvent, row, *, other_booked: bool, now: datetime, skew: 
     # the clocks are too close to tell: keep the lower stock and let the re-check decide.
     note = f"already counted by the marketplace page fetched at {synced.isoformat()}" if covered else None
     return _Decision(0, push=pushable, recheck=not covered, note=note)
-
-
-def _check_text(name: str, value, limit: int) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidStockEvent(name, f"must be a non-empty string, got {value!r}")
-    if len(value) > limit:
-        raise InvalidStockEvent(name, f"must be at most {limit} characters, got {len(value)}")
 
 
 # The hot path's statements are made once: a text() parses its SQL for bind names when built.

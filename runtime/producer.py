@@ -7,205 +7,69 @@
                          quantity=1, event_time="2026-11-23T09:35:24Z")
     events.stock_topup("backmarket", sku="IPHONE416GONLIB0", quantity=10, reference="PO-1182", actor="anna")
 
-Every argument is checked here, before anything is enqueued, and a bad one raises
-:class:`InvalidEvent` naming the field: a malformed event is refused at the door rather than
-dead-lettered later.  What is enqueued is a message for the events pipeline's actors
-(``actors.events``), which write the ledger; each event carries what its idempotency key is made of
-(marketplace + order line for orders, the ``reference`` for top-ups and adjustments), so sending
-the same event twice changes the stock once.
+Every event is checked by the one contract (``core.events``) before anything is enqueued; a bad
+one raises :class:`InvalidEvent` naming the field.  While Redis is unreachable or loading, sends
+are retried with backoff for ``PRODUCER_RETRY_S`` (30 s), then :class:`EventsNotSent` names the
+events not enqueued: nothing is dropped silently.  Sending an event twice changes the stock once
+(its idempotency key), so a caller may always send again what was not confirmed.
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Mapping
+from datetime import datetime
+from typing import Iterable, Sequence
 
 import dramatiq
+import redis.exceptions
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from db.events import InvalidStockEvent
+from core.events import MAX_BATCH, EVENT_KINDS, InvalidEvent, StockEvent, event_from_json, make_event
 from runtime import queues
 from runtime.broker import install_broker
+from runtime.settings import get_settings
 
-__all__ = ["BufferedStockEvents", "EVENT_KINDS", "InvalidEvent", "StockEvent", "StockEvents", "event_from_json",
-           "make_event"]
+__all__ = ["BufferedStockEvents", "EVENT_KINDS", "EventsNotSent", "InvalidEvent", "MAX_BATCH", "StockEvent",
+           "StockEvents", "event_from_json", "event_message", "make_event"]
 
 logger = logging.getLogger(__name__)
-
-#: The events this API produces, by the name of the actor that books them.
-EVENT_KINDS = ("order_created", "order_cancelled", "stock_topup", "manual_adjustment")
 
 #: The actor that books a batch of events in one transaction.
 BATCH_ACTOR = "stock_events_batch"
 
-#: The largest quantity (or adjustment) one event may carry: a typo guard, far above any real order.
-MAX_QUANTITY = 100_000
-
-#: The most events one batch message carries (``StockEvents.send_batch``): one transaction holds
-#: a row lock per SKU until it commits, and a message stays well under Redis' comfortable sizes.
-MAX_BATCH = 500
-
-#: How far in the future an event time may be: a little clock skew, not a date typed wrong.  An
-#: event "from the future" would be kept on top of every stock snapshot until that time comes.
-MAX_FUTURE = timedelta(minutes=5)
-
-#: Column sizes of the ledger (db/models.py): longer values are refused here, not truncated there.
-_ID_CHARS, _SKU_CHARS, _TEXT_CHARS, _NOTE_CHARS, _SOURCE_CHARS = 64, 200, 200, 2000, 32
-
-_MARKETPLACE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-
-#: Fields each event takes (required ones first) — also what the signed HTTP endpoint accepts.
-_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "order_created": (("marketplace", "order_id", "order_line_id", "sku", "quantity"), ("event_time", "source")),
-    "order_cancelled": (("marketplace", "order_id", "order_line_id", "sku", "quantity"), ("event_time", "source")),
-    "stock_topup": (("marketplace", "sku", "quantity", "reference"), ("actor", "note", "event_time")),
-    "manual_adjustment": (("marketplace", "sku", "change", "reference"), ("actor", "note", "event_time")),
-}
+#: What "Redis is down" looks like to a client: refused or reset connections, timeouts, and a
+#: server still loading its data after a restart (``BusyLoadingError``, a ``ConnectionError``).
+REDIS_UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError,
+                     redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
 
 
-class InvalidEvent(InvalidStockEvent):
-    """An event argument is missing or wrong; ``field`` names it, the message says what is expected.
+class EventsNotSent(RuntimeError):
+    """Redis stayed unavailable for the whole retry time: ``events`` were not enqueued.
 
-    The producer's name for the ledger's :class:`db.events.InvalidStockEvent` (same fields, same
-    message shape, permanent): one refusal type from the caller's arguments down to the ledger.
+    ``events`` are exactly the ones not sent (those before them were); sending them again later is
+    safe.  ``messages`` names other messages not sent (the intake's re-fetch of a Refurbed order).
     """
 
+    permanent = False
 
-@dataclass(frozen=True)
-class StockEvent:
-    """A validated stock event: the actor that books it and its keyword arguments (JSON-able)."""
-
-    kind: str
-    fields: dict[str, Any] = field(default_factory=dict)
-
-    def message(self) -> dramatiq.Message:
-        """The Dramatiq message for the events pipeline's actor (addressed by name: no actor import)."""
-        return dramatiq.Message(queue_name=queues.EVENTS, actor_name=self.kind, args=(), kwargs=dict(self.fields),
-                                options={})
-
-
-# -- validation ------------------------------------------------------------------------------------
+    def __init__(self, events: Sequence[StockEvent], cause: BaseException, waited_s: float, *,
+                 messages: Sequence[dramatiq.Message] = ()) -> None:
+        self.events = list(events)
+        self.messages = list(messages)
+        self.cause = cause
+        self.waited_s = waited_s
+        names = [event.key for event in self.events] + [f"{m.actor_name} message {m.message_id}" for m in messages]
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        what = f"{len(self.events)} stock event(s)" if self.events else f"{len(self.messages)} message(s)"
+        super().__init__(f"{what} not enqueued after {waited_s:.1f} s of retries "
+                         f"({type(cause).__name__}: {str(cause)[:200]}); not sent: {shown}")
 
 
-def _text(name: str, value: Any, limit: int, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidEvent(name, f"must be a string, got {_kind(value)}")
-    text = str(value)
-    if not text.strip():
-        raise InvalidEvent(name, "must not be empty")
-    if len(text) > limit:
-        raise InvalidEvent(name, f"must be at most {limit} characters, got {len(text)}")
-    return text
-
-
-def _identifier(name: str, value: Any) -> str:
-    # Marketplace ids are integers (Back Market) or int64-as-string (Refurbed): keep them as text.
-    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
-        raise InvalidEvent(name, f"must not be negative, got {value}")
-    return _text(name, value, _ID_CHARS)
-
-
-def _count(name: str, value: Any, *, signed: bool) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidEvent(name, f"must be an integer, got {_kind(value)}")
-    if signed:
-        if value == 0 or abs(value) > MAX_QUANTITY:
-            raise InvalidEvent(name, f"must be a non-zero integer within ±{MAX_QUANTITY}, got {value}")
-    elif not 1 <= value <= MAX_QUANTITY:
-        raise InvalidEvent(name, f"must be an integer in 1..{MAX_QUANTITY}, got {value}")
-    return value
-
-
-def _event_time(value: Any, now: datetime) -> str:
-    if value is None:
-        return now.isoformat()
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidEvent("event_time", f"must be an ISO 8601 time like 2026-11-23T09:35:24Z, got "
-                                             f"{value[:40]!r}") from None
-    if not isinstance(value, datetime):
-        raise InvalidEvent("event_time", f"must be an ISO 8601 string or a datetime, got {_kind(value)}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidEvent("event_time", "must carry a time zone (e.g. Z or +01:00): a local time is ambiguous")
-    if value - now > MAX_FUTURE:
-        raise InvalidEvent("event_time", f"is in the future ({value.isoformat()}, now {now.isoformat()})")
-    return value.astimezone(timezone.utc).isoformat()
-
-
-def _marketplace(value: Any) -> str:
-    if not isinstance(value, str) or not _MARKETPLACE.fullmatch(value):
-        raise InvalidEvent("marketplace", f"must be a marketplace code like 'backmarket' (a-z, 0-9, _ or -), "
-                                          f"got {_short(value)}")
-    return value
-
-
-def make_event(kind: str, *, now: datetime | None = None, **arguments: Any) -> StockEvent:
-    """Validate the arguments of a ``kind`` event and return it, normalised.
-
-    ``event_time`` (an aware datetime or an ISO 8601 string) defaults to now; it is sent as an ISO
-    8601 string in UTC.  Order and line ids may be given as integers; they are sent as strings.
-
-    Raises:
-      InvalidEvent: An unknown kind, a missing, unknown or invalid argument.
-    """
-    if kind not in _FIELDS:
-        raise InvalidEvent("type", f"must be one of {', '.join(EVENT_KINDS)}, got {_short(kind)}")
-    required, optional = _FIELDS[kind]
-    missing = [name for name in required if arguments.get(name) is None]
-    if missing:
-        raise InvalidEvent(missing[0], f"is required for {kind}")
-    unknown = sorted(set(arguments) - set(required) - set(optional))
-    if unknown:
-        raise InvalidEvent(unknown[0], f"is not a field of {kind} (fields: {', '.join(required + optional)})")
-    now = now or datetime.now(timezone.utc)
-    fields: dict[str, Any] = {"marketplace": _marketplace(arguments["marketplace"])}
-    if kind in ("order_created", "order_cancelled"):
-        fields["order_id"] = _identifier("order_id", arguments["order_id"])
-        fields["order_line_id"] = _identifier("order_line_id", arguments["order_line_id"])
-    fields["sku"] = _text("sku", arguments["sku"], _SKU_CHARS)
-    if kind == "manual_adjustment":
-        fields["change"] = _count("change", arguments["change"], signed=True)
-    else:
-        fields["quantity"] = _count("quantity", arguments["quantity"], signed=False)
-    if kind in ("stock_topup", "manual_adjustment"):
-        fields["reference"] = _text("reference", arguments["reference"], _TEXT_CHARS)
-        fields["actor"] = _text("actor", arguments.get("actor"), _TEXT_CHARS, optional=True)
-        fields["note"] = _text("note", arguments.get("note"), _NOTE_CHARS, optional=True)
-    fields["event_time"] = _event_time(arguments.get("event_time"), now)
-    if kind in ("order_created", "order_cancelled"):
-        fields["source"] = _text("source", arguments.get("source") or "api", _SOURCE_CHARS)
-    return StockEvent(kind, fields)
-
-
-def event_from_json(data: Any, *, now: datetime | None = None) -> StockEvent:
-    """An event from a decoded JSON object ``{"type": "<kind>", <fields>...}`` (the signed endpoint).
-
-    Raises:
-      InvalidEvent: Not an object, or as :func:`make_event`.
-    """
-    if not isinstance(data, Mapping):
-        raise InvalidEvent("event", f"must be a JSON object, got {_kind(data)}")
-    arguments = dict(data)
-    kind = arguments.pop("type", None)
-    if kind is None:
-        raise InvalidEvent("type", f"is required: one of {', '.join(EVENT_KINDS)}")
-    return make_event(kind, now=now, **arguments)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def event_message(event: StockEvent) -> dramatiq.Message:
+    """The Dramatiq message for ``event``'s actor (addressed by name: no actor import)."""
+    return dramatiq.Message(queue_name=queues.EVENTS, actor_name=event.kind, args=(), kwargs=event.fields,
+                            options={})
 
 
 # -- enqueueing ------------------------------------------------------------------------------------
@@ -216,15 +80,18 @@ class StockEvents:
 
     Parameters:
       broker(dramatiq.Broker): Where to enqueue; default the fleet's broker (``runtime.broker.install_broker``).
+      retry_s(float): How long to retry while Redis is unavailable; default ``PRODUCER_RETRY_S``.
 
     Each method validates its arguments (raising :class:`InvalidEvent`, nothing enqueued) and
-    returns the enqueued :class:`dramatiq.Message` (its ``message_id`` identifies it in the logs).
+    returns the enqueued :class:`dramatiq.Message` (its ``message_id`` identifies it in the logs),
+    or raises :class:`EventsNotSent` once Redis has been unavailable for ``retry_s``.
     """
 
-    def __init__(self, broker: dramatiq.Broker | None = None) -> None:
+    def __init__(self, broker: dramatiq.Broker | None = None, *, retry_s: float | None = None) -> None:
         if broker is None:
             broker = install_broker()
         self.broker = broker
+        self.retry_s = get_settings().producer_retry_s if retry_s is None else retry_s
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(broker={type(self.broker).__name__})"
@@ -259,11 +126,15 @@ class StockEvents:
 
     def send(self, event: StockEvent) -> dramatiq.Message:
         """Enqueue one validated event."""
-        return self.broker.enqueue(event.message())
+        return self._enqueue(event_message(event), [event])
 
     def send_all(self, events: Iterable[StockEvent]) -> list[dramatiq.Message]:
         """Enqueue validated events, each on its own (they may run in any order, in parallel)."""
-        return [self.broker.enqueue(event.message()) for event in events]
+        events = list(events)
+        sent = []
+        for index, event in enumerate(events):
+            sent.append(self._enqueue(event_message(event), events[index:]))
+        return sent
 
     def send_batch(self, events: Iterable[StockEvent], batch_size: int = 20) -> list[dramatiq.Message]:
         """Enqueue validated events in messages of up to ``batch_size``, each booked in one transaction.
@@ -275,10 +146,14 @@ class StockEvents:
         """
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}, got {batch_size}")
-        items = [{"kind": event.kind, "fields": dict(event.fields)} for event in events]
-        return [self.broker.enqueue(dramatiq.Message(queue_name=queues.EVENTS, actor_name=BATCH_ACTOR,
-                                                     args=(items[start:start + batch_size],), kwargs={}, options={}))
-                for start in range(0, len(items), batch_size)]
+        events = list(events)
+        sent = []
+        for start in range(0, len(events), batch_size):
+            items = [{"kind": event.kind, "fields": event.fields} for event in events[start:start + batch_size]]
+            message = dramatiq.Message(queue_name=queues.EVENTS, actor_name=BATCH_ACTOR, args=(items,), kwargs={},
+                                       options={})
+            sent.append(self._enqueue(message, events[start:]))
+        return sent
 
     def send_in_order(self, events: Iterable[StockEvent]) -> dramatiq.Message:
         """Enqueue events as a chain: each is enqueued by the worker only once the previous one succeeded.
@@ -287,30 +162,53 @@ class StockEvents:
         first time already cancelled: its ``order_created`` must be booked before its
         ``order_cancelled``.  Returns the first message.
         """
-        messages = [event.message() for event in events]
+        events = list(events)
+        messages = [event_message(event) for event in events]
         if not messages:
             raise ValueError("send_in_order needs at least one event")
-        if len(messages) == 1:
-            return self.broker.enqueue(messages[0])
         for message in messages[1:]:
             # The next actor gets its own arguments, not the previous one's return value.
             message.options["pipe_ignore"] = True
-        return dramatiq.pipeline(messages, broker=self.broker).run().messages[0]
+        # Only the first message goes to Redis: the others ride in its options.
+        return self._enqueue(dramatiq.pipeline(messages, broker=self.broker).messages[0], events)
+
+    def enqueue(self, message: dramatiq.Message) -> dramatiq.Message:
+        """Enqueue another message (not an event) with the same retries while Redis is unavailable."""
+        return self._enqueue(message, [])
+
+    def _enqueue(self, message: dramatiq.Message, events: list[StockEvent]) -> dramatiq.Message:
+        # ``events``: what is not sent if this fails (this message's events and the ones after it).
+        started = time.monotonic()
+        retrying = Retrying(retry=retry_if_exception_type(REDIS_UNAVAILABLE), stop=stop_after_delay(self.retry_s),
+                            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.05), reraise=True,
+                            before_sleep=_log_first_retry)
+        try:
+            return retrying(self.broker.enqueue, message)
+        except REDIS_UNAVAILABLE as error:
+            raise EventsNotSent(events, error, time.monotonic() - started,
+                                messages=() if events else [message]) from error
+
+
+def _log_first_retry(state) -> None:
+    if state.attempt_number == 1:
+        error = state.outcome.exception()
+        logger.warning("Redis is unavailable (%s: %s); retrying the enqueue with backoff", type(error).__name__,
+                       str(error)[:200])
 
 
 class BufferedStockEvents:
     """Collect single events and enqueue them as batches: a high-rate producer's front door.
 
     Parameters:
-      events(StockEvents): Where the batches go.
+      events(StockEvents): Where the batches go (and how long they are retried while Redis is unavailable).
       max_events(int): Send as soon as this many events wait.
       max_delay_s(float): Send what waits after at most this long (the latency an event may
         gain here; the batch then costs one message and one commit instead of one each).
 
     ``send`` validates nothing more (pass events made by :func:`make_event`) and never blocks on
-    Redis: a background thread enqueues.  ``close`` (or leaving the ``with`` block) sends what
-    waits and stops the thread.  A batch that cannot be enqueued is logged and kept for the next
-    attempt, never dropped; ``close`` raises if some remain unsent.
+    Redis: a background thread enqueues.  Events the thread could not enqueue within the retry
+    time are handed back, never dropped: the next ``send`` or ``close`` raises :class:`EventsNotSent`
+    with them.  ``close`` (or leaving the ``with`` block) sends what waits and stops the thread.
     """
 
     def __init__(self, events: StockEvents, max_events: int = 20, max_delay_s: float = 0.005) -> None:
@@ -320,6 +218,7 @@ class BufferedStockEvents:
             raise ValueError(f"max_delay_s must be positive, got {max_delay_s}")
         self.events, self.max_events, self.max_delay_s = events, max_events, max_delay_s
         self._waiting: list[StockEvent] = []
+        self._failures: list[EventsNotSent] = []
         self._oldest: float | None = None
         self._condition = threading.Condition()
         self._closed = False
@@ -333,10 +232,15 @@ class BufferedStockEvents:
         self.close()
 
     def send(self, event: StockEvent) -> None:
-        """Queue one event; it is enqueued within ``max_delay_s`` (sooner when a batch fills)."""
+        """Queue one event; it is enqueued within ``max_delay_s`` (sooner when a batch fills).
+
+        Raises :class:`EventsNotSent` (``event`` not queued) with the events earlier sends could not enqueue.
+        """
         with self._condition:
             if self._closed:
                 raise RuntimeError("this BufferedStockEvents is closed")
+            if self._failures:
+                raise self._take_failures()
             if not self._waiting:
                 self._oldest = time.monotonic()
             self._waiting.append(event)
@@ -344,14 +248,27 @@ class BufferedStockEvents:
                 # The first starts the sender's clock; a full batch goes at once.
                 self._condition.notify()
 
-    def close(self, timeout_s: float = 30.0) -> None:
-        """Send what waits, stop the thread; raise if events remain unsent after ``timeout_s``."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send what waits and stop the thread; raise :class:`EventsNotSent` with whatever was not enqueued.
+
+        ``timeout_s`` defaults to the retry time and a margin: long enough for the last batch's retries.
+        """
         with self._condition:
             self._closed = True
             self._condition.notify()
-        self._thread.join(timeout_s)
-        if self._waiting:
-            raise RuntimeError(f"{len(self._waiting)} stock events could not be enqueued")
+        self._thread.join(self.events.retry_s + 10 if timeout_s is None else timeout_s)
+        with self._condition:
+            if self._waiting:
+                # The thread is still retrying (or stuck): those are not confirmed either.
+                self._failures.append(EventsNotSent(self._waiting, TimeoutError("close() timed out"), 0.0))
+                self._waiting = []
+            if self._failures:
+                raise self._take_failures()
+
+    def _take_failures(self) -> EventsNotSent:
+        failures, self._failures = self._failures, []
+        last = failures[-1]
+        return EventsNotSent([event for failure in failures for event in failure.events], last.cause, last.waited_s)
 
     def _run(self) -> None:
         while True:
@@ -367,11 +284,12 @@ class BufferedStockEvents:
                 self._oldest = time.monotonic() if self._waiting else None
             try:
                 self.events.send_batch(batch, self.max_events)
-            except Exception:
-                logger.exception("could not enqueue %d stock events; keeping them for the next attempt", len(batch))
+            except EventsNotSent as failure:
+                logger.error("%s", failure)
                 with self._condition:
-                    self._waiting[:0] = batch
-                    self._oldest = time.monotonic()
-                    if self._closed:
-                        return
-                time.sleep(self.max_delay_s)
+                    self._failures.append(failure)
+            except Exception as error:
+                # Not a Redis outage (a message Redis refuses, a bug): hand them back all the same.
+                logger.exception("could not enqueue %d stock events", len(batch))
+                with self._condition:
+                    self._failures.append(EventsNotSent(batch, error, 0.0))

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     producer_hmac_key: SecretStr = SecretStr("")
     #: A signature older (or further in the future) than this is refused: no replays.
     producer_signature_tolerance_s: float = Field(300.0, gt=0)
+    #: How long the producer API (``runtime.producer``) retries while Redis is unreachable or
+    #: loading, with backoff, before it raises ``EventsNotSent`` naming the events not enqueued.
+    producer_retry_s: float = Field(30.0, ge=0)
 
     #: Stock events (db/events.py): how far our clock and a marketplace's may disagree.  An order
     #: this close to a page's fetch time may or may not be in the page: the row is re-checked.

@@ -37,7 +37,9 @@ def test_malformed_topup_and_adjustment_messages_name_the_field():
 
 
 def test_event_time_is_parsed_to_utc():
-    moment = events.parse_event_time("2026-11-23T10:35:24+01:00")
+    from core.events import parse_event_time
+
+    moment = parse_event_time("2026-11-23T10:35:24+01:00")
     assert moment.isoformat() == "2026-11-23T09:35:24+00:00"
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from db.engine import session_factory
-from db.events import StockEvent, record_stock_event, record_stock_events
+from core.events import StockEvent
+from db.events import record_stock_event, record_stock_events
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
@@ -43,13 +44,14 @@ event_specs = st.lists(st.tuples(
 def build(prefix: str, spec) -> StockEvent:
     kind, sku, number, quantity, offset, negative = spec
     when = FETCHED + timedelta(seconds=offset)
+    common = {"marketplace": "backmarket", "sku": f"{prefix}-{sku}", "event_time": when}
     if kind in ("order_created", "order_cancelled"):
-        return StockEvent("backmarket", f"{prefix}-{sku}", kind, quantity, when, order_id=f"{prefix}-o{number}",
-                          order_line_id=f"{prefix}-l{number}", actor="webhook")
+        return StockEvent.of(kind, quantity=quantity, order_id=f"{prefix}-o{number}",
+                             order_line_id=f"{prefix}-l{number}", source="webhook", **common)
     if kind == "topup":
-        return StockEvent("backmarket", f"{prefix}-{sku}", "topup", quantity, when, reference=f"{prefix}-r{number}")
-    return StockEvent("backmarket", f"{prefix}-{sku}", "manual", -quantity if negative else quantity, when,
-                      reference=f"{prefix}-m{number}")
+        return StockEvent.of("stock_topup", quantity=quantity, reference=f"{prefix}-r{number}", **common)
+    return StockEvent.of("manual_adjustment", change=-quantity if negative else quantity,
+                         reference=f"{prefix}-m{number}", **common)
 
 
 def page(sessions, prefixes: list[str]) -> None:

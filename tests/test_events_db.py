@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import text
 
 from db.engine import session_factory
-from db.events import (InvalidStockEvent, StockEvent, claim_push, find_stock_id, finish_push, note_push_error,
-                       record_stock_event, record_stock_events, release_push)
+from core.events import InvalidStockEvent, StockEvent
+from db.events import (claim_push, find_stock_id, finish_push, note_push_error, record_stock_event, record_stock_events,
+                       release_push)
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, apply_recheck, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
@@ -29,13 +30,14 @@ def at(seconds: float) -> datetime:
 
 
 def order(line: str, quantity: int, seconds: float, sku: str = "SKU-1", kind: str = "order_created") -> StockEvent:
-    return StockEvent("backmarket", sku, kind, quantity, at(seconds), order_id=f"o{line}", order_line_id=line,
-                      actor="webhook")
+    return StockEvent.of(kind, marketplace="backmarket", sku=sku, quantity=quantity, event_time=at(seconds),
+                         order_id=f"o{line}", order_line_id=line, source="webhook")
 
 
-def topup(reference: str, quantity: int, seconds: float, sku: str = "SKU-1") -> StockEvent:
-    return StockEvent("backmarket", sku, "topup", quantity, at(seconds), reference=reference, actor="anna",
-                      note="delivery")
+def topup(reference: str, quantity: int, seconds: float, sku: str = "SKU-1", now: datetime | None = None
+          ) -> StockEvent:
+    return StockEvent.of("stock_topup", marketplace="backmarket", sku=sku, quantity=quantity, event_time=at(seconds),
+                         reference=reference, actor="anna", note="delivery", now=now)
 
 
 def book(sessions, event: StockEvent, now: float | None = None):
@@ -232,19 +234,20 @@ def test_a_failed_push_keeps_its_error_and_blocks_pages(sessions):
     assert sync_page(sessions, {"SKU-1": 10}, fetched=60).deferred == 1 and row(sessions)["listed"] == 15
 
 
-@pytest.mark.parametrize("event, field", [
-    (StockEvent("backmarket", "A", "order_created", 1, T0, order_id="1"), "order_line_id"),
-    (StockEvent("backmarket", "A", "order_created", 0, T0, order_id="1", order_line_id="2"), "quantity"),
-    (StockEvent("backmarket", "A", "topup", 3, T0), "reference"),
-    (StockEvent("backmarket", "A", "manual", 0, T0, reference="r"), "change"),
-    (StockEvent("backmarket", "A", "refund", 1, T0, reference="r"), "change_type"),
-    (StockEvent("backmarket", "", "topup", 1, T0, reference="r"), "sku"),
-    (StockEvent("Back Market", "A", "topup", 1, T0, reference="r"), "marketplace"),
-    (StockEvent("backmarket", "A", "topup", 1, datetime(2026, 1, 1), reference="r"), "event_time"),
+@pytest.mark.parametrize("kind, fields, field", [
+    ("order_created", dict(sku="A", quantity=1, order_id="1"), "order_line_id"),
+    ("order_created", dict(sku="A", quantity=0, order_id="1", order_line_id="2"), "quantity"),
+    ("stock_topup", dict(sku="A", quantity=3), "reference"),
+    ("manual_adjustment", dict(sku="A", change=0, reference="r"), "change"),
+    ("refund", dict(sku="A", quantity=1, reference="r"), "type"),
+    ("stock_topup", dict(sku="", quantity=1, reference="r"), "sku"),
+    ("stock_topup", dict(marketplace="Back Market", sku="A", quantity=1, reference="r"), "marketplace"),
+    ("stock_topup", dict(sku="A", quantity=1, event_time=datetime(2026, 1, 1), reference="r"), "event_time"),
 ])
-def test_bad_events_are_refused_naming_the_field(sessions, event, field):
-    with sessions() as session, pytest.raises(InvalidStockEvent) as refused:
-        record_stock_event(session, event)
+def test_bad_events_are_refused_naming_the_field(kind, fields, field):
+    # The event type refuses them: a bad event never reaches the ledger.
+    with pytest.raises(InvalidStockEvent) as refused:
+        StockEvent.of(kind, **{"marketplace": "backmarket", "event_time": T0, **fields})
     assert refused.value.field == field and refused.value.permanent
 
 
@@ -260,9 +263,9 @@ def test_a_duplicate_still_asks_for_the_push_its_first_delivery_may_not_have_sen
     assert book(sessions, topup("PO-1", 5, 10), now=14).push_requested is False  # pushed: nothing to resend
 
 
-def test_an_event_from_the_future_is_refused(sessions):
-    with sessions() as session, pytest.raises(InvalidStockEvent, match="future") as refused:
-        record_stock_event(session, topup("PO-1", 1, 3600), now=at(0))
+def test_an_event_from_the_future_is_refused():
+    with pytest.raises(InvalidStockEvent, match="future") as refused:
+        topup("PO-1", 1, 3600, now=at(0))
     assert refused.value.field == "event_time"
 
 
@@ -303,10 +306,10 @@ def test_a_batch_books_each_event_once_in_the_order_given_per_sku(sessions):
 
 
 def test_a_bad_event_rolls_the_whole_batch_back(sessions):
-    bad = StockEvent("backmarket", "SKU-2", "topup", 0, at(1), reference="PO-9")
     with sessions() as session:
         with pytest.raises(InvalidStockEvent, match="quantity"):
-            record_stock_events(session, [topup("PO-1", 5, 1), bad], now=at(0), skew=SKEW)
+            record_stock_events(session, [topup("PO-1", 5, 1), topup("PO-9", 0, 1, sku="SKU-2")], now=at(0),
+                                skew=SKEW)
         session.rollback()
     assert ledger(sessions) == []
 

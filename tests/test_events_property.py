@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from db.engine import session_factory
-from db.events import StockEvent, claim_push, find_stock_id, finish_push, record_stock_event
+from core.events import StockEvent
+from db.events import claim_push, find_stock_id, finish_push, record_stock_event
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, apply_recheck, ensure_marketplace
 from db.syncs import SyncPolicy, begin_run
@@ -152,8 +153,8 @@ class World:
                 self.sandbox.set_quantity(self.uuid_of[sku], available - quantity)
                 self.real[sku] -= quantity
                 line = f"L{len(self.placed)}"
-                event = StockEvent("backmarket", sku, "order_created", quantity, self.now(), order_id=f"O{line}",
-                                   order_line_id=line, actor="webhook")
+                event = StockEvent.of("order_created", marketplace="backmarket", sku=sku, quantity=quantity,
+                                      event_time=self.now(), order_id=f"O{line}", order_line_id=line, source="webhook")
                 self.placed.append(event)
                 self.undelivered.append(event)
                 self.log.append(f"{self.clock:5.1f} marketplace order {line} {sku} -{quantity}")
@@ -166,8 +167,9 @@ class World:
                 if self.restores_on_cancel:
                     current = self.sandbox.quantity(self.uuid_of[placed.sku])
                     self.sandbox.set_quantity(self.uuid_of[placed.sku], current + placed.quantity)
-                event = StockEvent("backmarket", placed.sku, "order_cancelled", placed.quantity, self.now(),
-                                   order_id=placed.order_id, order_line_id=placed.order_line_id, actor="webhook")
+                event = StockEvent.of("order_cancelled", marketplace="backmarket", sku=placed.sku,
+                                      quantity=placed.quantity, event_time=self.now(), order_id=placed.order_id,
+                                      order_line_id=placed.order_line_id, source="webhook")
                 self.undelivered.append(event)
                 self.log.append(f"{self.clock:5.1f} marketplace cancel {placed.order_line_id}")
         elif operation == "deliver" and self.undelivered:
@@ -184,8 +186,9 @@ class World:
             if self.real[sku] + change >= 0:
                 self.real[sku] += change
                 self.references += 1
-                self.book(StockEvent("backmarket", sku, operation, change, self.now(),
-                                     reference=f"R{self.references}", actor="anna"))
+                kind, amount = ("stock_topup", "quantity") if operation == "topup" else ("manual_adjustment", "change")
+                self.book(StockEvent.of(kind, marketplace="backmarket", sku=sku, event_time=self.now(),
+                                        reference=f"R{self.references}", actor="anna", **{amount: change}))
         elif operation == "fetch":
             chosen = draw(st.lists(st.sampled_from(self.skus), min_size=1, unique=True))
             truth = self.sandbox.quantities()

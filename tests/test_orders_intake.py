@@ -14,6 +14,7 @@ from dramatiq import Message
 
 from actors import orders
 from actors.retry import MalformedMessage
+from pipelines import orders as order_pipeline
 from clients.backmarket_orders import Order, OrderLine
 from clients.errors import NotFound
 from clients.refurbed import RefurbedOrder, RefurbedOrderItem
@@ -135,7 +136,7 @@ def test_a_second_poll_while_one_runs_stops_at_once(env):
     settings = get_settings()
 
     async def held_lock():
-        state = orders.IntakeState(resources.async_redis(), settings.redis_namespace, "backmarket")
+        state = order_pipeline.IntakeState(resources.async_redis(), settings.redis_namespace, "backmarket")
         assert await state.lock()
         try:
             return await orders.walk_orders_of("backmarket", orders.poll_orders.broker)
@@ -202,7 +203,7 @@ def test_refurbed_items_without_sku_are_left_out():
         RefurbedOrderItem(id="10", order_id="1", sku="", state="NEW", name=None),
         RefurbedOrderItem(id="11", order_id="1", sku="S", state="REJECTED", name=None),
         RefurbedOrderItem(id="12", order_id="1", sku="T", state="UNSPECIFIED", name=None)))
-    chains = orders.refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook")
+    chains = order_pipeline.refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook")
     assert [[event.kind for event in chain] for chain in chains] == [["order_created", "order_cancelled"]]
     assert chains[0][0].fields["event_time"] == "2026-11-23T09:00:00+00:00"
 
@@ -214,7 +215,7 @@ def test_backmarket_lines_that_cannot_be_booked_do_not_stop_the_walk():
                   orderlines=(OrderLine(id=1, sku="X" * 300, listing_id=None, quantity=1, state=1, date_creation=ahead),
                               OrderLine(id=2, sku="OK", listing_id=None, quantity=2, state=4, date_creation=ahead),
                               OrderLine(id=3, sku="NEW", listing_id=None, quantity=1, state=7, date_creation=ahead)))
-    [chain] = orders.backmarket_order_events(order, now=now)
+    [chain] = order_pipeline.backmarket_order_events(order, now=now)
     assert [(event.kind, event.fields["order_line_id"]) for event in chain] == [("order_created", "2"),
                                                                                 ("order_cancelled", "2")]
     assert {event.fields["event_time"] for event in chain} == {now.isoformat()}

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from db.events import StockEvent, record_stock_event
+from core.events import StockEvent
+from db.events import record_stock_event
 from db.ledger import check_invariant
 from db.reconcile import discrepancy_report
 from db.snapshot import PageItem, apply_page, ensure_marketplace
@@ -86,7 +87,8 @@ def test_dry_run_reports_and_alerts_real_run_corrects_then_nothing_is_left(world
     moved = sandbox.change_stock(7, rng_seed=5)                       # the marketplace drifted on 7 listings
     # A top-up not pushed yet: the marketplace does not know it, which is not a difference.
     pending = next(l for l in listings if l["id"] not in moved)
-    book(world, StockEvent("backmarket", pending["sku"], "topup", 3, datetime.now(timezone.utc), reference="PO-9"))
+    book(world, StockEvent.of("stock_topup", marketplace="backmarket", sku=pending["sku"], quantity=3,
+                              event_time=datetime.now(timezone.utc), reference="PO-9"))
     before = local(world)
     sandbox.reset_stats()
 
@@ -122,8 +124,9 @@ def test_an_oversold_row_the_marketplace_shows_at_zero_is_no_difference(world):
     listing = world["listings"][0]
     world["sandbox"].set_quantity(listing["id"], 0)
     quantity = local(world)[listing["id"]]
-    book(world, StockEvent("backmarket", listing["sku"], "order_created", quantity + 2,
-                           datetime.now(timezone.utc) - timedelta(minutes=5), order_id="O1", order_line_id="OL1"))
+    book(world, StockEvent.of("order_created", marketplace="backmarket", sku=listing["sku"], quantity=quantity + 2,
+                              event_time=datetime.now(timezone.utc) - timedelta(minutes=5), order_id="O1",
+                              order_line_id="OL1"))
     summary = reconcile(dry_run=False, threshold=0)
     assert (summary.discrepancies, local(world)[listing["id"]]) == (0, -2)  # the 2 units owed stay owed
 

@@ -33,8 +33,10 @@ import dramatiq
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from runtime import metrics, resources
-from runtime.producer import InvalidEvent, StockEvent, StockEvents, event_from_json, make_event
+from core.events import InvalidStockEvent, StockEvent, check_sku
+from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_order_events
+from runtime import metrics, queues, resources
+from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
 from workers.intake import auth
 
@@ -43,8 +45,13 @@ logger = logging.getLogger(__name__)
 #: Most events one signed request may carry.
 MAX_BATCH = 1000
 
-#: Shopify topics that move stock; other topics are acknowledged and ignored.
-SHOPIFY_TOPICS = ("orders/create", "orders/cancelled")
+#: Deepest JSON nesting a body may have (an order is 3 levels deep): deeper is refused, not parsed on.
+MAX_JSON_DEPTH = 32
+
+#: How long a request waits for Redis before the intake answers 503: webhook senders give up on
+#: a request after a few seconds (Shopify: 5 s) and retry later, which is what Retry-After asks.
+REDIS_WAIT_S = 2.0
+RETRY_AFTER_S = 10
 
 _SECRET_IN_PATH = re.compile(r"^(/webhooks/refurbed/)[^/?]+")
 
@@ -105,6 +112,15 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
             raise
         return _error(error.status, error.reason if error.status != 413 else
                       f"the body is larger than the {request.app[SETTINGS_KEY].intake_max_body_bytes} bytes accepted")
+    except _BadRequest as bad:
+        return _error(400, str(bad))
+    except (EventsNotSent, *REDIS_UNAVAILABLE) as down:
+        # Nothing was enqueued (or the caller may not know it was): the sender retries later.
+        logger.warning("intake: Redis unavailable on %s %s: %s", request.method, redact_path(request.path),
+                       type(down).__name__)
+        response = _error(503, "the event queue is unavailable: retry later (sending the same again is harmless)")
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
     except Exception:
         # The path is redacted: the traceback must not carry the Refurbed secret to the logs.
         logger.exception("intake failed on %s %s", request.method, redact_path(request.path))
@@ -123,7 +139,7 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     settings = settings or get_settings()
     app = web.Application(middlewares=[_count_requests, _json_errors], client_max_size=settings.intake_max_body_bytes)
     app[SETTINGS_KEY] = settings
-    app[EVENTS_KEY] = StockEvents(broker)
+    app[EVENTS_KEY] = StockEvents(broker, retry_s=REDIS_WAIT_S)
     app[READER_KEY] = None
     app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
     app.router.add_post("/webhooks/shopify", shopify_webhook)
@@ -155,9 +171,25 @@ async def _enqueue(request: web.Request, send: Callable[[], Any]) -> Any:
 async def _json_body(request: web.Request, raw: bytes | None = None) -> Any:
     raw = await request.read() if raw is None else raw
     try:
-        return json.loads(raw)
-    except ValueError:
+        body = json.loads(raw)
+    except ValueError:  # also a body that is not UTF-8, and a number of more than 4300 digits
         raise _BadRequest("the body is not valid JSON") from None
+    except RecursionError:
+        raise _BadRequest(f"the body is nested more than {MAX_JSON_DEPTH} levels deep") from None
+    _check_depth(body)
+    return body
+
+
+def _check_depth(body: Any) -> None:
+    # Iterative: a recursive walk would hit the very limit it guards against.
+    level = [body]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [child for value in level if isinstance(value, (dict, list))
+                 for child in (value.values() if isinstance(value, dict) else value)]
+        if not level:
+            return
+    if any(isinstance(value, (dict, list)) for value in level):
+        raise _BadRequest(f"the body is nested more than {MAX_JSON_DEPTH} levels deep")
 
 
 class _BadRequest(Exception):
@@ -175,22 +207,21 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
         return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
     if not auth.secrets_match(request.match_info["secret"], expected):
         return _error(403, "wrong webhook secret in the URL")
-    try:
-        body = await _json_body(request)
-        if not isinstance(body, dict) or "order_id" not in body:
-            raise _BadRequest('expected {"order_id": <positive integer>}')
-        order_id = body["order_id"]
-        if isinstance(order_id, str) and order_id.isdigit():
-            order_id = int(order_id)
-        if isinstance(order_id, bool) or not isinstance(order_id, int) or not 0 < order_id < 2**63:
-            raise _BadRequest(f"order_id must be a positive integer, got {json.dumps(order_id)[:40]}")
-    except _BadRequest as bad:
-        return _error(400, str(bad))
-    from actors.orders import refurbed_order_notified
-
-    message = refurbed_order_notified.message_with_options(
-        kwargs={"order_id": str(order_id), "received_at": datetime.now(timezone.utc).isoformat()})
-    enqueued = await _enqueue(request, lambda: request.app[EVENTS_KEY].broker.enqueue(message))
+    body = await _json_body(request)
+    if not isinstance(body, dict) or "order_id" not in body:
+        raise _BadRequest('expected {"order_id": <positive integer>}')
+    order_id = body["order_id"]
+    if isinstance(order_id, str) and order_id.isascii() and order_id.isdigit() and len(order_id) <= 19:
+        order_id = int(order_id)
+    if isinstance(order_id, bool) or not isinstance(order_id, int) or not 0 < order_id < 2**63:
+        shown = json.dumps(order_id)[:40] if isinstance(order_id, (str, int, float)) or order_id is None \
+            else f"a JSON {'object' if isinstance(order_id, dict) else 'array'}"
+        raise _BadRequest(f"order_id must be a positive integer, got {shown}")
+    # Addressed by name, as the producer API does: the intake declares no actors.
+    message = dramatiq.Message(queue_name=queues.ORDERS, actor_name="refurbed_order_notified", args=(),
+                               kwargs={"order_id": str(order_id), "received_at": datetime.now(timezone.utc).isoformat()},
+                               options={})
+    enqueued = await _enqueue(request, lambda: request.app[EVENTS_KEY].enqueue(message))
     return web.json_response({"accepted": True, "order_id": order_id, "message_id": enqueued.message_id}, status=202)
 
 
@@ -211,81 +242,30 @@ async def shopify_webhook(request: web.Request) -> web.Response:
         return _error(401, str(refused))
     webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
     topic = request.headers.get("X-Shopify-Topic", "").strip()
-    if not webhook_id or len(webhook_id) > 200:
-        return _error(400, "missing X-Shopify-Webhook-Id header")
+    if not webhook_id or len(webhook_id) > 200 or not webhook_id.isascii() or not webhook_id.isprintable():
+        return _error(400, "missing or malformed X-Shopify-Webhook-Id header (printable ASCII, up to 200 characters)")
     if topic not in SHOPIFY_TOPICS:
         # A 4xx would make Shopify retry, then drop the subscription: acknowledge and ignore.
-        return web.json_response({"ignored": f"topic {topic or '(none)'} does not move stock"}, status=200)
+        shown = topic[:60] if topic.isascii() and topic.isprintable() else "(unreadable)"
+        return web.json_response({"ignored": f"topic {shown or '(none)'} does not move stock"}, status=200)
     try:
         chains, skipped = shopify_order_events(await _json_body(request, raw), topic, settings.shopify_marketplace)
-    except _BadRequest as bad:
+    except MalformedOrder as bad:
         return _error(400, str(bad))
-    except InvalidEvent as invalid:
+    except InvalidStockEvent as invalid:
         return _error(400, f"order payload: {invalid}")
     redis = resources.async_redis()
     key = f"{settings.redis_namespace}:intake:shopify-webhook:{webhook_id}"
-    if not await redis.set(key, 1, nx=True, ex=settings.shopify_webhook_dedupe_ttl_s):
+    if await redis.exists(key):
         metrics.duplicate_event("shopify-webhook")
         return web.json_response({"duplicate": True, "webhook_id": webhook_id}, status=200)
     events = request.app[EVENTS_KEY]
-    try:
-        await _enqueue(request, lambda: [events.send_in_order(chain) for chain in chains])
-    except Exception:
-        # Not enqueued: forget the delivery so that Shopify's retry is taken.
-        await redis.delete(key)
-        raise
+    await _enqueue(request, lambda: [events.send_in_order(chain) for chain in chains])
+    # Remembered only once enqueued: a delivery that failed half-way is taken again when Shopify
+    # retries it (a repeat is a no-op in the ledger), never answered "duplicate" and lost.
+    await redis.set(key, 1, ex=settings.shopify_webhook_dedupe_ttl_s)
     return web.json_response({"accepted": True, "events": sum(len(chain) for chain in chains),
                               "skipped_lines": skipped}, status=202)
-
-
-def shopify_order_events(order: Any, topic: str, marketplace: str) -> tuple[list[list[StockEvent]], list[str]]:
-    """The event chains of a Shopify order payload, and the line ids left out (no SKU).
-
-    ``orders/create``: ``order_created`` per line at ``created_at``.  ``orders/cancelled``:
-    ``order_created`` then ``order_cancelled`` (at ``cancelled_at``) per line, chained, so a
-    cancellation whose creation was never received still books both and nets to zero.
-
-    Raises:
-      _BadRequest: The payload is not an order.
-      InvalidEvent: A field of a line is wrong.
-    """
-    if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
-        raise _BadRequest("expected a Shopify order object with id and line_items")
-    created_at = order.get("created_at")
-    if not isinstance(created_at, str):
-        raise _BadRequest("the order has no created_at")
-    cancelled_at = order.get("cancelled_at") or order.get("updated_at")
-    if topic == "orders/cancelled" and not isinstance(cancelled_at, str):
-        raise _BadRequest("a cancelled order must carry cancelled_at")
-    # Shopify's clock ahead of ours must not refuse the order (Shopify would retry it, then give up).
-    now = datetime.now(timezone.utc)
-    created_at = min(_aware(created_at, "created_at"), now)
-    if topic == "orders/cancelled":
-        cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
-    chains, skipped = [], []
-    for index, line in enumerate(order["line_items"]):
-        if not isinstance(line, dict) or "id" not in line:
-            raise _BadRequest(f"line_items[{index}] must be an object with an id")
-        if not line.get("sku"):
-            skipped.append(str(line["id"]))
-            continue
-        common = {"marketplace": marketplace, "order_id": order["id"], "order_line_id": line["id"],
-                  "sku": line["sku"], "quantity": line.get("quantity"), "source": "webhook"}
-        chain = [make_event("order_created", event_time=created_at, **common)]
-        if topic == "orders/cancelled":
-            chain.append(make_event("order_cancelled", event_time=cancelled_at, **common))
-        chains.append(chain)
-    return chains, skipped
-
-
-def _aware(text: str, name: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise _BadRequest(f"{name} is not an ISO 8601 time: {text[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise _BadRequest(f"{name} has no time zone: {text[:40]!r}")
-    return moment
 
 
 # -- in-house producers --------------------------------------------------------------------------
@@ -303,21 +283,20 @@ async def producer_events(request: web.Request) -> web.Response:
                                      tolerance_s=settings.producer_signature_tolerance_s)
     except auth.SignatureError as refused:
         return _error(401, str(refused))
-    try:
-        body = await _json_body(request, raw)
-        batched = isinstance(body, dict) and "events" in body
-        batch = body["events"] if batched else [body]
-        if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
-            raise _BadRequest(f"events must be a list of 1 to {MAX_BATCH} events")
-        events = []
-        for index, item in enumerate(batch):
-            try:
-                events.append(event_from_json(item))
-            except InvalidEvent as invalid:
-                where = f"events[{index}]." if batched else ""
-                raise _BadRequest(f"{where}{invalid}") from None
-    except _BadRequest as bad:
-        return _error(400, str(bad))
+    body = await _json_body(request, raw)
+    batched = isinstance(body, dict) and "events" in body
+    batch = body["events"] if batched else [body]
+    if batched and len(body) > 1:
+        raise _BadRequest('a batch is {"events": [...]} and nothing else')
+    if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
+        raise _BadRequest(f"events must be a list of 1 to {MAX_BATCH} events")
+    events = []
+    for index, item in enumerate(batch):
+        try:
+            events.append(StockEvent.from_json(item))
+        except InvalidStockEvent as invalid:
+            where = f"events[{index}]." if batched else ""
+            raise _BadRequest(f"{where}{invalid}") from None
     producer = request.app[EVENTS_KEY]
     # A posted batch goes as batch messages (booked set-based, all or nothing per message).
     messages = await _enqueue(request, lambda: producer.send_batch(events) if batched else producer.send_all(events))
@@ -333,6 +312,10 @@ async def stock_by_sku(request: web.Request) -> web.Response:
     sku = request.query.get("sku", "")
     if not sku.strip():
         return _error(400, "give the variation's SKU: /stock?sku=<sku>")
+    try:
+        check_sku(sku)
+    except InvalidStockEvent as invalid:
+        return _error(400, str(invalid))
     found = await request.app[READER_KEY].by_sku(sku)
     if found is None:
         return _error(404, f"no variation with SKU {sku[:200]!r}")
@@ -342,7 +325,7 @@ async def stock_by_sku(request: web.Request) -> web.Response:
 async def stock_by_variation(request: web.Request) -> web.Response:
     """``GET /variations/{id}/stock``: the same, by variation id."""
     raw = request.match_info["variation_id"]
-    if not raw.isdigit() or int(raw) >= 2**63:
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19 or int(raw) >= 2**63:
         return _error(400, f"variation id must be a positive integer, got {raw[:40]!r}")
     found = await request.app[READER_KEY].by_variation(int(raw))
     if found is None:

@@ -4,7 +4,7 @@ Every comparison here is constant-time (:func:`hmac.compare_digest`): how long a
 not tell an attacker how much of a guess was right.  Secrets come in as ``str`` or ``bytes`` and
 are never put in an exception or a log line by this module.
 
-The producers' scheme is Stripe's (docs/ledger-notes.md §5): the header
+The producers' scheme is Stripe's: the header
 ``X-Stocksync-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + raw body>``; several
 ``v1`` values may be given (key rotation), and a timestamp further than the tolerance from now,
 in the past or in the future (as Svix does), is refused, so a captured request cannot be replayed
@@ -37,7 +37,8 @@ class SignatureError(Exception):
 
 
 def _key(secret: str | bytes) -> bytes:
-    return secret.encode() if isinstance(secret, str) else secret
+    # surrogatepass: a header or path that was not UTF-8 still compares (and fails), never raises.
+    return secret.encode("utf-8", "surrogatepass") if isinstance(secret, str) else secret
 
 
 def secrets_match(given: str | bytes, expected: str | bytes) -> bool:
@@ -64,7 +65,7 @@ def verify_shopify(secrets: Iterable[str | bytes], body: bytes, header: str | No
     """
     if not header:
         raise SignatureError(f"missing {SHOPIFY_HMAC_HEADER} header")
-    given = header.strip().encode()
+    given = _key(header.strip())
     matched = False
     for secret in secrets:
         if _key(secret):
@@ -98,7 +99,7 @@ def parse_signature_header(header: str) -> tuple[int, list[str]]:
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
         if name == "t":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit() and len(value) <= 12):
                 raise SignatureError(f"{SIGNATURE_HEADER}: t must be unix seconds")
             timestamp = int(value)
         elif name == "v1" and value:
@@ -127,7 +128,7 @@ def verify_producer(key: str | bytes, body: bytes, header: str | None, *, tolera
     expected = _producer_digest(key, timestamp, body).encode()
     matched = False
     for signature in signatures:
-        matched |= hmac.compare_digest(signature.encode(), expected)
+        matched |= hmac.compare_digest(_key(signature), expected)
     if not matched:
         raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
     return timestamp

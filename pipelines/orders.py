@@ -1,0 +1,305 @@
+"""Marketplace orders become stock-event chains: the one place for Back Market, Refurbed and Shopify.
+
+Every order line gives ``order_created`` when it holds stock, and ``order_created`` then
+``order_cancelled`` (a chain: the cancel runs only once the create is booked) when it gave the
+stock back before shipping, so a line first seen already cancelled nets to zero.  Both are
+idempotent in the ledger (marketplace + line), so a webhook and a poll of the same order change
+the stock once; the Redis memo of :class:`IntakeState` only spares re-sending.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import dramatiq
+
+from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
+from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
+from core.events import InvalidStockEvent, StockEvent
+from runtime import resources
+from runtime.clients import backmarket_orders_client, refurbed_client
+from runtime.producer import StockEvents
+from runtime.settings import get_settings
+
+logger = logging.getLogger(__name__)
+
+#: The marketplaces :func:`walk_orders_of` can walk.
+POLLED_MARKETPLACES = ("backmarket", "refurbed")
+
+#: Shopify topics that move stock; the intake acknowledges and ignores the others.
+SHOPIFY_TOPICS = ("orders/create", "orders/cancelled")
+
+#: Seconds a poll may hold its lock: the actor's time limit, so a killed poll cannot block for good.
+POLL_LOCK_S = 15 * 60
+
+#: How long the memo of sent (line, event) pairs lives beyond the re-read windows.
+MEMO_SLACK_S = 24 * 3600
+
+#: One order line's events, sent as a chain (each only after the previous one is booked).
+EventChain = list[StockEvent]
+
+
+class MalformedOrder(ValueError):
+    """An order payload is not an order (no id, no lines, a time that does not parse).  Permanent."""
+
+    permanent = True
+
+
+# -- orders → event chains -----------------------------------------------------------------------
+
+
+def backmarket_order_events(order: Order, *, now: datetime | None = None) -> list[EventChain]:
+    """The events of a Back Market order, one chain per line that holds or held stock.
+
+    A line holds its quantity from the moment the order was placed (its ``date_creation``); one
+    cancelled or refunded before shipping gave it back at the order's ``date_modification``.
+    Marketplace times ahead of our clock are taken as now; a line that cannot be booked (say, a
+    SKU longer than the ledger takes) is logged and left out rather than failing the whole walk.
+    """
+    now = now or datetime.now(timezone.utc)
+    chains = []
+    for line in order.orderlines:
+        if line.state not in HOLDING_LINE_STATES and line.state not in RELEASED_LINE_STATES:
+            continue
+        common = {"marketplace": "backmarket", "order_id": order.order_id, "order_line_id": line.id,
+                  "sku": line.sku, "quantity": line.quantity, "source": "poll"}
+        placed_at = min(_utc(line.date_creation or order.date_creation or order.date_modification), now)
+        try:
+            chain = [StockEvent.of("order_created", event_time=placed_at, now=now, **common)]
+            if line.state in RELEASED_LINE_STATES:
+                chain.append(StockEvent.of("order_cancelled", event_time=min(_utc(order.date_modification), now),
+                                           now=now, **common))
+        except InvalidStockEvent as invalid:
+            logger.warning("back market order %s line %s cannot be booked: %s", order.order_id, line.id, invalid)
+            continue
+        chains.append(chain)
+    return chains
+
+
+def refurbed_order_events(order: RefurbedOrder, *, observed_at: datetime, source: str) -> list[EventChain]:
+    """The events of a Refurbed order: one unit per item (items have no quantity).
+
+    Refurbed gives no time for an item's cancellation: ``observed_at`` stands in for it.  Items
+    without a SKU (old offers made without one), or that cannot be booked, are logged and left out.
+    """
+    chains = []
+    for item in order.items:
+        if item.state not in HOLDING_ITEM_STATES and item.state not in RELEASED_ITEM_STATES:
+            continue
+        if not item.sku:
+            logger.warning("refurbed order %s item %s has no SKU: its stock cannot be booked", order.id, item.id)
+            continue
+        common = {"marketplace": "refurbed", "order_id": order.id, "order_line_id": item.id, "sku": item.sku,
+                  "quantity": 1, "source": source}
+        placed_at = _utc(order.released_at) if order.released_at else observed_at
+        try:
+            chain = [StockEvent.of("order_created", event_time=min(placed_at, observed_at), now=observed_at,
+                                   **common)]
+            if item.state in RELEASED_ITEM_STATES:
+                chain.append(StockEvent.of("order_cancelled", event_time=observed_at, now=observed_at, **common))
+        except InvalidStockEvent as invalid:
+            logger.warning("refurbed order %s item %s cannot be booked: %s", order.id, item.id, invalid)
+            continue
+        chains.append(chain)
+    return chains
+
+
+def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datetime | None = None
+                         ) -> tuple[list[EventChain], list[str]]:
+    """The event chains of a Shopify order webhook payload, and the line ids left out (no SKU).
+
+    ``orders/create``: ``order_created`` per line at ``created_at``.  ``orders/cancelled``:
+    ``order_created`` then ``order_cancelled`` (at ``cancelled_at``) per line, so a cancellation
+    whose creation was never received still books both and nets to zero.  Unlike a poll, a bad
+    line refuses the whole payload: the webhook is answered 400 and the sender sees it.
+
+    Raises:
+      MalformedOrder: The payload is not an order.
+      InvalidStockEvent: A field of a line is wrong.
+    """
+    if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
+        raise MalformedOrder("expected a Shopify order object with id and line_items")
+    created_at = order.get("created_at")
+    if not isinstance(created_at, str):
+        raise MalformedOrder("the order has no created_at")
+    cancelled_at = order.get("cancelled_at") or order.get("updated_at")
+    if topic == "orders/cancelled" and not isinstance(cancelled_at, str):
+        raise MalformedOrder("a cancelled order must carry cancelled_at")
+    # Shopify's clock ahead of ours must not refuse the order (Shopify would retry it, then give up).
+    now = now or datetime.now(timezone.utc)
+    created_at = min(_aware(created_at, "created_at"), now)
+    if topic == "orders/cancelled":
+        cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
+    chains, skipped = [], []
+    for index, line in enumerate(order["line_items"]):
+        if not isinstance(line, dict) or "id" not in line:
+            raise MalformedOrder(f"line_items[{index}] must be an object with an id")
+        if not line.get("sku"):
+            skipped.append(str(line["id"])[:64])
+            continue
+        common = {"marketplace": marketplace, "order_id": order["id"], "order_line_id": line["id"],
+                  "sku": line["sku"], "quantity": line.get("quantity"), "source": "webhook"}
+        chain = [StockEvent.of("order_created", event_time=created_at, now=now, **common)]
+        if topic == "orders/cancelled":
+            chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now, **common))
+        chains.append(chain)
+    return chains, skipped
+
+
+def _aware(text: str, name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MalformedOrder(f"{name} is not an ISO 8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise MalformedOrder(f"{name} has no time zone: {text[:40]!r}")
+    return moment.astimezone(timezone.utc)
+
+
+def _utc(text: str) -> datetime:
+    return parse_time(text).astimezone(timezone.utc)
+
+
+def send_chains(chains: list[EventChain], broker: dramatiq.Broker) -> int:
+    """Enqueue each chain (one message, or a pipeline of two); return how many events were sent."""
+    events = StockEvents(broker)
+    for chain in chains:
+        events.send_in_order(chain)
+    return sum(len(chain) for chain in chains)
+
+
+# -- the Refurbed webhook follow-up and the backstop walks ----------------------------------------
+
+
+async def book_refurbed_order(order_id: str, broker: dramatiq.Broker) -> int:
+    """Re-fetch a notified Refurbed order (``GetOrder``) and send the events not sent yet; return how many."""
+    order = await refurbed_client().get_order(order_id)
+    chains = refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook")
+    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, "refurbed")
+    return await state.send_new(chains, broker)
+
+
+async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | None:
+    """Walk ``marketplace``'s recent orders and send the events not sent yet; return the walk's counts.
+
+    One walk at a time per marketplace (a Redis lock); a second one finds it held and returns None.
+    """
+    if marketplace not in POLLED_MARKETPLACES:
+        raise ValueError(f"cannot walk the orders of {marketplace!r}")
+    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, marketplace)
+    if not await state.lock():
+        logger.info("orders of %s are being polled already: this poll stops here", marketplace)
+        return None
+    try:
+        walk = walk_backmarket if marketplace == "backmarket" else walk_refurbed
+        return await walk(state, broker)
+    finally:
+        await state.unlock()
+
+
+async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker) -> dict:
+    """Walk ``/ws/orders`` modified since the watermark (minus the overlap); advance the watermark."""
+    settings = get_settings()
+    watermark = await state.watermark()
+    since = (watermark - timedelta(seconds=settings.intake_orders_overlap_s) if watermark is not None
+             else datetime.now(timezone.utc) - timedelta(seconds=settings.intake_orders_lookback_s))
+    newest, counts = watermark, {"pages": 0, "orders": 0, "events": 0}
+    async for page in walk_orders(backmarket_orders_client(), page_size=50,
+                                  date_modification=since.strftime("%Y-%m-%dT%H:%M:%SZ")):
+        counts["pages"] += 1
+        counts["orders"] += len(page.results)
+        counts["events"] += await state.send_new(
+            [chain for order in page.results for chain in backmarket_order_events(order)], broker)
+        for order in page.results:
+            modified = _utc(order.date_modification)
+            newest = modified if newest is None else max(newest, modified)
+    # Only after every event of the walk is enqueued: a walk that fails half-way is read again.
+    if newest is not None and newest != watermark:
+        await state.set_watermark(newest)
+    counts["watermark"] = newest.isoformat() if newest else None
+    return counts
+
+
+async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker) -> dict:
+    """Walk Refurbed orders released in the lookback window; send what no webhook brought."""
+    settings = get_settings()
+    now = datetime.now(timezone.utc)
+    released_since = (now - timedelta(seconds=settings.refurbed_orders_lookback_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    client = refurbed_client()
+    counts, cursor = {"pages": 0, "orders": 0, "events": 0}, None
+    while True:
+        page = await client.list_orders(starting_after=cursor, released_at_ge=released_since)
+        counts["pages"] += 1
+        counts["orders"] += len(page.orders)
+        counts["events"] += await state.send_new(
+            [chain for order in page.orders for chain in refurbed_order_events(order, observed_at=now, source="poll")],
+            broker)
+        if not page.has_more or not page.orders:
+            break
+        cursor = page.orders[-1].id
+    counts["watermark"] = None
+    return counts
+
+
+class IntakeState:
+    """What the intake keeps in Redis for one marketplace: the poll lock, the watermark, the memo.
+
+    The memo remembers which events of which order lines were sent (the line and the last event
+    of its chain), so a walk re-reading its overlap, or a re-sent webhook, sends nothing twice.
+    The watermark and the memo live beside the messages they led to: if Redis loses those, it
+    loses these too, and the next poll reads its window again.
+    """
+
+    def __init__(self, redis, namespace: str, marketplace: str) -> None:
+        self.redis = redis
+        self.marketplace = marketplace
+        self.prefix = f"{namespace}:orders:{marketplace}"
+        self._token = uuid.uuid4().hex
+
+    async def lock(self) -> bool:
+        """Take the marketplace's poll lock (expires after :data:`POLL_LOCK_S`)."""
+        return bool(await self.redis.set(f"{self.prefix}:poll-lock", self._token, nx=True, ex=POLL_LOCK_S))
+
+    async def unlock(self) -> None:
+        """Release the lock if it is still ours (compare and delete in one step)."""
+        await self.redis.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) "
+                              "end return 0", 1, f"{self.prefix}:poll-lock", self._token)
+
+    async def watermark(self) -> datetime | None:
+        """The newest ``date_modification`` a finished walk saw, or None."""
+        raw = await self.redis.get(f"{self.prefix}:watermark")
+        return datetime.fromisoformat(raw.decode()) if raw else None
+
+    async def set_watermark(self, moment: datetime) -> None:
+        """Store the walk's newest ``date_modification`` (after its events were enqueued)."""
+        await self.redis.set(f"{self.prefix}:watermark", moment.isoformat())
+
+    async def send_new(self, chains: list[EventChain], broker: dramatiq.Broker) -> int:
+        """Send the chains the memo does not know, then remember them; return the events sent.
+
+        Sent first, remembered after: a crash in between re-sends (harmless), never skips.
+        """
+        if not chains:
+            return 0
+        keys = [f"{self.prefix}:sent:{_chain_key(chain)}" for chain in chains]
+        seen = await self.redis.mget(keys)
+        fresh = [(key, chain) for key, chain, hit in zip(keys, chains, seen) if hit is None]
+        if not fresh:
+            return 0
+        sent = await asyncio.to_thread(send_chains, [chain for _, chain in fresh], broker)
+        settings = get_settings()
+        ttl = int(max(settings.intake_orders_lookback_s, settings.refurbed_orders_lookback_s,
+                      settings.intake_orders_overlap_s) + MEMO_SLACK_S)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, _ in fresh:
+                pipe.set(key, 1, ex=ttl)
+            await pipe.execute()
+        return sent
+
+
+def _chain_key(chain: EventChain) -> str:
+    # A line moving between two states that hold stock (paid → accepted → shipped) needs nothing new.
+    return f"{chain[-1].order_id}:{chain[-1].order_line_id}:{chain[-1].kind}"
