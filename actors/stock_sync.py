@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import dramatiq
 
 from actors.retry import MalformedMessage, transient_only
+from core.events import ID_CHARS, check_sku
 from db import syncs
 from db.snapshot import PageItem, apply_page, ensure_marketplace
 from runtime import metrics, queues, resources, sync_stats
@@ -97,20 +98,31 @@ def _enqueue_pages(sync_id: int, pages, marketplace: str) -> None:
         broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace))
 
 
+#: The largest listing quantity a page may carry: the stock columns are 32-bit.
+MAX_PAGE_QUANTITY = 2**31 - 1
+
+
 def page_items(items: list) -> list[PageItem]:
-    """Decode a message's items; raise :class:`MalformedMessage` naming the bad item and field."""
+    """Decode a message's items; raise :class:`MalformedMessage` naming the bad item and field.
+
+    Everything is checked before the page touches the database: a malformed page must not create
+    a variation (a phantom SKU) nor apply a quantity the marketplace cannot have.
+    """
     if not isinstance(items, list):
         raise MalformedMessage(f"items must be a list, got {type(items).__name__}")
     decoded = []
     for index, item in enumerate(items):
         try:
+            if not isinstance(item, dict):
+                raise ValueError(f"must be an object, got {type(item).__name__}")
             quantity = item["quantity"]
             if not isinstance(quantity, int) or isinstance(quantity, bool):
-                raise ValueError(f"quantity must be an integer, got {quantity!r}")
-            if not isinstance(item["id"], str) or not item["id"]:
-                raise ValueError(f"id must be a non-empty string, got {item['id']!r}")
-            if not isinstance(item["sku"], str) or not item["sku"]:
-                raise ValueError(f"sku must be a non-empty string, got {item['sku']!r}")
+                raise ValueError(f"quantity must be an integer, got {type(quantity).__name__}")
+            if not 0 <= quantity <= MAX_PAGE_QUANTITY:
+                raise ValueError(f"quantity must be in 0..{MAX_PAGE_QUANTITY}, got {quantity}")
+            if not isinstance(item["id"], str) or not item["id"] or len(item["id"]) > ID_CHARS:
+                raise ValueError(f"id must be a string of 1 to {ID_CHARS} characters, got {item['id']!r:.80}")
+            check_sku(item["sku"])
             decoded.append(PageItem(external_id=item["id"], legacy_id=item.get("listing_id"), sku=item["sku"],
                                     title=item.get("title"), quantity=quantity,
                                     publication_state=item.get("publication_state"), price=item.get("price"),

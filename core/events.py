@@ -67,6 +67,7 @@ InvalidEvent = InvalidStockEvent
 def _no_bad_characters(text: str) -> str:
     if not text.strip():
         raise PydanticCustomError("blank", "must not be empty")
+    # PostgreSQL text holds neither a NUL nor a lone surrogate (JSON's "\\ud800" decodes to one).
     if "\x00" in text:
         raise PydanticCustomError("nul", "must not contain NUL characters")
     try:
@@ -260,10 +261,12 @@ class StockEvent(RootModel[AnyKind]):
         if not isinstance(data, Mapping):
             raise InvalidStockEvent("event", f"must be a JSON object, got {_type_name(data)}")
         kind = data.get("type")
+        if kind is None:
+            raise InvalidStockEvent("type", f"is required: one of {', '.join(EVENT_KINDS)}")
         try:
             return cls.model_validate(data, context={"now": now})
         except ValidationError as error:
-            raise _invalid(error, kind if kind in _KINDS else None) from None
+            raise _invalid(error, kind if isinstance(kind, str) and kind in _KINDS else None) from None
 
     @classmethod
     def from_message(cls, kind: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
@@ -421,6 +424,8 @@ def _problem(details: dict, kind: str | None) -> str:
         return f"must be a string, got {_type_name(given)}"
     if what == "int_type":
         return f"must be an integer, got {_type_name(given)}"
+    if what in ("unicode", "string_unicode"):
+        return "must be valid Unicode text (it holds a lone surrogate)"
     if what == "string_too_short":
         return "must not be empty"
     if what == "string_too_long":

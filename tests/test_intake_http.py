@@ -293,3 +293,116 @@ def test_intake_requests_are_counted_by_route_template_never_by_path(intake):
     assert (count("202") - accepted, count("403") - refused) == (1, 1)
     exposed = "\n".join(str(sample) for metric in REGISTRY.collect() for sample in metric.samples)
     assert REFURBED_SECRET not in exposed and "guess" not in exposed
+
+
+# -- malformed input is a 4xx naming what is wrong, never a 500 --------------------------------------
+
+
+def get(server, path: str) -> tuple[int, Any]:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def nested(depth: int) -> bytes:
+    return b'{"type": "stock_topup", "note": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def raw_signed_post(server, raw: bytes) -> tuple[int, Any]:
+    return post(server, "/events", raw, {auth.SIGNATURE_HEADER: auth.producer_signature(PRODUCER_KEY, raw)})
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])  # deeper than we take; deeper than Python's parser recurses
+def test_deeply_nested_json_is_400_on_every_endpoint(intake, depth):
+    server, broker = intake
+    raw = nested(depth)
+    status, answer = raw_signed_post(server, raw)
+    assert status == 400 and "nested more than 32 levels" in answer["error"]
+    status, answer = shopify_post(server, {}, raw=raw, webhook_id=f"deep-{depth}")
+    assert status == 400 and "nested" in answer["error"]
+    status, answer = post(server, f"/webhooks/refurbed/{REFURBED_SECRET}", raw)
+    assert status == 400 and "nested" in answer["error"]
+    assert enqueued(broker) == []
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b"\xff\xfe{not utf-8", "not valid JSON"),
+    (b'{"type": "stock_topup", "quantity": ' + b"9" * 5000 + b"}", "not valid JSON"),  # past int's digit limit
+    (json.dumps({**TOPUP, "sku": "A\x00B"}).encode(), "sku: must not contain NUL"),
+    (json.dumps({**TOPUP, "reference": "\ud800"}).encode(), "reference: must be valid Unicode"),
+    (json.dumps({**TOPUP, "note": "x" * 10_000}).encode(), "note: must be at most 2000 characters"),
+    (json.dumps({"events": [TOPUP], "type": "stock_topup"}).encode(), "nothing else"),
+    (json.dumps({"events": {"a": TOPUP}}).encode(), "events must be a list"),
+    (json.dumps({**TOPUP, "type": {"x": [1]}}).encode(), "type: must be one of"),
+    (b'"just a string"', "must be a JSON object"),
+])
+def test_malformed_signed_bodies_are_400_naming_the_problem(intake, raw, words):
+    server, broker = intake
+    status, answer = raw_signed_post(server, raw)
+    assert status == 400 and words in answer["error"]
+    assert enqueued(broker) == []
+
+
+@pytest.mark.parametrize("header", ["t=\u00b2\u00b3,v1=ab", "t=" + "9" * 5000 + ",v1=ab", "t=1,v1=\u00e9\u00e9",
+                                    "garbage"])
+def test_malformed_signature_headers_are_401_never_500(intake, header):
+    server, broker = intake
+    status, answer = post(server, "/events", TOPUP, {auth.SIGNATURE_HEADER: header})
+    assert status == 401 and auth.SIGNATURE_HEADER in answer["error"]
+    assert enqueued(broker) == []
+
+
+def test_malformed_shopify_headers_are_4xx_never_500(intake):
+    server, broker = intake
+    body = json.dumps(shopify_order()).encode()
+    status, answer = post(server, "/webhooks/shopify", body, {"X-Shopify-Hmac-Sha256": "\u00e9t\u00e9",
+                                                              "X-Shopify-Topic": "orders/create",
+                                                              "X-Shopify-Webhook-Id": "x"})
+    assert status == 401 and "does not match" in answer["error"]
+    status, answer = shopify_post(server, shopify_order(), webhook_id="caf\u00e9-1")
+    assert status == 400 and "X-Shopify-Webhook-Id" in answer["error"]
+    status, answer = shopify_post(server, shopify_order(), topic="orders/\u00e9")
+    assert status == 200 and "does not move stock" in answer["ignored"]
+    bad = shopify_order()
+    bad["line_items"][0]["sku"] = "IPOD\x00"
+    status, answer = shopify_post(server, bad, webhook_id="nul-1")
+    assert status == 400 and "sku: must not contain NUL" in answer["error"]
+    status, answer = shopify_post(server, {**shopify_order(), "created_at": "soon"}, webhook_id="time-1")
+    assert status == 400 and "created_at" in answer["error"]
+    assert enqueued(broker) == []
+
+
+@pytest.mark.parametrize("path, words", [
+    ("/stock?sku=A%00B", "sku: must not contain NUL"),
+    ("/stock?sku=" + "x" * 201, "sku: must be at most 200 characters"),
+    ("/stock?sku=%20%20", "give the variation's SKU"),
+    ("/variations/%C2%B2/stock", "variation id must be a positive integer"),
+    ("/variations/" + "9" * 30 + "/stock", "variation id must be a positive integer"),
+])
+def test_malformed_read_parameters_are_400(intake, path, words):
+    server, _ = intake
+    status, answer = get(server, path)
+    assert status == 400 and words in answer["error"]
+
+
+def test_a_sku_that_is_not_utf8_is_answered_not_500(intake):
+    server, _ = intake
+    status, answer = get(server, "/stock?sku=%ED%A0%80%FF")
+    assert status in (400, 404) and "error" in answer
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"order_id": [[[1]]]}, "got a JSON array"),
+    ({"order_id": "\u00b2"}, "positive integer"),
+    ({"order_id": "9" * 30}, "positive integer"),
+])
+def test_malformed_refurbed_ids_are_400(intake, body, words):
+    server, broker = intake
+    status, answer = post(server, f"/webhooks/refurbed/{REFURBED_SECRET}", body)
+    assert status == 400 and words in answer["error"]
+    assert enqueued(broker) == []
