@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from typing import Annotated, Any, Literal, Mapping, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Sequence, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, RootModel,
                       StringConstraints, TypeAdapter, ValidationError, ValidationInfo, model_validator)
 from pydantic_core import PydanticCustomError
 
 #: The kinds of event, by the name of the actor that books them.
-EVENT_KINDS = ("order_created", "order_cancelled", "stock_topup", "manual_adjustment")
 Kind = Literal["order_created", "order_cancelled", "stock_topup", "manual_adjustment"]
+EVENT_KINDS: tuple[str, ...] = get_args(Kind)
 
 #: The ledger's ``change_type`` of each kind.
 CHANGE_TYPE_OF = {"order_created": "order_created", "order_cancelled": "order_cancelled", "stock_topup": "topup",
@@ -41,7 +41,8 @@ MAX_BATCH = 500
 #: event "from the future" would stay on top of every stock snapshot until that time comes.
 MAX_FUTURE = timedelta(minutes=5)
 
-#: Column sizes of ``stock_ledger`` (db/models.py), and the note's own limit: longer is refused, never cut.
+#: Column sizes of ``stock_ledger`` (db/models.py), and the note's and source's own limits: longer is
+#: refused here, never cut there.
 ID_CHARS, SKU_CHARS, TEXT_CHARS, SOURCE_CHARS, NOTE_CHARS, KEY_CHARS = 64, 200, 200, 32, 2000, 300
 MARKETPLACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
@@ -149,7 +150,8 @@ Identifier = Annotated[
 Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY, description="units")]
 Change = Annotated[int, Field(strict=True, ge=-MAX_QUANTITY, le=MAX_QUANTITY, json_schema_extra={"not": {"const": 0}},
                               description="signed units, not 0"), AfterValidator(_non_zero)]
-EventTime = Annotated[datetime, BeforeValidator(_iso_time, json_schema_input_type=datetime), AfterValidator(_utc_not_future),
+EventTime = Annotated[datetime, BeforeValidator(_iso_time, json_schema_input_type=datetime),
+                      AfterValidator(_utc_not_future),
                       PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
                       Field(description="ISO 8601 with a zone; default now; at most 5 minutes ahead")]
 Reference = _text(TEXT_CHARS, "what makes it happen once (a delivery, a count): its idempotency key")

@@ -32,7 +32,8 @@ TEN_MB = "x" * (10 * 1024 * 1024)
 
 #: (queue, actor, args, kwargs, words the dead letter's error must hold)
 MALFORMED = [
-    ("stock-events", "order_created", (), {**GOOD_ORDER, "quantity": 10**6}, "quantity: must be an integer in 1..100000"),
+    ("stock-events", "order_created", (), {**GOOD_ORDER, "quantity": 10**6},
+     "quantity: must be an integer in 1..100000"),
     ("stock-events", "stock_topup", (), {**GOOD_TOPUP, "note": TEN_MB}, "note: must be at most 2000 characters"),
     ("stock-events", "stock_topup", (), {**GOOD_TOPUP, "quantity": -4}, "quantity: must be an integer in 1.."),
     ("stock-events", "manual_adjustment", (), {**GOOD_TOPUP, "quantity": 5}, "change: is required"),

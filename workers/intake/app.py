@@ -218,9 +218,9 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
             else f"a JSON {'object' if isinstance(order_id, dict) else 'array'}"
         raise _BadRequest(f"order_id must be a positive integer, got {shown}")
     # Addressed by name, as the producer API does: the intake declares no actors.
+    received_at = datetime.now(timezone.utc).isoformat()
     message = dramatiq.Message(queue_name=queues.ORDERS, actor_name="refurbed_order_notified", args=(),
-                               kwargs={"order_id": str(order_id), "received_at": datetime.now(timezone.utc).isoformat()},
-                               options={})
+                               kwargs={"order_id": str(order_id), "received_at": received_at}, options={})
     enqueued = await _enqueue(request, lambda: request.app[EVENTS_KEY].enqueue(message))
     return web.json_response({"accepted": True, "order_id": order_id, "message_id": enqueued.message_id}, status=202)
 
