@@ -5,6 +5,9 @@ broker from the settings, and some commands (``demo``) change the settings first
 """
 from __future__ import annotations
 
+import logging
+from importlib.metadata import version
+
 import click
 
 from workers.cli import (
@@ -26,9 +29,28 @@ from workers.cli import (
 )
 
 
-@click.group()
-def main() -> None:
-    """stocksync: keep every marketplace's stock right."""
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stocksync", prog_name="stocksync")
+@click.option("-v", "--verbose", count=True, help="More log lines: -v is DEBUG (with tracebacks). Repeatable.")
+@click.option("-q", "--quiet", count=True, help="Fewer log lines: -q is WARNING, -qq ERROR. Repeatable.")
+def main(verbose: int, quiet: int) -> None:
+    """stocksync: keep every marketplace's stock right.
+
+    Logs go to stderr (LOG_LEVEL, default INFO; LOG_FORMAT=text|json); tables and data go to stdout.
+    """
+    from runtime import logs
+    from runtime.settings import Settings, get_settings
+
+    try:
+        settings = get_settings()
+    except Exception as error:  # pydantic's error names each bad variable
+        if click.get_current_context().invoked_subcommand != "doctor":  # doctor says it in its own words
+            raise click.ClickException(f"the settings are not valid: {error}") from None
+        settings = Settings.model_construct()
+    logs.configure(settings, verbosity=verbose - quiet)
+    logging.getLogger("stocksync.cli").debug("stocksync %s: %s, log level %s", version("stocksync"),
+                                             click.get_current_context().invoked_subcommand,
+                                             logging.getLevelName(logging.getLogger().level))
 
 
 for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandbox_command,

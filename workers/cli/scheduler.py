@@ -19,11 +19,8 @@ def scheduler(once, show) -> None:
     Run one per host if you like: only the one holding the Redis leader lock enqueues; the others
     wait and take over within SCHEDULER_LOCK_TTL_S when it stops.
     """
-    import logging
-
     from workers import scheduler as jobs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     try:
         if show:
