@@ -52,7 +52,8 @@ def check_redis(url: str, timeout_s: float = CHECK_TIMEOUT_S) -> Check:
 
 
 @lru_cache(maxsize=8)
-def _engine(url: str):
+def probe_engine(url: str):
+    """An engine without a pool for probes of ``url`` (cached per URL)."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -80,7 +81,7 @@ def check_database(url: str) -> list[Check]:
                 Check("migrations", False, "not checked: no database")]
     try:
         started = time.perf_counter()
-        with _engine(url).connect() as connection:
+        with probe_engine(url).connect() as connection:
             connection.execute(text(f"SET statement_timeout = {int(CHECK_TIMEOUT_S * 1000)}"))
             connection.execute(text("SELECT 1"))
             elapsed_ms = (time.perf_counter() - started) * 1000

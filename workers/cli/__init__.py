@@ -15,6 +15,7 @@ from workers.cli import (
     console,
     db,
     demo,
+    doctor,
     dlq,
     ingram,
     monitor,
@@ -56,5 +57,5 @@ def main(verbose: int, quiet: int) -> None:
 for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandbox_command,
                 reconcile.reconcile_command, ingram.ingram, monitor.monitor_command, serve.serve_command,
                 poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, stores.stores_group,
-                alerts.alerts_group, console.console_command, users.users_group):
+                alerts.alerts_group, console.console_command, users.users_group, doctor.doctor_command):
     main.add_command(command)
