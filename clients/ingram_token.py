@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+
+from redis.exceptions import LockError
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -21,7 +22,7 @@ __all__ = ["MAX_TOKEN_LIFETIME_S", "LocalToken", "SharedToken", "TokenFetcher", 
 #: The longest a token is used, whatever ``expires_in`` says (the docs: "expires every 24 hours").
 MAX_TOKEN_LIFETIME_S = 24 * 3600
 
-# Delete the token (or a lock) only if it is still the one we mean: another worker may already have
+# Delete the token only if it is still the one we mean: another worker may already have
 # stored its replacement, which must survive.
 _DELETE_IF_EQUAL = """
 if redis.call("GET", KEYS[1]) == ARGV[1] then
@@ -50,8 +51,9 @@ class SharedToken:
 
     The token is stored with ``SET ... PX``: its key expires ``refresh_before_s`` before the token
     does (and at most 24 h after it was issued), so the next caller fetches a new one while the old
-    one still works for the requests in flight.  One caller fetches at a time, under a Redis lock
-    (``SET NX PX``); the others wait for the new token and read it.
+    one still works for the requests in flight.  One caller fetches at a time, under redis-py's
+    :class:`~redis.asyncio.lock.Lock` (``SET NX PX``, released only by its holder); the others wait
+    for the new token and read it.
 
     The token sits in Redis in clear: Redis is the fleet's trusted store (it also holds the
     messages).  Nothing here logs or raises it.
@@ -89,8 +91,9 @@ class SharedToken:
             stored = await self.redis.get(self.key)
             if stored is not None:
                 return stored.decode() if isinstance(stored, bytes) else stored
-            owner = uuid.uuid4().hex
-            if await self.redis.set(self.lock_key, owner, nx=True, px=max(1, round(self.lock_ttl_s * 1000))):
+            # redis-py's Lock: SET NX PX with a random token, released only by its holder.
+            lock = self.redis.lock(self.lock_key, timeout=self.lock_ttl_s, thread_local=False)
+            if await lock.acquire(blocking=False):
                 try:
                     # Another worker may have stored one between our GET and our lock.
                     stored = await self.redis.get(self.key)
@@ -101,7 +104,10 @@ class SharedToken:
                     await self.redis.set(self.key, token, px=keep_ms)
                     return token
                 finally:
-                    await self._delete_if(keys=[self.lock_key], args=[owner])
+                    try:
+                        await lock.release()
+                    except LockError:  # it expired while we fetched: whoever holds it now keeps it
+                        pass
             # Someone else is fetching: wait for their token (or for their lock to go).
             if loop.time() > deadline:
                 raise TimeoutError(f"no OAuth token appeared in {self.key!r} within {self.lock_ttl_s * 2:g}s")

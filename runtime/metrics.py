@@ -36,6 +36,7 @@ if not os.environ.get("dramatiq_prom_db"):
     os.environ["dramatiq_prom_db"] = os.path.join(tempfile.gettempdir(), "dramatiq-prometheus")
 os.environ.setdefault("dramatiq_prom_host", "127.0.0.1")
 
+import dramatiq  # noqa: E402
 from dramatiq.common import q_name  # noqa: E402
 from dramatiq.middleware import prometheus as dramatiq_prometheus  # noqa: E402
 
@@ -49,6 +50,9 @@ RATE_LIMIT_WAIT_BUCKETS = (0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 SYNC_DURATION_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 #: Buckets of the time from an event happening to its ledger entry (seconds).
 EVENT_LAG_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+#: Buckets of the time a message waits on its queue before a worker starts it (seconds).
+QUEUE_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 #: Prefix of a dramatiq master's metrics folder inside ``METRICS_DIR``; its pid and start time follow.
 MASTER_FOLDER_PREFIX = "dramatiq-"
@@ -118,6 +122,9 @@ class _Metrics:
         self.stock_alert_notifications = counter(
             "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
             "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
+        self.queue_wait = histogram(
+            "stocksync_queue_wait_seconds", "Time from a message being enqueued (or due, for a delayed one) to a "
+            "worker starting it (seconds), per queue.", ["queue"], buckets=QUEUE_WAIT_BUCKETS)
         self.intake_requests = counter(
             "stocksync_intake_requests", "Requests the HTTP intake answered, by route template (never the "
             "path: a webhook secret may be in it) and status.", ["route", "status"])
@@ -273,6 +280,25 @@ def dead_lettered(queue: str, actor: str) -> None:
 
 
 @_safely
+def queue_wait(queue: str, waited_s: float) -> None:
+    """Observe how long a message waited on ``queue`` before a worker started it."""
+    _metrics().queue_wait.labels(q_name(queue)).observe(max(0.0, waited_s))
+
+
+class QueueWait(dramatiq.Middleware):
+    """Record :func:`queue_wait` for each message a worker starts.
+
+    A message is waiting from its enqueue time, or from its ``eta`` when it was delayed (a retry's
+    backoff is not time spent waiting for a worker).
+    """
+
+    def before_process_message(self, broker, message):
+        """Observe the wait, from the message's own timestamps."""
+        ready_ms = max(message.message_timestamp, int(message.options.get("eta") or 0))
+        queue_wait(message.queue_name, (time.time() * 1000 - ready_ms) / 1000)
+
+
+@_safely
 def stock_alerts_firing(count: int) -> None:
     """Publish how many stock alerts are firing (after a check)."""
     _metrics().stock_alerts_firing.set(count)
@@ -289,7 +315,7 @@ def exported_names() -> set[str]:
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     families = [family for metric in _metrics().all() for family in metric.describe()]
     names = {family.name + suffix for family in families for suffix in suffixes[family.type]}
-    return names | {DEAD_LETTERS_WAITING}
+    return names | {DEAD_LETTERS_WAITING, QUEUE_MESSAGES, QUEUE_OLDEST_AGE}
 
 
 # --- worker processes: multiprocess files, one folder per dramatiq master ---------------------------------
@@ -365,37 +391,166 @@ class FleetPrometheus(dramatiq_prometheus.Prometheus):
             super().after_enqueue(broker, message, delay)
 
 
-#: The gauge of dead letters waiting per queue, read from Redis when the workers' server is scraped.
+#: Gauges read from the broker's Redis when a workers' ``/metrics`` is scraped (state kept by Redis).
 DEAD_LETTERS_WAITING = "stocksync_dead_letters_waiting"
+QUEUE_MESSAGES = "stocksync_queue_messages"
+QUEUE_OLDEST_AGE = "stocksync_queue_oldest_message_age_seconds"
+
+#: Per queue, in one atomic step: ready messages, all of the queue's messages, delayed ones, dead
+#: ones, and the head message's enqueue time and eta (decoded here: a payload may be megabytes).
+_QUEUE_STATE = """
+local out = {}
+for i, queue in ipairs(KEYS) do
+  local ready = redis.call('LLEN', queue)
+  local head = redis.call('LINDEX', queue, 0)
+  local timestamp, eta = 0, 0
+  if head then
+    local payload = redis.call('HGET', queue .. '.msgs', head)
+    if payload then
+      local ok, message = pcall(cjson.decode, payload)
+      if ok and type(message) == 'table' then
+        timestamp = tonumber(message['message_timestamp']) or 0
+        if type(message['options']) == 'table' then eta = tonumber(message['options']['eta']) or 0 end
+      end
+    end
+  end
+  local delayed = redis.call('HLEN', queue .. '.DQ.msgs')
+  table.insert(out, {ready, redis.call('HLEN', queue .. '.msgs'), delayed, redis.call('ZCARD', queue .. '.XQ'),
+                     tostring(timestamp), tostring(eta)})
+end
+return out
+"""
 
 
-class DeadLettersWaiting:
-    """A collector of the dead letters waiting in each queue (state kept by Redis, not a counter)."""
+def known_queues() -> set[str]:
+    """The fleet's queues, reported even when empty (an alert must see 0, not nothing)."""
+    from runtime import queues
+    from runtime.settings import get_settings
 
-    def __init__(self, redis_client) -> None:
+    settings = get_settings()
+    names = {value for name, value in vars(queues).items() if name.isupper() and isinstance(value, str)}
+    names |= {settings.ingram_batch_queue, settings.ingram_details_queue}
+    names |= {name.strip() for name in settings.ingram_extra_queues.split(",") if name.strip()}
+    return names
+
+
+class QueueMetrics:
+    """A collector of each queue's messages by state, its oldest waiting message's age, and its dead letters.
+
+    Dramatiq's Redis layout (``<ns>:<queue>``: the ids ready to fetch; ``.msgs``: every message of the
+    queue not yet acked, fetched ones included; ``.DQ.msgs``: delayed ones, retries among them;
+    ``.XQ``: dead letters) gives ``stocksync_queue_messages{queue,state}`` with ``state`` one of
+    ``waiting`` (ready, no worker has it), ``in_progress`` (fetched by a worker, not acked: running,
+    prefetched, or held by a dead worker until it is requeued), ``delayed`` (due later) and ``dead``.
+    The oldest message's age counts from its enqueue time, or its eta when it was delayed.
+
+    Parameters:
+      redis_client: A blocking Redis client on the broker's Redis.
+      namespace(str): Dramatiq's key prefix.
+    """
+
+    def __init__(self, redis_client, namespace: str = "dramatiq", queues: set[str] | None = None) -> None:
         self.redis = redis_client
+        self.namespace = namespace
+        self.queues = queues
+        self._state = redis_client.register_script(_QUEUE_STATE)
+
+    def _queue_names(self) -> list[str]:
+        prefix = f"{self.namespace}:"
+        found = set(self.queues if self.queues is not None else known_queues())
+        for key in self.redis.scan_iter(match=f"{prefix}*", count=1000):
+            name = (key.decode() if isinstance(key, bytes) else key)[len(prefix):]
+            for suffix in (".DQ.msgs", ".XQ.msgs", ".msgs", ".XQ"):
+                if name.endswith(suffix) and not name.startswith("__"):
+                    found.add(name[:-len(suffix)])
+                    break
+        return sorted(name for name in found if name and not name.endswith(".DQ"))
 
     def collect(self):
-        """One sample per queue that has a dead-letter set."""
+        """The three gauge families; empty (and one warning) while Redis is unreachable."""
         from prometheus_client.core import GaugeMetricFamily
 
-        from runtime.dlq import DeadLetterQueues
-
-        family = GaugeMetricFamily(DEAD_LETTERS_WAITING, "Messages waiting in each queue's dead letters.",
-                                   labels=["queue"])
+        messages = GaugeMetricFamily(QUEUE_MESSAGES, "Messages of each queue by state: waiting (ready, not fetched), "
+                                     "in_progress (fetched by a worker, not acked), delayed (due later: retries, "
+                                     "etas), dead (dead letters).", labels=["queue", "state"])
+        oldest = GaugeMetricFamily(QUEUE_OLDEST_AGE, "Age of each queue's oldest waiting message (seconds since it "
+                                   "was enqueued or became due; 0 when none waits).", labels=["queue"])
+        dead = GaugeMetricFamily(DEAD_LETTERS_WAITING, "Messages waiting in each queue's dead letters.",
+                                 labels=["queue"])
         try:
-            for queue, size in sorted(DeadLetterQueues(self.redis).sizes().items()):
-                family.add_metric([queue], size)
+            names = self._queue_names()
+            rows = self._state(keys=[f"{self.namespace}:{name}" for name in names]) if names else []
+            now_ms = self.redis.time()
+            now_ms = now_ms[0] * 1000 + now_ms[1] / 1000  # Redis's clock, as the messages' enqueuers agree on it
+            for name, (ready, pending, delayed, dead_count, timestamp, eta) in zip(names, rows):
+                ready, pending, delayed, dead_count = int(ready), int(pending), int(delayed), int(dead_count)
+                messages.add_metric([name, "waiting"], ready)
+                messages.add_metric([name, "in_progress"], max(0, pending - ready))
+                messages.add_metric([name, "delayed"], delayed)
+                messages.add_metric([name, "dead"], dead_count)
+                since_ms = max(float(timestamp), float(eta))
+                oldest.add_metric([name], max(0.0, (now_ms - since_ms) / 1000) if ready and since_ms else 0.0)
+                dead.add_metric([name], dead_count)
         except Exception as error:  # a scrape must still answer while Redis is down
-            logger.warning("could not read the dead-letter queues: %s", type(error).__name__)
-        yield family
+            logger.warning("could not read the queues from Redis: %s", type(error).__name__)
+        yield from (messages, oldest, dead)
 
 
-def _serve(registry, host: str, port: int):
-    """Start a /metrics HTTP server for ``registry`` in a daemon thread; return (server, thread)."""
-    from prometheus_client import start_http_server
+class _MetricsServer:
+    """``/metrics`` plus ``/healthz`` (alive) and ``/readyz`` (:mod:`runtime.health`) on one port."""
 
-    return start_http_server(port, addr=host, registry=registry)
+    def __init__(self, registry, ready) -> None:
+        from prometheus_client import make_wsgi_app
+
+        self.metrics = make_wsgi_app(registry)
+        self.ready = ready
+
+    def __call__(self, environ, start_response):
+        import json
+
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            status, body = 200, {"ok": True}
+        elif path == "/readyz":
+            from runtime.health import answer
+
+            if self.ready is None:
+                status, body = 200, {"ok": True, "checks": {}}
+            else:
+                status, body = answer(self.ready())
+        else:
+            return self.metrics(environ, start_response)
+        data = json.dumps(body).encode()
+        start_response(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                        ("Cache-Control", "no-store")])
+        return [data]
+
+
+def _serve(registry, host: str, port: int, ready=None):
+    """Start the metrics and health HTTP server in a daemon thread; return (server, thread)."""
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, _get_best_family, _SilentHandler
+
+    class Server(ThreadingWSGIServer):
+        """prometheus_client's threading server, with the address family of ``host``."""
+
+    Server.address_family, host = _get_best_family(host, port)
+    server = make_server(host, port, _MetricsServer(registry, ready), Server, handler_class=_SilentHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-server", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def readiness_probe(settings):
+    """The ``/readyz`` probe of this process's settings (Redis and PostgreSQL), or None without Redis."""
+    if not settings.redis_url:
+        return None
+    from runtime import resources
+    from runtime.health import ReadinessProbe
+
+    return ReadinessProbe(settings.redis_url, settings.database_url or resources.database_url)
 
 
 def serve_fleet_metrics() -> int:
@@ -403,8 +558,10 @@ def serve_fleet_metrics() -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from runtime import logs
     from runtime.settings import get_settings
 
+    logs.ensure_configured()
     settings = get_settings()
     if not settings.metrics_port:
         return 0
@@ -415,9 +572,9 @@ def serve_fleet_metrics() -> int:
     if settings.redis_url:
         import redis
 
-        registry.register(DeadLettersWaiting(redis.Redis.from_url(settings.redis_url)))
+        registry.register(QueueMetrics(redis.Redis.from_url(settings.redis_url, socket_timeout=5)))
     try:
-        _, thread = _serve(registry, settings.metrics_host, settings.metrics_port)
+        _, thread = _serve(registry, settings.metrics_host, settings.metrics_port, readiness_probe(settings))
     except OSError as error:
         logger.error("cannot serve /metrics on %s:%d: %s (give each dramatiq master on a host its own "
                      "METRICS_PORT)", settings.metrics_host, settings.metrics_port, error)
@@ -429,11 +586,13 @@ def serve_fleet_metrics() -> int:
 
 # --- other processes (scheduler, intake) ------------------------------------------------------------------
 
-def start_exposition_server(settings=None, port: int | None = None):
+def start_exposition_server(settings=None, port: int | None = None, ready=None):
     """Serve this process's metrics on ``METRICS_HOST:METRICS_PORT`` in a daemon thread.
 
     For the processes that are not dramatiq workers: the scheduler, the intake.  Under a
     multiprocess server (``PROMETHEUS_MULTIPROC_DIR`` set) it serves every process's files.
+    ``/healthz`` and ``/readyz`` answer beside ``/metrics``; ``ready`` is the readiness probe
+    (default: Redis and PostgreSQL of the settings, when there is a ``REDIS_URL``).
 
     Returns:
       The HTTP server (call ``shutdown()`` to stop it), or ``None`` when the port is 0 (off).
@@ -454,6 +613,8 @@ def start_exposition_server(settings=None, port: int | None = None):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     _metrics()  # every metric is listed from the first scrape, even at zero
-    server, _ = _serve(registry, settings.metrics_host, port)
+    if ready is None and getattr(settings, "redis_url", ""):
+        ready = readiness_probe(settings)
+    server, _ = _serve(registry, settings.metrics_host, port, ready)
     logger.info("serving /metrics on %s:%d", settings.metrics_host, port)
     return server

@@ -9,8 +9,9 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -169,6 +170,16 @@ class Settings(BaseSettings):
     ingram_cooldown_manual_s: float = 30 * 60
 
     # --- operations: metrics, scheduler, stores, alerts (add fields below this line) ---
+    #: Logging of every process (runtime/logs.py): the least level written (DEBUG also prints whole
+    #: tracebacks), ``text`` lines or ``json`` objects, and where a long message is cut.
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warn|warning|error|critical)$")
+    log_format: Literal["text", "json"] = "text"
+    log_max_message_chars: int = Field(2000, ge=200)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _format_any_case(cls, value):
+        return value.strip().lower() if isinstance(value, str) else value
     #: Address every process's ``/metrics`` server binds: loopback unless Prometheus scrapes from
     #: another host or container (then e.g. ``0.0.0.0`` behind a firewall).
     metrics_host: str = "127.0.0.1"

@@ -106,3 +106,14 @@ def test_the_image_holds_every_package_of_the_project():
     assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
     assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE)
     assert "METRICS_HOST=0.0.0.0" in dockerfile
+
+
+def test_the_fleet_containers_are_healthy_only_when_ready():
+    # Each probe asks the process's own /readyz (Redis, PostgreSQL, migrations at head) on its port.
+    for name, port in (("workers", 9191), ("scheduler", 9194), ("intake", 8790)):
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        assert f"http://127.0.0.1:{port}/readyz" in test[3], name
+        compile(test[3], name, "exec")
+    assert SERVICES["workers"]["environment"]["METRICS_PORT"] == "9191"
+    assert SERVICES["intake"]["environment"]["INTAKE_PORT"] == "8790"

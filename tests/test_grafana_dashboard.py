@@ -80,7 +80,8 @@ def test_the_dashboard_covers_what_operators_watch():
                    "stocksync_duplicate_events_total", "dramatiq_messages_total",
                    "dramatiq_message_duration_milliseconds", "stocksync_ledger_changes_total",
                    "stocksync_oversold_total", "stocksync_reconciliation_discrepancies_total",
-                   "stocksync_dead_letters_total", "stocksync_dead_letters_waiting"):
+                   "stocksync_dead_letters_total", "stocksync_dead_letters_waiting", "stocksync_queue_messages",
+                   "stocksync_queue_oldest_message_age_seconds", "stocksync_queue_wait_seconds"):
         assert family in families, f"no panel shows {family}"
 
 

@@ -5,8 +5,16 @@ actor on it.
 """
 from __future__ import annotations
 
-from actors import alerts, events, ingram, orders, stock_sync, stores
-from runtime.broker import install_broker
+import logging
+
+from runtime import logs
+
+# First: in a worker process this replaces dramatiq's basicConfig (its -v still means DEBUG); a
+# CLI command that imports the fleet has set up logging already.
+logs.ensure_configured(level=logging.DEBUG if logging.getLogger().level == logging.DEBUG else None)
+
+from actors import alerts, events, ingram, orders, stock_sync, stores  # noqa: E402
+from runtime.broker import install_broker  # noqa: E402
 
 broker = install_broker()
 

@@ -6,7 +6,7 @@ do the work under their own locks (a running sync, an order walk), so a message 
 refused there.
 
 Only one scheduler acts at a time, across hosts: the one holding a Redis leader lock
-(:class:`LeaderLock`: ``SET NX PX``, renewed with a Lua compare-and-extend).  Any other scheduler
+(:class:`LeaderLock`, redis-py's ``Lock``: ``SET NX PX``, renewed only by its holder).  Any other scheduler
 waits; when the leader dies its lock expires and a waiting one takes over within
 ``SCHEDULER_LOCK_TTL_S``.  A leader that cannot renew in time stops its jobs before the lock can
 pass to another.  Within one scheduler no job overlaps itself (``max_instances=1``) and missed
@@ -67,27 +67,12 @@ class SchedulerConfigError(ValueError):
 
 # -- the leader lock -------------------------------------------------------------------------------
 
-#: Extend the lock only if it still holds our token (KEYS[1], ARGV[1] token, ARGV[2] ms).
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-#: Delete the lock only if it still holds our token.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 class LeaderLock:
     """A Redis lock with an expiry that one process at a time holds, identified by a random token.
 
-    :meth:`acquire` takes it if free (``SET NX PX``); :meth:`renew` pushes its expiry back only if
-    we still hold it (Lua compare-and-extend); :meth:`release` deletes it only if we hold it.  A
+    redis-py's :class:`redis.lock.Lock` does the work: :meth:`acquire` takes it if free (``SET NX
+    PX``); :meth:`renew` pushes its expiry back to a full ``ttl_s`` only if we still hold it
+    (``reacquire``, a Lua compare-and-extend); :meth:`release` deletes it only if we hold it.  A
     holder that stops renewing (dead, frozen, cut off) loses it after ``ttl_s``.
     """
 
@@ -97,22 +82,35 @@ class LeaderLock:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.token = f"{self.owner}:{uuid.uuid4().hex}"
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
+        # Not thread-local: the renewal loop and a signal handler's stop may be different threads.
+        self._lock = client.lock(key, timeout=self.ttl_ms / 1000, thread_local=False)
 
     def acquire(self) -> bool:
         """Take the lock if nobody holds it (or renew it if we do); True if we hold it now."""
-        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        if self._lock.acquire(blocking=False, token=self.token):
             return True
         return self.renew()
 
     def renew(self) -> bool:
         """Extend the lock to a full ``ttl_s`` from now; False if it is no longer ours."""
-        return bool(self._extend(keys=[self.key], args=[self.token, self.ttl_ms]))
+        from redis.exceptions import LockError
+
+        self._lock.local.token = self.token.encode()  # ours, even before a first acquire in this process
+        try:
+            return bool(self._lock.reacquire())
+        except LockError:  # LockNotOwnedError: expired, or another scheduler holds it
+            return False
 
     def release(self) -> bool:
         """Give the lock up (if we hold it) so another scheduler takes over at once."""
-        return bool(self._release(keys=[self.key], args=[self.token]))
+        from redis.exceptions import LockError
+
+        self._lock.local.token = self.token.encode()
+        try:
+            self._lock.release()
+            return True
+        except LockError:
+            return False
 
     def holder(self) -> str | None:
         """The token of whoever holds the lock now (None if free)."""

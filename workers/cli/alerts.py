@@ -83,13 +83,22 @@ def rules_add(sku: str | None, marketplace: str | None, threshold: int) -> None:
 
 
 @rules_group.command("list")
-def rules_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the rules and the defaults as JSON.")
+def rules_list(as_json: bool) -> None:
     """Every rule, most specific first, and the default threshold from the settings."""
     from db.alerts import list_rules
 
     with _sessions()() as session:
         rules = list_rules(session)
     settings = get_settings()
+    if as_json:
+        from workers.cli.common import echo_json
+
+        echo_json({"rules": [{"id": rule.id, "variation": rule.sku, "marketplace": rule.marketplace,
+                              "threshold": rule.threshold, "updated_at": rule.updated_at} for rule in rules],
+                   "default_threshold": settings.stock_alert_default_threshold,
+                   "hysteresis": settings.stock_alert_hysteresis})
+        return
     for rule in rules:
         click.echo(f"{rule.id:>5}  {_scope(rule.sku, rule.marketplace):<48} threshold {rule.threshold:>5}  "
                    f"(set {_when(rule.updated_at)})")
@@ -131,15 +140,28 @@ def _print_alerts(rows) -> None:
                    f"{alert.threshold:>5}  {_when(alert.fired_at):<16}  {_when(alert.resolved_at):<16}  {notified}")
 
 
+def _alert_dict(alert) -> dict:
+    """An alert row as JSON-able data (its columns, and the scope shown by the table)."""
+    import dataclasses
+
+    return {**dataclasses.asdict(alert), "scope": alert.scope}
+
+
 @alerts_group.command("list")
 @click.option("--state", type=click.Choice(["firing", "resolved"]), help="Only alerts in this state.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000), help="Newest first.")
-def alerts_list(state: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the alerts as JSON (every field).")
+def alerts_list(state: str | None, limit: int, as_json: bool) -> None:
     """Alerts, newest first: scope, stock, threshold, when fired and resolved, notification state."""
     from db.alerts import list_alerts
 
     with _sessions()() as session:
         rows = list_alerts(session, state=state, limit=limit)
+    if as_json:
+        from workers.cli.common import echo_json
+
+        echo_json([_alert_dict(alert) for alert in rows])
+        return
     if not rows:
         click.echo(f"no {state + ' ' if state else ''}alerts")
         return
@@ -185,6 +207,8 @@ def alerts_check(dry_run: bool) -> None:
                + (" (dry run: nothing stored or sent)" if dry_run else ""))
     for failure in failures:
         click.echo(failure, err=True)
+    if failures:  # the check ran, but its work (telling someone) did not get done
+        raise SystemExit(1)
 
 
 __all__ = ["alerts_group", "register"]

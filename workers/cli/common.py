@@ -1,8 +1,11 @@
 """Helpers shared by the command groups: the fleet import, in-process workers, run output (rich)."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 import time
+from datetime import date, datetime
 from contextlib import contextmanager
 from typing import Callable, Iterable
 
@@ -14,8 +17,30 @@ from rich.table import Table
 from db.models import SyncRun
 from runtime.settings import get_settings
 
-#: Wide enough for the summary table even when stdout is not a terminal (CI logs, pipes).
+#: Tables and data go to stdout; wide enough for the summary table when it is not a terminal (CI logs, pipes).
 console = Console(width=None if Console().is_terminal else 140)
+#: Progress bars and live views are for people: stderr, so a piped stdout gets only the data.
+err_console = Console(stderr=True)
+
+
+def echo_json(data) -> None:
+    """Print ``data`` as JSON on stdout (times as ISO 8601), for ``--json`` options."""
+    click.echo(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def run_dict(run: SyncRun) -> dict:
+    """A sync run as JSON-able data (every column, and its duration)."""
+    data = {column.key: getattr(run, column.key) for column in SyncRun.__table__.columns}
+    data["duration_s"] = run.duration_s
+    return data
 
 
 def watch_run(load: Callable[[], SyncRun], *, poll_s: float = 0.2, timeout_s: float = 3600,
@@ -23,7 +48,7 @@ def watch_run(load: Callable[[], SyncRun], *, poll_s: float = 0.2, timeout_s: fl
     """Poll a run until it leaves ``running``; show pages done / total as it goes."""
     deadline = time.monotonic() + timeout_s
     with Progress(TextColumn("[bold]sync {task.fields[run_id]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("pages"), TimeElapsedColumn(), console=console, disable=not show,
+                  TextColumn("pages"), TimeElapsedColumn(), console=err_console, disable=not show,
                   transient=False) as progress:
         run = load()
         task = progress.add_task("sync", total=None, run_id=run.id)

@@ -9,6 +9,7 @@ errors; the numbers come from :mod:`pipelines.progress` (shared with the console
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Callable, Iterable, Sequence
@@ -61,10 +62,11 @@ def render_text(table: Table, width: int = 200) -> str:
 
 def watch(load: Callable[[], Sequence[RunProgress]], *, refresh_s: float = 1.0, once: bool = False,
           until_done: bool = False, console: Console | None = None, title: str = "stocksync syncs",
-          timeout_s: float | None = None) -> Sequence[RunProgress]:
+          timeout_s: float | None = None, live_console: Console | None = None) -> Sequence[RunProgress]:
     """Show ``load()`` as a table, refreshed every ``refresh_s`` until interrupted; return the last rows.
 
-    ``once`` prints one table and returns; ``until_done`` returns once no shown run is running.
+    ``once`` prints one table (on ``console``) and returns; the live view goes to ``live_console``
+    (default the same); ``until_done`` returns once no shown run is running.
     """
     console = console or Console()
     progresses = load()
@@ -72,7 +74,8 @@ def watch(load: Callable[[], Sequence[RunProgress]], *, refresh_s: float = 1.0, 
         console.print(runs_table(progresses, title))
         return progresses
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with Live(runs_table(progresses, title), console=console, refresh_per_second=max(1.0, 1 / refresh_s),
+    with Live(runs_table(progresses, title), console=live_console or console,
+              refresh_per_second=max(1.0, 1 / refresh_s),
               transient=False) as live:
         while True:
             if until_done and progresses and all(p.status != "running" for p in progresses):
@@ -99,14 +102,25 @@ class _Discard:
 @click.option("--refresh", "refresh_s", default=1.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Seconds between refreshes.")
 @click.option("--once", is_flag=True, help="Print the table once and exit.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs' progress once as JSON (implies --once).")
 @click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 1000),
               help="Finished runs shown besides the running ones.")
-def monitor_command(sync_id: int | None, refresh_s: float, once: bool, limit: int) -> None:
+def monitor_command(sync_id: int | None, refresh_s: float, once: bool, as_json: bool, limit: int) -> None:
     """A live view of running and recent syncs of every kind: done/total, rate, ETA, retries, errors.
 
-    With SYNC_ID, that run only, until it ends.  Ctrl-C stops the view (not the syncs).  When the
-    output is not a terminal, the table is printed once (or, with SYNC_ID, once the run has ended).
+    With SYNC_ID, that run only, until it ends.  Ctrl-C stops the view (not the syncs).  The live
+    view goes to stderr; --once prints the table on stdout, as does a run's end when stdout is not
+    a terminal.
     """
+    if as_json:
+        from workers.cli.common import echo_json
+
+        progresses = watch_syncs(sync_id, refresh_s=refresh_s, once=True, until_done=False, limit=limit,
+                                 show=False)
+        if sync_id is not None and not progresses:
+            raise click.ClickException(f"no sync run {sync_id}")
+        echo_json([dataclasses.asdict(progress) for progress in progresses])
+        return
     try:
         progresses = watch_syncs(sync_id, refresh_s=refresh_s, once=once, until_done=sync_id is not None, limit=limit)
     except KeyboardInterrupt:
@@ -115,9 +129,10 @@ def monitor_command(sync_id: int | None, refresh_s: float, once: bool, limit: in
         raise click.ClickException(f"no sync run {sync_id}")
 
 
-def watch_syncs(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10):
+def watch_syncs(sync_id: int | None, *, refresh_s: float, once: bool, until_done: bool, limit: int = 10,
+                show: bool = True):
     from runtime import resources
-    from workers.cli.common import console
+    from workers.cli.common import console, err_console
 
     factory = resources.sessions()
     namespace = get_settings().redis_namespace
@@ -126,7 +141,13 @@ def watch_syncs(sync_id: int | None, *, refresh_s: float, once: bool, until_done
         return load_progress(factory, resources.sync_redis(), namespace, sync_id, limit)
 
     title = f"sync {sync_id}" if sync_id is not None else "stocksync syncs"
+    if not show:
+        return load()
     if sync_id is not None and not load():
         return []
-    return watch(load, refresh_s=refresh_s, once=once or not sys.stdout.isatty() and not until_done,
-                 until_done=until_done, console=console, title=title)
+    once = once or not sys.stdout.isatty() and not until_done
+    progresses = watch(load, refresh_s=refresh_s, once=once, until_done=until_done, console=console, title=title,
+                       live_console=err_console)
+    if not once and not sys.stdout.isatty():
+        console.print(runs_table(progresses, title))  # the end of the run, for whoever reads stdout
+    return progresses

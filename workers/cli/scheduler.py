@@ -13,19 +13,28 @@ from workers.cli.common import print_table
 @click.option("--once", "once", metavar="JOB", default=None,
               help="Enqueue JOB's message once, now, and exit (no leader lock; see --list for the names).")
 @click.option("--list", "show", is_flag=True, help="Print every job, its actor, crontab and next run times, and exit.")
-def scheduler(once, show) -> None:
+@click.option("--json", "as_json", is_flag=True, help="With --list: print the jobs as JSON.")
+def scheduler(once, show, as_json) -> None:
     """The periodic jobs: enqueue each job's message at its SCHEDULER_*_CRON times (one leader per fleet).
 
     Run one per host if you like: only the one holding the Redis leader lock enqueues; the others
     wait and take over within SCHEDULER_LOCK_TTL_S when it stops.
     """
-    import logging
-
     from workers import scheduler as jobs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     try:
+        if as_json and not show:
+            raise click.UsageError("--json goes with --list")
+        if show and as_json:
+            from workers.cli.common import echo_json
+
+            times = jobs.next_fire_times(settings, datetime.now(timezone.utc), count=3)
+            echo_json([{"job": job.name, "actor": job.actor, "args": list(job.args), "kwargs": job.kwargs,
+                        "setting": job.setting.upper(), "cron": str(getattr(settings, job.setting)) or None,
+                        "timezone": settings.scheduler_timezone, "next_runs": times.get(job.name, [])}
+                       for job in jobs.JOBS])
+            return
         if show:
             times = jobs.next_fire_times(settings, datetime.now(timezone.utc), count=3)
             rows = [(job.name, job.actor, str(getattr(settings, job.setting)) or "(off)",

@@ -9,13 +9,10 @@ import click
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="Port (default INTAKE_PORT, 8790).")
 def serve_command(host: str | None, port: int | None) -> None:
     """Serve the HTTP intake: order webhooks, the signed producer endpoint and the read API."""
-    import logging
-
     from runtime.settings import get_settings
     from workers.cli.common import in_process_worker
     from workers.intake.app import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     host, port = host or settings.intake_host, port or settings.intake_port
     click.echo(f"stocksync intake on http://{host}:{port} (webhooks, /events, /stock)")

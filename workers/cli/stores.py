@@ -108,7 +108,8 @@ def add_command(platform: str, name: str, credentials_env: str, base_url: str | 
 
 
 @stores_group.command("list")
-def list_command() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print every store and its last sync as JSON.")
+def list_command(as_json: bool) -> None:
     """Every store, whether its credential variable is set here, and its last sync."""
     import os
 
@@ -116,6 +117,19 @@ def list_command() -> None:
 
     with _sessions()() as session:
         rows = stores.list_integrations(session)
+    if as_json:
+        from workers.cli.common import echo_json
+
+        echo_json([{"id": integration.id, "name": integration.name, "platform": integration.platform,
+                    "active": integration.active, "auto_sync": integration.auto_sync,
+                    "credentials_env": integration.credentials_env,  # the name only, never the value
+                    "credentials_set": bool(os.environ.get(integration.credentials_env)),
+                    "last_sync": None if log is None else {
+                        "trigger": log.trigger, "status": log.status, "started_at": log.started_at,
+                        "finished_at": log.finished_at, "items": log.items, "created": log.created,
+                        "updated": log.updated, "skipped": log.skipped, "errors": log.errors}}
+                   for integration, log in rows])
+        return
     if not rows:
         click.echo("no stores yet: add one with `stocksync stores add PLATFORM NAME --credentials-env VAR`")
         return

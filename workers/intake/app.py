@@ -13,7 +13,8 @@ Routes:
   ``{"events": [...]}``, validated whole before any is enqueued.
 - ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
   ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call.
-- ``GET /healthz``.
+- ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
+  schema at the migrations' head: 503 with what is wrong otherwise).
 
 Answers are JSON.  A bad request gets a 4xx saying what is wrong and nothing is enqueued; an
 accepted one is enqueued and answered 202.  Whatever the sender repeats, the ledger's unique
@@ -36,6 +37,7 @@ from aiohttp.abc import AbstractAccessLogger
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_order_events
 from runtime import metrics, queues, resources
+from runtime.health import ReadinessProbe, answer
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
 from workers.intake import auth
@@ -58,6 +60,7 @@ _SECRET_IN_PATH = re.compile(r"^(/webhooks/refurbed/)[^/?]+")
 SETTINGS_KEY = web.AppKey("settings", Settings)
 EVENTS_KEY = web.AppKey("events", StockEvents)
 READER_KEY = web.AppKey("reader", object)
+READY_KEY = web.AppKey("ready", ReadinessProbe)
 
 
 def redact_path(path: str) -> str:
@@ -141,12 +144,14 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app[SETTINGS_KEY] = settings
     app[EVENTS_KEY] = StockEvents(broker, retry_s=REDIS_WAIT_S)
     app[READER_KEY] = None
+    app[READY_KEY] = ReadinessProbe(settings.redis_url, database_url or resources.database_url)
     app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
     app.router.add_post("/webhooks/shopify", shopify_webhook)
     app.router.add_post("/events", producer_events)
     app.router.add_get("/stock", stock_by_sku)
     app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
 
     async def open_reader(app: web.Application) -> None:
         reader = StockReader(database_url or resources.database_url(), pool_size=settings.intake_read_pool_size)
@@ -403,6 +408,12 @@ def _stock_response(found: dict) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis and PostgreSQL answer and the schema is at head; 503 naming what is wrong."""
+    status, body = answer(await asyncio.to_thread(request.app[READY_KEY]))
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
 def run(host: str, port: int, *, settings: Settings | None = None) -> None:
