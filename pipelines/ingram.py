@@ -16,6 +16,7 @@ from clients.ingram import DETAILS, MAX_PRODUCTS, TOKEN, PriceAvailability, Prod
 from core.errors import MalformedMessage
 from db import supplier, syncs
 from runtime import metrics, resources, sync_stats
+from runtime.queues import ingram_queues
 from runtime.clients import ingram_batch_slots, ingram_client
 from runtime.settings import Settings, get_settings
 
@@ -44,9 +45,7 @@ def sync_policy() -> syncs.SyncPolicy:
 
 def queues(settings: Settings | None = None) -> list[str]:
     """The queues of this pipeline the workers consume: batch, details and the extra ones."""
-    settings = settings or get_settings()
-    extra = [q.strip() for q in settings.ingram_extra_queues.split(",") if q.strip()]
-    return list(dict.fromkeys([settings.ingram_batch_queue, settings.ingram_details_queue, *extra]))
+    return ingram_queues(settings or get_settings())
 
 
 def check_queue(queue: str, settings: Settings | None = None) -> str:

@@ -40,6 +40,8 @@ import dramatiq  # noqa: E402
 from dramatiq.common import q_name  # noqa: E402
 from dramatiq.middleware import prometheus as dramatiq_prometheus  # noqa: E402
 
+from runtime.queue_stats import redis_queue_stats  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 #: Buckets of API request durations (seconds).
@@ -396,30 +398,6 @@ DEAD_LETTERS_WAITING = "stocksync_dead_letters_waiting"
 QUEUE_MESSAGES = "stocksync_queue_messages"
 QUEUE_OLDEST_AGE = "stocksync_queue_oldest_message_age_seconds"
 
-#: Per queue, in one atomic step: ready messages, all of the queue's messages, delayed ones, dead
-#: ones, and the head message's enqueue time and eta (decoded here: a payload may be megabytes).
-_QUEUE_STATE = """
-local out = {}
-for i, queue in ipairs(KEYS) do
-  local ready = redis.call('LLEN', queue)
-  local head = redis.call('LINDEX', queue, 0)
-  local timestamp, eta = 0, 0
-  if head then
-    local payload = redis.call('HGET', queue .. '.msgs', head)
-    if payload then
-      local ok, message = pcall(cjson.decode, payload)
-      if ok and type(message) == 'table' then
-        timestamp = tonumber(message['message_timestamp']) or 0
-        if type(message['options']) == 'table' then eta = tonumber(message['options']['eta']) or 0 end
-      end
-    end
-  end
-  local delayed = redis.call('HLEN', queue .. '.DQ.msgs')
-  table.insert(out, {ready, redis.call('HLEN', queue .. '.msgs'), delayed, redis.call('ZCARD', queue .. '.XQ'),
-                     tostring(timestamp), tostring(eta)})
-end
-return out
-"""
 
 
 def known_queues() -> set[str]:
@@ -427,11 +405,7 @@ def known_queues() -> set[str]:
     from runtime import queues
     from runtime.settings import get_settings
 
-    settings = get_settings()
-    names = {value for name, value in vars(queues).items() if name.isupper() and isinstance(value, str)}
-    names |= {settings.ingram_batch_queue, settings.ingram_details_queue}
-    names |= {name.strip() for name in settings.ingram_extra_queues.split(",") if name.strip()}
-    return names
+    return set(queues.fleet_queues(get_settings()))
 
 
 class QueueMetrics:
@@ -453,7 +427,6 @@ class QueueMetrics:
         self.redis = redis_client
         self.namespace = namespace
         self.queues = queues
-        self._state = redis_client.register_script(_QUEUE_STATE)
 
     def _queue_names(self) -> list[str]:
         prefix = f"{self.namespace}:"
@@ -479,18 +452,13 @@ class QueueMetrics:
                                  labels=["queue"])
         try:
             names = self._queue_names()
-            rows = self._state(keys=[f"{self.namespace}:{name}" for name in names]) if names else []
-            now_ms = self.redis.time()
-            now_ms = now_ms[0] * 1000 + now_ms[1] / 1000  # Redis's clock, as the messages' enqueuers agree on it
-            for name, (ready, pending, delayed, dead_count, timestamp, eta) in zip(names, rows):
-                ready, pending, delayed, dead_count = int(ready), int(pending), int(delayed), int(dead_count)
-                messages.add_metric([name, "waiting"], ready)
-                messages.add_metric([name, "in_progress"], max(0, pending - ready))
-                messages.add_metric([name, "delayed"], delayed)
-                messages.add_metric([name, "dead"], dead_count)
-                since_ms = max(float(timestamp), float(eta))
-                oldest.add_metric([name], max(0.0, (now_ms - since_ms) / 1000) if ready and since_ms else 0.0)
-                dead.add_metric([name], dead_count)
+            for stats in redis_queue_stats(self.redis, names, self.namespace):
+                messages.add_metric([stats.queue, "waiting"], stats.ready)
+                messages.add_metric([stats.queue, "in_progress"], stats.in_progress or 0)
+                messages.add_metric([stats.queue, "delayed"], stats.delayed)
+                messages.add_metric([stats.queue, "dead"], stats.dead)
+                oldest.add_metric([stats.queue], stats.oldest_age_s or 0.0)
+                dead.add_metric([stats.queue], stats.dead)
         except Exception as error:  # a scrape must still answer while Redis is down
             logger.warning("could not read the queues from Redis: %s", type(error).__name__)
         yield from (messages, oldest, dead)

@@ -1,8 +1,8 @@
-"""What waits on each queue of the broker: depth, delayed, in progress, the oldest waiting message's age.
+"""What waits on each queue of the broker: ready, delayed, in progress, dead, the oldest waiting message's age.
 
-Read-only.  On the Redis broker these are dramatiq's own keys (``<ns>:<queue>`` a list of message
-ids, oldest first; ``<ns>:<queue>.msgs`` their payloads; ``<ns>:__acks__.<worker>.<queue>`` what
-each worker holds; ``<queue>.DQ`` the delayed twin); on the in-process stub broker, its queues.
+Read-only, for the metrics and the console alike.  On the Redis broker these are dramatiq's own
+keys (``<ns>:<queue>`` the ready ids, oldest first; ``.msgs`` their payloads; ``.DQ.msgs``
+delayed ones; ``.XQ`` dead letters); on the in-process stub broker, its queues.
 """
 from __future__ import annotations
 
@@ -19,50 +19,61 @@ from runtime.queues import BROKER_NAMESPACE
 
 @dataclass(frozen=True)
 class QueueStats:
-    """One queue: messages ready, delayed (retries, ETAs), held by workers (None: not known), oldest age."""
+    """One queue: messages ready, delayed (retries, ETAs), held by workers (None: not known), dead,
+    and the oldest ready message's age (since it was enqueued or became due; None: none waits)."""
 
     queue: str
     ready: int
     delayed: int
     in_progress: int | None
     oldest_age_s: float | None
+    dead: int = 0
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+#: Per queue, in one atomic step: ready messages, all of the queue's messages, delayed ones, dead
+#: ones, and the head message's enqueue time and eta (decoded here: a payload may be megabytes).
+_QUEUE_STATE = """
+local out = {}
+for i, queue in ipairs(KEYS) do
+  local ready = redis.call('LLEN', queue)
+  local head = redis.call('LINDEX', queue, 0)
+  local timestamp, eta = 0, 0
+  if head then
+    local payload = redis.call('HGET', queue .. '.msgs', head)
+    if payload then
+      local ok, message = pcall(cjson.decode, payload)
+      if ok and type(message) == 'table' then
+        timestamp = tonumber(message['message_timestamp']) or 0
+        if type(message['options']) == 'table' then eta = tonumber(message['options']['eta']) or 0 end
+      end
+    end
+  end
+  local delayed = redis.call('HLEN', queue .. '.DQ.msgs')
+  table.insert(out, {ready, redis.call('HLEN', queue .. '.msgs'), delayed, redis.call('ZCARD', queue .. '.XQ'),
+                     tostring(timestamp), tostring(eta)})
+end
+return out
+"""
 
 
-def redis_queue_stats(redis, queues: list[str], namespace: str = BROKER_NAMESPACE,
-                      now: float | None = None) -> list[QueueStats]:
-    """Stats of ``queues`` read from a dramatiq Redis broker's keys (a few round trips in all)."""
-    now = time.time() if now is None else now
-    held: dict[str, int] = {}
-    prefix = f"{namespace}:__acks__."
-    ack_keys = [_text(key) for key in redis.scan_iter(match=f"{prefix}*", count=1000)]
-    with redis.pipeline(transaction=False) as pipe:
-        for key in ack_keys:
-            pipe.scard(key)
-        for key, count in zip(ack_keys, pipe.execute()):
-            queue = key[len(prefix):].split(".", 1)[-1]
-            queue = queue[:-3] if queue.endswith(".DQ") else queue
-            held[queue] = held.get(queue, 0) + int(count)
-    with redis.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            pipe.llen(f"{namespace}:{queue}")
-            pipe.llen(f"{namespace}:{queue}.DQ")
-            pipe.lindex(f"{namespace}:{queue}", 0)
-        answers = pipe.execute()
-    heads = [(queue, answers[3 * i + 2]) for i, queue in enumerate(queues) if answers[3 * i + 2] is not None]
-    payloads = {}
-    if heads:
-        with redis.pipeline(transaction=False) as pipe:
-            for queue, head in heads:
-                pipe.hget(f"{namespace}:{queue}.msgs", head)
-            payloads = {queue: payload for (queue, _), payload in zip(heads, pipe.execute())}
+def redis_queue_stats(redis, queues: list[str], namespace: str = BROKER_NAMESPACE) -> list[QueueStats]:
+    """Stats of ``queues`` read from a dramatiq Redis broker's keys: one script call, on Redis' clock.
+
+    ``<queue>.msgs`` holds every message of the queue not yet acked, fetched ones included, so
+    in progress = its size − ready (running, prefetched, or held by a dead worker until requeued).
+    """
+    if not queues:
+        return []
+    rows = redis.register_script(_QUEUE_STATE)(keys=[f"{namespace}:{queue}" for queue in queues])
+    seconds, micros = redis.time()
+    now_ms = seconds * 1000 + micros / 1000  # Redis' clock, the one the enqueuers' timestamps agree on
     stats = []
-    for i, queue in enumerate(queues):
-        stats.append(QueueStats(queue=queue, ready=int(answers[3 * i]), delayed=int(answers[3 * i + 1]),
-                                in_progress=held.get(queue, 0), oldest_age_s=_age(payloads.get(queue), now)))
+    for queue, (ready, pending, delayed, dead, timestamp, eta) in zip(queues, rows):
+        ready = int(ready)
+        since_ms = max(float(timestamp), float(eta))
+        stats.append(QueueStats(queue=queue, ready=ready, delayed=int(delayed), in_progress=max(0, int(pending) - ready),
+                                oldest_age_s=max(0.0, (now_ms - since_ms) / 1000) if ready and since_ms else None,
+                                dead=int(dead)))
     return stats
 
 

@@ -15,3 +15,15 @@ RECONCILE = "reconcile"
 ORDERS = "orders"
 STORES = "stores"
 ALERTS = "alerts"
+
+
+def ingram_queues(settings) -> list[str]:
+    """The Ingram Micro queues the workers consume: batch, details and the extra ones (settings)."""
+    extra = [name.strip() for name in settings.ingram_extra_queues.split(",") if name.strip()]
+    return list(dict.fromkeys([settings.ingram_batch_queue, settings.ingram_details_queue, *extra]))
+
+
+def fleet_queues(settings) -> list[str]:
+    """Every queue the fleet consumes, in pipeline order."""
+    return list(dict.fromkeys([STOCK_SYNC, STOCK_FETCH, STOCK_APPLY, EVENTS, PUSH, RECHECK, RECONCILE, ORDERS, STORES,
+                               ALERTS, *ingram_queues(settings)]))

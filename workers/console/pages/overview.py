@@ -12,15 +12,6 @@ from workers.console.app import CONSOLE
 routes = web.RouteTableDef()
 
 
-def fleet_queues(settings) -> list[str]:
-    """Every queue the fleet consumes: the pipelines' and the Ingram Micro ones from the settings."""
-    names = [queues.STOCK_SYNC, queues.STOCK_FETCH, queues.STOCK_APPLY, queues.EVENTS, queues.PUSH, queues.RECHECK,
-             queues.RECONCILE, queues.ORDERS, queues.STORES, queues.ALERTS, settings.ingram_batch_queue,
-             settings.ingram_details_queue]
-    names += [name.strip() for name in settings.ingram_extra_queues.split(",") if name.strip()]
-    return list(dict.fromkeys(names))
-
-
 def _overview(session):
     return {"runs": console_queries.last_runs_per_target(session),
             "firing": alerts.list_alerts(session, state="firing", limit=20),
@@ -33,6 +24,6 @@ async def overview(request: web.Request) -> dict:
     """The dashboard."""
     console = request.app[CONSOLE]
     data = await console.read(_overview)
-    data["queues"] = await console.call(queue_stats, console.broker, console.redis, fleet_queues(console.settings))
+    data["queues"] = await console.call(queue_stats, console.broker, console.redis, queues.fleet_queues(console.settings))
     data["dead_letters"] = (await console.call(console.dead_letters.sizes)) if console.dead_letters else None
     return data
