@@ -84,22 +84,40 @@ def fleet():
 
 
 @contextmanager
-def in_process_worker(threads: int | None = None):
-    """Run dramatiq worker threads in this process when there is no Redis (demo mode)."""
+def in_process_worker(threads: int | None = None, *, on_redis: bool = False):
+    """Run dramatiq worker threads in this process when there is no Redis (demo mode), or with
+    ``on_redis`` on the Redis broker too (the demo's console)."""
     from runtime import resources
+    from runtime.metrics import FleetPrometheus
 
-    if not resources.in_process():
+    if not resources.in_process() and not on_redis:
         yield None
         return
     import dramatiq
 
-    worker = dramatiq.Worker(fleet().broker, worker_threads=threads or get_settings().inprocess_worker_threads,
+    broker = fleet().broker
+    # Its metric files belong to a dramatiq worker process, which this is not.
+    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, FleetPrometheus)]
+    worker = dramatiq.Worker(broker, worker_threads=threads or get_settings().inprocess_worker_threads,
                              worker_timeout=100)
     worker.start()
     try:
         yield worker
     finally:
         worker.stop()
+
+
+def serve_http(run: Callable[[str, int], None], host: str, port: int, what: str) -> None:
+    """Serve an HTTP app of the fleet (intake, console) with its ``/metrics``, until stopped.
+
+    Without REDIS_URL what it enqueues runs on worker threads of this process (demo mode).
+    """
+    from runtime import metrics
+
+    click.echo(f"{what} on http://{host}:{port}")
+    metrics.start_exposition_server(get_settings())
+    with in_process_worker():
+        run(host, port)
 
 
 def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

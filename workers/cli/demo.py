@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import sys
-from contextlib import contextmanager
 
 import click
 
@@ -19,30 +18,6 @@ from workers.cli.common import in_process_worker
 from workers.cli.sync import run_stock_sync
 
 DEMO_USER = "demo"
-
-
-@contextmanager
-def _workers(redis_backed: bool):
-    """Worker threads in this process: on the local Redis broker, or the in-process one."""
-    if not redis_backed:
-        with in_process_worker() as worker:
-            yield worker
-        return
-    import dramatiq
-
-    from runtime.metrics import FleetPrometheus
-    from workers.cli.common import fleet
-
-    broker = fleet().broker
-    # Its metric files belong to a dramatiq worker process, which this is not (the demo keeps none).
-    broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, FleetPrometheus)]
-    worker = dramatiq.Worker(broker, worker_threads=get_settings().inprocess_worker_threads,
-                             worker_timeout=100)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
 
 
 @click.command("demo")
@@ -81,7 +56,7 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     click.echo(f"sandbox Back Market with {listings} listings at {server.url}")
     upgrade(resources.database_url())
     try:
-        with _workers(bool(redis_url)):
+        with in_process_worker(on_redis=bool(redis_url)):
             first = run_stock_sync("backmarket", force=True, wait=True)
             changed = sandbox.change_stock(change if change is not None else max(1, listings // 20), rng_seed=11)
             click.echo(f"changed the stock of {len(changed)} listings in the sandbox; syncing again")

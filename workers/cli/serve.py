@@ -10,15 +10,9 @@ import click
 def serve_command(host: str | None, port: int | None) -> None:
     """Serve the HTTP intake: order webhooks, the signed producer endpoint and the read API."""
     from runtime.settings import get_settings
-    from workers.cli.common import in_process_worker
+    from workers.cli.common import serve_http
     from workers.intake.app import run
 
     settings = get_settings()
-    host, port = host or settings.intake_host, port or settings.intake_port
-    click.echo(f"stocksync intake on http://{host}:{port} (webhooks, /events, /stock)")
-    from runtime import metrics
-
-    metrics.start_exposition_server(settings)
-    # Without REDIS_URL the events are processed by worker threads of this process (demo mode).
-    with in_process_worker():
-        run(host, port)
+    serve_http(run, host or settings.intake_host, port or settings.intake_port,
+               "stocksync intake (webhooks, /events, /stock)")

@@ -121,34 +121,30 @@ def _event_error(error: InvalidEvent) -> Refused:
 @action("stock.topup", role="operator")
 async def topup(request: web.Request) -> Done:
     """A top-up stock event (pushed to the marketplace as any top-up)."""
-    console, form, found, marketplace = await _stock_form(request)
-    quantity = _int(form.get("quantity"), "quantity", minimum=1)
-    events = StockEvents(console.broker)
-    try:
-        message = await console.call(events.stock_topup, marketplace, sku=found.sku, quantity=quantity,
-                                     reference=str(form.get("reference") or "").strip(),
-                                     actor=current_user(request).username, note=str(form.get("note") or "") or None)
-    except InvalidEvent as error:
-        raise _event_error(error) from None
-    return Done(f"top-up of {quantity} on {marketplace} enqueued", f"/variations/{found.id}",
-                detail=f"message {message.message_id}")
+    return await _local_event(request, "stock_topup", "quantity", minimum=1)
 
 
 @routes.post("/stock/adjust")
 @action("stock.adjust", role="operator")
 async def adjust(request: web.Request) -> Done:
     """A manual adjustment (either sign) as a stock event."""
+    return await _local_event(request, "manual_adjustment", "change")
+
+
+async def _local_event(request: web.Request, kind: str, field: str, *, minimum: int | None = None) -> Done:
+    # Through the producer API, the user as the ledger's actor: the console adds no second way in.
     console, form, found, marketplace = await _stock_form(request)
-    change = _int(form.get("change"), "change")
-    events = StockEvents(console.broker)
+    amount = _int(form.get(field), field, minimum=minimum)
+    send = getattr(StockEvents(console.broker), kind)
     try:
-        message = await console.call(events.manual_adjustment, marketplace, sku=found.sku, change=change,
+        message = await console.call(send, marketplace, sku=found.sku,
                                      reference=str(form.get("reference") or "").strip(),
-                                     actor=current_user(request).username, note=str(form.get("note") or "") or None)
+                                     actor=current_user(request).username, note=str(form.get("note") or "") or None,
+                                     **{field: amount})
     except InvalidEvent as error:
         raise _event_error(error) from None
-    return Done(f"adjustment of {change:+d} on {marketplace} enqueued", f"/variations/{found.id}",
-                detail=f"message {message.message_id}")
+    what = f"top-up of {amount}" if kind == "stock_topup" else f"adjustment of {amount:+d}"
+    return Done(f"{what} on {marketplace} enqueued", f"/variations/{found.id}", detail=f"message {message.message_id}")
 
 
 @routes.post("/stock/refresh")
