@@ -1,7 +1,8 @@
 """The ``stocksync`` command line: one module per command group, named as the command is typed.
 
-Actor modules are imported inside the commands, never at the top: declaring an actor builds the
-broker from the settings, and some commands (``demo``) change the settings first.
+Commands import what they use inside their function: declaring an actor builds the broker from
+the settings, which some commands (``demo``) change first, and every command module is loaded for
+each call (hoisting the commands' imports took ``stocksync --help`` from 0.7 s to 1.9 s, measured).
 """
 from __future__ import annotations
 

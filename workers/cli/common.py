@@ -7,15 +7,17 @@ import shutil
 import time
 from datetime import date, datetime
 from contextlib import contextmanager
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from db.models import SyncRun
 from runtime.settings import get_settings
+
+if TYPE_CHECKING:  # the models load SQLAlchemy: not at every `stocksync --help`
+    from db.models import SyncRun
 
 #: Tables and data go to stdout; wide enough for the summary table when it is not a terminal (CI logs, pipes).
 console = Console(width=None if Console().is_terminal else 140)
@@ -38,7 +40,7 @@ def _json_default(value):
 
 def run_dict(run: SyncRun) -> dict:
     """A sync run as JSON-able data (every column, and its duration)."""
-    data = {column.key: getattr(run, column.key) for column in SyncRun.__table__.columns}
+    data = {column.key: getattr(run, column.key) for column in type(run).__table__.columns}
     data["duration_s"] = run.duration_s
     return data
 
