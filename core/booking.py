@@ -1,0 +1,177 @@
+"""The stock rules: what an event, a marketplace read or a push does to one stock row (pure functions).
+
+A stock row is *the marketplace's count as of its last snapshot* (a page, a re-check, or the read
+a push makes first) *plus what the marketplace does not know*: ``unpushed``, the local changes
+(top-ups, adjustments, cancellations of a marketplace that does not restock) not yet pushed, and
+the marketplace events (orders; cancellations of one that restocks) that happened after the
+snapshot.  So an order is booked only when no snapshot counted it, and a snapshot is applied as
+``quantity + unpushed + marketplace events after it``.  The one non-obvious rule: when the clocks
+cannot order an event and a snapshot (within the skew), the lower stock is booked and the row is
+read again later; a push is only ever a fresh read plus ``unpushed``, so it never sends a number
+the rules are unsure of, nor erases an order the marketplace counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+#: Events the marketplace applies to its own stock at their event time.
+MARKETPLACE_KINDS = ("order_created", "order_cancelled")
+#: Events the marketplace learns of only through a push.
+LOCAL_KINDS = ("topup", "manual")
+KINDS = MARKETPLACE_KINDS + LOCAL_KINDS
+
+#: What a snapshot does to a row (see :func:`decide_snapshot`).
+SNAPSHOT_STATES = ("apply", "stale", "unpushed", "ambiguous")
+
+
+def marketplace_kinds(restocks_on_cancel: bool) -> tuple[str, ...]:
+    """The ledger change types a marketplace counts by itself (a snapshot counts them after their time)."""
+    return MARKETPLACE_KINDS if restocks_on_cancel else ("order_created",)
+
+
+def coverage(moment: datetime, synced_at: datetime | None, skew: timedelta) -> str:
+    """Whether the row's last snapshot counted a marketplace event at ``moment``: counted, unsure or not."""
+    if synced_at is None or moment > synced_at + skew:
+        return "not_counted"
+    if moment < synced_at - skew:
+        return "counted"
+    return "unsure"
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What one event does to its stock row.
+
+    ``outcome``: ``applied`` (its change), ``absorbed`` (a snapshot already counted it: 0),
+    ``uncertain`` (the clocks cannot tell: the lower stock, and ``recheck``), ``waiting`` (a
+    cancellation whose order is not booked yet: 0 until the order comes).  ``local`` is the part of
+    ``change`` the marketplace does not know (it joins ``unpushed`` and asks for a ``push``).
+    ``settles``: an order whose cancellation waited books the cancellation's part here too.
+    """
+
+    outcome: str
+    change: int
+    local: int = 0
+    push: bool = False
+    recheck: bool = False
+    note: str | None = None
+    settles: Booking | None = None
+
+    @property
+    def total(self) -> int:
+        """The change of the event and of the cancellation it settles."""
+        return self.change + (self.settles.change if self.settles else 0)
+
+
+def decide_event(kind: str, quantity: int, moment: datetime, synced_at: datetime | None, *, skew: timedelta,
+                 other_half: datetime | None = None, pushed: bool = True, restocks_on_cancel: bool = True
+                 ) -> Booking:
+    """What an event does to its row, given the row's last snapshot time ``synced_at``.
+
+    ``quantity`` is the units (the signed change for ``manual``).  ``other_half``: the event time of
+    the order line's other event when it is booked already (the cancellation, for an order; the
+    order, for a cancellation).  ``pushed``: whether the marketplace's stock is pushed at all (if
+    not, a local change is kept until the next snapshot, which wins).  ``restocks_on_cancel``:
+    whether the marketplace gives a cancelled line's units back itself.
+    """
+    if kind in LOCAL_KINDS:
+        change = quantity if kind == "manual" else abs(quantity)
+        return Booking("applied", change, local=change if pushed else 0, push=pushed)
+    if kind == "order_created":
+        booking = _marketplace_event(-quantity, moment, synced_at, skew)
+        if other_half is not None:
+            # Its cancellation came first and waited: the units come back now, by the cancellation's own time.
+            booking = _replace(booking, settles=_cancellation(quantity, other_half, synced_at, skew=skew,
+                                                              pushed=pushed, restocks=restocks_on_cancel))
+        return booking
+    if kind != "order_cancelled":
+        raise ValueError(f"unknown event kind {kind!r}")
+    if other_half is None:
+        # Its order is not booked yet: giving the units back now would offer them twice until it comes.
+        return Booking("waiting", 0, note="waiting for its order")
+    return _cancellation(quantity, moment, synced_at, skew=skew, pushed=pushed, restocks=restocks_on_cancel)
+
+
+def _cancellation(quantity: int, moment: datetime, synced_at: datetime | None, *, skew: timedelta, pushed: bool,
+                  restocks: bool) -> Booking:
+    if restocks:
+        return _marketplace_event(quantity, moment, synced_at, skew)
+    # The marketplace keeps the units off until we tell it: a local change like a top-up.
+    return Booking("applied", quantity, local=quantity if pushed else 0, push=pushed)
+
+
+def _marketplace_event(change: int, moment: datetime, synced_at: datetime | None, skew: timedelta) -> Booking:
+    seen = coverage(moment, synced_at, skew)
+    if seen == "counted":
+        return Booking("absorbed", 0, note=f"already counted by the marketplace read at {synced_at.isoformat()}")
+    if seen == "unsure":
+        # The lower stock while unsure (an order is booked, a cancellation is not); read the row again.
+        return Booking("uncertain", min(change, 0), recheck=True,
+                       note=f"within the clock skew of the marketplace read at {synced_at.isoformat()}")
+    return Booking("applied", change)
+
+
+def _replace(booking: Booking, **fields) -> Booking:
+    return Booking(**{**booking.__dict__, **fields})
+
+
+@dataclass(frozen=True)
+class SnapshotFacts:
+    """A stock row as a snapshot meets it (all as of now), and what the snapshot says.
+
+    ``newer``: the sum of the row's marketplace events after ``fetched_at``; ``near``: how many of
+    its marketplace events are within the skew of ``fetched_at``.  ``other_push``: another push holds
+    the row, or one landed after ``fetched_at`` − skew (the read may or may not include it).
+    """
+
+    listed: int
+    unpushed: int
+    synced_at: datetime | None
+    needs_recheck: bool
+    other_push: bool
+    fetched_at: datetime
+    quantity: int
+    newer: int
+    near: int
+
+
+def decide_snapshot(facts: SnapshotFacts) -> tuple[str, int]:
+    """``(state, after)`` of a row for a snapshot (:data:`SNAPSHOT_STATES`); ``after`` is the row if applied.
+
+    A quantity of 0 for a row that should be below zero (oversold) agrees with it when the row is
+    certain, since the units owed are owed; when the row waits for a re-check (an uncertain booking
+    may have counted an order twice), the marketplace's count wins.
+    """
+    after = facts.quantity + facts.unpushed + facts.newer
+    if facts.synced_at is not None and facts.synced_at > facts.fetched_at:
+        return "stale", after
+    if facts.other_push:
+        return "unpushed", after
+    if facts.near > 0:
+        return "ambiguous", after
+    expected = facts.listed - facts.unpushed - facts.newer
+    if facts.quantity == 0 and expected < 0 and not facts.needs_recheck:
+        return "apply", facts.listed
+    return "apply", after
+
+
+def push_quantity(after: int) -> int:
+    """What a push sends for a row at ``after``: a marketplace lists no less than nothing."""
+    return max(after, 0)
+
+
+def earlier_push_landed(quantity: int, *, planned: int, read_before: int, since: int) -> bool | None:
+    """Whether a push attempt whose answer was lost landed, judged by a fresh read of ``quantity``.
+
+    ``read_before``: what the attempt's own read showed; ``planned``: what it sent; ``since``: the
+    marketplace events booked since that read.  Landed, the marketplace shows ``planned + since``;
+    not landed, ``read_before + since``.  None when the read matches neither (events still on
+    their way): read again later rather than guess.
+    """
+    landed = max(planned + since, 0)
+    if quantity == landed:
+        return True
+    if quantity == max(read_before + since, 0):
+        return False
+    return None
