@@ -1,16 +1,10 @@
-"""Stock events (DESIGN.md §3): book each event once, push local changes, re-check, reconcile.
+"""Stock event actors: book each event once, push local changes, re-check flagged rows, reconcile.
 
-- ``order_created`` / ``order_cancelled`` (per order line), ``stock_topup``, ``manual_adjustment``
-  (queue ``stock-events``): decode, book with :func:`db.events.record_stock_event` in one
-  transaction, then enqueue what follows (a push, a re-check).  A re-delivered message finds its
-  idempotency key and changes nothing ("duplicate stock event <key> skipped").
-- ``push_stock(marketplace, sku)`` (queue ``stock-push``): one ``POST /ws/listings/{id}`` with the
-  absolute quantity; retried, then dead-lettered with the row's ``push_state`` set to ``failed``.
-- ``recheck_stock`` / ``sweep_stock`` (queue ``stock-recheck``): read again the rows whose history
-  made a page ambiguous, and re-send pushes a crash left pending.
-- ``reconcile_stock`` (queue ``reconcile``): the reconciliation walk (also ``stocksync reconcile``).
-
-Actors are thin: the rules live in ``db.events``, ``db.snapshot`` and ``db.reconcile``.
+- ``order_created`` / ``order_cancelled`` (per order line), ``stock_topup``, ``manual_adjustment``,
+  ``stock_events_batch`` (queue ``stock-events``): decode, book (:func:`pipelines.events.book_events`,
+  one transaction), then enqueue what follows (a push, a re-check).
+- ``push_stock`` (queue ``stock-push``), ``recheck_stock`` / ``sweep_stock`` (queue ``stock-recheck``):
+  thin wrappers of :mod:`pipelines.events`.  ``reconcile_stock`` (queue ``reconcile``).
 """
 from __future__ import annotations
 
@@ -26,12 +20,12 @@ from dramatiq.middleware import CurrentMessage
 from sqlalchemy import text
 
 from actors.retry import MalformedMessage, transient_only
-from clients.backmarket import parse_listing
 from db import events as stock_events
 from db import reconcile, syncs
 from core.events import EVENT_KINDS, MAX_BATCH, InvalidStockEvent, StockEvent
 from db.events import EventResult
-from db.snapshot import PageItem, apply_recheck
+from db.snapshot import PageItem
+from pipelines import events as pipeline
 from runtime import metrics, queues, resources, sync_stats
 from runtime.alert_hooks import raise_alert
 from runtime.clients import backmarket_client
@@ -45,8 +39,7 @@ PUSH_QUEUE = queues.PUSH
 RECHECK_QUEUE = queues.RECHECK
 RECONCILE_QUEUE = queues.RECONCILE
 
-#: Marketplaces whose stock can be pushed and read back one listing at a time.
-READABLE_MARKETPLACES = ("backmarket",)
+READABLE_MARKETPLACES = pipeline.READABLE_MARKETPLACES
 
 _settings = get_settings()
 stock_events.set_clock_skew(_settings.stock_event_skew_s)
@@ -93,9 +86,7 @@ def book_all(events: list[StockEvent]) -> list[EventResult]:
 
     All or nothing: a failure rolls every booking back, so a retry of the message books them all once.
     """
-    with resources.sessions()() as session:
-        results = stock_events.record_stock_events(session, events)
-        session.commit()
+    results = pipeline.book_events(events)
     for event, result in zip(events, results):
         _after_booking(event, event.source or "api", result)
     return results
@@ -114,7 +105,7 @@ def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
     if result.push_requested:
         push_stock.send(event.marketplace, event.sku)
     if result.needs_recheck and event.marketplace in READABLE_MARKETPLACES:
-        recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=_recheck_delay_ms())
+        recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=pipeline.recheck_delay_ms())
 
 
 # Each event actor takes its kind's fields (core.events.FIELDS), by keyword or in that order, and
@@ -184,57 +175,27 @@ def _message_id() -> str:
                 min_backoff=_settings.stock_push_min_backoff_ms, max_backoff=_settings.stock_push_max_backoff_ms,
                 max_age=24 * 3600 * 1000, time_limit=15 * 60 * 1000)
 def push_stock(marketplace: str, sku: str) -> None:
-    """Set ``sku``'s stock on ``marketplace`` to our absolute quantity (one call), if a change waits.
-
-    One push of a row at a time (a lease on the row, taken with the read of the quantity); a
-    change booked while the POST was in flight leaves the row pending, and this actor pushes again.
-    """
+    """Set ``sku``'s stock on ``marketplace`` from a fresh read plus our unpushed changes (one GET, one POST)."""
     if marketplace not in stock_events.PUSHED_MARKETPLACES:
         logger.info("%s stock is not pushed; nothing to do for %s", marketplace, sku)
         return
-    owner = _message_id()
-    with resources.sessions()() as session:
-        stock_id = stock_events.find_stock_id(session, marketplace, sku)
-        if stock_id is None:
-            raise MalformedMessage(f"no stock row for sku {sku!r} on {marketplace}")
-        claim = stock_events.claim_push(session, stock_id, owner, lease=_push_lease())
-        session.commit()
-    if claim is None:
-        # Another push holds the row; if it read before our change, it leaves the row pending
-        # and pushes again when it finishes.
-        logger.info("push of %s on %s already in flight; it will carry this change", sku, marketplace)
-        return
-    if not claim.needed:
-        return
     try:
-        resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, claim.quantity))
-    except BaseException as error:
-        # The lease stays: a retry of this message takes it back; the dead letter gives it up.
-        with resources.sessions()() as session:
-            stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
-            session.commit()
-        raise
-    with resources.sessions()() as session:
-        up_to_date = stock_events.finish_push(session, claim)
-        session.commit()
-    logger.info("pushed %s on %s: quantity %d", sku, marketplace, claim.quantity)
-    if not up_to_date:
+        outcome = pipeline.push_row(marketplace, sku, _message_id(), lease=_push_lease())
+    except stock_events.PushImpossible as impossible:
+        raise MalformedMessage(str(impossible)) from None
+    if outcome.status == "busy":
+        # Another push holds the row: it reads after our change, or leaves the row pending and pushes again.
+        logger.info("push of %s on %s already in flight; it will carry this change", sku, marketplace)
+    elif outcome.status == "deferred":
+        push_stock.send_with_options(args=(marketplace, sku), delay=pipeline.recheck_delay_ms())
+    elif outcome.status == "pending":
         push_stock.send(marketplace, sku)
-
-
-async def _send_quantity(listing: str, quantity: int) -> None:
-    # Built here, on the loop: the HTTP session belongs to the loop that runs the request.
-    await backmarket_client().update_listing(listing, quantity=quantity)
 
 
 @on_dead_letter("push_stock")
 def _push_failed(message: dramatiq.Message, error: str) -> None:
     marketplace, sku = _args(message, "marketplace", "sku")
-    with resources.sessions()() as session:
-        stock_id = stock_events.find_stock_id(session, marketplace, sku)
-        if stock_id is not None:
-            stock_events.release_push(session, stock_id, message.message_id, error, failed=True)
-            session.commit()
+    pipeline.push_failed(marketplace, sku, message.message_id, error)
     logger.error("push of %s on %s failed for good: %s", sku, marketplace, error)
 
 
@@ -244,78 +205,33 @@ def _args(message: dramatiq.Message, *names: str) -> list:
 
 # -- re-checks -------------------------------------------------------------------------------------
 
-_FLAGGED_ROW = text(
-    "SELECT s.id, s.marketplace_id, s.needs_recheck, "
-    "ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
-    "      AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings "
-    "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-    "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND v.sku = :sku")
-
-# Pending for a while with no live lease: the push message was lost (a crash between the commit
-# and the send, with the event's message already acked).
-_PENDING_PUSHES = text(
-    "SELECT v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-    "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND s.push_state = 'pending' "
-    "AND s.push_requested_at < :before AND (s.push_lease_until IS NULL OR s.push_lease_until < now())")
-
-
-def _recheck_delay_ms() -> int:
-    # Read again once the ambiguous moment is further away than the clock skew.
-    return int(2 * stock_events.clock_skew().total_seconds() * 1000) + 1000
-
 
 @dramatiq.actor(queue_name=RECHECK_QUEUE, retry_when=transient_only(5), min_backoff=2_000, max_backoff=60_000,
                 max_age=24 * 3600 * 1000, time_limit=5 * 60 * 1000)
 def recheck_stock(marketplace: str, sku: str, attempt: int = 1, refresh: bool = False) -> None:
-    """Read one flagged row's listing(s) again and apply the read with the snapshot rules.
+    """Read one flagged row's listing(s) again and apply the read with the snapshot rules; again later if unsure.
 
     ``refresh``: an operator asked for this row (the console), flagged or not; same read, same rules.
     """
-    if marketplace not in READABLE_MARKETPLACES:
+    if pipeline.recheck_row(marketplace, sku, refresh=refresh) != "again":
         return
-    with resources.sessions()() as session:
-        row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
-    if row is None or not (row.needs_recheck or refresh) or not row.listings:
-        return
-    fetched_at, quantity = resources.run_on_worker_loop(lambda: _read_listings(row.listings))
-    with resources.sessions()() as session:
-        rows = apply_recheck(session, marketplace_id=row.marketplace_id, fetched_at=fetched_at,
-                             quantities={sku: quantity})
-        session.commit()
-    if any(r.state == "ambiguous" for r in rows):
-        if attempt < get_settings().stock_recheck_attempts:
-            recheck_stock.send_with_options(args=(marketplace, sku, attempt + 1), delay=_recheck_delay_ms())
-        else:
-            logger.warning("%s on %s is still ambiguous after %d re-checks; the next walk reads it", sku,
-                           marketplace, attempt)
-
-
-async def _read_listings(listings: list[str]) -> tuple[datetime, int]:
-    # The read is as of when the first request left: anything booked after that stays on top.
-    fetched_at = datetime.now(timezone.utc)
-    client = backmarket_client()
-    quantity = 0
-    for listing in listings:
-        quantity += parse_listing(await client.get_listing(listing)).quantity
-    return fetched_at, quantity
+    if attempt < get_settings().stock_recheck_attempts:
+        recheck_stock.send_with_options(args=(marketplace, sku, attempt + 1),
+                                        delay=pipeline.recheck_delay_ms(attempt=attempt + 1))
+    else:
+        logger.warning("%s on %s is still ambiguous after %d re-checks; the sweep reads it again", sku,
+                       marketplace, attempt)
 
 
 @dramatiq.actor(queue_name=RECHECK_QUEUE, max_retries=3, time_limit=5 * 60 * 1000)
 def sweep_stock(marketplace: str = "backmarket") -> int:
-    """Enqueue re-checks of flagged rows and pushes of rows left pending; return how many (the scheduler's hook)."""
-    now = datetime.now(timezone.utc)
-    skew = stock_events.clock_skew()
-    with resources.sessions()() as session:
-        flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew)
-        pending = session.execute(_PENDING_PUSHES,
-                                  {"mp": marketplace, "before": now - timedelta(minutes=1)}).scalars().all()
-    if marketplace in READABLE_MARKETPLACES:
-        for _, sku in flagged:
-            recheck_stock.send(marketplace, sku)
-    if marketplace in stock_events.PUSHED_MARKETPLACES:
-        for sku in pending:
-            push_stock.send(marketplace, sku)
-    return len(flagged) + len(pending)
+    """Enqueue re-checks of flagged rows and pushes of rows left waiting; return how many (the scheduler's hook)."""
+    rechecks, pushes = pipeline.sweep(marketplace)
+    for sku in rechecks:
+        recheck_stock.send(marketplace, sku)
+    for sku in pushes:
+        push_stock.send(marketplace, sku)
+    return len(rechecks) + len(pushes)
 
 
 # -- reconciliation --------------------------------------------------------------------------------
@@ -403,7 +319,8 @@ def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, tota
     with resources.sessions()() as session:
         reconcile.compare_page(session, run_id=run_id, marketplace_id=marketplace_id, page=page,
                                fetched_at=fetched_at, items=items, dry_run=dry_run, total_pages=total_pages,
-                               total_items=total_items, language=get_settings().backmarket_language)
+                               total_items=total_items, language=get_settings().backmarket_language,
+                               skew=pipeline.skew(), restocks_on_cancel=pipeline.restocks("backmarket"))
         session.commit()
 
 

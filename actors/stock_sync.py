@@ -11,10 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 import dramatiq
 
+from actors.events import sweep_stock
 from actors.retry import MalformedMessage, transient_only
 from core.events import ID_CHARS, check_sku
 from db import syncs
 from db.snapshot import PageItem, apply_page, ensure_marketplace
+from pipelines import events as events_pipeline
 from runtime import metrics, queues, resources, sync_stats
 from runtime.clients import backmarket_client
 from runtime.failures import message_argument, on_dead_letter
@@ -147,7 +149,8 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
     with resources.sessions()() as session:
         marketplace_id = ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=page, fetched_at=fetched,
-                            items=decoded, total_pages=total_pages, total_items=total_items)
+                            items=decoded, total_pages=total_pages, total_items=total_items,
+                            skew=events_pipeline.skew(), restocks_on_cancel=events_pipeline.restocks(marketplace))
         if result.finished:
             # Same transaction as the close: whoever sees the run finished sees its counters too.
             settings = get_settings()
@@ -157,6 +160,9 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
         if result.applied:
             metrics.sync_progress(sync_id, result.pages_done, result.total_pages)
         metrics.sync_page_applied(SYNC_KIND, marketplace, result)
+    if result.rechecks:
+        # Rows the page could not settle are read again once past the skew, not at the next sweep.
+        sweep_stock.send_with_options(args=(marketplace,), delay=events_pipeline.recheck_delay_ms())
         if result.finished:
             metrics.sync_finished(syncs.get_run(session, sync_id))
 

@@ -161,17 +161,16 @@ def push_quantity(after: int) -> int:
     return max(after, 0)
 
 
-def earlier_push_landed(quantity: int, *, planned: int, read_before: int, since: int) -> bool | None:
-    """Whether a push attempt whose answer was lost landed, judged by a fresh read of ``quantity``.
+def earlier_push_landed(quantity: int, *, planned: int, read_before: int, since: int, carried: int) -> bool:
+    """Whether a push attempt whose answer was lost landed, judged by a read right after it.
 
     ``read_before``: what the attempt's own read showed; ``planned``: what it sent; ``since``: the
-    marketplace events booked since that read.  Landed, the marketplace shows ``planned + since``;
-    not landed, ``read_before + since``.  None when the read matches neither (events still on
-    their way): read again later rather than guess.
+    marketplace events booked since that read; ``carried``: the unpushed part it carried.  Landed,
+    the marketplace shows ``planned + since``; not landed, ``read_before + since``.  A read that
+    matches neither (an event still on its way) takes the guess that leaves the lower count.
     """
-    landed = max(planned + since, 0)
-    if quantity == landed:
+    if quantity == max(planned + since, 0):
         return True
     if quantity == max(read_before + since, 0):
         return False
-    return None
+    return carried > 0

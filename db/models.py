@@ -100,6 +100,14 @@ class MarketplaceStock(Base):
     #: One push of a row at a time: who holds it (a message id) and until when.
     push_lease_owner: Mapped[str | None] = mapped_column(String(64))
     push_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Local changes (top-ups, adjustments, cancellations a marketplace does not restock) it does not know yet.
+    unpushed: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: The running push's read: when, what it showed, the seq it saw, what it sends, the unpushed part it carries.
+    push_read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    push_read_quantity: Mapped[int | None] = mapped_column(Integer)
+    push_read_seq: Mapped[int | None] = mapped_column(BigInteger)
+    push_planned: Mapped[int | None] = mapped_column(Integer)
+    push_claimed_unpushed: Mapped[int] = mapped_column(Integer, server_default="0")
     #: A snapshot or an event could not tell whether the other had seen it: fetch this row again.
     needs_recheck: Mapped[bool] = mapped_column(Boolean, server_default="false")
     recheck_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

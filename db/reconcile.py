@@ -86,7 +86,8 @@ def begin_reconciliation(session: Session, marketplace: str, *, dry_run: bool, t
 
 def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: int, fetched_at: datetime,
                  items: Sequence[PageItem], dry_run: bool, total_pages: int | None = None,
-                 total_items: int | None = None, language: str = "fr-fr") -> ComparedPage:
+                 total_items: int | None = None, language: str = "fr-fr", skew=None,
+                 restocks_on_cancel: bool = True) -> ComparedPage:
     """Compare one page with the stock table, record its differences, correct them unless ``dry_run``.
 
     One transaction (the caller commits); idempotent per (run, page) like a sync's page.  A
@@ -120,7 +121,8 @@ def compare_page(session: Session, *, run_id: int, marketplace_id: int, page: in
         rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
                               skus=[i.sku for i in items], quantities=[i.quantity for i in items],
                               key_prefix=f"reconciliation:{run_id}:{page}:", change_type="reconciliation",
-                              sync_id=run_id, actor="reconciliation", dry_run=dry_run)
+                              sync_id=run_id, actor="reconciliation", dry_run=dry_run, skew=skew,
+                              restocks_on_cancel=restocks_on_cancel)
         sku_of = dict(session.execute(text(
             "SELECT s.id, v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
             "WHERE s.id = ANY(CAST(:ids AS bigint[]))"), {"ids": [row.stock_id for row in rows]}).all())

@@ -1,43 +1,31 @@
-"""Set-based apply of one marketplace page to PostgreSQL (DESIGN.md §3, step 3 and 4).
+"""Set-based apply of marketplace snapshots (pages, re-checks, a push's read) to PostgreSQL.
 
-One page = one transaction and a handful of statements, whatever the page size: no per-row ORM
-round trips.  A page is applied as a *delta against the balance as of its fetch time* (§5 "no
-stale snapshot"): the new listed quantity is the marketplace's quantity plus every local event
-(orders, top-ups, manual changes) recorded with an event time after the fetch, so an order that
-landed while the page was in flight stays on top.
-
-A row is left as it is, never overwritten, when the page cannot be trusted for it
-(:func:`apply_snapshot`, the same rules for syncs, re-checks and reconciliations):
-
-- ``stale``: a newer page was already applied to it;
-- ``unpushed``: it has a local change (top-up, manual) the marketplace has not confirmed yet, or
-  a push landed after the page was fetched: the push, not the page, makes the two agree;
-- ``ambiguous``: an order or cancellation happened within the clock skew of the fetch time, so
-  the page may or may not count it: the row is flagged ``needs_recheck`` and read again later.
-
-A page saying 0 for a row that was below zero as of the fetch (oversold) agrees with it: a
-marketplace cannot list less than nothing, and the units still owed are not forgiven.
-
-db/events.py books the other half: an order that arrives after a page that already counted it.
+One page = one transaction and a handful of statements, whatever the page size.  Each row's
+state and new quantity follow :func:`core.booking.decide_snapshot`, computed here in SQL for the
+whole page at once: a row becomes *the marketplace's quantity + its unpushed local changes +
+its marketplace events after the fetch*, unless the snapshot cannot be trusted for it (stale, a
+push of another owner in flight or just landed, a marketplace event within the clock skew:
+then it is left, and an ambiguous one flagged for a re-check).
 """
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Mapping, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from core.booking import SNAPSHOT_STATES, marketplace_kinds
 from db import syncs
-from db.events import MARKETPLACE_CHANGE_TYPES, clock_skew
+from db.events import clock_skew
 
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
 SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation", "recheck")
 
 #: What :func:`apply_snapshot` did with a row: applied it, or left it (see the module docstring).
-ROW_STATES = ("apply", "stale", "unpushed", "ambiguous")
+ROW_STATES = SNAPSHOT_STATES
 
 
 @dataclass(frozen=True)
@@ -119,7 +107,8 @@ def _dedupe(items: Iterable[PageItem]) -> list[PageItem]:
 
 def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int, fetched_at: datetime,
                items: Iterable[PageItem], language: str = "fr-fr", total_pages: int | None = None,
-               total_items: int | None = None, skew: timedelta | None = None) -> PageResult:
+               total_items: int | None = None, skew: timedelta | None = None, now: datetime | None = None,
+               restocks_on_cancel: bool = True) -> PageResult:
     """Apply one page of listings in the caller's transaction (the caller commits).
 
     Idempotent per (sync_id, page): a re-delivered page finds its ``sync_pages`` row and changes
@@ -143,7 +132,8 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
                          language=language)
         rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
                               skus=[i.sku for i in items], quantities=[i.quantity for i in items],
-                              key_prefix=f"sync:{sync_id}:{page}:", sync_id=sync_id, skew=skew)
+                              key_prefix=f"sync:{sync_id}:{page}:", sync_id=sync_id, skew=skew, now=now,
+                              restocks_on_cancel=restocks_on_cancel)
         changed = sum(row.state == "apply" and row.after != row.before for row in rows)
         deferred = sum(row.state != "apply" for row in rows)
         rechecks = sum(row.state == "ambiguous" for row in rows)
@@ -187,21 +177,23 @@ def upsert_catalogue(session: Session, *, marketplace_id: int, sync_id: int, fet
 
 def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetime, skus: Sequence[str],
                    quantities: Sequence[int], key_prefix: str, change_type: str = "sync", sync_id: int | None = None,
-                   actor: str = "stock_sync", skew: timedelta | None = None, dry_run: bool = False
+                   actor: str = "stock_sync", skew: timedelta | None = None, dry_run: bool = False,
+                   now: datetime | None = None, lease_owner: str | None = None, restocks_on_cancel: bool = True
                    ) -> list[SnapshotRow]:
     """Apply the marketplace's quantities (by SKU, as of ``fetched_at``) to existing stock rows.
 
-    Each row becomes *marketplace + its local events after the fetch*, with one ledger row
+    Each row becomes what :func:`core.booking.decide_snapshot` says, with one ledger row
     (``change_type``, key ``key_prefix || stock id``) per change and the variation total moved by
-    the same delta, unless the row is ``stale``, ``unpushed`` or ``ambiguous`` (module docstring):
-    then it is left as it is, and an ambiguous one is flagged for a re-check.  Quantities of one
+    the same delta; a row left ``ambiguous`` is flagged for a re-check.  ``lease_owner``: the
+    push whose own read this is (its lease does not make the row ``unpushed``).  Quantities of one
     SKU are summed (several listings of one variation).  With ``dry_run`` nothing is locked or
     written: the rows say what would happen.  Does not commit.
     """
     plan_for_small_batches(session)
     params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
-              "skew": clock_skew() if skew is None else skew, "snapshot_types": list(SNAPSHOT_CHANGE_TYPES),
-              "marketplace_types": list(MARKETPLACE_CHANGE_TYPES)}
+              "skew": clock_skew() if skew is None else skew,
+              "marketplace_types": list(marketplace_kinds(restocks_on_cancel)),
+              "now": now or datetime.now(timezone.utc), "owner": None if lease_owner is None else lease_owner[:64]}
     if not params["sku"]:
         return []
     if dry_run:
@@ -216,14 +208,25 @@ def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetim
 
 
 def apply_recheck(session: Session, *, marketplace_id: int, fetched_at: datetime, quantities: Mapping[str, int],
-                  skew: timedelta | None = None) -> list[SnapshotRow]:
+                  skew: timedelta | None = None, now: datetime | None = None, restocks_on_cancel: bool = True
+                  ) -> list[SnapshotRow]:
     """Apply a fresh read of a few flagged rows (SKU -> the marketplace's quantity).  Does not commit.
 
     The same rules as a page: a row still ambiguous stays flagged, to be read again later.
     """
     return apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at, skus=list(quantities),
                           quantities=list(quantities.values()), key_prefix=f"recheck:{uuid.uuid4().hex}:",
-                          change_type="recheck", actor="recheck", skew=skew)
+                          change_type="recheck", actor="recheck", skew=skew, now=now,
+                          restocks_on_cancel=restocks_on_cancel)
+
+
+def marketplace_changes_since(session: Session, stock_id: int, since: datetime, restocks_on_cancel: bool = True
+                              ) -> int:
+    """The sum of a row's marketplace events after ``since`` (what the marketplace did by itself since)."""
+    return session.execute(text(
+        "SELECT COALESCE(sum(change), 0)::int FROM stock_ledger WHERE stock_id = :sid AND event_time > :t "
+        "AND change_type = ANY(CAST(:types AS text[]))"),
+        {"sid": stock_id, "t": since, "types": list(marketplace_kinds(restocks_on_cancel))}).scalar_one()
 
 
 def finish_run(session: Session, *, sync_id: int, marketplace_id: int) -> str:
@@ -271,13 +274,14 @@ WITH incoming AS (
     GROUP BY v.id
 ), target AS (
     SELECT s.id, s.variation_id, s.listed AS before, i.api_quantity,
-           -- A marketplace cannot list less than 0: a page saying 0 for a row that was oversold as
-           -- of the fetch agrees with it, and the units still owed stay owed.
-           CASE WHEN i.api_quantity = 0 AND s.listed - newer.change < 0 THEN s.listed
-                ELSE i.api_quantity + newer.change END AS after,
+           -- core.booking.decide_snapshot: a 0 for a row owing units agrees with it unless it waits for a re-check.
+           CASE WHEN i.api_quantity = 0 AND s.listed - s.unpushed - newer.change < 0 AND NOT s.needs_recheck
+                THEN s.listed
+                ELSE i.api_quantity + s.unpushed + newer.change END AS after,
            CASE
                WHEN s.last_synced_at > :t THEN 'stale'
-               WHEN s.push_state IN ('pending', 'failed') OR s.pushed_at >= :t - CAST(:skew AS interval)
+               WHEN (s.push_lease_until > :now AND s.push_lease_owner IS DISTINCT FROM CAST(:owner AS text))
+                    OR (CAST(:owner AS text) IS NULL AND s.pushed_at >= :t - CAST(:skew AS interval))
                    THEN 'unpushed'
                WHEN close.events > 0 THEN 'ambiguous'
                ELSE 'apply'
@@ -291,14 +295,14 @@ WITH incoming AS (
     ) s
     CROSS JOIN LATERAL (
         SELECT COALESCE(sum(l.change), 0)::int AS change FROM stock_ledger l
-        WHERE l.stock_id = s.id AND l.event_time > :t AND l.change_type <> ALL(CAST(:snapshot_types AS text[]))
+        WHERE l.stock_id = s.id AND l.event_time > :t AND l.change_type = ANY(CAST(:marketplace_types AS text[]))
     ) newer
     -- An order or cancellation within the skew of the fetch (a lateral count, not EXISTS: the
     -- planner may run an EXISTS as one scan of every ledger row in the window, for all rows).
     CROSS JOIN LATERAL (
         SELECT count(*) AS events FROM (
             SELECT 1 FROM stock_ledger l
-            WHERE l.stock_id = s.id AND l.change <> 0
+            WHERE l.stock_id = s.id
               AND l.change_type = ANY(CAST(:marketplace_types AS text[]))
               AND l.event_time BETWEEN :t - CAST(:skew AS interval) AND :t + CAST(:skew AS interval)
             LIMIT 1) one

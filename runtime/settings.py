@@ -117,8 +117,14 @@ class Settings(BaseSettings):
     stock_push_max_retries: int = Field(6, ge=0)
     stock_push_min_backoff_ms: int = Field(1_000, ge=1)
     stock_push_max_backoff_ms: int = Field(120_000, ge=1)
-    #: How many times a re-check reads a row that is still ambiguous before leaving it to the next walk.
-    stock_recheck_attempts: int = Field(5, ge=1)
+    #: How many times a re-check reads a row that is still ambiguous (backing off up to a minute
+    #: apart) before leaving it to the sweep.
+    stock_recheck_attempts: int = Field(20, ge=1)
+    #: Marketplaces that do NOT give a cancelled line's units back themselves (comma-separated):
+    #: their cancellations are local changes, pushed.  The others' are counted by their next page.
+    #: Back Market does not document it; if it is set wrong this way round the stock ends above
+    #: the truth, the other way round below it (a lost sale, never an oversell): check with a test order.
+    stock_not_restocking: str = ""
     #: ``stocksync reconcile``: alert when more rows than this differ; listing pages fetched at once.
     reconcile_alert_threshold: int = Field(10, ge=0)
     reconcile_concurrency: int = Field(4, ge=1)

@@ -113,9 +113,7 @@ class BookingModel:
         if row.planned is not None:
             since = sum(change for t, change in row.events if t > row.read_at)
             landed = booking.earlier_push_landed(quantity, planned=row.planned, read_before=row.read_quantity,
-                                                 since=since)
-            if landed is None:
-                return None
+                                                 since=since, carried=row.claimed_unpushed)
             if landed:
                 return row.planned, False
             row.planned = None
@@ -296,8 +294,10 @@ class World:
         elif operation == "push_send":
             self.push_send(sku)
         elif operation == "push_lost" and self.pushes.get(sku, [None, None])[1] == "landed":
-            self.pushes[sku][1] = "claimed"  # the answer was lost: the same message reads and posts again
+            # The POST's answer was lost: the push reads the listing at once to tell whether it landed.
             self.note(f"push answer lost {sku}")
+            self.pushes[sku][1] = "claimed"
+            self.push_send(sku)
         elif operation == "push_confirm":
             self.push_confirm(sku)
         elif operation == "recheck":

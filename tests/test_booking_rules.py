@@ -98,9 +98,11 @@ def test_an_oversold_row_keeps_its_owed_units_unless_it_waits_for_a_recheck():
 def test_a_push_sends_no_less_than_zero_and_knows_a_landed_attempt_by_its_read():
     assert (booking.push_quantity(-3), booking.push_quantity(4)) == (0, 4)
     # It sent 5 over a read of 2; an order of 1 was booked since.
-    assert booking.earlier_push_landed(4, planned=5, read_before=2, since=-1) is True
-    assert booking.earlier_push_landed(1, planned=5, read_before=2, since=-1) is False
-    assert booking.earlier_push_landed(3, planned=5, read_before=2, since=-1) is None  # an order still on its way
+    assert booking.earlier_push_landed(4, planned=5, read_before=2, since=-1, carried=3) is True
+    assert booking.earlier_push_landed(1, planned=5, read_before=2, since=-1, carried=3) is False
+    # Neither (an order still on its way): the guess with the lower count.
+    assert booking.earlier_push_landed(3, planned=5, read_before=2, since=-1, carried=3) is True
+    assert booking.earlier_push_landed(3, planned=0, read_before=2, since=-1, carried=-2) is False
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from db.engine import session_factory
 from core.events import InvalidStockEvent, StockEvent
-from db.events import (claim_push, find_stock_id, finish_push, note_push_error, record_stock_event, record_stock_events,
+from db.events import (claim_push, find_stock_id, finish_push, note_push_error, read_for_push, record_stock_events,
                        release_push)
 from db.ledger import check_invariant
 from db.snapshot import PageItem, apply_page, apply_recheck, ensure_marketplace
@@ -40,9 +40,10 @@ def topup(reference: str, quantity: int, seconds: float, sku: str = "SKU-1", now
                          reference=reference, actor="anna", note="delivery", now=now)
 
 
-def book(sessions, event: StockEvent, now: float | None = None):
+def book(sessions, event: StockEvent, now: float | None = None, not_restocking=()):
     with sessions() as session:
-        result = record_stock_event(session, event, now=at(now if now is not None else 0), skew=SKEW)
+        result = record_stock_events(session, [event], now=at(now if now is not None else 0), skew=SKEW,
+                                     not_restocking=not_restocking)[0]
         session.commit()
         return result
 
@@ -130,7 +131,7 @@ def test_order_counted_by_an_applied_page_is_absorbed_not_counted_twice(sessions
     sync_page(sessions, {"SKU-1": 9}, fetched=100)     # the marketplace's page already counts the order
     late = book(sessions, order("L1", 1, 50), now=110)  # the order happened at 50, arrives at 110
     assert (late.status, late.change, late.absorbed, late.after) == ("applied", 0, True, 9)
-    assert "already counted by the marketplace page" in ledger(sessions)[-1]["note"]
+    assert "already counted by the marketplace read" in ledger(sessions)[-1]["note"]
     fresh = book(sessions, order("L2", 1, 150), now=151)
     assert (fresh.change, fresh.after) == (-1, 8)
     assert_invariant(sessions)
@@ -162,11 +163,12 @@ def test_order_after_the_fetch_stays_on_top_of_the_page(sessions):
     assert_invariant(sessions)
 
 
-def test_a_page_never_overwrites_a_local_change_not_yet_pushed(sessions):
+def test_a_page_counts_a_local_change_not_yet_pushed_on_top_of_the_marketplace(sessions):
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     book(sessions, topup("PO-1", 5, 10), now=10)
-    page = sync_page(sessions, {"SKU-1": 10}, fetched=20)   # the marketplace does not know the top-up yet
-    assert (page.deferred, row(sessions)["listed"]) == (1, 15)
+    assert row(sessions)["unpushed"] == 5
+    page = sync_page(sessions, {"SKU-1": 9}, fetched=20)   # the marketplace sold one, and knows no top-up yet
+    assert (page.deferred, row(sessions)["listed"], row(sessions)["unpushed"]) == (0, 14, 5)
     assert_invariant(sessions)
 
 
@@ -176,53 +178,104 @@ def test_an_older_page_than_the_last_applied_is_stale(sessions):
     assert (page.deferred, row(sessions)["listed"]) == (1, 10)
 
 
-def test_cancellation_before_its_order_nets_to_nothing(sessions):
+def test_a_cancellation_before_its_order_waits_and_the_order_settles_both(sessions):
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     cancel = book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=31)
+    assert (cancel.outcome, cancel.change, cancel.push_requested, row(sessions)["listed"]) == ("waiting", 0, False, 10)
     create = book(sessions, order("L1", 2, 20), now=32)
-    assert (cancel.change, cancel.push_requested, create.change, create.push_requested) == (0, True, 0, False)
-    assert row(sessions)["listed"] == 10
+    assert (create.change, create.push_requested, row(sessions)["listed"]) == (0, False, 10)
+    assert [(e["change_type"], e["change"]) for e in ledger(sessions)[1:]] == [
+        ("order_cancelled", 0), ("order_created", -2), ("order_cancelled", 2)]
     assert_invariant(sessions)
 
 
-def test_cancellation_gives_the_units_back_and_asks_for_a_push(sessions):
+def test_a_cancellation_after_a_page_that_counted_its_order_gives_the_units_back(sessions):
+    # The bug: the cancellation arrived first, was booked at 0 and pushed, overwriting the restock.
+    sync_page(sessions, {"SKU-1": 8}, fetched=25)     # the order at 20 is in it; the cancellation at 30 not
+    book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=31)
+    create = book(sessions, order("L1", 2, 20), now=32)
+    assert (create.change, create.push_requested, row(sessions)["listed"]) == (2, False, 10)
+    assert_invariant(sessions)
+
+
+def test_a_restocking_marketplace_gets_no_push_for_a_cancellation(sessions):
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     book(sessions, order("L1", 2, 20), now=21)
     cancel = book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=31)
-    assert (cancel.change, cancel.after, cancel.push_requested) == (2, 10, True)
+    assert (cancel.change, cancel.after, cancel.push_requested, row(sessions)["unpushed"]) == (2, 10, False, 0)
 
 
-def test_one_push_at_a_time_and_a_change_during_the_push_leaves_it_pending(sessions):
+def test_without_restock_a_cancellation_is_pushed_even_after_a_page(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, order("L1", 2, 20), now=21, not_restocking=("backmarket",))
+    sync_page(sessions, {"SKU-1": 8}, fetched=40)     # the marketplace did not give the units back
+    cancel = book(sessions, order("L1", 2, 30, kind="order_cancelled"), now=41, not_restocking=("backmarket",))
+    assert (cancel.change, cancel.after, cancel.push_requested, row(sessions)["unpushed"]) == (2, 10, True, 2)
+
+
+def push(sessions, owner: str, read: int, at_seconds: float):
+    """Claim, read (the marketplace shows ``read``) and decide: (claim, plan or None)."""
+    with sessions() as session:
+        claim = claim_push(session, find_stock_id(session, "backmarket", "SKU-1"), owner,
+                           lease=timedelta(minutes=5), now=at(at_seconds))
+        plan = None if claim is None or not claim.needed else read_for_push(
+            session, claim, fetched_at=at(at_seconds), quantity=read, skew=SKEW, now=at(at_seconds))
+        session.commit()
+    return claim, plan
+
+
+def test_a_push_sends_a_fresh_read_plus_unpushed_and_one_at_a_time(sessions):
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     book(sessions, topup("PO-1", 5, 10), now=10)
+    # The marketplace sold 2 meanwhile (the order is still on its way to us): 8 + 5, not our 15.
+    claim, plan = push(sessions, "push-a", 8, 11)
+    assert (claim.listing, plan.quantity, plan.post, row(sessions)["listed"]) == ("uuid-SKU-1", 13, True, 13)
     with sessions() as session:
-        stock_id = find_stock_id(session, "backmarket", "SKU-1")
-        claim = claim_push(session, stock_id, "push-a", lease=timedelta(minutes=5), now=at(11))
+        assert claim_push(session, claim.stock_id, "push-b", lease=timedelta(minutes=5), now=at(12)) is None
         session.commit()
-    assert (claim.needed, claim.listing, claim.quantity) == (True, "uuid-SKU-1", 15)
+    # A top-up booked while the POST is in flight leaves the row pending for the next push.
+    book(sessions, topup("PO-2", 1, 12), now=12)
     with sessions() as session:
-        assert claim_push(session, stock_id, "push-b", lease=timedelta(minutes=5), now=at(12)) is None
-        again = claim_push(session, stock_id, "push-a", lease=timedelta(minutes=5), now=at(12))  # re-delivered
-        assert again.needed and again.quantity == 15
+        assert finish_push(session, claim, now=at(13)) is False
         session.commit()
-    # An order the marketplace took while our POST was in flight: our POST overwrote it.
-    during = book(sessions, order("L1", 1, 12), now=13)
-    assert (during.change, during.push_requested) == (-1, True)
+    stock = row(sessions)
+    assert (stock["push_state"], stock["pushed_quantity"], stock["unpushed"], stock["listed"]) == ("pending", 13, 1, 14)
+    # The order arrives: the push's read counted it.
+    assert book(sessions, order("L1", 2, 5), now=14).change == 0
+    second, plan = push(sessions, "push-b", 13, 20)
+    assert plan.quantity == 14
     with sessions() as session:
-        assert finish_push(session, claim, now=at(14)) is False
+        assert finish_push(session, second, now=at(21)) is True
         session.commit()
-    assert (row(sessions)["push_state"], row(sessions)["pushed_quantity"]) == ("pending", 15)
-    with sessions() as session:
-        second = claim_push(session, stock_id, "push-b", lease=timedelta(minutes=5), now=at(15))
-        assert second.quantity == 14
-        assert finish_push(session, second, now=at(16)) is True
-        session.commit()
-        assert claim_push(session, stock_id, "push-c", lease=timedelta(minutes=5), now=at(17)).needed is False
-    assert row(sessions)["push_state"] == "pushed"
+        assert claim_push(session, second.stock_id, "push-c", lease=timedelta(minutes=5), now=at(22)).needed is False
+    assert (row(sessions)["push_state"], row(sessions)["unpushed"]) == ("pushed", 0)
     assert_invariant(sessions)
 
 
-def test_a_failed_push_keeps_its_error_and_blocks_pages(sessions):
+def test_a_push_whose_read_cannot_be_trusted_sends_nothing_and_gives_the_lease_back(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    book(sessions, order("L1", 1, 30), now=31)
+    claim, plan = push(sessions, "push-a", 9, 31)      # the order at 30 may or may not be in the read
+    assert plan is None and row(sessions)["push_lease_owner"] is None and row(sessions)["push_state"] == "pending"
+    _, plan = push(sessions, "push-b", 9, 40)
+    assert plan.quantity == 14
+
+
+def test_a_push_whose_answer_was_lost_tells_by_its_read_whether_it_landed(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, topup("PO-1", 5, 10), now=10)
+    claim, plan = push(sessions, "push-a", 10, 11)
+    assert plan.quantity == 15
+    _, again = push(sessions, "push-a", 15, 12)        # the same message, retried: the read shows it landed
+    assert (again.quantity, again.post) == (15, False)
+    with sessions() as session:
+        assert finish_push(session, claim, now=at(13)) is True
+        session.commit()
+    assert (row(sessions)["listed"], row(sessions)["unpushed"]) == (15, 0)
+
+
+def test_a_failed_push_keeps_its_error_and_its_unpushed_change(sessions):
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     book(sessions, topup("PO-1", 5, 10), now=10)
     with sessions() as session:
@@ -231,7 +284,8 @@ def test_a_failed_push_keeps_its_error_and_blocks_pages(sessions):
         session.commit()
     stock = row(sessions)
     assert (stock["push_state"], stock["push_error"]) == ("failed", "ServerError: HTTP 500")
-    assert sync_page(sessions, {"SKU-1": 10}, fetched=60).deferred == 1 and row(sessions)["listed"] == 15
+    # Not deferred for ever: a page applies, the top-up still on top of it until a push lands.
+    assert sync_page(sessions, {"SKU-1": 10}, fetched=60).deferred == 0 and row(sessions)["listed"] == 15
 
 
 @pytest.mark.parametrize("kind, fields, field", [
@@ -255,9 +309,8 @@ def test_a_duplicate_still_asks_for_the_push_its_first_delivery_may_not_have_sen
     sync_page(sessions, {"SKU-1": 10}, fetched=0)
     book(sessions, topup("PO-1", 5, 10), now=10)
     assert book(sessions, topup("PO-1", 5, 10), now=11).push_requested is True   # still pending
+    claim, _ = push(sessions, "p", 10, 12)
     with sessions() as session:
-        claim = claim_push(session, find_stock_id(session, "backmarket", "SKU-1"), "p", lease=timedelta(minutes=5),
-                           now=at(12))
         finish_push(session, claim, now=at(13))
         session.commit()
     assert book(sessions, topup("PO-1", 5, 10), now=14).push_requested is False  # pushed: nothing to resend

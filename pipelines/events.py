@@ -1,0 +1,179 @@
+"""Stock events after booking: push a row, re-check a flagged row, sweep what a crash left (plain functions).
+
+``actors/events.py`` calls these and enqueues what they ask for.  The one non-obvious rule: a
+push reads the listing first (one GET) and sends what that read, applied with the stock rules,
+gives; when the read cannot be trusted (an event within the clock skew) nothing is sent and
+the push is tried again later.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from clients.backmarket import parse_listing
+from db import events as stock_events
+from db.snapshot import apply_recheck
+from runtime import resources
+from runtime.clients import backmarket_client
+from runtime.settings import Settings, get_settings
+from sqlalchemy import text
+
+logger = logging.getLogger(__name__)
+
+#: Marketplaces whose stock can be pushed and read back one listing at a time.
+READABLE_MARKETPLACES = ("backmarket",)
+
+
+def not_restocking(settings: Settings | None = None) -> frozenset[str]:
+    """Marketplaces whose cancellations are local changes (they do not restock by themselves)."""
+    raw = (settings or get_settings()).stock_not_restocking
+    return frozenset(code.strip() for code in raw.split(",") if code.strip())
+
+
+def restocks(marketplace: str, settings: Settings | None = None) -> bool:
+    return marketplace not in not_restocking(settings)
+
+
+def skew(settings: Settings | None = None) -> timedelta:
+    return timedelta(seconds=(settings or get_settings()).stock_event_skew_s)
+
+
+def recheck_delay_ms(settings: Settings | None = None, attempt: int = 1) -> int:
+    """When to read a flagged row again: once the ambiguous moment is further than the skew, backing off."""
+    return min(int(2 * skew(settings).total_seconds() * 1000) + 1000 * attempt, 60_000)
+
+
+def book_events(events: list[stock_events.StockEvent]) -> list[stock_events.EventResult]:
+    """Book validated events in one transaction (the one booking path)."""
+    settings = get_settings()
+    with resources.sessions()() as session:
+        results = stock_events.record_stock_events(session, events, skew=skew(settings),
+                                                   not_restocking=not_restocking(settings))
+        session.commit()
+    return results
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What :func:`push_row` did: ``nothing`` to push, ``busy`` (another push holds the row),
+    ``deferred`` (the read could not be trusted: push later), ``pushed``, or ``pending`` (a change
+    came after the read: push again)."""
+
+    status: str
+    quantity: int | None = None
+
+
+async def read_listings(listings: list[str]) -> tuple[datetime, int]:
+    """The marketplace's quantity of a row (its listings summed), as of when the first request left."""
+    fetched_at = datetime.now(timezone.utc)
+    client = backmarket_client()
+    quantity = 0
+    for listing in listings:
+        quantity += parse_listing(await client.get_listing(listing)).quantity
+    return fetched_at, quantity
+
+
+async def _send_quantity(listing: str, quantity: int) -> None:
+    # Built here, on the loop: the HTTP session belongs to the loop that runs the request.
+    await backmarket_client().update_listing(listing, quantity=quantity)
+
+
+def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> PushOutcome:
+    """Claim the row's push, read its listing, decide with the rules, POST, confirm.
+
+    Raises :class:`db.events.PushImpossible` (no listing, or several), and whatever the HTTP calls
+    raise; a failed POST keeps the lease (it may still land) and the error on the row.
+    """
+    settings = get_settings()
+    sessions = resources.sessions()
+    with sessions() as session:
+        stock_id = stock_events.find_stock_id(session, marketplace, sku)
+        if stock_id is None:
+            raise stock_events.PushImpossible(f"no stock row for sku {sku!r} on {marketplace}")
+        claim = stock_events.claim_push(session, stock_id, owner, lease=lease)
+        session.commit()
+    if claim is None:
+        return PushOutcome("busy")
+    if not claim.needed:
+        return PushOutcome("nothing")
+    try:
+        fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings([claim.listing]))
+        with sessions() as session:
+            plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
+                                              skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
+            session.commit()
+        if plan is None:
+            return PushOutcome("deferred")
+        if plan.post:
+            resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, plan.quantity))
+    except BaseException as error:
+        # The lease stays: a retry of this message takes it back and its read tells whether we landed.
+        with sessions() as session:
+            stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
+            session.commit()
+        raise
+    with sessions() as session:
+        up_to_date = stock_events.finish_push(session, claim)
+        session.commit()
+    logger.info("pushed %s on %s: quantity %d (read %d)", sku, marketplace, plan.quantity, quantity)
+    return PushOutcome("pushed" if up_to_date else "pending", plan.quantity)
+
+
+def push_failed(marketplace: str, sku: str, owner: str, error: str) -> None:
+    """A push failed for good: give its lease up and mark the row ``failed`` (the sweep pushes it again)."""
+    with resources.sessions()() as session:
+        stock_id = stock_events.find_stock_id(session, marketplace, sku)
+        if stock_id is not None:
+            stock_events.release_push(session, stock_id, owner, error, failed=True)
+            session.commit()
+
+
+_FLAGGED_ROW = text(
+    "SELECT s.id, s.marketplace_id, s.needs_recheck, "
+    "ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
+    "      AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings "
+    "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+    "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND v.sku = :sku")
+
+
+def recheck_row(marketplace: str, sku: str, *, refresh: bool = False) -> str:
+    """Read a flagged row's listing(s) again (any row, with ``refresh``) and apply the read with the rules.
+
+    Returns ``resolved`` (applied), ``clear`` (nothing to re-check), or ``again`` (the read could
+    not be trusted yet: read again later).
+    """
+    if marketplace not in READABLE_MARKETPLACES:
+        return "clear"
+    settings = get_settings()
+    with resources.sessions()() as session:
+        row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
+    if row is None or not (row.needs_recheck or refresh) or not row.listings:
+        return "clear"
+    fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings(list(row.listings)))
+    with resources.sessions()() as session:
+        rows = apply_recheck(session, marketplace_id=row.marketplace_id, fetched_at=fetched_at,
+                             quantities={sku: quantity}, skew=skew(settings),
+                             restocks_on_cancel=restocks(marketplace, settings))
+        session.commit()
+    return "resolved" if rows and all(r.state == "apply" for r in rows) else "again"
+
+
+# Waiting for a push for a while with no live lease: the push message was lost (a crash between
+# the commit and the send), or it failed for good earlier.
+_PENDING_PUSHES = text(
+    "SELECT v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+    "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND s.push_state IN ('pending', 'failed') "
+    "AND s.push_requested_at < :before AND (s.push_lease_until IS NULL OR s.push_lease_until < now())")
+
+
+def sweep(marketplace: str) -> tuple[list[str], list[str]]:
+    """``(skus to re-check, skus to push)``: flagged rows past the skew, and pushes left waiting."""
+    now = datetime.now(timezone.utc)
+    with resources.sessions()() as session:
+        flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
+        pending = session.execute(_PENDING_PUSHES,
+                                  {"mp": marketplace, "before": now - timedelta(minutes=1)}).scalars().all()
+    rechecks = [sku for _, sku in flagged] if marketplace in READABLE_MARKETPLACES else []
+    pushes = list(pending) if marketplace in stock_events.PUSHED_MARKETPLACES else []
+    return rechecks, pushes
