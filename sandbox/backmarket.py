@@ -318,18 +318,20 @@ class BackMarketSandbox(Dials):
     - ``drift_per_request``: after each ``GET /ws/listings``, the stock of this many random
       listings changes (seeded RNG), as sales do while a sync runs.
     - ``base_url_for_next``: the base of ``next``/``previous`` (default: the request's own host).
+    - ``restock_on_cancel``: whether a line cancelled (or refunded before shipping) gives its
+      units back to the listing by itself (Back Market does not document which it does).
 
     ``clock`` (default ``time.monotonic``) times the quota and the records; a test can pass a
     fake one to step through windows without waiting.
     """
 
     _DIALS = ("token", "quota_requests", "quota_window_s", "quota_block_s", "latency_s", "error_rate",
-              "malformed_pages", "drift_per_request", "base_url_for_next")
+              "malformed_pages", "drift_per_request", "base_url_for_next", "restock_on_cancel")
 
     def __init__(self, *, listings: int = 1000, seed: int = 1, token: str = "sandbox-token",
                  quota_requests: int | None = 20, quota_window_s: float | None = 10.0, quota_block_s: float = 0.0,
                  latency_s: float = 0.0, error_rate: float = 0.0, malformed_pages: Iterable[int] = (),
-                 drift_per_request: int = 0, base_url_for_next: str | None = None,
+                 drift_per_request: int = 0, base_url_for_next: str | None = None, restock_on_cancel: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if listings < 0:
             raise ValueError(f"listings must be >= 0, got {listings!r}")
@@ -357,7 +359,7 @@ class BackMarketSandbox(Dials):
         self.configure(token=token, quota_requests=quota_requests, quota_window_s=quota_window_s,
                        quota_block_s=quota_block_s, latency_s=latency_s, error_rate=error_rate,
                        malformed_pages=malformed_pages, drift_per_request=drift_per_request,
-                       base_url_for_next=base_url_for_next)
+                       base_url_for_next=base_url_for_next, restock_on_cancel=restock_on_cancel)
         self.add_listings(listings)
         #: The account's orders (``GET /ws/orders``); placing one lowers this sandbox's stock.
         self.orders = BackMarketOrders(self)
@@ -460,6 +462,12 @@ class BackMarketSandbox(Dials):
             return catalogue_entry(self.seed, self._index[listing_uuid])
 
     # -- stock -----------------------------------------------------------------------------------
+
+    @property
+    def restock_on_cancel(self) -> bool:
+        """Whether a cancelled line gives its units back by itself (the ``restock_on_cancel`` dial)."""
+        with self._lock:
+            return self._restock_on_cancel
 
     def quantity(self, listing_uuid: str) -> int:
         """A listing's true stock.  Raises ``KeyError`` for a listing not in the catalogue."""
@@ -958,6 +966,8 @@ def _check_dial(name: str, value: Any) -> Any:
             raise ValueError(f"error_rate must be in [0, 1], got {value!r}")
     elif name == "malformed_pages":
         value = frozenset(int(page) for page in value or ())
+    elif name == "restock_on_cancel" and not isinstance(value, bool):
+        raise ValueError(f"restock_on_cancel must be true or false, got {value!r}")
     elif name == "base_url_for_next" and value is not None and not isinstance(value, str):
         raise ValueError(f"base_url_for_next must be a URL string or None, got {value!r}")
     return value

@@ -8,7 +8,8 @@ snake_case as Back Market really sends them.
 
 Like the real marketplace, placing an order lowers the sandbox's own stock of each line's listing
 (:meth:`BackMarketOrders.place_order`); a line cancelled (4) or refunded before shipping (5) puts
-it back unless told not to (:meth:`BackMarketOrders.set_line_state`).
+it back when the sandbox's ``restock_on_cancel`` dial says so, or as told
+(:meth:`BackMarketOrders.set_line_state`).
 
 Behaviour the spec leaves open, and what the sandbox does:
 
@@ -160,17 +161,21 @@ class BackMarketOrders:
             self._orders[order_id] = order
             return json.loads(json.dumps(order))
 
-    def set_line_state(self, order_id: int, line_id: int, state: int, *, restock: bool = True) -> dict[str, Any]:
+    def set_line_state(self, order_id: int, line_id: int, state: int, *, restock: bool | None = None
+                       ) -> dict[str, Any]:
         """Move a line to ``state`` (e.g. 4 cancelled); the order's state and ``date_modification`` follow.
 
         A line moving into cancelled/refunded-before-shipping/not-paid puts its quantity back into
-        the listing's stock when ``restock`` (and only once).  Returns the Order.
+        the listing's stock when ``restock`` (default: the sandbox's ``restock_on_cancel`` dial), and
+        only once.  Returns the Order.
 
         Raises:
           KeyError: No such order or line.
         """
         if state not in LINE_STATES:
             raise ValueError(f"state must be one of {LINE_STATES}, got {state!r}")
+        if restock is None:
+            restock = self.sandbox.restock_on_cancel
         with self._lock:
             order = self._orders[order_id]
             line = next((line for line in order["orderlines"] if line["id"] == line_id), None)
@@ -276,7 +281,8 @@ class BackMarketOrders:
         try:
             body = await request.json()
             order = self.set_line_state(int(request.match_info["order_id"]), int(request.match_info["line_id"]),
-                                        body["state"], restock=bool(body.get("restock", True)))
+                                        body["state"], restock=None if body.get("restock") is None
+                                        else bool(body["restock"]))
         except KeyError as missing:
             return web.json_response({"error": f"not found: {missing}"}, status=404)
         except (TypeError, ValueError) as error:

@@ -104,6 +104,22 @@ def test_a_cancelled_line_gives_its_stock_back_once(backmarket):
     assert sandbox.quantity(listing["id"]) == 4
 
 
+def test_the_restock_dial_decides_whether_a_cancellation_gives_stock_back(backmarket):
+    sandbox, _, _ = backmarket
+    listing = sandbox.listing(4)
+    sandbox.set_quantity(listing["id"], 4)
+    sandbox.configure(restock_on_cancel=False)
+    order = sandbox.orders.place_order([(listing["id"], 3)])
+    sandbox.orders.set_line_state(order["order_id"], order["orderlines"][0]["id"], 4)
+    assert sandbox.quantity(listing["id"]) == 1  # the units stay off until the seller pushes them
+    sandbox.configure(restock_on_cancel=True)
+    again = sandbox.orders.place_order([(listing["id"], 1)])
+    sandbox.orders.set_line_state(again["order_id"], again["orderlines"][0]["id"], 4)
+    assert sandbox.quantity(listing["id"]) == 1
+    with pytest.raises(ValueError, match="restock_on_cancel"):
+        sandbox.configure(restock_on_cancel="no")
+
+
 def test_orders_list_filters_pages_and_hides_states_0_and_8(backmarket):
     sandbox, server, clock = backmarket
     ids = []
