@@ -7,7 +7,9 @@ the push is tried again later.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +17,7 @@ from clients.backmarket import parse_listing
 from db import events as stock_events
 from db.snapshot import apply_recheck
 from runtime import resources
-from runtime.clients import backmarket_client
+from runtime.clients import backmarket_client, backmarket_limiter
 from runtime.settings import Settings, get_settings
 from sqlalchemy import text
 
@@ -64,19 +66,73 @@ class PushOutcome:
     quantity: int | None = None
 
 
-async def read_listings(listings: list[str]) -> tuple[datetime, int]:
+class PairedSlots:
+    """Two slots of the catalog quota taken at once, so that a push's GET and POST go milliseconds apart.
+
+    An absolute POST erases any order the marketplace took between our read and its landing: the
+    POST must not wait for the quota after the read.  A first slot whose pair is not free at once
+    is given back (held, its request would reach the marketplace late and crowd the window).
+    """
+
+    def __init__(self, make_limiter, *, max_wait_s: float = 120.0) -> None:
+        self._make_limiter = make_limiter
+        self._limiter = None
+        self.max_wait_s = max_wait_s
+        self.held: list[str] = []
+        self.last_slot: str | None = None
+
+    @property
+    def limiter(self):
+        # Made on first use, on the worker loop: its Redis client belongs to that loop.
+        if self._limiter is None:
+            self._limiter = self._make_limiter()
+        return self._limiter
+
+    async def take_two(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await self.limiter.acquire()
+            first = self.limiter.last_slot
+            granted, wait_s = await self.limiter.try_acquire()
+            if granted:
+                self.held = [first, self.limiter.last_slot]
+                return
+            await self.limiter.refund(first)
+            if loop.time() - started > self.max_wait_s:
+                raise TimeoutError(f"no two free slots of {self.limiter.name} in {self.max_wait_s:.0f}s")
+            await asyncio.sleep(wait_s + random.uniform(0, 0.05))
+
+    async def acquire(self) -> float:
+        if self.held:
+            self.last_slot = self.held.pop(0)
+            return 0.0
+        waited = await self.limiter.acquire()
+        self.last_slot = self.limiter.last_slot
+        return waited
+
+    async def penalize(self, seconds: float) -> None:
+        await self.limiter.penalize(seconds)
+
+    async def refund(self, slot: str) -> bool:
+        return await self.limiter.refund(slot)
+
+
+async def read_listings(listings: list[str], slots: PairedSlots | None = None) -> tuple[datetime, int]:
     """The marketplace's quantity of a row (its listings summed), as of when the first request left."""
+    if slots is not None:
+        await slots.take_two()
     fetched_at = datetime.now(timezone.utc)
-    client = backmarket_client()
+    client = backmarket_client(limiter=slots)
     quantity = 0
     for listing in listings:
         quantity += parse_listing(await client.get_listing(listing)).quantity
     return fetched_at, quantity
 
 
-async def _send_quantity(listing: str, quantity: int) -> None:
+async def _send_quantity(listing: str, quantity: int, slots: PairedSlots) -> None:
     # Built here, on the loop: the HTTP session belongs to the loop that runs the request.
-    await backmarket_client().update_listing(listing, quantity=quantity)
+    await backmarket_client(limiter=slots).update_listing(listing, quantity=quantity)
 
 
 def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> PushOutcome:
@@ -97,8 +153,9 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         return PushOutcome("busy")
     if not claim.needed:
         return PushOutcome("nothing")
+    slots = PairedSlots(backmarket_limiter)
     try:
-        fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings([claim.listing]))
+        fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings([claim.listing], slots))
         with sessions() as session:
             plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
                                               skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
@@ -106,7 +163,7 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         if plan is None:
             return PushOutcome("deferred")
         if plan.post:
-            resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, plan.quantity))
+            resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, plan.quantity, slots))
     except BaseException as error:
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
         with sessions() as session:

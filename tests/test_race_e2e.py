@@ -1,0 +1,188 @@
+"""End to end: orders race a stock sync on real worker processes; every row ends at the true count.
+
+While a sync walks the sandbox Back Market's pages, the test places orders on the sandbox (which
+lowers its own stock at once), cancels some (the sandbox restocks or not, by its dial, and the
+fleet is told which), and sends top-ups; each event reaches the fleet after a random delay —
+before or after the page that shows it, a cancellation sometimes before its order, some twice.
+The test keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue
+is empty and no row waits for a push or a re-check, every row must equal the truth (0 above,
+0 below) and the marketplace must show it.  Production defaults, but for the clock skew's
+neighbours: a page of 10 listings and a quota of 4 calls a second, so that a walk takes seconds.
+"""
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timezone
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import text
+
+from db.engine import session_factory
+from db.ledger import check_invariant
+from runtime.broker import build_broker
+from runtime.local_servers import wait_until
+from runtime.settings import Settings
+from sandbox.backmarket import BackMarketSandbox
+from sandbox.server import serve_in_thread
+from tests.fleet import WorkerFleet, fleet_env
+
+pytestmark = pytest.mark.e2e
+TOKEN = "e2e-race-token"
+LISTINGS = 120
+QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "stock-events", "stock-push", "stock-recheck")
+#: Seconds an event may take to reach the fleet: within the clock skew (5 s) of its page, and well past it.
+DELAYS = (0, 0.3, 1, 3, 6, 10)
+
+
+@pytest.fixture
+def race(tmp_path, redis_url, database_url, request):
+    restocks = request.param
+    sandbox = BackMarketSandbox(listings=LISTINGS, seed=77, token=TOKEN, quota_requests=0,
+                                restock_on_cancel=restocks)
+    server = serve_in_thread(sandbox.build_app())
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=4, quota_window_s=1.0, backmarket_page_size=10,
+                    stock_not_restocking="" if restocks else "backmarket")
+    fleet = WorkerFleet(env, processes=2, threads=4, log_path=tmp_path / "fleet.log").start()
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import events, stock_sync  # message factories only: the fleet does the work
+
+    try:
+        yield {"sandbox": sandbox, "sessions": session_factory(database_url), "broker": broker, "events": events,
+               "sync": stock_sync, "redis": redis_lib.Redis.from_url(redis_url), "restocks": restocks}
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def send(world, actor, delay_s: float = 0, **kwargs) -> None:
+    world["broker"].enqueue(actor.message_with_options(kwargs=kwargs, delay=int(delay_s * 1000) or None))
+
+
+def last_run(world):
+    with world["sessions"]() as session:
+        return session.execute(text("SELECT * FROM sync_runs ORDER BY id DESC LIMIT 1")).mappings().first()
+
+
+def sync(world) -> None:
+    """Start a sync and wait until it is running (its id is the newest)."""
+    before = last_run(world)
+    send(world, world["sync"].start_stock_sync, marketplace="backmarket", force=True, trigger="manual")
+    wait_until(lambda: (run := last_run(world)) is not None and (before is None or run["id"] != before["id"]), 30,
+               what="the sync to start")
+
+
+def quiet(world) -> bool:
+    """Every queue empty (nothing waiting, delayed or in flight), no run running, no row waiting."""
+    client = world["redis"]
+    if any(client.hlen(f"dramatiq:{q}.msgs") or client.hlen(f"dramatiq:{q}.DQ.msgs") for q in QUEUES):
+        return False
+    with world["sessions"]() as session:
+        return session.execute(text(
+            "SELECT NOT EXISTS (SELECT 1 FROM sync_runs WHERE status = 'running') AND NOT EXISTS ("
+            "SELECT 1 FROM marketplace_stock WHERE needs_recheck OR push_state IN ('pending', 'failed') "
+            "OR push_lease_owner IS NOT NULL)")).scalar()
+
+
+def ledgers(world, skus: list[str]) -> str:
+    """The ledger of each SKU, and the marketplace's own stock moves, for a failure message."""
+    by_id = {listing["sku"]: listing["id"] for listing in map(world["sandbox"].listing, range(LISTINGS))}
+    lines = []
+    with world["sessions"]() as session:
+        for sku in skus:
+            lines.append(f"{sku}:")
+            lines += [f"  {row.id} {row.event_time:%H:%M:%S.%f} booked {row.created_at:%H:%M:%S.%f} "
+                      f"{row.change_type} {row.change:+d} -> {row.quantity_after} {row.idempotency_key} "
+                      f"{row.note or ''}"
+                      for row in session.execute(text(
+                          "SELECT l.* FROM stock_ledger l JOIN variations v ON v.id = l.variation_id "
+                          "WHERE v.sku = :sku ORDER BY l.id"), {"sku": sku})]
+            offset = time.time() - time.monotonic()  # the sandbox's clock is monotonic
+            lines += [f"  marketplace {datetime.fromtimestamp(offset + change.at, timezone.utc):%H:%M:%S.%f} "
+                      f"{change.before} -> {change.after} ({change.cause})"
+                      for change in world["sandbox"].stock_changes() if change.listing == by_id[sku]]
+    return "\n".join(lines)
+
+
+def local(world) -> dict[str, int]:
+    with world["sessions"]() as session:
+        return dict(session.execute(text(
+            "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id")).all())
+
+
+@pytest.mark.parametrize("race, seed", [(True, 1), (False, 2), (True, 3)], indirect=["race"])
+def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
+    world, rng = race, random.Random(seed)
+    sandbox, events = world["sandbox"], world["events"]
+    listings = [sandbox.listing(i) for i in range(LISTINGS)]
+    sync(world)
+    wait_until(lambda: quiet(world), 60, interval=0.2, what="the first sync")
+    truth = {listing["sku"]: sandbox.quantity(listing["id"]) for listing in listings}
+    assert local(world) == truth
+
+    placed: list[tuple[dict, dict]] = []   # (order, its line) not cancelled yet
+    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0}
+
+    def order_event(order, line, kind: str, moment: str, delay: float) -> None:
+        send(world, getattr(events, kind), delay, marketplace="backmarket", order_id=str(order["order_id"]),
+             order_line_id=str(line["id"]), sku=line["listing"], quantity=line["quantity"], event_time=moment,
+             source="webhook")
+
+    def act() -> None:
+        for _ in range(3):
+            listing = rng.choice(listings)
+            if sandbox.quantity(listing["id"]) < 1:
+                continue
+            order = sandbox.orders.place_order([(listing["id"], 1)])
+            line = order["orderlines"][0]
+            truth[listing["sku"]] -= 1
+            delay = rng.choice(DELAYS)
+            order_event(order, line, "order_created", order["date_creation"], delay)
+            if rng.random() < 0.2:
+                order_event(order, line, "order_created", order["date_creation"], rng.choice(DELAYS))
+                counts["twice"] += 1
+            placed.append((order, line, delay))
+            counts["orders"] += 1
+        if placed and rng.random() < 0.6:
+            order, line, order_delay = placed.pop(rng.randrange(len(placed)))
+            cancelled = sandbox.orders.set_line_state(order["order_id"], line["id"], 4)
+            truth[line["listing"]] += line["quantity"]
+            delay = rng.choice(DELAYS)
+            counts["cancel first"] += delay < order_delay
+            order_event(order, line, "order_cancelled", cancelled["date_modification"], delay)
+            counts["cancellations"] += 1
+        if rng.random() < 0.4:
+            sku, quantity = rng.choice(listings)["sku"], rng.randint(1, 3)
+            truth[sku] += quantity
+            reference = f"PO-{seed}-{counts['topups']}"
+            for _ in range(1 + (rng.random() < 0.2)):
+                send(world, events.stock_topup, rng.choice(DELAYS), marketplace="backmarket", sku=sku,
+                     quantity=quantity, reference=reference, event_time=datetime.now(timezone.utc).isoformat())
+            counts["topups"] += 1
+
+    sync(world)
+    run_id = last_run(world)["id"]
+    pages = LISTINGS // 10
+    for page in range(1, pages + 1):
+        # A few marketplace moves per page the walk applies: orders land before and after each page's fetch.
+        wait_until(lambda: last_run(world)["pages_done"] >= page or last_run(world)["status"] != "running", 60,
+                   interval=0.05, what=f"page {page} of the sync")
+        act()
+    for _ in range(4):  # and a few after the walk
+        act()
+    wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
+    assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
+
+    booked = local(world)
+    above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}
+    below = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] < truth[sku]}
+    assert (above, below) == ({}, {}), (f"rows above / below the true count (local, truth); {counts}\n"
+                                        + ledgers(world, [*above, *below]))
+    shown = {listing["sku"]: sandbox.quantity(listing["id"]) for listing in listings}
+    assert shown == {sku: max(quantity, 0) for sku, quantity in truth.items()}
+    assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
+    with world["sessions"]() as session:
+        assert check_invariant(session) == []
