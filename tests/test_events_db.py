@@ -380,3 +380,31 @@ def test_batches_over_the_same_rows_in_opposite_orders_neither_deadlock_nor_lose
     assert len(results) == 240 and {r.status for r in results} == {"applied"}
     assert {sku: row(sessions, sku)["listed"] for sku in skus} == {sku: 960 for sku in skus}
     assert_invariant(sessions)
+
+
+def test_the_last_unit_counted_twice_is_brought_back_to_zero_by_a_clean_recheck(sessions):
+    # The page counted the last unit's order; the order, within the skew of it, is booked again: -1.
+    sync_page(sessions, {"SKU-1": 0}, fetched=100)
+    assert book(sessions, order("L1", 1, 99.5), now=102).outcome == "uncertain"
+    assert (row(sessions)["listed"], row(sessions)["needs_recheck"]) == (-1, True)
+    with sessions() as session:
+        rows = apply_recheck(session, marketplace_id=ensure_marketplace(session, "backmarket"), fetched_at=at(200),
+                             quantities={"SKU-1": 0}, skew=SKEW)
+        session.commit()
+    # Not "agreed with" at -1 for good (a false oversold alert, and the next top-up absorbed).
+    assert [r.state for r in rows] == ["apply"]
+    assert (row(sessions)["listed"], row(sessions)["needs_recheck"], row(sessions)["oversold_since"]) == (0, False, None)
+    assert_invariant(sessions)
+
+
+def test_units_truly_owed_stay_owed_when_the_marketplace_shows_zero(sessions):
+    sync_page(sessions, {"SKU-1": 2}, fetched=0)
+    book(sessions, StockEvent("backmarket", "SKU-1", "manual", -2, at(10), reference="count-1"), now=10)
+    book(sessions, order("L1", 1, 11), now=12)   # sold before our push of the count landed: one unit owed
+    assert row(sessions)["listed"] == -1
+    claim, plan = push(sessions, "push-a", 1, 20)   # the marketplace shows 1: 1 - 2 = -1, sent as 0
+    assert (plan.quantity, row(sessions)["listed"]) == (0, -1)
+    with sessions() as session:
+        finish_push(session, claim, now=at(21))
+        session.commit()
+    assert sync_page(sessions, {"SKU-1": 0}, fetched=60).changed == 0 and row(sessions)["listed"] == -1
