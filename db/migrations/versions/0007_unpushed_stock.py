@@ -1,14 +1,14 @@
 """unpushed stock: the local change the marketplace does not know yet, and a push's read
 
-Revision ID: 0006_unpushed
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 09:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
-revision = '0006_unpushed'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
