@@ -160,11 +160,11 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
         if result.applied:
             metrics.sync_progress(sync_id, result.pages_done, result.total_pages)
         metrics.sync_page_applied(SYNC_KIND, marketplace, result)
+        if result.finished:
+            metrics.sync_finished(syncs.get_run(session, sync_id))
     if result.rechecks:
         # Rows the page could not settle are read again once past the skew, not at the next sweep.
         sweep_stock.send_with_options(args=(marketplace,), delay=events_pipeline.recheck_delay_ms())
-        if result.finished:
-            metrics.sync_finished(syncs.get_run(session, sync_id))
 
 
 @on_dead_letter("fetch_listings_page")
