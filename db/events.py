@@ -429,15 +429,16 @@ def read_for_push(session: Session, claim: PushClaim, *, fetched_at: datetime, q
 
     The read is applied as a snapshot of the row (:func:`db.snapshot.apply_snapshot`); the push
     sends what it gives (never below 0) and carries the row's ``unpushed``.  None when the read
-    cannot be trusted (an event within the skew, or an earlier attempt that may or may not have
-    landed): nothing may be sent now; the lease is given back unless an attempt of ours may
-    still be out there, and the caller tries again later.
+    cannot be trusted (an event within the skew): nothing may be sent now, the lease is given
+    back and the caller tries again later.  After an attempt of ours whose answer was lost, the
+    read first tells whether it landed (:func:`core.booking.earlier_push_landed`).
     """
     from db.snapshot import apply_snapshot, marketplace_changes_since
 
     now = now or datetime.now(timezone.utc)
     row = session.execute(text(
-        "SELECT push_planned, push_read_quantity, push_read_at FROM marketplace_stock WHERE id = :sid "
+        "SELECT push_planned, push_read_quantity, push_read_at, push_claimed_unpushed FROM marketplace_stock "
+        "WHERE id = :sid "
         "AND push_lease_owner = :owner FOR UPDATE"), {"sid": claim.stock_id, "owner": claim.owner[:64]}).first()
     if row is None:
         return None  # the lease was lost (it ran out and another push took it)
@@ -445,9 +446,7 @@ def read_for_push(session: Session, claim: PushClaim, *, fetched_at: datetime, q
         # An attempt of ours had no answer: did it land?
         since = marketplace_changes_since(session, claim.stock_id, row.push_read_at, restocks_on_cancel)
         landed = booking.earlier_push_landed(quantity, planned=row.push_planned, read_before=row.push_read_quantity,
-                                             since=since)
-        if landed is None:
-            return None
+                                             since=since, carried=row.push_claimed_unpushed)
         if landed:
             return PushPlan(row.push_planned, post=False)
     rows = apply_snapshot(session, marketplace_id=claim.marketplace_id, fetched_at=fetched_at, skus=[claim.sku],

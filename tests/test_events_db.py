@@ -399,7 +399,8 @@ def test_the_last_unit_counted_twice_is_brought_back_to_zero_by_a_clean_recheck(
 
 def test_units_truly_owed_stay_owed_when_the_marketplace_shows_zero(sessions):
     sync_page(sessions, {"SKU-1": 2}, fetched=0)
-    book(sessions, StockEvent("backmarket", "SKU-1", "manual", -2, at(10), reference="count-1"), now=10)
+    book(sessions, StockEvent.of("manual_adjustment", marketplace="backmarket", sku="SKU-1", change=-2,
+                                 event_time=at(10), reference="count-1"), now=10)
     book(sessions, order("L1", 1, 11), now=12)   # sold before our push of the count landed: one unit owed
     assert row(sessions)["listed"] == -1
     claim, plan = push(sessions, "push-a", 1, 20)   # the marketplace shows 1: 1 - 2 = -1, sent as 0
