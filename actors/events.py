@@ -17,7 +17,6 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
-from sqlalchemy import text
 
 from actors.retry import MalformedMessage, transient_only
 from db import events as stock_events
@@ -42,7 +41,6 @@ RECONCILE_QUEUE = queues.RECONCILE
 READABLE_MARKETPLACES = pipeline.READABLE_MARKETPLACES
 
 _settings = get_settings()
-stock_events.set_clock_skew(_settings.stock_event_skew_s)
 
 
 # -- decoding and booking ----------------------------------------------------------------------------

@@ -24,6 +24,10 @@ KINDS = MARKETPLACE_KINDS + LOCAL_KINDS
 #: What a snapshot does to a row (see :func:`decide_snapshot`).
 SNAPSHOT_STATES = ("apply", "stale", "unpushed", "ambiguous")
 
+#: How far apart two clocks (ours, the marketplace's) may be: an event this close to a page's
+#: fetch time may or may not be in the page.  ``STOCK_EVENT_SKEW_S`` sets it for the fleet.
+DEFAULT_CLOCK_SKEW = timedelta(seconds=5)
+
 
 def marketplace_kinds(restocks_on_cancel: bool) -> tuple[str, ...]:
     """The ledger change types a marketplace counts by itself (a snapshot counts them after their time)."""

@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core import booking
+from core.booking import DEFAULT_CLOCK_SKEW
 
 # The event contract lives in core.events; these names are re-exported for the ledger's callers.
 from core.events import (CHANGE_TYPES, LOCAL_CHANGE_TYPES, MARKETPLACE_CHANGE_TYPES, InvalidStockEvent,  # noqa: F401
@@ -30,22 +31,6 @@ logger = logging.getLogger(__name__)
 #: Others keep the change locally only, and their rows never wait for a push.
 PUSHED_MARKETPLACES = frozenset({"backmarket"})
 
-#: How far apart two clocks (ours, the marketplace's) may be: an event this close to a page's
-#: fetch time may or may not be in the page.  ``STOCK_EVENT_SKEW_S`` sets it for the fleet.
-DEFAULT_CLOCK_SKEW = timedelta(seconds=5)
-_clock_skew = DEFAULT_CLOCK_SKEW
-
-def set_clock_skew(seconds: float) -> None:
-    """Set the process-wide clock skew used when no ``skew`` is passed (workers do it from settings)."""
-    global _clock_skew
-    if seconds < 0:
-        raise ValueError(f"the clock skew must be >= 0 seconds, got {seconds!r}")
-    _clock_skew = timedelta(seconds=seconds)
-
-
-def clock_skew() -> timedelta:
-    """The process-wide clock skew (see :data:`DEFAULT_CLOCK_SKEW`)."""
-    return _clock_skew
 
 
 @dataclass(frozen=True)
@@ -123,7 +108,7 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     if not events:
         return []
     now = now or datetime.now(timezone.utc)
-    skew = clock_skew() if skew is None else skew
+    skew = DEFAULT_CLOCK_SKEW if skew is None else skew
     marketplace_ids = {code: marketplace_id_of(session, code) for code in sorted({e.marketplace for e in events})}
     wanted = sorted({(marketplace_ids[e.marketplace], e.sku) for e in events})
     rows = _lock_stock_rows(session, wanted)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.booking import SNAPSHOT_STATES, marketplace_kinds
 from db import syncs
-from db.events import clock_skew
+from core.booking import DEFAULT_CLOCK_SKEW
 
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
 SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation", "recheck")
@@ -115,7 +115,7 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
     nothing.  When this page completes the run, the run is finished here too (same transaction),
     so "all pages applied" never depends on a message that could be lost.  Rows the page cannot
     be trusted for are left as they are (:func:`apply_snapshot`; ``skew`` defaults to
-    :func:`db.events.clock_skew`).
+    :data:`core.booking.DEFAULT_CLOCK_SKEW`).
     """
     items = _dedupe(items)
     claimed = session.execute(
@@ -191,7 +191,7 @@ def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetim
     """
     plan_for_small_batches(session)
     params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
-              "skew": clock_skew() if skew is None else skew,
+              "skew": DEFAULT_CLOCK_SKEW if skew is None else skew,
               "marketplace_types": list(marketplace_kinds(restocks_on_cancel)),
               "now": now or datetime.now(timezone.utc), "owner": None if lease_owner is None else lease_owner[:64]}
     if not params["sku"]:

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from sqlalchemy import func, select, text, update
@@ -231,7 +231,7 @@ def heartbeat(session: Session, sync_run_id: int, pages: int) -> None:
 
 
 def apply_store_batch(session: Session, *, marketplace_id: int, sync_id: int, batch: int, fetched_at: datetime,
-                      items: Iterable[StoreItemLike], actor: str) -> StoreCounts:
+                      items: Iterable[StoreItemLike], actor: str, skew: timedelta | None = None) -> StoreCounts:
     """Apply one page of a store's items to the marketplace's stock rows, as of ``fetched_at``.  Does not commit.
 
     Items without a SKU are skipped.  The rest go through the snapshot path: variations, listings
@@ -260,7 +260,7 @@ def apply_store_batch(session: Session, *, marketplace_id: int, sync_id: int, ba
                      items=page_items, language=PRICE_KEY)
     rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at, skus=skus,
                           quantities=[item.quantity for item in unique], key_prefix=f"store:{sync_id}:{batch}:",
-                          sync_id=sync_id, actor=actor)
+                          sync_id=sync_id, actor=actor, skew=skew)
     created = sum(row.stock_id not in existing for row in rows)
     updated = sum(row.stock_id in existing and row.state == "apply" and row.after != row.before for row in rows)
     return StoreCounts(items=len(items), created=created, updated=updated,

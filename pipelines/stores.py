@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 import aiohttp
 
@@ -159,7 +160,8 @@ def _apply(sessions, start: StoreSyncStart, batches: list[StoreBatch], api_calls
         for number, batch in enumerate(batches, start=1):
             total += stores.apply_store_batch(session, marketplace_id=start.marketplace_id,
                                               sync_id=start.sync_run_id, batch=number, fetched_at=batch.fetched_at,
-                                              items=batch.items, actor=f"store:{start.name}")
+                                              items=batch.items, actor=f"store:{start.name}",
+                                              skew=timedelta(seconds=get_settings().stock_event_skew_s))
         stores.finish_log(session, start.log_id, total, api_calls=api_calls, pages=len(batches))
         session.commit()
     return total
