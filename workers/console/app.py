@@ -6,11 +6,9 @@ Database and Redis calls are blocking: they run on the default thread pool, one 
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,6 +20,7 @@ from aiohttp import web
 from db import users
 from runtime.settings import Settings, get_settings
 from workers.console import security
+from workers.console.context import CONSOLE, USER_KEY, Console, error_page
 from workers.console.filters import FILTERS
 
 logger = logging.getLogger(__name__)
@@ -33,57 +32,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
 
 
-@dataclass
-class Console:
-    """What the pages read and act through."""
-
-    settings: Settings
-    sessions: Callable
-    redis: Any
-    broker: dramatiq.Broker
-    dead_letters: Any  # runtime.dlq.DeadLetterQueues, or None without Redis
-    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    throttle: security.LoginThrottle | None = None
-
-    async def read(self, fn: Callable, *args, **kwargs):
-        """``fn(session, *args, **kwargs)`` in a worker thread, rolled back (a read)."""
-        def go():
-            with self.sessions() as session:
-                return fn(session, *args, **kwargs)
-
-        return await asyncio.to_thread(go)
-
-    async def write(self, fn: Callable, *args, **kwargs):
-        """``fn(session, *args, **kwargs)`` in a worker thread, committed if it returns."""
-        def go():
-            with self.sessions() as session:
-                result = fn(session, *args, **kwargs)
-                session.commit()
-                return result
-
-        return await asyncio.to_thread(go)
-
-    async def call(self, fn: Callable, *args, **kwargs):
-        """Any blocking call (Redis, the broker) in a worker thread."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
-    async def audit(self, request: web.Request, action: str, arguments: dict, outcome: str,
-                    detail: str | None = None, username: str | None = None) -> None:
-        """One audit entry for ``action`` by this request's user (or ``username``)."""
-        user = request.get(security.USER_KEY)
-        await self.write(users.record_audit, username=username or (user.username if user else None), action=action,
-                         arguments=arguments, outcome=outcome, detail=detail,
-                         address=security.client_address(request))
-
-
-CONSOLE = web.AppKey("console", Console)
-
-
-def error_page(request: web.Request, status: int, message: str) -> web.Response:
-    """An HTML page saying what went wrong (escaped), with ``status``."""
-    response = aiohttp_jinja2.render_template("error.html", request, {"status": status, "message": message})
-    response.set_status(status)
-    return response
 
 
 def _public(path: str) -> bool:
@@ -137,7 +85,7 @@ async def session_middleware(request: web.Request, handler):
 
             raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
         raise web.HTTPUnauthorized(text="your session has expired or you are not logged in: log in again")
-    request[security.USER_KEY] = info
+    request[USER_KEY] = info
     refresh_context(request)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         given = request.headers.get(security.CSRF_HEADER)
@@ -156,7 +104,7 @@ def refresh_context(request: web.Request) -> None:
     so that an error page rendered by a middleware has it too."""
     from core.console_rules import allows
 
-    user = request.get(security.USER_KEY)
+    user = request.get(USER_KEY)
     request[aiohttp_jinja2.REQUEST_CONTEXT_KEY] = {
         "user": user, "csrf": user.csrf_token if user else None, "flash": security.read_flash(request),
         "path": request.path, "now": time.time(), "can": lambda role: bool(user) and allows(user.role, role)}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import logging
 import secrets
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from aiohttp import web
 
 from core.console_rules import allows
 from db import users
+from workers.console.context import CONSOLE, USER_KEY, error_page, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ PUBLIC_PREFIXES = ("/static/",)
 
 #: Form fields never written to the audit (or anywhere).
 SECRET_FIELDS = ("csrf_token", "password")
-
-USER_KEY = web.RequestKey("console_user", users.SessionInfo)
 
 
 class Refused(Exception):
@@ -64,22 +62,9 @@ def is_https(request: web.Request) -> bool:
     if request.secure:
         return True
     forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return forwarded == "https" and _loopback(request.remote)
+    return forwarded == "https" and is_loopback(request.remote)
 
 
-def _loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def client_address(request: web.Request) -> str:
-    """The client's address; behind a proxy on this host, the one it forwards (``X-Forwarded-For``'s last)."""
-    forwarded = request.headers.get("X-Forwarded-For")
-    if forwarded and _loopback(request.remote):
-        return forwarded.split(",")[-1].strip()[:64] or (request.remote or "?")
-    return request.remote or "?"
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
@@ -161,12 +146,10 @@ def action(name: str, role: str):
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
-            from workers.console import app as console_app
-
             user = current_user(request)
             form = await request.post()
             arguments = {**audit_arguments(form), **{k: v for k, v in request.match_info.items()}}
-            console = request.app[console_app.CONSOLE]
+            console = request.app[CONSOLE]
             if not allows(user.role, role):
                 await console.audit(request, name, arguments, "forbidden", f"needs the {role} role")
                 raise web.HTTPForbidden(text=f"{name} needs the {role} role; you are {user.role}")
@@ -174,13 +157,13 @@ def action(name: str, role: str):
                 done = await handler(request)
             except Refused as refused:
                 await console.audit(request, name, arguments, "refused", refused.message)
-                return console_app.error_page(request, refused.status, refused.message)
+                return error_page(request, refused.status, refused.message)
             except web.HTTPException:
                 raise
             except Exception as error:
                 logger.exception("console action %s failed", name)
                 await console.audit(request, name, arguments, "error", f"{type(error).__name__}: {error}")
-                return console_app.error_page(request, 500, f"{name} failed: {type(error).__name__} (see the "
+                return error_page(request, 500, f"{name} failed: {type(error).__name__} (see the "
                                                             f"console's log)")
             await console.audit(request, name, arguments, "ok", done.detail or done.message)
             response = web.HTTPSeeOther(done.location)

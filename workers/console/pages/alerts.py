@@ -5,7 +5,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from db import alerts
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action
 
 routes = web.RouteTableDef()

@@ -5,7 +5,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from db import users
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 
 routes = web.RouteTableDef()
 

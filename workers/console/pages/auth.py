@@ -8,7 +8,7 @@ from aiohttp import web
 
 from db import users
 from workers.console import security
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE, USER_KEY, client_address
 
 routes = web.RouteTableDef()
 
@@ -48,7 +48,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username") or "").strip().lower()[:64]
     password = str(form.get("password") or "")
     next_path = _safe_next(str(form.get("next") or "/"))
-    address = security.client_address(request)
+    address = client_address(request)
     if not security.csrf_matches(request.cookies.get(security.LOGIN_CSRF_COOKIE), str(form.get("csrf_token") or "")):
         await console.audit(request, "login", {"username": username}, "csrf", "missing or wrong login CSRF token",
                             username=username or None)
@@ -76,7 +76,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         await console.write(users.delete_session, old)
     token, info = await console.write(users.create_session, user.id, console.settings.console_session_lifetime_s,
                                       address=address)
-    request[security.USER_KEY] = info
+    request[USER_KEY] = info
     await console.audit(request, "login", {"username": username}, "ok")
     response = web.HTTPSeeOther(next_path)
     security.set_cookie(request, response, security.SESSION_COOKIE, token,

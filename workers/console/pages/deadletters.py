@@ -11,7 +11,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from runtime.dlq import parse_since
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
 routes = web.RouteTableDef()

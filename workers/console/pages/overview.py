@@ -7,7 +7,7 @@ from aiohttp import web
 from db import alerts, console_queries
 from runtime import queues
 from runtime.queue_stats import queue_stats
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 
 routes = web.RouteTableDef()
 
@@ -24,6 +24,7 @@ async def overview(request: web.Request) -> dict:
     """The dashboard."""
     console = request.app[CONSOLE]
     data = await console.read(_overview)
-    data["queues"] = await console.call(queue_stats, console.broker, console.redis, queues.fleet_queues(console.settings))
+    data["queues"] = await console.call(queue_stats, console.broker, console.redis,
+                                        queues.fleet_queues(console.settings))
     data["dead_letters"] = (await console.call(console.dead_letters.sizes)) if console.dead_letters else None
     return data

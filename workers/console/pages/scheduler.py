@@ -7,7 +7,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from workers import scheduler as jobs
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action
 
 routes = web.RouteTableDef()

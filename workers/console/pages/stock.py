@@ -14,7 +14,7 @@ from aiohttp import web
 
 from db import console_queries
 from runtime.producer import InvalidEvent, StockEvents
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
 routes = web.RouteTableDef()

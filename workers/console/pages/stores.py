@@ -12,7 +12,7 @@ from aiohttp import web
 
 from db import stores
 from db.store_models import PLATFORMS
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action
 
 routes = web.RouteTableDef()
@@ -61,7 +61,8 @@ async def store_page(request: web.Request):
     if found is None:
         raise web.HTTPNotFound(text=f"no store {store_id}")
     integration, logs = found
-    return {"store": integration, "logs": logs, "credentials_set": bool(console.environ.get(integration.credentials_env)),
+    return {"store": integration, "logs": logs,
+            "credentials_set": bool(console.environ.get(integration.credentials_env)),
             "shown_url": shown_url}
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from db.models import SyncRun
 from pipelines.progress import load_progress
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
 routes = web.RouteTableDef()

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from core.console_rules import ROLES
 from db import users
-from workers.console.app import CONSOLE
+from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user, require_role
 
 routes = web.RouteTableDef()
