@@ -111,6 +111,9 @@ class _Metrics:
         self.oversold = counter(
             "stocksync_oversold", "Stock changes that left a marketplace's available stock below zero.",
             ["marketplace"])
+        self.ledger_broken_rows = gauge(
+            "stocksync_ledger_broken_rows", "Stock rows whose ledger did not add up at the last reconciliation's "
+            "check (0: the ledger invariant held).", ["marketplace"], multiprocess_mode="livemostrecent")
         self.discrepancies = counter(
             "stocksync_reconciliation_discrepancies", "Stock rows a reconciliation found different from the "
             "marketplace.", ["marketplace"])
@@ -258,6 +261,12 @@ def event_applied(event_type: str, source: str, event_time: datetime | float | N
 def oversold(marketplace: str, count: int = 1) -> None:
     """Count stock changes that left ``marketplace``'s available stock below zero."""
     _metrics().oversold.labels(marketplace).inc(count)
+
+
+@_safely
+def ledger_broken_rows(marketplace: str, count: int) -> None:
+    """How many of ``marketplace``'s stock rows broke the ledger invariant at the last check."""
+    _metrics().ledger_broken_rows.labels(marketplace).set(count)
 
 
 @_safely

@@ -71,7 +71,7 @@ def ledger_count(world, change_type: str) -> int:
 
 
 def reconcile(**kwargs):
-    from actors.events import run_reconciliation
+    from pipelines.reconcile import run_reconciliation
 
     return run_reconciliation("backmarket", **kwargs)
 

@@ -30,8 +30,8 @@ def reconcile_command(marketplace: str, dry_run: bool, threshold: int | None, sh
     from workers.cli.common import console
     from workers.cli.common import fleet as _fleet
 
-    _fleet()  # the broker first: actors bind to it when their module is imported
-    from actors.events import run_reconciliation
+    _fleet()  # the actors first: actors.alerts registers where an operations alert goes
+    from pipelines.reconcile import run_reconciliation
 
     try:
         summary = run_reconciliation(marketplace, dry_run=dry_run, threshold=threshold)
