@@ -15,6 +15,7 @@ from runtime.queues import BROKER_NAMESPACE
 from runtime.failures import FailureRecorder
 from runtime.logs import LogContext
 from runtime.metrics import FleetPrometheus, QueueWait
+from runtime.recovery import DeadWorkerRecovery
 from runtime.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         # Worker processes only (it starts at process boot); the in-process demo keeps its metrics
         # in memory, in prometheus_client's default registry.
         broker.add_middleware(FleetPrometheus(settings.metrics_dir))
+        broker.add_middleware(DeadWorkerRecovery(settings.dramatiq_recovery_interval_s))
     else:
         print("stocksync: REDIS_URL is not set: using an in-process broker and worker threads "
               "(demo mode, not for production)", file=sys.stderr)

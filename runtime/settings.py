@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     #: Dramatiq broker tuning; tests lower the heartbeat so a killed worker's messages come back fast.
     dramatiq_heartbeat_timeout_ms: int = 60_000
     dramatiq_maintenance_chance: int = 1_000
+    #: How often each worker process puts dead workers' messages back, on every queue (runtime/recovery.py):
+    #: they are back at most heartbeat timeout + this after the worker died.
+    dramatiq_recovery_interval_s: float = Field(5.0, gt=0)
     #: Threads of the in-process worker used by the demo (no REDIS_URL).
     inprocess_worker_threads: int = 8
 
