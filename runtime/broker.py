@@ -8,11 +8,11 @@ import threading
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware
+from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, Retries
 
 from runtime import resources
 from runtime.queues import BROKER_NAMESPACE
-from runtime.failures import FailureRecorder
+from runtime.failures import FailureRecorder, OutageRetries
 from runtime.logs import LogContext
 from runtime.metrics import FleetPrometheus, QueueWait
 from runtime.recovery import DeadWorkerRecovery
@@ -79,6 +79,10 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     # First of all: its before-hook binds a message's log context before any other runs, its after-hook
     # unbinds it after every other (dramatiq's retry warnings included).
     broker.add_middleware(LogContext(), before=type(broker.middleware[0]))
+    # In dramatiq's own place among the default middleware (after Pipelines, like Retries).
+    at = next(i for i, middleware in enumerate(broker.middleware) if type(middleware) is Retries)
+    broker.middleware[at] = OutageRetries(outage_s=settings.outage_retry_for_s,
+                                          max_backoff_ms=settings.outage_max_backoff_ms)
     for middleware in (AsyncIO(), CurrentMessage(), LoopResources(), QueueWait(),
                        FailureRecorder(resources.sync_redis, settings.redis_namespace)):
         broker.add_middleware(middleware)

@@ -1,9 +1,13 @@
-"""What happens when a message fails for good: its error is kept and the owning run is told.
+"""What happens when a message fails: an outage is waited out, a failure for good is recorded and told.
 
-Dramatiq's dead-letter copy of a message is the one enqueued before its last attempt, so it does
-not carry the final error.  :class:`FailureRecorder` keeps that error in Redis next to the dead
-letter (``dlq show`` reads it) and calls the handler registered for the actor, e.g. "mark the
-sync run failed".
+- :class:`OutageRetries` (dramatiq's retries, in its place): PostgreSQL or Redis being unreachable
+  is not the message's fault.  A message that failed on a connection-level error is retried with
+  backoff without spending its retries, for up to ``OUTAGE_RETRY_FOR_S``; only then do its
+  ordinary retries count.  Its own retry is enqueued patiently too, so a Redis outage never drops it.
+- :class:`FailureRecorder`: dramatiq's dead-letter copy of a message is the one enqueued before its
+  last attempt, so it does not carry the final error.  It keeps that error in Redis next to the
+  dead letter (``dlq show`` reads it) and calls the handler registered for the actor, e.g. "mark
+  the sync run failed".
 """
 from __future__ import annotations
 
@@ -15,7 +19,12 @@ import traceback
 from typing import Any, Callable
 
 import dramatiq
-from dramatiq.middleware import Middleware
+import psycopg
+import redis
+import sqlalchemy.exc
+from dramatiq.common import compute_backoff, current_millis
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import Middleware, Retries
 
 from runtime import metrics
 from runtime.dlq import error_key
@@ -42,6 +51,116 @@ def message_argument(message: dramatiq.Message, position: int, name: str) -> Any
     if len(message.args) > position:
         return message.args[position]
     return message.kwargs.get(name)
+
+
+#: PostgreSQL error classes that mean "the server cannot be reached or is going away", not "this
+#: statement is wrong": connection exceptions, shutting down, starting up, out of connection slots.
+_PG_OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def is_outage(error: BaseException | None) -> bool:
+    """True when ``error`` (or what it was raised from) says PostgreSQL or Redis is unreachable.
+
+    Connection-level only: a psycopg error without a SQLSTATE (refused, closed, lost) or with a
+    connection one, a connection SQLAlchemy invalidated, a Redis connection error or timeout
+    (``BusyLoadingError`` included: Redis is loading its data), the broker's connection errors.
+    A deadlock, a constraint or a bad statement is the message's own failure.
+    """
+    depth = 0
+    while error is not None and depth < 5:
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, sqlalchemy.exc.DisconnectionError):
+            return True
+        if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+            sqlstate = getattr(error, "sqlstate", None)
+            if sqlstate is None or sqlstate.startswith(_PG_OUTAGE_SQLSTATES):
+                return True
+        if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                              BrokerConnectionError)):
+            return True
+        # SQLAlchemy keeps the driver's error as .orig and raises from it; other wrappers use "from".
+        error = getattr(error, "orig", None) or error.__cause__
+        depth += 1
+    return False
+
+
+class _PatientBroker:
+    """The broker as dramatiq's retries see it, with an enqueue that waits out a Redis outage."""
+
+    def __init__(self, broker, enqueue) -> None:
+        self._broker = broker
+        self.enqueue = enqueue
+
+    def __getattr__(self, name):
+        return getattr(self._broker, name)
+
+
+class OutageRetries(Retries):
+    """Dramatiq's retries, except that an outage of PostgreSQL or Redis spends no retry.
+
+    A message that failed on an outage (:func:`is_outage`) is enqueued again after a backoff
+    (1 s doubling up to ``max_backoff_ms``), its ``retries`` untouched, until it has met outages for
+    ``outage_s`` in a row; then its ordinary retries count.  Any other failure starts the count over.
+    Every retry's enqueue is itself retried while Redis is unreachable, for up to ``outage_s``: a
+    retry lost there would be a message lost, since the worker acks the attempt afterwards.
+    """
+
+    def __init__(self, *, outage_s: float, max_backoff_ms: int = 30_000, sleep=time.sleep) -> None:
+        super().__init__()
+        self.outage_ms = int(outage_s * 1000)
+        self.outage_max_backoff_ms = max_backoff_ms
+        self._sleep = sleep
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        """Wait out an outage without spending a retry; hand anything else to dramatiq's retries."""
+        if exception is None:
+            return
+        patient = _PatientBroker(broker, lambda msg, *, delay=None: self._enqueue(broker, msg, delay))
+        if is_outage(exception):
+            now = current_millis()
+            since = message.options.setdefault("outage_since", now)
+            if now - since < self.outage_ms:
+                attempt = message.options.get("outage_retries", 0)
+                message.options["outage_retries"] = attempt + 1
+                _, delay = compute_backoff(attempt, factor=1000, max_backoff=self.outage_max_backoff_ms)
+                logger.warning("message %s (%s) met an outage (%s); retrying in %.1f s without spending a retry",
+                               message.message_id, message.actor_name, _summary(exception), delay / 1000)
+                self._enqueue(broker, message, delay)
+                return
+            logger.error("message %s (%s) has met outages for %.0f s: its retries count from now on",
+                         message.message_id, message.actor_name, (now - since) / 1000)
+        else:
+            message.options.pop("outage_since", None)
+            message.options.pop("outage_retries", None)
+        super().after_process_message(patient, message, result=result, exception=exception)
+
+    def _enqueue(self, broker, message, delay):
+        """``broker.enqueue``, retried while Redis is unreachable; after ``outage_s`` the message fails."""
+        deadline = time.monotonic() + self.outage_ms / 1000
+        attempt = 0
+        while True:
+            try:
+                return broker.enqueue(message, delay=delay)
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                if time.monotonic() >= deadline:
+                    logger.error("could not enqueue the retry of message %s for %.0f s: it fails",
+                                 message.message_id, self.outage_ms / 1000)
+                    message.fail()
+                    return None
+                if attempt == 0:
+                    logger.warning("Redis unreachable (%s): the retry of message %s waits for it",
+                                   type(error).__name__, message.message_id)
+                _, wait_ms = compute_backoff(attempt, factor=500, max_backoff=self.outage_max_backoff_ms)
+                attempt += 1
+                self._sleep(wait_ms / 1000)
+
+
+def _summary(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".splitlines()[0]
+    return text[:200]
 
 
 class FailureRecorder(Middleware):

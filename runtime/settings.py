@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     #: How often each worker process puts dead workers' messages back, on every queue (runtime/recovery.py):
     #: they are back at most heartbeat timeout + this after the worker died.
     dramatiq_recovery_interval_s: float = Field(5.0, gt=0)
+    #: PostgreSQL or Redis unreachable is not a message's failure: it is retried without spending its
+    #: retries for this long (backoff doubling from 1 s up to the maximum), then its retries count.
+    outage_retry_for_s: float = Field(30 * 60, gt=0)
+    outage_max_backoff_ms: int = Field(30_000, ge=1_000)
     #: Threads of the in-process worker used by the demo (no REDIS_URL).
     inprocess_worker_threads: int = 8
 

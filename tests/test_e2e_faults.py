@@ -5,13 +5,19 @@ recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.
 """
 from __future__ import annotations
 
+import itertools
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
+from sqlalchemy import text
 
-from db.engine import session_factory
+from db.engine import get_engine, session_factory
 from db.ledger import check_invariant
+from db.snapshot import PageItem, apply_page, ensure_marketplace
+from db.syncs import SyncPolicy, begin_run
+from runtime.broker import build_broker
 from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
@@ -38,9 +44,52 @@ def sandbox():
     server.stop()
 
 
+_lines = itertools.count(1)
+
+
 def unacked(client: redis.Redis) -> int:
     """Messages fetched by some worker and not acked yet, over every queue."""
     return sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
+
+
+def waiting(client: redis.Redis) -> int:
+    """Messages not done yet, over every queue and delay queue: Redis keeps each in ``.msgs`` until acked."""
+    return sum(client.hlen(key) for key in client.scan_iter("dramatiq:*.msgs") if b".XQ." not in key)
+
+
+def dead_letters(client: redis.Redis) -> dict[str, int]:
+    return {key.decode(): client.zcard(key) for key in client.scan_iter("dramatiq:*.XQ")}
+
+
+def seed_catalogue(sessions, sandbox: BackMarketSandbox) -> None:
+    """The catalogue as a stock sync left it an hour ago, so events have rows to book on."""
+    listings = [sandbox.listing(i) for i in range(sandbox.listing_count())]
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
+        session.commit()
+        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
+                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
+                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
+                                   l["currency"]) for l in listings])
+        session.commit()
+
+
+def send_order(broker, sandbox: BackMarketSandbox, listing: dict) -> None:
+    """A unit sold on the marketplace (its stock goes down there first), then its order event."""
+    from actors import events  # message factories only: the test process enqueues, the fleet works
+
+    sku = listing["sku"]
+    sandbox.set_quantity(listing["id"], sandbox.quantity(listing["id"]) - 1)
+    line = f"outage-{next(_lines)}"
+    broker.enqueue(events.order_created.message_with_options(kwargs=dict(
+        marketplace="backmarket", order_id=f"order-{line}", order_line_id=line, sku=sku, quantity=1,
+        event_time=datetime.now(timezone.utc).isoformat(), source="webhook")))
+
+
+def booked_orders(sessions) -> int:
+    with sessions() as session:
+        return session.execute(text("SELECT count(*) FROM stock_ledger WHERE change_type = 'order_created'")).scalar()
 
 
 def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound(tmp_path, redis_url, database_url,
@@ -76,3 +125,56 @@ def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound
     finally:
         victim.kill()
         survivor.stop()
+
+
+#: Longer than the longest retry budget of the messages a sync and a burst send (a stock event: 10 retries
+#: from 200 ms doubling up to 30 s, jitter up to 2x: about 141 s), as in the outage seen in production.
+OUTAGE_S = 150
+
+
+def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_loses_nothing(
+        tmp_path, redis_url, database_url, pg_server):
+    # 2 pages a second across the fleet: the sync's 30 pages are still walking when PostgreSQL stops.
+    sandbox = BackMarketSandbox(listings=1500, seed=5, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=2, quota_window_s=1.0, **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    sold = [sandbox.listing(i) for i in range(0, 1500, 25)]  # 60 rows, on 30 pages
+    try:
+        assert start_sync(env, "--force").returncode == 0
+        for listing in sold[:30]:
+            send_order(broker, sandbox, listing)
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 4, 60,
+                   interval=0.05, what="the sync to be under way")
+        pg_server.stop()
+        stopped_at = time.monotonic()
+        for listing in sold[30:]:  # the second half of the burst arrives while PostgreSQL is down
+            send_order(broker, sandbox, listing)
+        # The outage itself: the fleet keeps failing on the database meanwhile.
+        wait_until(lambda: time.monotonic() - stopped_at >= OUTAGE_S, OUTAGE_S + 10, interval=1,
+                   what="the end of the outage")
+        assert dead_letters(client) == {}
+        pg_server.start()
+        get_engine(database_url).dispose()  # this process's pooled connections died with the server
+        run = wait_finished(sessions, 120)
+        assert run["status"] == "succeeded", run["error"]
+        assert run["pages_done"] == run["total_pages"] == 30
+        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 120,
+                   what="every event booked and every push sent")
+        assert dead_letters(client) == {}
+        assert local_stock(sessions) == sandbox.quantities()
+        with sessions() as session:
+            assert check_invariant(session) == []
+        assert "without spending a retry" in (tmp_path / "workers.log").read_text()
+    finally:
+        if pg_server.process.poll() is not None:
+            pg_server.start()
+        fleet.stop()
+        broker.close()
+        server.stop()
+
