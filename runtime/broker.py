@@ -1,20 +1,27 @@
 """Broker and middleware set-up, shared by the workers, the CLI, the scheduler and the intake."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
+import time
+from pathlib import Path
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, q_name
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, Retries
 
-from runtime import resources
-from runtime.queues import BROKER_NAMESPACE
-from runtime.failures import FailureRecorder, OutageRetries
+from runtime import metrics, resources
+from runtime.dlq import error_key
+from runtime.failures import ERROR_TTL_S, FailureRecorder, OutageRetries
 from runtime.logs import LogContext
 from runtime.metrics import FleetPrometheus, QueueWait
+from runtime.queues import BROKER_NAMESPACE
 from runtime.recovery import DeadWorkerRecovery
 from runtime.settings import Settings, get_settings
 
@@ -45,6 +52,63 @@ class LoopResources(Middleware):
                 logger.exception("could not close the HTTP session cleanly")
 
 
+_UNDECODABLE_SCRIPT = Path(__file__).with_name("undecodable.lua").read_text()
+
+
+class _TolerantConsumer(_RedisConsumer):
+    """dramatiq's Redis consumer, except that a payload it cannot decode goes to the dead letters.
+
+    dramatiq's consumer raises on such a payload: its thread restarts with an empty cache, and
+    the messages fetched with the bad one stay unacked by a live worker for good.  This one moves
+    the payload, raw, to the queue's dead letters with the error beside it, and goes on with the rest.
+    """
+
+    def __next__(self):
+        while True:
+            try:
+                return super().__next__()
+            except DecodeError as error:
+                try:
+                    self._dead_letter(error)
+                except redis.ConnectionError as lost:
+                    raise ConnectionClosed(lost) from None
+
+    def _dead_letter(self, error: DecodeError) -> None:
+        broker, queue = self.broker, self.queue_name
+        namespace, canonical = broker.namespace, q_name(self.queue_name)
+        payload = error.data if isinstance(error.data, bytes) else str(error.data).encode()
+        moved = broker.client.register_script(_UNDECODABLE_SCRIPT)(
+            keys=[f"{namespace}:__acks__.{broker.broker_id}.{queue}", f"{namespace}:{queue}.msgs",
+                  f"{namespace}:{canonical}.XQ", f"{namespace}:{canonical}.XQ.msgs"],
+            args=[payload, current_millis()])
+        if not moved:
+            return
+        redis_id = moved.decode() if isinstance(moved, bytes) else moved
+        text = f"DecodeError: undecodable message payload ({type(error.error).__name__}: {error.error})"[:1000]
+        logger.error("message %s on %s cannot be decoded; dead-lettered raw: %s", redis_id, queue, text)
+        metrics.dead_lettered(queue, "?")
+        # dlq show names an undecodable letter by its Redis id: the note is kept under that.
+        broker.client.set(error_key(broker.notes_namespace, redis_id), json.dumps(
+            {"error": text, "traceback": "", "actor": None, "queue": canonical, "failed_at": time.time(),
+             "failed_attempts": 1}), ex=ERROR_TTL_S)
+
+
+class FleetRedisBroker(RedisBroker):
+    """dramatiq's Redis broker with a consumer that dead-letters undecodable payloads.
+
+    ``notes_namespace`` is where the failure notes live (``REDIS_NAMESPACE``), beside the ones
+    :class:`~runtime.failures.FailureRecorder` keeps.
+    """
+
+    def __init__(self, *, notes_namespace: str, **options) -> None:
+        super().__init__(**options)
+        self.notes_namespace = notes_namespace
+
+    @property
+    def consumer_class(self):
+        return _TolerantConsumer
+
+
 def install_broker() -> dramatiq.Broker:
     """The fleet's broker, built from the settings on first use and made dramatiq's global broker.
 
@@ -62,8 +126,8 @@ def install_broker() -> dramatiq.Broker:
 def build_broker(settings: Settings) -> dramatiq.Broker:
     """A Redis broker (production) or an in-process stub broker (demo), with our middleware."""
     if settings.redis_url:
-        broker: dramatiq.Broker = RedisBroker(
-            url=settings.redis_url,
+        broker: dramatiq.Broker = FleetRedisBroker(
+            url=settings.redis_url, notes_namespace=settings.redis_namespace,
             namespace=BROKER_NAMESPACE,
             heartbeat_timeout=settings.dramatiq_heartbeat_timeout_ms,
             maintenance_chance=settings.dramatiq_maintenance_chance,

@@ -178,3 +178,41 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         broker.close()
         server.stop()
 
+
+def test_an_undecodable_message_is_dead_lettered_raw_and_its_neighbours_are_booked(tmp_path, redis_url,
+                                                                                    database_url):
+    sandbox = BackMarketSandbox(listings=10, seed=6, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    listings = [sandbox.listing(i) for i in range(10)]
+    # Queued before the worker starts: one fetch (prefetch 16) takes the bad payload with its 10 neighbours.
+    for listing in listings[:5]:
+        send_order(broker, sandbox, listing)
+    raw = b"\xff{not json at all"
+    client.hset("dramatiq:stock-events.msgs", "raw-1", raw)
+    client.rpush("dramatiq:stock-events", "raw-1")
+    for listing in listings[5:]:
+        send_order(broker, sandbox, listing)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "workers.log").start()
+    try:
+        wait_until(lambda: booked_orders(sessions) == 10 and waiting(client) == 0, 60,
+                   what="the 10 valid events booked")
+        assert dead_letters(client) == {"dramatiq:stock-events.XQ": 1}
+        assert client.hget("dramatiq:stock-events.XQ.msgs", "raw-1") == raw
+        from runtime.dlq import DeadLetterQueues
+
+        [letter] = DeadLetterQueues(client).select(queue="stock-events")
+        assert letter.message is None and letter.payload == raw
+        assert letter.error.startswith("DecodeError: undecodable message payload")
+        assert unacked(client) == 0
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
