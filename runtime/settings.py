@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     sync_cooldown_manual_s: float = 30 * 60
     #: A running sync that made no progress for this long is considered dead and may be replaced.
     sync_stale_after_s: float = 15 * 60
+    #: A running sync with no page applied for this long has its missing pages fetched again
+    #: (``resume_stalled_syncs``): longer than a dead worker's recovery (66 s) plus a page's longest
+    #: retry backoff (60 s), so only pages whose messages are gone are fetched twice.
+    sync_resume_after_s: float = Field(180.0, gt=0)
 
     #: Dramatiq broker tuning; tests lower the heartbeat so a killed worker's messages come back fast.
     dramatiq_heartbeat_timeout_ms: int = 60_000
@@ -214,6 +218,8 @@ class Settings(BaseSettings):
     scheduler_order_polling_cron: str = "*/2 * * * *"
     #: Re-checks of flagged rows and pushes a crash left pending (``sweep_stock``).
     scheduler_stock_sweep_cron: str = "*/15 * * * *"
+    #: Running stock syncs that stopped moving get their missing pages fetched again (``resume_stalled_syncs``).
+    scheduler_stock_sync_resume_cron: str = "* * * * *"
     #: Time zone the crontab strings are read in.
     scheduler_timezone: str = "UTC"
     #: Leader lock: only the scheduler holding it enqueues.  It expires this long after its holder's

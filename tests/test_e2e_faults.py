@@ -216,3 +216,91 @@ def test_an_undecodable_message_is_dead_lettered_raw_and_its_neighbours_are_book
         broker.close()
         server.stop()
 
+
+def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tmp_path, redis_url, database_url):
+    # 2 pages a second across the fleet: the 30 pages are mostly still queued when they are flushed.
+    sandbox = BackMarketSandbox(listings=1500, seed=7, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    # SYNC_RESUME_AFTER_S is 180 s in production; 10 s here, since the wait itself tests nothing:
+    # what is tested is that the missing pages are found in PostgreSQL and fetched again.
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=2, quota_window_s=1.0, sync_resume_after_s="10", **PRODUCTION_BROKER)
+    # 2 threads prefetch 4 messages a queue: most pages are in Redis, not in the worker's hands, when flushed.
+    fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert start_sync(env).returncode == 0
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 5, 60,
+                   interval=0.05, what="the sync to be under way")
+        # What a Redis restart without persistence does to the sync's queued messages.
+        for queue in ("stock-fetch", "stock-apply"):
+            for name in (queue, f"{queue}.DQ"):
+                client.delete(f"dramatiq:{name}", f"dramatiq:{name}.msgs")
+        def stalled() -> bool:
+            with sessions() as session:
+                return session.execute(text(
+                    "SELECT clock_timestamp() - heartbeat_at > interval '10 seconds' FROM sync_runs WHERE id = :s"),
+                    {"s": run_row(sessions)["id"]}).scalar()
+
+        wait_until(stalled, 60, interval=0.5, what="the sync to stall")
+        assert run_row(sessions)["status"] == "running" and run_row(sessions)["pages_done"] < 30
+        from actors import stock_sync  # what the scheduler's stock_sync_resume job sends every minute
+
+        broker.enqueue(stock_sync.resume_stalled_syncs.message("backmarket"))
+        run = wait_finished(sessions, 90)
+        assert run["status"] == "succeeded", run["error"]
+        assert run["pages_done"] == run["total_pages"] == 30
+        assert local_stock(sessions) == sandbox.quantities()
+        with sessions() as session:
+            assert session.execute(text("SELECT count(*) FROM sync_pages WHERE sync_id = :s"),
+                                   {"s": run["id"]}).scalar() == 30
+            assert session.execute(text("SELECT details->>'resumes' FROM sync_runs WHERE id = :s"),
+                                   {"s": run["id"]}).scalar() == "1"
+            assert check_invariant(session) == []
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url):
+    sandbox = BackMarketSandbox(listings=10, seed=8, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    listing = sandbox.listing(3)
+    from actors import events
+
+    # Only the events queue is consumed: the booking's push message waits on stock-push, and vanishes there.
+    booker = WorkerFleet(env, processes=1, threads=2, queues=("stock-events",),
+                         log_path=tmp_path / "booker.log").start()
+    fleet = None
+    try:
+        broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
+            marketplace="backmarket", sku=listing["sku"], quantity=4, reference="PO-lost-push")))
+        wait_until(lambda: client.hlen("dramatiq:stock-push.msgs") == 1, 60, what="the booking and its push message")
+        booker.stop()
+        client.delete("dramatiq:stock-push", "dramatiq:stock-push.msgs")  # a Redis restart without persistence
+        with sessions() as session:
+            # The sweep leaves a push alone for its first minute (its message may still be on its way): aged by
+            # hand rather than waited for.
+            session.execute(text(
+                "UPDATE marketplace_stock SET push_requested_at = push_requested_at - interval '2 minutes' "
+                "WHERE push_state = 'pending'"))
+            session.commit()
+        fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
+        broker.enqueue(events.sweep_stock.message("backmarket"))  # the scheduler's stock_sweep job
+        wait_until(lambda: sandbox.quantity(listing["id"]) == listing["quantity"] + 4, 60, what="the push")
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        booker.stop()
+        if fleet:
+            fleet.stop()
+        broker.close()
+        server.stop()
