@@ -163,14 +163,43 @@ def _summary(error: BaseException) -> str:
     return text[:200]
 
 
-class FailureRecorder(Middleware):
-    """Keep the last error of every message and act on it when the message is dead-lettered."""
+#: Claim the deferred handler calls that are due: each is pushed ``lease`` ms ahead, so a process
+#: that dies while running one leaves it for another after the lease.
+_CLAIM_DUE = """
+local due = redis.call("zrangebyscore", KEYS[1], 0, ARGV[1], "LIMIT", 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+    redis.call("zadd", KEYS[1], "XX", tonumber(ARGV[1]) + tonumber(ARGV[2]), member)
+end
+return due
+"""
 
-    def __init__(self, redis_client_factory, namespace: str):
+
+def deferred_key(namespace: str) -> str:
+    """The Redis sorted set of dead-letter handler calls that failed and wait for another try."""
+    return f"{namespace}:dead-letter-handlers"
+
+
+class FailureRecorder(Middleware):
+    """Keep the last error of every message and act on it when the message is dead-lettered.
+
+    A handler that fails (say, PostgreSQL is down while it marks a run failed) is not given up:
+    the call is kept in Redis and run again by a timer in every worker process, with backoff
+    (``retry_every_s`` doubling up to 5 min), until it succeeds or its dead letter expires (7 days).
+    """
+
+    #: Longest wait between two tries of a deferred handler call (seconds).
+    MAX_BACKOFF_S = 300.0
+    #: How long a claimed call is left to its claimer before another process may take it (ms).
+    LEASE_MS = 60_000
+
+    def __init__(self, redis_client_factory, namespace: str, *, retry_every_s: float = 5.0):
         self.redis_client_factory = redis_client_factory
         self.namespace = namespace
+        self.retry_every_s = retry_every_s
         self._last_errors: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         """Remember the error of a failed attempt until we know whether it is the last one."""
@@ -190,7 +219,7 @@ class FailureRecorder(Middleware):
             self._last_errors.pop(message.message_id, None)
 
     def after_nack(self, broker, message):
-        """Store the error beside the dead letter and run the actor's handler."""
+        """Store the error beside the dead letter and run the actor's handler (deferred if it fails)."""
         with self._lock:
             error, tb = self._last_errors.pop(message.message_id, ("failed (no exception recorded)", ""))
         logger.error("message %s (%s) dead-lettered: %s", message.message_id, message.actor_name, error)
@@ -208,5 +237,62 @@ class FailureRecorder(Middleware):
         if handler is not None:
             try:
                 handler(message, error)
-            except Exception:
-                logger.exception("dead-letter handler of %s failed", message.actor_name)
+            except Exception as failure:
+                self._defer({"message": message.encode().decode(), "error": error, "attempt": 1,
+                             "first_failed_at": time.time()}, failure)
+
+    # -- deferred handler calls ---------------------------------------------------------------------
+
+    def _defer(self, call: dict, failure: BaseException) -> None:
+        wait_s = min(self.retry_every_s * 2 ** (call["attempt"] - 1), self.MAX_BACKOFF_S)
+        logger.warning("dead-letter handler of message %s failed (%s); trying again in %.0f s (try %d)",
+                       json.loads(call["message"]).get("message_id"), _summary(failure), wait_s, call["attempt"])
+        try:
+            self.redis_client_factory().zadd(deferred_key(self.namespace),
+                                             {json.dumps(call, sort_keys=True): current_millis() + wait_s * 1000})
+        except Exception:
+            logger.exception("could not defer the dead-letter handler call; it is lost: %s", call["message"][:500])
+
+    def run_deferred(self, limit: int = 50) -> int:
+        """Run the deferred handler calls that are due; return how many succeeded."""
+        client = self.redis_client_factory()
+        key = deferred_key(self.namespace)
+        due = client.eval(_CLAIM_DUE, 1, key, current_millis(), self.LEASE_MS, limit)
+        done = 0
+        for member in due:
+            call = json.loads(member)
+            message = dramatiq.Message.decode(call["message"].encode())
+            handler = _handlers.get(message.actor_name)
+            try:
+                if handler is not None:
+                    handler(message, call["error"])
+                done += 1
+                logger.info("deferred dead-letter handler of message %s ran (try %d)", message.message_id,
+                            call["attempt"] + 1)
+            except Exception as failure:
+                if time.time() - call["first_failed_at"] < ERROR_TTL_S:
+                    self._defer({**call, "attempt": call["attempt"] + 1}, failure)
+                else:
+                    logger.error("dead-letter handler of message %s gave up after %d tries: %s", message.message_id,
+                                 call["attempt"] + 1, _summary(failure))
+            client.zrem(key, member)
+        return done
+
+    def after_worker_boot(self, broker, worker):
+        """Start the timer that runs deferred handler calls in this worker process."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="dead-letter-handlers", daemon=True)
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker, worker):
+        """Stop the timer (a call in progress finishes)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.retry_every_s):
+            try:
+                self.run_deferred()
+            except Exception as error:  # Redis down: the calls wait there, try again next tick
+                logger.debug("deferred dead-letter handlers not run: %s", _summary(error))

@@ -304,3 +304,37 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
             fleet.stop()
         broker.close()
         server.stop()
+
+
+def test_a_page_dead_lettered_while_postgres_is_down_still_fails_its_run(tmp_path, redis_url, database_url,
+                                                                         pg_server):
+    # Page 30 of 30 is malformed: its fetch fails for good (no database needed), its run must become failed.
+    sandbox = BackMarketSandbox(listings=1500, seed=9, token=TOKEN, quota_requests=0, malformed_pages={30})
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=5, quota_window_s=1.0, **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "workers.log").start()
+    client = redis.Redis.from_url(redis_url)
+    log = tmp_path / "workers.log"
+    try:
+        assert start_sync(env).returncode == 0
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 2, 60,
+                   interval=0.05, what="the sync to be under way")
+        sync_id = run_row(sessions)["id"]
+        pg_server.stop()
+        wait_until(lambda: client.zcard("dramatiq:stock-fetch.XQ") == 1, 60, what="page 30 dead-lettered")
+        wait_until(lambda: "dead-letter handler of message" in log.read_text(), 30, what="the handler to fail")
+        pg_server.start()
+        get_engine(database_url).dispose()  # this process's pooled connections died with the server
+        run = wait_finished(sessions, 60)
+        assert run["id"] == sync_id and run["status"] == "failed"
+        assert "page 30 failed for good" in run["error"]
+        assert "deferred dead-letter handler of message" in log.read_text()
+        # The lock is free at once: a forced sync starts (it would have been refused for 15 minutes).
+        assert start_sync(env, "--force").returncode == 0
+    finally:
+        if pg_server.process.poll() is not None:
+            pg_server.start()
+        fleet.stop()
+        server.stop()
