@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import sys
 import threading
 import time
@@ -14,11 +15,12 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, q_name
 from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, Retries
+from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, Retries, SkipMessage
 
 from runtime import metrics, resources
 from runtime.dlq import error_key
 from runtime.failures import ERROR_TTL_S, FailureRecorder, OutageRetries
+from runtime import queues
 from runtime.logs import LogContext
 from runtime.metrics import FleetPrometheus, QueueWait
 from runtime.queues import BROKER_NAMESPACE
@@ -109,6 +111,49 @@ class FleetRedisBroker(RedisBroker):
         return _TolerantConsumer
 
 
+class ThreadBudget(Middleware):
+    """At most ``budgets[queue]`` messages of a queue run at once in one worker process.
+
+    For queues whose messages mostly wait (a re-check waits on the catalog quota): over budget,
+    a message goes back to its queue with a delay of ``delay_ms`` (a random value in that range)
+    instead of holding a worker thread, so the threads stay free for the rest (order booking).
+    """
+
+    def __init__(self, budgets: dict[str, int], delay_ms: tuple[int, int] = (1_000, 5_000)) -> None:
+        self.delay_ms = delay_ms
+        self._slots = {queue: threading.BoundedSemaphore(limit) for queue, limit in budgets.items()}
+        self._holding: set[str] = set()
+        self._lock = threading.Lock()
+
+    def before_process_message(self, broker, message):
+        """Take a slot of the message's queue, or put the message back for later and skip it."""
+        slots = self._slots.get(q_name(message.queue_name))
+        if slots is None:
+            return
+        if slots.acquire(blocking=False):
+            with self._lock:
+                self._holding.add(_delivery(message))
+            return
+        # Enqueued before the skip acks this copy: a crash in between runs it twice, never zero times.
+        broker.enqueue(message.copy(), delay=random.randint(*self.delay_ms))
+        raise SkipMessage(f"queue {message.queue_name} is at its thread budget")
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        """Give the slot back."""
+        with self._lock:
+            held = _delivery(message) in self._holding
+            self._holding.discard(_delivery(message))
+        if held:
+            self._slots[q_name(message.queue_name)].release()
+
+    after_skip_message = after_process_message
+
+
+def _delivery(message) -> str:
+    # One delivery of a message (the Redis broker gives each enqueue its own id; the stub broker does not).
+    return message.options.get("redis_message_id") or message.message_id
+
+
 def install_broker() -> dramatiq.Broker:
     """The fleet's broker, built from the settings on first use and made dramatiq's global broker.
 
@@ -147,7 +192,8 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     at = next(i for i, middleware in enumerate(broker.middleware) if type(middleware) is Retries)
     broker.middleware[at] = OutageRetries(outage_s=settings.outage_retry_for_s,
                                           max_backoff_ms=settings.outage_max_backoff_ms)
-    for middleware in (AsyncIO(), CurrentMessage(), LoopResources(), QueueWait(),
+    for middleware in (ThreadBudget({queues.RECHECK: settings.stock_recheck_threads}), AsyncIO(),
+                       CurrentMessage(), LoopResources(), QueueWait(),
                        FailureRecorder(resources.sync_redis, settings.redis_namespace)):
         broker.add_middleware(middleware)
     if isinstance(broker, StubBroker):

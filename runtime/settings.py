@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     #: Back Market does not document it; if it is set wrong this way round the stock ends above
     #: the truth, the other way round below it (a lost sale, never an oversell): check with a test order.
     stock_not_restocking: str = ""
+    #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
+    #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
+    stock_recheck_threads: int = Field(2, ge=1)
     #: ``stocksync reconcile``: alert when more rows than this differ; listing pages fetched at once.
     reconcile_alert_threshold: int = Field(10, ge=0)
     reconcile_concurrency: int = Field(4, ge=1)

@@ -338,3 +338,44 @@ def test_a_page_dead_lettered_while_postgres_is_down_still_fails_its_run(tmp_pat
             pg_server.start()
         fleet.stop()
         server.stop()
+
+
+def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tmp_path, redis_url, database_url):
+    sandbox = BackMarketSandbox(listings=40, seed=10, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    flagged = [sandbox.listing(i) for i in range(12)]
+    with sessions() as session:
+        session.execute(text(
+            "UPDATE marketplace_stock s SET needs_recheck = true, recheck_since = now() - interval '1 hour' "
+            "FROM variations v WHERE v.id = s.variation_id AND v.sku = ANY(:skus)"),
+            {"skus": [listing["sku"] for listing in flagged]})
+        session.commit()
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import events
+
+    # One catalog call every 2 s across the fleet: 12 re-checks need 24 s of quota.
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=1, quota_window_s=2.0, **PRODUCTION_BROKER)
+    for listing in flagged:
+        broker.enqueue(events.recheck_stock.message("backmarket", listing["sku"]))
+    ordered = [sandbox.listing(i) for i in range(20, 40)]
+    for listing in ordered:
+        send_order(broker, sandbox, listing)
+    fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
+
+    def rechecks_left() -> int:
+        with sessions() as session:
+            return session.execute(text("SELECT count(*) FROM marketplace_stock WHERE needs_recheck")).scalar()
+
+    try:
+        wait_until(lambda: booked_orders(sessions) == len(ordered), 60, what="the orders booked")
+        # Booked while most re-checks still wait for quota: they held 2 of the 4 threads, not all.
+        assert rechecks_left() >= 6
+        wait_until(lambda: rechecks_left() == 0, 90, what="the re-checks done")
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
