@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     #: walk).  Re-reads are free: every event has an idempotency key.
     intake_orders_lookback_s: float = Field(24 * 3600, gt=0)
     intake_orders_overlap_s: float = Field(600, ge=0)
+    #: A polled order line's events not booked this long after they were sent are sent again
+    #: (their messages died or vanished); longer than a booking takes, even behind a backlog.
+    intake_orders_resend_after_s: float = Field(900, gt=0)
     #: Fleet-wide quota of Back Market's order endpoints (its general limit is ~200 per 10 s).
     intake_orders_quota_requests: int = Field(50, ge=1)
     intake_orders_quota_window_s: float = Field(10.0, gt=0)
