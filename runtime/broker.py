@@ -105,10 +105,34 @@ class FleetRedisBroker(RedisBroker):
     def __init__(self, *, notes_namespace: str, **options) -> None:
         super().__init__(**options)
         self.notes_namespace = notes_namespace
+        self._consumed: set[str] = set()
 
     @property
     def consumer_class(self):
         return _TolerantConsumer
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
+        """A consumer of ``queue_name``; a delay queue's restarted consumer first takes back what it held.
+
+        dramatiq's consumer thread drops the delayed messages it holds in memory when its Redis
+        connection fails, and starts a new consumer: those messages stay fetched by this live
+        worker, never to run (a re-check after a Redis restart).  Nothing else of this process
+        holds a delay queue's messages then, so the new consumer puts them all back on the queue.
+        """
+        if queue_name.endswith(".DQ") and queue_name in self._consumed:
+            acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+            try:
+                held = [member.decode() for member in self.client.smembers(acks)]
+                if held:
+                    self.do_requeue(queue_name, *held)
+            except redis.ConnectionError as lost:  # still down: the consumer thread tries again in a second
+                raise ConnectionClosed(lost) from None
+            if held:
+                logger.warning("consumer of %s restarted: put %d delayed message(s) it held back on the queue",
+                               queue_name, len(held))
+                metrics.messages_recovered(queue_name, len(held))
+        self._consumed.add(queue_name)
+        return super().consume(queue_name, prefetch, timeout)
 
 
 class ThreadBudget(Middleware):

@@ -118,8 +118,9 @@ class _Metrics:
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
         self.messages_recovered = counter(
-            "stocksync_messages_recovered", "Unacked messages of dead workers put back on their queue "
-            "(a delay queue counts as its queue).", ["queue"])
+            "stocksync_messages_recovered", "Unacked messages put back on their queue: a dead worker's, or "
+            "the delayed ones a live worker dropped when its connection to Redis failed (a delay queue counts "
+            "as its queue).", ["queue"])
         # Set by whichever process ran the last check: the most recent value of a live process wins.
         self.stock_alerts_firing = gauge(
             "stocksync_stock_alerts_firing", "Stock alerts firing after the last check.",

@@ -379,3 +379,59 @@ def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tm
         fleet.stop()
         broker.close()
         server.stop()
+
+
+def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, database_url):
+    # A Redis of our own with the production persistence (deploy/redis), restarted in place.
+    import shutil
+    import subprocess
+
+    from runtime.local_servers import free_port
+    from tests.fleet import ROOT
+
+    port = free_port()
+    args = [shutil.which("redis-server"), str(ROOT / "deploy/redis/redis.conf"), "--port", str(port),
+            "--dir", str(tmp_path), "--bind", "127.0.0.1"]
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(redis_url)
+
+    def start_redis() -> subprocess.Popen:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: _pings(client), 15, what="redis-server")
+        return process
+
+    server = start_redis()
+    sandbox = BackMarketSandbox(listings=10, seed=11, token=TOKEN, quota_requests=0)
+    http = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import events
+
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
+    try:
+        for i in range(5):  # re-checks due in 20 s (rows not flagged: each is done as soon as it runs)
+            broker.enqueue(events.recheck_stock.message("backmarket", sandbox.listing(i)["sku"]), delay=20_000)
+        wait_until(lambda: unacked(client) == 5, 30, what="the delayed re-checks in the worker's hands")
+        server.terminate()  # a clean restart: the append-only file keeps every key
+        server.wait(30)
+        server = start_redis()
+        assert unacked(client) == 5
+        wait_until(lambda: waiting(client) == 0 and unacked(client) == 0, 60,
+                   what="the delayed re-checks to run after the restart")
+        assert "put 5 delayed message(s) it held back on the queue" in (tmp_path / "workers.log").read_text()
+    finally:
+        fleet.stop()
+        broker.close()
+        http.stop()
+        server.kill()
+        server.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
