@@ -68,12 +68,29 @@ class _TolerantConsumer(_RedisConsumer):
     def __next__(self):
         while True:
             try:
-                return super().__next__()
+                message = super().__next__()
             except DecodeError as error:
                 try:
                     self._dead_letter(error)
                 except redis.ConnectionError as lost:
                     raise ConnectionClosed(lost) from None
+                continue
+            if message is not None:
+                self.broker.hold(self.queue_name, [message])
+            return message
+
+    def ack(self, message):
+        super().ack(message)
+        self.broker.release(self.queue_name, [message])
+
+    def nack(self, message):
+        super().nack(message)
+        self.broker.release(self.queue_name, [message])
+
+    def requeue(self, messages):
+        messages = list(messages)
+        super().requeue(messages)
+        self.broker.release(self.queue_name, messages)
 
     def _dead_letter(self, error: DecodeError) -> None:
         broker, queue = self.broker, self.queue_name
@@ -96,7 +113,13 @@ class _TolerantConsumer(_RedisConsumer):
 
 
 class FleetRedisBroker(RedisBroker):
-    """dramatiq's Redis broker with a consumer that dead-letters undecodable payloads.
+    """dramatiq's Redis broker with a consumer that dead-letters undecodable payloads, and that knows
+    which fetched messages this process holds, so that it can put back the ones it lost.
+
+    A live worker can lose messages it fetched: a fetch whose answer was lost with the connection
+    (a Redis restart) leaves them in this worker's unacked set, and no dead-worker recovery looks
+    there.  :meth:`requeue_lost` (run by the recovery timer) puts back what that set holds and
+    this process does not, once seen so on two passes in a row.
 
     ``notes_namespace`` is where the failure notes live (``REDIS_NAMESPACE``), beside the ones
     :class:`~runtime.failures.FailureRecorder` keeps.
@@ -106,6 +129,49 @@ class FleetRedisBroker(RedisBroker):
         super().__init__(**options)
         self.notes_namespace = notes_namespace
         self._consumed: set[str] = set()
+        self._holding: dict[str, set[str]] = {}
+        self._suspects: dict[str, set[str]] = {}
+        self._holding_lock = threading.Lock()
+
+    def hold(self, queue_name: str, messages) -> None:
+        """Note messages of ``queue_name`` this process fetched (until :meth:`release`)."""
+        with self._holding_lock:
+            self._holding.setdefault(queue_name, set()).update(m.options["redis_message_id"] for m in messages)
+
+    def release(self, queue_name: str, messages) -> None:
+        """Forget messages acked, dead-lettered or put back."""
+        with self._holding_lock:
+            self._holding.setdefault(queue_name, set()).difference_update(
+                m.options["redis_message_id"] for m in messages)
+
+    def holding(self, queue_name: str) -> frozenset[str]:
+        """The Redis ids of ``queue_name``'s messages this process fetched and has not acked yet."""
+        with self._holding_lock:
+            return frozenset(self._holding.get(queue_name, ()))
+
+    def requeue_lost(self) -> dict[str, int]:
+        """Put back the messages this worker's unacked sets hold but this process does not; count per queue.
+
+        An id counts as lost once two passes in a row find it so: a fetch's ids are in the set a
+        moment before the consumer has them.
+        """
+        queues = sorted(self._consumed)
+        if not queues:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.smembers(f"{self.namespace}:__acks__.{self.broker_id}.{queue}")
+        requeued = {}
+        for queue, members in zip(queues, pipe.execute()):
+            candidates = {member.decode() for member in members} - self.holding(queue)
+            lost = candidates & self._suspects.get(queue, set())
+            self._suspects[queue] = candidates - lost
+            if lost:
+                self.do_requeue(queue, *lost)
+                requeued[queue] = len(lost)
+                logger.warning("put %d message(s) of queue %s back: fetched by this worker, then lost with its "
+                               "connection", len(lost), queue)
+        return requeued
 
     @property
     def consumer_class(self):
@@ -127,6 +193,8 @@ class FleetRedisBroker(RedisBroker):
                     self.do_requeue(queue_name, *held)
             except redis.ConnectionError as lost:  # still down: the consumer thread tries again in a second
                 raise ConnectionClosed(lost) from None
+            with self._holding_lock:
+                self._holding.pop(queue_name, None)
             if held:
                 logger.warning("consumer of %s restarted: put %d delayed message(s) it held back on the queue",
                                queue_name, len(held))

@@ -8,7 +8,8 @@ call per worker process.  A worker is dead once its heartbeat is older than
 ``DRAMATIQ_HEARTBEAT_TIMEOUT_MS``, so its messages are back on their queues at most
 ``heartbeat timeout + DRAMATIQ_RECOVERY_INTERVAL_S`` after it died (66 s with the defaults, plus
 the second an idle consumer takes to poll).  The timer also refreshes this process's own heartbeat,
-so a live process whose consumers all wait on a full prefetch is never taken for dead.
+so a live process whose consumers all wait on a full prefetch is never taken for dead, and puts
+back the messages this live process fetched and lost (``FleetRedisBroker.requeue_lost``).
 """
 from __future__ import annotations
 
@@ -84,3 +85,9 @@ class DeadWorkerRecovery(Middleware):
             for queue, count in recovered.items():
                 logger.warning("put %d message(s) of dead workers back on queue %s", count, queue)
                 metrics.messages_recovered(queue, count)
+            requeue_lost = getattr(broker, "requeue_lost", None)
+            try:
+                for queue, count in (requeue_lost() if requeue_lost else {}).items():
+                    metrics.messages_recovered(queue, count)
+            except Exception as error:
+                logger.warning("could not check this worker's unacked messages: %s", type(error).__name__)

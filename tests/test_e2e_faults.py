@@ -381,43 +381,59 @@ def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tm
         server.stop()
 
 
+class PersistentRedis:
+    """A redis-server of our own with the production persistence (deploy/redis/redis.conf), restartable in place."""
+
+    def __init__(self, folder) -> None:
+        import shutil
+
+        from runtime.local_servers import free_port
+        from tests.fleet import ROOT
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [shutil.which("redis-server"), str(ROOT / "deploy/redis/redis.conf"), "--port", str(self.port),
+                     "--dir", str(folder), "--bind", "127.0.0.1"]
+        self.client = redis.Redis.from_url(self.url)
+        self.process = None
+
+    def start(self) -> "PersistentRedis":
+        import subprocess
+
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: _pings(self.client), 15, what="redis-server")
+        return self
+
+    def restart(self) -> None:
+        """A clean restart (SIGTERM): the append-only file keeps every key."""
+        self.process.terminate()
+        self.process.wait(30)
+        self.start()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+
+
 def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, database_url):
-    # A Redis of our own with the production persistence (deploy/redis), restarted in place.
-    import shutil
-    import subprocess
-
-    from runtime.local_servers import free_port
-    from tests.fleet import ROOT
-
-    port = free_port()
-    args = [shutil.which("redis-server"), str(ROOT / "deploy/redis/redis.conf"), "--port", str(port),
-            "--dir", str(tmp_path), "--bind", "127.0.0.1"]
-    redis_url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(redis_url)
-
-    def start_redis() -> subprocess.Popen:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until(lambda: _pings(client), 15, what="redis-server")
-        return process
-
-    server = start_redis()
+    server = PersistentRedis(tmp_path).start()
+    client = server.client
     sandbox = BackMarketSandbox(listings=10, seed=11, token=TOKEN, quota_requests=0)
     http = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
     seed_catalogue(sessions, sandbox)
-    broker = build_broker(Settings(redis_url=redis_url))
+    broker = build_broker(Settings(redis_url=server.url))
     from actors import events
 
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
+    env = fleet_env(redis_url=server.url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
                     **PRODUCTION_BROKER)
     fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
     try:
         for i in range(5):  # re-checks due in 20 s (rows not flagged: each is done as soon as it runs)
             broker.enqueue(events.recheck_stock.message("backmarket", sandbox.listing(i)["sku"]), delay=20_000)
         wait_until(lambda: unacked(client) == 5, 30, what="the delayed re-checks in the worker's hands")
-        server.terminate()  # a clean restart: the append-only file keeps every key
-        server.wait(30)
-        server = start_redis()
+        server.restart()
         assert unacked(client) == 5
         wait_until(lambda: waiting(client) == 0 and unacked(client) == 0, 60,
                    what="the delayed re-checks to run after the restart")
@@ -427,7 +443,41 @@ def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, d
         broker.close()
         http.stop()
         server.kill()
-        server.wait(10)
+
+
+def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, database_url):
+    server = PersistentRedis(tmp_path).start()
+    client = server.client
+    sandbox = BackMarketSandbox(listings=100, seed=12, token=TOKEN, quota_requests=0)
+    http = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=server.url))
+    stocked = [listing for listing in map(sandbox.listing, range(100)) if listing["quantity"] >= 3]
+    sold = stocked * 3  # 3 orders on each row, pushes racing
+    for listing in sold:
+        send_order(broker, sandbox, listing)
+    env = fleet_env(redis_url=server.url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleets = [WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / f"w{i}.log").start() for i in range(2)]
+    try:
+        wait_until(lambda: booked_orders(sessions) >= len(sold) // 5, 60, interval=0.01, what="the burst under way")
+        server.restart()
+        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 60,
+                   what="every event booked and every push sent")
+        with sessions() as session:
+            assert session.execute(text("SELECT count(DISTINCT order_line_id) FROM stock_ledger "
+                                        "WHERE change_type = 'order_created'")).scalar() == len(sold)
+            assert check_invariant(session) == []
+        wait_until(lambda: unacked(client) == 0, 30, what="nothing left unacked")
+        assert dead_letters(client) == {}
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        broker.close()
+        http.stop()
+        server.kill()
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -86,3 +86,24 @@ def test_the_middleware_recovers_on_a_timer_and_counts_per_queue(redis_url):
     finally:
         recovery.before_worker_shutdown(live, worker=None)
     assert not recovery._thread.is_alive()
+
+
+def test_a_live_worker_puts_back_the_messages_it_fetched_and_lost(redis_url):
+    from runtime.broker import FleetRedisBroker
+
+    client = redis.Redis.from_url(redis_url)
+    broker = FleetRedisBroker(url=redis_url, namespace="dramatiq", notes_namespace="stocksync",
+                              heartbeat_timeout=HEARTBEAT_MS, maintenance_chance=0)
+    broker.declare_queue("q")
+    for n in range(3):
+        broker.enqueue(message("q", n))
+    consumer = broker.consume("q", prefetch=10)
+    held = next(consumer)  # one handed out; two more fetched into the consumer's cache ...
+    consumer.message_cache.clear()  # ... and lost, as when the connection drops with a fetch's answer
+    acks = f"dramatiq:__acks__.{broker.broker_id}.q"
+    assert client.scard(acks) == 3
+    assert broker.requeue_lost() == {}  # a first sighting may be a fetch not handed out yet
+    assert broker.requeue_lost() == {"q": 2}
+    assert client.llen("dramatiq:q") == 2 and client.smembers(acks) == {held.options["redis_message_id"].encode()}
+    consumer.ack(held)
+    assert client.scard(acks) == 0 and broker.requeue_lost() == {}
