@@ -27,12 +27,16 @@ from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, w
 
 pytestmark = pytest.mark.e2e
 
-DEFAULTS = Settings(_env_file=None)
+def default(name: str):
+    """A setting's production default (whatever this process's environment says)."""
+    return Settings.model_fields[name].default
+
+
 #: The broker settings of production, which tests/fleet.py lowers for the other e2e tests.
-PRODUCTION_BROKER = {"dramatiq_heartbeat_timeout_ms": str(DEFAULTS.dramatiq_heartbeat_timeout_ms),
-                     "dramatiq_maintenance_chance": str(DEFAULTS.dramatiq_maintenance_chance)}
+PRODUCTION_BROKER = {name: str(default(name)) for name in (
+    "dramatiq_heartbeat_timeout_ms", "dramatiq_maintenance_chance", "dramatiq_recovery_interval_s")}
 #: What the README states: heartbeat timeout + one recovery interval + an idle consumer's poll (1 s).
-RECOVERY_BOUND_S = DEFAULTS.dramatiq_heartbeat_timeout_ms / 1000 + DEFAULTS.dramatiq_recovery_interval_s + 1
+RECOVERY_BOUND_S = default("dramatiq_heartbeat_timeout_ms") / 1000 + default("dramatiq_recovery_interval_s") + 1
 
 
 @pytest.fixture
