@@ -1,4 +1,9 @@
-"""Broker and middleware set-up, shared by the workers, the CLI, the scheduler and the intake."""
+"""Broker and middleware set-up, shared by the workers, the CLI, the scheduler and the intake.
+
+:class:`FleetRedisBroker` is dramatiq's Redis broker with a consumer that dead-letters undecodable
+payloads and knows what this process holds (so that lost messages go back on their queue);
+:class:`ThreadBudget` keeps re-checks to a few threads.
+"""
 from __future__ import annotations
 
 import json
@@ -12,15 +17,14 @@ from pathlib import Path
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis, q_name
 from dramatiq.errors import ConnectionClosed, DecodeError
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, Retries, SkipMessage
 
-from runtime import metrics, resources
+from runtime import metrics, queues, resources
 from runtime.dlq import error_key
 from runtime.failures import ERROR_TTL_S, FailureRecorder, OutageRetries
-from runtime import queues
 from runtime.logs import LogContext
 from runtime.metrics import FleetPrometheus, QueueWait
 from runtime.queues import BROKER_NAMESPACE

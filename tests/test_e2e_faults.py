@@ -84,11 +84,13 @@ def send_order(broker, sandbox: BackMarketSandbox, listing: dict) -> None:
     from actors import events  # message factories only: the test process enqueues, the fleet works
 
     sku = listing["sku"]
+    # The order happens, then the marketplace's count shows it: a page never holds a sale from its future.
+    placed_at = datetime.now(timezone.utc)
     sandbox.set_quantity(listing["id"], sandbox.quantity(listing["id"]) - 1)
     line = f"outage-{next(_lines)}"
     broker.enqueue(events.order_created.message_with_options(kwargs=dict(
         marketplace="backmarket", order_id=f"order-{line}", order_line_id=line, sku=sku, quantity=1,
-        event_time=datetime.now(timezone.utc).isoformat(), source="webhook")))
+        event_time=placed_at.isoformat(), source="webhook")))
 
 
 def booked_orders(sessions) -> int:
@@ -408,10 +410,12 @@ class PersistentRedis:
         wait_until(lambda: _pings(self.client), 15, what="redis-server")
         return self
 
-    def restart(self) -> None:
-        """A clean restart (SIGTERM): the append-only file keeps every key."""
+    def restart(self, while_down=None) -> None:
+        """A clean restart (SIGTERM): the append-only file keeps every key; ``while_down()`` runs in between."""
         self.process.terminate()
         self.process.wait(30)
+        if while_down is not None:
+            while_down()
         self.start()
 
     def kill(self) -> None:
@@ -437,11 +441,15 @@ def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, d
         for i in range(5):  # re-checks due in 20 s (rows not flagged: each is done as soon as it runs)
             broker.enqueue(events.recheck_stock.message("backmarket", sandbox.listing(i)["sku"]), delay=20_000)
         wait_until(lambda: unacked(client) == 5, 30, what="the delayed re-checks in the worker's hands")
-        server.restart()
+        log = tmp_path / "workers.log"
+        # Down until the delay queue's consumer has met the outage (it then drops what it held).
+        server.restart(while_down=lambda: wait_until(
+            lambda: "ConsumerThread(stock-recheck.DQ)] [CRITICAL] Consumer encountered a connection error"
+            in log.read_text(), 30, what="the delay queue's consumer to lose its connection"))
         assert unacked(client) == 5
         wait_until(lambda: waiting(client) == 0 and unacked(client) == 0, 60,
                    what="the delayed re-checks to run after the restart")
-        assert "put 5 delayed message(s) it held back on the queue" in (tmp_path / "workers.log").read_text()
+        assert "put 5 delayed message(s) it held back on the queue" in log.read_text()
     finally:
         fleet.stop()
         broker.close()
