@@ -10,7 +10,9 @@ def transient_only(max_retries: int):
     """A dramatiq ``retry_when`` that retries up to ``max_retries`` times, never a permanent error.
 
     A permanent error (a 401, a 404, a malformed page) would fail the same way on every attempt:
-    retrying only delays the dead letter an operator needs to see.
+    retrying only delays the dead letter an operator needs to see.  PostgreSQL or Redis being
+    unreachable never reaches this count: the broker's ``runtime.failures.OutageRetries`` waits
+    such an outage out first (``OUTAGE_RETRY_FOR_S``).
     """
     def retry_when(retries: int, exception: BaseException) -> bool:
         if getattr(exception, "permanent", False):

@@ -1,4 +1,4 @@
-"""Bulk stock sync: start → fetch pages (fan-out) → apply each page → finish.
+"""Bulk stock sync: start → fetch pages (fan-out) → apply each page → finish; resume a stalled one.
 
 Actors are thin: they decode the message, call the code that does the work (``db.snapshot``,
 ``db.syncs``, ``clients.backmarket``) and enqueue what follows.
@@ -68,8 +68,10 @@ def start_stock_sync(marketplace: str, force: bool = False, trigger: str = "sche
 
 @dramatiq.actor(queue_name=queues.STOCK_FETCH, retry_when=transient_only(5), min_backoff=2000, max_backoff=60000,
                 max_age=6 * 3600 * 1000, time_limit=10 * 60 * 1000)
-async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket") -> None:
-    """Fetch one listings page; page 1 fans out every other page; hand the items to apply."""
+async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket", fan_out: bool = True
+                              ) -> None:
+    """Fetch one listings page; page 1 fans out every other page (unless ``fan_out`` is false: a resume
+    fetches the missing pages itself); hand the items to apply."""
     check_marketplace(marketplace)
     settings = get_settings()
     redis = resources.async_redis()
@@ -85,7 +87,7 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
     # The snapshot is as of the moment the successful request left, not when its answer arrived.
     fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
     total_pages = max(1, math.ceil(result.count / settings.backmarket_page_size))
-    if page == 1 and total_pages > 1:
+    if page == 1 and total_pages > 1 and fan_out:
         # Fan out at once: the fleet-wide limiter, not a chain, paces the fetches.
         await asyncio.to_thread(_enqueue_pages, sync_id, range(2, total_pages + 1), marketplace)
     items = [item.to_message() for item in result.results]
@@ -94,10 +96,33 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
         total_pages if page == 1 else None, result.count if page == 1 else None)
 
 
-def _enqueue_pages(sync_id: int, pages, marketplace: str) -> None:
+def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True) -> None:
     broker = fetch_listings_page.broker
     for page in pages:
-        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace))
+        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out))
+
+
+@dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000,
+                time_limit=5 * 60 * 1000)
+def resume_stalled_syncs(marketplace: str = "backmarket") -> int:
+    """Fetch again the pages of running syncs of ``marketplace`` that stopped moving; return how many.
+
+    PostgreSQL knows which pages were applied (``sync_pages``), so pages whose messages vanished
+    (a Redis restart without persistence, a flushed queue) are fetched again long before the run
+    would be abandoned; a re-fetched page that was in flight after all is applied once.  The
+    scheduler's ``stock_sync_resume`` job sends this every minute.
+    """
+    check_marketplace(marketplace)
+    settings = get_settings()
+    with resources.sessions()() as session:
+        resumes = syncs.stalled_runs(session, kind=SYNC_KIND, target=marketplace,
+                                     stalled_after_s=settings.sync_resume_after_s)
+    for resume in resumes:
+        dramatiq.get_logger(__name__).warning(
+            "stock sync %d of %s made no progress for %.0f s: fetching %d missing page(s) again", resume.sync_id,
+            marketplace, settings.sync_resume_after_s, len(resume.pages))
+        _enqueue_pages(resume.sync_id, resume.pages, marketplace, resume.fan_out)
+    return sum(len(resume.pages) for resume in resumes)
 
 
 #: The largest listing quantity a page may carry: the stock columns are 32-bit.

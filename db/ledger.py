@@ -48,3 +48,11 @@ def check_invariant(session: Session, marketplace_id: int | None = None, limit: 
                                       f"but the previous one ended at {row.previous_after}")
                    for row in session.execute(text(_BROKEN_CHAIN), params)]
     return violations[:limit]
+
+
+def booked_keys(session: Session, keys: list[str]) -> set[str]:
+    """The idempotency keys among ``keys`` that the ledger holds (those events are booked)."""
+    if not keys:
+        return set()
+    return set(session.execute(text("SELECT idempotency_key FROM stock_ledger WHERE idempotency_key = ANY(:keys)"),
+                               {"keys": list(keys)}).scalars())

@@ -224,3 +224,49 @@ def last_success(session: Session, kind: str, target: str) -> datetime | None:
     """When the last successful run of (kind, target) finished."""
     return session.scalar(text("SELECT max(finished_at) FROM sync_runs WHERE kind = :k AND target = :t "
                                "AND status = 'succeeded'"), {"k": kind, "t": target})
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What to fetch again for a stalled run: ``pages``, and whether page 1 fans the others out again."""
+
+    sync_id: int
+    pages: list[int]
+    fan_out: bool
+
+
+def pages_to_resume(sync_id: int, total_pages: int | None, applied: set[int]) -> Resume:
+    """The fetches that bring a stalled run to its end, from what PostgreSQL knows it applied.
+
+    With the page count known (page 1 applied), every page not applied; without it, page 1, which
+    fans the other pages out again only if none of them was applied (else its fan-out was done).
+    """
+    if total_pages is None:
+        return Resume(sync_id, [1], fan_out=not any(page > 1 for page in applied))
+    return Resume(sync_id, sorted(set(range(1, total_pages + 1)) - applied), fan_out=False)
+
+
+def stalled_runs(session: Session, *, kind: str, target: str, stalled_after_s: float,
+                 now: datetime | None = None) -> list[Resume]:
+    """Running runs of (kind, target) with no page applied for ``stalled_after_s``, and what they miss.
+
+    A run is resumed at most once per ``stalled_after_s`` (``details.resumed_at``); resuming leaves
+    its heartbeat alone, so a run that resuming cannot help is still abandoned in time.  Commits.
+    """
+    now = now or _now()
+    before = now - timedelta(seconds=stalled_after_s)
+    runs = session.execute(text(
+        "SELECT id, total_pages FROM sync_runs WHERE kind = :k AND target = :t AND status = 'running' "
+        "AND heartbeat_at < :before AND COALESCE((details->>'resumed_at')::timestamptz, '-infinity') < :before "
+        "FOR UPDATE SKIP LOCKED"), {"k": kind, "t": target, "before": before}).all()
+    resumes = []
+    for run in runs:
+        applied = set(session.execute(text("SELECT page FROM sync_pages WHERE sync_id = :s"),
+                                      {"s": run.id}).scalars())
+        resumes.append(pages_to_resume(run.id, run.total_pages, applied))
+        session.execute(text(
+            "UPDATE sync_runs SET details = details || jsonb_build_object('resumed_at', CAST(:now AS text), "
+            "'resumes', COALESCE((details->>'resumes')::int, 0) + 1) WHERE id = :s"),
+            {"now": now.isoformat(), "s": run.id})
+    session.commit()
+    return resumes

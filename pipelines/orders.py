@@ -4,12 +4,17 @@ Every order line gives ``order_created`` when it holds stock, and ``order_create
 ``order_cancelled`` (a chain: the cancel runs only once the create is booked) when it gave the
 stock back before shipping, so a line first seen already cancelled nets to zero.  Both are
 idempotent in the ledger (marketplace + line), so a webhook and a poll of the same order change
-the stock once; the Redis memo of :class:`IntakeState` only spares re-sending.
+the stock once; the Redis memo of :class:`IntakeState` only spares re-sending.  What was sent is
+also kept until the ledger shows it booked: each walk re-sends the chains still unbooked
+``INTAKE_ORDERS_RESEND_AFTER_S`` after they were sent (their messages died, or vanished with a
+Redis restart), up to :data:`MAX_SENDS` times.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +24,7 @@ import dramatiq
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
 from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
 from core.events import InvalidStockEvent, StockEvent
+from db.ledger import booked_keys
 from runtime import resources
 from runtime.clients import backmarket_orders_client, refurbed_client
 from runtime.producer import StockEvents
@@ -37,6 +43,9 @@ POLL_LOCK_S = 15 * 60
 
 #: How long the memo of sent (line, event) pairs lives beyond the re-read windows.
 MEMO_SLACK_S = 24 * 3600
+
+#: How many times a chain is sent before an unbooked one is left to an operator (its dead letters).
+MAX_SENDS = 3
 
 #: One order line's events, sent as a chain (each only after the previous one is booked).
 EventChain = list[StockEvent]
@@ -195,7 +204,9 @@ async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | No
         return None
     try:
         walk = walk_backmarket if marketplace == "backmarket" else walk_refurbed
-        return await walk(state, broker)
+        counts = await walk(state, broker)
+        counts["resent"] = await state.resend_unbooked(broker)
+        return counts
     finally:
         await state.unlock()
 
@@ -293,11 +304,66 @@ class IntakeState:
         settings = get_settings()
         ttl = int(max(settings.intake_orders_lookback_s, settings.refurbed_orders_lookback_s,
                       settings.intake_orders_overlap_s) + MEMO_SLACK_S)
+        now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, _ in fresh:
+            for key, chain in fresh:
                 pipe.set(key, 1, ex=ttl)
+                pipe.hset(self.unconfirmed_key, _chain_key(chain), _unconfirmed(chain, now, sends=1))
             await pipe.execute()
         return sent
+
+    @property
+    def unconfirmed_key(self) -> str:
+        """The hash of chains sent and not seen booked yet: chain key -> events, when sent, how often."""
+        return f"{self.prefix}:unconfirmed"
+
+    async def resend_unbooked(self, broker: dramatiq.Broker, *, now: float | None = None) -> int:
+        """Re-send the chains sent over ``INTAKE_ORDERS_RESEND_AFTER_S`` ago that the ledger has not booked.
+
+        A chain whose events are all booked is forgotten; one sent :data:`MAX_SENDS` times and still
+        unbooked is logged and forgotten (its dead letters say why).  Returns the events re-sent.
+        """
+        now = time.time() if now is None else now
+        grace = get_settings().intake_orders_resend_after_s
+        entries = {name.decode(): json.loads(raw)
+                   for name, raw in (await self.redis.hgetall(self.unconfirmed_key)).items()}
+        due = {name: entry for name, entry in entries.items() if entry["sent_at"] <= now - grace}
+        if not due:
+            return 0
+        chains = {name: [StockEvent.of(e["kind"], **e["fields"]) for e in entry["events"]]
+                  for name, entry in due.items()}
+        booked = await asyncio.to_thread(_booked, [event.key for chain in chains.values() for event in chain])
+        resend, forget = [], []
+        for name, entry in due.items():
+            if all(event.key in booked for event in chains[name]):
+                forget.append(name)
+            elif entry["sends"] >= MAX_SENDS:
+                logger.error("order line %s (%s): not booked after %d sends; see the stock-events dead letters",
+                             name, self.marketplace, entry["sends"])
+                forget.append(name)
+            else:
+                resend.append((name, entry))
+        sent = await asyncio.to_thread(send_chains, [chains[name] for name, _ in resend], broker) if resend else 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if forget:
+                pipe.hdel(self.unconfirmed_key, *forget)
+            for name, entry in resend:
+                pipe.hset(self.unconfirmed_key, name, _unconfirmed(chains[name], now, sends=entry["sends"] + 1))
+            await pipe.execute()
+        if sent:
+            logger.warning("orders of %s: re-sent %d event(s) of %d order line(s) not booked after %.0f s",
+                           self.marketplace, sent, len(resend), grace)
+        return sent
+
+
+def _unconfirmed(chain: EventChain, sent_at: float, *, sends: int) -> str:
+    return json.dumps({"events": [{"kind": e.kind, "fields": e.fields} for e in chain], "sent_at": sent_at,
+                       "sends": sends})
+
+
+def _booked(keys: list[str]) -> set[str]:
+    with resources.sessions()() as session:
+        return booked_keys(session, keys)
 
 
 def _chain_key(chain: EventChain) -> str:

@@ -240,13 +240,15 @@ class DeadLetterQueues:
                 messages.append(dramatiq.Message.decode(payload) if payload is not None else None)
             except DecodeError:
                 messages.append(None)
-        note_keys = [error_key(self.notes_namespace, m.message_id) for m in messages if m is not None]
+        # An undecodable payload's note is kept under its Redis id (it has no message id).
+        note_ids = [m.message_id if m is not None else redis_id for redis_id, m in zip(ids, messages)]
+        note_keys = [error_key(self.notes_namespace, ident) for ident in note_ids]
         notes = dict(zip(note_keys, self.redis.mget(note_keys))) if note_keys else {}
         letters = []
-        for redis_id, (_, score), payload, message in zip(ids, entries, payloads, messages):
+        for redis_id, (_, score), payload, message, ident in zip(ids, entries, payloads, messages, note_ids):
             if payload is None:
                 continue  # moved or expired since the set was read
-            note = notes.get(error_key(self.notes_namespace, message.message_id)) if message else None
+            note = notes.get(error_key(self.notes_namespace, ident))
             letters.append(DeadLetter(queue=queue, redis_id=redis_id, payload=payload,
                                       dead_at=datetime.fromtimestamp(score / 1000, timezone.utc), message=message,
                                       note=json.loads(note) if note else None))

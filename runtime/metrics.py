@@ -120,6 +120,10 @@ class _Metrics:
         self.dead_letters = counter(
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
+        self.messages_recovered = counter(
+            "stocksync_messages_recovered", "Unacked messages put back on their queue: a dead worker's, or "
+            "the delayed ones a live worker dropped when its connection to Redis failed (a delay queue counts "
+            "as its queue).", ["queue"])
         # Set by whichever process ran the last check: the most recent value of a live process wins.
         self.stock_alerts_firing = gauge(
             "stocksync_stock_alerts_firing", "Stock alerts firing after the last check.",
@@ -307,6 +311,13 @@ class QueueWait(dramatiq.Middleware):
         """Observe the wait, from the message's own timestamps."""
         ready_ms = max(message.message_timestamp, int(message.options.get("eta") or 0))
         queue_wait(message.queue_name, (time.time() * 1000 - ready_ms) / 1000)
+
+
+@_safely
+def messages_recovered(queue: str, count: int) -> None:
+    """Count ``count`` messages of dead workers put back on ``queue`` (a delay queue counts as its queue)."""
+    if count:
+        _metrics().messages_recovered.labels(q_name(queue)).inc(count)
 
 
 @_safely

@@ -52,10 +52,21 @@ class Settings(BaseSettings):
     sync_cooldown_manual_s: float = 30 * 60
     #: A running sync that made no progress for this long is considered dead and may be replaced.
     sync_stale_after_s: float = 15 * 60
+    #: A running sync with no page applied for this long has its missing pages fetched again
+    #: (``resume_stalled_syncs``): longer than a dead worker's recovery (66 s) plus a page's longest
+    #: retry backoff (60 s), so only pages whose messages are gone are fetched twice.
+    sync_resume_after_s: float = Field(180.0, gt=0)
 
     #: Dramatiq broker tuning; tests lower the heartbeat so a killed worker's messages come back fast.
     dramatiq_heartbeat_timeout_ms: int = 60_000
     dramatiq_maintenance_chance: int = 1_000
+    #: How often each worker process puts dead workers' messages back, on every queue (runtime/recovery.py):
+    #: they are back at most heartbeat timeout + this after the worker died.
+    dramatiq_recovery_interval_s: float = Field(5.0, gt=0)
+    #: PostgreSQL or Redis unreachable is not a message's failure: it is retried without spending its
+    #: retries for this long (backoff doubling from 1 s up to the maximum), then its retries count.
+    outage_retry_for_s: float = Field(30 * 60, gt=0)
+    outage_max_backoff_ms: int = Field(30_000, ge=1_000)
     #: Threads of the in-process worker used by the demo (no REDIS_URL).
     inprocess_worker_threads: int = 8
 
@@ -74,6 +85,9 @@ class Settings(BaseSettings):
     #: walk).  Re-reads are free: every event has an idempotency key.
     intake_orders_lookback_s: float = Field(24 * 3600, gt=0)
     intake_orders_overlap_s: float = Field(600, ge=0)
+    #: A polled order line's events not booked this long after they were sent are sent again
+    #: (their messages died or vanished); longer than a booking takes, even behind a backlog.
+    intake_orders_resend_after_s: float = Field(900, gt=0)
     #: Fleet-wide quota of Back Market's order endpoints (its general limit is ~200 per 10 s).
     intake_orders_quota_requests: int = Field(50, ge=1)
     intake_orders_quota_window_s: float = Field(10.0, gt=0)
@@ -125,6 +139,9 @@ class Settings(BaseSettings):
     #: Back Market does not document it; if it is set wrong this way round the stock ends above
     #: the truth, the other way round below it (a lost sale, never an oversell): check with a test order.
     stock_not_restocking: str = ""
+    #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
+    #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
+    stock_recheck_threads: int = Field(2, ge=1)
     #: ``stocksync reconcile``: alert when more rows than this differ; listing pages fetched at once.
     reconcile_alert_threshold: int = Field(10, ge=0)
     reconcile_concurrency: int = Field(4, ge=1)
@@ -207,6 +224,8 @@ class Settings(BaseSettings):
     scheduler_order_polling_cron: str = "*/2 * * * *"
     #: Re-checks of flagged rows and pushes a crash left pending (``sweep_stock``).
     scheduler_stock_sweep_cron: str = "*/15 * * * *"
+    #: Running stock syncs that stopped moving get their missing pages fetched again (``resume_stalled_syncs``).
+    scheduler_stock_sync_resume_cron: str = "* * * * *"
     #: Time zone the crontab strings are read in.
     scheduler_timezone: str = "UTC"
     #: Leader lock: only the scheduler holding it enqueues.  It expires this long after its holder's

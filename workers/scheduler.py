@@ -56,6 +56,7 @@ JOBS: tuple[Job, ...] = (
         {"trigger": "scheduled"}),
     Job("order_polling", "scheduler_order_polling_cron", "poll_orders", ("backmarket",)),
     Job("stock_sweep", "scheduler_stock_sweep_cron", "sweep_stock", ("backmarket",)),
+    Job("stock_sync_resume", "scheduler_stock_sync_resume_cron", "resume_stalled_syncs", ("backmarket",)),
 )
 
 JOBS_BY_NAME = {job.name: job for job in JOBS}

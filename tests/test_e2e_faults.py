@@ -1,0 +1,499 @@
+"""The fleet under faults, end to end: real ``dramatiq workers.fleet`` processes, real Redis and PostgreSQL.
+
+Each test runs the production defaults of the broker (heartbeat 60 s, maintenance chance 0.1%,
+recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+from sqlalchemy import text
+
+from db.engine import get_engine, session_factory
+from db.ledger import check_invariant
+from db.snapshot import PageItem, apply_page, ensure_marketplace
+from db.syncs import SyncPolicy, begin_run
+from runtime.broker import build_broker
+from runtime.local_servers import wait_until
+from runtime.settings import Settings
+from sandbox.backmarket import BackMarketSandbox
+from sandbox.server import serve_in_thread
+from tests.fleet import WorkerFleet, fleet_env
+from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
+
+pytestmark = pytest.mark.e2e
+
+def default(name: str):
+    """A setting's production default (whatever this process's environment says)."""
+    return Settings.model_fields[name].default
+
+
+#: The broker settings of production, which tests/fleet.py lowers for the other e2e tests.
+PRODUCTION_BROKER = {name: str(default(name)) for name in (
+    "dramatiq_heartbeat_timeout_ms", "dramatiq_maintenance_chance", "dramatiq_recovery_interval_s")}
+#: What the README states: heartbeat timeout + one recovery interval + an idle consumer's poll (1 s).
+RECOVERY_BOUND_S = default("dramatiq_heartbeat_timeout_ms") / 1000 + default("dramatiq_recovery_interval_s") + 1
+
+
+@pytest.fixture
+def sandbox():
+    sandbox = BackMarketSandbox(listings=5000, seed=21, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sandbox.url = server.url
+    yield sandbox
+    server.stop()
+
+
+_lines = itertools.count(1)
+
+
+def unacked(client: redis.Redis) -> int:
+    """Messages fetched by some worker and not acked yet, over every queue."""
+    return sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
+
+
+def waiting(client: redis.Redis) -> int:
+    """Messages not done yet, over every queue and delay queue: Redis keeps each in ``.msgs`` until acked."""
+    return sum(client.hlen(key) for key in client.scan_iter("dramatiq:*.msgs") if b".XQ." not in key)
+
+
+def dead_letters(client: redis.Redis) -> dict[str, int]:
+    return {key.decode(): client.zcard(key) for key in client.scan_iter("dramatiq:*.XQ")}
+
+
+def seed_catalogue(sessions, sandbox: BackMarketSandbox) -> None:
+    """The catalogue as a stock sync left it an hour ago, so events have rows to book on."""
+    listings = [sandbox.listing(i) for i in range(sandbox.listing_count())]
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
+        session.commit()
+        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
+                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
+                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
+                                   l["currency"]) for l in listings])
+        session.commit()
+
+
+def send_order(broker, sandbox: BackMarketSandbox, listing: dict) -> None:
+    """A unit sold on the marketplace (its stock goes down there first), then its order event."""
+    from actors import events  # message factories only: the test process enqueues, the fleet works
+
+    sku = listing["sku"]
+    # The order happens, then the marketplace's count shows it: a page never holds a sale from its future.
+    placed_at = datetime.now(timezone.utc)
+    sandbox.set_quantity(listing["id"], sandbox.quantity(listing["id"]) - 1)
+    line = f"outage-{next(_lines)}"
+    broker.enqueue(events.order_created.message_with_options(kwargs=dict(
+        marketplace="backmarket", order_id=f"order-{line}", order_line_id=line, sku=sku, quantity=1,
+        event_time=placed_at.isoformat(), source="webhook")))
+
+
+def booked_orders(sessions) -> int:
+    with sessions() as session:
+        return session.execute(text("SELECT count(*) FROM stock_ledger WHERE change_type = 'order_created'")).scalar()
+
+
+def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound(tmp_path, redis_url, database_url,
+                                                                                   sandbox):
+    # Latency keeps pages in flight long enough to kill a worker with work in its hands.
+    sandbox.configure(latency_s=0.05)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=sandbox.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    victim = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "victim.log").start()
+    survivor = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "survivor.log").start()
+    sessions = session_factory(database_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert start_sync(env).returncode == 0
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 15, 120,
+                   interval=0.05, what="the sync to be under way")
+        held = unacked(client)
+        victim.kill()
+        killed_at = time.monotonic()
+        assert held > 0 and run_row(sessions)["status"] == "running"
+        run = wait_finished(sessions, RECOVERY_BOUND_S + 60)
+        took = time.monotonic() - killed_at
+        assert run["status"] == "succeeded", run["error"]
+        assert run["pages_done"] == run["total_pages"] == 100
+        # Every page left after the kill is a few seconds of work: the wait was the recovery.
+        assert took <= RECOVERY_BOUND_S + 10, f"the sync finished {took:.0f} s after the kill"
+        assert "message(s) of dead workers back on queue stock-" in (tmp_path / "survivor.log").read_text()
+        assert local_stock(sessions) == sandbox.quantities()
+        with sessions() as session:
+            assert check_invariant(session) == []
+        wait_until(lambda: unacked(client) == 0, 10, what="no message left unacked")
+        print(f"sync finished {took:.1f} s after the SIGKILL (bound {RECOVERY_BOUND_S:.0f} s)")
+    finally:
+        victim.kill()
+        survivor.stop()
+
+
+#: Longer than the longest retry budget of the messages a sync and a burst send (a stock event: 10 retries
+#: from 200 ms doubling up to 30 s, jitter up to 2x: about 141 s), as in the outage seen in production.
+OUTAGE_S = 150
+
+
+def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_loses_nothing(
+        tmp_path, redis_url, database_url, pg_server):
+    # 2 pages a second across the fleet: the sync's 30 pages are still walking when PostgreSQL stops.
+    sandbox = BackMarketSandbox(listings=1500, seed=5, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=2, quota_window_s=1.0, **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    sold = [sandbox.listing(i) for i in range(0, 1500, 25)]  # 60 rows, on 30 pages
+    try:
+        assert start_sync(env, "--force").returncode == 0
+        for listing in sold[:30]:
+            send_order(broker, sandbox, listing)
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 4, 60,
+                   interval=0.05, what="the sync to be under way")
+        pg_server.stop()
+        stopped_at = time.monotonic()
+        for listing in sold[30:]:  # the second half of the burst arrives while PostgreSQL is down
+            send_order(broker, sandbox, listing)
+        # The outage itself: the fleet keeps failing on the database meanwhile.
+        wait_until(lambda: time.monotonic() - stopped_at >= OUTAGE_S, OUTAGE_S + 10, interval=1,
+                   what="the end of the outage")
+        assert dead_letters(client) == {}
+        pg_server.start()
+        get_engine(database_url).dispose()  # this process's pooled connections died with the server
+        run = wait_finished(sessions, 120)
+        assert run["status"] == "succeeded", run["error"]
+        assert run["pages_done"] == run["total_pages"] == 30
+        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 120,
+                   what="every event booked and every push sent")
+        assert dead_letters(client) == {}
+        assert local_stock(sessions) == sandbox.quantities()
+        with sessions() as session:
+            assert check_invariant(session) == []
+        assert "without spending a retry" in (tmp_path / "workers.log").read_text()
+    finally:
+        if pg_server.process.poll() is not None:
+            pg_server.start()
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def test_an_undecodable_message_is_dead_lettered_raw_and_its_neighbours_are_booked(tmp_path, redis_url,
+                                                                                    database_url):
+    sandbox = BackMarketSandbox(listings=10, seed=6, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    listings = [sandbox.listing(i) for i in range(10)]
+    # Queued before the worker starts: one fetch (prefetch 16) takes the bad payload with its 10 neighbours.
+    for listing in listings[:5]:
+        send_order(broker, sandbox, listing)
+    raw = b"\xff{not json at all"
+    client.hset("dramatiq:stock-events.msgs", "raw-1", raw)
+    client.rpush("dramatiq:stock-events", "raw-1")
+    for listing in listings[5:]:
+        send_order(broker, sandbox, listing)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "workers.log").start()
+    try:
+        wait_until(lambda: booked_orders(sessions) == 10 and waiting(client) == 0, 60,
+                   what="the 10 valid events booked")
+        assert dead_letters(client) == {"dramatiq:stock-events.XQ": 1}
+        assert client.hget("dramatiq:stock-events.XQ.msgs", "raw-1") == raw
+        from runtime.dlq import DeadLetterQueues
+
+        [letter] = DeadLetterQueues(client).select(queue="stock-events")
+        assert letter.message is None and letter.payload == raw
+        assert letter.error.startswith("DecodeError: undecodable message payload")
+        assert unacked(client) == 0
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tmp_path, redis_url, database_url):
+    # 2 pages a second across the fleet: the 30 pages are mostly still queued when they are flushed.
+    sandbox = BackMarketSandbox(listings=1500, seed=7, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    # SYNC_RESUME_AFTER_S is 180 s in production; 10 s here, since the wait itself tests nothing:
+    # what is tested is that the missing pages are found in PostgreSQL and fetched again.
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=2, quota_window_s=1.0, sync_resume_after_s="10", **PRODUCTION_BROKER)
+    # 2 threads prefetch 4 messages a queue: most pages are in Redis, not in the worker's hands, when flushed.
+    fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert start_sync(env).returncode == 0
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 5, 60,
+                   interval=0.05, what="the sync to be under way")
+        # What a Redis restart without persistence does to the sync's queued messages.
+        for queue in ("stock-fetch", "stock-apply"):
+            for name in (queue, f"{queue}.DQ"):
+                client.delete(f"dramatiq:{name}", f"dramatiq:{name}.msgs")
+        def stalled() -> bool:
+            with sessions() as session:
+                return session.execute(text(
+                    "SELECT clock_timestamp() - heartbeat_at > interval '10 seconds' FROM sync_runs WHERE id = :s"),
+                    {"s": run_row(sessions)["id"]}).scalar()
+
+        wait_until(stalled, 60, interval=0.5, what="the sync to stall")
+        assert run_row(sessions)["status"] == "running" and run_row(sessions)["pages_done"] < 30
+        from actors import stock_sync  # what the scheduler's stock_sync_resume job sends every minute
+
+        broker.enqueue(stock_sync.resume_stalled_syncs.message("backmarket"))
+        run = wait_finished(sessions, 90)
+        assert run["status"] == "succeeded", run["error"]
+        assert run["pages_done"] == run["total_pages"] == 30
+        assert local_stock(sessions) == sandbox.quantities()
+        with sessions() as session:
+            assert session.execute(text("SELECT count(*) FROM sync_pages WHERE sync_id = :s"),
+                                   {"s": run["id"]}).scalar() == 30
+            assert session.execute(text("SELECT details->>'resumes' FROM sync_runs WHERE id = :s"),
+                                   {"s": run["id"]}).scalar() == "1"
+            assert check_invariant(session) == []
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url):
+    sandbox = BackMarketSandbox(listings=10, seed=8, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=redis_url))
+    client = redis.Redis.from_url(redis_url)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    listing = sandbox.listing(3)
+    from actors import events
+
+    # Only the events queue is consumed: the booking's push message waits on stock-push, and vanishes there.
+    booker = WorkerFleet(env, processes=1, threads=2, queues=("stock-events",),
+                         log_path=tmp_path / "booker.log").start()
+    fleet = None
+    try:
+        broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
+            marketplace="backmarket", sku=listing["sku"], quantity=4, reference="PO-lost-push")))
+        wait_until(lambda: client.hlen("dramatiq:stock-push.msgs") == 1, 60, what="the booking and its push message")
+        booker.stop()
+        client.delete("dramatiq:stock-push", "dramatiq:stock-push.msgs")  # a Redis restart without persistence
+        with sessions() as session:
+            # The sweep leaves a push alone for its first minute (its message may still be on its way): aged by
+            # hand rather than waited for.
+            session.execute(text(
+                "UPDATE marketplace_stock SET push_requested_at = push_requested_at - interval '2 minutes' "
+                "WHERE push_state = 'pending'"))
+            session.commit()
+        fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
+        broker.enqueue(events.sweep_stock.message("backmarket"))  # the scheduler's stock_sweep job
+        wait_until(lambda: sandbox.quantity(listing["id"]) == listing["quantity"] + 4, 60, what="the push")
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        booker.stop()
+        if fleet:
+            fleet.stop()
+        broker.close()
+        server.stop()
+
+
+def test_a_page_dead_lettered_while_postgres_is_down_still_fails_its_run(tmp_path, redis_url, database_url,
+                                                                         pg_server):
+    # Page 30 of 30 is malformed: its fetch fails for good (no database needed), its run must become failed.
+    sandbox = BackMarketSandbox(listings=1500, seed=9, token=TOKEN, quota_requests=0, malformed_pages={30})
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=5, quota_window_s=1.0, **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "workers.log").start()
+    client = redis.Redis.from_url(redis_url)
+    log = tmp_path / "workers.log"
+    try:
+        assert start_sync(env).returncode == 0
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 2, 60,
+                   interval=0.05, what="the sync to be under way")
+        sync_id = run_row(sessions)["id"]
+        pg_server.stop()
+        wait_until(lambda: client.zcard("dramatiq:stock-fetch.XQ") == 1, 60, what="page 30 dead-lettered")
+        wait_until(lambda: "dead-letter handler of message" in log.read_text(), 30, what="the handler to fail")
+        pg_server.start()
+        get_engine(database_url).dispose()  # this process's pooled connections died with the server
+        run = wait_finished(sessions, 60)
+        assert run["id"] == sync_id and run["status"] == "failed"
+        assert "page 30 failed for good" in run["error"]
+        assert "deferred dead-letter handler of message" in log.read_text()
+        # The lock is free at once: a forced sync starts (it would have been refused for 15 minutes).
+        assert start_sync(env, "--force").returncode == 0
+    finally:
+        if pg_server.process.poll() is not None:
+            pg_server.start()
+        fleet.stop()
+        server.stop()
+
+
+def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tmp_path, redis_url, database_url):
+    sandbox = BackMarketSandbox(listings=40, seed=10, token=TOKEN, quota_requests=0)
+    server = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    flagged = [sandbox.listing(i) for i in range(12)]
+    with sessions() as session:
+        session.execute(text(
+            "UPDATE marketplace_stock s SET needs_recheck = true, recheck_since = now() - interval '1 hour' "
+            "FROM variations v WHERE v.id = s.variation_id AND v.sku = ANY(:skus)"),
+            {"skus": [listing["sku"] for listing in flagged]})
+        session.commit()
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import events
+
+    # One catalog call every 2 s across the fleet: 12 re-checks need 24 s of quota.
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+                    quota_requests=1, quota_window_s=2.0, **PRODUCTION_BROKER)
+    for listing in flagged:
+        broker.enqueue(events.recheck_stock.message("backmarket", listing["sku"]))
+    ordered = [sandbox.listing(i) for i in range(20, 40)]
+    for listing in ordered:
+        send_order(broker, sandbox, listing)
+    fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
+
+    def rechecks_left() -> int:
+        with sessions() as session:
+            return session.execute(text("SELECT count(*) FROM marketplace_stock WHERE needs_recheck")).scalar()
+
+    try:
+        wait_until(lambda: booked_orders(sessions) == len(ordered), 60, what="the orders booked")
+        # Booked while most re-checks still wait for quota: they held 2 of the 4 threads, not all.
+        assert rechecks_left() >= 6
+        wait_until(lambda: rechecks_left() == 0, 90, what="the re-checks done")
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        fleet.stop()
+        broker.close()
+        server.stop()
+
+
+class PersistentRedis:
+    """A redis-server of our own with the production persistence (deploy/redis/redis.conf), restartable in place."""
+
+    def __init__(self, folder) -> None:
+        import shutil
+
+        from runtime.local_servers import free_port
+        from tests.fleet import ROOT
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [shutil.which("redis-server"), str(ROOT / "deploy/redis/redis.conf"), "--port", str(self.port),
+                     "--dir", str(folder), "--bind", "127.0.0.1"]
+        self.client = redis.Redis.from_url(self.url)
+        self.process = None
+
+    def start(self) -> "PersistentRedis":
+        import subprocess
+
+        self.process = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(lambda: _pings(self.client), 15, what="redis-server")
+        return self
+
+    def restart(self, while_down=None) -> None:
+        """A clean restart (SIGTERM): the append-only file keeps every key; ``while_down()`` runs in between."""
+        self.process.terminate()
+        self.process.wait(30)
+        if while_down is not None:
+            while_down()
+        self.start()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, database_url):
+    server = PersistentRedis(tmp_path).start()
+    client = server.client
+    sandbox = BackMarketSandbox(listings=10, seed=11, token=TOKEN, quota_requests=0)
+    http = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=server.url))
+    from actors import events
+
+    env = fleet_env(redis_url=server.url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
+    try:
+        for i in range(5):  # re-checks due in 20 s (rows not flagged: each is done as soon as it runs)
+            broker.enqueue(events.recheck_stock.message("backmarket", sandbox.listing(i)["sku"]), delay=20_000)
+        wait_until(lambda: unacked(client) == 5, 30, what="the delayed re-checks in the worker's hands")
+        log = tmp_path / "workers.log"
+        # Down until the delay queue's consumer has met the outage (it then drops what it held).
+        server.restart(while_down=lambda: wait_until(
+            lambda: "ConsumerThread(stock-recheck.DQ)] [CRITICAL] Consumer encountered a connection error"
+            in log.read_text(), 30, what="the delay queue's consumer to lose its connection"))
+        assert unacked(client) == 5
+        wait_until(lambda: waiting(client) == 0 and unacked(client) == 0, 60,
+                   what="the delayed re-checks to run after the restart")
+        assert "put 5 delayed message(s) it held back on the queue" in log.read_text()
+    finally:
+        fleet.stop()
+        broker.close()
+        http.stop()
+        server.kill()
+
+
+def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, database_url):
+    server = PersistentRedis(tmp_path).start()
+    client = server.client
+    sandbox = BackMarketSandbox(listings=100, seed=12, token=TOKEN, quota_requests=0)
+    http = serve_in_thread(sandbox.build_app())
+    sessions = session_factory(database_url)
+    seed_catalogue(sessions, sandbox)
+    broker = build_broker(Settings(redis_url=server.url))
+    stocked = [listing for listing in map(sandbox.listing, range(100)) if listing["quantity"] >= 3]
+    sold = stocked * 3  # 3 orders on each row, pushes racing
+    for listing in sold:
+        send_order(broker, sandbox, listing)
+    env = fleet_env(redis_url=server.url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
+                    **PRODUCTION_BROKER)
+    fleets = [WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / f"w{i}.log").start() for i in range(2)]
+    try:
+        wait_until(lambda: booked_orders(sessions) >= len(sold) // 5, 60, interval=0.01, what="the burst under way")
+        server.restart()
+        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 60,
+                   what="every event booked and every push sent")
+        with sessions() as session:
+            assert session.execute(text("SELECT count(DISTINCT order_line_id) FROM stock_ledger "
+                                        "WHERE change_type = 'order_created'")).scalar() == len(sold)
+            assert check_invariant(session) == []
+        wait_until(lambda: unacked(client) == 0, 30, what="nothing left unacked")
+        assert dead_letters(client) == {}
+        assert local_stock(sessions) == sandbox.quantities()
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        broker.close()
+        http.stop()
+        server.kill()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
