@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
-from clients.ingram import DETAILS, MAX_PRODUCTS, TOKEN, PriceAvailability, ProductError, RequestRecord, check_batch_size
+from clients.ingram import (DETAILS, MAX_PRODUCTS, TOKEN, PriceAvailability, ProductError, RequestRecord,
+                            check_batch_size)
 from core.errors import MalformedMessage
 from db import supplier, syncs
 from runtime import metrics, resources, sync_stats
