@@ -444,8 +444,9 @@ def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, d
         log = tmp_path / "workers.log"
         # Down until the delay queue's consumer has met the outage (it then drops what it held).
         server.restart(while_down=lambda: wait_until(
-            lambda: "ConsumerThread(stock-recheck.DQ)] [CRITICAL] Consumer encountered a connection error"
-            in log.read_text(), 30, what="the delay queue's consumer to lose its connection"))
+            lambda: any("ConsumerThread(stock-recheck.DQ)" in line and "Consumer encountered a connection error" in line
+                        for line in log.read_text().splitlines()),
+            30, what="the delay queue's consumer to lose its connection"))
         assert unacked(client) == 5
         wait_until(lambda: waiting(client) == 0 and unacked(client) == 0, 60,
                    what="the delayed re-checks to run after the restart")
