@@ -15,11 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-#: Events the marketplace applies to its own stock at their event time.
-MARKETPLACE_KINDS = ("order_created", "order_cancelled")
-#: Events the marketplace learns of only through a push.
-LOCAL_KINDS = ("topup", "manual")
-KINDS = MARKETPLACE_KINDS + LOCAL_KINDS
+from core.events import CHANGE_TYPES as KINDS
+from core.events import LOCAL_CHANGE_TYPES as LOCAL_KINDS
+from core.events import MARKETPLACE_CHANGE_TYPES as MARKETPLACE_KINDS
 
 #: What a snapshot does to a row (see :func:`decide_snapshot`).
 SNAPSHOT_STATES = ("apply", "stale", "unpushed", "ambiguous")

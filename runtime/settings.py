@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     #: Threads of the in-process worker used by the demo (no REDIS_URL).
     inprocess_worker_threads: int = 8
 
-    # --- stock events, intake, reconciliation (add fields below this line) ---
+    # --- stock events, intake, reconciliation ---
 
     #: ``stocksync serve``: webhooks, the signed producer endpoint and the read API.  Loopback
     #: unless told otherwise: put a TLS-terminating proxy in front of it.
@@ -146,8 +146,8 @@ class Settings(BaseSettings):
     reconcile_alert_threshold: int = Field(10, ge=0)
     reconcile_concurrency: int = Field(4, ge=1)
 
-    # --- Ingram Micro (add fields below this line) ---
-    #: Ingram Micro Reseller API v6 (docs/api-shapes.md §2).  The vendor's sandbox is under ``/sandbox``.
+    # --- Ingram Micro ---
+    #: Ingram Micro Reseller API v6.  The vendor's sandbox is under ``/sandbox``.
     ingram_base_url: str = "https://api.ingrammicro.com:443"
     #: OAuth client credentials of the API app; the secret never shows in a repr, a log or an error.
     ingram_client_id: str = ""
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     ingram_cooldown_scheduled_s: float = 6 * 3600
     ingram_cooldown_manual_s: float = 30 * 60
 
-    # --- operations: metrics, scheduler, stores, alerts (add fields below this line) ---
+    # --- operations: metrics, scheduler, stores, alerts ---
     #: Logging of every process (runtime/logs.py): the least level written (DEBUG also prints whole
     #: tracebacks), ``text`` lines or ``json`` objects, and where a long message is cut.
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warn|warning|error|critical)$")
@@ -269,7 +269,7 @@ class Settings(BaseSettings):
     stock_alert_notify_min_backoff_ms: int = Field(30_000, ge=1)
     stock_alert_notify_max_backoff_ms: int = Field(30 * 60_000, ge=1)
 
-    # --- operator console (add fields below this line) ---
+    # --- operator console ---
     #: ``stocksync console``: the operator web console.  Loopback unless told otherwise: put a
     #: TLS-terminating proxy in front of it (the session cookie is marked Secure over HTTPS).
     console_host: str = "127.0.0.1"

@@ -1,8 +1,7 @@
 """A simulated Back Market seller API: an aiohttp app speaking the shapes of the real one.
 
-The shapes come from Back Market's OpenAPI document (vendored in ``sandbox/specs/``) and
-``docs/api-shapes.md`` §1.  :class:`BackMarketSandbox` holds a deterministic catalogue of listings
-and serves:
+The shapes come from Back Market's OpenAPI document, vendored as ``sandbox/specs/backmarket-openapi.yml``.
+:class:`BackMarketSandbox` holds a deterministic catalogue of listings and serves:
 
 - ``GET /ws/listings``: ``page`` (default 1) and ``page-size`` (default 10, at most 50), filters
   ``publication_state``, ``min_quantity``, ``max_quantity``; the ``{count, next, previous,
@@ -94,7 +93,7 @@ MARKET_CURRENCIES: dict[str, tuple[str, int]] = {
     "en-au": ("AUD", 1650),
 }
 
-#: What Back Market's WAF answers a request it takes for a bot (docs/api-shapes.md §1.3).
+#: What Back Market's WAF answers a request it takes for a bot (sandbox/specs/backmarket-openapi.yml, "WAF").
 WAF_CHALLENGE = {"errors": [{"code": "bot-need-challenge", "message": "Forbidden",
                              "challengePath": "/testchallengepage"}]}
 

@@ -3,7 +3,7 @@
 An add-on of :class:`sandbox.backmarket.BackMarketSandbox` (``sandbox.orders``): it keeps the
 account's orders and registers their routes on the sandbox's app, behind the same middleware
 (WAF, ``Authorization: Basic``, ``Accept-Language``, latency, counters; not the catalog quota).
-Shapes are the spec's ``Order`` and ``OrderLine`` (docs/api-shapes.md §1.7), addresses in
+Shapes are the spec's ``Order`` and ``OrderLine`` (sandbox/specs/backmarket-openapi.yml), addresses in
 snake_case as Back Market really sends them.
 
 Like the real marketplace, placing an order lowers the sandbox's own stock of each line's listing
