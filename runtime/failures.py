@@ -221,7 +221,13 @@ class FailureRecorder(Middleware):
     def after_nack(self, broker, message):
         """Store the error beside the dead letter and run the actor's handler (deferred if it fails)."""
         with self._lock:
-            error, tb = self._last_errors.pop(message.message_id, ("failed (no exception recorded)", ""))
+            error, tb = self._last_errors.pop(message.message_id, (None, ""))
+        if error is None:
+            # dramatiq dead-letters a message for an actor it does not know before running anything.
+            known = message.actor_name in broker.actors
+            error = "failed (no exception recorded)" if known else (
+                f"no actor named {message.actor_name[:100]!r} in this fleet (a message sent by name to an actor "
+                f"that is not declared)")
         logger.error("message %s (%s) dead-lettered: %s", message.message_id, message.actor_name, error)
         metrics.dead_lettered(message.queue_name, message.actor_name)
         try:

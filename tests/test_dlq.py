@@ -297,3 +297,14 @@ def test_since_accepts_durations_and_iso_times():
     assert parse_since("2026-11-22T08:00:00+01:00", now) == datetime(2026, 11, 22, 7, tzinfo=timezone.utc)
     with pytest.raises(ValueError, match="expected a duration"):
         parse_since("last tuesday", now)
+
+
+def test_a_message_for_an_unknown_actor_is_dead_lettered_with_an_error_naming_it(fleet):
+    # Sent by name, as a producer in another language would: no actor of this fleet has the name.
+    message = dramatiq.Message(queue_name="dlq-orders", actor_name="book_ordr", args=(7,), kwargs={}, options={})
+    fleet.broker.enqueue(message)
+    wait_dead(fleet, "dlq-orders", 1)
+    wait_until(lambda: fleet.redis.exists(error_key(get_settings().redis_namespace, message.message_id)), 10,
+               what="the dead letter's error")
+    stored = fleet.redis.get(error_key(get_settings().redis_namespace, message.message_id)).decode()
+    assert "no actor named 'book_ordr'" in stored and "no exception recorded" not in stored

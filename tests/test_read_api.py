@@ -93,3 +93,23 @@ def test_many_reads_use_the_pool_and_prepared_statements(seeded):
     for _ in range(30):  # past psycopg's prepare threshold on every pooled connection
         assert get(server, "/stock?sku=SKU-ONE")[0] == 200
         assert get(server, f"/variations/{ids['SKU-ONE']}/stock")[0] == 200
+
+
+def test_a_read_while_the_database_is_unreachable_answers_503_with_retry_after():
+    from runtime.local_servers import free_port
+
+    # Nothing listens on this port: the read pool cannot connect, as during a PostgreSQL outage.
+    down = f"postgresql+psycopg://stocksync@127.0.0.1:{free_port()}/stocksync"
+    server = serve_in_thread(build_intake_app(Settings(intake_read_pool_size=1), broker=StubBroker(),
+                                              database_url=down))
+    try:
+        parts = urlsplit(server.url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        connection.request("GET", "/stock?sku=SKU-ONE")
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        assert response.status == 503, body
+        assert response.getheader("Retry-After") and "unavailable" in body["error"]
+        connection.close()
+    finally:
+        server.stop()

@@ -33,10 +33,12 @@ from typing import Any, Awaitable, Callable
 import dramatiq
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from psycopg_pool import PoolTimeout
 
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_order_events
 from runtime import metrics, queues, resources
+from runtime.failures import is_outage
 from runtime.health import ReadinessProbe, answer
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
@@ -54,6 +56,9 @@ MAX_JSON_DEPTH = 32
 #: a request after a few seconds (Shopify: 5 s) and retry later, which is what Retry-After asks.
 REDIS_WAIT_S = 2.0
 RETRY_AFTER_S = 10
+
+#: How long a read waits for a database connection before answering 503 (seconds).
+READ_WAIT_S = 5.0
 
 _SECRET_IN_PATH = re.compile(r"^(/webhooks/refurbed/)[^/?]+")
 
@@ -124,7 +129,14 @@ async def _json_errors(request: web.Request, handler: Callable[[web.Request], Aw
         response = _error(503, "the event queue is unavailable: retry later (sending the same again is harmless)")
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
         return response
-    except Exception:
+    except Exception as error:
+        if is_outage(error) or isinstance(error, PoolTimeout):
+            # PostgreSQL (or Redis) is unreachable: not the request's fault, and it may work later.
+            logger.warning("intake: %s unreachable on %s %s", type(error).__name__, request.method,
+                           redact_path(request.path))
+            response = _error(503, "the stock database is unavailable: retry later")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            return response
         # The path is redacted: the traceback must not carry the Refurbed secret to the logs.
         logger.exception("intake failed on %s %s", request.method, redact_path(request.path))
         return _error(500, "internal error")
@@ -364,8 +376,8 @@ class StockReader:
                                         kwargs={"autocommit": True}, name="read-api")
 
     async def open(self) -> None:
-        """Open the pool's connections (fails if the database does not answer in 30 s)."""
-        await self.pool.open(wait=True, timeout=30)
+        """Start the pool: it connects in the background, so the intake serves webhooks while PostgreSQL is down."""
+        await self.pool.open(wait=False)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -380,7 +392,8 @@ class StockReader:
         return await self._read(self.BY_ID, variation_id)
 
     async def _read(self, query: str, key: Any) -> dict | None:
-        async with self.pool.connection() as connection:
+        # A short wait for a connection: while PostgreSQL is down the reader answers 503 soon.
+        async with self.pool.connection(timeout=READ_WAIT_S) as connection:
             cursor = await connection.execute(query, (key,), prepare=True)
             rows = await cursor.fetchall()
         if not rows:
