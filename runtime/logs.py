@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -210,6 +211,37 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class OutageThrottle(logging.Filter):
+    """During an outage every message fails with the same connection error: log it once per
+    ``interval_s`` per logger and error type, and say how many alike were left out."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._left_out: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from runtime.failures import is_outage
+
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or not is_outage(error):
+            return True
+        key, now = (record.name, type(error).__name__), time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._left_out[key] = self._left_out.get(key, 0) + 1
+                return False
+            self._last[key] = now
+            left_out = self._left_out.pop(key, 0)
+        if left_out:
+            record.msg, record.args = (f"{record.getMessage()} ({left_out} more failures alike in the last "
+                                       f"{self.interval_s:g} s not logged)"), None
+        return True
+
+
 class _Exceptions:
     """Exceptions as one line, or as a traceback (cut to a few times the message limit) at DEBUG."""
 
@@ -313,6 +345,7 @@ def configure(settings=None, *, level: int | str | None = None, verbosity: int =
     formatter_class = JsonLineFormatter if fmt == "json" else TextFormatter
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter_class(tracebacks=tracebacks, max_chars=settings.log_max_message_chars))
+    handler.addFilter(OutageThrottle())
     handler.addFilter(ContextFilter(settings.log_max_message_chars))
     handler._stocksync = True  # type: ignore[attr-defined]
     root = logging.getLogger()

@@ -81,6 +81,25 @@ def test_a_failure_is_one_line_with_a_cut_message_unless_debug(configure):
     assert "Traceback (most recent call last)" in text and text.count("\n") > 2
 
 
+def test_an_outage_logs_its_connection_error_once_per_interval_not_once_per_message(configure):
+    import psycopg
+
+    stream = configure(log_format="json")
+    log = logging.getLogger("dramatiq.worker.WorkerThread")
+    for number in range(200):  # every message of a busy fleet fails alike while PostgreSQL is down
+        try:
+            raise psycopg.OperationalError("connection failed: Connection refused")
+        except psycopg.OperationalError:
+            log.error("Failed to process message %d with unhandled exception.", number, exc_info=True)
+    try:
+        raise ValueError("a bad row")  # the message's own failure is always logged
+    except ValueError:
+        log.error("Failed to process message 200 with unhandled exception.", exc_info=True)
+    logged = lines(stream)
+    assert [line["message"] for line in logged] == ["Failed to process message 0 with unhandled exception.",
+                                                    "Failed to process message 200 with unhandled exception."]
+
+
 def test_levels_from_the_setting_and_the_verbosity(configure):
     log = logging.getLogger("stocksync.test")
     stream = configure(log_level="warning")
