@@ -317,14 +317,14 @@ def test_every_page_but_login_and_healthz_needs_a_session(world):
         for path in ("/", "/stock", "/syncs", "/syncs/stream", "/stores", "/deadletters", "/alerts", "/scheduler",
                      "/audit", "/users", f"/variations/{world.variation_id}"):
             statuses[path] = (await client.get(path, allow_redirects=False)).status
-        public = [(await client.get(path)).status for path in ("/login", "/healthz", "/static/console.css")]
+        public = [(await client.get(path)).status for path in ("/login", "/healthz", "/static/console.css", "/readyz")]
         posted = (await client.post("/stock/topup", data={}, allow_redirects=False)).status
         await client.close()
         return statuses, public, posted
 
     statuses, public, posted = run(world, scenario)
     assert set(statuses.values()) == {303}, statuses
-    assert public == [200, 200, 200] and posted == 401
+    assert public == [200, 200, 200, 200] and posted == 401
 
 
 def test_login_attempts_are_throttled_per_account_and_per_address(world):

@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 
 from db import users
+from runtime.health import ReadinessProbe
 from runtime.settings import Settings, get_settings
 from workers.console import security
 from workers.console.context import CONSOLE, USER_KEY, Console, error_page
@@ -137,7 +138,11 @@ def build_console_app(settings: Settings | None = None, *, sessions: Callable | 
 
         dead_letters = None if resources.in_process(settings) else DeadLetterQueues(
             redis, notes_namespace=settings.redis_namespace)
-    console = Console(settings=settings, sessions=sessions or resources.sessions(), redis=redis, broker=broker,
+    sessions = sessions or resources.sessions()
+    # The probe asks the database the pages read, whichever it is (a test's, the embedded one).
+    database_url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+    console = Console(settings=settings, sessions=sessions, redis=redis, broker=broker,
+                      ready=ReadinessProbe(settings.redis_url, database_url),
                       dead_letters=dead_letters, environ=os.environ if environ is None else environ,
                       throttle=security.LoginThrottle(redis, settings.redis_namespace,
                                                       window_s=settings.console_login_window_s,

@@ -51,6 +51,7 @@ class Console:
     dead_letters: Any  # runtime.dlq.DeadLetterQueues, or None without Redis
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     throttle: Any = None  # security.LoginThrottle
+    ready: Callable[[], list] = list  # runtime.health.ReadinessProbe: /readyz
 
     async def read(self, fn: Callable, *args, **kwargs):
         """``fn(session, *args, **kwargs)`` in a worker thread, rolled back (a read)."""

@@ -32,7 +32,7 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 
 #: Paths served without a session.
-PUBLIC_PATHS = ("/login", "/healthz", "/favicon.ico")
+PUBLIC_PATHS = ("/login", "/healthz", "/readyz", "/favicon.ico")
 PUBLIC_PREFIXES = ("/static/",)
 
 #: Form fields never written to the audit (or anywhere).

@@ -6,8 +6,7 @@ from aiohttp import web
 
 def register(app: web.Application) -> None:
     """Add every page's routes to ``app``."""
-    from workers.console.pages import alerts, audit, auth, deadletters, overview, scheduler, stock, stores, syncs
-    from workers.console.pages import users
+    from workers.console.pages import alerts, audit, auth, deadletters, overview, scheduler, stock, stores, syncs, users
 
     for module in (auth, overview, stock, syncs, stores, deadletters, alerts, scheduler, audit, users):
         app.router.add_routes(module.routes)

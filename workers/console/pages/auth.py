@@ -1,12 +1,14 @@
 """Login, logout and the health check (the only routes besides static files served without a session)."""
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from db import users
+from runtime.health import answer
 from workers.console import security
 from workers.console.context import CONSOLE, USER_KEY, client_address
 
@@ -108,3 +110,10 @@ async def favicon(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers (no database or Redis call, so a probe costs nothing)."""
     return web.json_response({"ok": True})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis and PostgreSQL reachable, migrations at head (503 saying which is not)."""
+    status, body = answer(await asyncio.to_thread(request.app[CONSOLE].ready))
+    return web.json_response(body, status=status)
