@@ -66,3 +66,21 @@ def fleet_env(*, redis_url: str, database_url: str, backmarket_url: str, token: 
     }
     env.update({k.upper(): str(v) for k, v in extra.items()})
     return env
+
+
+def seed_catalogue(sessions, listings: list[dict]) -> None:
+    """The catalogue as a stock sync left it an hour ago (sandbox listings), so events have rows to book on."""
+    from datetime import datetime, timedelta, timezone
+
+    from db.snapshot import PageItem, apply_page, ensure_marketplace
+    from db.syncs import SyncPolicy, begin_run
+
+    with sessions() as session:
+        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
+        session.commit()
+        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
+                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
+                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
+                                   l["currency"]) for l in listings])
+        session.commit()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -15,14 +15,12 @@ from sqlalchemy import text
 
 from db.engine import get_engine, session_factory
 from db.ledger import check_invariant
-from db.snapshot import PageItem, apply_page, ensure_marketplace
-from db.syncs import SyncPolicy, begin_run
 from runtime.broker import build_broker
 from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
-from tests.fleet import WorkerFleet, fleet_env
+from tests.fleet import WorkerFleet, fleet_env, seed_catalogue
 from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -65,18 +63,8 @@ def dead_letters(client: redis.Redis) -> dict[str, int]:
     return {key.decode(): client.zcard(key) for key in client.scan_iter("dramatiq:*.XQ")}
 
 
-def seed_catalogue(sessions, sandbox: BackMarketSandbox) -> None:
-    """The catalogue as a stock sync left it an hour ago, so events have rows to book on."""
-    listings = [sandbox.listing(i) for i in range(sandbox.listing_count())]
-    with sessions() as session:
-        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
-        session.commit()
-        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
-        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
-                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
-                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
-                                   l["currency"]) for l in listings])
-        session.commit()
+def seed_from(sessions, sandbox: BackMarketSandbox) -> None:
+    seed_catalogue(sessions, [sandbox.listing(i) for i in range(sandbox.listing_count())])
 
 
 def send_order(broker, sandbox: BackMarketSandbox, listing: dict) -> None:
@@ -144,7 +132,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
     sandbox = BackMarketSandbox(listings=1500, seed=5, token=TOKEN, quota_requests=0)
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
                     quota_requests=2, quota_window_s=1.0, **PRODUCTION_BROKER)
     fleet = WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
@@ -190,7 +178,7 @@ def test_an_undecodable_message_is_dead_lettered_raw_and_its_neighbours_are_book
     sandbox = BackMarketSandbox(listings=10, seed=6, token=TOKEN, quota_requests=0)
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
     listings = [sandbox.listing(i) for i in range(10)]
@@ -275,7 +263,7 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
     sandbox = BackMarketSandbox(listings=10, seed=8, token=TOKEN, quota_requests=0)
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
@@ -350,7 +338,7 @@ def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tm
     sandbox = BackMarketSandbox(listings=40, seed=10, token=TOKEN, quota_requests=0)
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     flagged = [sandbox.listing(i) for i in range(12)]
     with sessions() as session:
         session.execute(text(
@@ -430,7 +418,7 @@ def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, d
     sandbox = BackMarketSandbox(listings=10, seed=11, token=TOKEN, quota_requests=0)
     http = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     broker = build_broker(Settings(redis_url=server.url))
     from actors import events
 
@@ -464,7 +452,7 @@ def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, d
     sandbox = BackMarketSandbox(listings=100, seed=12, token=TOKEN, quota_requests=0)
     http = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_catalogue(sessions, sandbox)
+    seed_from(sessions, sandbox)
     broker = build_broker(Settings(redis_url=server.url))
     stocked = [listing for listing in map(sandbox.listing, range(100)) if listing["quantity"] >= 3]
     sold = stocked * 3  # 3 orders on each row, pushes racing

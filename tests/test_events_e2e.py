@@ -25,7 +25,7 @@ from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
-from tests.fleet import WorkerFleet, fleet_env
+from tests.fleet import WorkerFleet, fleet_env, seed_catalogue
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-events-token"
@@ -43,15 +43,7 @@ def world(tmp_path, redis_url, database_url):
     listings = [sandbox.listing(i) for i in range(LISTINGS)]
     sessions = session_factory(database_url)
     # The catalogue as a stock sync left it, an hour ago: the events below come well after the page.
-    with sessions() as session:
-        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
-        session.commit()
-        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
-        apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
-                   fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
-                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
-                                   l["currency"]) for l in listings])
-        session.commit()
+    seed_catalogue(sessions, listings)
     broker = build_broker(Settings(redis_url=redis_url))
     from actors import events  # message factories only: the test process enqueues, the fleet works
 
