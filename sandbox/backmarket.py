@@ -1,38 +1,6 @@
 """A simulated Back Market seller API: an aiohttp app speaking the shapes of the real one.
 
-The shapes come from Back Market's OpenAPI document, vendored as ``sandbox/specs/backmarket-openapi.yml``.
-:class:`BackMarketSandbox` holds a deterministic catalogue of listings and serves:
-
-- ``GET /ws/listings``: ``page`` (default 1) and ``page-size`` (default 10, at most 50), filters
-  ``publication_state``, ``min_quantity``, ``max_quantity``; the ``{count, next, previous,
-  results}`` envelope of ``ListingPublic`` with absolute ``next``/``previous`` URLs.
-- ``GET /ws/listings/{listingId}`` and ``GET /ws/listings/detail?id=|listing_id=|sku=``:
-  ``ListingPublic`` + ``"statuscode": 200``; the id is the uuid or the legacy integer.
-- ``POST /ws/listings/{listingId}``: a partial update (``quantity`` as an int or a numeric string,
-  ``price``, ``comment``, ...) echoed back with ``"statuscode": 200``.
-- ``/_sandbox/...``: admin routes for tests and benchmarks (stats, stock, dials); no auth.
-
-Behaviour the spec leaves open, and what the sandbox does:
-
-- Past the last page, ``GET /ws/listings`` answers **200 with empty results** (``next`` null,
-  ``previous`` the last real page): the spec declares no 404 for the list, only 200/401/403.
-  Like Django REST framework (whose envelope this is), the link to page 1 drops ``page`` and the
-  query parameters are sorted.
-- ``page-size`` above 50 (or below 1, or not an integer) answers 400 ``ErrorResponseV1``: the spec
-  declares ``maximum: 50``.  The real API may clamp instead of refusing; clients send ≤ 50 anyway.
-- ``Accept-Language`` is optional (the spec says ``required: false``; default ``fr-fr``); one that
-  does not match ``^[a-z]{2}-[a-z]{2}$`` answers 400.  Stock is global; price and currency follow
-  the market (``en-gb`` prices in GBP, ``en-us`` in USD, ...).
-- Checks run in the order of the real stack: the WAF (no ``User-Agent`` → 403
-  ``bot-need-challenge``), then Cloudflare's rate limit (429), then the application (latency,
-  ``Authorization`` → 401, ``Accept-Language`` → 400, injected 500s, the handler).  So
-  unauthenticated requests use the quota too, as they would at Cloudflare.
-- The quota is a sliding window of ``quota_requests`` admitted requests per ``quota_window_s``
-  over all ``/ws/listings*`` requests of all clients.  **A refused request (429) does not use the
-  window**: it never reached the origin, and counting it would lock out for good a client that
-  keeps retrying.  This is Cloudflare's "throttle" behaviour; its default "block for the
-  mitigation timeout" ("blocked for 10 seconds" in Back Market's docs) is the ``quota_block_s``
-  dial (0 = off).  429s carry no ``Retry-After``, like the real ones.
+What it serves and how it behaves where the vendor's docs are silent: :class:`BackMarketSandbox`.
 """
 from __future__ import annotations
 
@@ -300,6 +268,40 @@ class InvalidInput(ValueError):
 
 class BackMarketSandbox(Dials):
     """The state of a simulated Back Market merchant account, and the app that serves it.
+
+    The shapes come from Back Market's OpenAPI document, vendored as ``sandbox/specs/backmarket-openapi.yml``.
+    :class:`BackMarketSandbox` holds a deterministic catalogue of listings and serves:
+
+    - ``GET /ws/listings``: ``page`` (default 1) and ``page-size`` (default 10, at most 50), filters
+      ``publication_state``, ``min_quantity``, ``max_quantity``; the ``{count, next, previous,
+      results}`` envelope of ``ListingPublic`` with absolute ``next``/``previous`` URLs.
+    - ``GET /ws/listings/{listingId}`` and ``GET /ws/listings/detail?id=|listing_id=|sku=``:
+      ``ListingPublic`` + ``"statuscode": 200``; the id is the uuid or the legacy integer.
+    - ``POST /ws/listings/{listingId}``: a partial update (``quantity`` as an int or a numeric string,
+      ``price``, ``comment``, ...) echoed back with ``"statuscode": 200``.
+    - ``/_sandbox/...``: admin routes for tests and benchmarks (stats, stock, dials); no auth.
+
+    Behaviour the spec leaves open, and what the sandbox does:
+
+    - Past the last page, ``GET /ws/listings`` answers **200 with empty results** (``next`` null,
+      ``previous`` the last real page): the spec declares no 404 for the list, only 200/401/403.
+      Like Django REST framework (whose envelope this is), the link to page 1 drops ``page`` and the
+      query parameters are sorted.
+    - ``page-size`` above 50 (or below 1, or not an integer) answers 400 ``ErrorResponseV1``: the spec
+      declares ``maximum: 50``.  The real API may clamp instead of refusing; clients send ≤ 50 anyway.
+    - ``Accept-Language`` is optional (the spec says ``required: false``; default ``fr-fr``); one that
+      does not match ``^[a-z]{2}-[a-z]{2}$`` answers 400.  Stock is global; price and currency follow
+      the market (``en-gb`` prices in GBP, ``en-us`` in USD, ...).
+    - Checks run in the order of the real stack: the WAF (no ``User-Agent`` → 403
+      ``bot-need-challenge``), then Cloudflare's rate limit (429), then the application (latency,
+      ``Authorization`` → 401, ``Accept-Language`` → 400, injected 500s, the handler).  So
+      unauthenticated requests use the quota too, as they would at Cloudflare.
+    - The quota is a sliding window of ``quota_requests`` admitted requests per ``quota_window_s``
+      over all ``/ws/listings*`` requests of all clients.  **A refused request (429) does not use the
+      window**: it never reached the origin, and counting it would lock out for good a client that
+      keeps retrying.  This is Cloudflare's "throttle" behaviour; its default "block for the
+      mitigation timeout" ("blocked for 10 seconds" in Back Market's docs) is the ``quota_block_s``
+      dial (0 = off).  429s carry no ``Retry-After``, like the real ones.
 
     The catalogue has ``listings`` listings generated from ``seed`` (see :func:`catalogue_entry`);
     their stock lives in a dict that the API, the dials and the Python methods change.  The app

@@ -1,28 +1,6 @@
 """Orders of the sandbox Back Market: ``GET /ws/orders`` and ``GET /ws/orders/{order_id}``.
 
-An add-on of :class:`sandbox.backmarket.BackMarketSandbox` (``sandbox.orders``): it keeps the
-account's orders and registers their routes on the sandbox's app, behind the same middleware
-(WAF, ``Authorization: Basic``, ``Accept-Language``, latency, counters; not the catalog quota).
-Shapes are the spec's ``Order`` and ``OrderLine`` (sandbox/specs/backmarket-openapi.yml), addresses in
-snake_case as Back Market really sends them.
-
-Like the real marketplace, placing an order lowers the sandbox's own stock of each line's listing
-(:meth:`BackMarketOrders.place_order`); a line cancelled (4) or refunded before shipping (5) puts
-it back when the sandbox's ``restock_on_cancel`` dial says so, or as told
-(:meth:`BackMarketOrders.set_line_state`).
-
-Behaviour the spec leaves open, and what the sandbox does:
-
-- ``date_modification`` / ``date_creation`` filters keep orders modified / created **at or after**
-  the given time; ``state`` and ``country_code`` keep equal ones; orders in state 0 or 8 are never
-  listed (the spec says so).
-- Orders come in ascending ``order_id`` (Django's default primary-key order); ``page`` and
-  ``page-size`` (default 10, at most 50) work as on ``/ws/listings``, past the last page is 200 with
-  empty results.
-- Times are RFC 3339 in UTC with microseconds (``2026-11-23T09:35:24.123456Z``), including
-  ``expected_dispatch_date``, whose example in the spec has no offset (not a valid ``date-time``).
-- An unknown ``order_id`` is a 404 ``ErrorResponseV1`` (the spec declares the 404 without a body).
-- ``/_sandbox/orders`` (no auth) places orders and moves lines, for demos and benchmarks.
+What it serves and how it behaves where the vendor's docs are silent: :class:`BackMarketOrders`.
 """
 from __future__ import annotations
 
@@ -88,6 +66,30 @@ def order_state(line_states: Iterable[int]) -> int:
 
 class BackMarketOrders:
     """The orders of one sandbox Back Market account (``sandbox.orders``).
+
+    An add-on of :class:`sandbox.backmarket.BackMarketSandbox` (``sandbox.orders``): it keeps the
+    account's orders and registers their routes on the sandbox's app, behind the same middleware
+    (WAF, ``Authorization: Basic``, ``Accept-Language``, latency, counters; not the catalog quota).
+    Shapes are the spec's ``Order`` and ``OrderLine`` (sandbox/specs/backmarket-openapi.yml), addresses in
+    snake_case as Back Market really sends them.
+
+    Like the real marketplace, placing an order lowers the sandbox's own stock of each line's listing
+    (:meth:`BackMarketOrders.place_order`); a line cancelled (4) or refunded before shipping (5) puts
+    it back when the sandbox's ``restock_on_cancel`` dial says so, or as told
+    (:meth:`BackMarketOrders.set_line_state`).
+
+    Behaviour the spec leaves open, and what the sandbox does:
+
+    - ``date_modification`` / ``date_creation`` filters keep orders modified / created **at or after**
+      the given time; ``state`` and ``country_code`` keep equal ones; orders in state 0 or 8 are never
+      listed (the spec says so).
+    - Orders come in ascending ``order_id`` (Django's default primary-key order); ``page`` and
+      ``page-size`` (default 10, at most 50) work as on ``/ws/listings``, past the last page is 200 with
+      empty results.
+    - Times are RFC 3339 in UTC with microseconds (``2026-11-23T09:35:24.123456Z``), including
+      ``expected_dispatch_date``, whose example in the spec has no offset (not a valid ``date-time``).
+    - An unknown ``order_id`` is a 404 ``ErrorResponseV1`` (the spec declares the 404 without a body).
+    - ``/_sandbox/orders`` (no auth) places orders and moves lines, for demos and benchmarks.
 
     Parameters:
       sandbox(BackMarketSandbox): Whose stock orders lower and whose app serves the routes.

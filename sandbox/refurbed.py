@@ -1,22 +1,6 @@
 """A simulated Refurbed Merchant API (orders) and its "Instant Order Notifications" webhook.
 
-Shapes follow Refurbed's Swagger (``sandbox/specs/refurbed-merchant-openapi.json``): the HTTP
-gateway of a gRPC API, so every call is ``POST
-/refb.merchant.v1.<Service>/<Method>`` with a JSON body, ``Authorization: Plain <token>``,
-snake_case fields, int64 ids as strings, enums as strings, errors as ``google.rpc.Status``
-(``{"code", "message", "details"}``) behind the gateway's HTTP status.
-
-Served: ``OrderService/GetOrder`` (``{"id"}`` → ``{"order"}``), ``OrderService/ListOrders``
-(``Int64Pagination`` with ``limit`` ≤ 100, ``starting_after``/``ending_before``; sort by ``ID`` or
-``RELEASED_AT``; filters ``id``, ``state`` and ``released_at``; → ``{"orders", "has_more"}``) and
-``OrderItemService/UpdateOrderItemState`` (to accept, reject, cancel or ship an item).
-
-The webhook: when :meth:`RefurbedSandbox.place_order` releases an order, a sender thread POSTs
-``{"order_id": <int>}`` (nothing else, unsigned, as Refurbed does) to ``webhook_url``.  Refurbed
-delivers at least once, so the sandbox makes duplicates happen: every notification is delivered
-``1 + webhook_resends`` times (at least one re-send by default), and a delivery that fails (no
-2xx, or no answer) is retried with a doubling interval up to ``webhook_max_attempts`` times.
-``deliveries()`` lists every attempt; ``wait_for_deliveries()`` waits until the queue is empty.
+What it serves and how it behaves where the vendor's docs are silent: :class:`RefurbedSandbox`.
 """
 from __future__ import annotations
 
@@ -99,6 +83,24 @@ def rfc3339(moment: datetime) -> str:
 
 class RefurbedSandbox(Dials):
     """The orders of one simulated Refurbed merchant, the app that serves them and the webhook sender.
+
+    Shapes follow Refurbed's Swagger (``sandbox/specs/refurbed-merchant-openapi.json``): the HTTP
+    gateway of a gRPC API, so every call is ``POST
+    /refb.merchant.v1.<Service>/<Method>`` with a JSON body, ``Authorization: Plain <token>``,
+    snake_case fields, int64 ids as strings, enums as strings, errors as ``google.rpc.Status``
+    (``{"code", "message", "details"}``) behind the gateway's HTTP status.
+
+    Served: ``OrderService/GetOrder`` (``{"id"}`` → ``{"order"}``), ``OrderService/ListOrders``
+    (``Int64Pagination`` with ``limit`` ≤ 100, ``starting_after``/``ending_before``; sort by ``ID`` or
+    ``RELEASED_AT``; filters ``id``, ``state`` and ``released_at``; → ``{"orders", "has_more"}``) and
+    ``OrderItemService/UpdateOrderItemState`` (to accept, reject, cancel or ship an item).
+
+    The webhook: when :meth:`RefurbedSandbox.place_order` releases an order, a sender thread POSTs
+    ``{"order_id": <int>}`` (nothing else, unsigned, as Refurbed does) to ``webhook_url``.  Refurbed
+    delivers at least once, so the sandbox makes duplicates happen: every notification is delivered
+    ``1 + webhook_resends`` times (at least one re-send by default), and a delivery that fails (no
+    2xx, or no answer) is retried with a doubling interval up to ``webhook_max_attempts`` times.
+    ``deliveries()`` lists every attempt; ``wait_for_deliveries()`` waits until the queue is empty.
 
     Dials (constructor keywords, and :meth:`configure`):
 
