@@ -17,7 +17,7 @@ from runtime.broker import build_broker
 from core.events import StockEvent
 from runtime.settings import Settings, get_settings
 from sandbox.backmarket import BackMarketSandbox
-from tests.test_e2e_faults import seed_catalogue
+from tests.fleet import seed_catalogue
 
 
 def chain(line: str, sku: str):
@@ -31,7 +31,7 @@ def test_a_polled_line_whose_event_died_is_sent_again_until_booked_or_given_up(r
     get_settings.cache_clear()
     resources.database_url.cache_clear()
     sandbox = BackMarketSandbox(listings=5, seed=3, token="t", quota_requests=0)
-    seed_catalogue(session_factory(database_url), sandbox)
+    seed_catalogue(session_factory(database_url), [sandbox.listing(i) for i in range(sandbox.listing_count())])
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
     booked, lost = chain("L-booked", sandbox.listing(0)["sku"]), chain("L-lost", sandbox.listing(1)["sku"])
