@@ -224,7 +224,7 @@ class FailureRecorder(Middleware):
             error, tb = self._last_errors.pop(message.message_id, (None, ""))
         if error is None:
             # dramatiq dead-letters a message for an actor it does not know before running anything.
-            known = message.actor_name in broker.actors
+            known = broker is None or message.actor_name in broker.actors
             error = "failed (no exception recorded)" if known else (
                 f"no actor named {message.actor_name[:100]!r} in this fleet (a message sent by name to an actor "
                 f"that is not declared)")
