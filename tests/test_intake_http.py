@@ -21,6 +21,7 @@ from runtime import resources
 from runtime.producer import StockEvents
 from runtime.settings import Settings, get_settings
 from sandbox.server import serve_in_thread
+from tests.test_read_api import get
 from workers.intake import auth
 from workers.intake.app import RedactingAccessLogger, build_intake_app, redact_path
 
@@ -296,17 +297,6 @@ def test_intake_requests_are_counted_by_route_template_never_by_path(intake):
 
 
 # -- malformed input is a 4xx naming what is wrong, never a 500 --------------------------------------
-
-
-def get(server, path: str) -> tuple[int, Any]:
-    parts = urlsplit(server.url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
 
 
 def nested(depth: int) -> bytes:
