@@ -34,8 +34,6 @@ PUSH_QUEUE = queues.PUSH
 RECHECK_QUEUE = queues.RECHECK
 RECONCILE_QUEUE = queues.RECONCILE
 
-READABLE_MARKETPLACES = pipeline.READABLE_MARKETPLACES
-
 _settings = get_settings()
 
 
@@ -98,7 +96,7 @@ def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
     # re-delivered message (a duplicate now) sends them again.
     if result.push_requested:
         push_stock.send(event.marketplace, event.sku)
-    if result.needs_recheck and event.marketplace in READABLE_MARKETPLACES:
+    if result.needs_recheck and pipeline.readable(event.marketplace):
         recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=pipeline.recheck_delay_ms())
 
 
@@ -170,7 +168,7 @@ def _message_id() -> str:
                 max_age=24 * 3600 * 1000, time_limit=15 * 60 * 1000)
 def push_stock(marketplace: str, sku: str) -> None:
     """Set ``sku``'s stock on ``marketplace`` from a fresh read plus our unpushed changes (one GET, one POST)."""
-    if marketplace not in stock_events.PUSHED_MARKETPLACES:
+    if not pipeline.pushed(marketplace):
         logger.info("%s stock is not pushed; nothing to do for %s", marketplace, sku)
         return
     try:

@@ -20,17 +20,22 @@ logger = logging.getLogger(__name__)
 
 @dramatiq.actor(queue_name=queues.ORDERS, retry_when=transient_only(12), min_backoff=2_000, max_backoff=600_000,
                 max_age=3 * 24 * 3600 * 1000, time_limit=5 * 60 * 1000)
-async def refurbed_order_notified(order_id: str, received_at: str | None = None) -> None:
-    """Re-fetch a notified Refurbed order (``GetOrder``) and emit the events not sent yet."""
-    sent = await book_refurbed_order(order_id, refurbed_order_notified.broker)
-    logger.info("refurbed order %s (notified at %s): %d events sent", order_id, received_at, sent)
+async def refurbed_order_notified(order_id: str, received_at: str | None = None, account: str = "refurbed") -> None:
+    """Re-fetch a notified Refurbed order (``GetOrder``) of ``account`` and emit the events not sent yet."""
+    sent = await book_refurbed_order(order_id, refurbed_order_notified.broker, account)
+    logger.info("refurbed order %s of %s (notified at %s): %d events sent", order_id, account, received_at, sent)
 
 
-async def book_refurbed_order(order_id: str, broker: dramatiq.Broker) -> int:
+async def book_refurbed_order(order_id: str, broker: dramatiq.Broker, account: str = "refurbed") -> int:
     """What ``refurbed_order_notified`` does; returns how many events were sent."""
     if not isinstance(order_id, str) or not order_id.isascii() or not order_id.isdigit() or len(order_id) > 19:
         raise MalformedMessage(f"order_id must be a string of digits, got {order_id!r:.60}")
-    return await order_pipeline.book_refurbed_order(order_id, broker)
+    try:
+        return await order_pipeline.book_refurbed_order(order_id, broker, account)
+    except ValueError as refused:  # no such account, or not one whose orders can be read
+        if getattr(refused, "permanent", False):
+            raise MalformedMessage(str(refused)) from None
+        raise
 
 
 @dramatiq.actor(queue_name=queues.ORDERS, retry_when=transient_only(3), min_backoff=5_000, max_backoff=60_000,
@@ -44,7 +49,9 @@ async def poll_orders(marketplace: str = "backmarket") -> None:
 
 async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | None:
     """What ``poll_orders`` does; returns the walk's counts, or None when another walk holds the lock."""
-    if marketplace not in order_pipeline.POLLED_MARKETPLACES:
-        raise MalformedMessage(f"poll_orders cannot walk {marketplace!r:.60}: expected one of "
-                               f"{', '.join(order_pipeline.POLLED_MARKETPLACES)}")
-    return await order_pipeline.walk_orders_of(marketplace, broker)
+    try:
+        return await order_pipeline.walk_orders_of(marketplace, broker)
+    except ValueError as refused:  # no such account, or not one whose orders can be polled
+        if getattr(refused, "permanent", False):
+            raise MalformedMessage(f"poll_orders: {refused}") from None
+        raise

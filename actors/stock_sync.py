@@ -1,4 +1,4 @@
-"""Bulk stock sync: start → fetch pages (fan-out) → apply each page → finish; resume a stalled one.
+"""Bulk stock sync of any account: start → fetch pages (fan-out or chain) → apply each page → finish; resume.
 
 The work is in :mod:`pipelines.stock_sync`; these actors decode, call it and enqueue what follows.
 """
@@ -14,12 +14,12 @@ from actors.retry import MalformedMessage, transient_only
 from db import syncs
 from pipelines import events as events_pipeline
 from pipelines import stock_sync as pipeline
-from pipelines.stock_sync import MARKETPLACES, SYNC_KIND, check_marketplace, page_items
+from pipelines.stock_sync import SYNC_KIND, check_account, page_items
 from runtime import queues
 from runtime.failures import message_argument, on_dead_letter
 
-__all__ = ["MARKETPLACES", "SYNC_KIND", "apply_listings_batch", "begin_stock_sync", "check_marketplace",
-           "fetch_listings_page", "page_items", "resume_stalled_syncs", "start_stock_sync"]
+__all__ = ["SYNC_KIND", "apply_listings_batch", "begin_stock_sync", "check_account", "fetch_listings_page",
+           "page_items", "resume_stalled_syncs", "start_stock_sync"]
 
 
 def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> int:
@@ -44,24 +44,37 @@ def start_stock_sync(marketplace: str, force: bool = False, trigger: str = "sche
 
 @dramatiq.actor(queue_name=queues.STOCK_FETCH, retry_when=transient_only(5), min_backoff=2000, max_backoff=60000,
                 max_age=6 * 3600 * 1000, time_limit=10 * 60 * 1000)
-async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket", fan_out: bool = True
-                              ) -> None:
-    """Fetch one listings page; page 1 fans out every other page (unless ``fan_out`` is false: a resume
-    fetches the missing pages itself); hand the items to apply."""
-    check_marketplace(marketplace)
-    fetched = await pipeline.fetch_page(sync_id, page)
-    if page == 1 and fetched.total_pages > 1 and fan_out:
+async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backmarket", fan_out: bool = True,
+                              cursor: str | None = None) -> None:
+    """Fetch one listings page and hand its items to apply.
+
+    Numbered pages: page 1 fans out every other page (unless ``fan_out`` is false: a resume fetches
+    the missing pages itself).  Cursor pages: each page sends the next one (``fan_out`` false: this
+    page alone), after skipping the pages a resumed walk has applied already.
+    """
+    cursor_walk = pipeline.is_cursor_walk(marketplace)
+    if cursor_walk and fan_out:
+        following = await asyncio.to_thread(pipeline.next_page_to_fetch, sync_id, page, cursor)
+        if following is None:
+            return
+        page, cursor = following
+    fetched = await pipeline.fetch_page(sync_id, page, marketplace, cursor)
+    if cursor_walk:
+        if fetched.next_cursor is not None and fan_out:
+            await asyncio.to_thread(_enqueue_pages, sync_id, [page + 1], marketplace, True, fetched.next_cursor)
+    elif page == 1 and fetched.total_pages > 1 and fan_out:
         # Fan out at once: the fleet-wide limiter, not a chain, paces the fetches.
         await asyncio.to_thread(_enqueue_pages, sync_id, range(2, fetched.total_pages + 1), marketplace)
+    first_or_last = page == 1 or cursor_walk
     await asyncio.to_thread(
         apply_listings_batch.send, sync_id, page, fetched.fetched_at.isoformat(), fetched.items, marketplace,
-        fetched.total_pages if page == 1 else None, fetched.count if page == 1 else None)
+        fetched.total_pages if first_or_last else None, fetched.count if page == 1 else None, fetched.next_cursor)
 
 
-def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True) -> None:
+def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True, cursor: str | None = None) -> None:
     broker = fetch_listings_page.broker
     for page in pages:
-        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out))
+        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor))
 
 
 @dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000,
@@ -79,21 +92,24 @@ def resume_stalled_syncs(marketplace: str = "backmarket") -> int:
         dramatiq.get_logger(__name__).warning(
             "stock sync %d of %s made no progress: fetching %d missing page(s) again", resume.sync_id,
             marketplace, len(resume.pages))
-        _enqueue_pages(resume.sync_id, resume.pages, marketplace, resume.fan_out)
+        _enqueue_pages(resume.sync_id, resume.pages, marketplace, resume.fan_out, resume.cursor)
     return sum(len(resume.pages) for resume in resumes)
 
 
 @dramatiq.actor(queue_name=queues.STOCK_APPLY, retry_when=transient_only(8), min_backoff=500, max_backoff=30000,
                 max_age=6 * 3600 * 1000)
 def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, marketplace: str = "backmarket",
-                         total_pages: int | None = None, total_items: int | None = None) -> None:
+                         total_pages: int | None = None, total_items: int | None = None,
+                         next_cursor: str | None = None) -> None:
     """Apply one page in one transaction; the last page closes the run."""
-    check_marketplace(marketplace)
+    if next_cursor is not None and not isinstance(next_cursor, str):
+        raise MalformedMessage(f"next_cursor must be a string, got {type(next_cursor).__name__}")
     try:
         fetched = datetime.fromisoformat(fetched_at)
     except (TypeError, ValueError):
         raise MalformedMessage(f"fetched_at must be an ISO 8601 time, got {fetched_at!r}") from None
-    result = pipeline.apply(sync_id, page, fetched, page_items(items), marketplace, total_pages, total_items)
+    result = pipeline.apply(sync_id, page, fetched, page_items(items), marketplace, total_pages, total_items,
+                            next_cursor)
     if result.rechecks:
         # Rows the page could not settle are read again once past the skew, not at the next sweep.
         sweep_stock.send_with_options(args=(marketplace,), delay=events_pipeline.recheck_delay_ms())

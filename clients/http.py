@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 #: The longest exponential backoff between two attempts (seconds), unless a policy says otherwise.
 MAX_BACKOFF_S = 30.0
 
+#: The largest answer a vendor call may bring back: a page of listings is a few hundred kB.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
 #: A rate-limit reset header below this value is read as seconds from now rather than an epoch time.
 EPOCH_FLOOR = 1_000_000_000
 
@@ -286,10 +289,11 @@ class JsonApi:
         status = None
         started = time.monotonic()
         try:
+            # No redirects: the credential goes to the configured host only, never where an answer points.
             async with self.session.request(method, self.base_url + path, params=params, data=data,
-                                            headers=sent, timeout=self.timeout) as response:
+                                            headers=sent, timeout=self.timeout, allow_redirects=False) as response:
                 status = response.status
-                raw = await response.read()
+                raw = await _read_capped(response, MAX_BODY_BYTES)
                 response_headers = response.headers
         except (TimeoutError, aiohttp.ClientError) as error:
             status = None
@@ -404,3 +408,16 @@ def is_int(value: Any) -> bool:
 def json_kind(value: Any) -> str:
     """The JSON-ish name of a value's type for error messages (``null`` for ``None``)."""
     return "null" if value is None else type(value).__name__
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """The answer's body, refused (a ``ClientPayloadError``) beyond ``cap`` bytes, never read whole first."""
+    if (response.content_length or 0) > cap:
+        raise aiohttp.ClientPayloadError(f"answer of {response.content_length} bytes is over the {cap} byte cap")
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > cap:
+            raise aiohttp.ClientPayloadError(f"answer is over the {cap} byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)

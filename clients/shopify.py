@@ -150,6 +150,38 @@ class ShopifyClient:
                     variants.append(_parse_variant(variant, product))
             yield variants
 
+    async def variants_page(self, cursor: str | None = None, *, limit: int = MAX_PAGE_LIMIT
+                            ) -> tuple[list[ShopifyVariant], str | None]:
+        """One page of products' variants and the cursor of the next page (None: the last one).
+
+        The cursor is the next page's path on this shop (from the ``Link`` header), so a walk can
+        stop and resume at any page.
+        """
+        if cursor is None:
+            url = self._url("products.json", {"limit": str(_check_limit(limit)), "fields": "id,title,variants"})
+        else:
+            url = self.base_url + cursor
+        body, next_url = await self._get(LIST_PRODUCTS, url)
+        variants = []
+        for index, product in enumerate(self._list_of(body, "products", LIST_PRODUCTS)):
+            if not isinstance(product, dict) or not isinstance(product.get("variants", []), list):
+                raise MalformedResponse(f"products[{index}]: expected an object with a variants list",
+                                        api=API, endpoint=LIST_PRODUCTS, status=200)
+            variants.extend(_parse_variant(variant, product) for variant in product.get("variants", []))
+        return variants, None if next_url is None else next_url[len(self.base_url):]
+
+    async def levels_of(self, item_ids: list[str], location_ids: list[str | int]) -> list[InventoryLevel]:
+        """The inventory levels of ``item_ids`` at ``location_ids`` (every page of them)."""
+        if not item_ids or not location_ids:
+            return []
+        params = {"inventory_item_ids": ",".join(item_ids), "location_ids": ",".join(str(i) for i in location_ids),
+                  "limit": str(MAX_PAGE_LIMIT)}
+        levels: list[InventoryLevel] = []
+        async for page in self._pages(LIST_INVENTORY_LEVELS, self._url("inventory_levels.json", params),
+                                      "inventory_levels"):
+            levels.extend(_parse_level(level, index) for index, level in enumerate(page))
+        return levels
+
     async def iter_inventory_levels(self, location_ids: list[str | int], *, limit: int = MAX_PAGE_LIMIT
                                     ) -> AsyncIterator[list[InventoryLevel]]:
         """Every inventory level at ``location_ids``, a page at a time (``inventory_levels.json``)."""

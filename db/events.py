@@ -20,17 +20,13 @@ from sqlalchemy.orm import Session
 
 from core import booking
 from core.booking import DEFAULT_CLOCK_SKEW
+from core.platforms import PLATFORMS
 
 # The event contract lives in core.events; these names are re-exported for the ledger's callers.
 from core.events import (CHANGE_TYPES, LOCAL_CHANGE_TYPES, MARKETPLACE_CHANGE_TYPES, InvalidStockEvent,  # noqa: F401
                          StockEvent, order_line_key)
 
 logger = logging.getLogger(__name__)
-
-#: Marketplaces whose stock is pushed after a local change (an absolute quantity, one call).
-#: Others keep the change locally only, and their rows never wait for a push.
-PUSHED_MARKETPLACES = frozenset({"backmarket"})
-
 
 
 @dataclass(frozen=True)
@@ -81,6 +77,9 @@ def marketplace_id_of(session: Session, code: str) -> int:
     return ensure_marketplace(session, code)
 
 
+_PLATFORMS = text("SELECT code, platform FROM marketplaces WHERE code = ANY(:codes)")
+
+
 class LedgerRace(Exception):
     """A batch's idempotency key was booked meanwhile on another stock row: retry the batch.
 
@@ -100,7 +99,8 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     first), every key and order-line half is looked up in one, each event is decided in order by
     :func:`core.booking.decide_event` (events of one SKU in the order given), and one statement
     writes every ledger row, moves every stock row and variation total and sets the flags.
-    ``not_restocking``: marketplaces that do not give a cancelled line's units back themselves.
+    ``not_restocking``: marketplaces that do not give a cancelled line's units back themselves.  A
+    local change waits for a push only on an account whose platform can push (:mod:`core.platforms`).
 
     Events are valid by construction (:class:`core.events.StockEvent`).  Raises :class:`LedgerRace`
     if a key of the batch was booked meanwhile on another row.
@@ -110,6 +110,8 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
     now = now or datetime.now(timezone.utc)
     skew = DEFAULT_CLOCK_SKEW if skew is None else skew
     marketplace_ids = {code: marketplace_id_of(session, code) for code in sorted({e.marketplace for e in events})}
+    pushed = {code for code, name in session.execute(_PLATFORMS, {"codes": sorted(marketplace_ids)})
+              if PLATFORMS[name].push}
     wanted = sorted({(marketplace_ids[e.marketplace], e.sku) for e in events})
     rows = _lock_stock_rows(session, wanted)
     created: set[tuple[int, str]] = set()
@@ -140,7 +142,7 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
         decision = booking.decide_event(
             event.change_type, event.quantity, event.event_time, row.last_synced_at, skew=skew,
             other_half=None if other is None else other.event_time,
-            pushed=event.marketplace in PUSHED_MARKETPLACES,
+            pushed=event.marketplace in pushed,
             restocks_on_cancel=event.marketplace not in not_restocking)
         before = state.listed
         entries.append(state.book(_Entry(row, event, key, event.event_time, decision, before)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint, func, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -18,14 +18,37 @@ class Base(DeclarativeBase):
 
 
 class Marketplace(Base):
-    """A store the seller lists on (Back Market, Refurbed, ...)."""
+    """One account: a place the seller sells (a Back Market account, a Refurbed store, a Shopify shop).
+
+    ``code`` is its one identity: stock rows, orders, pushes, syncs (``sync_runs.target``), alerts,
+    metrics and the console all name the account by it.  What the account can do comes from its
+    platform (:data:`core.platforms.PLATFORMS`).  The credential is never stored: ``credentials_env``
+    names the environment variable that holds it (``None``: the platform's default setting, the main
+    account's).  ``base_url`` ``None``: the platform's default host from the settings.
+    """
 
     __tablename__ = "marketplaces"
+    __table_args__ = (
+        CheckConstraint("platform IN ('backmarket', 'refurbed', 'shopify', 'manual')", name="ck_marketplaces_platform"),
+        CheckConstraint("credentials_env ~ '^[A-Z_][A-Z0-9_]*$'", name="ck_marketplaces_credentials_env"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     code: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
+    platform: Mapped[str] = mapped_column(String(32), server_default="manual")
+    credentials_env: Mapped[str | None] = mapped_column(String(128))
+    base_url: Mapped[str | None] = mapped_column(String(500))
+    #: Per-account choices: ``restock_on_cancel`` (bool), ``webhook_secret_env``, ``shop_domain``, ...
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default="true")
+    #: Synced by the schedule (an enabled account may still be synced by hand only).
+    auto_sync: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+#: An account is a row of ``marketplaces`` (the table keeps its name: every stock row points at it).
+Account = Marketplace
 
 
 class Variation(Base):
@@ -198,6 +221,8 @@ class SyncPage(Base):
     items: Mapped[int] = mapped_column(Integer)
     fetched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: The cursor of the page after this one (a cursor walk), so a resume restarts from the last applied page.
+    next_cursor: Mapped[str | None] = mapped_column(Text)
 
 
-__all__ = ["Base", "Marketplace", "Variation", "Listing", "MarketplaceStock", "StockLedger", "SyncRun", "SyncPage"]
+__all__ = ["Account", "Base", "Marketplace", "Variation", "Listing", "MarketplaceStock", "StockLedger", "SyncRun", "SyncPage"]

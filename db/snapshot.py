@@ -108,20 +108,21 @@ def _dedupe(items: Iterable[PageItem]) -> list[PageItem]:
 def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int, fetched_at: datetime,
                items: Iterable[PageItem], language: str = "fr-fr", total_pages: int | None = None,
                total_items: int | None = None, skew: timedelta | None = None, now: datetime | None = None,
-               restocks_on_cancel: bool = True) -> PageResult:
+               restocks_on_cancel: bool = True, next_cursor: str | None = None) -> PageResult:
     """Apply one page of listings in the caller's transaction (the caller commits).
 
     Idempotent per (sync_id, page): a re-delivered page finds its ``sync_pages`` row and changes
     nothing.  When this page completes the run, the run is finished here too (same transaction),
     so "all pages applied" never depends on a message that could be lost.  Rows the page cannot
     be trusted for are left as they are (:func:`apply_snapshot`; ``skew`` defaults to
-    :data:`core.booking.DEFAULT_CLOCK_SKEW`).
+    :data:`core.booking.DEFAULT_CLOCK_SKEW`).  ``next_cursor``: a cursor walk's way to the next page,
+    kept with this one so a resume starts after the last page applied.
     """
     items = _dedupe(items)
     claimed = session.execute(
-        text("INSERT INTO sync_pages (sync_id, page, items, fetched_at) VALUES (:s, :p, :n, :t) "
+        text("INSERT INTO sync_pages (sync_id, page, items, fetched_at, next_cursor) VALUES (:s, :p, :n, :t, :c) "
              "ON CONFLICT DO NOTHING RETURNING page"),
-        {"s": sync_id, "p": page, "n": len(items), "t": fetched_at},
+        {"s": sync_id, "p": page, "n": len(items), "t": fetched_at, "c": next_cursor},
     ).first()
     if claimed is None:
         return PageResult(applied=False)

@@ -228,11 +228,16 @@ def last_success(session: Session, kind: str, target: str) -> datetime | None:
 
 @dataclass(frozen=True)
 class Resume:
-    """What to fetch again for a stalled run: ``pages``, and whether page 1 fans the others out again."""
+    """What to fetch again for a stalled run: ``pages``, and whether page 1 fans the others out again.
+
+    A cursor walk resumes at its first missing page, from the cursor the page before it left
+    (``cursor``), and goes on as a chain (``fan_out``) past the pages already applied.
+    """
 
     sync_id: int
     pages: list[int]
     fan_out: bool
+    cursor: str | None = None
 
 
 def pages_to_resume(sync_id: int, total_pages: int | None, applied: set[int]) -> Resume:
@@ -246,12 +251,33 @@ def pages_to_resume(sync_id: int, total_pages: int | None, applied: set[int]) ->
     return Resume(sync_id, sorted(set(range(1, total_pages + 1)) - applied), fan_out=False)
 
 
+def cursor_to_resume(sync_id: int, next_cursors: dict[int, str | None]) -> Resume:
+    """Where a stalled cursor walk goes on: its first page not applied, from the cursor before it."""
+    page = 1
+    while page in next_cursors:
+        page += 1
+    return Resume(sync_id, [page], fan_out=True, cursor=next_cursors.get(page - 1))
+
+
+def next_page_to_fetch(session: Session, sync_id: int, page: int, cursor: str | None
+                       ) -> tuple[int, str | None] | None:
+    """Skip the pages of a cursor walk already applied (a resumed chain): the first one left, or None."""
+    applied = dict(session.execute(text("SELECT page, next_cursor FROM sync_pages WHERE sync_id = :s AND page >= :p"),
+                                   {"s": sync_id, "p": page}).all())
+    while page in applied:
+        if applied[page] is None:
+            return None  # that page was the last: the walk is over
+        page, cursor = page + 1, applied[page]
+    return page, cursor
+
+
 def stalled_runs(session: Session, *, kind: str, target: str, stalled_after_s: float,
-                 now: datetime | None = None) -> list[Resume]:
+                 now: datetime | None = None, cursor: bool = False) -> list[Resume]:
     """Running runs of (kind, target) with no page applied for ``stalled_after_s``, and what they miss.
 
     A run is resumed at most once per ``stalled_after_s`` (``details.resumed_at``); resuming leaves
-    its heartbeat alone, so a run that resuming cannot help is still abandoned in time.  Commits.
+    its heartbeat alone, so a run that resuming cannot help is still abandoned in time.  ``cursor``:
+    the runs are cursor walks (see :class:`Resume`).  Commits.
     """
     now = now or _now()
     before = now - timedelta(seconds=stalled_after_s)
@@ -261,9 +287,10 @@ def stalled_runs(session: Session, *, kind: str, target: str, stalled_after_s: f
         "FOR UPDATE SKIP LOCKED"), {"k": kind, "t": target, "before": before}).all()
     resumes = []
     for run in runs:
-        applied = set(session.execute(text("SELECT page FROM sync_pages WHERE sync_id = :s"),
-                                      {"s": run.id}).scalars())
-        resumes.append(pages_to_resume(run.id, run.total_pages, applied))
+        applied = dict(session.execute(text("SELECT page, next_cursor FROM sync_pages WHERE sync_id = :s"),
+                                       {"s": run.id}).all())
+        resumes.append(cursor_to_resume(run.id, applied) if cursor
+                       else pages_to_resume(run.id, run.total_pages, set(applied)))
         session.execute(text(
             "UPDATE sync_runs SET details = details || jsonb_build_object('resumed_at', CAST(:now AS text), "
             "'resumes', COALESCE((details->>'resumes')::int, 0) + 1) WHERE id = :s"),

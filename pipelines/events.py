@@ -14,27 +14,57 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from clients.backmarket import parse_listing
+from core.events import LOCAL_CHANGE_TYPES
 from db import events as stock_events
 from db.snapshot import apply_recheck
-from runtime import resources
+from runtime import accounts, resources
 from runtime.clients import backmarket_client, backmarket_limiter
 from runtime.settings import Settings, get_settings
 from sqlalchemy import text
 
 logger = logging.getLogger(__name__)
 
-#: Marketplaces whose stock can be pushed and read back one listing at a time.
-READABLE_MARKETPLACES = ("backmarket",)
+def readable(marketplace: str) -> bool:
+    """Whether one listing of ``marketplace`` can be read back (a re-check, a push's read-before-write)."""
+    found = accounts.find(marketplace)
+    return found is not None and found.enabled and found.platform.read_one
 
 
-def not_restocking(settings: Settings | None = None) -> frozenset[str]:
-    """Marketplaces whose cancellations are local changes (they do not restock by themselves)."""
+def pushed(marketplace: str) -> bool:
+    """Whether a local change on ``marketplace`` is sent there as an absolute quantity."""
+    found = accounts.find(marketplace)
+    return found is not None and found.platform.push
+
+
+def not_restocking(settings: Settings | None = None, codes=()) -> frozenset[str]:
+    """Accounts whose cancellations are local changes (they do not restock by themselves).
+
+    ``STOCK_NOT_RESTOCKING`` names some; an account's own ``restock_on_cancel`` option (or its
+    platform's default) names the others among ``codes``.
+    """
     raw = (settings or get_settings()).stock_not_restocking
-    return frozenset(code.strip() for code in raw.split(",") if code.strip())
+    named = {code.strip() for code in raw.split(",") if code.strip()}
+    for code in codes:
+        found = accounts.find(code)
+        if found is not None and not found.restocks_on_cancel:
+            named.add(code)
+    return frozenset(named)
 
 
 def restocks(marketplace: str, settings: Settings | None = None) -> bool:
-    return marketplace not in not_restocking(settings)
+    return marketplace not in not_restocking(settings, (marketplace,))
+
+
+def check_accounts(events) -> None:
+    """Refuse events whose account does not exist, or a local change an account cannot receive.
+
+    A top-up on an account stocksync cannot push would be erased by the next sync (or never reach
+    the marketplace): it is refused with a clear error, never kept silently.
+    """
+    for event in events:
+        found = accounts.account(event.marketplace)
+        if event.change_type in LOCAL_CHANGE_TYPES and found.platform.paging is not None:
+            found.require("push")
 
 
 def skew(settings: Settings | None = None) -> timedelta:
@@ -49,9 +79,11 @@ def recheck_delay_ms(settings: Settings | None = None, attempt: int = 1) -> int:
 def book_events(events: list[stock_events.StockEvent]) -> list[stock_events.EventResult]:
     """Book validated events in one transaction (the one booking path)."""
     settings = get_settings()
+    check_accounts(events)
+    codes = sorted({event.marketplace for event in events})
     with resources.sessions()() as session:
         results = stock_events.record_stock_events(session, events, skew=skew(settings),
-                                                   not_restocking=not_restocking(settings))
+                                                   not_restocking=not_restocking(settings, codes))
         session.commit()
     return results
 
@@ -200,7 +232,7 @@ def recheck_row(marketplace: str, sku: str, *, refresh: bool = False) -> str:
     Returns ``resolved`` (applied), ``clear`` (nothing to re-check), or ``again`` (the read could
     not be trusted yet: read again later).
     """
-    if marketplace not in READABLE_MARKETPLACES:
+    if not readable(marketplace):
         return "clear"
     settings = get_settings()
     with resources.sessions()() as session:
@@ -231,6 +263,6 @@ def sweep(marketplace: str) -> tuple[list[str], list[str]]:
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
         pending = session.execute(_PENDING_PUSHES,
                                   {"mp": marketplace, "before": now - timedelta(minutes=1)}).scalars().all()
-    rechecks = [sku for _, sku in flagged] if marketplace in READABLE_MARKETPLACES else []
-    pushes = list(pending) if marketplace in stock_events.PUSHED_MARKETPLACES else []
+    rechecks = [sku for _, sku in flagged] if readable(marketplace) else []
+    pushes = list(pending) if pushed(marketplace) else []
     return rechecks, pushes

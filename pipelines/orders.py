@@ -25,15 +25,12 @@ from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES,
 from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
 from core.events import InvalidStockEvent, StockEvent
 from db.ledger import booked_keys
-from runtime import resources
-from runtime.clients import backmarket_orders_client, refurbed_client
+from runtime import accounts, resources
+from runtime.clients import account_client, orders_client
 from runtime.producer import StockEvents
 from runtime.settings import get_settings
 
 logger = logging.getLogger(__name__)
-
-#: The marketplaces :func:`walk_orders_of` can walk.
-POLLED_MARKETPLACES = ("backmarket", "refurbed")
 
 #: Shopify topics that move stock; the intake acknowledges and ignores the others.
 SHOPIFY_TOPICS = ("orders/create", "orders/cancelled")
@@ -60,7 +57,8 @@ class MalformedOrder(ValueError):
 # -- orders → event chains -----------------------------------------------------------------------
 
 
-def backmarket_order_events(order: Order, *, now: datetime | None = None) -> list[EventChain]:
+def backmarket_order_events(order: Order, *, now: datetime | None = None, account: str = "backmarket"
+                            ) -> list[EventChain]:
     """The events of a Back Market order, one chain per line that holds or held stock.
 
     A line holds its quantity from the moment the order was placed (its ``date_creation``); one
@@ -73,7 +71,7 @@ def backmarket_order_events(order: Order, *, now: datetime | None = None) -> lis
     for line in order.orderlines:
         if line.state not in HOLDING_LINE_STATES and line.state not in RELEASED_LINE_STATES:
             continue
-        common = {"marketplace": "backmarket", "order_id": order.order_id, "order_line_id": line.id,
+        common = {"marketplace": account, "order_id": order.order_id, "order_line_id": line.id,
                   "sku": line.sku, "quantity": line.quantity, "source": "poll"}
         placed_at = min(_utc(line.date_creation or order.date_creation or order.date_modification), now)
         try:
@@ -88,7 +86,8 @@ def backmarket_order_events(order: Order, *, now: datetime | None = None) -> lis
     return chains
 
 
-def refurbed_order_events(order: RefurbedOrder, *, observed_at: datetime, source: str) -> list[EventChain]:
+def refurbed_order_events(order: RefurbedOrder, *, observed_at: datetime, source: str, account: str = "refurbed"
+                          ) -> list[EventChain]:
     """The events of a Refurbed order: one unit per item (items have no quantity).
 
     Refurbed gives no time for an item's cancellation: ``observed_at`` stands in for it.  Items
@@ -101,7 +100,7 @@ def refurbed_order_events(order: RefurbedOrder, *, observed_at: datetime, source
         if not item.sku:
             logger.warning("refurbed order %s item %s has no SKU: its stock cannot be booked", order.id, item.id)
             continue
-        common = {"marketplace": "refurbed", "order_id": order.id, "order_line_id": item.id, "sku": item.sku,
+        common = {"marketplace": account, "order_id": order.id, "order_line_id": item.id, "sku": item.sku,
                   "quantity": 1, "source": source}
         placed_at = _utc(order.released_at) if order.released_at else observed_at
         try:
@@ -183,47 +182,47 @@ def send_chains(chains: list[EventChain], broker: dramatiq.Broker) -> int:
 # -- the Refurbed webhook follow-up and the backstop walks ----------------------------------------
 
 
-async def book_refurbed_order(order_id: str, broker: dramatiq.Broker) -> int:
+async def book_refurbed_order(order_id: str, broker: dramatiq.Broker, account: str = "refurbed") -> int:
     """Re-fetch a notified Refurbed order (``GetOrder``) and send the events not sent yet; return how many."""
-    order = await refurbed_client().get_order(order_id)
-    chains = refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook")
-    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, "refurbed")
+    view = accounts.account(account, "poll_orders")
+    order = await account_client(view).get_order(order_id)
+    chains = refurbed_order_events(order, observed_at=datetime.now(timezone.utc), source="webhook", account=account)
+    state = IntakeState(resources.async_redis(), get_settings().redis_namespace, account)
     return await state.send_new(chains, broker)
 
 
 async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | None:
-    """Walk ``marketplace``'s recent orders and send the events not sent yet; return the walk's counts.
+    """Walk account ``marketplace``'s recent orders and send the events not sent yet; return the walk's counts.
 
-    One walk at a time per marketplace (a Redis lock); a second one finds it held and returns None.
+    One walk at a time per account (a Redis lock); a second one finds it held and returns None.
     """
-    if marketplace not in POLLED_MARKETPLACES:
-        raise ValueError(f"cannot walk the orders of {marketplace!r}")
+    view = accounts.account(marketplace, "poll_orders")
     state = IntakeState(resources.async_redis(), get_settings().redis_namespace, marketplace)
     if not await state.lock():
         logger.info("orders of %s are being polled already: this poll stops here", marketplace)
         return None
     try:
-        walk = walk_backmarket if marketplace == "backmarket" else walk_refurbed
-        counts = await walk(state, broker)
+        walk = walk_backmarket if view.platform.name == "backmarket" else walk_refurbed
+        counts = await walk(state, broker, view)
         counts["resent"] = await state.resend_unbooked(broker)
         return counts
     finally:
         await state.unlock()
 
 
-async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker) -> dict:
+async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
     """Walk ``/ws/orders`` modified since the watermark (minus the overlap); advance the watermark."""
     settings = get_settings()
     watermark = await state.watermark()
     since = (watermark - timedelta(seconds=settings.intake_orders_overlap_s) if watermark is not None
              else datetime.now(timezone.utc) - timedelta(seconds=settings.intake_orders_lookback_s))
     newest, counts = watermark, {"pages": 0, "orders": 0, "events": 0}
-    async for page in walk_orders(backmarket_orders_client(), page_size=50,
+    async for page in walk_orders(orders_client(view), page_size=50,
                                   date_modification=since.strftime("%Y-%m-%dT%H:%M:%SZ")):
         counts["pages"] += 1
         counts["orders"] += len(page.results)
         counts["events"] += await state.send_new(
-            [chain for order in page.results for chain in backmarket_order_events(order)], broker)
+            [chain for order in page.results for chain in backmarket_order_events(order, account=view.code)], broker)
         for order in page.results:
             modified = _utc(order.date_modification)
             newest = modified if newest is None else max(newest, modified)
@@ -234,20 +233,20 @@ async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker) -> dict:
     return counts
 
 
-async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker) -> dict:
+async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
     """Walk Refurbed orders released in the lookback window; send what no webhook brought."""
     settings = get_settings()
     now = datetime.now(timezone.utc)
     released_since = (now - timedelta(seconds=settings.refurbed_orders_lookback_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    client = refurbed_client()
+    client = orders_client(view)
     counts, cursor = {"pages": 0, "orders": 0, "events": 0}, None
     while True:
         page = await client.list_orders(starting_after=cursor, released_at_ge=released_since)
         counts["pages"] += 1
         counts["orders"] += len(page.orders)
         counts["events"] += await state.send_new(
-            [chain for order in page.orders for chain in refurbed_order_events(order, observed_at=now, source="poll")],
-            broker)
+            [chain for order in page.orders
+             for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
         if not page.has_more or not page.orders:
             break
         cursor = page.orders[-1].id

@@ -10,11 +10,10 @@ import asyncio
 import math
 from datetime import datetime, timedelta, timezone
 
-from core.errors import MalformedMessage
 from db import reconcile, syncs
 from db.snapshot import PageItem
 from pipelines import events
-from runtime import metrics, resources, sync_stats
+from runtime import accounts, metrics, resources, sync_stats
 from runtime.alert_hooks import raise_alert
 from runtime.clients import backmarket_client
 from runtime.settings import get_settings
@@ -27,9 +26,7 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
     Runs in the calling thread (the CLI, or the ``reconcile_stock`` actor).  Raises
     :class:`db.syncs.SyncRefused` when a reconciliation of ``marketplace`` is already running.
     """
-    if marketplace not in events.READABLE_MARKETPLACES:
-        raise MalformedMessage(f"cannot reconcile {marketplace!r}: expected one of "
-                               f"{', '.join(events.READABLE_MARKETPLACES)}")
+    accounts.account(marketplace, "read_one")
     settings = get_settings()
     threshold = settings.reconcile_alert_threshold if threshold is None else threshold
     sessions = resources.sessions()

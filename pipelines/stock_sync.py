@@ -1,25 +1,27 @@
-"""The bulk stock sync as plain functions: open a run, fetch a page, apply it, resume a stalled run.
+"""The one catalogue pipeline, for every account: open a run, fetch a page, apply it, resume a stalled run.
 
 A page is applied as a snapshot as of the moment its request left (not when its answer came), in
-one transaction; the page that completes the run closes it in that same transaction.
+one transaction; the page that completes the run closes it in that same transaction.  Numbered
+pages fan out from page 1; cursor pages form a chain, each page's cursor kept with it in
+PostgreSQL so a resume restarts after the last page applied.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.errors import MalformedMessage
 from core.events import ID_CHARS, check_sku
+from core.platforms import CURSOR
 from db import syncs
-from db.snapshot import PageItem, PageResult, apply_page, ensure_marketplace
+from db.events import marketplace_id_of
+from db.snapshot import PageItem, PageResult, apply_page
 from pipelines import events
-from runtime import metrics, resources, sync_stats
-from runtime.clients import backmarket_client
+from runtime import accounts, metrics, resources, sync_stats
+from runtime.accounts import AccountView
+from runtime.clients import catalogue_adapter
 from runtime.settings import get_settings
 
-#: The marketplaces this pipeline can sync.
-MARKETPLACES = {"backmarket": "Back Market"}
 SYNC_KIND = "stock"
 
 
@@ -29,8 +31,9 @@ class FetchedPage:
 
     fetched_at: datetime
     items: list[dict]
-    total_pages: int
-    count: int
+    total_pages: int | None
+    count: int | None
+    next_cursor: str | None = None
 
 
 def sync_policy() -> syncs.SyncPolicy:
@@ -40,11 +43,22 @@ def sync_policy() -> syncs.SyncPolicy:
                             settings.sync_stale_after_s)
 
 
-def check_marketplace(marketplace: str) -> str:
-    """Return ``marketplace`` if this pipeline knows it; raise a clear error otherwise."""
-    if marketplace not in MARKETPLACES:
-        raise MalformedMessage(f"unknown marketplace {marketplace!r}: expected one of {', '.join(MARKETPLACES)}")
-    return marketplace
+def check_account(marketplace: str) -> AccountView:
+    """The account ``marketplace`` if its catalogue can be walked; a clear permanent error otherwise."""
+    try:
+        view = accounts.account(marketplace)
+    except ValueError as error:
+        raise MalformedMessage(str(error)) from None
+    if view.platform.paging is None:
+        raise MalformedMessage(f"account {marketplace!r} is {view.platform.title}: it has no catalogue to sync")
+    if not view.enabled:
+        raise MalformedMessage(f"account {marketplace!r} is disabled")
+    return view
+
+
+def is_cursor_walk(marketplace: str) -> bool:
+    """Whether ``marketplace``'s pages form a chain (each page names the next)."""
+    return check_account(marketplace).platform.paging == CURSOR
 
 
 def open_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> int:
@@ -52,40 +66,45 @@ def open_sync(marketplace: str, *, trigger: str = "manual", force: bool = False)
 
     Raises :class:`db.syncs.SyncRefused` when a run is going on or the cooldown has not passed.
     """
-    check_marketplace(marketplace)
+    view = check_account(marketplace)
     with resources.sessions()() as session:
-        ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
-        session.commit()
         run = syncs.begin_run(session, kind=SYNC_KIND, target=marketplace, trigger=trigger, policy=sync_policy(),
-                              force=force)
+                              force=force, details={"platform": view.platform.name})
     return run.id
 
 
-async def fetch_page(sync_id: int, page: int) -> FetchedPage:
-    """Fetch one listings page under the fleet-wide limiter, its HTTP attempts counted on the run."""
+async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", cursor: str | None = None
+                     ) -> FetchedPage:
+    """Fetch one listings page under the account's fleet-wide limiter, its HTTP attempts counted on the run."""
+    view = check_account(marketplace)
     settings = get_settings()
     redis = resources.async_redis()
     first_fetch = await redis.set(sync_stats.page_key(settings.redis_namespace, sync_id, page), 1,
                                   nx=True, ex=sync_stats.STATS_TTL_S)
     records = []
     try:
-        result = await backmarket_client(on_request=records.append).get_listings_page(
-            page, settings.backmarket_page_size)
+        result = await catalogue_adapter(view, on_request=records.append).list_page(page, cursor)
     finally:
         await sync_stats.add(redis, settings.redis_namespace, sync_id,
                              sync_stats.count_attempts(records, first_is_retry=not first_fetch))
-    # The snapshot is as of the moment the successful request left, not when its answer arrived.
+    # The snapshot is as of the moment the last request left (the one that read the quantities),
+    # not when its answer arrived.
     fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
-    total_pages = max(1, math.ceil(result.count / settings.backmarket_page_size))
-    return FetchedPage(fetched_at, [item.to_message() for item in result.results], total_pages, result.count)
+    return FetchedPage(fetched_at, result.items, result.total_pages, result.count, result.next_cursor)
+
+
+def next_page_to_fetch(sync_id: int, page: int, cursor: str | None) -> tuple[int, str | None] | None:
+    """A cursor chain's next page to fetch, past the pages a resumed walk has applied already (None: done)."""
+    with resources.sessions()() as session:
+        return syncs.next_page_to_fetch(session, sync_id, page, cursor)
 
 
 def stalled_runs(marketplace: str) -> list[syncs.Resume]:
     """Running syncs of ``marketplace`` that stopped moving, with the pages they still miss."""
-    check_marketplace(marketplace)
+    cursor = is_cursor_walk(marketplace)
     with resources.sessions()() as session:
         return syncs.stalled_runs(session, kind=SYNC_KIND, target=marketplace,
-                                  stalled_after_s=get_settings().sync_resume_after_s)
+                                  stalled_after_s=get_settings().sync_resume_after_s, cursor=cursor)
 
 
 #: The largest listing quantity a page may carry: the stock columns are 32-bit.
@@ -124,13 +143,16 @@ def page_items(items: list) -> list[PageItem]:
 
 
 def apply(sync_id: int, page: int, fetched_at: datetime, items: list[PageItem], marketplace: str,
-          total_pages: int | None = None, total_items: int | None = None) -> PageResult:
+          total_pages: int | None = None, total_items: int | None = None, next_cursor: str | None = None
+          ) -> PageResult:
     """Apply one decoded page in one transaction (the last page closes the run); metrics after commit."""
+    check_account(marketplace)
     with resources.sessions()() as session:
-        marketplace_id = ensure_marketplace(session, marketplace, MARKETPLACES[marketplace])
+        marketplace_id = marketplace_id_of(session, marketplace)
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=page, fetched_at=fetched_at,
                             items=items, total_pages=total_pages, total_items=total_items,
-                            skew=events.skew(), restocks_on_cancel=events.restocks(marketplace))
+                            skew=events.skew(), restocks_on_cancel=events.restocks(marketplace),
+                            next_cursor=next_cursor)
         if result.finished:
             # Same transaction as the close: whoever sees the run finished sees its counters too.
             settings = get_settings()

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 
+from clients.adapters import BackMarketAdapter, CatalogueAdapter, RefurbedAdapter, ShopifyAdapter
 from clients.backmarket import BackMarketClient
 from clients.http import RequestRecord
 from clients.ingram import FleetSemaphore, IngramClient, SharedToken
@@ -19,7 +20,9 @@ from clients.shopify import ShopifyClient
 from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter
 from db import stores
 from db.store_models import StoreIntegration
-from runtime import metrics, resources
+from core.accounts import AccountError
+from runtime import accounts, metrics, resources
+from runtime.accounts import AccountView
 from runtime.settings import Settings, get_settings
 
 
@@ -70,6 +73,70 @@ def refurbed_client(on_request=None) -> RefurbedClient:
                           token=settings.refurbed_token.get_secret_value(), limiter=refurbed_limiter(),
                           timeout_s=settings.refurbed_timeout_s, attempts=settings.refurbed_http_attempts,
                           on_request=metrics.request_hook(on_request))
+
+
+def account_limiter(view: AccountView) -> FleetRateLimiter:
+    """The fleet-wide limiter an account's calls count against (each account has its own quota).
+
+    The main accounts keep their limiters' names (``backmarket-catalog``, ``refurbed``); another
+    account's is named after its code.  Shopify: its shop's leak rate over a 10 s window.
+    """
+    settings = get_settings()
+    if view.platform.name == "backmarket":
+        if view.code == "backmarket":
+            return backmarket_limiter()
+        return fleet_limiter(f"backmarket-catalog:{view.code}", settings.backmarket_quota_requests,
+                             settings.backmarket_quota_window_s, settings.rate_limit_margin_s)
+    if view.platform.name == "refurbed":
+        return fleet_limiter("refurbed" if view.code == "refurbed" else f"refurbed:{view.code}",
+                             settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
+    window_s = 10.0
+    return fleet_limiter(f"shopify:{view.code}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
+                         settings.rate_limit_margin_s)
+
+
+def account_client(view: AccountView, on_request=None, limiter: FleetRateLimiter | None = None):
+    """The vendor client of ``view``'s platform: its base URL, its credential, its own limiter."""
+    settings = get_settings()
+    http, token, base = resources.http_session(), accounts.credential(view), accounts.base_url(view)
+    limiter = limiter or account_limiter(view)
+    hook = metrics.request_hook(on_request)
+    if view.platform.name == "backmarket":
+        return BackMarketClient(http, base_url=base, token=token, user_agent=settings.backmarket_user_agent,
+                                language=view.options.get("language", settings.backmarket_language), limiter=limiter,
+                                timeout_s=settings.backmarket_timeout_s, attempts=settings.backmarket_http_attempts,
+                                penalty_s=settings.backmarket_penalty_s, on_request=hook)
+    if view.platform.name == "refurbed":
+        return RefurbedClient(http, base_url=base, token=token, limiter=limiter, timeout_s=settings.refurbed_timeout_s,
+                              attempts=settings.refurbed_http_attempts, on_request=hook)
+    if view.platform.name == "shopify":
+        return ShopifyClient(http, base_url=base, token=token, api_version=settings.shopify_api_version,
+                             limiter=limiter, leak_per_s=settings.shopify_leak_per_s,
+                             timeout_s=settings.store_timeout_s, attempts=settings.store_http_attempts,
+                             on_request=hook)
+    raise AccountError(f"account {view.code} is on {view.platform.title}: it has no API client")
+
+
+def orders_client(view: AccountView, on_request=None):
+    """The client an account's orders are read with: Back Market's order endpoints have their own quota."""
+    if view.platform.name != "backmarket":
+        return account_client(view, on_request)
+    settings = get_settings()
+    name = "backmarket-orders" if view.code == "backmarket" else f"backmarket-orders:{view.code}"
+    limiter = fleet_limiter(name, settings.intake_orders_quota_requests, settings.intake_orders_quota_window_s,
+                            settings.rate_limit_margin_s)
+    return account_client(view, on_request, limiter=limiter)
+
+
+def catalogue_adapter(view: AccountView, on_request=None) -> CatalogueAdapter:
+    """The catalogue adapter of ``view`` (its client built by :func:`account_client`)."""
+    client = account_client(view, on_request)
+    if view.platform.name == "backmarket":
+        return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
+    if view.platform.name == "refurbed":
+        return RefurbedAdapter(client)
+    locations = view.options.get("location_ids")
+    return ShopifyAdapter(client, location_ids=[str(location) for location in locations] if locations else None)
 
 
 def ingram_pa_limiter() -> FleetRateLimiter:

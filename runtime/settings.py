@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     #: Back Market does not document it; if it is set wrong this way round the stock ends above
     #: the truth, the other way round below it (a lost sale, never an oversell): check with a test order.
     stock_not_restocking: str = ""
+    #: Accounts may point at loopback hosts (the sandboxes, tests, the demo); never in production.
+    accounts_allow_loopback: bool = False
     #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
     #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
     stock_recheck_threads: int = Field(2, ge=1)

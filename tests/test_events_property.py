@@ -177,6 +177,9 @@ def _reset(sessions) -> None:
     with sessions() as session:
         session.execute(text("TRUNCATE stock_ledger, sync_pages, reconciliation_reports, sync_runs, listings, "
                              "marketplace_stock, variations, marketplaces RESTART IDENTITY CASCADE"))
+        # The account the events book on: a Back Market one, whose local changes wait for a push.
+        session.execute(text("INSERT INTO marketplaces (code, name, platform) VALUES ('backmarket', 'Back Market', "
+                             "'backmarket')"))
         session.commit()
 
 

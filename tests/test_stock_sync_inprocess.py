@@ -94,8 +94,11 @@ def test_message_items_are_validated_naming_the_field():
                                {"id": "b", "sku": "B", "quantity": "12"}])
     with pytest.raises(MalformedMessage, match="missing field 'sku'"):
         stock_sync.page_items([{"id": "a", "quantity": 1}])
-    with pytest.raises(MalformedMessage, match="unknown marketplace 'ebay'"):
-        stock_sync.check_marketplace("ebay")
+
+
+def test_an_unknown_account_is_refused_naming_it(pipeline):
+    with pytest.raises(MalformedMessage, match="no account 'ebay'"):
+        stock_sync.check_account("ebay")
 
 
 def test_permanent_errors_are_never_retried():
@@ -104,7 +107,7 @@ def test_permanent_errors_are_never_retried():
     assert not retry_when(0, MalformedMessage("bad"))
 
 
-def test_cli_refuses_an_unknown_marketplace_clearly():
+def test_cli_refuses_an_unknown_marketplace_clearly(pipeline):
     result = CliRunner().invoke(main, ["sync", "ebay"])
     assert result.exit_code == 2
-    assert "'ebay' is not 'backmarket'" in result.output
+    assert "no account 'ebay'" in result.output

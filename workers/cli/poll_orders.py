@@ -5,14 +5,18 @@ import click
 
 
 @click.command("poll-orders")
-@click.argument("marketplace", type=click.Choice(["backmarket", "refurbed"]))
+@click.argument("marketplace", metavar="ACCOUNT")
 def poll_orders_command(marketplace: str) -> None:
-    """Walk MARKETPLACE's recent orders now and emit the stock events not sent yet."""
-    from runtime import resources
+    """Walk ACCOUNT's recent orders now (e.g. backmarket, refurbed) and emit the stock events not sent yet."""
+    from runtime import accounts, resources
     from workers.cli.common import fleet as _fleet
     from workers.cli.common import in_process_worker
 
     _fleet()
+    try:
+        accounts.account(marketplace, "poll_orders")
+    except ValueError as refused:
+        raise click.BadParameter(str(refused), param_hint="ACCOUNT") from None
     from actors.orders import poll_orders
 
     with in_process_worker():

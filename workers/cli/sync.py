@@ -27,12 +27,13 @@ def run_stock_sync(marketplace: str, *, force: bool, wait: bool, trigger: str = 
 
 
 @click.command("sync")
-@click.argument("marketplace", type=click.Choice(["backmarket"]))
+@click.argument("marketplace", metavar="ACCOUNT")
 @click.option("--force", is_flag=True, help="Start even inside the cooldown (never while one is running).")
 @click.option("--wait/--no-wait", default=None,
               help="Follow the run with a progress bar and print its summary (always on without REDIS_URL).")
 def sync_command(marketplace: str, force: bool, wait: bool | None) -> None:
-    """Sync MARKETPLACE's stock in bulk pages into PostgreSQL."""
+    """Sync ACCOUNT's stock (e.g. backmarket) in bulk pages into PostgreSQL."""
+    from core.errors import MalformedMessage
     from db.syncs import SyncRefused
     from runtime import resources
     from workers.cli.common import console, summary_table
@@ -41,6 +42,8 @@ def sync_command(marketplace: str, force: bool, wait: bool | None) -> None:
     with in_process_worker():
         try:
             outcome = run_stock_sync(marketplace, force=force, wait=wait)
+        except MalformedMessage as refused:
+            raise click.BadParameter(str(refused), param_hint="ACCOUNT") from None
         except SyncRefused as refused:
             raise click.ClickException(refused.reason) from None
     if not wait:

@@ -36,8 +36,9 @@ from aiohttp.abc import AbstractAccessLogger
 from psycopg_pool import PoolTimeout
 
 from core.events import InvalidStockEvent, StockEvent, check_sku
+from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_order_events
-from runtime import metrics, queues, resources
+from runtime import accounts, metrics, queues, resources
 from runtime.failures import is_outage
 from runtime.health import ReadinessProbe, answer
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
@@ -218,11 +219,13 @@ class _BadRequest(Exception):
 
 async def refurbed_webhook(request: web.Request) -> web.Response:
     """``{"order_id": n}`` from Refurbed: check the URL secret, enqueue the re-fetch, answer 202."""
-    settings = request.app[SETTINGS_KEY]
-    expected = settings.refurbed_webhook_secret.get_secret_value()
-    if not expected:
+    candidates = await asyncio.to_thread(accounts.webhook_secrets, "refurbed")
+    if not candidates:
         return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
-    if not auth.secrets_match(request.match_info["secret"], expected):
+    given = request.match_info["secret"]
+    # Every secret compared (in constant time): which account matched must not show in the timing.
+    matches = [code for code, secrets, _ in candidates for secret in secrets if auth.secrets_match(given, secret)]
+    if not matches:
         return _error(403, "wrong webhook secret in the URL")
     body = await _json_body(request)
     if not isinstance(body, dict) or "order_id" not in body:
@@ -237,7 +240,8 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
     # Addressed by name, as the producer API does: the intake declares no actors.
     received_at = datetime.now(timezone.utc).isoformat()
     message = dramatiq.Message(queue_name=queues.ORDERS, actor_name="refurbed_order_notified", args=(),
-                               kwargs={"order_id": str(order_id), "received_at": received_at}, options={})
+                               kwargs={"order_id": str(order_id), "received_at": received_at,
+                                       "account": matches[0]}, options={})
     enqueued = await _enqueue(request, lambda: request.app[EVENTS_KEY].enqueue(message))
     return web.json_response({"accepted": True, "order_id": order_id, "message_id": enqueued.message_id}, status=202)
 
@@ -248,15 +252,13 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
 async def shopify_webhook(request: web.Request) -> web.Response:
     """An order webhook from Shopify: verify, dedupe on the delivery id, enqueue its events."""
     settings = request.app[SETTINGS_KEY]
-    secrets = [secret.get_secret_value() for secret in
-               (settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret)]
-    if not secrets[0]:
+    candidates = await asyncio.to_thread(accounts.webhook_secrets, "shopify")
+    if not candidates:
         return _error(404, "Shopify webhooks are not enabled here (SHOPIFY_WEBHOOK_SECRET is not set)")
     raw = await request.read()
-    try:
-        auth.verify_shopify(secrets, raw, request.headers.get(auth.SHOPIFY_HMAC_HEADER))
-    except auth.SignatureError as refused:
-        return _error(401, str(refused))
+    account, refusal = _shopify_account(candidates, raw, request.headers)
+    if account is None:
+        return _error(401, refusal)
     webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
     topic = request.headers.get("X-Shopify-Topic", "").strip()
     if not webhook_id or len(webhook_id) > 200 or not webhook_id.isascii() or not webhook_id.isprintable():
@@ -266,7 +268,7 @@ async def shopify_webhook(request: web.Request) -> web.Response:
         shown = topic[:60] if topic.isascii() and topic.isprintable() else "(unreadable)"
         return web.json_response({"ignored": f"topic {shown or '(none)'} does not move stock"}, status=200)
     try:
-        chains, skipped = shopify_order_events(await _json_body(request, raw), topic, settings.shopify_marketplace)
+        chains, skipped = shopify_order_events(await _json_body(request, raw), topic, account)
     except MalformedOrder as bad:
         return _error(400, str(bad))
     except InvalidStockEvent as invalid:
@@ -283,6 +285,28 @@ async def shopify_webhook(request: web.Request) -> web.Response:
     await redis.set(key, 1, ex=settings.shopify_webhook_dedupe_ttl_s)
     return web.json_response({"accepted": True, "events": sum(len(chain) for chain in chains),
                               "skipped_lines": skipped}, status=202)
+
+
+def _shopify_account(candidates, raw: bytes, headers) -> tuple[str | None, str]:
+    """The account whose secret signed this delivery (each shop its own secret), or None and why not.
+
+    Where shops share one app secret, the shop domain header picks among those the signature fits:
+    it can only choose between accounts the signed body was valid for anyway.
+    """
+    refusal, signed = "", []
+    for code, secrets, domain in candidates:
+        try:
+            auth.verify_shopify(secrets, raw, headers.get(auth.SHOPIFY_HMAC_HEADER))
+        except auth.SignatureError as refused:
+            refusal = str(refused)
+            continue
+        signed.append((code, domain))
+    if len(signed) > 1:
+        shop = headers.get("X-Shopify-Shop-Domain", "").strip().lower()
+        signed = [(code, domain) for code, domain in signed if domain and domain.lower() == shop] or signed[:0]
+        if not signed:
+            return None, "several shops share this webhook secret and X-Shopify-Shop-Domain names none of them"
+    return (signed[0][0], "") if signed else (None, refusal)
 
 
 # -- in-house producers --------------------------------------------------------------------------
@@ -314,6 +338,15 @@ async def producer_events(request: web.Request) -> web.Response:
         except InvalidStockEvent as invalid:
             where = f"events[{index}]." if batched else ""
             raise _BadRequest(f"{where}{invalid}") from None
+    try:
+        await asyncio.to_thread(check_accounts, events)
+    except ValueError as refused:  # no such account, or a local change it cannot receive
+        return _error(422, str(refused))
+    except Exception as error:
+        if not is_outage(error):
+            raise
+        # PostgreSQL down: the events still queue in Redis (booking refuses a bad account later, to
+        # the dead letters), so producers are not stopped by an outage they cannot see.
     producer = request.app[EVENTS_KEY]
     # A posted batch goes as batch messages (booked set-based, all or nothing per message).
     messages = await _enqueue(request, lambda: producer.send_batch(events) if batched else producer.send_all(events))

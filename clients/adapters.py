@@ -1,0 +1,117 @@
+"""One adapter per platform, with the same verbs, over that platform's client.
+
+``list_page`` is the verb of the one catalogue pipeline: one page of the account's listings, as the
+items a fetch-page message carries, with what the walk needs next (the catalogue's size for numbered
+pages, the next cursor for cursor pages).  Paging, quotas, 429s and errors stay the client's business.
+
+Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+
+from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient
+from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
+from clients.refurbed import RefurbedClient
+from clients.shopify import MAX_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
+from clients.shopify import ShopifyClient
+
+
+@dataclass(frozen=True)
+class CataloguePage:
+    """One page of an account's listings.
+
+    ``items``: message dicts (``id``, ``sku``, ``quantity``, ``title``, ...); ``total_pages``: the
+    walk's page count when the platform says it (numbered pages), or when this page is a cursor
+    walk's last; ``next_cursor``: where a cursor walk goes on (None: this was the last page).
+    """
+
+    items: list[dict] = field(default_factory=list)
+    total_pages: int | None = None
+    next_cursor: str | None = None
+    count: int | None = None
+    skipped: int = 0
+
+
+class CatalogueAdapter(abc.ABC):
+    """What every platform adapter does for the catalogue pipeline."""
+
+    platform: str = ""
+
+    @abc.abstractmethod
+    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        """Page ``page`` of the catalogue (``cursor``: where a cursor walk's previous page left it)."""
+
+
+def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
+    kept = [item for item in items if item["sku"]]
+    return kept, len(items) - len(kept)
+
+
+class BackMarketAdapter(CatalogueAdapter):
+    """A Back Market account's listings: numbered pages; page 1's ``count`` says how many."""
+
+    platform = "backmarket"
+
+    def __init__(self, client: BackMarketClient, *, page_size: int = MAX_PAGE_SIZE) -> None:
+        self.client = client
+        self.page_size = page_size
+
+    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        result = await self.client.get_listings_page(page, self.page_size)
+        items, skipped = _with_sku([listing.to_message() for listing in result.results])
+        return CataloguePage(items, max(1, math.ceil(result.count / self.page_size)), count=result.count,
+                             skipped=skipped)
+
+
+class RefurbedAdapter(CatalogueAdapter):
+    """A Refurbed store's offers (``stock`` is market-independent): ``ListOffers`` by ascending id."""
+
+    platform = "refurbed"
+
+    def __init__(self, client: RefurbedClient, *, limit: int = REFURBED_PAGE_LIMIT) -> None:
+        self.client = client
+        self.limit = limit
+
+    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        result = await self.client.list_offers(starting_after=cursor, limit=self.limit)
+        items, skipped = _with_sku([{"id": offer.id, "sku": offer.sku, "quantity": offer.stock,
+                                     "title": offer.instance_name} for offer in result.offers])
+        last = not result.has_more or not result.offers
+        return CataloguePage(items, page if last else None, None if last else result.offers[-1].id,
+                             skipped=skipped)
+
+
+class ShopifyAdapter(CatalogueAdapter):
+    """A Shopify shop's ``available`` inventory per variant, summed over its locations (or the ones given).
+
+    A page is one page of products and the levels of their variants' inventory items.  A level Shopify
+    does not track (``available`` null) is left out; below zero (oversold) reads as 0: a shop cannot
+    list less than nothing.
+    """
+
+    platform = "shopify"
+
+    def __init__(self, client: ShopifyClient, *, location_ids: list[str] | None = None,
+                 limit: int = SHOPIFY_PAGE_LIMIT) -> None:
+        self.client = client
+        self.location_ids = location_ids
+        self.limit = limit
+
+    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        variants, next_cursor = await self.client.variants_page(cursor, limit=self.limit)
+        if self.location_ids is None:
+            self.location_ids = [str(location["id"]) for location in await self.client.list_locations()
+                                 if location.get("active", True)]
+        totals: dict[str, int] = {}
+        for level in await self.client.levels_of([v.inventory_item_id for v in variants], self.location_ids):
+            if level.available is not None:
+                totals[level.inventory_item_id] = totals.get(level.inventory_item_id, 0) + max(0, level.available)
+        items, skipped = _with_sku([{"id": v.inventory_item_id, "sku": v.sku, "quantity": totals[v.inventory_item_id],
+                                     "title": v.title} for v in variants if v.inventory_item_id in totals])
+        return CataloguePage(items, page if next_cursor is None else None, next_cursor, skipped=skipped)
+
+
+__all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "RefurbedAdapter", "ShopifyAdapter"]

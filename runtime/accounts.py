@@ -1,0 +1,167 @@
+"""The accounts as this process sees them: looked up by code, briefly cached, with their credentials.
+
+Every capability check asks :func:`account` (its platform's row of :data:`core.platforms.PLATFORMS`),
+never a list of codes.  A credential is read from the environment when a client is built, never kept.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from core.accounts import AccountError, check_base_url, check_credentials_env
+from core.platforms import Platform, platform as platform_named
+from db import accounts as account_rows
+from runtime import resources
+from runtime.settings import Settings, get_settings
+
+#: How long a process trusts what it read of an account (an edit shows within this).
+CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class AccountView:
+    """One account as read from PostgreSQL: what the fleet needs to sync, poll and push it."""
+
+    code: str
+    name: str
+    platform: Platform
+    credentials_env: str | None
+    base_url: str | None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    auto_sync: bool = True
+
+    @property
+    def restocks_on_cancel(self) -> bool:
+        """Whether a cancelled order gives its units back on the marketplace by itself."""
+        return bool(self.options.get("restock_on_cancel", self.platform.restocks_on_cancel))
+
+    def require(self, capability: str) -> AccountView:
+        """This account if its platform has ``capability``; :class:`core.platforms.NotSupported` otherwise."""
+        self.platform.require(capability, self.code)
+        return self
+
+
+_cache: dict[tuple[str, str], tuple[float, AccountView | None]] = {}
+_cache_lock = Lock()
+
+
+def _view(row) -> AccountView:
+    return AccountView(row.code, row.name, platform_named(row.platform), row.credentials_env, row.base_url,
+                       dict(row.options or {}), row.enabled, row.auto_sync)
+
+
+def find(code: str) -> AccountView | None:
+    """The account ``code`` (cached for :data:`CACHE_S`), or None."""
+    key = (resources.database_url(), code)
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _cache.get(key)
+    if cached is not None and now - cached[0] < CACHE_S:
+        return cached[1]
+    with resources.sessions()() as session:
+        row = account_rows.get_account(session, code)
+        view = _view(row) if row is not None else None
+    with _cache_lock:
+        _cache[key] = (now, view)
+    return view
+
+
+def account(code: str, capability: str | None = None) -> AccountView:
+    """The account ``code`` (which must have ``capability``, when given); a clear permanent error otherwise."""
+    view = find(code)
+    if view is None:
+        raise AccountError(f"no account {code!r}: `stocksync accounts list` shows them")
+    return view.require(capability) if capability else view
+
+
+def every(*, capability: str | None = None, enabled_only: bool = True) -> list[AccountView]:
+    """Every account (enabled ones by default), those whose platform has ``capability`` when given."""
+    with resources.sessions()() as session:
+        views = [_view(row) for row in account_rows.list_accounts(session, enabled_only=enabled_only)]
+    return [view for view in views if capability is None or getattr(view.platform, capability)]
+
+
+def forget() -> None:
+    """Drop what this process cached (after an edit it made itself, in tests)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def credential(view: AccountView, environ: Mapping[str, str] | None = None,
+               settings: Settings | None = None) -> str:
+    """The account's credential, read now: its variable, or the platform's default setting.
+
+    Raises :class:`AccountError` naming the variable (never a value) when it is not set here.
+    """
+    environ = os.environ if environ is None else environ
+    check_credentials_env(view.credentials_env, view.platform)
+    if view.credentials_env is None:
+        settings = settings or get_settings()
+        secret = getattr(settings, view.platform.default_credential.lower(), None)
+        value = secret.get_secret_value() if secret is not None else ""
+        name = view.platform.default_credential
+    else:
+        value, name = environ.get(view.credentials_env, ""), view.credentials_env
+    if not value:
+        raise AccountError(f"account {view.code}: environment variable {name} is not set in this process")
+    return value
+
+
+def base_url(view: AccountView, settings: Settings | None = None) -> str:
+    """Where the account's API is: its own base URL (checked again here), or the platform's setting."""
+    settings = settings or get_settings()
+    if view.base_url is None:
+        default = getattr(settings, f"{view.platform.name}_base_url", None)
+        if not default:
+            raise AccountError(f"account {view.code}: no base URL, and {view.platform.title} has no default")
+        return default
+    return check_base_url(view.base_url, view.platform, allow_loopback=settings.accounts_allow_loopback)
+
+
+def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, settings: Settings | None = None
+                    ) -> list[tuple[str, list[str], str | None]]:
+    """``(account code, its webhook secrets, its shop domain)`` of every enabled account on ``platform``.
+
+    The main account's secrets are the settings' (``REFURBED_WEBHOOK_SECRET``; ``SHOPIFY_WEBHOOK_SECRET``
+    and the previous one, for a rotation); another account's is the variable its ``webhook_secret_env``
+    option names (under the accounts' prefix, like its credential).  Accounts with none are left out.
+    """
+    environ = os.environ if environ is None else environ
+    settings = settings or get_settings()
+    main = {"refurbed": ("refurbed", [settings.refurbed_webhook_secret]),
+            "shopify": (settings.shopify_marketplace,
+                        [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret])}.get(platform)
+    found = []
+    for view in every():
+        if view.platform.name != platform:
+            continue
+        if main is not None and view.code == main[0]:
+            secrets = [secret.get_secret_value() for secret in main[1]]
+        else:
+            name = view.options.get("webhook_secret_env")
+            try:
+                secrets = [environ.get(name, "")] if check_credentials_env(name, view.platform) else []
+            except AccountError:
+                secrets = []
+        secrets = [secret for secret in secrets if secret]
+        if secrets:
+            found.append((view.code, secrets, view.options.get("shop_domain")))
+    return found
+
+
+def configured(view: AccountView) -> bool:
+    """Whether the account's credential is set in this process (a main account may be left unused)."""
+    try:
+        credential(view)
+    except AccountError:
+        return False
+    return True
+
+
+__all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget",
+           "webhook_secrets"]
