@@ -1,0 +1,154 @@
+"""Orders and syncs of one account meet on the same stock rows, and two accounts never share one.
+
+In one process (stub broker, fakeredis, real PostgreSQL, the sandboxes on loopback): each account is
+synced through the one catalogue pipeline, orders are placed on its sandbox (which lowers the
+sandbox's own stock, as the marketplace does) and polled; every stock row must then equal what its
+own sandbox lists, one row per (SKU, account), each variation's total the sum of its accounts.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import dramatiq
+import pytest
+from sqlalchemy import text
+
+from actors import orders, stock_sync
+from db import accounts as account_rows
+from db.ledger import check_invariant
+from runtime import accounts, resources
+from runtime.settings import get_settings
+from sandbox.backmarket import BackMarketSandbox
+from sandbox.server import serve_in_thread
+
+TOKEN = "meet-token"
+SECOND_TOKEN = "meet-second-token"
+QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "orders", "stock-events")
+
+
+@pytest.fixture
+def fleet(monkeypatch, database_url):
+    main = BackMarketSandbox(listings=120, seed=3, token=TOKEN, quota_requests=0)
+    second = BackMarketSandbox(listings=90, seed=5, token=SECOND_TOKEN, quota_requests=0)
+    servers = [serve_in_thread(main.build_app()), serve_in_thread(second.build_app())]
+    for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "BACKMARKET_BASE_URL": servers[0].url,
+                        "BACKMARKET_TOKEN": TOKEN, "BACKMARKET_QUOTA_REQUESTS": "1000",
+                        "BACKMARKET_QUOTA_WINDOW_S": "1", "INTAKE_ORDERS_QUOTA_REQUESTS": "1000",
+                        "ACCOUNTS_ALLOW_LOOPBACK": "true", "STOCKSYNC_ACCOUNT_BM_BE_TOKEN": SECOND_TOKEN}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+    accounts.forget()
+    with resources.sessions()() as session:
+        account_rows.add_account(session, platform="backmarket", code="bm-be", name="Back Market Belgium",
+                                 credentials_env="STOCKSYNC_ACCOUNT_BM_BE_TOKEN", base_url=servers[1].url,
+                                 allow_loopback=True)
+        session.commit()
+    broker = stock_sync.fetch_listings_page.broker
+    broker.flush_all()
+    resources.sync_redis().flushall()
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+    worker.start()
+    yield {"backmarket": main, "bm-be": second}, broker
+    worker.stop()
+    broker.flush_all()
+    for server in servers:
+        server.stop()
+    accounts.forget()
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+
+
+def settle(broker) -> None:
+    for _ in range(3):  # each step enqueues the next (fan-out, chains, events)
+        for queue in QUEUES:
+            broker.join(queue, fail_fast=False, timeout=60_000)
+
+
+def sync(broker, code: str) -> None:
+    stock_sync.begin_stock_sync(code, trigger="manual", force=True)
+    settle(broker)
+
+
+def poll(broker, code: str) -> dict:
+    async def walk():
+        try:
+            return await orders.walk_orders_of(code, broker)
+        finally:
+            await resources.close_loop_resources()
+
+    counts = asyncio.run(walk())
+    settle(broker)
+    return counts
+
+
+def rows() -> dict[tuple[str, str], int]:
+    with resources.sessions()() as session:
+        return {(code, sku): listed for code, sku, listed in session.execute(text(
+            "SELECT m.code, v.sku, s.listed FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+            "JOIN variations v ON v.id = s.variation_id"))}
+
+
+def listed_by_sandbox(sandboxes) -> dict[tuple[str, str], int]:
+    return {(code, sandbox.entry(listing).sku): quantity for code, sandbox in sandboxes.items()
+            for listing, quantity in sandbox.quantities().items()}
+
+
+def assert_rows_true(sandboxes) -> None:
+    assert rows() == listed_by_sandbox(sandboxes)
+    with resources.sessions()() as session:
+        assert check_invariant(session) == []
+        wrong_totals = session.execute(text(
+            "SELECT v.sku FROM variations v JOIN marketplace_stock s ON s.variation_id = v.id "
+            "GROUP BY v.id HAVING v.total_stock <> SUM(s.listed)")).scalars().all()
+    assert wrong_totals == []
+
+
+def test_orders_and_syncs_of_each_account_land_on_its_own_rows(fleet):
+    sandboxes, broker = fleet
+    for code in sandboxes:
+        sync(broker, code)
+    assert_rows_true(sandboxes)
+
+    # Orders on each marketplace: the sandbox lowers its stock; the poll books them on that account's rows.
+    placed = {}
+    for code, sandbox in sandboxes.items():
+        in_stock = [listing for listing, quantity in sandbox.quantities().items() if quantity >= 2][:6]
+        placed[code] = [sandbox.orders.place_order([(listing, 1)]) for listing in in_stock]
+    before = rows()
+    for code in sandboxes:
+        counts = poll(broker, code)
+        assert counts["events"] == len(placed[code])
+    assert_rows_true(sandboxes)
+    lowered = {key for key, listed in rows().items() if listed != before[key]}
+    assert {code for code, _ in lowered} == set(sandboxes) and len(lowered) == sum(map(len, placed.values()))
+
+    # A sync after the orders changes nothing: the orders are in the marketplace's count already.
+    for code in sandboxes:
+        sync(broker, code)
+    assert_rows_true(sandboxes)
+    with resources.sessions()() as session:
+        synced_after = session.execute(text(
+            "SELECT count(*) FROM stock_ledger l JOIN sync_runs r ON r.id = l.sync_id WHERE r.id IN "
+            "(SELECT max(id) FROM sync_runs GROUP BY target) AND l.change <> 0")).scalar_one()
+    assert synced_after == 0
+
+
+def test_a_local_change_on_an_account_that_cannot_push_is_refused(fleet):
+    from core.platforms import NotSupported
+    from pipelines.events import check_accounts
+    from core.events import StockEvent
+    from datetime import datetime, timezone
+
+    with resources.sessions()() as session:
+        account_rows.add_account(session, platform="shopify", code="shop-eu", credentials_env="STOCKSYNC_ACCOUNT_SHOP",
+                                 base_url="https://shop-eu.myshopify.com")
+        session.commit()
+    accounts.forget()
+    topup = StockEvent.of("stock_topup", marketplace="shop-eu", sku="SKU-1", quantity=2, reference="PO-1",
+                          event_time=datetime.now(timezone.utc))
+    with pytest.raises(NotSupported, match="account 'shop-eu' is on Shopify, which stocksync cannot push"):
+        check_accounts([topup])
+    with pytest.raises(ValueError, match="no account 'nowhere'"):
+        check_accounts([StockEvent.of("stock_topup", marketplace="nowhere", sku="SKU-1", quantity=2,
+                                      reference="PO-2", event_time=datetime.now(timezone.utc))])
