@@ -117,7 +117,8 @@ def world(monkeypatch, database_url, redis_url):
     settings = Settings(backmarket_token=SecretStr(SECRETS["token"]),
                         stock_alert_webhook_url=SecretStr(SECRETS["webhook"]),
                         producer_hmac_key=SecretStr(SECRETS["producer"]),
-                        console_login_max_failures=3, console_login_max_failures_per_address=6)
+                        console_login_max_failures=3, console_login_max_failures_per_address=6,
+                        console_login_delay_s=60)  # waits far longer than any test takes
     environ = {"SHOP_TOKEN": SECRETS["credential"]}
     for role in ("viewer", "operator", "admin"):
         add_user(sessions, role, role)
@@ -183,3 +184,29 @@ def ledger_rows(world, change_type: str) -> list[tuple[str, str]]:
     with world.sessions() as session:
         return [tuple(row) for row in session.execute(text(
             "SELECT actor, reference FROM stock_ledger WHERE change_type = :t ORDER BY id"), {"t": change_type})]
+
+
+def actions(world) -> list[tuple[str, str, str, dict]]:
+    """(audit name, path, least role, form) of every action the console has."""
+    return [
+        ("stock.topup", "/stock/topup", "operator",
+         {"variation_id": world.variation_id, "marketplace": "backmarket", "quantity": "2", "reference": "PO-{n}"}),
+        ("stock.adjust", "/stock/adjust", "operator",
+         {"variation_id": world.variation_id, "marketplace": "backmarket", "change": "-1", "reference": "ADJ-{n}"}),
+        ("stock.refresh", "/stock/refresh", "operator", {"variation_id": world.variation_id, "marketplace": "backmarket"}),
+        ("sync.start", "/syncs/start", "operator", {"marketplace": "backmarket", "force": "1"}),
+        ("store.sync", f"/stores/{world.store_id}/sync", "operator", {}),
+        ("dlq.retry", "/deadletters/retry", "operator", {"message_id": "{dead}"}),
+        ("dlq.retry_all", "/deadletters/retry-all", "operator", {"queue": "dlq-{n}"}),
+        ("dlq.purge", "/deadletters/purge", "operator", {"queue": "dlq-{n}", "confirm": "yes"}),
+        ("store.disable", f"/stores/{world.store_id}/disable", "admin", {}),
+        ("store.enable", f"/stores/{world.store_id}/enable", "admin", {}),
+        ("store.add", "/stores/add", "admin",
+         {"platform": "shopify", "name": "shop-{n}", "credentials_env": "SHOP_TOKEN", "active": "on"}),
+        ("alerts.rule_add", "/alerts/rules/add", "admin", {"threshold": "3", "sku": "IPHONE13-128-BLK"}),
+        ("alerts.rule_remove", "/alerts/rules/{rule}/remove", "admin", {}),
+        ("scheduler.run_now", "/scheduler/stock_sweep/run", "admin", {}),
+        ("users.set_role", "/users/other/role", "admin", {"role": "operator"}),
+        ("users.disable", "/users/other/disable", "admin", {}),
+        ("users.enable", "/users/other/enable", "admin", {}),
+    ]

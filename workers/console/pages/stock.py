@@ -36,13 +36,19 @@ REFRESHABLE = ("backmarket",)
 MAX_SEARCH_RESULTS = 50
 
 
-def _int(value, name: str, *, minimum: int | None = None) -> int:
+#: The largest id or number a form or query may carry (PostgreSQL's bigint): past it, a 400, not a 500.
+MAX_NUMBER = 2**63 - 1
+
+
+def _int(value, name: str, *, minimum: int | None = None, maximum: int = MAX_NUMBER) -> int:
     try:
         number = int(str(value).strip())
     except (TypeError, ValueError):
         raise Refused(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
     if minimum is not None and number < minimum:
-        raise Refused(f"{name} must be at least {minimum}, got {number}")
+        raise Refused(f"{name} must be at least {minimum}, got {str(number)[:40]}")
+    if number > maximum:
+        raise Refused(f"{name} must be at most {maximum}, got {str(number)[:40]}")
     return number
 
 
