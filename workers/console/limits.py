@@ -34,8 +34,8 @@ class LoginThrottle:
     """Login attempts per (account, address) and per address, each with a delay growing past its free ones.
 
     :meth:`reserve` counts an attempt before its password is checked (or says how long to wait);
-    :meth:`succeeded` forgets the (account, address) count: the address's counts failures only.  No account is ever locked for everyone:
-    an account's count is per address.
+    :meth:`succeeded` forgets the (account, address) count: the address's counts failures only.  No
+    account is ever locked for everyone: an account's count is per address.
     """
 
     def __init__(self, redis, namespace: str, *, window_s: float, free_per_account: int, free_per_address: int,
