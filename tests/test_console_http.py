@@ -321,6 +321,8 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
                                              "quantity": "1", "reference": "R2"}),
                            ("/stock/adjust", {"variation_id": world.variation_id, "marketplace": "backmarket",
                                               "change": "0", "reference": "R3"}),
+                           ("/stock/topup", {"variation_id": world.variation_id, "marketplace": "nosuch",
+                                             "quantity": "1", "reference": "R5"}),
                            ("/stock/topup", {"variation_id": "999999", "marketplace": "backmarket", "quantity": "1",
                                              "reference": "R4"}),
                            ("/alerts/rules/add", {"threshold": "-1"}),
@@ -335,7 +337,8 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
         return answers, pages
 
     answers, pages = run(world, scenario)
-    expected = ["quantity must be a whole number", "marketplace", "change", "no variation 999999", "threshold",
+    expected = ["quantity must be a whole number", "marketplace", "change", "no account", "no variation 999999",
+                "threshold",
                 "platform", "must be confirmed"]
     for (status, body), words in zip(answers, expected):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
