@@ -338,8 +338,7 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
 
     answers, pages = run(world, scenario)
     expected = ["quantity must be a whole number", "marketplace", "change", "no account", "no variation 999999",
-                "threshold",
-                "platform", "must be confirmed"]
+                "threshold", "platform", "must be confirmed"]
     for (status, body), words in zip(answers, expected):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
     assert pages == [404, 400, 400, 400]
