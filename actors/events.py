@@ -78,13 +78,24 @@ def book_all(events: list[StockEvent]) -> list[EventResult]:
 
     All or nothing: a failure rolls every booking back, so a retry of the message books them all once.
     """
-    results = pipeline.book_events(events)
+    results = book_and_count(events)
     for event, result in zip(events, results):
-        _after_booking(event, event.source or "api", result)
+        # After the commit: a crash before these sends leaves the row pending or flagged, and the
+        # re-delivered message (a duplicate now) sends them again.
+        for message, delay in follow_ups(event, result):
+            push_stock.broker.enqueue(message, delay=delay)
     return results
 
 
-def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
+def book_and_count(events: list[StockEvent], sessions=None) -> list[EventResult]:
+    """Book events in one transaction (``sessions``: default the process's) and count them; enqueue nothing."""
+    results = pipeline.book_events(events, sessions=sessions)
+    for event, result in zip(events, results):
+        _count(event, event.source or "api", result)
+    return results
+
+
+def _count(event: StockEvent, source: str, result: EventResult) -> None:
     if result.status == "duplicate":
         metrics.duplicate_event(source)
     else:
@@ -92,12 +103,19 @@ def _after_booking(event: StockEvent, source: str, result: EventResult) -> None:
         metrics.ledger_change(event.change_type)
         if result.oversold:
             metrics.oversold(event.marketplace)
-    # After the commit: a crash before these sends leaves the row pending or flagged, and the
-    # re-delivered message (a duplicate now) sends them again.
+
+
+def follow_ups(event: StockEvent, result: EventResult) -> list[tuple[dramatiq.Message, int | None]]:
+    """What a booking asks to be enqueued, as (message, delay in ms): a push of the row, a re-check.
+
+    A row left pending or flagged without them is found by ``sweep_stock``: losing them delays, never loses.
+    """
+    messages: list[tuple[dramatiq.Message, int | None]] = []
     if result.push_requested:
-        push_stock.send(event.marketplace, event.sku)
+        messages.append((push_stock.message(event.marketplace, event.sku), None))
     if result.needs_recheck and pipeline.readable(event.marketplace):
-        recheck_stock.send_with_options(args=(event.marketplace, event.sku), delay=pipeline.recheck_delay_ms())
+        messages.append((recheck_stock.message(event.marketplace, event.sku), pipeline.recheck_delay_ms()))
+    return messages
 
 
 # Each event actor takes its kind's fields (core.events.FIELDS), by keyword or in that order, and

@@ -1,6 +1,7 @@
-"""Rules of the operator console's users: roles, names, passwords, login throttling (pure functions)."""
+"""Rules of the operator console's users: roles, names, passwords, who is asking (pure functions)."""
 from __future__ import annotations
 
+import ipaddress
 import re
 
 #: Roles from least to most: each may do what the ones before it may.
@@ -48,15 +49,54 @@ def check_password(password: str) -> str:
     return password
 
 
-def login_refused(account_failures: int, address_failures: int, *, max_per_account: int,
-                  max_per_address: int) -> str | None:
-    """Why a login is refused before its password is even checked (None: let it try).
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    Counts are failed attempts within the current window; reaching the limit blocks the next ones,
-    so a guesser gets ``max_per_account`` tries per account and window, whatever the address.
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Comma-separated CIDRs (``10.0.0.0/8, 192.0.2.7``) as networks; ValueError names a bad entry."""
+    networks = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry[:60]!r} is not an IP address or a CIDR network (like 10.0.0.0/8)") from None
+    return tuple(networks)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    # A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d: one client, one spelling.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped or address
+
+
+def _trusted(address, trusted: tuple[Network, ...]) -> bool:
+    return address is not None and any(address in network for network in trusted)
+
+
+def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
+    """Who is asking: the peer, unless it is a trusted proxy; then the right-most ``X-Forwarded-For``
+    entry that is not a trusted proxy itself.
+
+    Each proxy appends the address it was connected from, so entries left of the first untrusted one
+    (walking from the right) were written by the client and prove nothing.  ``forwarded_for``: every
+    ``X-Forwarded-For`` header's value, in order.
     """
-    if account_failures >= max_per_account:
-        return "too many failed logins for this account"
-    if address_failures >= max_per_address:
-        return "too many failed logins from this address"
-    return None
+    peer_ip = _ip(peer or "")
+    if not _trusted(peer_ip, trusted):
+        return str(peer_ip) if peer_ip is not None else (peer or "?")[:64]
+    entries = [entry.strip() for value in forwarded_for for entry in value.split(",") if entry.strip()]
+    client = str(peer_ip)
+    for entry in reversed(entries):
+        address = _ip(entry)
+        if address is None:
+            return entry[:64]  # a trusted proxy wrote something else (``unknown``): keep it as it is
+        client = str(address)
+        if not _trusted(address, trusted):
+            return client
+    return client  # every hop trusted: the left-most one asked

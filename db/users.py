@@ -206,11 +206,20 @@ def delete_session(session: Session, token: str) -> None:
 def record_audit(session: Session, *, username: str | None, action: str, arguments: dict[str, Any],
                  outcome: str, detail: str | None = None, address: str | None = None) -> int:
     """Append one audit entry; return its id."""
+    # PostgreSQL text holds no NUL: a hostile form's NUL is audited as the escape "\\x00" (and JSON's
+    # "\\u0000" is refused by jsonb, so arguments are escaped before they are encoded).
+    arguments = {_storable(str(key)): _storable(value) if isinstance(value, str) else value
+                 for key, value in arguments.items()}
     return session.execute(text(
         "INSERT INTO console_audit (username, action, arguments, outcome, detail, address) "
         "VALUES (:u, :a, CAST(:args AS jsonb), :o, :d, :addr) RETURNING id"),
-        {"u": username, "a": action, "args": json.dumps(arguments, default=str), "o": outcome,
-         "d": detail[:2000] if detail else None, "addr": (address or "")[:64] or None}).scalar_one()
+        {"u": _storable(username), "a": action, "args": json.dumps(arguments, default=str), "o": outcome,
+         "d": _storable(detail[:2000]) if detail else None,
+         "addr": _storable((address or "")[:64]) or None}).scalar_one()
+
+
+def _storable(value: str | None) -> str | None:
+    return value.replace("\x00", "\\x00") if value else value
 
 
 def list_audit(session: Session, *, before_id: int | None = None, limit: int = 50, username: str | None = None,

@@ -76,12 +76,12 @@ def recheck_delay_ms(settings: Settings | None = None, attempt: int = 1) -> int:
     return min(int(2 * skew(settings).total_seconds() * 1000) + 1000 * attempt, 60_000)
 
 
-def book_events(events: list[stock_events.StockEvent]) -> list[stock_events.EventResult]:
-    """Book validated events in one transaction (the one booking path)."""
+def book_events(events: list[stock_events.StockEvent], sessions=None) -> list[stock_events.EventResult]:
+    """Book validated events in one transaction (the one booking path); ``sessions``: default the process's."""
     settings = get_settings()
     check_accounts(events)
     codes = sorted({event.marketplace for event in events})
-    with resources.sessions()() as session:
+    with (sessions or resources.sessions())() as session:
         results = stock_events.record_stock_events(session, events, skew=skew(settings),
                                                    not_restocking=not_restocking(settings, codes))
         session.commit()

@@ -54,24 +54,33 @@ AUDIT_MAX_ENTRIES = 10_000
 SPENT_OPTIONS = ("retries", "traceback", "requeue_timestamp", "eta", "redis_message_id")
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+#: The longest duration ``parse_since`` takes: dead letters do not live for years, and a longer one
+#: would overflow the date arithmetic.
+MAX_SINCE = timedelta(days=3650)
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """A point in time from ``30m``, ``2h``, ``7d`` (that long ago) or an ISO 8601 date or time (UTC if naive).
 
     Raises:
-      ValueError: ``text`` is neither.
+      ValueError: ``text`` is neither, or a duration longer than :data:`MAX_SINCE`.
     """
     now = now or datetime.now(timezone.utc)
     relative = _RELATIVE.match(text)
     if relative:
-        return now - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
+        seconds = float(relative.group(1)) * _SECONDS[relative.group(2)]
+        if seconds > MAX_SINCE.total_seconds():
+            raise ValueError(f"a duration must be at most {MAX_SINCE.days}d, got {text.strip()[:40]!r}")
+        return now - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"expected a duration like 30m, 2h, 7d or an ISO 8601 time, got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    except OverflowError:  # an offset that pushes year 1 or 9999 out of range
+        raise ValueError(f"{text.strip()[:40]!r} is out of the range of dates") from None
 
 
 def _text(value) -> str:

@@ -273,16 +273,38 @@ class Settings(BaseSettings):
 
     # --- operator console ---
     #: ``stocksync console``: the operator web console.  Loopback unless told otherwise: put a
-    #: TLS-terminating proxy in front of it (the session cookie is marked Secure over HTTPS).
+    #: TLS-terminating proxy in front of it (and turn ``console_secure_cookies`` on).
     console_host: str = "127.0.0.1"
     console_port: int = Field(8800, ge=1, le=65535)
     #: A session lasts this long from its login, whatever is done meanwhile (seconds).
     console_session_lifetime_s: float = Field(8 * 3600, gt=0)
-    #: Failed logins allowed per account and per client address within the window, then refused
-    #: until the window has passed.
+    #: Served over HTTPS by a TLS-terminating proxy: cookies are ``Secure`` and named ``__Host-...``, and
+    #: every answer carries ``Strict-Transport-Security``.  Off for plain HTTP on loopback.
+    console_secure_cookies: bool = False
+    #: Proxies whose ``X-Forwarded-For`` is believed (comma-separated addresses or CIDRs; none by
+    #: default, loopback included): behind one, the client is the right-most address not in these.
+    console_trusted_proxies: str = ""
+    #: Login attempts that fail per (account, client address), and per client address whatever the
+    #: account, before each next attempt waits: ``console_login_delay_s``, doubling with each attempt,
+    #: at most ``console_login_max_delay_s``.  Counts are forgotten after ``console_login_window_s``
+    #: without an attempt; a good password forgets its (account, address) count.
     console_login_max_failures: int = Field(5, ge=1)
     console_login_max_failures_per_address: int = Field(20, ge=1)
+    console_login_delay_s: float = Field(1.0, gt=0)
+    console_login_max_delay_s: float = Field(15 * 60, gt=0)
     console_login_window_s: float = Field(15 * 60, gt=0)
+    #: Unauthenticated requests refused (a bad login form token, a throttled or malformed login) are
+    #: audited once per kind, client address and this window; the row says how many were not.
+    console_audit_burst_window_s: int = Field(60, ge=1)
+
+    @field_validator("console_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        from core.console_rules import parse_networks
+
+        parse_networks(value)  # a bad entry stops the start, naming it
+        return value
+
     #: Rows per page of the ledger, the audit and the run lists.
     console_page_size: int = Field(50, ge=1, le=1000)
 

@@ -1,16 +1,30 @@
-"""Helpers of the console tests: seed a catalogue, users and dead letters; log in; read tokens from pages."""
+"""Helpers of the console tests: the ``world`` fixture (a console app on the test's PostgreSQL and Redis),
+seed a catalogue, users and dead letters; log in; read tokens from pages; read what the console did."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
+from types import SimpleNamespace
 
+import aiohttp
 import dramatiq
+import pytest
+import redis as redis_lib
+from aiohttp.test_utils import TestServer
+from dramatiq import Message
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from db import users
+from db.engine import session_factory
 from db.snapshot import ensure_marketplace
+from runtime import resources
+from runtime.dlq import DeadLetterQueues
 from runtime.queues import BROKER_NAMESPACE
+from runtime.settings import Settings, get_settings
+from workers.console.app import build_console_app
 
 PASSWORD = "correct horse battery"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -76,3 +90,123 @@ async def session_csrf(client) -> str:
     response = await client.get("/audit")
     assert response.status == 200, response.status
     return csrf_of(await response.text())
+
+
+SECRETS = {
+    "token": "bm-token-5ecr3t-value",
+    "webhook": "https://hooks.example.com/services/T000/B000/webhook-5ecr3t",
+    "credential": "shpat_credential-5ecr3t",
+    "url_password": "urlpass-5ecr3t",
+    "producer": "producer-key-5ecr3t",
+}
+
+
+@pytest.fixture
+def world(monkeypatch, database_url, redis_url):
+    """The console on this test's database and Redis, the fleet's stub broker, a catalogue and one user per role."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+    from workers import fleet
+
+    broker = fleet.broker
+    broker.flush_all()
+    redis = redis_lib.Redis.from_url(redis_url)
+    sessions = session_factory(database_url)
+    settings = Settings(backmarket_token=SecretStr(SECRETS["token"]),
+                        stock_alert_webhook_url=SecretStr(SECRETS["webhook"]),
+                        producer_hmac_key=SecretStr(SECRETS["producer"]),
+                        console_login_max_failures=3, console_login_max_failures_per_address=6,
+                        console_login_delay_s=60)  # waits far longer than any test takes
+    environ = {"SHOP_TOKEN": SECRETS["credential"]}
+    for role in ("viewer", "operator", "admin"):
+        add_user(sessions, role, role)
+    add_user(sessions, "other", "viewer")
+    variation_id = add_variation(sessions, "IPHONE13-128-BLK", title="iPhone 13 128 GB black")
+    with sessions() as session:
+        from db import stores
+
+        store = stores.add_integration(session, platform="shopify", name="shop-eu", credentials_env="SHOP_TOKEN",
+                                       base_url=f"https://ops:{SECRETS['url_password']}@shop-eu.example.com/",
+                                       environ=environ)
+        session.commit()
+        store_id = store.id
+    state = SimpleNamespace(broker=broker, redis=redis, sessions=sessions, settings=settings, environ=environ,
+                            variation_id=variation_id, store_id=store_id,
+                            dead_letters=DeadLetterQueues(redis, notes_namespace=settings.redis_namespace))
+    # ``changes``: settings of this app only (``run(world, scenario, console_secure_cookies=True)``).
+    state.app = lambda **changes: build_console_app(settings.model_copy(update=changes), sessions=sessions,
+                                                    redis=redis, broker=broker, dead_letters=state.dead_letters,
+                                                    environ=environ)
+    yield state
+    broker.flush_all()
+    redis.close()
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+
+
+def run(world, scenario, **changes):
+    """Run ``scenario(server)`` on a test server of a fresh console app (with these settings changed)."""
+    async def go():
+        server = TestServer(world.app(**changes))
+        await server.start_server()
+        try:
+            return await scenario(server)
+        finally:
+            await server.close()
+
+    return asyncio.run(go())
+
+
+async def client_of(server, username: str | None = None) -> aiohttp.ClientSession:
+    """A browser of its own (cookie jar) on ``server``; logged in as ``username`` if given."""
+    client = aiohttp.ClientSession(base_url=str(server.make_url("/")), cookie_jar=aiohttp.CookieJar(unsafe=True))
+    if username:
+        response = await login(client, username)
+        assert response.status == 303, (response.status, await response.text())
+    return client
+
+
+def enqueued(broker) -> list[Message]:
+    return [Message.decode(raw) for queue in broker.queues.values() for raw in list(queue.queue)]
+
+
+def audit_rows(world, **where) -> list:
+    with world.sessions() as session:
+        rows = session.execute(text("SELECT username, action, arguments, outcome, detail FROM console_audit "
+                                    "ORDER BY id")).all()
+    return [row for row in rows if all(getattr(row, key) == value for key, value in where.items())]
+
+
+def ledger_rows(world, change_type: str) -> list[tuple[str, str]]:
+    """(actor, reference) of the ledger rows of ``change_type``."""
+    with world.sessions() as session:
+        return [tuple(row) for row in session.execute(text(
+            "SELECT actor, reference FROM stock_ledger WHERE change_type = :t ORDER BY id"), {"t": change_type})]
+
+
+def actions(world) -> list[tuple[str, str, str, dict]]:
+    """(audit name, path, least role, form) of every action the console has."""
+    return [
+        ("stock.topup", "/stock/topup", "operator",
+         {"variation_id": world.variation_id, "marketplace": "backmarket", "quantity": "2", "reference": "PO-{n}"}),
+        ("stock.adjust", "/stock/adjust", "operator",
+         {"variation_id": world.variation_id, "marketplace": "backmarket", "change": "-1", "reference": "ADJ-{n}"}),
+        ("stock.refresh", "/stock/refresh", "operator", {"variation_id": world.variation_id, "marketplace": "backmarket"}),
+        ("sync.start", "/syncs/start", "operator", {"marketplace": "backmarket", "force": "1"}),
+        ("store.sync", f"/stores/{world.store_id}/sync", "operator", {}),
+        ("dlq.retry", "/deadletters/retry", "operator", {"message_id": "{dead}"}),
+        ("dlq.retry_all", "/deadletters/retry-all", "operator", {"queue": "dlq-{n}"}),
+        ("dlq.purge", "/deadletters/purge", "operator", {"queue": "dlq-{n}", "confirm": "yes"}),
+        ("store.disable", f"/stores/{world.store_id}/disable", "admin", {}),
+        ("store.enable", f"/stores/{world.store_id}/enable", "admin", {}),
+        ("store.add", "/stores/add", "admin",
+         {"platform": "shopify", "name": "shop-{n}", "credentials_env": "SHOP_TOKEN", "active": "on"}),
+        ("alerts.rule_add", "/alerts/rules/add", "admin", {"threshold": "3", "sku": "IPHONE13-128-BLK"}),
+        ("alerts.rule_remove", "/alerts/rules/{rule}/remove", "admin", {}),
+        ("scheduler.run_now", "/scheduler/stock_sweep/run", "admin", {}),
+        ("users.set_role", "/users/other/role", "admin", {"role": "operator"}),
+        ("users.disable", "/users/other/disable", "admin", {}),
+        ("users.enable", "/users/other/enable", "admin", {}),
+    ]

@@ -17,12 +17,14 @@ import dramatiq
 import jinja2
 from aiohttp import web
 
+from core.console_rules import parse_networks
 from db import users
 from runtime.health import ReadinessProbe
 from runtime.settings import Settings, get_settings
 from workers.console import security
 from workers.console.context import CONSOLE, USER_KEY, Console, error_page
 from workers.console.filters import FILTERS
+from workers.console.limits import AuditBursts, LoginThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +68,11 @@ def _with_headers(response, request: web.Request):
     headers.setdefault("Referrer-Policy", "same-origin")
     if not request.path.startswith("/static/"):
         headers.setdefault("Cache-Control", "no-store")
-    if security.FLASH_COOKIE in request.cookies and isinstance(response, web.Response) and response.status == 200 \
-            and response.content_type == "text/html":
-        response.del_cookie(security.FLASH_COOKIE, path="/")
+    if security.secure(request):
+        headers.setdefault("Strict-Transport-Security", security.HSTS)
+    if security.get_cookie(request, security.FLASH_COOKIE) is not None and isinstance(response, web.Response) \
+            and response.status == 200 and response.content_type == "text/html":
+        security.del_cookie(request, response, security.FLASH_COOKIE)
     return response
 
 
@@ -78,7 +82,7 @@ async def session_middleware(request: web.Request, handler):
     if _public(request.path):
         return await handler(request)
     console = request.app[CONSOLE]
-    token = request.cookies.get(security.SESSION_COOKIE)
+    token = security.get_cookie(request, security.SESSION_COOKIE)
     info = await console.read(users.load_session, token) if token else None
     if info is None:
         if request.method in ("GET", "HEAD"):
@@ -91,9 +95,9 @@ async def session_middleware(request: web.Request, handler):
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         given = request.headers.get(security.CSRF_HEADER)
         if given is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            given = (await request.post()).get(security.CSRF_FIELD)
+            given = (await security.read_form(request)).get(security.CSRF_FIELD)
         if not security.csrf_matches(info.csrf_token, given if isinstance(given, str) else None):
-            form = await request.post()
+            form = await security.read_form(request)
             await console.audit(request, f"{request.method} {request.path}", security.audit_arguments(form),
                                 "csrf", "missing or wrong CSRF token")
             raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
@@ -144,10 +148,14 @@ def build_console_app(settings: Settings | None = None, *, sessions: Callable | 
     console = Console(settings=settings, sessions=sessions, redis=redis, broker=broker,
                       ready=ReadinessProbe(settings.redis_url, database_url),
                       dead_letters=dead_letters, environ=os.environ if environ is None else environ,
-                      throttle=security.LoginThrottle(redis, settings.redis_namespace,
-                                                      window_s=settings.console_login_window_s,
-                                                      max_per_account=settings.console_login_max_failures,
-                                                      max_per_address=settings.console_login_max_failures_per_address))
+                      throttle=LoginThrottle(redis, settings.redis_namespace, window_s=settings.console_login_window_s,
+                                             free_per_account=settings.console_login_max_failures,
+                                             free_per_address=settings.console_login_max_failures_per_address,
+                                             base_delay_s=settings.console_login_delay_s,
+                                             max_delay_s=settings.console_login_max_delay_s),
+                      bursts=AuditBursts(redis, settings.redis_namespace,
+                                         window_s=settings.console_audit_burst_window_s),
+                      trusted_proxies=parse_networks(settings.console_trusted_proxies))
     app = web.Application(middlewares=[headers_middleware, session_middleware], client_max_size=256 * 1024)
     app[CONSOLE] = console
     environment = aiohttp_jinja2.setup(

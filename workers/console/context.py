@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -11,6 +10,7 @@ import aiohttp_jinja2
 import dramatiq
 from aiohttp import web
 
+from core import console_rules
 from db import users
 from runtime.settings import Settings
 
@@ -26,18 +26,10 @@ USER_KEY = web.RequestKey("console_user", users.SessionInfo)
 
 
 def client_address(request: web.Request) -> str:
-    """The client's address; behind a proxy on this host, the one it forwards (``X-Forwarded-For``'s last)."""
-    forwarded = request.headers.get("X-Forwarded-For")
-    if forwarded and is_loopback(request.remote):
-        return forwarded.split(",")[-1].strip()[:64] or (request.remote or "?")
-    return request.remote or "?"
-
-
-def is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+    """Who is asking: the peer, or behind a trusted proxy (``CONSOLE_TRUSTED_PROXIES``) the right-most
+    ``X-Forwarded-For`` address that is not one (:func:`core.console_rules.client_address`)."""
+    return console_rules.client_address(request.remote, request.headers.getall("X-Forwarded-For", []),
+                                        request.app[CONSOLE].trusted_proxies)
 
 
 @dataclass
@@ -50,7 +42,10 @@ class Console:
     broker: dramatiq.Broker
     dead_letters: Any  # runtime.dlq.DeadLetterQueues, or None without Redis
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
-    throttle: Any = None  # security.LoginThrottle
+    throttle: Any = None  # limits.LoginThrottle
+    bursts: Any = None  # limits.AuditBursts
+    #: ``CONSOLE_TRUSTED_PROXIES``, parsed once.
+    trusted_proxies: tuple = ()
     ready: Callable[[], list] = list  # runtime.health.ReadinessProbe: /readyz
 
     async def read(self, fn: Callable, *args, **kwargs):
@@ -82,6 +77,17 @@ class Console:
         await self.write(users.record_audit, username=username or (user.username if user else None), action=action,
                          arguments=arguments, outcome=outcome, detail=detail,
                          address=client_address(request))
+
+    async def audit_burst(self, request: web.Request, action: str, arguments: dict, outcome: str,
+                          detail: str, username: str | None = None) -> None:
+        """Audit an unauthenticated refusal once per (outcome, address) and window (``CONSOLE_AUDIT_BURST_WINDOW_S``):
+        a flood of them must not flood the audit.  The row says how many before it were not written."""
+        suppressed = await self.call(self.bursts.admit, f"{action}:{outcome}", client_address(request))
+        if suppressed is None:
+            return
+        if suppressed:
+            detail = f"{detail} ({suppressed} more from this address since the last such entry were not audited)"
+        await self.audit(request, action, arguments, outcome, detail, username=username)
 
 
 CONSOLE = web.AppKey("console", Console)

@@ -1,12 +1,12 @@
 """Logins, sessions, CSRF tokens, roles and the audit of every action.
 
-- The session cookie holds a random token (HttpOnly, SameSite=Lax, Secure over HTTPS, a fixed
-  lifetime); PostgreSQL keeps its hash, the user's id and the session's CSRF token, and every
-  request reads the user's current role and state from there.
+- The session cookie holds a random token (HttpOnly, SameSite=Lax, a fixed lifetime; ``Secure`` and
+  named ``__Host-...`` with ``CONSOLE_SECURE_COOKIES``); PostgreSQL keeps its hash, the user's id and
+  the session's CSRF token, and every request reads the user's current role and state from there.
 - Every POST carries the session's CSRF token (form field ``csrf_token`` or header
   ``X-CSRF-Token``); the login form, before any session, a double-submit cookie's.
-- Failed logins are counted in Redis per account and per address within a window; at the limit
-  the next attempts are refused without checking the password.
+- Login attempts are reserved in Redis before the password is checked (``limits.LoginThrottle``):
+  past the free ones, per (account, address) and per address, each waits longer.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from aiohttp import web
 
 from core.console_rules import allows
 from db import users
-from workers.console.context import CONSOLE, USER_KEY, error_page, is_loopback
+from workers.console.context import CONSOLE, USER_KEY, error_page
 
 logger = logging.getLogger(__name__)
 
@@ -57,21 +57,40 @@ class Done:
     detail: str | None = None
 
 
-def is_https(request: web.Request) -> bool:
-    """Served over HTTPS: directly, or by a TLS proxy on this host saying so (``X-Forwarded-Proto``)."""
-    if request.secure:
-        return True
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return forwarded == "https" and is_loopback(request.remote)
+#: Prefix of every cookie's name with ``CONSOLE_SECURE_COOKIES``: the browser then keeps it only if it
+#: is Secure, for this host (no Domain) and path /, so neither plain HTTP nor a sibling domain can set it.
+HOST_PREFIX = "__Host-"
+
+#: ``Strict-Transport-Security`` of every answer with ``CONSOLE_SECURE_COOKIES`` (a year).
+HSTS = "max-age=31536000"
 
 
+def secure(request: web.Request) -> bool:
+    """Whether this console is served over HTTPS (``CONSOLE_SECURE_COOKIES``; a proxy terminates TLS)."""
+    return request.app[CONSOLE].settings.console_secure_cookies
+
+
+def cookie_name(request: web.Request, name: str) -> str:
+    """A cookie's name as this console sets and reads it (``__Host-`` prefixed when secure)."""
+    return HOST_PREFIX + name if secure(request) else name
+
+
+def get_cookie(request: web.Request, name: str) -> str | None:
+    """The value of cookie ``name`` (one of the names above) this request carries."""
+    return request.cookies.get(cookie_name(request, name))
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str,
                max_age: int | None = None) -> None:
-    """A cookie as every cookie of the console is: HttpOnly, SameSite=Lax, Secure over HTTPS, path /."""
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Lax",
-                        secure=is_https(request))
+    """A cookie as every cookie of the console is: HttpOnly, SameSite=Lax, path /, Secure when secure."""
+    response.set_cookie(cookie_name(request, name), value, max_age=max_age, path="/", httponly=True,
+                        samesite="Lax", secure=secure(request))
+
+
+def del_cookie(request: web.Request, response: web.StreamResponse, name: str) -> None:
+    """Remove cookie ``name`` (with the attributes it was set with: a ``__Host-`` one needs Secure)."""
+    response.del_cookie(cookie_name(request, name), path="/", secure=secure(request), httponly=True,
+                        samesite="Lax")
 
 
 def csrf_matches(expected: str | None, given: str | None) -> bool:
@@ -86,6 +105,17 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+async def read_form(request: web.Request):
+    """The request's form fields; a body that is no readable form is the client's error (400), never a 500."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise  # too large (413)
+    except Exception as error:  # a broken multipart or urlencoded body: aiohttp raises various errors
+        raise web.HTTPBadRequest(text=f"the form could not be read ({type(error).__name__}): send it again "
+                                      "from the page") from None
+
+
 def current_user(request: web.Request) -> users.SessionInfo:
     """The logged-in user of this request (the middleware made sure there is one)."""
     return request[USER_KEY]
@@ -94,42 +124,6 @@ def current_user(request: web.Request) -> users.SessionInfo:
 def audit_arguments(form) -> dict[str, Any]:
     """A form's fields as the audit keeps them: every field but the secret ones, cut to a sane length."""
     return {key: str(value)[:500] for key, value in form.items() if key not in SECRET_FIELDS}
-
-
-class LoginThrottle:
-    """Failed logins per account and per address in fixed windows (Redis counters with an expiry)."""
-
-    def __init__(self, redis, namespace: str, *, window_s: float, max_per_account: int,
-                 max_per_address: int) -> None:
-        self.redis = redis
-        self.prefix = f"{namespace}:console:login-failures"
-        self.window_ms = max(1, int(window_s * 1000))
-        self.max_per_account = max_per_account
-        self.max_per_address = max_per_address
-
-    def _keys(self, username: str, address: str) -> tuple[str, str]:
-        return f"{self.prefix}:account:{username}", f"{self.prefix}:address:{address}"
-
-    def refused(self, username: str, address: str) -> str | None:
-        """Why this login may not even be tried now (None: it may)."""
-        from core.console_rules import login_refused
-
-        account, by_address = (int(value or 0) for value in self.redis.mget(self._keys(username, address)))
-        return login_refused(account, by_address, max_per_account=self.max_per_account,
-                             max_per_address=self.max_per_address)
-
-    def failed(self, username: str, address: str) -> None:
-        """Count one failed attempt (the window starts at the first failure)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key in self._keys(username, address):
-                pipe.set(key, 0, nx=True, px=self.window_ms)
-                pipe.incr(key)
-            pipe.execute()
-
-    def succeeded(self, username: str) -> None:
-        """A good password clears its account's count (not the address's: one good account must not
-        reset a guesser's budget for the others)."""
-        self.redis.delete(self._keys(username, "-")[0])
 
 
 Handler = Callable[[web.Request], Awaitable[Any]]
@@ -147,7 +141,7 @@ def action(name: str, role: str):
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
             user = current_user(request)
-            form = await request.post()
+            form = await read_form(request)
             arguments = {**audit_arguments(form), **{k: v for k, v in request.match_info.items()}}
             console = request.app[CONSOLE]
             if not allows(user.role, role):
@@ -186,7 +180,7 @@ def read_flash(request: web.Request) -> str | None:
     """The message the last action left for this page (shown once)."""
     from urllib.parse import unquote
 
-    value = request.cookies.get(FLASH_COOKIE)
+    value = get_cookie(request, FLASH_COOKIE)
     return unquote(value) if value else None
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
@@ -26,7 +27,7 @@ def _login_form(request: web.Request, *, error: str | None = None, status: int =
                 next_path: str = "/") -> web.Response:
     # One token per browser, kept across login pages: a second tab (or a favicon fetch sent to the login
     # page) must not invalidate the form already shown.
-    token = request.cookies.get(security.LOGIN_CSRF_COOKIE) or ""
+    token = security.get_cookie(request, security.LOGIN_CSRF_COOKIE) or ""
     if len(token) < 32 or len(token) > 64:
         token = security.new_token()
     response = aiohttp_jinja2.render_template("login.html", request, {
@@ -44,36 +45,43 @@ async def login_page(request: web.Request) -> web.Response:
 
 @routes.post("/login")
 async def login(request: web.Request) -> web.StreamResponse:
-    """Check the password (unless throttled), open a new session, set its cookie."""
+    """Reserve the attempt (or answer 429), check the password, open a new session, set its cookie.
+
+    Refusals before a password is checked (a bad form token, a malformed form, a throttled attempt)
+    are audited once per window and address: a flood of them writes one row, not one each.
+    """
     console = request.app[CONSOLE]
-    form = await request.post()
+    form = await security.read_form(request)
     username = str(form.get("username") or "").strip().lower()[:64]
     password = str(form.get("password") or "")
     next_path = _safe_next(str(form.get("next") or "/"))
     address = client_address(request)
-    if not security.csrf_matches(request.cookies.get(security.LOGIN_CSRF_COOKIE), str(form.get("csrf_token") or "")):
-        await console.audit(request, "login", {"username": username}, "csrf", "missing or wrong login CSRF token",
-                            username=username or None)
+    if not security.csrf_matches(security.get_cookie(request, security.LOGIN_CSRF_COOKIE),
+                                 str(form.get("csrf_token") or "")):
+        await console.audit_burst(request, "login", {"username": username}, "csrf",
+                                  "missing or wrong login CSRF token", username=username or None)
         return _login_form(request, error="The form expired: log in again.", status=403, username=username,
                            next_path=next_path)
     if not username or not password:
+        await console.audit_burst(request, "login", {"username": username}, "malformed",
+                                  "no username or no password", username=username or None)
         return _login_form(request, error="Enter a username and a password.", status=400, username=username,
                            next_path=next_path)
-    refused = await console.call(console.throttle.refused, username, address)
-    if refused:
-        await console.audit(request, "login", {"username": username}, "throttled", refused, username=username)
-        minutes = max(1, round(console.settings.console_login_window_s / 60))
-        return _login_form(request, error=f"{refused.capitalize()}: try again in up to {minutes} minutes.",
-                           status=429, username=username, next_path=next_path)
+    turn = await console.call(console.throttle.reserve, username, address)
+    if not turn.allowed:
+        await console.audit_burst(request, "login", {"username": username}, "throttled",
+                                  f"too many attempts {turn.reason.replace('your', 'this')}", username=username)
+        response = _login_form(request, error=turn.message(), status=429, username=username, next_path=next_path)
+        response.headers["Retry-After"] = str(max(1, math.ceil(turn.wait_s)))
+        return response
     user = await console.write(users.authenticate, username, password)
     if user is None:
-        await console.call(console.throttle.failed, username, address)
         await console.audit(request, "login", {"username": username}, "refused", "wrong username or password",
                             username=username)
         return _login_form(request, error="Wrong username or password.", status=401, username=username,
                            next_path=next_path)
-    await console.call(console.throttle.succeeded, username)
-    old = request.cookies.get(security.SESSION_COOKIE)
+    await console.call(console.throttle.succeeded, username, address)
+    old = security.get_cookie(request, security.SESSION_COOKIE)
     if old:
         await console.write(users.delete_session, old)
     token, info = await console.write(users.create_session, user.id, console.settings.console_session_lifetime_s,
@@ -83,7 +91,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther(next_path)
     security.set_cookie(request, response, security.SESSION_COOKIE, token,
                         max_age=int(console.settings.console_session_lifetime_s))
-    response.del_cookie(security.LOGIN_CSRF_COOKIE, path="/")
+    security.del_cookie(request, response, security.LOGIN_CSRF_COOKIE)
     raise response
 
 
@@ -91,12 +99,12 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     """End this session (the middleware checked its CSRF token)."""
     console = request.app[CONSOLE]
-    token = request.cookies.get(security.SESSION_COOKIE)
+    token = security.get_cookie(request, security.SESSION_COOKIE)
     if token:
         await console.write(users.delete_session, token)
     await console.audit(request, "logout", {}, "ok")
     response = web.HTTPSeeOther("/login")
-    response.del_cookie(security.SESSION_COOKIE, path="/")
+    security.del_cookie(request, response, security.SESSION_COOKIE)
     raise response
 
 

@@ -1,23 +1,34 @@
 """Stock: SKU search, a variation's stock per marketplace and its ledger; top-up, adjustment, refresh.
 
-Top-ups and adjustments are stock events through the producer API (``StockEvents``) with the user
-as the ledger's ``actor``; the reference comes with the form (made when it was shown), so the
-same form sent twice books once.  A refresh enqueues ``recheck_stock`` for the row: one GET of its
-listing, applied with the re-check's rules.
+Top-ups and adjustments are stock events (the one contract, ``core.events``) booked in PostgreSQL
+before the operator is answered, with the user as the ledger's ``actor``; their push is enqueued
+after, and a push Redis loses is sent by the sweep.  The reference comes with the form (made when
+it was shown, or typed) under the ``console:`` prefix, so the same form sent twice books once and
+an operator's reference never takes a producer's.  A refresh enqueues ``recheck_stock`` for the
+row: one GET of its listing, applied with the re-check's rules.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 
 import aiohttp_jinja2
 from aiohttp import web
 
+from actors.events import book_and_count, follow_ups
+from core.accounts import AccountError
+from core.events import InvalidEvent, make_event
+from core.platforms import NotSupported
 from db import console_queries
-from runtime.producer import InvalidEvent, StockEvents
 from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
+logger = logging.getLogger(__name__)
+
 routes = web.RouteTableDef()
+
+#: Every reference an operator types is booked under this prefix: producers' references are theirs.
+REFERENCE_PREFIX = "console:"
 
 #: Marketplaces whose rows a refresh can read (the re-check reads Back Market listings).
 REFRESHABLE = ("backmarket",)
@@ -25,13 +36,19 @@ REFRESHABLE = ("backmarket",)
 MAX_SEARCH_RESULTS = 50
 
 
-def _int(value, name: str, *, minimum: int | None = None) -> int:
+#: The largest id or number a form or query may carry (PostgreSQL's bigint): past it, a 400, not a 500.
+MAX_NUMBER = 2**63 - 1
+
+
+def _int(value, name: str, *, minimum: int | None = None, maximum: int = MAX_NUMBER) -> int:
     try:
         number = int(str(value).strip())
     except (TypeError, ValueError):
         raise Refused(f"{name} must be a whole number, got {str(value)[:40]!r}") from None
     if minimum is not None and number < minimum:
-        raise Refused(f"{name} must be at least {minimum}, got {number}")
+        raise Refused(f"{name} must be at least {minimum}, got {str(number)[:40]}")
+    if number > maximum:
+        raise Refused(f"{name} must be at most {maximum}, got {str(number)[:40]}")
     return number
 
 
@@ -75,7 +92,7 @@ async def variation(request: web.Request):
     data = await console.read(_variation_page, _id(request), before_id, console.settings.console_page_size)
     if data is None:
         raise web.HTTPNotFound(text=f"no variation {request.match_info['variation_id']}")
-    data.update(before=before_id, reference=f"console-{uuid.uuid4().hex[:12]}", refreshable=REFRESHABLE)
+    data.update(before=before_id, reference=uuid.uuid4().hex[:12], refreshable=REFRESHABLE)
     return data
 
 
@@ -131,20 +148,44 @@ async def adjust(request: web.Request) -> Done:
     return await _local_event(request, "manual_adjustment", "change")
 
 
+def console_reference(typed: str) -> str:
+    """The ledger reference of what an operator typed: in the console's own namespace (once, so that a
+    reference copied from the ledger names the same event)."""
+    typed = typed.strip()
+    return typed if typed.startswith(REFERENCE_PREFIX) else REFERENCE_PREFIX + typed
+
+
 async def _local_event(request: web.Request, kind: str, field: str, *, minimum: int | None = None) -> Done:
-    # Through the producer API, the user as the ledger's actor: the console adds no second way in.
     console, form, found, marketplace = await _stock_form(request)
     amount = _int(form.get(field), field, minimum=minimum)
-    send = getattr(StockEvents(console.broker), kind)
+    typed = str(form.get("reference") or "").strip()
+    if not typed:
+        raise Refused("reference: must not be empty")
     try:
-        message = await console.call(send, marketplace, sku=found.sku,
-                                     reference=str(form.get("reference") or "").strip(),
-                                     actor=current_user(request).username, note=str(form.get("note") or "") or None,
-                                     **{field: amount})
+        event = make_event(kind, marketplace=marketplace, sku=found.sku, reference=console_reference(typed),
+                           actor=current_user(request).username, note=str(form.get("note") or "") or None,
+                           **{field: amount})
     except InvalidEvent as error:
         raise _event_error(error) from None
+    # Booked before the answer: the operator's action survives Redis losing its data.
+    try:
+        result = (await console.call(book_and_count, [event], console.sessions))[0]
+    except (AccountError, NotSupported) as error:  # no such account, or one stocksync cannot push to
+        raise Refused(f"marketplace: {error}") from None
     what = f"top-up of {amount}" if kind == "stock_topup" else f"adjustment of {amount:+d}"
-    return Done(f"{what} on {marketplace} enqueued", f"/variations/{found.id}", detail=f"message {message.message_id}")
+    if result.status == "duplicate":
+        return Done(f"{what} on {marketplace} was already booked (reference {event.reference})",
+                    f"/variations/{found.id}", detail=f"duplicate {event.key}")
+    try:
+        for message, delay in follow_ups(event, result):
+            await console.call(console.broker.enqueue, message, delay=delay)
+        pushed = "its push enqueued" if result.push_requested else "nothing to push"
+    except Exception as error:  # Redis down or lost: the row stays pending, the sweep pushes it
+        logger.warning("%s booked, but its push was not enqueued (%s: %s); the sweep will push it", event.key,
+                       type(error).__name__, str(error)[:200])
+        pushed = "its push will be sent by the next sweep (the queue is unavailable)"
+    return Done(f"{what} on {marketplace} booked; {pushed}", f"/variations/{found.id}",
+                detail=f"booked {event.key}: {result.before} -> {result.after}")
 
 
 @routes.post("/stock/refresh")

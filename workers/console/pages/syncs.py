@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timezone
 
 import aiohttp_jinja2
 from aiohttp import web
 
+from db import users
 from db.models import SyncRun
 from pipelines.progress import load_progress
 from workers.console.context import CONSOLE
-from workers.console.security import Done, Refused, action, current_user
+from workers.console import security
+from workers.console.security import Done, Refused, action
 
 routes = web.RouteTableDef()
 
@@ -61,14 +62,21 @@ async def sync_run(request: web.Request):
 
 
 async def _stream(request: web.Request, sync_id: int | None) -> web.StreamResponse:
-    """``progress`` events (JSON: the runs shown) every second; for one run, an ``end`` event once it is over."""
+    """``progress`` events (JSON: the runs shown) every second; for one run, an ``end`` event once it is over.
+
+    Each tick reads the session again: once it is gone (logout, expiry, the user disabled) the stream
+    sends ``end`` (``{"session": "ended"}``) and stops, as any other request would be refused.
+    """
     console = request.app[CONSOLE]
-    expires = current_user(request).expires_at
+    token = security.get_cookie(request, security.SESSION_COOKIE) or ""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                            "X-Accel-Buffering": "no"})
     await response.prepare(request)
     try:
-        while datetime.now(timezone.utc) < expires:
+        while True:
+            if await console.read(users.load_session, token) is None:
+                await response.write(b'event: end\ndata: {"session": "ended"}\n\n')
+                break
             progresses = await _progress(console, sync_id)
             if sync_id is None:
                 progresses = [p for p in progresses if p.status == "running"]

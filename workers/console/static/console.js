@@ -67,9 +67,11 @@ function live(table) {
     const none = document.getElementById("none-running");
     if (none) none.hidden = runs.length > 0;
   });
-  source.addEventListener("end", () => {
+  source.addEventListener("end", (event) => {
     source.close();
     table.dataset.ended = "true";
+    // The session ended (logout elsewhere, expiry, user disabled): the reload goes to the login page.
+    if (JSON.parse(event.data || "{}").session === "ended") window.location.reload();
   });
 }
 
