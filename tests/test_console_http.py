@@ -430,3 +430,35 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
     assert pages == [404, 400, 400, 400]
     assert enqueued(world.broker) == []
+
+
+def test_the_overview_shows_each_marketplace_push_backlog_against_its_data_limit(world):
+    import redis.asyncio
+
+    from clients.ratelimit import FleetRateLimiter
+
+    with world.sessions() as session:
+        session.execute(text("UPDATE marketplace_stock SET push_state = 'pending', push_requested_at = now()"))
+        session.commit()
+
+    async def three_lines():  # three lines of the hour already pushed, fleet-wide
+        where = world.redis.connection_pool.connection_kwargs
+        client = redis.asyncio.Redis(host=where["host"], port=where["port"], db=where.get("db", 0))
+        limiter = FleetRateLimiter(client, "backmarket-push-lines", 2000, 3600.25)
+        for _ in range(3):
+            await limiter.acquire()
+        await client.aclose()
+
+    asyncio.run(three_lines())
+
+    async def scenario(server):
+        client = await client_of(server, "viewer")
+        body = await (await client.get("/")).text()
+        await client.close()
+        return body
+
+    body = run(world, scenario)
+    table = body[body.index('id="push-backlog"'):]
+    table = table[:table.index("</table>")]
+    assert "<td>backmarket</td>" in table and '<td class="num">1</td>' in table
+    assert "1997 of 2000 per 1h" in table
