@@ -100,6 +100,7 @@ def drain(kind: str, marketplace: str, owner: str, send: Send) -> DrainRun:
     redis = resources.sync_redis()
     lock = LeaderLock(redis, _key(kind, marketplace, "lock"), ttl_s=_lock_ttl_s(), owner=owner, token=owner)
     if not lock.acquire():
+        logger.info("%s drain of %s already running; this message ends", kind, marketplace)
         return DrainRun("busy")
     try:
         rows, wait_ms = (_drain_pushes if kind == "push" else _drain_rechecks)(marketplace, owner, lock)
