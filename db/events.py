@@ -511,6 +511,11 @@ def rows_to_recheck(session: Session, marketplace: str, *, older_than: datetime,
 # -- drains: the rows a marketplace's re-check and push drains take, in batches ----------------------------
 
 
+#: A select-list item: the listings of stock row ``s`` on its marketplace that are still listed, in id order.
+ROW_LISTINGS = ("ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
+                "AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings")
+
+
 class RecheckClaim(NamedTuple):
     """A flagged row a re-check drain took: its listings to read, and how many reads it had already."""
 
@@ -540,9 +545,7 @@ def claim_rechecks(session: Session, marketplace: str, *, first_after: timedelta
         "  FOR UPDATE OF s SKIP LOCKED) "
         "UPDATE marketplace_stock s SET recheck_due_at = :until FROM due, variations v "
         "WHERE s.id = due.id AND v.id = s.variation_id "
-        "RETURNING s.id, s.marketplace_id, v.sku, s.recheck_attempts, "
-        "ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
-        "      AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings"),
+        "RETURNING s.id, s.marketplace_id, v.sku, s.recheck_attempts, " + ROW_LISTINGS),
         {"mp": marketplace, "first": first_after, "now": now, "until": now + lease, "n": limit}).all()
     claims = [RecheckClaim(row.id, row.marketplace_id, row.sku, list(row.listings), row.recheck_attempts)
               for row in rows]

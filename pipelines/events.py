@@ -189,9 +189,7 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
 
 
 _FLAGGED_ROW = text(
-    "SELECT s.id, s.marketplace_id, s.needs_recheck, "
-    "ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
-    "      AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings "
+    "SELECT s.id, s.marketplace_id, s.needs_recheck, " + stock_events.ROW_LISTINGS + " "
     "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
     "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND v.sku = :sku")
 
