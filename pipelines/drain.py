@@ -36,6 +36,9 @@ KINDS = ("push", "recheck")
 #: ``send(kind, marketplace, delay_ms)``: enqueue one drain message (the actors' job).
 Send = Callable[[str, str, int], None]
 
+#: How long past its delay a drain request holds back the next one (its message may be lost).
+MARKER_GRACE_MS = 60_000
+
 #: A row still ambiguous after ``STOCK_RECHECK_ATTEMPTS`` reads is read again this much later.
 GIVE_UP_DELAY = timedelta(minutes=15)
 
@@ -62,14 +65,14 @@ def _lock_ttl_s() -> float:
 def request(kind: str, marketplace: str, send: Send, *, delay_ms: int = 0, force: bool = False) -> bool:
     """Ask for a drain of ``marketplace``'s ``kind``: send one message unless one is already on its way.
 
-    The marker lives until the drain that it asked for ends (or a run's length past its delay, if
-    that message is lost).  ``force`` sends anyway (the sweep, an operator).  True when sent.
+    The marker lives until the drain it asked for ends, or a minute past its delay (a lost message
+    does not hold the next one back for long; while a long drain runs, a request a minute sends one
+    message that finds the drain busy).  ``force`` sends anyway (the sweep, an operator).  True when sent.
     """
     if kind not in KINDS:
         raise ValueError(f"drain kind must be one of {', '.join(KINDS)}, got {kind!r}")
     redis = resources.sync_redis()
-    settings = get_settings()
-    ttl_ms = int(delay_ms + 1000 * (settings.stock_drain_run_s + _lock_ttl_s()))
+    ttl_ms = int(delay_ms + MARKER_GRACE_MS)
     key = _key(kind, marketplace, "requested")
     if not redis.set(key, "1", nx=True, px=ttl_ms):
         if not force:
