@@ -3,14 +3,15 @@
 - ``order_created`` / ``order_cancelled`` (per order line), ``stock_topup``, ``manual_adjustment``,
   ``stock_events_batch`` (queue ``stock-events``): decode, book (:func:`pipelines.events.book_events`,
   one transaction), then enqueue what follows (a push, a re-check).
-- ``push_stock`` (queue ``stock-push``), ``recheck_stock`` / ``sweep_stock`` (queue ``stock-recheck``):
-  thin wrappers of :mod:`pipelines.events`.  ``reconcile_stock`` (queue ``reconcile``): :mod:`pipelines.reconcile`.
+- ``drain_pushes`` (queue ``stock-push``), ``drain_rechecks`` (queue ``stock-recheck``): one drain of a
+  marketplace's pushes / re-checks (:mod:`pipelines.drain`); a booking asks for one, never a message per row.
+- ``push_stock`` / ``recheck_stock`` (one row: an operator's retry or refresh), ``sweep_stock``: thin
+  wrappers of :mod:`pipelines.events`.  ``reconcile_stock`` (queue ``reconcile``): :mod:`pipelines.reconcile`.
 """
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import dramatiq
@@ -21,6 +22,7 @@ from db import events as stock_events
 from db import syncs
 from core.events import EVENT_KINDS, MAX_BATCH, InvalidStockEvent, StockEvent
 from db.events import EventResult
+from pipelines import drain as drains
 from pipelines import events as pipeline
 from pipelines import reconcile as reconciliation
 from runtime import metrics, queues
@@ -79,11 +81,12 @@ def book_all(events: list[StockEvent]) -> list[EventResult]:
     All or nothing: a failure rolls every booking back, so a retry of the message books them all once.
     """
     results = book_and_count(events)
+    wanted: set[tuple[str, str]] = set()
     for event, result in zip(events, results):
-        # After the commit: a crash before these sends leaves the row pending or flagged, and the
-        # re-delivered message (a duplicate now) sends them again.
-        for message, delay in follow_ups(event, result):
-            push_stock.broker.enqueue(message, delay=delay)
+        wanted |= drains_wanted(event, result)
+    # After the commit: a crash before these requests leaves the rows pending or flagged, and the
+    # re-delivered message (duplicates now) asks again; the sweep catches the rest.
+    request_drains(wanted)
     return results
 
 
@@ -105,17 +108,25 @@ def _count(event: StockEvent, source: str, result: EventResult) -> None:
             metrics.oversold(event.marketplace)
 
 
-def follow_ups(event: StockEvent, result: EventResult) -> list[tuple[dramatiq.Message, int | None]]:
-    """What a booking asks to be enqueued, as (message, delay in ms): a push of the row, a re-check.
+def drains_wanted(event: StockEvent, result: EventResult) -> set[tuple[str, str]]:
+    """The drains a booking asks for, as ``(kind, marketplace)``: its row's push, its re-check.
 
     A row left pending or flagged without them is found by ``sweep_stock``: losing them delays, never loses.
     """
-    messages: list[tuple[dramatiq.Message, int | None]] = []
+    wanted = set()
     if result.push_requested:
-        messages.append((push_stock.message(event.marketplace, event.sku), None))
+        wanted.add(("push", event.marketplace))
     if result.needs_recheck and pipeline.readable(event.marketplace):
-        messages.append((recheck_stock.message(event.marketplace, event.sku), pipeline.recheck_delay_ms()))
-    return messages
+        wanted.add(("recheck", event.marketplace))
+    return wanted
+
+
+def request_drains(wanted: set[tuple[str, str]], broker: dramatiq.Broker | None = None, redis=None) -> None:
+    """Ask for each drain in ``wanted`` (re-checks once past the skew), on ``broker`` and ``redis``
+    (default the fleet's)."""
+    for kind, marketplace in sorted(wanted):
+        drains.request(kind, marketplace, _drain_sender(broker), redis=redis,
+                       delay_ms=pipeline.recheck_delay_ms() if kind == "recheck" else 0)
 
 
 # Each event actor takes its kind's fields (core.events.FIELDS), by keyword or in that order, and
@@ -165,15 +176,7 @@ def stock_events_batch(*args: Any, **kwargs: Any) -> None:
     book_all([decode_batch_item(item, index) for index, item in enumerate(events)])
 
 
-# -- pushing ---------------------------------------------------------------------------------------
-
-
-def _push_lease() -> timedelta:
-    # Longer than the longest push (every HTTP attempt timing out, with the client's backoffs):
-    # a lease that ends while its POST may still land would let an older quantity land last.
-    settings = get_settings()
-    attempts = settings.backmarket_http_attempts
-    return timedelta(seconds=settings.backmarket_timeout_s * attempts + 30 * (attempts - 1) + 30)
+# -- drains, pushes and re-checks ----------------------------------------------------------------------
 
 
 def _message_id() -> str:
@@ -181,67 +184,90 @@ def _message_id() -> str:
     return message.message_id if message is not None else f"direct-{uuid.uuid4()}"
 
 
+def _drain_sender(broker: dramatiq.Broker | None = None):
+    """``send(kind, marketplace, delay_ms)`` of a drain message on ``broker`` (default the fleet's)."""
+    def send(kind: str, marketplace: str, delay_ms: int) -> None:
+        actor = drain_pushes if kind == "push" else drain_rechecks
+        (broker or actor.broker).enqueue(actor.message(marketplace), delay=delay_ms or None)
+
+    return send
+
+
+_send_drain = _drain_sender()
+
+
+def request_drain(kind: str, marketplace: str, *, delay_ms: int = 0, force: bool = False) -> bool:
+    """Ask for a ``push`` or ``recheck`` drain of ``marketplace`` (one message unless one is on its way)."""
+    return drains.request(kind, marketplace, _send_drain, delay_ms=delay_ms, force=force)
+
+
 @dramatiq.actor(queue_name=PUSH_QUEUE, retry_when=transient_only(_settings.stock_push_max_retries),
                 min_backoff=_settings.stock_push_min_backoff_ms, max_backoff=_settings.stock_push_max_backoff_ms,
                 max_age=24 * 3600 * 1000, time_limit=15 * 60 * 1000)
+def drain_pushes(marketplace: str) -> None:
+    """Push ``marketplace``'s rows waiting for a push, oldest first, at its quotas (one drain at a time)."""
+    drains.drain("push", marketplace, _message_id(), _send_drain)
+
+
+@on_dead_letter("drain_pushes")
+def _drain_pushes_failed(message: dramatiq.Message, error: str) -> None:
+    (marketplace,) = _args(message, "marketplace")
+    failed = drains.pushes_failed(message.message_id, error)
+    drains.forget_request("push", marketplace)
+    logger.error("push drain of %s failed for good (%d row(s) marked failed): %s", marketplace, failed, error)
+
+
+@dramatiq.actor(queue_name=RECHECK_QUEUE, retry_when=transient_only(5), min_backoff=2_000, max_backoff=60_000,
+                max_age=24 * 3600 * 1000, time_limit=15 * 60 * 1000)
+def drain_rechecks(marketplace: str) -> None:
+    """Read ``marketplace``'s flagged rows that are due again, at its catalog quota (one drain at a time)."""
+    drains.drain("recheck", marketplace, _message_id(), _send_drain)
+
+
+@on_dead_letter("drain_rechecks")
+def _drain_rechecks_failed(message: dramatiq.Message, error: str) -> None:
+    (marketplace,) = _args(message, "marketplace")
+    drains.forget_request("recheck", marketplace)
+    logger.error("re-check drain of %s failed for good: %s (the sweep starts another)", marketplace, error)
+
+
+@dramatiq.actor(queue_name=PUSH_QUEUE, max_retries=3, max_age=24 * 3600 * 1000)
 def push_stock(marketplace: str, sku: str) -> None:
-    """Set ``sku``'s stock on ``marketplace`` from a fresh read plus our unpushed changes (one GET, one POST)."""
+    """Push ``sku``'s stock on ``marketplace`` now (an operator's retry of a ``failed`` row): back in line, drained."""
     if not pipeline.pushed(marketplace):
         logger.info("%s stock is not pushed; nothing to do for %s", marketplace, sku)
         return
-    try:
-        outcome = pipeline.push_row(marketplace, sku, _message_id(), lease=_push_lease())
-    except stock_events.PushImpossible as impossible:
-        raise MalformedMessage(str(impossible)) from None
-    if outcome.status == "busy":
-        # Another push holds the row: it reads after our change, or leaves the row pending and pushes again.
-        logger.info("push of %s on %s already in flight; it will carry this change", sku, marketplace)
-    elif outcome.status == "deferred":
-        push_stock.send_with_options(args=(marketplace, sku), delay=pipeline.recheck_delay_ms())
-    elif outcome.status == "pending":
-        push_stock.send(marketplace, sku)
-
-
-@on_dead_letter("push_stock")
-def _push_failed(message: dramatiq.Message, error: str) -> None:
-    marketplace, sku = _args(message, "marketplace", "sku")
-    pipeline.push_failed(marketplace, sku, message.message_id, error)
-    logger.error("push of %s on %s failed for good: %s", sku, marketplace, error)
+    pipeline.retry_push(marketplace, sku)
+    request_drain("push", marketplace, force=True)
 
 
 def _args(message: dramatiq.Message, *names: str) -> list:
     return [message.args[i] if len(message.args) > i else message.kwargs.get(name) for i, name in enumerate(names)]
 
 
-# -- re-checks -------------------------------------------------------------------------------------
-
-
 @dramatiq.actor(queue_name=RECHECK_QUEUE, retry_when=transient_only(5), min_backoff=2_000, max_backoff=60_000,
                 max_age=24 * 3600 * 1000, time_limit=5 * 60 * 1000)
 def recheck_stock(marketplace: str, sku: str, attempt: int = 1, refresh: bool = False) -> None:
-    """Read one flagged row's listing(s) again and apply the read with the snapshot rules; again later if unsure.
-
-    ``refresh``: an operator asked for this row (the console), flagged or not; same read, same rules.
-    """
-    if pipeline.recheck_row(marketplace, sku, refresh=refresh) != "again":
+    """Read one row's listing(s) again and apply the read with the snapshot rules (``refresh``: the console's
+    Refresh, flagged or not).  Without ``refresh`` a flagged row waits for its marketplace's drain."""
+    if not refresh:
+        if pipeline.readable(marketplace):
+            request_drain("recheck", marketplace)
         return
-    if attempt < get_settings().stock_recheck_attempts:
-        recheck_stock.send_with_options(args=(marketplace, sku, attempt + 1),
-                                        delay=pipeline.recheck_delay_ms(attempt=attempt + 1))
-    else:
-        logger.warning("%s on %s is still ambiguous after %d re-checks; the sweep reads it again", sku,
-                       marketplace, attempt)
+    if pipeline.recheck_row(marketplace, sku, refresh=True) == "again":
+        # The read left the row flagged: its marketplace's drain reads it again once the skew has passed.
+        request_drain("recheck", marketplace, delay_ms=pipeline.recheck_delay_ms())
 
 
 @dramatiq.actor(queue_name=RECHECK_QUEUE, max_retries=3, time_limit=5 * 60 * 1000)
 def sweep_stock(marketplace: str = "backmarket") -> int:
-    """Enqueue re-checks of flagged rows and pushes of rows left waiting; return how many (the scheduler's hook)."""
+    """Start the drains of rows a crash or a lost message left waiting; return how many rows wait (the scheduler's hook)."""
     rechecks, pushes = pipeline.sweep(marketplace)
-    for sku in rechecks:
-        recheck_stock.send(marketplace, sku)
-    for sku in pushes:
-        push_stock.send(marketplace, sku)
-    return len(rechecks) + len(pushes)
+    if rechecks:
+        request_drain("recheck", marketplace, force=True)
+    if pushes:
+        request_drain("push", marketplace, force=True)
+    return rechecks + pushes
 
 
 # -- reconciliation --------------------------------------------------------------------------------

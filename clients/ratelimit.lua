@@ -11,6 +11,8 @@
 -- ARGV[1] = "acquire"   ARGV[2] = limit, ARGV[3] = window (microseconds), ARGV[4] = unique member
 --   returns {1, 0, now}     granted (now = Redis time of the grant, microseconds)
 --   returns {0, wait, now}  refused; wait = microseconds until a slot may be free
+-- ARGV[1] = "peek"      ARGV[2] = window (microseconds)
+--   returns {used, now}     slots granted in the window now (nothing is taken)
 -- ARGV[1] = "penalize"  ARGV[2] = penalty (milliseconds)
 --   returns {pttl, now}     the penalty's remaining time (milliseconds) after this call
 
@@ -30,6 +32,11 @@ if command == "penalize" then
     redis.call("SET", KEYS[2], "1", "PX", penalty_ms)
   end
   return {redis.call("PTTL", KEYS[2]), now}
+end
+
+if command == "peek" then
+  redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - tonumber(ARGV[2]))
+  return {redis.call("ZCARD", KEYS[1]), now}
 end
 
 if command == "acquire" then

@@ -40,11 +40,13 @@ class RateLimitWaitTimeout(Exception):
 
     permanent = False
 
-    def __init__(self, name: str, waited_s: float, max_wait_s: float) -> None:
+    def __init__(self, name: str, waited_s: float, max_wait_s: float, retry_after_s: float = 0.0) -> None:
         super().__init__(name, waited_s, max_wait_s)
         self.name = name
         self.waited_s = waited_s
         self.max_wait_s = max_wait_s
+        #: How long until a slot may be free, as the limiter said when it gave up.
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return "rate limiter %r: no slot within max_wait_s=%.3fs (waited %.3fs)" % (
@@ -134,10 +136,15 @@ class FleetRateLimiter:
                 return waited
             if self.max_wait_s is not None and waited + wait_s > self.max_wait_s:
                 # Fail now rather than sleep into a timeout we already know about.
-                raise RateLimitWaitTimeout(self.name, waited, self.max_wait_s)
+                raise RateLimitWaitTimeout(self.name, waited, self.max_wait_s, wait_s)
             # Sleep exactly until the slot should free up; the jitter spreads out waiters that
             # were all told the same moment, so they do not all hit Redis in the same millisecond.
             await asyncio.sleep(wait_s + random.uniform(0, MAX_JITTER_S))
+
+    async def remaining(self) -> int:
+        """Slots free in the window now (nothing is taken; a penalty is not counted)."""
+        used, _ = await self._script(keys=[self.key, self.penalty_key], args=["peek", self._window_us])
+        return max(0, self.limit - int(used))
 
     async def penalize(self, seconds: float) -> None:
         """Block every acquirer of this quota, fleet-wide, for ``seconds``.
@@ -168,3 +175,14 @@ class FleetRateLimiter:
         except Exception:
             # Metrics must never cost a request its slot.
             self.logger.exception("on_wait callback of rate limiter %r failed", self.name)
+
+
+def slots_used(redis, name: str, window_s: float, *, namespace: str = "stocksync") -> int:
+    """Slots of the limiter ``name`` granted in its last ``window_s`` seconds, with a blocking Redis client.
+
+    For readers outside an event loop (the console): the same script and keys as :class:`FleetRateLimiter`.
+    """
+    key = f"{namespace}:ratelimit:{name}"
+    used, _ = redis.register_script(LUA_SOURCE)(keys=[key, f"{key}:penalty"],
+                                                 args=["peek", max(1, round(window_s * 1_000_000))])
+    return int(used)

@@ -287,7 +287,9 @@ WITH entry AS (
         recheck_since = CASE WHEN r.recheck THEN COALESCE(s.recheck_since, :now) ELSE s.recheck_since END,
         push_state = CASE WHEN r.pushes > 0 THEN 'pending' ELSE s.push_state END,
         push_seq = s.push_seq + r.pushes,
-        push_requested_at = CASE WHEN r.pushes > 0 THEN :now ELSE s.push_requested_at END
+        push_requested_at = CASE WHEN r.pushes > 0 THEN :now ELSE s.push_requested_at END,
+        push_pending_since = CASE WHEN r.pushes > 0 THEN COALESCE(s.push_pending_since, :now)
+                             ELSE s.push_pending_since END
     FROM unnest(CAST(:row_id AS bigint[]), CAST(:row_listed AS int[]), CAST(:row_recheck AS boolean[]),
                 CAST(:row_pushes AS int[]), CAST(:row_local AS int[])) AS r(id, listed, recheck, pushes, local)
     WHERE s.id = r.id
@@ -464,6 +466,7 @@ def finish_push(session: Session, claim: PushClaim, *, now: datetime | None = No
         "UPDATE marketplace_stock SET push_lease_owner = NULL, push_lease_until = NULL, push_error = NULL, "
         "pushed_at = :now, pushed_quantity = push_planned, unpushed = unpushed - push_claimed_unpushed, "
         "push_claimed_unpushed = 0, push_planned = NULL, "
+        "push_pending_since = CASE WHEN push_seq = push_read_seq THEN NULL ELSE push_pending_since END, "
         "push_state = CASE WHEN push_seq = push_read_seq THEN 'pushed' ELSE 'pending' END "
         "WHERE id = :sid AND push_lease_owner = :owner AND push_planned IS NOT NULL RETURNING push_state"),
         {"now": now, "sid": claim.stock_id, "owner": claim.owner[:64]}).scalar()
@@ -505,3 +508,132 @@ def rows_to_recheck(session: Session, marketplace: str, *, older_than: datetime,
         "JOIN marketplaces m ON m.id = s.marketplace_id "
         "WHERE m.code = :mp AND s.needs_recheck AND s.recheck_since < :before ORDER BY s.recheck_since LIMIT :n"),
         {"mp": marketplace, "before": older_than, "n": limit})]
+
+
+# -- drains: the rows a marketplace's re-check and push drains take, in batches ----------------------------
+
+
+#: A select-list item: the listings of stock row ``s`` on its marketplace that are still listed, in id order.
+ROW_LISTINGS = ("ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
+                "AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings")
+
+
+class RecheckClaim(NamedTuple):
+    """A flagged row a re-check drain took: its listings to read, and how many reads it had already."""
+
+    stock_id: int
+    marketplace_id: int
+    sku: str
+    listings: list[str]
+    attempts: int
+
+
+def claim_rechecks(session: Session, marketplace: str, *, first_after: timedelta, lease: timedelta, limit: int,
+                   now: datetime | None = None) -> list[RecheckClaim]:
+    """Take up to ``limit`` flagged rows of ``marketplace`` that are due, oldest due first.  Does not commit.
+
+    A row is due at ``recheck_due_at``, or ``first_after`` its flag when it has none.  Taking it
+    moves ``recheck_due_at`` a ``lease`` ahead, so no other drain (nor this one) takes it again
+    meanwhile; a drain that dies leaves it due again when the lease ends.  Rows locked by another
+    transaction are skipped, not waited for.
+    """
+    now = now or datetime.now(timezone.utc)
+    rows = session.execute(text(
+        "WITH due AS ("
+        "  SELECT s.id FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "  WHERE m.code = :mp AND s.needs_recheck "
+        "  AND COALESCE(s.recheck_due_at, s.recheck_since + CAST(:first AS interval)) <= :now "
+        "  ORDER BY COALESCE(s.recheck_due_at, s.recheck_since + CAST(:first AS interval)), s.id LIMIT :n "
+        "  FOR UPDATE OF s SKIP LOCKED) "
+        "UPDATE marketplace_stock s SET recheck_due_at = :until FROM due, variations v "
+        "WHERE s.id = due.id AND v.id = s.variation_id "
+        "RETURNING s.id, s.marketplace_id, v.sku, s.recheck_attempts, " + ROW_LISTINGS),
+        {"mp": marketplace, "first": first_after, "now": now, "until": now + lease, "n": limit}).all()
+    claims = [RecheckClaim(row.id, row.marketplace_id, row.sku, list(row.listings), row.recheck_attempts)
+              for row in rows]
+    return sorted(claims, key=lambda claim: claim.stock_id)
+
+
+def recheck_again(session: Session, stock_id: int, *, due_at: datetime) -> None:
+    """A re-check that could not settle its row: read it again at ``due_at``.  Does not commit."""
+    session.execute(text(
+        "UPDATE marketplace_stock SET recheck_due_at = :due, recheck_attempts = recheck_attempts + 1 "
+        "WHERE id = :sid AND needs_recheck"), {"due": due_at, "sid": stock_id})
+
+
+class PushClaimed(NamedTuple):
+    """A row a push drain took (its lease is the drain's), oldest waiting first."""
+
+    stock_id: int
+    sku: str
+
+
+def claim_pushes(session: Session, marketplace: str, owner: str, *, lease: timedelta, limit: int,
+                 now: datetime | None = None) -> list[PushClaimed]:
+    """Lease up to ``limit`` rows of ``marketplace`` waiting for a push, the longest waiting first.  Does not commit.
+
+    A row is taken when it is ``pending`` and no live lease holds it; its lease is ``owner``'s
+    (:func:`claim_push` of the same owner then takes it back).  ``failed`` rows wait for the sweep
+    (:func:`retry_failed_pushes`) or an operator.  Rows locked by a booking are skipped.
+    """
+    now = now or datetime.now(timezone.utc)
+    rows = session.execute(text(
+        "WITH due AS ("
+        "  SELECT s.id FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "  WHERE m.code = :mp AND s.push_state = 'pending' "
+        "  AND (s.push_lease_until IS NULL OR s.push_lease_until < :now OR s.push_lease_owner = :owner) "
+        "  ORDER BY COALESCE(s.push_pending_since, s.push_requested_at), s.id LIMIT :n "
+        "  FOR UPDATE OF s SKIP LOCKED) "
+        "UPDATE marketplace_stock s SET push_lease_owner = :owner, push_lease_until = :until FROM due, variations v "
+        "WHERE s.id = due.id AND v.id = s.variation_id "
+        "RETURNING s.id, v.sku, COALESCE(s.push_pending_since, s.push_requested_at) AS since"),
+        {"mp": marketplace, "owner": owner[:64], "now": now, "until": now + lease, "n": limit}).all()
+    return [PushClaimed(row.id, row.sku) for row in sorted(rows, key=lambda row: (row.since, row.id))]
+
+
+def release_pushes(session: Session, stock_ids: list[int], owner: str, *, until: datetime | None = None) -> None:
+    """Give back leases ``owner`` took and did not use (kept until ``until`` when given: a backoff).  Does not commit."""
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_lease_owner = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL "
+        "ELSE push_lease_owner END, push_lease_until = :until "
+        "WHERE id = ANY(CAST(:ids AS bigint[])) AND push_lease_owner = :owner"),
+        {"ids": stock_ids, "owner": owner[:64], "until": until})
+
+
+def fail_pushes_of(session: Session, owner: str, error: str) -> int:
+    """Every row whose push lease ``owner`` holds failed for good: ``failed``, lease given back.  Does not commit."""
+    return session.execute(text(
+        "UPDATE marketplace_stock SET push_error = COALESCE(push_error, :error), push_lease_owner = NULL, "
+        "push_lease_until = NULL, push_state = CASE WHEN push_state = 'pending' THEN 'failed' ELSE push_state END "
+        "WHERE push_lease_owner = :owner"), {"owner": owner[:64], "error": error[:4000]}).rowcount
+
+
+def retry_failed_pushes(session: Session, marketplace: str, *, failed_before: datetime,
+                        sku: str | None = None) -> int:
+    """Put ``failed`` rows (of one ``sku``, or those requested before ``failed_before``) back in line.  Does not commit."""
+    return session.execute(text(
+        "UPDATE marketplace_stock s SET push_state = 'pending' FROM marketplaces m, variations v "
+        "WHERE m.id = s.marketplace_id AND v.id = s.variation_id AND m.code = :mp AND s.push_state = 'failed' "
+        "AND (s.push_lease_until IS NULL OR s.push_lease_until < now()) "
+        "AND (CAST(:sku AS text) IS NULL AND s.push_requested_at < :before OR v.sku = CAST(:sku AS text))"),
+        {"mp": marketplace, "before": failed_before, "sku": sku}).rowcount
+
+
+def next_due(session: Session, marketplace: str, kind: str, *, first_after: timedelta) -> datetime | None:
+    """When the next row of ``marketplace`` is due for a ``push`` or a ``recheck`` drain (None: none waits)."""
+    if kind == "push":
+        sql = ("SELECT min(COALESCE(s.push_lease_until, now())) FROM marketplace_stock s JOIN marketplaces m "
+               "ON m.id = s.marketplace_id WHERE m.code = :mp AND s.push_state = 'pending'")
+    else:
+        sql = ("SELECT min(COALESCE(s.recheck_due_at, s.recheck_since + CAST(:first AS interval))) "
+               "FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+               "WHERE m.code = :mp AND s.needs_recheck")
+    return session.execute(text(sql), {"mp": marketplace, "first": first_after}).scalar()
+
+
+def push_backlog(session: Session, marketplace: str | None = None) -> dict[str, int]:
+    """Rows waiting for a push (``pending`` or ``failed``), per marketplace code (every one, or ``marketplace``)."""
+    return dict(session.execute(text(
+        "SELECT m.code, count(s.id) FROM marketplaces m LEFT JOIN marketplace_stock s ON s.marketplace_id = m.id "
+        "AND s.push_state IN ('pending', 'failed') WHERE CAST(:mp AS text) IS NULL OR m.code = :mp "
+        "GROUP BY m.code ORDER BY m.code"), {"mp": marketplace}).all())

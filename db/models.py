@@ -134,6 +134,12 @@ class MarketplaceStock(Base):
     #: A snapshot or an event could not tell whether the other had seen it: fetch this row again.
     needs_recheck: Mapped[bool] = mapped_column(Boolean, server_default="false")
     recheck_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the re-check drain may read the row (again): a claim or a backoff; None: ``recheck_since``
+    #: plus the skew.  ``recheck_attempts``: reads that could not settle it yet (migration 0008).
+    recheck_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    recheck_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: Since when the row waits for a push (the first change the marketplace lacks): the push drain's order.
+    push_pending_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Set while ``listed`` is below zero (an order took more than was listed).
     oversold_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -329,7 +329,7 @@ _APPLY_TARGET = """
 , updated AS (
     UPDATE marketplace_stock s
     SET listed = target.after, last_api_quantity = target.api_quantity, last_synced_at = :t, updated_at = now(),
-        needs_recheck = false, recheck_since = NULL,
+        needs_recheck = false, recheck_since = NULL, recheck_due_at = NULL, recheck_attempts = 0,
         oversold_since = CASE WHEN target.after < 0 THEN COALESCE(s.oversold_since, now()) END
     FROM target WHERE s.id = target.id AND target.state = 'apply'
     RETURNING s.id, s.variation_id, target.before, target.after

@@ -76,6 +76,15 @@ def recheck_delay_ms(settings: Settings | None = None, attempt: int = 1) -> int:
     return min(int(2 * skew(settings).total_seconds() * 1000) + 1000 * attempt, 60_000)
 
 
+def push_lease(settings: Settings | None = None) -> timedelta:
+    """How long a push holds its row: longer than the longest push (every HTTP attempt timing out,
+    with the client's backoffs), since a lease that ends while its POST may still land would let an
+    older quantity land last."""
+    settings = settings or get_settings()
+    attempts = settings.backmarket_http_attempts
+    return timedelta(seconds=settings.backmarket_timeout_s * attempts + 30 * (attempts - 1) + 30)
+
+
 def book_events(events: list[stock_events.StockEvent], sessions=None) -> list[stock_events.EventResult]:
     """Book validated events in one transaction (the one booking path); ``sessions``: default the process's."""
     settings = get_settings()
@@ -96,6 +105,8 @@ class PushOutcome:
 
     status: str
     quantity: int | None = None
+    #: Whether a POST went out (a line of the marketplace's data limit was used).
+    posted: bool = False
 
 
 class PairedSlots:
@@ -206,22 +217,11 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         up_to_date = stock_events.finish_push(session, claim)
         session.commit()
     logger.info("pushed %s on %s: quantity %d (read %d)", sku, marketplace, plan.quantity, quantity)
-    return PushOutcome("pushed" if up_to_date else "pending", plan.quantity)
-
-
-def push_failed(marketplace: str, sku: str, owner: str, error: str) -> None:
-    """A push failed for good: give its lease up and mark the row ``failed`` (the sweep pushes it again)."""
-    with resources.sessions()() as session:
-        stock_id = stock_events.find_stock_id(session, marketplace, sku)
-        if stock_id is not None:
-            stock_events.release_push(session, stock_id, owner, error, failed=True)
-            session.commit()
+    return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
 
 
 _FLAGGED_ROW = text(
-    "SELECT s.id, s.marketplace_id, s.needs_recheck, "
-    "ARRAY(SELECT l.external_id FROM listings l WHERE l.marketplace_id = s.marketplace_id "
-    "      AND l.variation_id = s.variation_id AND l.missing_since IS NULL ORDER BY l.id) AS listings "
+    "SELECT s.id, s.marketplace_id, s.needs_recheck, " + stock_events.ROW_LISTINGS + " "
     "FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
     "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND v.sku = :sku")
 
@@ -239,30 +239,41 @@ def recheck_row(marketplace: str, sku: str, *, refresh: bool = False) -> str:
         row = session.execute(_FLAGGED_ROW, {"mp": marketplace, "sku": sku}).first()
     if row is None or not (row.needs_recheck or refresh) or not row.listings:
         return "clear"
-    fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings(list(row.listings)))
+    return read_and_apply(marketplace, row.marketplace_id, sku, list(row.listings), settings)
+
+
+def read_and_apply(marketplace: str, marketplace_id: int, sku: str, listings: list[str],
+                   settings: Settings | None = None) -> str:
+    """Read a row's listings (waiting for the catalog quota) and apply the read with the rules: ``resolved`` or ``again``."""
+    settings = settings or get_settings()
+    fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings(listings))
     with resources.sessions()() as session:
-        rows = apply_recheck(session, marketplace_id=row.marketplace_id, fetched_at=fetched_at,
+        rows = apply_recheck(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
                              quantities={sku: quantity}, skew=skew(settings),
                              restocks_on_cancel=restocks(marketplace, settings))
         session.commit()
     return "resolved" if rows and all(r.state == "apply" for r in rows) else "again"
 
 
-# Waiting for a push for a while with no live lease: the push message was lost (a crash between
-# the commit and the send), or it failed for good earlier.
-_PENDING_PUSHES = text(
-    "SELECT v.sku FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-    "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :mp AND s.push_state IN ('pending', 'failed') "
-    "AND s.push_requested_at < :before AND (s.push_lease_until IS NULL OR s.push_lease_until < now())")
+def retry_push(marketplace: str, sku: str) -> bool:
+    """Put ``sku``'s ``failed`` push on ``marketplace`` back in line (an operator's retry); True if it was failed."""
+    with resources.sessions()() as session:
+        changed = stock_events.retry_failed_pushes(session, marketplace, failed_before=datetime.now(timezone.utc),
+                                                   sku=sku)
+        session.commit()
+    return bool(changed)
 
 
-def sweep(marketplace: str) -> tuple[list[str], list[str]]:
-    """``(skus to re-check, skus to push)``: flagged rows past the skew, and pushes left waiting."""
+def sweep(marketplace: str) -> tuple[int, int]:
+    """``(rows to re-check, rows to push)`` of ``marketplace`` that wait; ``failed`` pushes of over a minute
+    ago go back in line first (a push that failed for good is tried again at each sweep)."""
     now = datetime.now(timezone.utc)
     with resources.sessions()() as session:
+        if pushed(marketplace):
+            stock_events.retry_failed_pushes(session, marketplace, failed_before=now - timedelta(minutes=1))
+        session.commit()
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
-        pending = session.execute(_PENDING_PUSHES,
-                                  {"mp": marketplace, "before": now - timedelta(minutes=1)}).scalars().all()
-    rechecks = [sku for _, sku in flagged] if readable(marketplace) else []
-    pushes = list(pending) if pushed(marketplace) else []
+        pending = stock_events.push_backlog(session, marketplace).get(marketplace, 0)
+    rechecks = len(flagged) if readable(marketplace) else 0
+    pushes = pending if pushed(marketplace) else 0
     return rechecks, pushes

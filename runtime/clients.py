@@ -41,6 +41,30 @@ def backmarket_limiter() -> FleetRateLimiter:
                          settings.backmarket_quota_window_s, settings.rate_limit_margin_s)
 
 
+def push_line_quota(marketplace: str) -> tuple[str, int, float] | None:
+    """``(limiter name, lines, window_s)`` of ``marketplace``'s data limit on pushed lines, or None when it has none.
+
+    Back Market: ``BACKMARKET_PUSH_LINES_PER_HOUR`` per ``BACKMARKET_PUSH_LINES_WINDOW_S``.
+    """
+    settings = get_settings()
+    if marketplace == "backmarket":
+        return ("backmarket-push-lines", settings.backmarket_push_lines_per_hour,
+                settings.backmarket_push_lines_window_s + settings.rate_limit_margin_s)
+    return None
+
+
+def push_lines_limiter(marketplace: str) -> FleetRateLimiter | None:
+    """The fleet-wide limiter of ``marketplace``'s pushed lines (one per listing a push sets), or None."""
+    quota = push_line_quota(marketplace)
+    return None if quota is None else fleet_limiter(*quota)
+
+
+def push_pace_s(marketplace: str) -> float:
+    """Seconds of ``marketplace``'s request quota one push takes (a read and a POST)."""
+    settings = get_settings()
+    return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
+
+
 def backmarket_client(on_request=None, limiter: FleetRateLimiter | None = None) -> BackMarketClient:
     """A Back Market client on this process's session and settings (default: the catalog's limiter)."""
     settings = get_settings()

@@ -128,6 +128,13 @@ class _Metrics:
         self.stock_alerts_firing = gauge(
             "stocksync_stock_alerts_firing", "Stock alerts firing after the last check.",
             multiprocess_mode="livemostrecent")
+        self.push_backlog = gauge(
+            "stocksync_push_backlog", "Stock rows waiting for a push (pending or failed) at the last drain of "
+            "each marketplace.", ["marketplace"], multiprocess_mode="livemostrecent")
+        self.push_backlog_eta = gauge(
+            "stocksync_push_backlog_eta_seconds", "Estimated time to push the backlog at the marketplace's quotas "
+            "(the line budget left in the window, then whole windows).", ["marketplace"],
+            multiprocess_mode="livemostrecent")
         self.stock_alert_notifications = counter(
             "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
             "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
@@ -324,6 +331,14 @@ def messages_recovered(queue: str, count: int) -> None:
 def stock_alerts_firing(count: int) -> None:
     """Publish how many stock alerts are firing (after a check)."""
     _metrics().stock_alerts_firing.set(count)
+
+
+@_safely
+def push_backlog(marketplace: str, rows: int, eta_s: float) -> None:
+    """Publish ``marketplace``'s push backlog (rows waiting) and the estimated time to push it."""
+    metrics = _metrics()
+    metrics.push_backlog.labels(marketplace).set(rows)
+    metrics.push_backlog_eta.labels(marketplace).set(eta_s)
 
 
 @_safely

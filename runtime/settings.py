@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     #: Catalog quota: requests per window across the whole fleet.
     backmarket_quota_requests: int = Field(20, ge=1)
     backmarket_quota_window_s: float = Field(10.0, gt=0)
+    #: Data limit ("Data limitation" in the spec): SKU lines of listing updates per window across the
+    #: fleet (Back Market accepts about 2,000 an hour and answers 429 beyond).  One push is one line.
+    backmarket_push_lines_per_hour: int = Field(2000, ge=1)
+    backmarket_push_lines_window_s: float = Field(3600.0, gt=0)
     #: Added to every limiter window: a request granted at T reaches the API a few ms later, and
     #: the API measures its window by arrival, so an exact limiter would touch the edge.
     rate_limit_margin_s: float = Field(0.25, ge=0)
@@ -141,6 +145,12 @@ class Settings(BaseSettings):
     stock_not_restocking: str = ""
     #: Accounts may point at loopback hosts (the sandboxes, tests, the demo); never in production.
     accounts_allow_loopback: bool = False
+    #: Drains (``drain_pushes`` / ``drain_rechecks``): rows taken per batch, how long one message
+    #: works before handing over to the next, and the longest wait for a limiter slot it sits out
+    #: (a longer one ends it and enqueues the next drain for when the slot is free).
+    stock_drain_batch: int = Field(20, ge=1, le=500)
+    stock_drain_run_s: float = Field(120.0, gt=0)
+    stock_drain_max_wait_s: float = Field(30.0, ge=0)
     #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
     #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
     stock_recheck_threads: int = Field(2, ge=1)

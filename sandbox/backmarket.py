@@ -37,6 +37,10 @@ MAX_PAGE_SIZE = 50
 DEFAULT_LOCALE = "fr-fr"
 LOCALE_PATTERN = re.compile(r"[a-z]{2}-[a-z]{2}")
 
+#: The spec's "Data limitation": SKU lines of listing updates accepted per window (seconds).
+DATA_LIMIT_LINES = 2000
+DATA_LIMIT_WINDOW_S = 3600.0
+
 #: Requests under this prefix are "catalog" requests: quota, injected errors.
 CATALOG_PREFIX = "/ws/listings"
 ADMIN_PREFIX = "/_sandbox/"
@@ -321,18 +325,23 @@ class BackMarketSandbox(Dials):
     - ``base_url_for_next``: the base of ``next``/``previous`` (default: the request's own host).
     - ``restock_on_cancel``: whether a line cancelled (or refunded before shipping) gives its
       units back to the listing by itself (Back Market does not document which it does).
+    - ``lines_per_window`` per ``lines_window_s`` (default 2,000 per 3,600 s; 0/None: off): the
+      spec's "Data limitation": each ``POST /ws/listings/{listingId}`` past the quota is one SKU
+      line, and one beyond the limit is refused with a 429 (not counted).  Tests scale it down.
 
     ``clock`` (default ``time.monotonic``) times the quota and the records; a test can pass a
     fake one to step through windows without waiting.
     """
 
     _DIALS = ("token", "quota_requests", "quota_window_s", "quota_block_s", "latency_s", "error_rate",
-              "malformed_pages", "drift_per_request", "base_url_for_next", "restock_on_cancel")
+              "malformed_pages", "drift_per_request", "base_url_for_next", "restock_on_cancel",
+              "lines_per_window", "lines_window_s")
 
     def __init__(self, *, listings: int = 1000, seed: int = 1, token: str = "sandbox-token",
                  quota_requests: int | None = 20, quota_window_s: float | None = 10.0, quota_block_s: float = 0.0,
                  latency_s: float = 0.0, error_rate: float = 0.0, malformed_pages: Iterable[int] = (),
                  drift_per_request: int = 0, base_url_for_next: str | None = None, restock_on_cancel: bool = True,
+                 lines_per_window: int | None = DATA_LIMIT_LINES, lines_window_s: float | None = DATA_LIMIT_WINDOW_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if listings < 0:
             raise ValueError(f"listings must be >= 0, got {listings!r}")
@@ -340,6 +349,7 @@ class BackMarketSandbox(Dials):
         self._clock = clock
         self._lock = threading.Lock()
         self._quota = SlidingWindowQuota(None, None)
+        self._lines = SlidingWindowQuota(None, None)
         self._error_rng = random.Random(f"errors:{seed}")
         self._drift_rng = random.Random(f"drift:{seed}")
         self._request_ids = itertools.count(1)
@@ -360,7 +370,8 @@ class BackMarketSandbox(Dials):
         self.configure(token=token, quota_requests=quota_requests, quota_window_s=quota_window_s,
                        quota_block_s=quota_block_s, latency_s=latency_s, error_rate=error_rate,
                        malformed_pages=malformed_pages, drift_per_request=drift_per_request,
-                       base_url_for_next=base_url_for_next, restock_on_cancel=restock_on_cancel)
+                       base_url_for_next=base_url_for_next, restock_on_cancel=restock_on_cancel,
+                       lines_per_window=lines_per_window, lines_window_s=lines_window_s)
         self.add_listings(listings)
         #: The account's orders (``GET /ws/orders``); placing one lowers this sandbox's stock.
         self.orders = BackMarketOrders(self)
@@ -383,6 +394,7 @@ class BackMarketSandbox(Dials):
 
     def _dials_changed(self) -> None:
         self._quota.reconfigure(self._quota_requests, self._quota_window_s, self._quota_block_s)
+        self._lines.reconfigure(self._lines_per_window, self._lines_window_s)
 
     # -- the catalogue ---------------------------------------------------------------------------
 
@@ -684,6 +696,11 @@ class BackMarketSandbox(Dials):
             return _bare_error(400, str(invalid))
         if listing is None:
             return self._not_found()
+        with self._lock:
+            within_data_limit = self._lines.admit(self._clock()).admitted
+        if not within_data_limit:
+            return self._error_v1(429, "too-many-requests", "Data limit reached: at most "
+                                  f"{self._lines.limit} SKU lines per {self._lines.window_s:g} s; retry later")
         try:
             body = json.loads(await request.read())
         except ValueError:
@@ -953,11 +970,11 @@ def _check_dial(name: str, value: Any) -> Any:
     if name == "token":
         if not isinstance(value, str) or not value:
             raise ValueError("token must be a non-empty string")
-    elif name in ("quota_requests", "drift_per_request"):
+    elif name in ("quota_requests", "drift_per_request", "lines_per_window"):
         value = value or 0
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    elif name in ("quota_window_s", "quota_block_s", "latency_s"):
+    elif name in ("quota_window_s", "quota_block_s", "latency_s", "lines_window_s"):
         value = float(value or 0.0)
         if value < 0 or math.isnan(value):
             raise ValueError(f"{name} must be >= 0, got {value!r}")

@@ -4,6 +4,7 @@ login throttling, escaping, secrets.  Real PostgreSQL and Redis; actions enqueue
 """
 from __future__ import annotations
 
+import asyncio
 import re
 
 from sqlalchemy import text
@@ -50,7 +51,7 @@ def test_every_action_is_refused_to_a_role_below_it_and_audited_for_the_others(w
             assert audited[0].outcome == "forbidden" and needed in body
     # What the allowed ones did went through the fleet's operations.
     actors = sorted({message.actor_name for message in enqueued(world.broker)})
-    assert {"push_stock", "recheck_stock", "fetch_listings_page", "sync_store", "sweep_stock"} <= set(actors), actors
+    assert {"drain_pushes", "recheck_stock", "fetch_listings_page", "sync_store", "sweep_stock"} <= set(actors), actors
     # Retried dead letters are back on their own queue (Redis), purged ones gone; the viewer's untouched.
     # (each action above added one: the retries moved those there by then, the purge the next ones)
     retried = [world.redis.llen(f"dramatiq:dlq-{n}") for n in range(3)]
@@ -105,7 +106,7 @@ def test_a_post_without_or_with_a_wrong_csrf_token_is_refused_and_does_nothing(w
     assert refused == [403, 403, 403, 403] and "CSRF" in body
     assert good == 303
     assert ledger_rows(world, "topup") == [("admin", "console:X")]  # the good one only
-    assert [m.actor_name for m in enqueued(world.broker)] == ["push_stock"]
+    assert [m.actor_name for m in enqueued(world.broker)] == ["drain_pushes"]
     assert len(audit_rows(world, outcome="csrf")) == 4
 
 
@@ -343,3 +344,35 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
     assert pages == [404, 400, 400, 400]
     assert enqueued(world.broker) == []
+
+
+def test_the_overview_shows_each_marketplace_push_backlog_against_its_data_limit(world):
+    import redis.asyncio
+
+    from clients.ratelimit import FleetRateLimiter
+
+    with world.sessions() as session:
+        session.execute(text("UPDATE marketplace_stock SET push_state = 'pending', push_requested_at = now()"))
+        session.commit()
+
+    async def three_lines():  # three lines of the hour already pushed, fleet-wide
+        where = world.redis.connection_pool.connection_kwargs
+        client = redis.asyncio.Redis(host=where["host"], port=where["port"], db=where.get("db", 0))
+        limiter = FleetRateLimiter(client, "backmarket-push-lines", 2000, 3600.25)
+        for _ in range(3):
+            await limiter.acquire()
+        await client.aclose()
+
+    asyncio.run(three_lines())
+
+    async def scenario(server):
+        client = await client_of(server, "viewer")
+        body = await (await client.get("/")).text()
+        await client.close()
+        return body
+
+    body = run(world, scenario)
+    table = body[body.index('id="push-backlog"'):]
+    table = table[:table.index("</table>")]
+    assert "<td>backmarket</td>" in table and '<td class="num">1</td>' in table
+    assert "1997 of 2000 per 1h" in table

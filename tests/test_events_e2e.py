@@ -2,8 +2,8 @@
 
 - a re-delivered message and a re-sent event each leave the stock unchanged (counted duplicates);
 - 2 worker processes × 8 threads moving one stock row give the exact result;
-- a top-up is pushed as one read and one POST; a push that keeps failing is retried,
-  dead-lettered, and the row says ``failed``;
+- a top-up is pushed as one read and one POST; a push drain that keeps failing is retried,
+  dead-lettered, and its row says ``failed``;
 - a worker SIGKILLed during a burst of events loses and doubles none of them.
 """
 from __future__ import annotations
@@ -198,8 +198,9 @@ def test_push_that_keeps_failing_is_retried_then_dead_lettered_and_marked_failed
     assert "ServerError" in row["push_error"] and row["push_lease_owner"] is None
     # The first attempt and 2 retries, each stopped at its read: nothing is sent on a read that failed.
     assert world["sandbox"].stats()["by_endpoint"] == {GET_LISTING: 3}
+    # The marketplace's push drain went to the dead letters, and marked the row it held failed.
     dead = [json.loads(raw) for raw in world["redis"].hvals("dramatiq:stock-push.XQ.msgs")]
-    assert [(m["actor_name"], m["args"]) for m in dead] == [("push_stock", ["backmarket", listing["sku"]])]
+    assert [(m["actor_name"], m["args"]) for m in dead] == [("drain_pushes", ["backmarket"])]
     # Once the marketplace answers again, the next push (an operator's retry) sets it right.
     world["sandbox"].configure(error_rate=0.0)
     send(world, "push_stock", marketplace="backmarket", sku=listing["sku"])

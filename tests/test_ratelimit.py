@@ -57,6 +57,27 @@ def test_acquire_waits_for_the_window_instead_of_failing():
     run(main())
 
 
+def test_remaining_counts_the_free_slots_and_a_full_window_says_when_it_frees():
+    async def main():
+        server = fakeredis.FakeServer()
+        limiter = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "lines", limit=3, window_s=10,
+                                   max_wait_s=0)
+        assert await limiter.remaining() == 3
+        await limiter.acquire()
+        await limiter.acquire()
+        assert await limiter.remaining() == 1  # peeking takes nothing
+        assert await limiter.remaining() == 1
+        await limiter.acquire()
+        with pytest.raises(RateLimitWaitTimeout) as full:
+            await limiter.acquire()
+        assert 9.0 < full.value.retry_after_s <= 10.0
+        from clients.ratelimit import slots_used
+
+        assert slots_used(fakeredis.FakeRedis(server=server), "lines", 10) == 3
+
+    run(main())
+
+
 def test_instances_with_the_same_name_share_one_quota_and_namespaces_do_not():
     async def main():
         client = fake_redis()

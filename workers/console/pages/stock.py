@@ -15,7 +15,7 @@ import uuid
 import aiohttp_jinja2
 from aiohttp import web
 
-from actors.events import book_and_count, follow_ups
+from actors.events import book_and_count, drains_wanted, request_drains
 from core.accounts import AccountError
 from core.events import InvalidEvent, make_event
 from core.platforms import NotSupported
@@ -177,8 +177,7 @@ async def _local_event(request: web.Request, kind: str, field: str, *, minimum: 
         return Done(f"{what} on {marketplace} was already booked (reference {event.reference})",
                     f"/variations/{found.id}", detail=f"duplicate {event.key}")
     try:
-        for message, delay in follow_ups(event, result):
-            await console.call(console.broker.enqueue, message, delay=delay)
+        await console.call(request_drains, drains_wanted(event, result), console.broker, console.redis)
         pushed = "its push enqueued" if result.push_requested else "nothing to push"
     except Exception as error:  # Redis down or lost: the row stays pending, the sweep pushes it
         logger.warning("%s booked, but its push was not enqueued (%s: %s); the sweep will push it", event.key,
