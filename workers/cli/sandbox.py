@@ -42,7 +42,7 @@ def sandbox_command(ctx, listings, seed, host, port, token, quota_requests, quot
 @click.option("--seed", default=1, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0 in a container; the admin routes have no authentication).")
-@click.option("--port", default=8781, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--port", default=8782, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", default="refurbed-sandbox-token", show_default=True,
               help="What 'Authorization: Plain <token>' must carry.")
 @click.option("--quota-requests", default=20, show_default=True, type=click.IntRange(0),
