@@ -531,9 +531,11 @@ class RefurbedSandbox(Dials):
             return _status(UNAUTHENTICATED, "missing or invalid authorization header: send 'Plain <token>'")
         with self._lock:
             admission = self._quota.admit(self._clock())
-            fault = self._faults.popleft() if self._faults else None
-            if fault is None and injected_failure(self._error_rng, self._error_rate):
-                fault = (500, 0.0)
+            fault = None
+            if admission.admitted:  # a fault is spent on a call the quota let through
+                fault = self._faults.popleft() if self._faults else None
+                if fault is None and injected_failure(self._error_rng, self._error_rate):
+                    fault = (500, 0.0)
             if self._quota.enabled:
                 quota.append((self._quota.limit, admission.remaining, self._wall_clock() + admission.reset_in_s))
         if not admission.admitted or (fault is not None and fault[0] == 429):
