@@ -11,8 +11,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages whose programs the tests start for real (each package's program has its name):
-# redis-server, prometheus, which scrapes a test fleet, and chromium, which the console's browser tests drive.
-SYSTEM_PACKAGES := redis-server prometheus chromium
+# redis-server, prometheus, which scrapes a test fleet, chromium, which the console's browser tests drive,
+# and npm (with node), which installs and runs Prism.
+SYSTEM_PACKAGES := redis-server prometheus chromium npm
+
+# Prism checks the Refurbed sandbox against its vendored Swagger (tests/test_refurbed_prism.py); the
+# lock file pins it and everything it pulls in.
+NODE_TOOLS := tests/node/node_modules/.installed
+$(NODE_TOOLS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+	touch $@
 
 system-deps:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do command -v $$package >/dev/null || missing="$$missing $$package"; done; \
@@ -22,7 +30,7 @@ system-deps:
 demo: $(VENV)/.installed
 	$(VENV)/bin/stocksync demo
 
-test: system-deps $(VENV)/.installed
+test: system-deps $(VENV)/.installed $(NODE_TOOLS)
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 

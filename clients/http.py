@@ -198,6 +198,8 @@ class JsonApi:
       retry(RetryPolicy): Retries and 429 handling.
       timeout_s(float): Total time allowed for one HTTP attempt, in seconds.
       on_request(Callable[[RequestRecord], None]): Called once per HTTP attempt; it never fails one.
+      on_answer(Callable[[int, Mapping[str, str]], None]): Called with the status and headers of every
+        answer (errors and 429s included), e.g. to learn ``X-RateLimit-*``; it never fails one.
       logger(logging.Logger): Where retries are logged (the client's logger).
     """
 
@@ -207,6 +209,7 @@ class JsonApi:
                  headers: Mapping[str, str] | None = None, secrets: Iterable[Secret] = (),
                  retry: RetryPolicy | None = None, timeout_s: float = 30,
                  on_request: Callable[[RequestRecord], None] | None = None,
+                 on_answer: Callable[[int, Mapping[str, str]], None] | None = None,
                  logger: logging.Logger | None = None) -> None:
         self.session = session
         self.api = api
@@ -220,6 +223,7 @@ class JsonApi:
         self.retry = retry if retry is not None else RetryPolicy()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.on_request = on_request
+        self.on_answer = on_answer
         self.logger = logger or logging.getLogger(f"{__name__}.{type(self).__name__}")
         self._backoff = self.retry.backoff()
 
@@ -305,6 +309,7 @@ class JsonApi:
             raise TransportError(self.redact(what, secret), api=self.api, endpoint=route) from None
         finally:
             self._record(RequestRecord(self.api, route, status, number, time.monotonic() - started, waited))
+        self._answered(status, response_headers)
 
         if 200 <= status < 300:
             if empty_ok and (status == 204 or not raw.strip()):
@@ -323,6 +328,15 @@ class JsonApi:
             if policy.refund_on_429 and slot is not None:
                 await limiter.refund(slot)
         raise error
+
+    def _answered(self, status: int, headers: Mapping[str, str]) -> None:
+        if self.on_answer is None:
+            return
+        try:
+            self.on_answer(status, headers)
+        except Exception:
+            # Learning from an answer must never fail it.
+            self.logger.exception("on_answer callback failed")
 
     def _error(self, route: str, status: int, raw: bytes, headers: Mapping[str, str], sent: Mapping[str, str],
                secret: Secret | None) -> ApiError:

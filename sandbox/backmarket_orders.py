@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from sandbox.common import OutOfStock
+
 if TYPE_CHECKING:
     from sandbox.backmarket import BackMarketSandbox
 
@@ -42,10 +44,6 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _ADDRESS = {"first_name": "Victor", "last_name": "Hugo", "street": "6 place des Vosges", "street2": "",
             "postal_code": "75004", "city": "Paris", "country": "FR", "phone": "+33612345678",
             "email": "victor.hugo@example.com", "company": "", "gender": 0}
-
-
-class OutOfStock(ValueError):
-    """An order asks for more than a listing's stock."""
 
 
 def rfc3339(moment: datetime) -> str:

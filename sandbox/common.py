@@ -11,7 +11,7 @@ same and lives here:
 - :func:`pause` (the latency dial), :func:`injected_failure` (the error-rate dial);
 - :func:`serve_counted`: gate, handler and the per-status count, aiohttp's own 404/405 included;
 - :class:`Draws`: deterministic draws from a hash, to generate a catalogue item on its own in O(1);
-- :func:`max_in_window` (what a quota test asserts) and :func:`admin_error`.
+- :func:`max_in_window` (what a quota test asserts), :func:`admin_error` and :class:`OutOfStock`.
 """
 from __future__ import annotations
 
@@ -26,8 +26,12 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-__all__ = ["Admission", "Dials", "Draws", "SlidingWindowQuota", "admin_error", "credential_matches",
+__all__ = ["Admission", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "admin_error", "credential_matches",
            "injected_failure", "max_in_window", "pause", "serve_counted"]
+
+
+class OutOfStock(ValueError):
+    """An order asks for more than a listing's (an offer's) stock."""
 
 
 class Draws:

@@ -37,6 +37,8 @@ def _check_stocksync(args: list[str]) -> None:
     command: click.Command = main
     path = ["stocksync"]
     while isinstance(command, click.Group):
+        if command.invoke_without_command and (not args or args[0].startswith("-")):
+            break  # a group that runs on its own (``stocksync sandbox --port ...``)
         assert args, f"`{' '.join(path)}` needs a command"
         name, args = args[0], args[1:]
         if name not in command.commands:

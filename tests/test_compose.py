@@ -14,12 +14,12 @@ from tests.fleet import ROOT
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 #: The services that run the stocksync image.
-APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox")
+APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox", "refurbed-sandbox")
 
 
 def test_it_has_every_service_of_the_fleet():
     assert set(SERVICES) == {"postgres", "redis", "migrate", "workers", "scheduler", "intake", "console", "sandbox",
-                             "prometheus", "grafana"}
+                             "refurbed-sandbox", "prometheus", "grafana"}
     for name in APP:
         assert SERVICES[name]["build"] == "." and SERVICES[name]["image"] == "stocksync:latest", name
         assert isinstance(SERVICES[name]["command"], list), f"{name}: exec form, so SIGTERM reaches the process"
