@@ -6,6 +6,7 @@ line or an error message.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -224,7 +225,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9191, ge=0, le=65535)
     #: Folder of the worker processes' metric files (prometheus_client multiprocess mode); each
     #: dramatiq master writes to a new sub-folder of its own, removed once the master is gone.
-    metrics_dir: Path = Path(tempfile.gettempdir()) / "stocksync-metrics"
+    #: Default: the user's own runtime folder (``$XDG_RUNTIME_DIR``), else one per user in the
+    #: temporary folder; a deployment names a folder of its own (tests: one per run).
+    metrics_dir: Path = Field(default_factory=lambda: default_metrics_dir())
 
     #: ``stocksync scheduler``: when each periodic job enqueues its message, as a five-field
     #: crontab string (minute hour day-of-month month day-of-week) in ``scheduler_timezone``.  An
@@ -318,6 +321,15 @@ class Settings(BaseSettings):
 
     #: Rows per page of the ledger, the audit and the run lists.
     console_page_size: int = Field(50, ge=1, le=1000)
+
+
+def default_metrics_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/stocksync-metrics``, else ``$TMPDIR/stocksync-metrics-<uid>``: never one path
+    shared by every user of the machine."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return Path(runtime_dir) / "stocksync-metrics"
+    return Path(tempfile.gettempdir()) / f"stocksync-metrics-{os.getuid()}"
 
 
 @lru_cache(maxsize=1)
