@@ -35,6 +35,11 @@ PRODUCER_KEY = "producer-key-9a7"
 def intake(monkeypatch, database_url):
     """The intake on a free port, the fleet's stub broker (flushed) and fakeredis."""
     monkeypatch.setenv("REDIS_URL", "")
+    # The process's settings too: the intake reads its accounts and their webhook secrets
+    # (runtime/accounts.py) from the process's DATABASE_URL and settings, not the app's.
+    for name, value in (("DATABASE_URL", database_url), ("REFURBED_WEBHOOK_SECRET", REFURBED_SECRET),
+                        ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)):
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     resources.sync_redis().flushall()
     from workers import fleet
@@ -213,6 +218,8 @@ def test_an_over_age_delivery_is_refused_by_the_time_in_its_signed_body(intake):
 
 def test_the_age_bound_is_a_setting(monkeypatch, database_url):
     monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the accounts, as in the intake fixture
+    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)
     get_settings.cache_clear()
     from workers import fleet
 
