@@ -5,9 +5,8 @@ FROM python:3.11-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # Prometheus scrapes each container over the compose network, not over loopback.
-    METRICS_HOST=0.0.0.0
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# METRICS_HOST stays the loopback default here: compose sets 0.0.0.0 on the services Prometheus scrapes.
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

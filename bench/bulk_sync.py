@@ -125,7 +125,7 @@ def per_row(pg: PostgresServer, pages: list[list[PageItem]], limit: int) -> tupl
     url = pg.create_database("bench_rows")
     upgrade(url)
     items = [item for page in pages for item in page][:limit]
-    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname=bench_rows") as conn:
+    with psycopg.connect(pg.conninfo("bench_rows")) as conn:
         conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market')")
         conn.execute("INSERT INTO variations (sku) SELECT unnest(%s::text[])", ([i.sku for i in items],))
         conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "

@@ -43,7 +43,7 @@ GOAL_MS = 50.0
 
 def seed(pg: PostgresServer, database: str, variations: int, ledger_rows: int) -> int:
     """The catalogue, and ``ledger_rows`` changes of the first variation; returns that variation's id."""
-    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname={database}") as conn:
+    with psycopg.connect(pg.conninfo(database)) as conn:
         conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market')")
         conn.execute("INSERT INTO variations (sku, title, total_stock) SELECT 'BENCH-' || lpad(n::text, 7, '0'), "
                      "'Phone ' || n, n %% 41 FROM generate_series(1, %s) AS n", (variations,))

@@ -281,7 +281,7 @@ def main() -> None:
     try:
         url = pg.create_database("bench_events")
         upgrade(url)
-        conninfo = f"host=127.0.0.1 port={pg.port} user=postgres dbname=bench_events"
+        conninfo = pg.conninfo("bench_events")
         skus = seed(conninfo, args.skus)
         env = fleet_env(redis_url=redis.url, database_url=url, backmarket_url="http://127.0.0.1:9", token="unused")
         fleet = WorkerFleet(env, processes=args.processes, threads=args.threads, log_path=folder / "workers.log")

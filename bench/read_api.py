@@ -39,7 +39,7 @@ DURABLE = ("synchronous_commit=on",)
 
 def seed(pg: PostgresServer, database: str, variations: int) -> None:
     """``variations`` SKUs on Back Market and Refurbed, with synced-at times, in a few statements."""
-    with psycopg.connect(f"host=127.0.0.1 port={pg.port} user=postgres dbname={database}") as conn:
+    with psycopg.connect(pg.conninfo(database)) as conn:
         conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market'), "
                      "('refurbed', 'Refurbed')")
         conn.execute("INSERT INTO variations (sku, title, total_stock) SELECT 'BENCH-' || lpad(n::text, 7, '0'), "
@@ -50,13 +50,18 @@ def seed(pg: PostgresServer, database: str, variations: int) -> None:
         conn.execute("ANALYZE")
 
 
-async def load(url_for, seconds: float, concurrency: int, warmup_s: float = 1.0) -> tuple[list[float], int]:
+#: The intake's read token here (READ_API_TOKENS), and the sandbox's API token.
+READ_AUTHORIZATION, SANDBOX_AUTHORIZATION = "Bearer bench-read-token", "Basic bench-token"
+
+
+async def load(url_for, seconds: float, concurrency: int, warmup_s: float = 1.0,
+               authorization: str = READ_AUTHORIZATION) -> tuple[list[float], int]:
     """Run ``concurrency`` clients for ``warmup_s + seconds``; return the latencies after warm-up and errors."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": "BM-Bench;ops@example.com",
-                                                                   "Authorization": "Basic bench-token"}) as session:
+                                                                   "Authorization": authorization}) as session:
         started = time.perf_counter()
         measure_from, stop_at = started + warmup_s, started + warmup_s + seconds
 
@@ -117,7 +122,8 @@ def main() -> None:
         seed(pg, "bench_read", args.variations)
         port = free_port()
         env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis.url, "INTAKE_PORT": str(port),
-               "INTAKE_READ_POOL_SIZE": str(max(2, args.concurrency)), "PYTHONUNBUFFERED": "1"}
+               "INTAKE_READ_POOL_SIZE": str(max(2, args.concurrency)), "PYTHONUNBUFFERED": "1",
+               "READ_API_TOKENS": READ_AUTHORIZATION.split()[1]}
         log = open(folder / "intake.log", "ab")
         intake = subprocess.Popen([sys.executable, "-m", "workers.cli", "serve"], cwd=ROOT, env=env, stdout=log,
                                   stderr=subprocess.STDOUT)
@@ -151,7 +157,7 @@ def main() -> None:
             wait_until(lambda: _answers(f"{sandbox_url}/_sandbox/stats"), 60, what="the sandbox")
             detail = f"{sandbox_url}/ws/listings/detail?sku=BM-2-"
             old = asyncio.run(load(lambda rng: f"{detail}{rng.randrange(listings):06d}",
-                                   args.seconds, args.concurrency))
+                                   args.seconds, args.concurrency, authorization=SANDBOX_AUTHORIZATION))
         finally:
             sandbox.terminate()
             sandbox.wait(10)

@@ -2,7 +2,10 @@
 
 ``list_page`` is the verb of the one catalogue pipeline: one page of the account's listings, as the
 items a fetch-page message carries, with what the walk needs next (the catalogue's size for numbered
-pages, the next cursor for cursor pages).  Paging, quotas, 429s and errors stay the client's business.
+pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a push's
+read-before-write, a re-check); ``set_quantity`` sends one absolute quantity.  Neither Back Market nor
+Refurbed has a compare-and-set: the push pipeline reads first and sends at once after.  Paging,
+quotas, 429s and errors stay the client's business.
 
 Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
 """
@@ -12,7 +15,7 @@ import abc
 import math
 from dataclasses import dataclass, field
 
-from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient
+from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
 from clients.refurbed import RefurbedClient
 from clients.shopify import MAX_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
@@ -44,6 +47,14 @@ class CatalogueAdapter(abc.ABC):
     async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
         """Page ``page`` of the catalogue (``cursor``: where a cursor walk's previous page left it)."""
 
+    async def read_quantity(self, listing_ids: list[str]) -> int:
+        """What the marketplace lists of a row now: its listings' quantities summed."""
+        raise NotImplementedError(f"{self.platform} listings cannot be read one at a time")
+
+    async def set_quantity(self, listing_id: str, quantity: int) -> None:
+        """Set one listing's quantity (absolute)."""
+        raise NotImplementedError(f"{self.platform} listings cannot be pushed")
+
 
 def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
     kept = [item for item in items if item["sku"]]
@@ -65,6 +76,12 @@ class BackMarketAdapter(CatalogueAdapter):
         return CataloguePage(items, max(1, math.ceil(result.count / self.page_size)), count=result.count,
                              skipped=skipped)
 
+    async def read_quantity(self, listing_ids: list[str]) -> int:
+        return sum([parse_listing(await self.client.get_listing(listing)).quantity for listing in listing_ids])
+
+    async def set_quantity(self, listing_id: str, quantity: int) -> None:
+        await self.client.update_listing(listing_id, quantity=quantity)
+
 
 class RefurbedAdapter(CatalogueAdapter):
     """A Refurbed store's offers (``stock`` is market-independent): ``ListOffers`` by ascending id."""
@@ -82,6 +99,12 @@ class RefurbedAdapter(CatalogueAdapter):
         last = not result.has_more or not result.offers
         return CataloguePage(items, page if last else None, None if last else result.offers[-1].id,
                              skipped=skipped)
+
+    async def read_quantity(self, listing_ids: list[str]) -> int:
+        return sum([(await self.client.get_offer(offer)).stock for offer in listing_ids])
+
+    async def set_quantity(self, listing_id: str, quantity: int) -> None:
+        await self.client.update_offer(listing_id, stock=quantity)
 
 
 class ShopifyAdapter(CatalogueAdapter):

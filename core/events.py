@@ -155,9 +155,10 @@ EventTime = Annotated[datetime, BeforeValidator(_iso_time, json_schema_input_typ
                       PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
                       Field(description="ISO 8601 with a zone; default now; at most 5 minutes ahead")]
 Reference = _text(TEXT_CHARS, "what makes it happen once (a delivery, a count): its idempotency key")
-Person = _text(TEXT_CHARS, "who did it")
+Person = _text(TEXT_CHARS, "who did it (on POST /events replaced by the producer's key id: producer:<id>)")
 Note = _text(NOTE_CHARS, "free text")
-Source = _text(SOURCE_CHARS, "where the order came from: api, webhook, poll")
+Source = _text(SOURCE_CHARS, "where the order came from: api, webhook, poll (on POST /events replaced by the "
+                                "producer's key id: producer:<id>)")
 
 _EVENT_TIME = TypeAdapter(EventTime)
 
@@ -343,6 +344,15 @@ class StockEvent(RootModel[AnyKind]):
         """Where an order came from (``api``, ``webhook``, ``poll``); None for local events."""
         return getattr(self.root, "source", None)
 
+    def booked_by(self, actor: str) -> StockEvent:
+        """This event with ``actor`` as the ledger's actor (a channel's own name, e.g. ``producer:erp``).
+
+        The actor of a local event, the source of an order: what the sender put there is replaced.
+        Raises :class:`InvalidStockEvent` if ``actor`` does not fit the field.
+        """
+        field = "source" if self.source is not None else "actor"
+        return StockEvent.from_json({**self.root.model_dump(), field: actor})
+
     # -- the ledger's view -------------------------------------------------------------------------
 
     @property
@@ -391,7 +401,9 @@ def json_schema() -> dict[str, Any]:
     """The JSON Schema of one event, as committed in ``core/stock_event.schema.json``."""
     schema = StockEvent.model_json_schema()
     schema["description"] = ("A stocksync stock event. POST /events takes one, or {\"events\": [...]} (up to 1000), "
-                             "signed with X-Stocksync-Signature.")
+                             "signed with X-Stocksync-Signature. The ledger's actor of an event posted there is "
+                             "the producer's key id (producer:<PRODUCER_KEY_ID>): an actor or source in the body "
+                             "is accepted and replaced.")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 

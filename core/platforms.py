@@ -74,7 +74,7 @@ PLATFORMS: dict[str, Platform] = {
                         ".backmarket.se", ".backmarket.fi", ".backmarket.gr", ".backmarket.ie", ".backmarket.sk",
                         ".backmarket.co.jp", ".backmarket.com.au"),
                  default_credential="BACKMARKET_TOKEN"),
-        Platform("refurbed", "Refurbed", CURSOR, read_one=False, push=False, poll_orders=True,
+        Platform("refurbed", "Refurbed", CURSOR, read_one=True, push=True, poll_orders=True,
                  restocks_on_cancel=True, hosts=("api.refurbed.com",), default_credential="REFURBED_TOKEN"),
         Platform("shopify", "Shopify", CURSOR, read_one=False, push=False, poll_orders=False,
                  restocks_on_cancel=True, hosts=(".myshopify.com",), default_credential="SHOPIFY_TOKEN"),

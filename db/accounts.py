@@ -70,6 +70,20 @@ def set_enabled(session: Session, code: str, enabled: bool) -> Account:
     return account
 
 
+def stock_of(session: Session, code: str) -> dict[str, int]:
+    """Account ``code``'s listed stock by SKU."""
+    return dict(session.execute(text(
+        "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+        "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :c"), {"c": code}).all())
+
+
+def pushed_rows(session: Session, code: str) -> int:
+    """How many of account ``code``'s rows the marketplace has confirmed a push of."""
+    return session.execute(text(
+        "SELECT count(*) FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "WHERE m.code = :c AND s.pushed_at IS NOT NULL"), {"c": code}).scalar_one()
+
+
 def last_runs(session: Session, kind: str) -> dict[str, SyncRun]:
     """The latest ``kind`` run of every target that has one."""
     runs = session.scalars(select(SyncRun).from_statement(text(
@@ -78,4 +92,5 @@ def last_runs(session: Session, kind: str) -> dict[str, SyncRun]:
     return {run.target: run for run in runs}
 
 
-__all__ = ["add_account", "get_account", "last_runs", "list_accounts", "require_account", "set_enabled"]
+__all__ = ["add_account", "get_account", "last_runs", "list_accounts", "pushed_rows", "require_account", "set_enabled",
+           "stock_of"]

@@ -13,12 +13,11 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from clients.backmarket import parse_listing
 from core.events import LOCAL_CHANGE_TYPES
 from db import events as stock_events
 from db.snapshot import apply_recheck
 from runtime import accounts, resources
-from runtime.clients import backmarket_client, backmarket_limiter
+from runtime.clients import account_limiter, catalogue_adapter
 from runtime.settings import Settings, get_settings
 from sqlalchemy import text
 
@@ -161,21 +160,20 @@ class PairedSlots:
         return await self.limiter.refund(slot)
 
 
-async def read_listings(listings: list[str], slots: PairedSlots | None = None) -> tuple[datetime, int]:
-    """The marketplace's quantity of a row (its listings summed), as of when the first request left."""
+async def read_listings(marketplace: str, listings: list[str], slots: PairedSlots | None = None
+                        ) -> tuple[datetime, int]:
+    """The account's quantity of a row (its listings summed), as of when the first request left."""
     if slots is not None:
         await slots.take_two()
     fetched_at = datetime.now(timezone.utc)
-    client = backmarket_client(limiter=slots)
-    quantity = 0
-    for listing in listings:
-        quantity += parse_listing(await client.get_listing(listing)).quantity
-    return fetched_at, quantity
-
-
-async def _send_quantity(listing: str, quantity: int, slots: PairedSlots) -> None:
     # Built here, on the loop: the HTTP session belongs to the loop that runs the request.
-    await backmarket_client(limiter=slots).update_listing(listing, quantity=quantity)
+    adapter = catalogue_adapter(accounts.account(marketplace, "read_one"), limiter=slots)
+    return fetched_at, await adapter.read_quantity(listings)
+
+
+async def _send_quantity(marketplace: str, listing: str, quantity: int, slots: PairedSlots) -> None:
+    adapter = catalogue_adapter(accounts.account(marketplace, "push"), limiter=slots)
+    await adapter.set_quantity(listing, quantity)
 
 
 def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> PushOutcome:
@@ -196,9 +194,11 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         return PushOutcome("busy")
     if not claim.needed:
         return PushOutcome("nothing")
-    slots = PairedSlots(backmarket_limiter)
+    view = accounts.account(marketplace, "push")
+    slots = PairedSlots(lambda: account_limiter(view))
     try:
-        fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings([claim.listing], slots))
+        fetched_at, quantity = resources.run_on_worker_loop(
+            lambda: read_listings(marketplace, [claim.listing], slots))
         with sessions() as session:
             plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
                                               skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
@@ -206,7 +206,7 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         if plan is None:
             return PushOutcome("deferred")
         if plan.post:
-            resources.run_on_worker_loop(lambda: _send_quantity(claim.listing, plan.quantity, slots))
+            resources.run_on_worker_loop(lambda: _send_quantity(marketplace, claim.listing, plan.quantity, slots))
     except BaseException as error:
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
         with sessions() as session:
@@ -246,7 +246,7 @@ def read_and_apply(marketplace: str, marketplace_id: int, sku: str, listings: li
                    settings: Settings | None = None) -> str:
     """Read a row's listings (waiting for the catalog quota) and apply the read with the rules: ``resolved`` or ``again``."""
     settings = settings or get_settings()
-    fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings(listings))
+    fetched_at, quantity = resources.run_on_worker_loop(lambda: read_listings(marketplace, listings))
     with resources.sessions()() as session:
         rows = apply_recheck(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
                              quantities={sku: quantity}, skew=skew(settings),

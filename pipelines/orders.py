@@ -119,13 +119,15 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
                          ) -> tuple[list[EventChain], list[str]]:
     """The event chains of a Shopify order webhook payload, and the line ids left out (no SKU).
 
-    ``orders/create``: ``order_created`` per line at ``created_at``.  ``orders/cancelled``:
-    ``order_created`` then ``order_cancelled`` (at ``cancelled_at``) per line, so a cancellation
-    whose creation was never received still books both and nets to zero.  Unlike a poll, a bad
-    line refuses the whole payload: the webhook is answered 400 and the sender sees it.
+    Only the body is signed (``X-Shopify-Topic`` is not), so what is booked comes from the body:
+    ``order_created`` per line at ``created_at``, then ``order_cancelled`` (at the body's own
+    ``cancelled_at``) when that is set, chained, so a cancellation whose creation was never
+    received still books both and nets to zero.  The topic only has to agree: ``orders/cancelled``
+    with a body that is not cancelled (an ``orders/create`` body re-sent under another topic) is
+    refused.  Unlike a poll, a bad line refuses the whole payload: the webhook is answered 400.
 
     Raises:
-      MalformedOrder: The payload is not an order.
+      MalformedOrder: The payload is not an order, or not the cancelled order its topic says.
       InvalidStockEvent: A field of a line is wrong.
     """
     if not isinstance(order, dict) or "id" not in order or not isinstance(order.get("line_items"), list):
@@ -133,13 +135,15 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
     created_at = order.get("created_at")
     if not isinstance(created_at, str):
         raise MalformedOrder("the order has no created_at")
-    cancelled_at = order.get("cancelled_at") or order.get("updated_at")
-    if topic == "orders/cancelled" and not isinstance(cancelled_at, str):
-        raise MalformedOrder("a cancelled order must carry cancelled_at")
+    cancelled_at = order.get("cancelled_at")
+    if cancelled_at is not None and not isinstance(cancelled_at, str):
+        raise MalformedOrder("cancelled_at must be an ISO 8601 time or null")
+    if topic == "orders/cancelled" and cancelled_at is None:
+        raise MalformedOrder("the topic is orders/cancelled but the signed body has no cancelled_at: nothing booked")
     # Shopify's clock ahead of ours must not refuse the order (Shopify would retry it, then give up).
     now = now or datetime.now(timezone.utc)
     created_at = min(_aware(created_at, "created_at"), now)
-    if topic == "orders/cancelled":
+    if cancelled_at is not None:
         cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
     chains, skipped = [], []
     for index, line in enumerate(order["line_items"]):
@@ -151,10 +155,34 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
         common = {"marketplace": marketplace, "order_id": order["id"], "order_line_id": line["id"],
                   "sku": line["sku"], "quantity": line.get("quantity"), "source": "webhook"}
         chain = [StockEvent.of("order_created", event_time=created_at, now=now, **common)]
-        if topic == "orders/cancelled":
+        if cancelled_at is not None:
             chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now, **common))
         chains.append(chain)
     return chains, skipped
+
+
+#: The times of a Shopify order body; the newest is when Shopify made the body (a retry resends it as it was).
+SHOPIFY_BODY_TIMES = ("created_at", "updated_at", "cancelled_at")
+
+
+def shopify_body_time(order: dict) -> datetime:
+    """When Shopify made this (signed) order body: the newest of its ``created_at``, ``updated_at``,
+    ``cancelled_at``, in UTC.
+
+    Raises:
+      MalformedOrder: One of them is set but not an ISO 8601 time with a zone, or none is set.
+    """
+    times = []
+    for name in SHOPIFY_BODY_TIMES:
+        value = order.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise MalformedOrder(f"{name} must be an ISO 8601 time or null")
+        times.append(_aware(value, name))
+    if not times:
+        raise MalformedOrder("the order has no created_at")
+    return max(times)
 
 
 def _aware(text: str, name: str) -> datetime:

@@ -123,34 +123,41 @@ def base_url(view: AccountView, settings: Settings | None = None) -> str:
     return check_base_url(view.base_url, view.platform, allow_loopback=settings.accounts_allow_loopback)
 
 
+def main_webhook_account(platform: str, settings: Settings | None = None) -> tuple[str, list[str], None] | None:
+    """``(code, secrets, None)`` of the main account on ``platform``, from the settings alone (no database).
+
+    Refurbed: ``REFURBED_WEBHOOK_SECRET`` (account ``refurbed``); Shopify: ``SHOPIFY_WEBHOOK_SECRET`` and
+    the previous one during a rotation (account ``SHOPIFY_MARKETPLACE``).  None when not set.
+    """
+    settings = settings or get_settings()
+    code, secrets = {"refurbed": ("refurbed", [settings.refurbed_webhook_secret]),
+                     "shopify": (settings.shopify_marketplace,
+                                 [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret])
+                     }.get(platform, ("", []))
+    secrets = [secret.get_secret_value() for secret in secrets if secret.get_secret_value()]
+    return (code, secrets, None) if secrets else None
+
+
 def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, settings: Settings | None = None
                     ) -> list[tuple[str, list[str], str | None]]:
-    """``(account code, its webhook secrets, its shop domain)`` of every enabled account on ``platform``.
+    """``(code, webhook secrets, shop domain)`` of every other enabled account on ``platform`` (reads the database).
 
-    The main account's secrets are the settings' (``REFURBED_WEBHOOK_SECRET``; ``SHOPIFY_WEBHOOK_SECRET``
-    and the previous one, for a rotation); another account's is the variable its ``webhook_secret_env``
-    option names (under the accounts' prefix, like its credential).  Accounts with none are left out.
+    An account's secret is the variable its ``webhook_secret_env`` option names (under the accounts'
+    prefix, like its credential); accounts with none are left out.
     """
     environ = os.environ if environ is None else environ
-    settings = settings or get_settings()
-    main = {"refurbed": ("refurbed", [settings.refurbed_webhook_secret]),
-            "shopify": (settings.shopify_marketplace,
-                        [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret])}.get(platform)
+    main = main_webhook_account(platform, settings)
     found = []
     for view in every():
-        if view.platform.name != platform:
+        if view.platform.name != platform or (main is not None and view.code == main[0]):
             continue
-        if main is not None and view.code == main[0]:
-            secrets = [secret.get_secret_value() for secret in main[1]]
-        else:
-            name = view.options.get("webhook_secret_env")
-            try:
-                secrets = [environ.get(name, "")] if check_credentials_env(name, view.platform) else []
-            except AccountError:
-                secrets = []
-        secrets = [secret for secret in secrets if secret]
-        if secrets:
-            found.append((view.code, secrets, view.options.get("shop_domain")))
+        name = view.options.get("webhook_secret_env")
+        try:
+            secret = environ.get(name, "") if check_credentials_env(name, view.platform) else ""
+        except AccountError:
+            secret = ""
+        if secret:
+            found.append((view.code, [secret], view.options.get("shop_domain")))
     return found
 
 
@@ -164,4 +171,4 @@ def configured(view: AccountView) -> bool:
 
 
 __all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget",
-           "webhook_secrets"]
+           "main_webhook_account", "webhook_secrets"]

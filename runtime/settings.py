@@ -6,6 +6,7 @@ line or an error message.
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -118,9 +119,20 @@ class Settings(BaseSettings):
     shopify_marketplace: str = "shopify"
     #: How long a delivery id (``X-Shopify-Webhook-Id``) is remembered; Shopify retries for 4 hours.
     shopify_webhook_dedupe_ttl_s: int = Field(48 * 3600, ge=60)
+    #: A webhook delivery whose signed body was made longer ago than this is refused (a captured
+    #: delivery replayed later).  The age is read from the body (its newest of ``created_at``,
+    #: ``updated_at``, ``cancelled_at``: headers are not signed); retries resend the body as it was,
+    #: so this must exceed the sender's retry window (Shopify: 4 h since 2024-09, 48 h before).
+    webhook_max_age_s: float = Field(48 * 3600, gt=0)
 
     #: Key of the signed endpoint for in-house producers (HMAC-SHA256 over timestamp + body).
     producer_hmac_key: SecretStr = SecretStr("")
+    #: The name of that key, in the ledger as the ``actor`` of every event posted with it
+    #: (``producer:<id>``): a producer cannot book an event under someone else's name.
+    producer_key_id: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,22}$")
+    #: Bearer tokens of the intake's read API and of ``/readyz``'s details (comma-separated: during a
+    #: rotation the old and the new one are both valid).  Empty: the read API is off.
+    read_api_tokens: SecretStr = SecretStr("")
     #: A signature older (or further in the future) than this is refused: no replays.
     producer_signature_tolerance_s: float = Field(300.0, gt=0)
     #: How long the producer API (``runtime.producer``) retries while Redis is unreachable or
@@ -223,7 +235,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9191, ge=0, le=65535)
     #: Folder of the worker processes' metric files (prometheus_client multiprocess mode); each
     #: dramatiq master writes to a new sub-folder of its own, removed once the master is gone.
-    metrics_dir: Path = Path(tempfile.gettempdir()) / "stocksync-metrics"
+    #: Default: the user's own runtime folder (``$XDG_RUNTIME_DIR``), else one per user in the
+    #: temporary folder; a deployment names a folder of its own (tests: one per run).
+    metrics_dir: Path = Field(default_factory=lambda: default_metrics_dir())
 
     #: ``stocksync scheduler``: when each periodic job enqueues its message, as a five-field
     #: crontab string (minute hour day-of-month month day-of-week) in ``scheduler_timezone``.  An
@@ -317,6 +331,15 @@ class Settings(BaseSettings):
 
     #: Rows per page of the ledger, the audit and the run lists.
     console_page_size: int = Field(50, ge=1, le=1000)
+
+
+def default_metrics_dir() -> Path:
+    """``$XDG_RUNTIME_DIR/stocksync-metrics``, else ``$TMPDIR/stocksync-metrics-<uid>``: never one path
+    shared by every user of the machine."""
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return Path(runtime_dir) / "stocksync-metrics"
+    return Path(tempfile.gettempdir()) / f"stocksync-metrics-{os.getuid()}"
 
 
 @lru_cache(maxsize=1)

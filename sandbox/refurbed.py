@@ -402,6 +402,10 @@ class RefurbedSandbox(Dials):
             added.append(entry.sku)
         return added
 
+    def quantities(self) -> dict[str, int]:
+        """Every offer's stock, by SKU."""
+        return {offer["sku"]: int(offer["stock"]) for offer in self.offers()}
+
     def set_offer_stock(self, sku: str, stock: int) -> None:
         """Set the stock of the offer with ``sku`` (as ``UpdateOffer`` would).  Raises ``KeyError``."""
         stock = _check_stock(stock)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,6 +15,16 @@ from db.migrate import upgrade
 from runtime.local_servers import PostgresServer, RedisServer
 
 _database_numbers = itertools.count(1)
+
+#: This run's metric files (METRICS_DIR, inherited by every worker a test starts): a folder of its own,
+#: made before any settings are read, never a fixed path another run (or user) of the machine shares.
+_METRICS_DIR = tempfile.mkdtemp(prefix="stocksync-test-metrics-")
+os.environ["METRICS_DIR"] = _METRICS_DIR
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this run's metric files."""
+    shutil.rmtree(_METRICS_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

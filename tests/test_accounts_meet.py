@@ -1,13 +1,15 @@
 """Orders and syncs of one account meet on the same stock rows, and two accounts never share one.
 
-In one process (stub broker, fakeredis, real PostgreSQL, the sandboxes on loopback): each account is
-synced through the one catalogue pipeline, orders are placed on its sandbox (which lowers the
-sandbox's own stock, as the marketplace does) and polled; every stock row must then equal what its
-own sandbox lists, one row per (SKU, account), each variation's total the sum of its accounts.
+In one process (stub broker, fakeredis, real PostgreSQL, the sandboxes on loopback): each account
+(two Back Market accounts and a Refurbed store, numbered and cursor walks) is synced through the one
+catalogue pipeline, orders are placed on its sandbox (which lowers the sandbox's own stock, as the
+marketplace does) and polled, a top-up is pushed; every stock row must then equal what its own
+sandbox lists, one row per (SKU, account), each variation's total the sum of its accounts.
 """
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 import dramatiq
 import pytest
@@ -19,19 +21,38 @@ from db.ledger import check_invariant
 from runtime import accounts, resources
 from runtime.settings import get_settings
 from sandbox.backmarket import BackMarketSandbox
+from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 
 TOKEN = "meet-token"
 SECOND_TOKEN = "meet-second-token"
-QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "orders", "stock-events")
+QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "orders", "stock-events", "stock-push")
+
+
+class RefurbedSide:
+    """The Refurbed sandbox seen as the test needs it: SKU -> stock, and an order of one unit."""
+
+    def __init__(self, sandbox: RefurbedSandbox) -> None:
+        self.sandbox = sandbox
+
+    def quantities_by_sku(self) -> dict[str, int]:
+        return self.sandbox.quantities()
+
+    def order(self, sku: str) -> None:
+        self.sandbox.place_order([sku], notify=False)
 
 
 @pytest.fixture
 def fleet(monkeypatch, database_url):
     main = BackMarketSandbox(listings=120, seed=3, token=TOKEN, quota_requests=0)
     second = BackMarketSandbox(listings=90, seed=5, token=SECOND_TOKEN, quota_requests=0)
-    servers = [serve_in_thread(main.build_app()), serve_in_thread(second.build_app())]
+    refurbed = RefurbedSandbox(token=TOKEN)
+    refurbed.add_offers(230, seed=3)  # the same SKUs as the main Back Market account's, and more: 3 pages
+    servers = [serve_in_thread(main.build_app()), serve_in_thread(second.build_app()),
+               serve_in_thread(refurbed.build_app())]
     for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "BACKMARKET_BASE_URL": servers[0].url,
+                        "REFURBED_BASE_URL": servers[2].url, "REFURBED_TOKEN": TOKEN,
+                        "REFURBED_QUOTA_REQUESTS": "1000",
                         "BACKMARKET_TOKEN": TOKEN, "BACKMARKET_QUOTA_REQUESTS": "1000",
                         "BACKMARKET_QUOTA_WINDOW_S": "1", "INTAKE_ORDERS_QUOTA_REQUESTS": "1000",
                         "ACCOUNTS_ALLOW_LOOPBACK": "true", "STOCKSYNC_ACCOUNT_BM_BE_TOKEN": SECOND_TOKEN}.items():
@@ -49,7 +70,7 @@ def fleet(monkeypatch, database_url):
     resources.sync_redis().flushall()
     worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     worker.start()
-    yield {"backmarket": main, "bm-be": second}, broker
+    yield {"backmarket": main, "bm-be": second, "refurbed": RefurbedSide(refurbed)}, broker
     worker.stop()
     broker.flush_all()
     for server in servers:
@@ -90,8 +111,14 @@ def rows() -> dict[tuple[str, str], int]:
 
 
 def listed_by_sandbox(sandboxes) -> dict[tuple[str, str], int]:
-    return {(code, sandbox.entry(listing).sku): quantity for code, sandbox in sandboxes.items()
-            for listing, quantity in sandbox.quantities().items()}
+    listed = {}
+    for code, sandbox in sandboxes.items():
+        if isinstance(sandbox, RefurbedSide):
+            listed.update({(code, sku): stock for sku, stock in sandbox.quantities_by_sku().items()})
+        else:
+            listed.update({(code, sandbox.entry(listing).sku): quantity
+                           for listing, quantity in sandbox.quantities().items()})
+    return listed
 
 
 def assert_rows_true(sandboxes) -> None:
@@ -113,6 +140,10 @@ def test_orders_and_syncs_of_each_account_land_on_its_own_rows(fleet):
     # Orders on each marketplace: the sandbox lowers its stock; the poll books them on that account's rows.
     placed = {}
     for code, sandbox in sandboxes.items():
+        if isinstance(sandbox, RefurbedSide):
+            in_stock = [sku for sku, stock in sandbox.quantities_by_sku().items() if stock >= 2][:6]
+            placed[code] = [sandbox.order(sku) for sku in in_stock]
+            continue
         in_stock = [listing for listing, quantity in sandbox.quantities().items() if quantity >= 2][:6]
         placed[code] = [sandbox.orders.place_order([(listing, 1)]) for listing in in_stock]
     before = rows()
@@ -133,12 +164,29 @@ def test_orders_and_syncs_of_each_account_land_on_its_own_rows(fleet):
             "(SELECT max(id) FROM sync_runs GROUP BY target) AND l.change <> 0")).scalar_one()
     assert synced_after == 0
 
+    # A top-up on each account that can be pushed: booked, pushed, and the marketplace shows it.
+    from actors.events import book
+    from core.events import StockEvent
+
+    skus = {code: sorted(sku for (account, sku) in rows() if account == code)[0] for code in sandboxes}
+    for code, sku in skus.items():
+        book(StockEvent.of("stock_topup", marketplace=code, sku=sku, quantity=3, reference=f"PO-{code}",
+                           event_time=datetime.now(timezone.utc)))
+    settle(broker)
+    assert_rows_true(sandboxes)
+    with resources.sessions()() as session:
+        states = dict(session.execute(text(
+            "SELECT m.code, s.push_state FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+            "JOIN variations v ON v.id = s.variation_id WHERE (m.code, v.sku) IN "
+            "(SELECT * FROM unnest(CAST(:codes AS text[]), CAST(:skus AS text[])))"),
+            {"codes": list(skus), "skus": list(skus.values())}).all())
+    assert states == {code: "pushed" for code in sandboxes}
+
 
 def test_a_local_change_on_an_account_that_cannot_push_is_refused(fleet):
     from core.platforms import NotSupported
-    from pipelines.events import check_accounts
     from core.events import StockEvent
-    from datetime import datetime, timezone
+    from pipelines.events import check_accounts
 
     with resources.sessions()() as session:
         account_rows.add_account(session, platform="shopify", code="shop-eu", credentials_env="STOCKSYNC_ACCOUNT_SHOP",

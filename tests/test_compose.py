@@ -11,8 +11,11 @@ import yaml
 from tests.deploy_commands import Pending, check_command
 from tests.fleet import ROOT
 
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES = COMPOSE["services"]
+#: The secrets compose must be given: no default, no start without them.
+PASSWORDS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 #: The services that run the stocksync image.
 APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox", "refurbed-sandbox")
 
@@ -41,7 +44,7 @@ def test_the_fleet_waits_for_its_database_redis_and_schema():
         assert depends["redis"]["condition"] == depends["postgres"]["condition"] == "service_healthy", name
         environment = SERVICES[name]["environment"]
         assert "@postgres:5432/" in environment["DATABASE_URL"]
-        assert environment["REDIS_URL"].startswith("redis://redis:")
+        assert environment["REDIS_URL"].startswith("redis://:") and "@redis:6379/" in environment["REDIS_URL"]
 
 
 @pytest.mark.parametrize("name", APP)
@@ -69,6 +72,8 @@ def test_prometheus_scrapes_every_process_on_its_metrics_port():
     assert exposed == found == {("workers", 9191), ("scheduler", 9194), ("intake", 9195), ("console", 9196)}
     for name, _ in exposed:
         assert SERVICES[name]["environment"]["METRICS_HOST"] == "0.0.0.0", name
+    for name in set(APP) - {name for name, _ in exposed}:
+        assert "METRICS_HOST" not in SERVICES[name].get("environment", {}), f"{name} serves no metrics"
 
 
 def test_prometheus_gets_the_alert_rules_its_config_loads():
@@ -105,7 +110,8 @@ def test_the_image_holds_every_package_of_the_project():
     assert re.search(r"^COPY pyproject\.toml README\.md ", dockerfile, re.MULTILINE)  # the build reads both
     assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
     assert re.search(r"^USER (?!root)", dockerfile, re.MULTILINE)
-    assert "METRICS_HOST=0.0.0.0" in dockerfile
+    # Loopback unless compose (or an operator) says otherwise for a service Prometheus scrapes.
+    assert not re.search(r"METRICS_HOST\s*=", dockerfile)
 
 
 def test_the_fleet_containers_are_healthy_only_when_ready():
@@ -117,3 +123,70 @@ def test_the_fleet_containers_are_healthy_only_when_ready():
         compile(test[3], name, "exec")
     assert SERVICES["workers"]["environment"]["METRICS_PORT"] == "9191"
     assert SERVICES["intake"]["environment"]["INTAKE_PORT"] == "8790"
+
+
+# -- passwords -------------------------------------------------------------------------------------
+
+
+class Refused(Exception):
+    """What ``docker compose`` does on a ``${VAR:?message}`` whose variable is unset or empty."""
+
+
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def interpolate(text: str, environment: dict[str, str]) -> str:
+    """Compose's interpolation of ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``${VAR:?error}``,
+    ``${VAR?error}`` and ``$$``, as its documentation describes it."""
+    def value(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, op, arg = match["name"], match["op"], match["arg"]
+        given = environment.get(name)
+        missing = given is None or (given == "" and op is not None and op.startswith(":"))
+        if op in (":?", "?") and missing:
+            raise Refused(f"required variable {name} is missing a value: {arg}")
+        if op in (":-", "-") and missing:
+            return arg
+        return given or ""
+    return _VARIABLE.sub(value, text)
+
+
+GOOD = {"POSTGRES_PASSWORD": "pg-9f1c2b", "REDIS_PASSWORD": "redis-4e7a0d", "GRAFANA_ADMIN_PASSWORD": "gf-1b2c3d"}
+
+
+@pytest.mark.parametrize("missing", PASSWORDS)
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_compose_refuses_to_start_without_each_password(missing, how):
+    environment = {name: value for name, value in GOOD.items() if name != missing or how == "empty"}
+    if how == "empty":
+        environment[missing] = ""
+    with pytest.raises(Refused, match=missing):
+        interpolate(COMPOSE_TEXT, environment)
+
+
+def test_every_use_of_a_password_is_required_and_none_has_a_default():
+    uses = re.findall(r"\$\{(" + "|".join(PASSWORDS) + r")([^}]*)\}", COMPOSE_TEXT)
+    assert {name for name, _ in uses} == set(PASSWORDS)
+    for name, rest in uses:
+        assert rest.startswith(":?"), f"${{{name}{rest}}}: a password must be ${{{name}:?...}}"
+    # The old baked-in ones: PostgreSQL's stocksync, Grafana's admin, Redis without a password.
+    assert "stocksync:stocksync@" not in COMPOSE_TEXT and ":-admin}" not in COMPOSE_TEXT
+    assert "redis://redis:" not in COMPOSE_TEXT
+
+
+def test_with_the_passwords_every_service_uses_them():
+    services = yaml.safe_load(interpolate(COMPOSE_TEXT, GOOD))["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == GOOD["POSTGRES_PASSWORD"]
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--requirepass") + 1] == GOOD["REDIS_PASSWORD"]
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == GOOD["REDIS_PASSWORD"]
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == GOOD["GRAFANA_ADMIN_PASSWORD"]
+    for name in APP:
+        environment = services[name]["environment"]
+        assert environment["DATABASE_URL"] == (f"postgresql+psycopg://stocksync:{GOOD['POSTGRES_PASSWORD']}"
+                                               "@postgres:5432/stocksync"), name
+        assert environment["REDIS_URL"] == f"redis://:{GOOD['REDIS_PASSWORD']}@redis:6379/0", name
+    # The healthcheck passes the password through the environment, never on its command line.
+    assert services["redis"]["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    assert (ROOT / "deploy/compose.env.example").read_text().count("_PASSWORD=\n") == len(PASSWORDS)

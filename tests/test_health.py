@@ -17,9 +17,13 @@ from tests.fleet import ROOT
 from workers.intake.app import build_intake_app
 
 
-def get(url: str) -> tuple[int, dict]:
+READ_TOKEN = "health-read-token-5e2d1c0b"
+
+
+def get(url: str, token: str | None = None) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        answer = urllib.request.urlopen(url, timeout=15)
+        answer = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=15)
         return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -34,7 +38,7 @@ def unmigrated_url(pg_server):
 def intake(redis_url: str, database_url: str):
     from dramatiq.brokers.stub import StubBroker
 
-    settings = Settings(redis_url=redis_url, database_url=database_url)
+    settings = Settings(redis_url=redis_url, database_url=database_url, read_api_tokens=READ_TOKEN)
     return serve_in_thread(build_intake_app(settings, broker=StubBroker(), database_url=database_url))
 
 
@@ -42,8 +46,9 @@ def test_intake_readyz_checks_redis_postgresql_and_migrations(redis_url, databas
     server = intake(redis_url, database_url)
     try:
         assert get(f"{server.url}/healthz") == (200, {"ok": True})
-        status, body = get(f"{server.url}/readyz")
-        assert status == 200, body
+        assert get(f"{server.url}/readyz") == (200, {"status": "ok"})  # public: ok or not, nothing more
+        status, body = get(f"{server.url}/readyz", token=READ_TOKEN)
+        assert status == 200 and body["status"] == "ok", body
         assert {name: check["ok"] for name, check in body["checks"].items()} == \
             {"redis": True, "postgresql": True, "migrations": True}
     finally:
@@ -52,8 +57,11 @@ def test_intake_readyz_checks_redis_postgresql_and_migrations(redis_url, databas
     down = intake(f"redis://127.0.0.1:{free_port()}/0", unmigrated_url)
     try:
         assert get(f"{down.url}/healthz")[0] == 200  # alive, not ready
-        status, body = get(f"{down.url}/readyz")
-        assert status == 503
+        assert get(f"{down.url}/readyz") == (503, {"status": "not ok"})  # no driver text for the public
+        status, body = get(f"{down.url}/readyz", token="not-the-read-token")
+        assert status == 401 and "checks" not in body
+        status, body = get(f"{down.url}/readyz", token=READ_TOKEN)
+        assert status == 503 and body["status"] == "not ok"
         assert "not reachable" in body["checks"]["redis"]["detail"]
         assert body["checks"]["postgresql"]["ok"]
         assert "stocksync db upgrade" in body["checks"]["migrations"]["detail"]

@@ -17,11 +17,12 @@ import dramatiq
 import pytest
 from dramatiq import Message
 
+from core.events import StockEvent
 from runtime import resources
 from runtime.producer import StockEvents
 from runtime.settings import Settings, get_settings
 from sandbox.server import serve_in_thread
-from tests.test_read_api import get
+from tests.test_read_api import READ_API_TOKENS, get
 from workers.intake import auth
 from workers.intake.app import RedactingAccessLogger, build_intake_app, redact_path
 
@@ -34,6 +35,11 @@ PRODUCER_KEY = "producer-key-9a7"
 def intake(monkeypatch, database_url):
     """The intake on a free port, the fleet's stub broker (flushed) and fakeredis."""
     monkeypatch.setenv("REDIS_URL", "")
+    # The process's settings too: the intake reads its accounts and their webhook secrets
+    # (runtime/accounts.py) from the process's DATABASE_URL and settings, not the app's.
+    for name, value in (("DATABASE_URL", database_url), ("REFURBED_WEBHOOK_SECRET", REFURBED_SECRET),
+                        ("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)):
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     resources.sync_redis().flushall()
     from workers import fleet
@@ -41,7 +47,7 @@ def intake(monkeypatch, database_url):
     broker = fleet.broker
     broker.flush_all()
     settings = Settings(refurbed_webhook_secret=REFURBED_SECRET, shopify_webhook_secret=SHOPIFY_SECRET,
-                        producer_hmac_key=PRODUCER_KEY, intake_read_pool_size=1)
+                        producer_hmac_key=PRODUCER_KEY, intake_read_pool_size=1, read_api_tokens=READ_API_TOKENS)
     server = serve_in_thread(build_intake_app(settings, broker=broker, database_url=database_url))
     yield server, broker
     server.stop()
@@ -174,6 +180,61 @@ def test_shopify_cancellation_books_create_then_cancel_in_order(intake):
     assert chained[0]["kwargs"]["event_time"] == CANCELLED.isoformat()
 
 
+def test_a_create_body_resent_as_a_cancellation_books_nothing(intake):
+    # The topic header is not signed: a captured orders/create delivery under orders/cancelled.
+    server, broker = intake
+    status, answer = shopify_post(server, shopify_order(), topic="orders/cancelled", webhook_id="swap-1")
+    assert status == 400 and "has no cancelled_at: nothing booked" in answer["error"]
+    # Not cancelled_at from updated_at either: only the body's own cancelled_at is a cancellation.
+    touched = {**shopify_order(), "updated_at": CANCELLED.isoformat()}
+    status, answer = shopify_post(server, touched, topic="orders/cancelled", webhook_id="swap-2")
+    assert status == 400 and "cancelled_at" in answer["error"]
+    assert enqueued(broker) == []
+
+
+def test_what_is_booked_comes_from_the_body_whatever_the_topic(intake):
+    server, broker = intake
+    # A signed cancelled body is a cancellation (a fact Shopify signed) even under orders/create.
+    status, answer = shopify_post(server, shopify_order(cancelled=True), topic="orders/create")
+    assert status == 202 and answer["events"] == 4
+    assert {m.options["pipe_target"]["actor_name"] for m in enqueued(broker)} == {"order_cancelled"}
+
+
+def test_an_over_age_delivery_is_refused_by_the_time_in_its_signed_body(intake):
+    server, broker = intake
+    old = datetime.now(timezone.utc) - timedelta(hours=48, minutes=5)
+    stale = {**shopify_order(), "created_at": old.isoformat(), "updated_at": old.isoformat()}
+    status, answer = shopify_post(server, stale, webhook_id="old-1")
+    assert status == 400 and "WEBHOOK_MAX_AGE_S (48 h)" in answer["error"] and "nothing booked" in answer["error"]
+    assert enqueued(broker) == []
+    # An old order cancelled just now is a fresh delivery: its newest time is its cancellation.
+    fresh = {**stale, "cancelled_at": datetime.now(timezone.utc).isoformat()}
+    status, answer = shopify_post(server, fresh, topic="orders/cancelled", webhook_id="old-2")
+    assert status == 202 and answer["events"] == 4
+    # Within the bound: taken (Shopify retries a delivery with its first body for 4 hours).
+    retried = {**shopify_order(123), "created_at": (old + timedelta(minutes=10)).isoformat()}
+    assert shopify_post(server, retried, webhook_id="old-3")[0] == 202
+
+
+def test_the_age_bound_is_a_setting(monkeypatch, database_url):
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the accounts, as in the intake fixture
+    monkeypatch.setenv("SHOPIFY_WEBHOOK_SECRET", SHOPIFY_SECRET)
+    get_settings.cache_clear()
+    from workers import fleet
+
+    fleet.broker.flush_all()
+    settings = Settings(shopify_webhook_secret=SHOPIFY_SECRET, webhook_max_age_s=3600, intake_read_pool_size=1)
+    server = serve_in_thread(build_intake_app(settings, broker=fleet.broker, database_url=database_url))
+    try:
+        status, answer = shopify_post(server, shopify_order(), webhook_id="age-1")  # made 2 h ago
+        assert status == 400 and "WEBHOOK_MAX_AGE_S (1 h)" in answer["error"]
+        assert enqueued(fleet.broker) == []
+    finally:
+        server.stop()
+        get_settings.cache_clear()
+
+
 def test_shopify_refuses_bad_signatures_and_bad_payloads(intake):
     server, broker = intake
     assert shopify_post(server, shopify_order(), secret="wrong")[0] == 401
@@ -223,6 +284,46 @@ def test_signed_events_are_validated_and_enqueued(intake):
     messages = sorted(enqueued(broker), key=lambda m: m.actor_name)
     assert [m.actor_name for m in messages] == ["stock_events_batch", "stock_topup"]
     assert [item["kind"] for item in messages[0].args[0]] == ["order_created", "stock_topup"]
+
+
+def test_a_producer_cannot_choose_the_ledger_actor(intake):
+    # A producer could name any console user as the actor: the ledger shows the key's own name.
+    server, broker = intake
+    status, answer = signed_post(server, {**TOPUP, "actor": "admin"})
+    assert status == 202 and answer["actor"] == "producer:default"
+    order = {"type": "order_created", "marketplace": "refurbed", "order_id": "9", "order_line_id": "90",
+             "sku": "SKU-2", "quantity": 1, "source": "poll"}
+    adjust = {"type": "manual_adjustment", "marketplace": "backmarket", "sku": "SKU-1", "change": -1,
+              "reference": "count-1"}
+    assert signed_post(server, {"events": [order, adjust, {**TOPUP, "reference": "PO-78", "actor": "anna"}]})[0] == 202
+    messages = sorted(enqueued(broker), key=lambda m: m.actor_name)
+    assert [m.actor_name for m in messages] == ["stock_events_batch", "stock_topup"]
+    assert messages[1].kwargs["actor"] == "producer:default"
+    batch = {item["kind"]: item["fields"] for item in messages[0].args[0]}
+    assert batch["order_created"]["source"] == "producer:default"  # an order's ledger actor is its source
+    assert batch["manual_adjustment"]["actor"] == batch["stock_topup"]["actor"] == "producer:default"
+    booked = [StockEvent.from_json({"type": kind, **fields}) for kind, fields in batch.items()]
+    assert {event.actor for event in booked} == {"producer:default"}
+
+
+def test_the_producer_key_id_names_the_channel(monkeypatch, database_url):
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    from workers import fleet
+
+    fleet.broker.flush_all()
+    settings = Settings(producer_hmac_key=PRODUCER_KEY, producer_key_id="erp-2026", intake_read_pool_size=1)
+    server = serve_in_thread(build_intake_app(settings, broker=fleet.broker, database_url=database_url))
+    try:
+        assert signed_post(server, TOPUP)[1]["actor"] == "producer:erp-2026"
+        [message] = enqueued(fleet.broker)
+        assert message.kwargs["actor"] == "producer:erp-2026"
+    finally:
+        server.stop()
+        fleet.broker.flush_all()
+        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="producer_key_id"):
+        Settings(producer_key_id="Not A Key Id")
 
 
 def test_a_bad_event_in_a_batch_refuses_the_whole_batch(intake):

@@ -59,15 +59,17 @@ def summary(messages: list[Message]) -> list[tuple]:
 
 
 @pytest.fixture
-def env(monkeypatch):
+def env(monkeypatch, database_url):
     backmarket = BackMarketSandbox(listings=30, seed=8, token=TOKEN, quota_requests=0)
     refurbed = RefurbedSandbox(token=TOKEN)
     servers = [serve_in_thread(backmarket.build_app()), serve_in_thread(refurbed.build_app())]
-    for name, value in {"REDIS_URL": "", "BACKMARKET_BASE_URL": servers[0].url, "BACKMARKET_TOKEN": TOKEN,
+    # The accounts (backmarket, refurbed) are rows of this database.
+    for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "BACKMARKET_BASE_URL": servers[0].url, "BACKMARKET_TOKEN": TOKEN,
                         "REFURBED_BASE_URL": servers[1].url, "REFURBED_TOKEN": TOKEN,
                         "INTAKE_ORDERS_OVERLAP_S": "60", "REFURBED_QUOTA_REQUESTS": "1000"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
+    resources.database_url.cache_clear()
     resources.sync_redis().flushall()
     broker = orders.poll_orders.broker
     broker.flush_all()
@@ -76,6 +78,7 @@ def env(monkeypatch):
     for server in servers:
         server.stop()
     get_settings.cache_clear()
+    resources.database_url.cache_clear()
 
 
 # -- Back Market poll --------------------------------------------------------------------------------
@@ -147,7 +150,7 @@ def test_a_second_poll_while_one_runs_stops_at_once(env):
 
 
 def test_poll_refuses_unknown_marketplaces(env):
-    with pytest.raises(MalformedMessage, match="cannot walk"):
+    with pytest.raises(MalformedMessage, match="no account 'ebay'"):
         poll("ebay")
 
 

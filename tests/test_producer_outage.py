@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import threading
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import pytest
@@ -165,7 +166,8 @@ def post(app, path: str, raw: bytes, headers: dict) -> tuple[int, dict, dict]:
 def the_three_posts(app) -> list[tuple[int, dict, dict]]:
     event = json.dumps({"type": "stock_topup", "marketplace": "backmarket", "sku": "SKU-1", "quantity": 2,
                         "reference": "PO-7"}).encode()
-    order = json.dumps({"id": 5, "created_at": "2026-11-23T09:00:00Z",
+    # Made now: a delivery older than WEBHOOK_MAX_AGE_S is refused.
+    order = json.dumps({"id": 5, "created_at": datetime.now(timezone.utc).isoformat(),
                         "line_items": [{"id": 50, "sku": "SKU-2", "quantity": 1}]}).encode()
     return [
         post(app, "/events", event, {auth.SIGNATURE_HEADER: auth.producer_signature(PRODUCER_KEY, event)}),

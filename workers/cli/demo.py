@@ -1,4 +1,9 @@
-"""``stocksync demo``: two syncs of a sandbox Back Market on the embedded PostgreSQL, in one process.
+"""``stocksync demo``: one seller on two marketplaces (sandbox Back Market and Refurbed), in one process.
+
+One catalogue is listed on both; each account is synced through the one catalogue pipeline, orders
+land on each marketplace and are polled, a top-up is pushed to each, the sandboxes change 5% of their
+stock and both are synced again; a table per account shows what every step did, on the embedded
+PostgreSQL.
 
 With ``--console`` the operator console stays up afterwards on the demo's data, with a demo user it
 prints; if ``redis-server`` is installed the demo then runs on a local Redis (so dead letters exist
@@ -28,16 +33,21 @@ DEMO_USER = "demo"
 @click.option("--console", "with_console", is_flag=True,
               help="Then serve the operator console on the demo's data (CONSOLE_HOST:CONSOLE_PORT) until Ctrl-C.")
 def demo_command(listings: int, change: int | None, with_console: bool) -> None:
-    """Sync a sandbox Back Market twice on the embedded PostgreSQL and an in-process broker."""
+    """A seller on sandbox Back Market and Refurbed: sync, orders, top-ups, sync again (embedded PostgreSQL)."""
     from sandbox.backmarket import BackMarketSandbox
+    from sandbox.refurbed import RefurbedSandbox
     from sandbox.server import serve_in_thread
 
     settings = get_settings()
-    # The sandbox enforces Back Market's real catalog quota; the fleet's limiter keeps under it.
+    # The sandboxes enforce the marketplaces' real quotas; the fleet's limiters keep under them.
     sandbox = BackMarketSandbox(listings=listings, seed=7, token="demo-token",
                                 quota_requests=settings.backmarket_quota_requests,
                                 quota_window_s=settings.backmarket_quota_window_s)
+    refurbed = RefurbedSandbox(token="demo-token", quota_requests=settings.refurbed_quota_requests,
+                               quota_window_s=settings.refurbed_quota_window_s)
+    refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on both
     server = serve_in_thread(sandbox.build_app())
+    refurbed_server = serve_in_thread(refurbed.build_app())
     redis_server = None
     redis_url = ""
     if with_console and shutil.which("redis-server"):
@@ -47,32 +57,124 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
         redis_url = redis_server.url
     # The demo is self-contained whatever the environment says: embedded database, no Redis (or its own).
     os.environ.update({"REDIS_URL": redis_url, "DATABASE_URL": "", "BACKMARKET_BASE_URL": server.url,
-                       "BACKMARKET_TOKEN": "demo-token", "METRICS_PORT": "0"})
+                       "BACKMARKET_TOKEN": "demo-token", "REFURBED_BASE_URL": refurbed_server.url,
+                       "REFURBED_TOKEN": "demo-token", "METRICS_PORT": "0"})
     get_settings.cache_clear()
     from db.migrate import upgrade
     from runtime import resources
     from workers.cli.common import console, summary_table
 
-    click.echo(f"sandbox Back Market with {listings} listings at {server.url}")
+    click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed with the same "
+               f"catalogue at {refurbed_server.url}")
     upgrade(resources.database_url())
+    runs = []
     try:
         with in_process_worker(on_redis=bool(redis_url)):
-            first = run_stock_sync("backmarket", force=True, wait=True)
-            changed = sandbox.change_stock(change if change is not None else max(1, listings // 20), rng_seed=11)
-            click.echo(f"changed the stock of {len(changed)} listings in the sandbox; syncing again")
-            second = run_stock_sync("backmarket", force=True, wait=True)
-            console.print(summary_table([first, second], title="demo: two Back Market stock syncs"))
-            stats = sandbox.stats()
-            click.echo(f"sandbox saw {stats['total_requests']} requests, {stats['rate_limited']} answered 429 "
-                       f"(quota {settings.backmarket_quota_requests} per {settings.backmarket_quota_window_s:g} s)")
+            runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
+            orders = _orders_on_each(sandbox, refurbed)
+            click.echo(f"{orders} orders placed on the marketplaces; polling them")
+            for code in ACCOUNTS:
+                _poll(code)
+            _topup_each()
+            count = change if change is not None else max(1, listings // 20)
+            sandbox.change_stock(count, rng_seed=11)
+            # Changes by hand on Refurbed, away from the row just pushed: a page fetched within the clock
+            # skew of a push is not trusted for that row (the next sync reads it), by the stock rules.
+            for sku in sorted(refurbed.quantities())[-count:]:
+                refurbed.set_offer_stock(sku, refurbed.stock(sku) + 1)
+            click.echo(f"changed the stock of {count} listings on each marketplace; syncing again")
+            runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
+            console.print(summary_table(runs, title="demo: two stock syncs of each account"))
+            console.print(_accounts_table(sandbox, refurbed))
+            backmarket_stats, refurbed_stats = sandbox.stats(), refurbed.stats()
+            for name, requests, limited, quota, window in (
+                    ("Back Market", backmarket_stats["total_requests"], backmarket_stats["rate_limited"],
+                     settings.backmarket_quota_requests, settings.backmarket_quota_window_s),
+                    ("Refurbed", sum(refurbed_stats["requests"].values()), refurbed_stats["rate_limited"],
+                     settings.refurbed_quota_requests, settings.refurbed_quota_window_s)):
+                click.echo(f"sandbox {name} saw {requests} requests, {limited} answered 429 (quota {quota} per "
+                           f"{window:g} s)")
             if with_console:
                 _serve_console()
     finally:
         server.stop()
+        refurbed_server.stop()
         if redis_server is not None:
             redis_server.stop()
-    if first.status != "succeeded" or second.status != "succeeded":
+    if any(run.status != "succeeded" for run in runs):
         sys.exit(1)
+
+
+#: The demo seller's accounts (the main ones of the settings).
+ACCOUNTS = ("backmarket", "refurbed")
+
+
+def _orders_on_each(backmarket, refurbed, count: int = 5) -> int:
+    """``count`` one-unit orders on each marketplace, of listings in stock; how many in all."""
+    listings = [listing for listing, quantity in sorted(backmarket.quantities().items()) if quantity > 1][:count]
+    for listing in listings:
+        backmarket.orders.place_order([(listing, 1)])
+    skus = [sku for sku, stock in sorted(refurbed.quantities().items()) if stock > 1][:count]
+    for sku in skus:
+        refurbed.place_order([sku], notify=False)
+    return len(listings) + len(skus)
+
+
+def _poll(code: str) -> None:
+    """Walk the account's recent orders now and book them (the scheduler's order poll)."""
+    import asyncio
+
+    from actors.orders import poll_orders, walk_orders_of
+    from runtime import resources
+
+    async def walk():
+        try:
+            return await walk_orders_of(code, poll_orders.broker)
+        finally:
+            await resources.close_loop_resources()
+
+    asyncio.run(walk())
+    poll_orders.broker.join("stock-events")
+
+
+def _topup_each() -> None:
+    """A goods-received top-up of 3 units of one SKU on each account, booked and pushed."""
+    from datetime import datetime, timezone
+
+    from actors.events import book, push_stock
+    from core.events import StockEvent
+    from db.accounts import stock_of
+    from runtime import resources
+
+    for code in ACCOUNTS:
+        with resources.sessions()() as session:
+            sku = min(stock_of(session, code))
+        book(StockEvent.of("stock_topup", marketplace=code, sku=sku, quantity=3, reference=f"demo-{code}-delivery",
+                           event_time=datetime.now(timezone.utc), actor="demo"))
+    push_stock.broker.join("stock-push")
+
+
+def _accounts_table(backmarket, refurbed):
+    """Per account: rows, units listed here and on the marketplace, rows that differ, rows pushed."""
+    from rich.table import Table
+
+    from db.accounts import pushed_rows, stock_of
+    from runtime import resources
+
+    on_marketplace = {"backmarket": {backmarket.entry(listing).sku: quantity
+                                     for listing, quantity in backmarket.quantities().items()},
+                      "refurbed": refurbed.quantities()}
+    table = Table(title="demo: each account against its marketplace")
+    for column in ("account", "rows", "units here", "units there", "rows that differ", "pushed"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    with resources.sessions()() as session:
+        for code in ACCOUNTS:
+            here, pushed = stock_of(session, code), pushed_rows(session, code)
+            there = on_marketplace[code]
+            differ = sum(1 for sku, listed in here.items() if there.get(sku) != listed)
+            table.add_row(code, str(len(here)), str(sum(here.values())), str(sum(there.values())), str(differ),
+                          str(pushed))
+    return table
 
 
 def _serve_console() -> None:

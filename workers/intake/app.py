@@ -7,14 +7,20 @@ Routes:
   sender.  The body is not trusted beyond the id: ``refurbed_order_notified`` re-fetches the order.
 - ``POST /webhooks/shopify``: ``orders/create`` and ``orders/cancelled``; ``X-Shopify-Hmac-Sha256``
   verified in constant time over the raw body; ``X-Shopify-Webhook-Id`` remembered in Redis (SET NX
-  with a TTL) so a re-delivery is answered 200 and not enqueued again.
+  with a TTL) so a re-delivery is answered 200 and not enqueued again.  The headers are not signed:
+  what is booked, and the delivery's age (``WEBHOOK_MAX_AGE_S``), come from the body.
 - ``POST /events``: in-house producers; ``X-Stocksync-Signature: t=..,v1=..`` (HMAC-SHA256 over
   ``"<t>." + body``, 300 s tolerance); one event ``{"type": "order_created", ...}`` or a batch
-  ``{"events": [...]}``, validated whole before any is enqueued.
+  ``{"events": [...]}``, validated whole before any is enqueued; booked under the key's own name
+  (``producer:<PRODUCER_KEY_ID>``), whatever ``actor`` or ``source`` the body gives.
 - ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
-  ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call.
+  ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call;
+  only with ``Authorization: Bearer <a token of READ_API_TOKENS>``.
 - ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
-  schema at the migrations' head: 503 with what is wrong otherwise).
+  schema at the migrations' head: 200 ``{"status": "ok"}`` or 503 ``{"status": "not ok"}``; what is
+  wrong only to a caller with a read token).
+
+A public proxy forwards ``/webhooks/...`` and ``POST /events`` only: the rest is for the inside.
 
 Answers are JSON.  A bad request gets a 4xx saying what is wrong and nothing is enqueued; an
 accepted one is enqueued and answered 202.  Whatever the sender repeats, the ledger's unique
@@ -23,6 +29,7 @@ idempotency key is the last guard: the dedupe here only saves work.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -37,7 +44,7 @@ from psycopg_pool import PoolTimeout
 
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from pipelines.events import check_accounts
-from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_order_events
+from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
 from runtime.failures import is_outage
 from runtime.health import ReadinessProbe, answer
@@ -67,6 +74,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 EVENTS_KEY = web.AppKey("events", StockEvents)
 READER_KEY = web.AppKey("reader", object)
 READY_KEY = web.AppKey("ready", ReadinessProbe)
+READ_TOKENS_KEY = web.AppKey("read_tokens", list)
 
 
 def redact_path(path: str) -> str:
@@ -158,6 +166,7 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app[EVENTS_KEY] = StockEvents(broker, retry_s=REDIS_WAIT_S)
     app[READER_KEY] = None
     app[READY_KEY] = ReadinessProbe(settings.redis_url, database_url or resources.database_url)
+    app[READ_TOKENS_KEY] = auth.token_list(settings.read_api_tokens.get_secret_value())
     app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
     app.router.add_post("/webhooks/shopify", shopify_webhook)
     app.router.add_post("/events", producer_events)
@@ -219,14 +228,18 @@ class _BadRequest(Exception):
 
 async def refurbed_webhook(request: web.Request) -> web.Response:
     """``{"order_id": n}`` from Refurbed: check the URL secret, enqueue the re-fetch, answer 202."""
-    candidates = await asyncio.to_thread(accounts.webhook_secrets, "refurbed")
-    if not candidates:
-        return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
+    settings = request.app[SETTINGS_KEY]
     given = request.match_info["secret"]
-    # Every secret compared (in constant time): which account matched must not show in the timing.
-    matches = [code for code, secrets, _ in candidates for secret in secrets if auth.secrets_match(given, secret)]
+    main = accounts.main_webhook_account("refurbed", settings)
+    matches = _secret_matches([main] if main else [], given)
     if not matches:
-        return _error(403, "wrong webhook secret in the URL")
+        # Not the main account's (checked without the database): another Refurbed account's, if any.
+        others = await asyncio.to_thread(accounts.webhook_secrets, "refurbed", settings=settings)
+        if main is None and not others:
+            return _error(404, "Refurbed webhooks are not enabled here (REFURBED_WEBHOOK_SECRET is not set)")
+        matches = _secret_matches(others, given)
+        if not matches:
+            return _error(403, "wrong webhook secret in the URL")
     body = await _json_body(request)
     if not isinstance(body, dict) or "order_id" not in body:
         raise _BadRequest('expected {"order_id": <positive integer>}')
@@ -246,19 +259,28 @@ async def refurbed_webhook(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True, "order_id": order_id, "message_id": enqueued.message_id}, status=202)
 
 
+def _secret_matches(candidates, given: str) -> list[str]:
+    """The accounts whose URL secret is ``given``: every secret compared in constant time, none skipped."""
+    return [code for code, secrets, _ in candidates for secret in secrets if auth.secrets_match(given, secret)]
+
+
 # -- Shopify -------------------------------------------------------------------------------------
 
 
 async def shopify_webhook(request: web.Request) -> web.Response:
     """An order webhook from Shopify: verify, dedupe on the delivery id, enqueue its events."""
     settings = request.app[SETTINGS_KEY]
-    candidates = await asyncio.to_thread(accounts.webhook_secrets, "shopify")
-    if not candidates:
-        return _error(404, "Shopify webhooks are not enabled here (SHOPIFY_WEBHOOK_SECRET is not set)")
     raw = await request.read()
-    account, refusal = _shopify_account(candidates, raw, request.headers)
+    main = accounts.main_webhook_account("shopify", settings)
+    account, refusal = _shopify_account([main] if main else [], raw, request.headers)
     if account is None:
-        return _error(401, refusal)
+        # Not signed by the main shop's secret (checked without the database): another shop's, if any.
+        others = await asyncio.to_thread(accounts.webhook_secrets, "shopify", settings=settings)
+        if main is None and not others:
+            return _error(404, "Shopify webhooks are not enabled here (SHOPIFY_WEBHOOK_SECRET is not set)")
+        account, refused_again = _shopify_account(others, raw, request.headers)
+        if account is None:
+            return _error(401, refused_again or refusal)
     webhook_id = request.headers.get("X-Shopify-Webhook-Id", "").strip()
     topic = request.headers.get("X-Shopify-Topic", "").strip()
     if not webhook_id or len(webhook_id) > 200 or not webhook_id.isascii() or not webhook_id.isprintable():
@@ -267,12 +289,18 @@ async def shopify_webhook(request: web.Request) -> web.Response:
         # A 4xx would make Shopify retry, then drop the subscription: acknowledge and ignore.
         shown = topic[:60] if topic.isascii() and topic.isprintable() else "(unreadable)"
         return web.json_response({"ignored": f"topic {shown or '(none)'} does not move stock"}, status=200)
+    body = await _json_body(request, raw)
     try:
-        chains, skipped = shopify_order_events(await _json_body(request, raw), topic, account)
+        chains, skipped = shopify_order_events(body, topic, account)
+        age_s = (datetime.now(timezone.utc) - shopify_body_time(body)).total_seconds()
     except MalformedOrder as bad:
         return _error(400, str(bad))
     except InvalidStockEvent as invalid:
         return _error(400, f"order payload: {invalid}")
+    if age_s > settings.webhook_max_age_s:
+        # A captured delivery replayed later: Shopify's own retries resend it well within the bound.
+        return _error(400, f"the delivery's body was made {age_s / 3600:.1f} h ago, more than WEBHOOK_MAX_AGE_S "
+                           f"({settings.webhook_max_age_s / 3600:g} h): refused, nothing booked")
     redis = resources.async_redis()
     key = f"{settings.redis_namespace}:intake:shopify-webhook:{webhook_id}"
     if await redis.exists(key):
@@ -331,10 +359,12 @@ async def producer_events(request: web.Request) -> web.Response:
         raise _BadRequest('a batch is {"events": [...]} and nothing else')
     if not isinstance(batch, list) or not batch or len(batch) > MAX_BATCH:
         raise _BadRequest(f"events must be a list of 1 to {MAX_BATCH} events")
+    # The ledger's actor is the key's own name, not a field the producer fills in (it could name anyone).
+    actor = f"producer:{settings.producer_key_id}"
     events = []
     for index, item in enumerate(batch):
         try:
-            events.append(StockEvent.from_json(item))
+            events.append(StockEvent.from_json(item).booked_by(actor))
         except InvalidStockEvent as invalid:
             where = f"events[{index}]." if batched else ""
             raise _BadRequest(f"{where}{invalid}") from None
@@ -350,13 +380,51 @@ async def producer_events(request: web.Request) -> web.Response:
     producer = request.app[EVENTS_KEY]
     # A posted batch goes as batch messages (booked set-based, all or nothing per message).
     messages = await _enqueue(request, lambda: producer.send_batch(events) if batched else producer.send_all(events))
-    return web.json_response({"accepted": len(events), "message_ids": [m.message_id for m in messages]},
-                             status=202)
+    return web.json_response({"accepted": len(events), "actor": actor,
+                              "message_ids": [m.message_id for m in messages]}, status=202)
 
 
 # -- read API ------------------------------------------------------------------------------------
 
 
+def _reader_refused(request: web.Request) -> web.Response | None:
+    """None when the request carries a valid read token; otherwise the answer (404 off, 401 refused)."""
+    tokens = request.app[READ_TOKENS_KEY]
+    if not tokens:
+        return _error(404, "the read API is not enabled here (READ_API_TOKENS is not set)")
+    try:
+        auth.verify_bearer(tokens, request.headers.get("Authorization"))
+    except auth.SignatureError as refused:
+        response = _error(401, str(refused))
+        response.headers["WWW-Authenticate"] = f'{auth.BEARER} realm="stocksync-read-api"'
+        return response
+    return None
+
+
+def _read_api(*parameters: str) -> Callable[[Callable[[web.Request], Awaitable[web.Response]]],
+                                            Callable[[web.Request], Awaitable[web.Response]]]:
+    """A read API handler: a valid bearer token first, then only ``parameters``, each at most once."""
+    def decorate(handler: Callable[[web.Request], Awaitable[web.Response]]
+                 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.Response:
+            refused = _reader_refused(request)
+            if refused is not None:
+                return refused
+            unknown = sorted({name for name in request.query if name not in parameters})
+            if unknown:
+                takes = f"takes only {', '.join(parameters)}" if parameters else "takes no query parameters"
+                raise _BadRequest(f"unknown query parameter {', '.join(repr(n[:40]) for n in unknown[:5])}: "
+                                  f"{request.path[:60]} {takes}")
+            repeated = [name for name in parameters if len(request.query.getall(name, [])) > 1]
+            if repeated:
+                raise _BadRequest(f"query parameter {repeated[0]} is given more than once")
+            return await handler(request)
+        return guarded
+    return decorate
+
+
+@_read_api("sku")
 async def stock_by_sku(request: web.Request) -> web.Response:
     """``GET /stock?sku=...``: a variation's stock on every marketplace."""
     sku = request.query.get("sku", "")
@@ -372,6 +440,7 @@ async def stock_by_sku(request: web.Request) -> web.Response:
     return _stock_response(found)
 
 
+@_read_api()
 async def stock_by_variation(request: web.Request) -> web.Response:
     """``GET /variations/{id}/stock``: the same, by variation id."""
     raw = request.match_info["variation_id"]
@@ -457,9 +526,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Redis and PostgreSQL answer and the schema is at head; 503 naming what is wrong."""
+    """Readiness: Redis and PostgreSQL answer and the schema is at head: 200, else 503.
+
+    The public answer is ``{"status": "ok"}`` or ``{"status": "not ok"}``; a caller with a read
+    token (``Authorization: Bearer``) also gets each check and what is wrong.  A wrong token is 401.
+    """
+    detailed = "Authorization" in request.headers
+    if detailed:
+        refused = _reader_refused(request)
+        if refused is not None:
+            return refused
     status, body = answer(await asyncio.to_thread(request.app[READY_KEY]))
-    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+    summary = {"status": "ok" if status == 200 else "not ok"}
+    return web.json_response({**summary, **body} if detailed else summary, status=status,
+                             headers={"Cache-Control": "no-store"})
 
 
 def run(host: str, port: int, *, settings: Settings | None = None) -> None:

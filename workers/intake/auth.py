@@ -1,4 +1,4 @@
-"""Webhook authentication: Shopify's HMAC, the in-house producers' signed timestamp, URL secrets.
+"""Intake authentication: Shopify's HMAC, the producers' signed timestamp, URL secrets, read tokens.
 
 Every comparison here is constant-time (:func:`hmac.compare_digest`): how long a check takes must
 not tell an attacker how much of a guess was right.  Secrets come in as ``str`` or ``bytes`` and
@@ -23,6 +23,9 @@ SIGNATURE_HEADER = "X-Stocksync-Signature"
 
 #: The header Shopify signs its webhooks with.
 SHOPIFY_HMAC_HEADER = "X-Shopify-Hmac-Sha256"
+
+#: The scheme of the read API's ``Authorization`` header.
+BEARER = "Bearer"
 
 #: Default tolerance of the producers' timestamp, in seconds (Stripe's default).
 DEFAULT_TOLERANCE_S = 300.0
@@ -132,3 +135,30 @@ def verify_producer(key: str | bytes, body: bytes, header: str | None, *, tolera
     if not matched:
         raise SignatureError(f"{SIGNATURE_HEADER} does not match the body")
     return timestamp
+
+
+# -- the read API ----------------------------------------------------------------------------------
+
+
+def token_list(tokens: str) -> list[str]:
+    """The tokens of a comma-separated setting (``READ_API_TOKENS``), blanks dropped."""
+    return [token.strip() for token in tokens.split(",") if token.strip()]
+
+
+def verify_bearer(tokens: Iterable[str], header: str | None) -> None:
+    """Check ``Authorization: Bearer <token>`` against every configured token (old and new during a rotation).
+
+    Raises:
+      SignatureError: No header, not a bearer token, or it matches none of the tokens.
+    """
+    if not header:
+        raise SignatureError(f"this needs an Authorization: {BEARER} <token> header (a token of READ_API_TOKENS)")
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != BEARER.lower() or not given.strip():
+        raise SignatureError(f"the Authorization header must be {BEARER} <token>")
+    matched = False
+    for token in tokens:
+        # No early exit: every token costs the same whether or not an earlier one matched.
+        matched |= secrets_match(given.strip(), token)
+    if not matched:
+        raise SignatureError("the bearer token is not valid")
