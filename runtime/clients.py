@@ -165,7 +165,7 @@ def catalogue_adapter(view: AccountView, on_request=None, limiter: FleetRateLimi
     if view.platform.name == "backmarket":
         return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
     if view.platform.name == "refurbed":
-        return RefurbedAdapter(client)
+        return RefurbedAdapter(client, limit=get_settings().refurbed_page_size)
     locations = view.options.get("location_ids")
     return ShopifyAdapter(client, location_ids=[str(location) for location in locations] if locations else None)
 

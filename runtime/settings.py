@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     #: Refurbed signs nothing: the webhook URL ends with this secret (``/webhooks/refurbed/<secret>``).
     refurbed_webhook_secret: SecretStr = SecretStr("")
     refurbed_base_url: str = "https://api.refurbed.com"
+    #: Offers per ``ListOffers`` page of a stock sync (Refurbed's maximum is 100).
+    refurbed_page_size: int = Field(100, ge=1, le=100)
     #: Merchant API token, sent as ``Authorization: Plain <token>``.
     refurbed_token: SecretStr = SecretStr("")
     refurbed_timeout_s: float = Field(30.0, gt=0)

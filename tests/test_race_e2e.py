@@ -1,13 +1,14 @@
 """End to end: orders race a stock sync on real worker processes; every row ends at the true count.
 
-While a sync walks the sandbox Back Market's pages, the test places orders on the sandbox (which
-lowers its own stock at once), cancels some (the sandbox restocks or not, by its dial, and the
-fleet is told which), and sends top-ups; each event reaches the fleet after a random delay —
-before or after the page that shows it, a cancellation sometimes before its order, some twice.
-The test keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue
-is empty and no row waits for a push or a re-check, every row must equal the truth (0 above,
-0 below) and the marketplace must show it.  Production defaults, but for the clock skew's
-neighbours: a page of 10 listings and a quota of 4 calls a second, so that a walk takes seconds.
+On each platform (Back Market: numbered pages fanned out; Refurbed: a cursor chain), while a sync
+walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
+once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
+sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
+or after the page that shows it, a cancellation sometimes before its order, some twice.  The test
+keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
+no row waits for a push or a re-check, every row must equal the truth (0 above, 0 below) and the
+marketplace must show it.  Production defaults, but for the clock skew's neighbours: a page of 10
+listings and a quota of 4 calls a second, so that a walk takes seconds.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from runtime.broker import build_broker
 from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
+from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import WorkerFleet, fleet_env
 
@@ -36,21 +38,80 @@ QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "stock-events", "stock-pus
 DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 
+class BackMarketSide:
+    """The sandbox Back Market as the race drives it: listings by SKU, an order line, its cancellation."""
+
+    account = "backmarket"
+
+    def __init__(self, restocks: bool) -> None:
+        self.sandbox = BackMarketSandbox(listings=LISTINGS, seed=77, token=TOKEN, quota_requests=0,
+                                         restock_on_cancel=restocks)
+        self.ids = {listing["sku"]: listing["id"] for listing in map(self.sandbox.listing, range(LISTINGS))}
+
+    def env(self, url: str) -> dict:
+        return {"backmarket_url": url, "backmarket_page_size": 10}
+
+    def quantity(self, sku: str) -> int:
+        return self.sandbox.quantity(self.ids[sku])
+
+    def order(self, sku: str) -> tuple[str, str, str]:
+        """(order id, line id, event time) of a new one-unit order of ``sku``."""
+        order = self.sandbox.orders.place_order([(self.ids[sku], 1)])
+        return str(order["order_id"]), str(order["orderlines"][0]["id"]), order["date_creation"]
+
+    def cancel(self, order_id: str, line_id: str) -> str:
+        return self.sandbox.orders.set_line_state(int(order_id), int(line_id), 4)["date_modification"]
+
+    def moves(self, sku: str) -> list[str]:
+        offset = time.time() - time.monotonic()  # the sandbox's clock is monotonic
+        return [f"  marketplace {datetime.fromtimestamp(offset + change.at, timezone.utc):%H:%M:%S.%f} "
+                f"{change.before} -> {change.after} ({change.cause})"
+                for change in self.sandbox.stock_changes() if change.listing == self.ids[sku]]
+
+
+class RefurbedSide:
+    """The sandbox Refurbed as the race drives it: offers by SKU, an order item, its cancellation."""
+
+    account = "refurbed"
+
+    def __init__(self, restocks: bool) -> None:
+        self.sandbox = RefurbedSandbox(token=TOKEN, restock_on_cancel=restocks)
+        self.sandbox.add_offers(LISTINGS, seed=77)
+
+    def env(self, url: str) -> dict:
+        return {"backmarket_url": "http://127.0.0.1:9", "refurbed_base_url": url, "refurbed_token": TOKEN,
+                "refurbed_page_size": 10}
+
+    def quantity(self, sku: str) -> int:
+        return self.sandbox.stock(sku)
+
+    def order(self, sku: str) -> tuple[str, str, str]:
+        order = self.sandbox.place_order([sku], notify=False)
+        return order["id"], order["items"][0]["id"], order["released_at"]
+
+    def cancel(self, order_id: str, line_id: str) -> str:
+        self.sandbox.set_item_state(line_id, "CANCELLED")
+        return datetime.now(timezone.utc).isoformat()  # Refurbed gives no time: the intake takes the observed one
+
+    def moves(self, sku: str) -> list[str]:
+        return []
+
+
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    restocks = request.param
-    sandbox = BackMarketSandbox(listings=LISTINGS, seed=77, token=TOKEN, quota_requests=0,
-                                restock_on_cancel=restocks)
-    server = serve_in_thread(sandbox.build_app())
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
-                    quota_requests=4, quota_window_s=1.0, backmarket_page_size=10,
-                    stock_not_restocking="" if restocks else "backmarket")
+    platform, restocks = request.param
+    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide}[platform](restocks)
+    server = serve_in_thread(side.sandbox.build_app())
+    quotas = {"backmarket": {"quota_requests": 4, "quota_window_s": 1.0},
+              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0}}[platform]
+    env = fleet_env(redis_url=redis_url, database_url=database_url, token=TOKEN,
+                    stock_not_restocking="" if restocks else side.account, **side.env(server.url), **quotas)
     fleet = WorkerFleet(env, processes=2, threads=4, log_path=tmp_path / "fleet.log").start()
     broker = build_broker(Settings(redis_url=redis_url))
     from actors import events, stock_sync  # message factories only: the fleet does the work
 
     try:
-        yield {"sandbox": sandbox, "sessions": session_factory(database_url), "broker": broker, "events": events,
+        yield {"side": side, "sessions": session_factory(database_url), "broker": broker, "events": events,
                "sync": stock_sync, "redis": redis_lib.Redis.from_url(redis_url), "restocks": restocks}
     finally:
         fleet.stop()
@@ -70,7 +131,7 @@ def last_run(world):
 def sync(world) -> None:
     """Start a sync and wait until it is running (its id is the newest)."""
     before = last_run(world)
-    send(world, world["sync"].start_stock_sync, marketplace="backmarket", force=True, trigger="manual")
+    send(world, world["sync"].start_stock_sync, marketplace=world["side"].account, force=True, trigger="manual")
     wait_until(lambda: (run := last_run(world)) is not None and (before is None or run["id"] != before["id"]), 30,
                what="the sync to start")
 
@@ -89,7 +150,6 @@ def quiet(world) -> bool:
 
 def ledgers(world, skus: list[str]) -> str:
     """The ledger of each SKU, and the marketplace's own stock moves, for a failure message."""
-    by_id = {listing["sku"]: listing["id"] for listing in map(world["sandbox"].listing, range(LISTINGS))}
     lines = []
     with world["sessions"]() as session:
         for sku in skus:
@@ -100,10 +160,7 @@ def ledgers(world, skus: list[str]) -> str:
                       for row in session.execute(text(
                           "SELECT l.* FROM stock_ledger l JOIN variations v ON v.id = l.variation_id "
                           "WHERE v.sku = :sku ORDER BY l.id"), {"sku": sku})]
-            offset = time.time() - time.monotonic()  # the sandbox's clock is monotonic
-            lines += [f"  marketplace {datetime.fromtimestamp(offset + change.at, timezone.utc):%H:%M:%S.%f} "
-                      f"{change.before} -> {change.after} ({change.cause})"
-                      for change in world["sandbox"].stock_changes() if change.listing == by_id[sku]]
+            lines += world["side"].moves(sku)
     return "\n".join(lines)
 
 
@@ -113,53 +170,55 @@ def local(world) -> dict[str, int]:
             "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id")).all())
 
 
-@pytest.mark.parametrize("race, seed", [(True, 1), (False, 2), (True, 3)], indirect=["race"])
+@pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
+                                        (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5)],
+                         indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
+                                                 "refurbed-restocks-4", "refurbed-keeps-5"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
-    sandbox, events = world["sandbox"], world["events"]
-    listings = [sandbox.listing(i) for i in range(LISTINGS)]
+    side, events = world["side"], world["events"]
+    account = side.account
     sync(world)
     wait_until(lambda: quiet(world), 60, interval=0.2, what="the first sync")
-    truth = {listing["sku"]: sandbox.quantity(listing["id"]) for listing in listings}
-    assert local(world) == truth
+    skus = sorted(local(world))
+    truth = {sku: side.quantity(sku) for sku in skus}
+    assert len(skus) == LISTINGS and local(world) == truth
 
-    placed: list[tuple[dict, dict]] = []   # (order, its line) not cancelled yet
+    placed: list[tuple[str, str, str, float]] = []   # (order, line, SKU, delay) not cancelled yet
     counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0}
 
-    def order_event(order, line, kind: str, moment: str, delay: float) -> None:
-        send(world, getattr(events, kind), delay, marketplace="backmarket", order_id=str(order["order_id"]),
-             order_line_id=str(line["id"]), sku=line["listing"], quantity=line["quantity"], event_time=moment,
-             source="webhook")
+    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float) -> None:
+        send(world, getattr(events, kind), delay, marketplace=account, order_id=order_id, order_line_id=line_id,
+             sku=sku, quantity=1, event_time=moment, source="webhook")
 
     def act() -> None:
         for _ in range(3):
-            listing = rng.choice(listings)
-            if sandbox.quantity(listing["id"]) < 1:
+            sku = rng.choice(skus)
+            if side.quantity(sku) < 1:
                 continue
-            order = sandbox.orders.place_order([(listing["id"], 1)])
-            line = order["orderlines"][0]
-            truth[listing["sku"]] -= 1
+            order_id, line_id, moment = side.order(sku)
+            truth[sku] -= 1
             delay = rng.choice(DELAYS)
-            order_event(order, line, "order_created", order["date_creation"], delay)
+            order_event(order_id, line_id, sku, "order_created", moment, delay)
             if rng.random() < 0.2:
-                order_event(order, line, "order_created", order["date_creation"], rng.choice(DELAYS))
+                order_event(order_id, line_id, sku, "order_created", moment, rng.choice(DELAYS))
                 counts["twice"] += 1
-            placed.append((order, line, delay))
+            placed.append((order_id, line_id, sku, delay))
             counts["orders"] += 1
         if placed and rng.random() < 0.6:
-            order, line, order_delay = placed.pop(rng.randrange(len(placed)))
-            cancelled = sandbox.orders.set_line_state(order["order_id"], line["id"], 4)
-            truth[line["listing"]] += line["quantity"]
+            order_id, line_id, sku, order_delay = placed.pop(rng.randrange(len(placed)))
+            moment = side.cancel(order_id, line_id)
+            truth[sku] += 1
             delay = rng.choice(DELAYS)
             counts["cancel first"] += delay < order_delay
-            order_event(order, line, "order_cancelled", cancelled["date_modification"], delay)
+            order_event(order_id, line_id, sku, "order_cancelled", moment, delay)
             counts["cancellations"] += 1
         if rng.random() < 0.4:
-            sku, quantity = rng.choice(listings)["sku"], rng.randint(1, 3)
+            sku, quantity = rng.choice(skus), rng.randint(1, 3)
             truth[sku] += quantity
             reference = f"PO-{seed}-{counts['topups']}"
             for _ in range(1 + (rng.random() < 0.2)):
-                send(world, events.stock_topup, rng.choice(DELAYS), marketplace="backmarket", sku=sku,
+                send(world, events.stock_topup, rng.choice(DELAYS), marketplace=account, sku=sku,
                      quantity=quantity, reference=reference, event_time=datetime.now(timezone.utc).isoformat())
             counts["topups"] += 1
 
@@ -181,7 +240,7 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     below = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] < truth[sku]}
     assert (above, below) == ({}, {}), (f"rows above / below the true count (local, truth); {counts}\n"
                                         + ledgers(world, [*above, *below]))
-    shown = {listing["sku"]: sandbox.quantity(listing["id"]) for listing in listings}
+    shown = {sku: side.quantity(sku) for sku in skus}
     assert shown == {sku: max(quantity, 0) for sku, quantity in truth.items()}
     assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
     with world["sessions"]() as session:
