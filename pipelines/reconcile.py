@@ -7,15 +7,15 @@ the threshold raise ``reconciliation_discrepancies``.
 from __future__ import annotations
 
 import asyncio
-import math
 from datetime import datetime, timedelta, timezone
 
 from db import reconcile, syncs
-from db.snapshot import PageItem
+from core.platforms import CURSOR, NUMBERED
 from pipelines import events
+from pipelines.stock_sync import page_items
 from runtime import accounts, metrics, resources, sync_stats
 from runtime.alert_hooks import raise_alert
-from runtime.clients import backmarket_client
+from runtime.clients import catalogue_adapter
 from runtime.settings import get_settings
 
 
@@ -42,7 +42,7 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
             return summary
         marketplace_id = run.details["marketplace_id"]
     try:
-        api_calls = resources.run_on_worker_loop(lambda: _walk(run.id, marketplace_id, dry_run))
+        api_calls = resources.run_on_worker_loop(lambda: _walk(marketplace, run.id, marketplace_id, dry_run))
     except BaseException as error:
         with sessions() as session:
             syncs.fail_run(session, run.id, f"reconciliation walk failed: {type(error).__name__}: {error}")
@@ -62,47 +62,54 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
     return summary
 
 
-async def _walk(run_id: int, marketplace_id: int, dry_run: bool) -> dict[str, int]:
-    """Fetch every listing page (page 1 first, for the count; then the rest at once, paced by the
-    fleet-wide limiter) and compare each in its own transaction.  Returns the API counters."""
+async def _walk(marketplace: str, run_id: int, marketplace_id: int, dry_run: bool) -> dict[str, int]:
+    """Walk the account's catalogue as its sync does, comparing each page in its own transaction.
+
+    Numbered pages: page 1 first (for the count), then the rest at once, paced by the fleet-wide
+    limiter.  Cursor pages: one after the other.  Returns the API counters.
+    """
     settings = get_settings()
-    page_size = settings.backmarket_page_size
+    view = accounts.account(marketplace)
     counts = {"api_calls": 0, "retries": 0, "errors": 0}
 
-    async def compare(page: int, total_pages: int | None = None) -> int:
+    async def compare(page: int, cursor: str | None = None):
         records = []
         try:
-            result = await backmarket_client(on_request=records.append).get_listings_page(
-                page, page_size)
+            result = await catalogue_adapter(view, on_request=records.append).list_page(page, cursor)
         finally:
             sync_stats.add_counts(counts, sync_stats.count_attempts(records))
         fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
-        items = [PageItem(external_id=i.id, legacy_id=i.listing_id, sku=i.sku, title=i.title, quantity=i.quantity,
-                          publication_state=i.publication_state, price=i.price, currency=i.currency)
-                 for i in result.results]
-        await asyncio.to_thread(_compare_page, run_id, marketplace_id, page, fetched_at, items, dry_run, total_pages,
-                                result.count if page == 1 else None)
-        return result.count
+        numbered_first = view.platform.paging == NUMBERED and page == 1
+        await asyncio.to_thread(_compare_page, marketplace, run_id, marketplace_id, page, fetched_at,
+                                page_items(result.items), dry_run, result.total_pages,
+                                result.count if numbered_first else None)
+        return result
 
-    count = await compare(1)
-    total_pages = max(1, math.ceil(count / page_size))
-    await asyncio.to_thread(_set_total_pages, run_id, total_pages)
+    first = await compare(1)
+    if view.platform.paging == CURSOR:
+        page, result = 1, first
+        while result.next_cursor is not None:
+            page += 1
+            result = await compare(page, result.next_cursor)
+        return counts
+    await asyncio.to_thread(_set_total_pages, run_id, first.total_pages)
     gate = asyncio.Semaphore(settings.reconcile_concurrency)
 
     async def bounded(page: int) -> None:
         async with gate:
             await compare(page)
 
-    await asyncio.gather(*(bounded(page) for page in range(2, total_pages + 1)))
+    await asyncio.gather(*(bounded(page) for page in range(2, first.total_pages + 1)))
     return counts
 
 
-def _compare_page(run_id, marketplace_id, page, fetched_at, items, dry_run, total_pages, total_items) -> None:
+def _compare_page(marketplace, run_id, marketplace_id, page, fetched_at, items, dry_run, total_pages,
+                  total_items) -> None:
     with resources.sessions()() as session:
         reconcile.compare_page(session, run_id=run_id, marketplace_id=marketplace_id, page=page,
                                fetched_at=fetched_at, items=items, dry_run=dry_run, total_pages=total_pages,
                                total_items=total_items, language=get_settings().backmarket_language,
-                               skew=events.skew(), restocks_on_cancel=events.restocks("backmarket"))
+                               skew=events.skew(), restocks_on_cancel=events.restocks(marketplace))
         session.commit()
 
 

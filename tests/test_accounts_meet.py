@@ -200,3 +200,26 @@ def test_a_local_change_on_an_account_that_cannot_push_is_refused(fleet):
     with pytest.raises(ValueError, match="no account 'nowhere'"):
         check_accounts([StockEvent.of("stock_topup", marketplace="nowhere", sku="SKU-1", quantity=2,
                                       reference="PO-2", event_time=datetime.now(timezone.utc))])
+
+
+def test_reconciliation_walks_each_account_and_a_dry_run_changes_nothing(fleet):
+    from pipelines.reconcile import run_reconciliation
+
+    sandboxes, broker = fleet
+    for code in sandboxes:
+        sync(broker, code)
+    refurbed = sandboxes["refurbed"].sandbox
+    by_hand = sorted(refurbed.quantities())[:7]
+    for sku in by_hand:  # changed on Refurbed by hand: no order, no event
+        refurbed.set_offer_stock(sku, refurbed.stock(sku) + 2)
+    before = rows()
+
+    dry = run_reconciliation("refurbed", dry_run=True, threshold=100)
+    assert (dry.status, dry.pages, dry.listings, dry.discrepancies, dry.corrected) == (
+        "succeeded", 3, 230, len(by_hand), 0)
+    assert rows() == before
+
+    real = run_reconciliation("refurbed", dry_run=False, threshold=100)
+    assert (real.status, real.discrepancies, real.corrected) == ("succeeded", len(by_hand), len(by_hand))
+    assert_rows_true(sandboxes)
+    assert run_reconciliation("bm-be", dry_run=True).discrepancies == 0
