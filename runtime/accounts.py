@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
 from core.accounts import AccountError, check_base_url, check_credentials_env
 from core.platforms import Platform, platform as platform_named
 from db import accounts as account_rows
@@ -56,16 +58,25 @@ def _view(row) -> AccountView:
 
 
 def find(code: str) -> AccountView | None:
-    """The account ``code`` (cached for :data:`CACHE_S`), or None."""
+    """The account ``code`` (cached for :data:`CACHE_S`), or None.
+
+    While PostgreSQL cannot be reached, the last view read is used however old: a page fetch or a
+    push needs no database, and an outage must not stop them.
+    """
     key = (resources.database_url(), code)
     now = time.monotonic()
     with _cache_lock:
         cached = _cache.get(key)
     if cached is not None and now - cached[0] < CACHE_S:
         return cached[1]
-    with resources.sessions()() as session:
-        row = account_rows.get_account(session, code)
-        view = _view(row) if row is not None else None
+    try:
+        with resources.sessions()() as session:
+            row = account_rows.get_account(session, code)
+            view = _view(row) if row is not None else None
+    except DBAPIError:
+        if cached is None:
+            raise
+        return cached[1]
     with _cache_lock:
         _cache[key] = (now, view)
     return view
