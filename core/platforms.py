@@ -61,6 +61,9 @@ class Platform:
                                f"{_VERBS.get(capability, capability)}")
 
 
+#: The capabilities a job or a check may ask a platform for (columns of :class:`Platform`).
+CAPABILITIES = ("paging", "read_one", "push", "poll_orders")
+
 _VERBS = {"read_one": "read one listing of", "push": "push a stock change to",
           "poll_orders": "poll the orders of"}
 
@@ -93,4 +96,4 @@ def platform(name: str) -> Platform:
         raise UnknownPlatform(f"unknown platform {name!r}: expected one of {', '.join(PLATFORMS)}") from None
 
 
-__all__ = ["CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "UnknownPlatform", "platform"]
+__all__ = ["CAPABILITIES", "CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "UnknownPlatform", "platform"]

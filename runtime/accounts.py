@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
@@ -154,14 +154,28 @@ def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, set
     return found
 
 
-def configured(view: AccountView) -> bool:
+def configured(view: AccountView, environ: Mapping[str, str] | None = None) -> bool:
     """Whether the account's credential is set in this process (a main account may be left unused)."""
     try:
-        credential(view)
+        credential(view, environ)
     except AccountError:
         return False
     return True
 
 
-__all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget",
+def ready(capabilities: Iterable[str], *, auto_sync_only: bool = False,
+          environ: Mapping[str, str] | None = None) -> list[AccountView]:
+    """Enabled accounts whose platform has any of ``capabilities`` and whose credential is set here.
+
+    What the scheduler's jobs run for: an account left without its credential in this process (a
+    main account the seller does not use) is skipped, not sent to the dead letters every minute.
+    ``auto_sync_only``: only the accounts the schedule syncs.
+    """
+    wanted = tuple(capabilities)
+    return [view for view in every()
+            if any(getattr(view.platform, name) for name in wanted)
+            and (view.auto_sync or not auto_sync_only) and configured(view, environ)]
+
+
+__all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget", "ready",
            "webhook_secrets"]

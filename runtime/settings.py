@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -218,9 +218,11 @@ class Settings(BaseSettings):
     #: ``stocksync scheduler``: when each periodic job enqueues its message, as a five-field
     #: crontab string (minute hour day-of-month month day-of-week) in ``scheduler_timezone``.  An
     #: empty string turns the job off.  The job -> actor table is ``workers.scheduler.JOBS``.
-    scheduler_backmarket_stock_sync_cron: str = "0 */6 * * *"
+    #: The stock sync of every enabled auto-sync account.  Read from the first of its names that is set:
+    #: ``SCHEDULER_STOCK_SYNC_CRON``, then the names of before accounts (Back Market's sync, the stores').
+    scheduler_stock_sync_cron: str = Field("0 */6 * * *", validation_alias=AliasChoices(
+        "scheduler_stock_sync_cron", "scheduler_backmarket_stock_sync_cron", "scheduler_all_stores_sync_cron"))
     scheduler_ingram_sync_cron: str = "30 */6 * * *"
-    scheduler_all_stores_sync_cron: str = "0 */4 * * *"
     scheduler_stock_alerts_cron: str = "15 * * * *"
     scheduler_reconciliation_cron: str = "0 2 * * *"
     scheduler_order_polling_cron: str = "*/2 * * * *"

@@ -61,7 +61,7 @@ def test_every_list_command_has_json(env, database_url):
     rules = listed("alerts", "rules", "list")
     assert [rule["variation"] for rule in rules["rules"]] == ["SKU-J"] and rules["default_threshold"] == 0
     jobs = listed("scheduler", "--list")
-    assert {job["job"] for job in jobs} >= {"backmarket_stock_sync", "stock_alerts"}
+    assert {job["job"] for job in jobs} >= {"stock_sync", "stock_alerts"}
     assert all(len(job["next_runs"]) == 3 for job in jobs if job["cron"])
     [run] = [run for run in listed("syncs") if run["kind"] == "stock"]
     assert (run["target"], run["status"], run["items"], run["pages_done"]) == ("backmarket", "succeeded", 150, 3)
