@@ -54,6 +54,12 @@ class Platform:
         return any(host == allowed or (allowed.startswith(".") and host.endswith(allowed))
                    for allowed in self.hosts)
 
+    def abilities(self) -> list[str]:
+        """What the platform can do, in words (the CLI's and the console's account lists)."""
+        found = [f"sync ({self.paging} pages)"] if self.paging else []
+        return found + [words for name, words in (("read_one", "read one"), ("push", "push"),
+                                                  ("poll_orders", "poll orders")) if getattr(self, name)]
+
     def require(self, capability: str, account: str) -> None:
         """Raise :class:`NotSupported` naming the account unless the platform has ``capability``."""
         if not getattr(self, capability):

@@ -34,7 +34,7 @@ SHOP_ENV, REFURBED_ENV = "STOCKSYNC_ACCOUNT_SHOP_EU_TOKEN", "STOCKSYNC_ACCOUNT_R
 def env(monkeypatch, database_url):
     """The in-process fleet (stub broker, fakeredis) on this test's PostgreSQL, loopback accounts allowed."""
     for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "ACCOUNTS_ALLOW_LOOPBACK": "true",
-                        SHOP_ENV: SHOP_SECRET, REFURBED_ENV: REFURBED_SECRET, "BACKMARKET_TOKEN": "bm-token",
+                        SHOP_ENV: SHOP_SECRET, REFURBED_ENV: REFURBED_SECRET, "BACKMARKET_TOKEN": "",
                         "REFURBED_TOKEN": "", "SHOPIFY_TOKEN": "", "REFURBED_QUOTA_REQUESTS": "1000"}.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
@@ -112,8 +112,10 @@ def drain(broker, queue_name: str) -> list[tuple[str, tuple, dict]]:
 # -- the scheduler's fan-out -------------------------------------------------------------------------
 
 
-def test_each_account_runs_its_actor_for_every_ready_account_and_no_other(env):
+def test_each_account_runs_its_actor_for_every_ready_account_and_no_other(env, monkeypatch):
     sessions = env
+    monkeypatch.setenv("BACKMARKET_TOKEN", "bm-token")  # the main Back Market account is used; the others not
+    get_settings.cache_clear()
     add(sessions, "refurbed", "refurbed-at", REFURBED_ENV, "https://api.refurbed.com")
     add(sessions, "shopify", "shop-eu", SHOP_ENV, "https://shop-eu.myshopify.com", auto_sync=False)
     add(sessions, "shopify", "shop-off", SHOP_ENV, "https://shop-off.myshopify.com", enabled=False)
@@ -154,3 +156,209 @@ def test_each_account_runs_its_actor_for_every_ready_account_and_no_other(env):
 def test_each_account_refuses_a_malformed_message_naming_what_is_wrong(args, error):
     with pytest.raises(MalformedMessage, match=error):
         account_actors.each_account.fn(*args)
+
+
+# -- every account through the one pipeline ------------------------------------------------------------
+
+
+def sync(code, **kwargs):
+    broker = stock_sync.fetch_listings_page.broker
+    sync_id = stock_sync.begin_stock_sync(code, trigger=kwargs.pop("trigger", "manual"), **kwargs)
+    run_to_end(broker)
+    with resources.sessions()() as session:
+        return get_run(session, sync_id)
+
+
+def test_a_refurbed_account_syncs_its_cursor_pages_and_keeps_the_cooldown(env, worker, refurbed):
+    sessions, (sandbox, url) = env, refurbed
+    add(sessions, "refurbed", "refurbed-at", REFURBED_ENV, url)
+    with_sku = {offer["sku"]: offer["stock"] for offer in sandbox.offers() if offer["sku"]}
+
+    run = sync("refurbed-at")
+    assert (run.kind, run.target, run.status, run.pages_done, run.total_pages) == \
+        ("stock", "refurbed-at", "succeeded", 3, 3)  # 230 offers, 100 a page: a chain of 3
+    assert run.items == len(with_sku)  # the 23 offers without a SKU are never booked
+    assert stock(sessions, "refurbed-at") == with_sku
+    with sessions() as session:
+        assert check_invariant(session) == []
+        pages = session.execute(text("SELECT page, next_cursor FROM sync_pages WHERE sync_id = :s ORDER BY page"),
+                                {"s": run.id}).all()
+    assert [page for page, _ in pages] == [1, 2, 3] and pages[-1].next_cursor is None and pages[0].next_cursor
+    assert sandbox.stats()["requests"]["ListOffers"] == 3
+
+    # The one pipeline's cooldowns: a scheduled start inside it is dropped, a forced one runs.
+    assert stock_sync.start_stock_sync("refurbed-at", False, "scheduled") is None
+    with pytest.raises(SyncRefused, match="cooldown"):
+        stock_sync.begin_stock_sync("refurbed-at", trigger="manual")
+    sandbox.set_offer_stock("RB-0001", 9)
+    again = sync("refurbed-at", force=True)
+    assert (again.status, again.changed) == ("succeeded", 1)
+    assert stock(sessions, "refurbed-at") == {**with_sku, "RB-0001": 9}
+
+
+def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
+    sessions, (sandbox, url) = env, shop
+    add(sessions, "shopify", "shop-eu", SHOP_ENV, url, options={"shop_domain": "shop-eu.myshopify.com"})
+    truth = sandbox.truth()
+
+    run = sync("shop-eu")
+    assert (run.kind, run.target, run.status) == ("stock", "shop-eu", "succeeded")
+    assert stock(sessions, "shop-eu") == truth
+    second = sync("shop-eu", force=True)
+    assert (second.status, second.changed) == ("succeeded", 0)
+    sku = sorted(truth)[3]
+    sandbox.set_available(sku, truth[sku] + 5)
+    third = sync("shop-eu", force=True)
+    assert (third.status, third.changed) == ("succeeded", 1)
+    assert stock(sessions, "shop-eu") == sandbox.truth() != truth
+    with sessions() as session:
+        assert check_invariant(session) == []
+
+
+def test_a_refused_credential_fails_the_run_naming_the_variable_never_the_secret(env, worker, shop):
+    sessions, (sandbox, url) = env, shop
+    add(sessions, "shopify", "shop-eu", SHOP_ENV, url)
+    sync("shop-eu")
+    before = stock(sessions, "shop-eu")
+    sandbox.set_available(sorted(before)[0], 99)
+    sandbox.configure(token="rotated-token")  # the shop refuses our credential from now on
+    failed = sync("shop-eu", force=True)
+    assert failed.status == "failed" and "401" in failed.error and SHOP_SECRET not in failed.error
+    assert stock(sessions, "shop-eu") == before
+
+
+def test_a_credential_outside_the_prefix_is_refused_when_added_and_when_used(env, worker, refurbed, monkeypatch):
+    sessions, (sandbox, url) = env, refurbed
+    with sessions() as session:
+        with pytest.raises(AccountError, match="must start with STOCKSYNC_ACCOUNT_"):
+            account_rows.add_account(session, platform="refurbed", code="x", credentials_env="DATABASE_URL",
+                                     base_url=url, allow_loopback=True)
+        with pytest.raises(AccountError, match="never as the secret itself") as error:
+            account_rows.add_account(session, platform="shopify", code="x", credentials_env=SHOP_SECRET,
+                                     base_url=url, allow_loopback=True)
+        assert SHOP_SECRET not in str(error.value)
+        # A row written before the rules (a store of before accounts) is refused when used, not sent.
+        session.execute(text("INSERT INTO marketplaces (code, name, platform, credentials_env, base_url) "
+                             "VALUES ('old-store', 'old', 'refurbed', 'DATABASE_URL', :u)"), {"u": url})
+        session.commit()
+    accounts.forget()
+    run = sync("old-store")
+    assert run.status == "failed" and "DATABASE_URL" in run.error and "STOCKSYNC_ACCOUNT_" in run.error
+    database_url = get_settings().database_url
+    assert database_url not in run.error and "ListOffers" not in sandbox.stats()["requests"]
+
+
+def test_a_base_url_off_the_platforms_hosts_is_refused_when_added_and_when_used(env, worker, monkeypatch):
+    sessions = env
+    with sessions() as session:
+        for platform, url in (("refurbed", "https://evil.example.com"), ("refurbed", "http://api.refurbed.com"),
+                              ("shopify", "https://shop.myshopify.com.evil.example"),
+                              ("backmarket", "https://user:pw@www.backmarket.fr")):
+            with pytest.raises(AccountError, match="refused"):
+                account_rows.add_account(session, platform=platform, code="x", credentials_env=SHOP_ENV,
+                                         base_url=url)
+        with pytest.raises(AccountError, match="ACCOUNTS_ALLOW_LOOPBACK"):
+            account_rows.add_account(session, platform="refurbed", code="x", credentials_env=REFURBED_ENV,
+                                     base_url="http://127.0.0.1:9")
+        session.execute(text("INSERT INTO marketplaces (code, name, platform, credentials_env, base_url) "
+                             "VALUES ('moved', 'moved', 'refurbed', :e, 'https://evil.example.com')"),
+                        {"e": REFURBED_ENV})
+        session.commit()
+    accounts.forget()
+    run = sync("moved")
+    assert run.status == "failed" and "evil.example.com" in run.error and "refused" in run.error
+    assert REFURBED_SECRET not in run.error
+
+
+def test_options_names_and_shopify_hosts_are_checked(env):
+    sessions = env
+    with sessions() as session:
+        for options, error in (({"restock_on_cancel": "no"}, "option restock_on_cancel"),
+                               ({"colour": "red"}, "unknown option 'colour'"),
+                               ({"webhook_secret_env": "DATABASE_URL"}, "must start with STOCKSYNC_ACCOUNT_"),
+                               ({"shop_domain": "evil.example.com"}, "option shop_domain")):
+            with pytest.raises(AccountError, match=error):
+                account_rows.add_account(session, platform="shopify", code="shop-x", credentials_env=SHOP_ENV,
+                                         options=options)
+        with pytest.raises(AccountError, match="needs its base URL"):
+            account_rows.add_account(session, platform="shopify", code="shop-x", credentials_env=SHOP_ENV)
+        with pytest.raises(AccountError, match="code of another account"):
+            account_rows.add_account(session, platform="refurbed", code="rb-2", name="backmarket",
+                                     credentials_env=REFURBED_ENV)
+        shop = account_rows.add_account(session, platform="shopify", code="shop-x", credentials_env=SHOP_ENV,
+                                        options={"shop_domain": "shop-x.myshopify.com", "location_ids": [1, 2]})
+        assert shop.base_url == "https://shop-x.myshopify.com"
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+
+
+def test_cli_add_list_sync_disable_and_the_stores_alias(env, shop):
+    sessions, (sandbox, url) = env, shop
+    runner = CliRunner()
+    added = runner.invoke(main, ["accounts", "add", "shopify", "shop-eu", "--credentials-env", SHOP_ENV,
+                                 "--base-url", url, "--name", "Shop EU", "--option", "shop_domain=shop-eu.myshopify.com",
+                                 "--option", "restock_on_cancel=false"])
+    assert added.exit_code == 0, added.output
+    # Its first sync ran on the in-process worker (no REDIS_URL), through the one pipeline.
+    assert "shop-eu" in added.output and "succeeded" in added.output
+    assert stock(sessions, "shop-eu") == sandbox.truth()
+    with sessions() as session:
+        row = session.execute(text("SELECT * FROM marketplaces WHERE code = 'shop-eu'")).mappings().one()
+    assert (row["name"], row["credentials_env"], row["options"]) == \
+        ("Shop EU", SHOP_ENV, {"shop_domain": "shop-eu.myshopify.com", "restock_on_cancel": False})
+
+    quiet = runner.invoke(main, ["stores", "add", "refurbed", "quiet", "--credentials-env",
+                                 "STOCKSYNC_ACCOUNT_QUIET_TOKEN", "--base-url", "https://api.refurbed.com"])
+    assert quiet.exit_code == 0 and "STOCKSYNC_ACCOUNT_QUIET_TOKEN is not set here" in quiet.output
+
+    listed = runner.invoke(main, ["accounts", "list"], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0, listed.output
+    assert f"${SHOP_ENV} (set)" in listed.output and "sync (cursor pages)" in listed.output
+    assert "$REFURBED_TOKEN (NOT SET here)" in listed.output
+    assert "$STOCKSYNC_ACCOUNT_QUIET_TOKEN (NOT SET here)" in listed.output
+    as_json = runner.invoke(main, ["stores", "list", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    import json
+
+    by_code = {row["code"]: row for row in json.loads(as_json.output)}
+    assert by_code["backmarket"]["capabilities"] == ["sync (numbered pages)", "read one", "push", "poll orders"]
+    assert (by_code["shop-eu"]["configured"], by_code["shop-eu"]["last_sync"]["status"]) == (True, "succeeded")
+    assert by_code["quiet"]["configured"] is False and by_code["quiet"]["last_sync"] is None
+
+    synced = runner.invoke(main, ["accounts", "sync", "shop-eu", "--force"], env={"COLUMNS": "250"})
+    assert synced.exit_code == 0 and "succeeded" in synced.output, synced.output
+    refused = runner.invoke(main, ["accounts", "sync", "shop-eu"])
+    assert refused.exit_code == 1 and "cooldown" in refused.output
+
+    assert runner.invoke(main, ["stores", "disable", "shop-eu"]).exit_code == 0
+    disabled = runner.invoke(main, ["accounts", "sync", "shop-eu"])
+    assert disabled.exit_code == 2 and "account 'shop-eu' is disabled" in disabled.output
+    assert runner.invoke(main, ["accounts", "sync"]).exit_code == 2  # neither CODE nor --all
+    assert runner.invoke(main, ["accounts", "enable", "shop-eu"]).exit_code == 0
+    every = runner.invoke(main, ["accounts", "sync", "--all", "--force"], env={"COLUMNS": "250"})
+    assert every.exit_code == 0, every.output  # the others' credentials are not set here: shop-eu only
+    assert "shop-eu" in every.output and "backmarket" not in every.output and "quiet" not in every.output
+    assert runner.invoke(main, ["accounts", "add", "shopify", "shop-2", "--credentials-env", SHOP_ENV, "--base-url",
+                                url, "--no-auto-sync", "--disabled"]).output.count("\n") == 1  # added, not synced
+
+    for result in (added, quiet, listed, as_json, synced, refused, disabled, every):
+        assert SHOP_SECRET not in result.output and REFURBED_SECRET not in result.output
+
+
+@pytest.mark.parametrize("args, error", [
+    (["ebay", "x", "--credentials-env", SHOP_ENV], "unknown platform 'ebay'"),
+    (["shopify", "x", "--credentials-env", SHOP_SECRET], "never as the secret itself"),
+    (["shopify", "x", "--credentials-env", "DATABASE_URL"], "must start with STOCKSYNC_ACCOUNT_"),
+    (["refurbed", "x", "--credentials-env", REFURBED_ENV, "--base-url", "https://evil.example.com"],
+     "Refurbed's own hosts"),
+    (["refurbed", "x", "--credentials-env", REFURBED_ENV, "--option", "nothing"], "expected key=value"),
+    (["refurbed", "Bad Code", "--credentials-env", REFURBED_ENV], "account code 'Bad Code' refused"),
+    (["refurbed", "backmarket", "--credentials-env", REFURBED_ENV], "exists already"),
+])
+def test_cli_add_refuses_clearly_and_never_echoes_a_secret(env, args, error):
+    result = CliRunner().invoke(main, ["accounts", "add", *args])
+    assert result.exit_code == 2 and error in result.output, result.output
+    assert SHOP_SECRET not in result.output
+    with resources.sessions()() as session:
+        assert account_rows.get_account(session, "x") is None
