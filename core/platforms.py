@@ -54,6 +54,11 @@ class Platform:
         return any(host == allowed or (allowed.startswith(".") and host.endswith(allowed))
                    for allowed in self.hosts)
 
+    @property
+    def takes_local_changes(self) -> bool:
+        """Whether a top-up or an adjustment may be booked: pushed there, or an account with no API to erase it."""
+        return self.push or self.paging is None
+
     def abilities(self) -> list[str]:
         """What the platform can do, in words (the CLI's and the console's account lists)."""
         found = [f"sync ({self.paging} pages)"] if self.paging else []

@@ -50,7 +50,8 @@ _cache: dict[tuple[str, str], tuple[float, AccountView | None]] = {}
 _cache_lock = Lock()
 
 
-def _view(row) -> AccountView:
+def view_of(row) -> AccountView:
+    """An account row (:class:`db.models.Account`) as a view."""
     return AccountView(row.code, row.name, platform_named(row.platform), row.credentials_env, row.base_url,
                        dict(row.options or {}), row.enabled, row.auto_sync)
 
@@ -65,7 +66,7 @@ def find(code: str) -> AccountView | None:
         return cached[1]
     with resources.sessions()() as session:
         row = account_rows.get_account(session, code)
-        view = _view(row) if row is not None else None
+        view = view_of(row) if row is not None else None
     with _cache_lock:
         _cache[key] = (now, view)
     return view
@@ -82,7 +83,7 @@ def account(code: str, capability: str | None = None) -> AccountView:
 def every(*, capability: str | None = None, enabled_only: bool = True) -> list[AccountView]:
     """Every account (enabled ones by default), those whose platform has ``capability`` when given."""
     with resources.sessions()() as session:
-        views = [_view(row) for row in account_rows.list_accounts(session, enabled_only=enabled_only)]
+        views = [view_of(row) for row in account_rows.list_accounts(session, enabled_only=enabled_only)]
     return [view for view in views if capability is None or getattr(view.platform, capability)]
 
 
@@ -154,10 +155,11 @@ def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, set
     return found
 
 
-def configured(view: AccountView, environ: Mapping[str, str] | None = None) -> bool:
+def configured(view: AccountView, environ: Mapping[str, str] | None = None, settings: Settings | None = None
+               ) -> bool:
     """Whether the account's credential is set in this process (a main account may be left unused)."""
     try:
-        credential(view, environ)
+        credential(view, environ, settings)
     except AccountError:
         return False
     return True
@@ -178,4 +180,4 @@ def ready(capabilities: Iterable[str], *, auto_sync_only: bool = False,
 
 
 __all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget", "ready",
-           "webhook_secrets"]
+           "view_of", "webhook_secrets"]

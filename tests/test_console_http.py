@@ -49,21 +49,22 @@ def world(monkeypatch, database_url, redis_url):
                         stock_alert_webhook_url=SecretStr(SECRETS["webhook"]),
                         producer_hmac_key=SecretStr(SECRETS["producer"]),
                         console_login_max_failures=3, console_login_max_failures_per_address=6)
-    environ = {"SHOP_TOKEN": SECRETS["credential"]}
+    environ = {"STOCKSYNC_ACCOUNT_SHOP_TOKEN": SECRETS["credential"]}
     for role in ("viewer", "operator", "admin"):
         add_user(sessions, role, role)
     add_user(sessions, "other", "viewer")
     variation_id = add_variation(sessions, "IPHONE13-128-BLK", title="iPhone 13 128 GB black")
     with sessions() as session:
-        from db import stores
+        from db import accounts
 
-        store = stores.add_integration(session, platform="shopify", name="shop-eu", credentials_env="SHOP_TOKEN",
-                                       base_url=f"https://ops:{SECRETS['url_password']}@shop-eu.example.com/",
-                                       environ=environ)
+        accounts.add_account(session, platform="shopify", code="shop-eu", credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN",
+                             base_url="https://shop-eu.myshopify.com")
+        # A base URL written before the rules (a store of before accounts) may carry a password: never shown.
+        session.execute(text("UPDATE marketplaces SET base_url = :u WHERE code = 'shop-eu'"),
+                        {"u": f"https://ops:{SECRETS['url_password']}@shop-eu.myshopify.com/"})
         session.commit()
-        store_id = store.id
     state = SimpleNamespace(broker=broker, redis=redis, sessions=sessions, settings=settings, environ=environ,
-                            variation_id=variation_id, store_id=store_id,
+                            variation_id=variation_id,
                             dead_letters=DeadLetterQueues(redis, notes_namespace=settings.redis_namespace))
     state.app = lambda: build_console_app(settings, sessions=sessions, redis=redis, broker=broker,
                                           dead_letters=state.dead_letters, environ=environ)
@@ -119,14 +120,14 @@ def actions(world) -> list[tuple[str, str, str, dict]]:
          {"variation_id": world.variation_id, "marketplace": "backmarket", "change": "-1", "reference": "ADJ-{n}"}),
         ("stock.refresh", "/stock/refresh", "operator", {"variation_id": world.variation_id, "marketplace": "backmarket"}),
         ("sync.start", "/syncs/start", "operator", {"marketplace": "backmarket", "force": "1"}),
-        ("store.sync", f"/stores/{world.store_id}/sync", "operator", {}),
         ("dlq.retry", "/deadletters/retry", "operator", {"message_id": "{dead}"}),
         ("dlq.retry_all", "/deadletters/retry-all", "operator", {"queue": "dlq-{n}"}),
         ("dlq.purge", "/deadletters/purge", "operator", {"queue": "dlq-{n}", "confirm": "yes"}),
-        ("store.disable", f"/stores/{world.store_id}/disable", "admin", {}),
-        ("store.enable", f"/stores/{world.store_id}/enable", "admin", {}),
-        ("store.add", "/stores/add", "admin",
-         {"platform": "shopify", "name": "shop-{n}", "credentials_env": "SHOP_TOKEN", "active": "on"}),
+        ("account.disable", "/accounts/shop-eu/disable", "admin", {}),
+        ("account.enable", "/accounts/shop-eu/enable", "admin", {}),
+        ("account.add", "/accounts/add", "admin",
+         {"platform": "shopify", "code": "shop-{n}", "credentials_env": "STOCKSYNC_ACCOUNT_SHOP_TOKEN",
+          "base_url": "https://shop-{n}.myshopify.com", "enabled": "on"}),
         ("alerts.rule_add", "/alerts/rules/add", "admin", {"threshold": "3", "sku": "IPHONE13-128-BLK"}),
         ("alerts.rule_remove", "/alerts/rules/{rule}/remove", "admin", {}),
         ("scheduler.run_now", "/scheduler/stock_sweep/run", "admin", {}),
@@ -171,12 +172,12 @@ def test_every_action_is_refused_to_a_role_below_it_and_audited_for_the_others(w
             assert audited[0].outcome == "forbidden" and needed in body
     # What the allowed ones did went through the fleet's operations.
     actors = sorted({message.actor_name for message in enqueued(world.broker)})
-    assert {"stock_topup", "manual_adjustment", "recheck_stock", "fetch_listings_page", "sync_store",
-            "sweep_stock"} <= set(actors), actors
+    assert {"stock_topup", "manual_adjustment", "recheck_stock", "fetch_listings_page", "each_account"} <= set(actors), \
+        actors
     # Retried dead letters are back on their own queue (Redis), purged ones gone; the viewer's untouched.
     # (each action above added one: the retries moved those there by then, the purge the next ones)
     retried = [world.redis.llen(f"dramatiq:dlq-{n}") for n in range(3)]
-    assert retried[0] == 0 and retried[1] == retried[2] == 7, retried
+    assert retried[0] == 0 and retried[1] == retried[2] == 6, retried
     assert world.dead_letters.sizes()["dlq-0"] == len(actions(world))
     topups = [m for m in enqueued(world.broker) if m.actor_name == "stock_topup"]
     assert sorted(m.kwargs["actor"] for m in topups) == ["admin", "operator"]
@@ -187,7 +188,7 @@ def test_every_action_is_refused_to_a_role_below_it_and_audited_for_the_others(w
 
 def test_a_viewer_reads_every_page_but_the_users_page(world):
     pages = ["/", "/stock?q=IPH&exact=0", f"/variations/{world.variation_id}", f"/variations/{world.variation_id}/ledger",
-             "/syncs", "/stores", f"/stores/{world.store_id}", "/deadletters", "/alerts", "/scheduler", "/audit"]
+             "/syncs", "/accounts", "/accounts/shop-eu", "/deadletters", "/alerts", "/scheduler", "/audit"]
 
     async def scenario(server):
         client = await client_of(server, "viewer")
@@ -314,7 +315,7 @@ def test_every_page_but_login_and_healthz_needs_a_session(world):
     async def scenario(server):
         client = await client_of(server)
         statuses = {}
-        for path in ("/", "/stock", "/syncs", "/syncs/stream", "/stores", "/deadletters", "/alerts", "/scheduler",
+        for path in ("/", "/stock", "/syncs", "/syncs/stream", "/accounts", "/deadletters", "/alerts", "/scheduler",
                      "/audit", "/users", f"/variations/{world.variation_id}"):
             statuses[path] = (await client.get(path, allow_redirects=False)).status
         public = [(await client.get(path)).status for path in ("/login", "/healthz", "/static/console.css", "/readyz")]
@@ -380,7 +381,7 @@ def test_hostile_skus_titles_and_notes_show_as_text(world):
 
 def test_no_secret_shows_on_any_page(world):
     add_dead_letter(world.redis, "alerts", "notify_stock_alert", 1, error="HTTP 500 from the receiver")
-    pages = ["/", "/stock?q=I", f"/variations/{world.variation_id}", "/syncs", "/stores", f"/stores/{world.store_id}",
+    pages = ["/", "/stock?q=I", f"/variations/{world.variation_id}", "/syncs", "/accounts", "/accounts/shop-eu",
              "/deadletters", "/alerts", "/scheduler", "/audit", "/users", "/login"]
 
     async def scenario(server):
@@ -395,8 +396,8 @@ def test_no_secret_shows_on_any_page(world):
         for name, secret in SECRETS.items():
             assert secret not in body, (path, name)
         assert cookie not in body and "$argon2" not in body, path
-    assert "$SHOP_TOKEN" in bodies["/stores"] and "(set)" in bodies["/stores"]
-    assert "https://shop-eu.example.com<" in bodies[f"/stores/{world.store_id}"]
+    assert "$STOCKSYNC_ACCOUNT_SHOP_TOKEN</code> (set)" in bodies["/accounts"]
+    assert "https://shop-eu.myshopify.com/<" in bodies["/accounts/shop-eu"]
 
 
 def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
@@ -413,7 +414,8 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
                            ("/stock/topup", {"variation_id": "999999", "marketplace": "backmarket", "quantity": "1",
                                              "reference": "R4"}),
                            ("/alerts/rules/add", {"threshold": "-1"}),
-                           ("/stores/add", {"platform": "myspace", "name": "x", "credentials_env": "SHOP_TOKEN"}),
+                           ("/accounts/add", {"platform": "myspace", "code": "x",
+                                              "credentials_env": "STOCKSYNC_ACCOUNT_SHOP_TOKEN"}),
                            ("/deadletters/purge", {"queue": "stock-push"})):
             response = await client.post(path, data={**{k: str(v) for k, v in form.items()}, "csrf_token": csrf},
                                          allow_redirects=False)
@@ -430,3 +432,87 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
     assert pages == [404, 400, 400, 400]
     assert enqueued(world.broker) == []
+
+
+def test_accounts_offer_and_accept_only_what_their_platform_can_do(world):
+    with world.sessions() as session:  # the variation is stocked on Refurbed too (no push, no read-one here)
+        session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+                             "SELECT :v, id, 4 FROM marketplaces WHERE code = 'refurbed'"), {"v": world.variation_id})
+        session.execute(text("INSERT INTO listings (marketplace_id, external_id, variation_id, sku) "
+                             "SELECT id, 'rb-1', :v, 'IPHONE13-128-BLK' FROM marketplaces WHERE code = 'refurbed'"),
+                        {"v": world.variation_id})
+        session.execute(text("INSERT INTO marketplaces (code, name) VALUES ('counter', 'Shop counter')"))
+        session.commit()
+    form = {"variation_id": str(world.variation_id), "reference": "R-{n}"}
+
+    async def scenario(server):
+        client = await client_of(server, "operator")
+        csrf = await session_csrf(client)
+        page = await (await client.get(f"/variations/{world.variation_id}")).text()
+        accounts_page = await (await client.get("/accounts")).text()
+        syncs_page = await (await client.get("/syncs")).text()
+        answers = {}
+        for name, path, extra in (("topup refurbed", "/stock/topup", {"marketplace": "refurbed", "quantity": "2"}),
+                                  ("adjust shop", "/stock/adjust", {"marketplace": "shop-eu", "change": "1"}),
+                                  ("refresh refurbed", "/stock/refresh", {"marketplace": "refurbed"}),
+                                  ("topup counter", "/stock/topup", {"marketplace": "counter", "quantity": "2"}),
+                                  ("sync counter", "/syncs/start", {"marketplace": "counter"}),
+                                  ("sync shop", "/syncs/start", {"marketplace": "shop-eu", "force": "1"})):
+            response = await client.post(path, data={**form, **extra, "reference": f"R-{name}", "csrf_token": csrf},
+                                         allow_redirects=False)
+            answers[name] = (response.status, await response.text())
+        await client.close()
+        return page, accounts_page, syncs_page, answers
+
+    page, accounts_page, syncs_page, answers = run(world, scenario)
+    assert answers["topup refurbed"][0] == 409
+    assert "account &#39;refurbed&#39; is on Refurbed, which stocksync cannot push a stock change to" in \
+        answers["topup refurbed"][1]
+    assert answers["adjust shop"][0] == 409 and "cannot push" in answers["adjust shop"][1]
+    assert answers["refresh refurbed"][0] == 409 and "cannot read one listing of" in answers["refresh refurbed"][1]
+    assert answers["topup counter"][0] == 303  # a manual account: nothing syncs a local change away
+    assert answers["sync counter"][0] == 400 and "no enabled account with a catalogue" in answers["sync counter"][1]
+    assert answers["sync shop"][0] == 303  # Sync now on every account with a catalogue
+    sent = [(m.actor_name, m.args[:1] or (m.kwargs.get("marketplace"),)) for m in enqueued(world.broker)]
+    assert sorted(sent) == [("fetch_listings_page", (1,)), ("stock_topup", ("counter",))], sent
+    # Offered only where accepted: Refresh on the Back Market row only, top-ups on Back Market and the counter.
+    rows = dict(re.findall(r'<tr data-marketplace="([^"]+)">(.*?)</tr>', page, re.S))
+    assert "Refresh from the marketplace" in rows["backmarket"] and "Refresh" not in rows["refurbed"]
+    selects = re.findall(r'<select name="marketplace">(.*?)</select>', page, re.S)
+    assert selects and all(re.findall(r"<option[^>]*>([^<]+)<", s) == ["backmarket", "counter"] for s in selects)
+    assert re.findall(r"<option>([^<]+)<", syncs_page) == ["backmarket", "refurbed", "shop-eu", "shopify"]
+    row = re.search(r'<tr id="account-refurbed".*?</tr>', accounts_page, re.S).group(0)
+    assert "sync (cursor pages), poll orders" in row and "Sync now" in row and "Disable" not in row  # an operator
+
+
+def test_an_admin_adds_and_disables_accounts_under_the_rules(world):
+    async def scenario(server):
+        client = await client_of(server, "admin")
+        csrf = await session_csrf(client)
+        answers = []
+        for form in ({"platform": "refurbed", "code": "rb-at", "credentials_env": "DATABASE_URL"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": SECRETS["credential"]},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "base_url": "https://evil.example.com"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "options": "restock"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "options": '{"restock_on_cancel": false}', "enabled": "on"}):
+            response = await client.post("/accounts/add", data={**form, "csrf_token": csrf}, allow_redirects=False)
+            answers.append((response.status, await response.text()))
+        disabled = await client.post("/accounts/rb-at/disable", data={"csrf_token": csrf}, allow_redirects=False)
+        missing = await client.post("/accounts/nobody/disable", data={"csrf_token": csrf}, allow_redirects=False)
+        page = await (await client.get("/accounts/rb-at")).text()
+        await client.close()
+        return answers, disabled.status, (missing.status, await missing.text()), page
+
+    answers, disabled, missing, page = run(world, scenario)
+    expected = ["must start with STOCKSYNC_ACCOUNT_", "never as the secret itself", "Refurbed&#39;s own hosts",
+                "options must be a JSON object"]
+    for (status, body), words in zip(answers, expected):
+        assert status == 400 and words in body and SECRETS["credential"] not in body, (status, words)
+    assert answers[-1][0] == 303 and disabled == 303
+    assert missing[0] == 404 and "no account &#39;nobody&#39;" in missing[1]
+    assert "disabled (never synced, polled or pushed)" in page and "restock_on_cancel" in page
+    audited = " ".join(str(row.arguments) + (row.detail or "") for row in audit_rows(world, action="account.add"))
+    assert "must start with" in audited
