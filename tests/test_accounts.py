@@ -6,14 +6,21 @@ The actors run on the in-process stub broker (no REDIS_URL) with worker threads,
 """
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import dramatiq
 import pytest
+import redis.asyncio
 from click.testing import CliRunner
 from sqlalchemy import text
 
 from actors import accounts as account_actors
 from actors import stock_sync
 from actors.retry import MalformedMessage
+from clients.adapters import ShopifyAdapter
+from clients.ratelimit import FleetRateLimiter
+from clients.shopify import ShopifyClient
 from core.accounts import AccountError
 from db import accounts as account_rows
 from db.ledger import check_invariant
@@ -156,6 +163,69 @@ def test_each_account_runs_its_actor_for_every_ready_account_and_no_other(env, m
 def test_each_account_refuses_a_malformed_message_naming_what_is_wrong(args, error):
     with pytest.raises(MalformedMessage, match=error):
         account_actors.each_account.fn(*args)
+
+
+# -- the Shopify adapter against its sandbox ------------------------------------------------------------------
+
+
+def run_async(coroutine_function):
+    async def go():
+        async with aiohttp.ClientSession() as http:
+            return await coroutine_function(http)
+    return asyncio.run(go())
+
+
+def test_shopify_pages_by_cursor_and_slows_down_before_the_bucket_is_full():
+    sandbox = ShopifySandbox(products=30, variants_per_product=2, locations=2, token=SHOP_SECRET, no_sku_every=7,
+                             bucket_size=6, leak_per_s=20.0)
+    server = serve_in_thread(sandbox.build_app())
+    clients = []
+
+    async def walk(http):
+        client = ShopifyClient(http, base_url=server.url, token=SHOP_SECRET, leak_per_s=20.0, headroom=2)
+        clients.append(client)
+        adapter, pages, cursor = ShopifyAdapter(client, limit=7), [], None
+        for page in range(1, 100):
+            pages.append(await adapter.list_page(page, cursor))
+            cursor = pages[-1].next_cursor
+            if cursor is None:
+                return pages
+
+    try:
+        pages = run_async(walk)
+    finally:
+        server.stop()
+    assert {item["sku"]: item["quantity"] for page in pages for item in page.items} == sandbox.truth()
+    assert sum(page.skipped for page in pages) == len([v for v in sandbox.variants() if not v["sku"]]) > 0
+    assert pages[-1].total_pages == len(pages) and all(page.total_pages is None for page in pages[:-1])
+    assert set(sandbox.stats()["by_status"]) == {200}  # a bucket of 6: without the call-limit header it would overflow
+    assert clients[0].throttled_s > 0
+
+
+def test_shopify_429_waits_retry_after_and_penalizes_the_fleet(redis_url):
+    sandbox = ShopifySandbox(products=2, token=SHOP_SECRET)
+    server = serve_in_thread(sandbox.build_app())
+    sandbox.rate_limit_next(2)
+    statuses = []
+
+    async def walk(http):
+        limiter = FleetRateLimiter(redis.asyncio.Redis.from_url(redis_url), "shopify:test", 100, 1.0)
+        client = ShopifyClient(http, base_url=server.url, token=SHOP_SECRET, limiter=limiter, attempts=4,
+                               on_request=lambda record: statuses.append(record.status))
+        started = asyncio.get_running_loop().time()
+        locations = await client.list_locations()
+        elapsed = asyncio.get_running_loop().time() - started
+        await limiter.redis.aclose()
+        return locations, elapsed
+
+    try:
+        locations, elapsed = run_async(walk)
+    finally:
+        server.stop()
+    assert [location["id"] for location in locations] == sandbox.location_ids()
+    assert statuses == [429, 429, 200]
+    # Each 429 paused the fleet-wide limiter (every worker on this shop) for at least one leak (0.5 s).
+    assert elapsed >= 0.95
 
 
 # -- every account through the one pipeline ------------------------------------------------------------
@@ -362,3 +432,57 @@ def test_cli_add_refuses_clearly_and_never_echoes_a_secret(env, args, error):
     assert SHOP_SECRET not in result.output
     with resources.sessions()() as session:
         assert account_rows.get_account(session, "x") is None
+
+
+# -- migration 0009: one run record ---------------------------------------------------------------------------
+
+
+def test_the_store_sync_logs_fold_into_sync_runs_and_the_store_tables_go(pg_server):
+    from sqlalchemy import create_engine, inspect
+
+    from db.migrate import downgrade, upgrade
+
+    url = pg_server.create_database("accounts_0009")
+    upgrade(url, "0008")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            def run(sql, **values):
+                result = connection.execute(text(sql), values)
+                return result.scalar() if result.returns_rows else None
+
+            shop = run("INSERT INTO marketplaces (code, name, platform) VALUES ('shop-eu', 'shop-eu', 'shopify') "
+                       "RETURNING id")
+            store = run("INSERT INTO store_integrations (platform, name, credentials_env, marketplace_id) "
+                        "VALUES ('shopify', 'shop-eu', 'SHOP_EU_TOKEN', :m) RETURNING id", m=shop)
+            done = run("INSERT INTO sync_runs (kind, target, trigger, status, finished_at, items, changed) "
+                       "VALUES ('store', 'shop-eu', 'scheduled', 'succeeded', now(), 60, 5) RETURNING id")
+            stuck = run("INSERT INTO sync_runs (kind, target, trigger, status) "
+                        "VALUES ('store', 'shop-eu', 'manual', 'running') RETURNING id")
+            # The account's stock sync runs meanwhile: the store's running row must not collide with it.
+            running = run("INSERT INTO sync_runs (kind, target, trigger, status) "
+                          "VALUES ('stock', 'shop-eu', 'manual', 'running') RETURNING id")
+            for sync_run_id, status, created, error in ((done, "succeeded", 3, None), (stuck, "running", 0, None),
+                                                        (None, "failed", 0, "HTTP 401")):
+                run("INSERT INTO store_sync_logs (integration_id, sync_run_id, trigger, status, items, created, "
+                    "updated, skipped, api_calls, errors) VALUES (:i, :r, 'scheduled', :s, 60, :c, 2, 55, 4, :e)",
+                    i=store, r=sync_run_id, s=status, c=created, e=error)
+        upgrade(url)
+        assert not {"store_integrations", "store_sync_logs"} & set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            runs = {row.id: row for row in connection.execute(text(
+                "SELECT id, kind, target, status, error, details FROM sync_runs ORDER BY id"))}
+        assert {row.kind for row in runs.values()} == {"stock"} and len(runs) == 4
+        assert runs[done].status == "succeeded" and runs[done].details["store_sync"] == {
+            "log_id": 1, "trigger": "scheduled", "items": 60, "created": 3, "updated": 2, "skipped": 55,
+            "api_calls": 4}
+        assert runs[stuck].status == "abandoned" and "migration 0009" in runs[stuck].error
+        assert runs[running].status == "running"
+        [orphan] = [row for row in runs.values() if row.id not in (done, stuck, running)]
+        assert (orphan.target, orphan.status, orphan.error) == ("shop-eu", "failed", "HTTP 401")
+        assert orphan.details["store_sync"]["log_id"] == 3
+        downgrade(url, "0008")
+        assert {"store_integrations", "store_sync_logs"} <= set(inspect(engine).get_table_names())
+        upgrade(url)
+    finally:
+        engine.dispose()
