@@ -8,6 +8,6 @@ from runtime.broker import install_broker
 
 install_broker()
 
-from actors import alerts, events, ingram, orders, stock_sync, stores  # noqa: E402
+from actors import accounts, alerts, events, ingram, orders, stock_sync  # noqa: E402
 
-__all__ = ["alerts", "events", "ingram", "orders", "stock_sync", "stores"]
+__all__ = ["accounts", "alerts", "events", "ingram", "orders", "stock_sync"]

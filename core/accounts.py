@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from core.platforms import Platform
@@ -88,5 +90,36 @@ def check_base_url(url: str | None, platform: Platform, *, allow_loopback: bool 
     return url.rstrip("/")
 
 
-__all__ = ["AccountError", "CODE", "CREDENTIAL_PREFIX", "check_base_url", "check_code", "check_credentials_env",
-           "is_loopback"]
+#: The options an account may have, and what each must be.
+OPTIONS = {
+    "restock_on_cancel": "true or false: whether a cancelled order gives its units back on the marketplace by itself",
+    "webhook_secret_env": f"the NAME of the variable holding its webhook secret ({CREDENTIAL_PREFIX}...)",
+    "shop_domain": "the shop's myshopify.com domain (Shopify webhooks name it)",
+    "location_ids": "a list of Shopify location ids whose stock is counted (default: every active one)",
+    "language": "the Back Market language of its listings (e.g. fr-fr)",
+}
+
+
+def check_options(options: Mapping[str, Any], platform: Platform) -> dict[str, Any]:
+    """``options`` as a dict if each is one an account of ``platform`` may have, with a value of its kind."""
+    checked = {}
+    for key, value in options.items():
+        if key not in OPTIONS:
+            raise AccountError(f"unknown option {str(key)[:40]!r}: expected one of {', '.join(OPTIONS)}")
+        ok = {"restock_on_cancel": isinstance(value, bool),
+              "webhook_secret_env": isinstance(value, str),
+              "shop_domain": isinstance(value, str) and platform.allows_host(value) and "/" not in value,
+              "location_ids": isinstance(value, list) and all(isinstance(v, (int, str)) and str(v).isdigit()
+                                                              for v in value),
+              "language": isinstance(value, str) and re.fullmatch(r"[a-z]{2}-[a-z]{2}", value) is not None}[key]
+        if not ok:
+            raise AccountError(f"option {key}: expected {OPTIONS[key]}")
+        if key == "webhook_secret_env" and (value == platform.default_credential
+                                            or check_credentials_env(value, platform) is None):
+            raise AccountError(f"option {key}: expected {OPTIONS[key]}")
+        checked[key] = value
+    return checked
+
+
+__all__ = ["AccountError", "CODE", "CREDENTIAL_PREFIX", "OPTIONS", "check_base_url", "check_code",
+           "check_credentials_env", "check_options", "is_loopback"]

@@ -54,12 +54,26 @@ class Platform:
         return any(host == allowed or (allowed.startswith(".") and host.endswith(allowed))
                    for allowed in self.hosts)
 
+    @property
+    def takes_local_changes(self) -> bool:
+        """Whether a top-up or an adjustment may be booked: pushed there, or an account with no API to erase it."""
+        return self.push or self.paging is None
+
+    def abilities(self) -> list[str]:
+        """What the platform can do, in words (the CLI's and the console's account lists)."""
+        found = [f"sync ({self.paging} pages)"] if self.paging else []
+        return found + [words for name, words in (("read_one", "read one"), ("push", "push"),
+                                                  ("poll_orders", "poll orders")) if getattr(self, name)]
+
     def require(self, capability: str, account: str) -> None:
         """Raise :class:`NotSupported` naming the account unless the platform has ``capability``."""
         if not getattr(self, capability):
             raise NotSupported(f"account {account!r} is on {self.title}, which stocksync cannot "
                                f"{_VERBS.get(capability, capability)}")
 
+
+#: The capabilities a job or a check may ask a platform for (columns of :class:`Platform`).
+CAPABILITIES = ("paging", "read_one", "push", "poll_orders")
 
 _VERBS = {"read_one": "read one listing of", "push": "push a stock change to",
           "poll_orders": "poll the orders of"}
@@ -93,4 +107,4 @@ def platform(name: str) -> Platform:
         raise UnknownPlatform(f"unknown platform {name!r}: expected one of {', '.join(PLATFORMS)}") from None
 
 
-__all__ = ["CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "UnknownPlatform", "platform"]
+__all__ = ["CAPABILITIES", "CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "UnknownPlatform", "platform"]

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from core.accounts import AccountError, check_base_url, check_code, check_credentials_env
+from core.accounts import AccountError, check_base_url, check_code, check_credentials_env, check_options
 from core.platforms import platform as platform_named
 from db.models import Account, SyncRun
 
@@ -45,18 +45,27 @@ def add_account(session: Session, *, platform: str, code: str, name: str | None 
 
     Raises:
       AccountError: a bad code or one taken, an unknown platform, a credential variable outside the
-        accounts' prefix, or a base URL that is not the platform's own.
+        accounts' prefix, a base URL that is not the platform's own, or an unknown or ill-typed option.
     """
     check_code(code)
     found = platform_named(platform)
     check_credentials_env(credentials_env, found)
     base_url = check_base_url(base_url, found, allow_loopback=allow_loopback)
+    options = check_options(options or {}, found)
     if found.paging is not None and credentials_env is None:
         raise AccountError(f"account {code}: give the NAME of the environment variable that holds its credential")
+    if base_url is None and found.name == "shopify":  # no default host: every shop has its own
+        if not options.get("shop_domain"):
+            raise AccountError(f"account {code}: a Shopify account needs its base URL (https://SHOP.myshopify.com) "
+                               f"or its shop_domain option")
+        base_url = f"https://{options['shop_domain']}"
     if get_account(session, code) is not None:
         raise AccountError(f"an account called {code!r} exists already")
+    if name and name != code and get_account(session, name) is not None:
+        # Orders, pages and alerts name accounts by code: a display name that is another's code misleads.
+        raise AccountError(f"name {name!r} refused: it is the code of another account")
     account = Account(code=code, name=name or code, platform=platform, credentials_env=credentials_env,
-                      base_url=base_url, options=dict(options or {}), enabled=enabled, auto_sync=auto_sync)
+                      base_url=base_url, options=options, enabled=enabled, auto_sync=auto_sync)
     session.add(account)
     session.flush()
     return account

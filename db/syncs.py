@@ -212,11 +212,14 @@ def get_run(session: Session, sync_id: int) -> SyncRun | None:
     return session.scalar(select(SyncRun).where(SyncRun.id == sync_id).execution_options(populate_existing=True))
 
 
-def recent_runs(session: Session, limit: int = 20, kind: str | None = None) -> list[SyncRun]:
-    """The latest runs, newest first."""
+def recent_runs(session: Session, limit: int = 20, kind: str | None = None, target: str | None = None
+                ) -> list[SyncRun]:
+    """The latest runs (of ``kind``, of ``target``, when given), newest first."""
     query = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
     if kind:
         query = query.where(SyncRun.kind == kind)
+    if target:
+        query = query.where(SyncRun.target == target)
     return list(session.scalars(query))
 
 

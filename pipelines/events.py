@@ -62,7 +62,7 @@ def check_accounts(events) -> None:
     """
     for event in events:
         found = accounts.account(event.marketplace)
-        if event.change_type in LOCAL_CHANGE_TYPES and found.platform.paging is not None:
+        if event.change_type in LOCAL_CHANGE_TYPES and not found.platform.takes_local_changes:
             found.require("push")
 
 

@@ -26,7 +26,7 @@ def run_reconciliation(marketplace: str, *, dry_run: bool, threshold: int | None
     Runs in the calling thread (the CLI, or the ``reconcile_stock`` actor).  Raises
     :class:`db.syncs.SyncRefused` when a reconciliation of ``marketplace`` is already running.
     """
-    accounts.account(marketplace, "read_one")
+    accounts.account(marketplace, "paging")  # the same walk as its sync, in compare mode
     settings = get_settings()
     threshold = settings.reconcile_alert_threshold if threshold is None else threshold
     sessions = resources.sessions()

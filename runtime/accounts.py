@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
@@ -52,7 +52,8 @@ _cache: dict[tuple[str, str], tuple[float, AccountView | None]] = {}
 _cache_lock = Lock()
 
 
-def _view(row) -> AccountView:
+def view_of(row) -> AccountView:
+    """An account row (:class:`db.models.Account`) as a view."""
     return AccountView(row.code, row.name, platform_named(row.platform), row.credentials_env, row.base_url,
                        dict(row.options or {}), row.enabled, row.auto_sync)
 
@@ -72,7 +73,7 @@ def find(code: str) -> AccountView | None:
     try:
         with resources.sessions()() as session:
             row = account_rows.get_account(session, code)
-            view = _view(row) if row is not None else None
+            view = view_of(row) if row is not None else None
     except DBAPIError:
         if cached is None:
             raise
@@ -93,7 +94,7 @@ def account(code: str, capability: str | None = None) -> AccountView:
 def every(*, capability: str | None = None, enabled_only: bool = True) -> list[AccountView]:
     """Every account (enabled ones by default), those whose platform has ``capability`` when given."""
     with resources.sessions()() as session:
-        views = [_view(row) for row in account_rows.list_accounts(session, enabled_only=enabled_only)]
+        views = [view_of(row) for row in account_rows.list_accounts(session, enabled_only=enabled_only)]
     return [view for view in views if capability is None or getattr(view.platform, capability)]
 
 
@@ -172,14 +173,29 @@ def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, set
     return found
 
 
-def configured(view: AccountView) -> bool:
+def configured(view: AccountView, environ: Mapping[str, str] | None = None, settings: Settings | None = None
+               ) -> bool:
     """Whether the account's credential is set in this process (a main account may be left unused)."""
     try:
-        credential(view)
+        credential(view, environ, settings)
     except AccountError:
         return False
     return True
 
 
+def ready(capabilities: Iterable[str], *, auto_sync_only: bool = False,
+          environ: Mapping[str, str] | None = None) -> list[AccountView]:
+    """Enabled accounts whose platform has any of ``capabilities`` and whose credential is set here.
+
+    What the scheduler's jobs run for: an account left without its credential in this process (a
+    main account the seller does not use) is skipped, not sent to the dead letters every minute.
+    ``auto_sync_only``: only the accounts the schedule syncs.
+    """
+    wanted = tuple(capabilities)
+    return [view for view in every()
+            if any(getattr(view.platform, name) for name in wanted)
+            and (view.auto_sync or not auto_sync_only) and configured(view, environ)]
+
+
 __all__ = ["AccountView", "account", "base_url", "configured", "credential", "every", "find", "forget",
-           "main_webhook_account", "webhook_secrets"]
+           "main_webhook_account", "ready", "view_of", "webhook_secrets"]

@@ -6,24 +6,17 @@ publishes its quota and its waits, so the dashboards draw calls against quota fo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
-
-import aiohttp
 
 from clients.adapters import BackMarketAdapter, CatalogueAdapter, RefurbedAdapter, ShopifyAdapter
 from clients.backmarket import BackMarketClient
-from clients.http import RequestRecord
 from clients.ingram import FleetSemaphore, IngramClient, SharedToken
 from clients.ratelimit import FleetRateLimiter
 from clients.refurbed import RefurbedClient
 from clients.shopify import ShopifyClient
-from clients.stores import BackMarketStoreAdapter, RefurbedStoreAdapter, ShopifyStoreAdapter, StoreAdapter
-from db import stores
-from db.store_models import StoreIntegration
 from core.accounts import AccountError
 from runtime import accounts, metrics, resources
 from runtime.accounts import AccountView
-from runtime.settings import Settings, get_settings
+from runtime.settings import get_settings
 
 
 def fleet_limiter(name: str, requests: int, window_s: float, margin_s: float = 0.0) -> FleetRateLimiter:
@@ -142,7 +135,7 @@ def account_client(view: AccountView, on_request=None, limiter: FleetRateLimiter
     if view.platform.name == "shopify":
         return ShopifyClient(http, base_url=base, token=token, api_version=settings.shopify_api_version,
                              limiter=limiter, leak_per_s=settings.shopify_leak_per_s,
-                             timeout_s=settings.store_timeout_s, attempts=settings.store_http_attempts,
+                             timeout_s=settings.shopify_timeout_s, attempts=settings.shopify_http_attempts,
                              on_request=hook)
     raise AccountError(f"account {view.code} is on {view.platform.title}: it has no API client")
 
@@ -211,52 +204,3 @@ def ingram_client(on_request=None) -> IngramClient:
         details_limiter=ingram_details_limiter(), timeout_s=settings.ingram_timeout_s,
         attempts=settings.ingram_http_attempts, backoff_s=0.5 * settings.ingram_time_scale,
         min_penalty_s=0.05 * settings.ingram_time_scale, on_request=metrics.request_hook(on_request))
-
-
-def store_limiter(integration: StoreIntegration) -> FleetRateLimiter:
-    """The fleet-wide limiter a store integration's calls count against.
-
-    Back Market: the catalog quota every Back Market call shares.  Refurbed: the fleet's Refurbed
-    quota.  Shopify: one per shop, at its leak rate (the REST bucket is per app and shop).
-    """
-    settings = get_settings()
-    if integration.platform == "backmarket":
-        return backmarket_limiter()
-    if integration.platform == "refurbed":
-        return refurbed_limiter()
-    window_s = 10.0
-    return fleet_limiter(f"shopify:{integration.name}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
-                         settings.rate_limit_margin_s)
-
-
-def store_adapter(integration: StoreIntegration, http: aiohttp.ClientSession, *, settings: Settings | None = None,
-                  environ: Mapping[str, str] | None = None,
-                  limiter_for: Callable[[StoreIntegration], FleetRateLimiter | None] | None = None,
-                  on_request: Callable[[RequestRecord], None] | None = None) -> StoreAdapter:
-    """The adapter of ``integration``'s platform, its client built from the settings and the credential variable.
-
-    ``limiter_for(integration)`` gives the fleet-wide limiter its calls count against (e.g.
-    :func:`store_limiter`; ``None``: none).
-    The base URL defaults to the platform's (Back Market and Refurbed: the settings; Shopify:
-    ``https://<name>.myshopify.com``).
-    """
-    settings = settings or get_settings()
-    token = stores.resolve_credentials(integration, environ)
-    limiter = limiter_for(integration) if limiter_for is not None else None
-    common = {"timeout_s": settings.store_timeout_s, "attempts": settings.store_http_attempts,
-              "on_request": on_request}
-    if integration.platform == "backmarket":
-        client = BackMarketClient(http, base_url=integration.base_url or settings.backmarket_base_url, token=token,
-                                  user_agent=settings.backmarket_user_agent, language=settings.backmarket_language,
-                                  limiter=limiter, penalty_s=settings.backmarket_penalty_s, **common)
-        return BackMarketStoreAdapter(client, page_size=settings.backmarket_page_size)
-    if integration.platform == "refurbed":
-        client = RefurbedClient(http, base_url=integration.base_url or settings.refurbed_base_url, token=token,
-                                limiter=limiter, **common)
-        return RefurbedStoreAdapter(client)
-    if integration.platform == "shopify":
-        client = ShopifyClient(http, base_url=integration.base_url or f"https://{integration.name}.myshopify.com",
-                               token=token, api_version=settings.shopify_api_version, limiter=limiter,
-                               leak_per_s=settings.shopify_leak_per_s, **common)
-        return ShopifyStoreAdapter(client)
-    raise stores.StoreError(f"unknown platform {integration.platform!r}")

@@ -5,7 +5,7 @@ Every process (dramatiq workers, the scheduler, the intake, each CLI command) ca
 ``LOG_FORMAT=text`` (one readable line) or ``json`` (one JSON object per line: ``time``, ``level``,
 ``logger``, ``message`` and, where known, the :data:`FIELDS` of the context).  Code adds context
 with :func:`bind` (a context manager); :class:`LogContext` binds each message's id, actor, queue
-and its ``sync_id`` / ``marketplace`` / ``sku`` / ``store`` arguments while a worker processes it.
+and its ``sync_id`` / ``marketplace`` (the account) / ``sku`` arguments while a worker processes it.
 
 Lines stay useful under faults: a message is cut at ``LOG_MAX_MESSAGE_CHARS``, and an exception is
 one line (its type, message and where it was raised) unless the level is DEBUG, which prints the
@@ -31,15 +31,18 @@ from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 from pythonjsonlogger.json import JsonFormatter
 
+from core.accounts import CREDENTIAL_PREFIX
+
 #: Context fields a line carries when they are known.
-FIELDS = ("sync_id", "message_id", "actor", "queue", "marketplace", "sku", "store")
+FIELDS = ("sync_id", "message_id", "actor", "queue", "marketplace", "sku")
 
 #: Actor parameters bound as context while a message runs (parameter name -> field).
-ARGUMENT_FIELDS = {"sync_id": "sync_id", "marketplace": "marketplace", "sku": "sku", "integration_id": "store",
-                   "store": "store"}
+ARGUMENT_FIELDS = {"sync_id": "sync_id", "marketplace": "marketplace", "sku": "sku"}
 
-#: Environment variables whose values are secrets, by name (store credentials are named freely).
-SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|HMAC_KEY|WEBHOOK_URL|CREDENTIAL)", re.I)
+#: Environment variables whose values are secrets, by name: every account credential (its variable
+#: starts with the accounts' prefix, whatever follows) and anything named like a secret.
+SECRET_NAME = re.compile(rf"(^{CREDENTIAL_PREFIX}|TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|HMAC_KEY|WEBHOOK_URL|CREDENTIAL)",
+                         re.I)
 
 #: Values shorter than this are not redacted: they would match ordinary words.
 MIN_SECRET_CHARS = 6

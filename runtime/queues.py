@@ -13,7 +13,6 @@ PUSH = "stock-push"
 RECHECK = "stock-recheck"
 RECONCILE = "reconcile"
 ORDERS = "orders"
-STORES = "stores"
 ALERTS = "alerts"
 
 
@@ -25,5 +24,5 @@ def ingram_queues(settings) -> list[str]:
 
 def fleet_queues(settings) -> list[str]:
     """Every queue the fleet consumes, in pipeline order."""
-    return list(dict.fromkeys([STOCK_SYNC, STOCK_FETCH, STOCK_APPLY, EVENTS, PUSH, RECHECK, RECONCILE, ORDERS, STORES,
-                               ALERTS, *ingram_queues(settings)]))
+    return list(dict.fromkeys([STOCK_SYNC, STOCK_FETCH, STOCK_APPLY, EVENTS, PUSH, RECHECK, RECONCILE, ORDERS, ALERTS,
+                               *ingram_queues(settings)]))

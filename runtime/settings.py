@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -218,7 +218,7 @@ class Settings(BaseSettings):
     ingram_cooldown_scheduled_s: float = 6 * 3600
     ingram_cooldown_manual_s: float = 30 * 60
 
-    # --- operations: metrics, scheduler, stores, alerts ---
+    # --- operations: metrics, scheduler, alerts ---
     #: Logging of every process (runtime/logs.py): the least level written (DEBUG also prints whole
     #: tracebacks), ``text`` lines or ``json`` objects, and where a long message is cut.
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warn|warning|error|critical)$")
@@ -244,9 +244,11 @@ class Settings(BaseSettings):
     #: ``stocksync scheduler``: when each periodic job enqueues its message, as a five-field
     #: crontab string (minute hour day-of-month month day-of-week) in ``scheduler_timezone``.  An
     #: empty string turns the job off.  The job -> actor table is ``workers.scheduler.JOBS``.
-    scheduler_backmarket_stock_sync_cron: str = "0 */6 * * *"
+    #: The stock sync of every enabled auto-sync account.  Read from the first of its names that is set:
+    #: ``SCHEDULER_STOCK_SYNC_CRON``, then the names of before accounts (Back Market's sync, the stores').
+    scheduler_stock_sync_cron: str = Field("0 */6 * * *", validation_alias=AliasChoices(
+        "scheduler_stock_sync_cron", "scheduler_backmarket_stock_sync_cron", "scheduler_all_stores_sync_cron"))
     scheduler_ingram_sync_cron: str = "30 */6 * * *"
-    scheduler_all_stores_sync_cron: str = "0 */4 * * *"
     scheduler_stock_alerts_cron: str = "15 * * * *"
     scheduler_reconciliation_cron: str = "0 2 * * *"
     scheduler_order_polling_cron: str = "*/2 * * * *"
@@ -262,19 +264,12 @@ class Settings(BaseSettings):
     scheduler_lock_ttl_s: float = Field(30.0, gt=0)
     scheduler_lock_renew_s: float = Field(5.0, gt=0)
 
-    #: Store integrations (``stocksync stores``, actors/stores.py): cooldown between two syncs of one
-    #: store by trigger (seconds; a manual sync only waits for a running one to end), and how long a
-    #: running store sync may go without progress before the next one may replace it.
-    store_sync_cooldown_scheduled_s: float = Field(30 * 60, ge=0)
-    store_sync_cooldown_manual_s: float = Field(0, ge=0)
-    store_sync_stale_after_s: float = Field(15 * 60, gt=0)
-    #: Retries of a failed store sync (backoff between these bounds) before the dead letters.
-    store_sync_max_retries: int = Field(3, ge=0)
-    store_sync_min_backoff_ms: int = Field(10_000, ge=1)
-    store_sync_max_backoff_ms: int = Field(10 * 60_000, ge=1)
-    store_http_attempts: int = Field(4, ge=1)
-    store_timeout_s: float = Field(30.0, gt=0)
-    #: Shopify Admin REST API version of every Shopify integration; its REST leak rate per shop
+    #: Shopify calls: HTTP attempts per call and the timeout of each (also read under their names of
+    #: before accounts, ``STORE_HTTP_ATTEMPTS`` and ``STORE_TIMEOUT_S``).
+    shopify_http_attempts: int = Field(4, ge=1, validation_alias=AliasChoices("shopify_http_attempts",
+                                                                              "store_http_attempts"))
+    shopify_timeout_s: float = Field(30.0, gt=0, validation_alias=AliasChoices("shopify_timeout_s", "store_timeout_s"))
+    #: Shopify Admin REST API version of every Shopify account; its REST leak rate per shop
     #: (2 calls a second on a standard plan, 4 Advanced, 20 Plus), shared by the fleet.
     shopify_api_version: str = Field("2025-01", pattern=r"^(\d{4}-\d{2}|unstable)$")
     shopify_leak_per_s: float = Field(2.0, gt=0)

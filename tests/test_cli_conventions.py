@@ -30,7 +30,8 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def env(redis_url, database_url):
-    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url, "SHOP_CLI_TOKEN": "shpat_cli_secret_1"}
+    return {"REDIS_URL": redis_url, "DATABASE_URL": database_url,
+            "STOCKSYNC_ACCOUNT_SHOP_CLI_TOKEN": "shpat_cli_secret_1"}
 
 
 def test_version():
@@ -45,7 +46,9 @@ def test_every_list_command_has_json(env, database_url):
                              "VALUES ('stock', 'backmarket', 'manual', 'succeeded', 3, 3, 150)"))
         session.execute(text("INSERT INTO variations (sku, title) VALUES ('SKU-J', 'Phone')"))
         session.commit()
-    assert cli("stores", "add", "shopify", "shop-cli", "--credentials-env", "SHOP_CLI_TOKEN", **env).returncode == 0
+    added = cli("accounts", "add", "shopify", "shop-cli", "--credentials-env", "STOCKSYNC_ACCOUNT_SHOP_CLI_TOKEN",
+                "--no-auto-sync", "--option", "shop_domain=shop-cli.myshopify.com", **env)
+    assert added.returncode == 0, added.stderr
     assert cli("alerts", "rules", "add", "--variation", "SKU-J", "--threshold", "3", **env).returncode == 0
     assert cli("alerts", "check", **env).returncode == 0  # fires (0 < 3); a worker would notify
 
@@ -54,14 +57,16 @@ def test_every_list_command_has_json(env, database_url):
         assert done.returncode == 0, (args, done.stderr)
         return json.loads(done.stdout)
 
-    [store] = listed("stores", "list")
-    assert (store["name"], store["credentials_env"], store["credentials_set"]) == ("shop-cli", "SHOP_CLI_TOKEN", True)
+    [shop] = [account for account in listed("accounts", "list") if account["code"] == "shop-cli"]
+    assert (shop["platform"], shop["credentials_env"], shop["configured"]) == \
+        ("shopify", "STOCKSYNC_ACCOUNT_SHOP_CLI_TOKEN", True)
+    assert listed("stores", "list") == listed("accounts", "list")  # the name of before accounts
     [alert] = listed("alerts", "list")
     assert (alert["sku"], alert["state"], alert["threshold"], alert["scope"]) == ("SKU-J", "firing", 3, "SKU-J")
     rules = listed("alerts", "rules", "list")
     assert [rule["variation"] for rule in rules["rules"]] == ["SKU-J"] and rules["default_threshold"] == 0
     jobs = listed("scheduler", "--list")
-    assert {job["job"] for job in jobs} >= {"backmarket_stock_sync", "stock_alerts"}
+    assert {job["job"] for job in jobs} >= {"stock_sync", "stock_alerts"}
     assert all(len(job["next_runs"]) == 3 for job in jobs if job["cron"])
     [run] = [run for run in listed("syncs") if run["kind"] == "stock"]
     assert (run["target"], run["status"], run["items"], run["pages_done"]) == ("backmarket", "succeeded", 150, 3)
@@ -69,7 +74,7 @@ def test_every_list_command_has_json(env, database_url):
     assert any(progress["id"] == run["id"] and progress["status"] == "succeeded" for progress in runs)
     dead = cli("dlq", "list", "--json", **env)  # JSON lines, one dead letter each: none here
     assert dead.returncode == 0 and dead.stdout == ""
-    everything = "".join(cli(*args, **env).stdout for args in (("stores", "list", "--json"),))
+    everything = "".join(cli(*args, **env).stdout for args in (("accounts", "list", "--json"), ("accounts", "list")))
     assert "shpat_cli_secret_1" not in everything
 
 

@@ -160,9 +160,13 @@ def test_an_operator_does_the_day_in_a_browser(fleet):
             assert "retry" in page.inner_text("#dlq-history") and "anna" in page.inner_text("#dlq-history")
             wait_until(lambda: _ledger_has(sessions, "DLQ-1"), 30, interval=0.2, what="the retried top-up booked")
 
-            for name in ("overview", "stores", "alerts", "scheduler", "audit"):
+            for name in ("overview", "accounts", "alerts", "scheduler", "audit"):
                 page.goto(url + ("/" if name == "overview" else f"/{name}"))
                 shot(page, name)
+                if name == "accounts":  # every account with what its platform can do, Sync now where it can sync
+                    backmarket = page.inner_text("#account-backmarket")
+                    assert "sync (numbered pages), read one, push, poll orders" in backmarket
+                    assert page.locator("#account-backmarket button", has_text="Sync now").count() == 1
             assert "stock.topup" in page.inner_text("#audit") and "dlq.retry" in page.inner_text("#audit")
 
             # Log out: the session is gone, the pages are closed again.

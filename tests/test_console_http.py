@@ -51,11 +51,11 @@ def test_every_action_is_refused_to_a_role_below_it_and_audited_for_the_others(w
             assert audited[0].outcome == "forbidden" and needed in body
     # What the allowed ones did went through the fleet's operations.
     actors = sorted({message.actor_name for message in enqueued(world.broker)})
-    assert {"drain_pushes", "recheck_stock", "fetch_listings_page", "sync_store", "sweep_stock"} <= set(actors), actors
+    assert {"drain_pushes", "recheck_stock", "fetch_listings_page", "each_account"} <= set(actors), actors
     # Retried dead letters are back on their own queue (Redis), purged ones gone; the viewer's untouched.
     # (each action above added one: the retries moved those there by then, the purge the next ones)
     retried = [world.redis.llen(f"dramatiq:dlq-{n}") for n in range(3)]
-    assert retried[0] == 0 and retried[1] == retried[2] == 7, retried
+    assert retried[0] == 0 and retried[1] == retried[2] == 6, retried
     assert world.dead_letters.sizes()["dlq-0"] == len(actions(world))
     # Top-ups and adjustments were booked by the console itself, the user as the actor, in its own namespace.
     assert sorted(ledger_rows(world, "topup")) == [("admin", "console:PO-2"), ("operator", "console:PO-1")]
@@ -66,7 +66,7 @@ def test_every_action_is_refused_to_a_role_below_it_and_audited_for_the_others(w
 
 def test_a_viewer_reads_every_page_but_the_users_page(world):
     pages = ["/", "/stock?q=IPH&exact=0", f"/variations/{world.variation_id}", f"/variations/{world.variation_id}/ledger",
-             "/syncs", "/stores", f"/stores/{world.store_id}", "/deadletters", "/alerts", "/scheduler", "/audit"]
+             "/syncs", "/accounts", "/accounts/shop-eu", "/deadletters", "/alerts", "/scheduler", "/audit"]
 
     async def scenario(server):
         client = await client_of(server, "viewer")
@@ -225,7 +225,7 @@ def test_every_page_but_login_and_healthz_needs_a_session(world):
     async def scenario(server):
         client = await client_of(server)
         statuses = {}
-        for path in ("/", "/stock", "/syncs", "/syncs/stream", "/stores", "/deadletters", "/alerts", "/scheduler",
+        for path in ("/", "/stock", "/syncs", "/syncs/stream", "/accounts", "/deadletters", "/alerts", "/scheduler",
                      "/audit", "/users", f"/variations/{world.variation_id}"):
             statuses[path] = (await client.get(path, allow_redirects=False)).status
         public = [(await client.get(path)).status for path in ("/login", "/healthz", "/static/console.css", "/readyz")]
@@ -292,7 +292,7 @@ def test_hostile_skus_titles_and_notes_show_as_text(world):
 
 def test_no_secret_shows_on_any_page(world):
     add_dead_letter(world.redis, "alerts", "notify_stock_alert", 1, error="HTTP 500 from the receiver")
-    pages = ["/", "/stock?q=I", f"/variations/{world.variation_id}", "/syncs", "/stores", f"/stores/{world.store_id}",
+    pages = ["/", "/stock?q=I", f"/variations/{world.variation_id}", "/syncs", "/accounts", "/accounts/shop-eu",
              "/deadletters", "/alerts", "/scheduler", "/audit", "/users", "/login"]
 
     async def scenario(server):
@@ -307,8 +307,8 @@ def test_no_secret_shows_on_any_page(world):
         for name, secret in SECRETS.items():
             assert secret not in body, (path, name)
         assert cookie not in body and "$argon2" not in body, path
-    assert "$SHOP_TOKEN" in bodies["/stores"] and "(set)" in bodies["/stores"]
-    assert "https://shop-eu.example.com<" in bodies[f"/stores/{world.store_id}"]
+    assert "$STOCKSYNC_ACCOUNT_SHOP_TOKEN</code> (set)" in bodies["/accounts"]
+    assert "https://shop-eu.myshopify.com/<" in bodies["/accounts/shop-eu"]
 
 
 def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
@@ -327,7 +327,8 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
                            ("/stock/topup", {"variation_id": "999999", "marketplace": "backmarket", "quantity": "1",
                                              "reference": "R4"}),
                            ("/alerts/rules/add", {"threshold": "-1"}),
-                           ("/stores/add", {"platform": "myspace", "name": "x", "credentials_env": "SHOP_TOKEN"}),
+                           ("/accounts/add", {"platform": "myspace", "code": "x",
+                                              "credentials_env": "STOCKSYNC_ACCOUNT_SHOP_TOKEN"}),
                            ("/deadletters/purge", {"queue": "stock-push"})):
             response = await client.post(path, data={**{k: str(v) for k, v in form.items()}, "csrf_token": csrf},
                                          allow_redirects=False)
@@ -338,7 +339,7 @@ def test_bad_input_gets_a_4xx_naming_what_was_wrong(world):
         return answers, pages
 
     answers, pages = run(world, scenario)
-    expected = ["quantity must be a whole number", "marketplace", "change", "no account", "no variation 999999",
+    expected = ["quantity must be a whole number", "marketplace", "change", "no enabled account", "no variation 999999",
                 "threshold", "platform", "must be confirmed"]
     for (status, body), words in zip(answers, expected):
         assert 400 <= status < 500 and words in body, (status, words, re.sub(r"\s+", " ", body)[-400:])
@@ -376,3 +377,90 @@ def test_the_overview_shows_each_marketplace_push_backlog_against_its_data_limit
     table = table[:table.index("</table>")]
     assert "<td>backmarket</td>" in table and '<td class="num">1</td>' in table
     assert "1997 of 2000 per 1h" in table
+
+
+def test_accounts_offer_and_accept_only_what_their_platform_can_do(world):
+    with world.sessions() as session:  # the variation is stocked on a Shopify shop too (no push, no read-one here)
+        session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+                             "SELECT :v, id, 4 FROM marketplaces WHERE code = 'shop-eu'"), {"v": world.variation_id})
+        session.execute(text("INSERT INTO listings (marketplace_id, external_id, variation_id, sku) "
+                             "SELECT id, 'sh-1', :v, 'IPHONE13-128-BLK' FROM marketplaces WHERE code = 'shop-eu'"),
+                        {"v": world.variation_id})
+        session.execute(text("INSERT INTO marketplaces (code, name) VALUES ('counter', 'Shop counter')"))
+        session.commit()
+    form = {"variation_id": str(world.variation_id), "reference": "R-{n}"}
+
+    async def scenario(server):
+        client = await client_of(server, "operator")
+        csrf = await session_csrf(client)
+        page = await (await client.get(f"/variations/{world.variation_id}")).text()
+        accounts_page = await (await client.get("/accounts")).text()
+        syncs_page = await (await client.get("/syncs")).text()
+        answers = {}
+        for name, path, extra in (("topup shop", "/stock/topup", {"marketplace": "shop-eu", "quantity": "2"}),
+                                  ("adjust shop", "/stock/adjust", {"marketplace": "shop-eu", "change": "1"}),
+                                  ("refresh shop", "/stock/refresh", {"marketplace": "shop-eu"}),
+                                  ("topup counter", "/stock/topup", {"marketplace": "counter", "quantity": "2"}),
+                                  ("sync counter", "/syncs/start", {"marketplace": "counter"}),
+                                  ("sync shop", "/syncs/start", {"marketplace": "shop-eu", "force": "1"})):
+            response = await client.post(path, data={**form, **extra, "reference": f"R-{name}", "csrf_token": csrf},
+                                         allow_redirects=False)
+            answers[name] = (response.status, await response.text())
+        await client.close()
+        return page, accounts_page, syncs_page, answers
+
+    page, accounts_page, syncs_page, answers = run(world, scenario)
+    assert answers["topup shop"][0] == 409
+    assert "account &#39;shop-eu&#39; is on Shopify, which stocksync cannot push a stock change to" in \
+        answers["topup shop"][1]
+    assert answers["adjust shop"][0] == 409 and "cannot push" in answers["adjust shop"][1]
+    assert answers["refresh shop"][0] == 409 and "cannot read one listing of" in answers["refresh shop"][1]
+    assert answers["topup counter"][0] == 303  # a manual account: nothing syncs a local change away
+    assert answers["sync counter"][0] == 400 and "no enabled account with a catalogue" in answers["sync counter"][1]
+    assert answers["sync shop"][0] == 303  # Sync now on every account with a catalogue
+    sent = [(m.actor_name, m.args[:1] or (m.kwargs.get("marketplace"),)) for m in enqueued(world.broker)]
+    # The counter's top-up is booked here (nothing to push): only the shop's sync went through the queue.
+    assert sorted(sent) == [("fetch_listings_page", (1,))], sent
+    assert ledger_rows(world, "topup") == [("operator", "console:R-topup counter")]
+    # Offered only where accepted: Refresh on the Back Market row only, top-ups where a push (or nothing) follows.
+    rows = dict(re.findall(r'<tr data-marketplace="([^"]+)">(.*?)</tr>', page, re.S))
+    assert "Refresh from the marketplace" in rows["backmarket"] and "Refresh" not in rows["shop-eu"]
+    selects = re.findall(r'<select name="marketplace">(.*?)</select>', page, re.S)
+    assert selects and all(re.findall(r"<option[^>]*>([^<]+)<", s) == ["backmarket", "counter", "refurbed"]
+                           for s in selects)
+    assert re.findall(r"<option>([^<]+)<", syncs_page) == ["backmarket", "refurbed", "shop-eu", "shopify"]
+    row = re.search(r'<tr id="account-refurbed".*?</tr>', accounts_page, re.S).group(0)
+    assert "sync (cursor pages)" in row and "poll orders" in row and "Sync now" in row and "Disable" not in row
+
+
+def test_an_admin_adds_and_disables_accounts_under_the_rules(world):
+    async def scenario(server):
+        client = await client_of(server, "admin")
+        csrf = await session_csrf(client)
+        answers = []
+        for form in ({"platform": "refurbed", "code": "rb-at", "credentials_env": "DATABASE_URL"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": SECRETS["credential"]},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "base_url": "https://evil.example.com"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "options": "restock"},
+                     {"platform": "refurbed", "code": "rb-at", "credentials_env": "STOCKSYNC_ACCOUNT_RB",
+                      "options": '{"restock_on_cancel": false}', "enabled": "on"}):
+            response = await client.post("/accounts/add", data={**form, "csrf_token": csrf}, allow_redirects=False)
+            answers.append((response.status, await response.text()))
+        disabled = await client.post("/accounts/rb-at/disable", data={"csrf_token": csrf}, allow_redirects=False)
+        missing = await client.post("/accounts/nobody/disable", data={"csrf_token": csrf}, allow_redirects=False)
+        page = await (await client.get("/accounts/rb-at")).text()
+        await client.close()
+        return answers, disabled.status, (missing.status, await missing.text()), page
+
+    answers, disabled, missing, page = run(world, scenario)
+    expected = ["must start with STOCKSYNC_ACCOUNT_", "never as the secret itself", "Refurbed&#39;s own hosts",
+                "options must be a JSON object"]
+    for (status, body), words in zip(answers, expected):
+        assert status == 400 and words in body and SECRETS["credential"] not in body, (status, words)
+    assert answers[-1][0] == 303 and disabled == 303
+    assert missing[0] == 404 and "no account &#39;nobody&#39;" in missing[1]
+    assert "disabled (never synced, polled or pushed)" in page and "restock_on_cancel" in page
+    audited = " ".join(str(row.arguments) + (row.detail or "") for row in audit_rows(world, action="account.add"))
+    assert "must start with" in audited

@@ -117,7 +117,7 @@ def test_levels_from_the_setting_and_the_verbosity(configure):
 
 
 def test_secret_values_never_reach_a_line(configure, monkeypatch):
-    monkeypatch.setenv("SHOP_EU_TOKEN", "shpat_0123456789abcdef")  # a store credential, named freely
+    monkeypatch.setenv("STOCKSYNC_ACCOUNT_SHOP_EU", "shpat_0123456789abcdef")  # an account's credential
     stream = configure(log_format="json", backmarket_token="bm-token-abcdef-123",
                        stock_alert_webhook_url="https://hooks.example.com/services/T000/B000/XXXX",
                        database_url="postgresql+psycopg://app:pg-password-42@db/stocksync")

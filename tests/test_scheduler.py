@@ -95,16 +95,14 @@ def test_cron_table_builds_the_jobs_with_their_next_run_times():
     assert set(built) == {job.name for job in jobs.JOBS}
     for job in built.values():
         assert job.max_instances == 1 and job.coalesce is True
-    assert built["backmarket_stock_sync"].next_run_time.hour % 6 == 0
-    assert (built["backmarket_stock_sync"].next_run_time.minute, built["backmarket_stock_sync"].next_run_time.second) \
-        == (0, 0)
+    assert built["stock_sync"].next_run_time.hour % 6 == 0
+    assert (built["stock_sync"].next_run_time.minute, built["stock_sync"].next_run_time.second) == (0, 0)
     assert sent == []
 
     now = datetime(2026, 3, 10, 1, 30, tzinfo=UTC)
     times = jobs.next_fire_times(settings, now, count=4)
     hours = lambda name: [(moment.day, moment.hour, moment.minute) for moment in times[name]]  # noqa: E731
-    assert hours("backmarket_stock_sync") == [(10, 6, 0), (10, 12, 0), (10, 18, 0), (11, 0, 0)]
-    assert hours("all_stores_sync") == [(10, 4, 0), (10, 8, 0), (10, 12, 0), (10, 16, 0)]
+    assert hours("stock_sync") == [(10, 6, 0), (10, 12, 0), (10, 18, 0), (11, 0, 0)]
     assert hours("reconciliation") == [(10, 2, 0), (11, 2, 0), (12, 2, 0), (13, 2, 0)]
     assert [(m.hour, m.minute) for m in times["stock_alerts"]] == [(2, 15), (3, 15), (4, 15), (5, 15)]
     assert [m.hour for m in times["ingram_sync"]] == [6, 12, 18, 0]
@@ -112,8 +110,21 @@ def test_cron_table_builds_the_jobs_with_their_next_run_times():
     assert gaps == {120.0}
 
     # the trigger APScheduler runs is the same one
-    fire = built["backmarket_stock_sync"].trigger.get_next_fire_time(None, now)
+    fire = built["stock_sync"].trigger.get_next_fire_time(None, now)
     assert fire == datetime(2026, 3, 10, 6, 0, tzinfo=UTC)
+
+
+def test_the_stock_sync_crontab_is_read_under_its_names_of_before_accounts(monkeypatch):
+    assert _settings().scheduler_stock_sync_cron == "0 */6 * * *"
+    monkeypatch.setenv("SCHEDULER_ALL_STORES_SYNC_CRON", "0 */4 * * *")
+    assert _settings().scheduler_stock_sync_cron == "0 */4 * * *"
+    monkeypatch.setenv("SCHEDULER_BACKMARKET_STOCK_SYNC_CRON", "0 */3 * * *")
+    assert _settings().scheduler_stock_sync_cron == "0 */3 * * *"
+    monkeypatch.setenv("SCHEDULER_STOCK_SYNC_CRON", "")  # the new name wins, even to turn the job off
+    assert "stock_sync" not in {job.id for job in jobs.build_scheduler(_settings(), lambda *m: None).get_jobs()}
+    # `stocksync scheduler --once backmarket_stock_sync` (and the console's "run now") still work.
+    assert jobs.JOBS_BY_NAME["backmarket_stock_sync"] is jobs.JOBS_BY_NAME["all_stores_sync"] \
+        is jobs.JOBS_BY_NAME["stock_sync"]
 
 
 def test_an_empty_crontab_turns_its_job_off():
@@ -148,17 +159,17 @@ def test_the_cli_reports_a_bad_crontab_in_one_line(monkeypatch):
 def test_a_fire_enqueues_the_message_by_actor_name_and_skips_unknown_actors(caplog):
     broker = StubBroker()
 
-    @dramatiq.actor(broker=broker, queue_name="stock-sync", actor_name="start_stock_sync")
-    def start_stock_sync(marketplace, force=False, trigger="scheduled"):
+    @dramatiq.actor(broker=broker, queue_name="stock-sync", actor_name="each_account")
+    def each_account(actor_name, capability, args=None, kwargs=None, auto_sync_only=False):
         pass
 
     send = jobs.broker_sender(broker)
-    message = jobs.fire(jobs.JOBS_BY_NAME["backmarket_stock_sync"], send)
+    message = jobs.fire(jobs.JOBS_BY_NAME["stock_sync"], send)
     assert message is not None
     queued = broker.queues["stock-sync"]
     assert queued.qsize() == 1
-    assert (message.actor_name, message.args, message.kwargs) == ("start_stock_sync", ("backmarket", False,
-                                                                                        "scheduled"), {})
+    assert (message.actor_name, message.args, message.kwargs) == \
+        ("each_account", ("start_stock_sync", "paging", [False, "scheduled"], {}, True), {})
 
     with caplog.at_level("WARNING", logger="workers.scheduler"):
         assert jobs.fire(jobs.JOBS_BY_NAME["stock_alerts"], send) is None
@@ -173,7 +184,7 @@ def test_a_failing_send_does_not_raise_into_the_scheduler(caplog):
 
     with caplog.at_level("ERROR", logger="workers.scheduler"):
         assert jobs.fire(jobs.JOBS_BY_NAME["order_polling"], send) is None
-    assert "could not enqueue poll_orders" in caplog.text
+    assert "could not enqueue each_account" in caplog.text
 
 
 def test_a_scheduled_job_fires_through_apscheduler():
@@ -195,19 +206,29 @@ def test_a_scheduled_job_fires_through_apscheduler():
         wait_until(fired.is_set, 5, what="the job to fire")
     finally:
         scheduler.shutdown(wait=False)
-    assert sent == [("poll_orders", ("backmarket",), {})]
+    assert sent == [("each_account", ("poll_orders", "poll_orders", [], {}, False), {})]
 
 
 def test_every_job_the_fleet_defines_accepts_the_scheduled_arguments():
     import inspect
 
+    from actors.accounts import check_fan_out
     from workers import fleet
+
+    def fits(actor_name, args, kwargs):
+        inspect.signature(fleet.broker.get_actor(actor_name).fn).bind(*args, **kwargs)  # TypeError if not
 
     for job in jobs.JOBS:
         if job.actor not in fleet.broker.actors:
             continue  # not defined yet: skipped at run time
-        signature = inspect.signature(fleet.broker.get_actor(job.actor).fn)
-        signature.bind(*job.args, **job.kwargs)  # raises TypeError if the table does not fit
+        fits(job.actor, job.args, job.kwargs)
+        if job.actor == "each_account":  # and the actor it runs for each account takes the code first
+            actor_name, capability, args, kwargs, _ = job.args
+            check_fan_out(actor_name, capability, args, kwargs)
+            fits(actor_name, ("an-account", *args), kwargs)
+    per_account = {job.args[0]: job.args[1] for job in jobs.JOBS if job.actor == "each_account"}
+    assert per_account == {"start_stock_sync": "paging", "reconcile_stock": "paging", "poll_orders": "poll_orders",
+                           "sweep_stock": ["push", "read_one"], "resume_stalled_syncs": "paging"}
 
 
 def test_run_leads_then_releases_the_lock_on_stop(redis_url):

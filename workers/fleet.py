@@ -13,9 +13,9 @@ from runtime import logs
 # CLI command that imports the fleet has set up logging already.
 logs.ensure_configured(level=logging.DEBUG if logging.getLogger().level == logging.DEBUG else None)
 
-from actors import alerts, events, ingram, orders, stock_sync, stores  # noqa: E402
+from actors import accounts, alerts, events, ingram, orders, stock_sync  # noqa: E402
 from runtime.broker import install_broker  # noqa: E402
 
 broker = install_broker()
 
-__all__ = ["alerts", "broker", "events", "ingram", "orders", "stock_sync", "stores"]
+__all__ = ["accounts", "alerts", "broker", "events", "ingram", "orders", "stock_sync"]

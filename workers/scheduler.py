@@ -42,22 +42,33 @@ class Job:
     kwargs: dict = field(default_factory=dict)
 
 
-#: The job -> actor table.  Actors that no pipeline defines yet are skipped (with one warning)
-#: until they exist; their names and arguments here are what those pipelines must accept.
+def each_account(actor: str, capability: str | tuple[str, ...], *args: Any, auto_sync_only: bool = False,
+                 **kwargs: Any) -> tuple:
+    """The arguments of an ``each_account`` message: ``actor(code, *args, **kwargs)`` for every ready account."""
+    capability = list(capability) if isinstance(capability, tuple) else capability
+    return (actor, capability, list(args), kwargs, auto_sync_only)
+
+
+#: The job -> actor table.  A per-account job sends ``each_account``, which runs its actor for every
+#: enabled account whose platform can (``core.platforms``) and whose credential the worker has.
+#: Actors that no pipeline defines yet are skipped (with one warning) until they exist.
 JOBS: tuple[Job, ...] = (
-    Job("backmarket_stock_sync", "scheduler_backmarket_stock_sync_cron", "start_stock_sync",
-        ("backmarket", False, "scheduled")),
+    Job("stock_sync", "scheduler_stock_sync_cron", "each_account",
+        each_account("start_stock_sync", "paging", False, "scheduled", auto_sync_only=True)),
     Job("ingram_sync", "scheduler_ingram_sync_cron", "start_supplier_sync", (False, "scheduled")),
-    Job("all_stores_sync", "scheduler_all_stores_sync_cron", "sync_all_stores", ("scheduled",)),
     Job("stock_alerts", "scheduler_stock_alerts_cron", "check_stock_alerts"),
-    Job("reconciliation", "scheduler_reconciliation_cron", "reconcile_stock", ("backmarket",),
-        {"trigger": "scheduled"}),
-    Job("order_polling", "scheduler_order_polling_cron", "poll_orders", ("backmarket",)),
-    Job("stock_sweep", "scheduler_stock_sweep_cron", "sweep_stock", ("backmarket",)),
-    Job("stock_sync_resume", "scheduler_stock_sync_resume_cron", "resume_stalled_syncs", ("backmarket",)),
+    Job("reconciliation", "scheduler_reconciliation_cron", "each_account",
+        each_account("reconcile_stock", "paging", trigger="scheduled")),
+    Job("order_polling", "scheduler_order_polling_cron", "each_account", each_account("poll_orders", "poll_orders")),
+    Job("stock_sweep", "scheduler_stock_sweep_cron", "each_account",
+        each_account("sweep_stock", ("push", "read_one"))),
+    Job("stock_sync_resume", "scheduler_stock_sync_resume_cron", "each_account",
+        each_account("resume_stalled_syncs", "paging")),
 )
 
+#: Jobs by name; the names of before accounts (one job per marketplace) name the job that replaced them.
 JOBS_BY_NAME = {job.name: job for job in JOBS}
+JOBS_BY_NAME.update(backmarket_stock_sync=JOBS_BY_NAME["stock_sync"], all_stores_sync=JOBS_BY_NAME["stock_sync"])
 
 
 class SchedulerConfigError(ValueError):

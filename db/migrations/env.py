@@ -9,7 +9,6 @@ from db.models import Base
 # Every module that declares tables (one per pipeline) must be imported here for autogenerate.
 import db.alert_models  # noqa: F401
 import db.event_models  # noqa: F401
-import db.store_models  # noqa: F401
 import db.supplier  # noqa: F401
 
 config = context.config

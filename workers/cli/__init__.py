@@ -12,6 +12,7 @@ from importlib.metadata import version
 import click
 
 from workers.cli import (
+    accounts,
     alerts,
     console,
     db,
@@ -25,7 +26,6 @@ from workers.cli import (
     sandbox,
     scheduler,
     serve,
-    stores,
     sync,
     syncs,
     users,
@@ -77,7 +77,7 @@ def main(verbose: int, quiet: int) -> None:
 
 for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandbox_command,
                 reconcile.reconcile_command, ingram.ingram, monitor.monitor_command, serve.serve_command,
-                poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, stores.stores_group,
-                alerts.alerts_group, console.console_command, users.users_group, doctor.doctor_command,
-                syncs.syncs_command):
+                poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, accounts.accounts_group,
+                accounts.stores_group, alerts.alerts_group, console.console_command, users.users_group,
+                doctor.doctor_command, syncs.syncs_command):
     main.add_command(command)

@@ -71,22 +71,29 @@ def _credential_findings(settings, sessions) -> list[Finding]:
         findings.append(Finding("credentials", "ok" if value else "warning",
                                 f"{name} is set" if value else f"{name} is not set: {feature} off"))
     if sessions is not None:
-        from db.stores import list_integrations
+        from db.accounts import list_accounts
 
         try:
             with sessions() as session:
-                stores = [integration for integration, _ in list_integrations(session)]
+                found = [account for account in list_accounts(session, enabled_only=True)
+                         if account.credentials_env is not None]  # the main accounts' settings are above
         except Exception as error:
-            return findings + [Finding("credentials", "error", f"could not read the store integrations: "
+            return findings + [Finding("credentials", "error", f"could not read the accounts: "
                                                                 f"{type(error).__name__}")]
-        for store in stores:
-            if not store.active:
+        from core.accounts import AccountError, check_credentials_env
+        from core.platforms import platform
+
+        for account in found:
+            try:  # an account of before accounts (a store) may name a variable outside the prefix
+                check_credentials_env(account.credentials_env, platform(account.platform))
+            except AccountError as refused:
+                findings.append(Finding("credentials", "error", f"account {account.code}: {refused}"))
                 continue
-            present = bool(os.environ.get(store.credentials_env))
+            present = bool(os.environ.get(account.credentials_env))
             findings.append(Finding("credentials", "ok" if present else "error",
-                                    f"store {store.name}: {store.credentials_env} is set" if present else
-                                    f"store {store.name}: {store.credentials_env} is not set here (the workers "
-                                    "need it too): its syncs go to the dead letters"))
+                                    f"account {account.code}: {account.credentials_env} is set" if present else
+                                    f"account {account.code}: {account.credentials_env} is not set here (the "
+                                    "workers need it too): the scheduler leaves it out, a sync by hand is refused"))
     return findings
 
 

@@ -5,7 +5,9 @@ before the operator is answered, with the user as the ledger's ``actor``; their 
 after, and a push Redis loses is sent by the sweep.  The reference comes with the form (made when
 it was shown, or typed) under the ``console:`` prefix, so the same form sent twice books once and
 an operator's reference never takes a producer's.  A refresh enqueues ``recheck_stock`` for the
-row: one GET of its listing, applied with the re-check's rules.
+row: one GET of its listing, applied with the re-check's rules.  Each is offered, and accepted, only on the
+accounts whose platform can take it (``core.platforms``): a top-up where it can be pushed (or where
+nothing syncs it away), a refresh where one listing can be read.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from aiohttp import web
 from actors.events import book_and_count, drains_wanted, request_drains
 from core.accounts import AccountError
 from core.events import InvalidEvent, make_event
-from core.platforms import NotSupported
+from core.platforms import NotSupported, platform
 from db import console_queries
+from db.accounts import list_accounts
 from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
@@ -29,9 +32,6 @@ routes = web.RouteTableDef()
 
 #: Every reference an operator types is booked under this prefix: producers' references are theirs.
 REFERENCE_PREFIX = "console:"
-
-#: Marketplaces whose rows a refresh can read (the re-check reads Back Market listings).
-REFRESHABLE = ("backmarket",)
 
 MAX_SEARCH_RESULTS = 50
 
@@ -78,8 +78,31 @@ def _variation_page(session, variation_id: int, before_id: int | None, limit: in
     if variation is None:
         return None
     ledger, more = console_queries.ledger_page(session, variation_id, before_id=before_id, limit=limit)
+    able = _accounts(session)
     return {"variation": variation, "stock": console_queries.stock_rows(session, variation_id), "ledger": ledger,
-            "more": more, "marketplaces": console_queries.marketplace_codes(session)}
+            "more": more, "marketplaces": [code for code, p in able.items() if p.takes_local_changes],
+            "refreshable": [code for code, p in able.items() if p.read_one]}
+
+
+def _accounts(session) -> dict:
+    """The enabled accounts and their platforms (what each can take is a column there)."""
+    return {row.code: platform(row.platform) for row in list_accounts(session, enabled_only=True)}
+
+
+async def _able(console, code: str, capability: str) -> None:
+    """Refuse, naming the account and what it cannot do, unless account ``code`` has ``capability``.
+
+    ``push`` is asked for a local change, which an account with no API (nothing syncs it away) takes as is.
+    """
+    found = (await console.read(_accounts)).get(code)
+    if found is None:
+        raise Refused(f"marketplace: no enabled account is called {code[:40]!r}")
+    if capability == "push" and found.takes_local_changes:
+        return
+    try:
+        found.require(capability, code)
+    except NotSupported as refused:
+        raise Refused(f"marketplace: {refused}", status=409) from None
 
 
 @routes.get("/variations/{variation_id}")
@@ -92,7 +115,7 @@ async def variation(request: web.Request):
     data = await console.read(_variation_page, _id(request), before_id, console.settings.console_page_size)
     if data is None:
         raise web.HTTPNotFound(text=f"no variation {request.match_info['variation_id']}")
-    data.update(before=before_id, reference=uuid.uuid4().hex[:12], refreshable=REFRESHABLE)
+    data.update(before=before_id, reference=uuid.uuid4().hex[:12])
     return data
 
 
@@ -158,6 +181,7 @@ def console_reference(typed: str) -> str:
 async def _local_event(request: web.Request, kind: str, field: str, *, minimum: int | None = None) -> Done:
     console, form, found, marketplace = await _stock_form(request)
     amount = _int(form.get(field), field, minimum=minimum)
+    await _able(console, marketplace, "push")
     typed = str(form.get("reference") or "").strip()
     if not typed:
         raise Refused("reference: must not be empty")
@@ -192,8 +216,7 @@ async def _local_event(request: web.Request, kind: str, field: str, *, minimum: 
 async def refresh(request: web.Request) -> Done:
     """Read one listing again from the marketplace (``recheck_stock`` with ``refresh``)."""
     console, form, found, marketplace = await _stock_form(request)
-    if marketplace not in REFRESHABLE:
-        raise Refused(f"marketplace: a refresh reads {', '.join(REFRESHABLE)} listings, not {marketplace[:40]!r}")
+    await _able(console, marketplace, "read_one")
     rows = await console.read(console_queries.stock_rows, found.id)
     row = next((row for row in rows if row.marketplace == marketplace), None)
     if row is None or not row.listings:

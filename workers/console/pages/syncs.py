@@ -1,7 +1,7 @@
 """Syncs: running runs of every kind with live progress (server-sent events), recent runs, one run.
 
 "Sync now" opens the run the way ``stocksync sync`` does (``begin_stock_sync``: the lock, the
-cooldown unless forced, then the first page is enqueued).
+cooldown unless forced, then the first page is enqueued), for any enabled account with a catalogue.
 """
 from __future__ import annotations
 
@@ -23,8 +23,12 @@ routes = web.RouteTableDef()
 #: Seconds between two progress events of a live view.
 STREAM_EVERY_S = 1.0
 
-#: Stock syncs the console can start (``actors.stock_sync.MARKETPLACES``).
-SYNCABLE = ("backmarket",)
+def syncable(session) -> list[str]:
+    """The accounts whose stock sync can be started: enabled, on a platform with a catalogue to walk."""
+    from core.platforms import platform
+    from db.accounts import list_accounts
+
+    return [row.code for row in list_accounts(session, enabled_only=True) if platform(row.platform).paging]
 
 
 async def _progress(console, sync_id: int | None = None, limit: int = 20):
@@ -45,7 +49,7 @@ async def syncs(request: web.Request):
         ids = [p.id for p in progresses]
         return {run.id: run for run in session.scalars(select(SyncRun).where(SyncRun.id.in_(ids)))}
 
-    return {"progresses": progresses, "runs": await console.read(runs), "syncable": SYNCABLE}
+    return {"progresses": progresses, "runs": await console.read(runs), "syncable": await console.read(syncable)}
 
 
 @routes.get("/syncs/{sync_id:\\d{1,18}}")
@@ -106,18 +110,21 @@ async def stream_one(request: web.Request) -> web.StreamResponse:
 @routes.post("/syncs/start")
 @action("sync.start", role="operator")
 async def start(request: web.Request) -> Done:
-    """Start a stock sync of a marketplace (``force``: inside the cooldown, never while one runs)."""
+    """Start a stock sync of an account (``force``: inside the cooldown, never while one runs)."""
     from actors.stock_sync import begin_stock_sync
+    from core.errors import MalformedMessage
     from db.syncs import SyncRefused
 
     console = request.app[CONSOLE]
     form = await request.post()
     marketplace = str(form.get("marketplace") or "")
-    if marketplace not in SYNCABLE:
-        raise Refused(f"marketplace must be one of {', '.join(SYNCABLE)}, got {marketplace[:40]!r}")
+    if marketplace not in await console.read(syncable):
+        raise Refused(f"marketplace: no enabled account with a catalogue to sync is called {marketplace[:40]!r}")
     force = form.get("force") in ("1", "on", "true", "yes")
     try:
         sync_id = await console.call(begin_stock_sync, marketplace, trigger="manual", force=force)
+    except MalformedMessage as refused:  # changed meanwhile: disabled, removed
+        raise Refused(str(refused)) from None
     except SyncRefused as refused:
         raise Refused(f"sync of {marketplace} not started: {refused.reason}", status=409) from None
     return Done(f"sync {sync_id} of {marketplace} started", f"/syncs/{sync_id}", detail=f"sync {sync_id}")
