@@ -107,7 +107,20 @@ def test_permanent_errors_are_never_retried():
     assert not retry_when(0, MalformedMessage("bad"))
 
 
-def test_cli_refuses_an_unknown_marketplace_clearly(pipeline):
+@pytest.fixture
+def accounts_only(monkeypatch, database_url):
+    """The accounts' database, and no worker of the test's own: the CLI starts its in-process worker itself
+    (a second worker on the same broker would leave its event loop thread running)."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", "")
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+    yield
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+
+
+def test_cli_refuses_an_unknown_marketplace_clearly(accounts_only):
     result = CliRunner().invoke(main, ["sync", "ebay"])
     assert result.exit_code == 2
     assert "no account 'ebay'" in result.output
