@@ -224,7 +224,7 @@ def test_marketplace_checks_read_available_stock_and_a_removed_rule_resolves(wor
     check_via_workers(world)
     [alert] = alert_rows(world)
     assert (alert.scope, alert.quantity, alert.threshold) == ("SKU-M on backmarket", 3, 5)
-    assert "SKU-M (available on Backmarket) is 3" in world.receiver.texts()[0]
+    assert "SKU-M (available on Back Market) is 3" in world.receiver.texts()[0]
     with world.sessions() as session:
         assert alerts_db.remove_rule(session, rule_id)
         session.commit()
@@ -420,7 +420,7 @@ def test_cli_rules_add_list_remove_and_their_errors(world):
     unknown = stocksync("rules", "add", "--variation", "NOPE", "--threshold", "3")
     assert unknown.exit_code == 1 and "no variation has SKU 'NOPE'" in unknown.output
     bad_mp = stocksync("rules", "add", "--marketplace", "ebay", "--threshold", "3")
-    assert bad_mp.exit_code == 1 and "no marketplace 'ebay' (known: backmarket)" in bad_mp.output
+    assert bad_mp.exit_code == 1 and "no marketplace 'ebay' (known: backmarket, refurbed, shopify)" in bad_mp.output
 
     added = stocksync("rules", "add", "--variation", "SKU-C", "--marketplace", "backmarket", "--threshold", "3")
     assert added.exit_code == 0 and "added: SKU-C on backmarket: alert below 3" in added.output

@@ -41,6 +41,7 @@ import dramatiq
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from psycopg_pool import PoolTimeout
+from sqlalchemy.exc import DBAPIError
 
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from pipelines.events import check_accounts
@@ -372,11 +373,10 @@ async def producer_events(request: web.Request) -> web.Response:
         await asyncio.to_thread(check_accounts, events)
     except ValueError as refused:  # no such account, or a local change it cannot receive
         return _error(422, str(refused))
-    except Exception as error:
-        if not is_outage(error):
-            raise
-        # PostgreSQL down: the events still queue in Redis (booking refuses a bad account later, to
-        # the dead letters), so producers are not stopped by an outage they cannot see.
+    except DBAPIError:
+        # PostgreSQL down (or not migrated yet): the events still queue in Redis (booking refuses a bad
+        # account later, to the dead letters), so producers are not stopped by what they cannot see.
+        pass
     producer = request.app[EVENTS_KEY]
     # A posted batch goes as batch messages (booked set-based, all or nothing per message).
     messages = await _enqueue(request, lambda: producer.send_batch(events) if batched else producer.send_all(events))
