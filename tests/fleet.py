@@ -68,19 +68,24 @@ def fleet_env(*, redis_url: str, database_url: str, backmarket_url: str, token: 
     return env
 
 
-def seed_catalogue(sessions, listings: list[dict]) -> None:
-    """The catalogue as a stock sync left it an hour ago (sandbox listings), so events have rows to book on."""
+def seed_catalogue(sessions, listings: list[dict], marketplace: str = "backmarket", name: str = "Back Market",
+                   publication_state: int | None = 2) -> None:
+    """The catalogue as a stock sync of ``marketplace`` left it an hour ago, so events have rows to book on.
+
+    ``listings``: the sandbox's listings (Back Market's ``listing(i)``), or items of the pipeline's
+    message form (``id``, ``sku``, ``title``, ``quantity``; a Refurbed offer's).
+    """
     from datetime import datetime, timedelta, timezone
 
     from db.snapshot import PageItem, apply_page, ensure_marketplace
     from db.syncs import SyncPolicy, begin_run
 
     with sessions() as session:
-        marketplace_id = ensure_marketplace(session, "backmarket", "Back Market")
+        marketplace_id = ensure_marketplace(session, marketplace, name)
         session.commit()
-        run = begin_run(session, kind="stock", target="backmarket", trigger="manual", policy=SyncPolicy(0, 0, 900))
+        run = begin_run(session, kind="stock", target=marketplace, trigger="manual", policy=SyncPolicy(0, 0, 900))
         apply_page(session, marketplace_id=marketplace_id, sync_id=run.id, page=1,
                    fetched_at=datetime.now(timezone.utc) - timedelta(hours=1), total_pages=1,
-                   items=[PageItem(l["id"], l["listing_id"], l["sku"], l["title"], l["quantity"], 2, l["price"],
-                                   l["currency"]) for l in listings])
+                   items=[PageItem(l["id"], l.get("listing_id"), l["sku"], l["title"], l["quantity"], publication_state,
+                                   l.get("price"), l.get("currency")) for l in listings])
         session.commit()
