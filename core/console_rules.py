@@ -100,3 +100,7 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
         if not _trusted(address, trusted):
             return client
     return client  # every hop trusted: the left-most one asked
+
+
+#: Every reference an operator types is booked under this prefix; no other channel may use it.
+CONSOLE_REFERENCE_PREFIX = "console:"

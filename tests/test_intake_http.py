@@ -286,6 +286,14 @@ def test_signed_events_are_validated_and_enqueued(intake):
     assert [item["kind"] for item in messages[0].args[0]] == ["order_created", "stock_topup"]
 
 
+def test_a_producer_cannot_use_the_console_reference_namespace(intake):
+    # An operator's reference is booked as console:<typed>: a producer sending one could pre-empt it.
+    server, broker = intake
+    status, answer = signed_post(server, {**TOPUP, "reference": "console:PO-77"})
+    assert status == 400 and "'console:' prefix is the console's own" in answer["error"]
+    assert enqueued(broker) == []
+
+
 def test_a_producer_cannot_choose_the_ledger_actor(intake):
     # A producer could name any console user as the actor: the ledger shows the key's own name.
     server, broker = intake

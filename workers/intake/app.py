@@ -43,6 +43,7 @@ from aiohttp.abc import AbstractAccessLogger
 from psycopg_pool import PoolTimeout
 from sqlalchemy.exc import DBAPIError
 
+from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
@@ -369,6 +370,11 @@ async def producer_events(request: web.Request) -> web.Response:
         except InvalidStockEvent as invalid:
             where = f"events[{index}]." if batched else ""
             raise _BadRequest(f"{where}{invalid}") from None
+    for index, event in enumerate(events):
+        # The console's references are its own: a producer's can never pre-empt (or replay) an operator's.
+        if (event.reference or "").startswith(CONSOLE_REFERENCE_PREFIX):
+            where = f"events[{index}]." if batched else ""
+            raise _BadRequest(f"{where}reference: the {CONSOLE_REFERENCE_PREFIX!r} prefix is the console's own")
     try:
         await asyncio.to_thread(check_accounts, events)
     except ValueError as refused:  # no such account, or a local change it cannot receive

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from actors.events import book_and_count, drains_wanted, request_drains
 from core.accounts import AccountError
+from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidEvent, make_event
 from core.platforms import NotSupported, platform
 from db import console_queries
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 #: Every reference an operator types is booked under this prefix: producers' references are theirs.
-REFERENCE_PREFIX = "console:"
+REFERENCE_PREFIX = CONSOLE_REFERENCE_PREFIX
 
 MAX_SEARCH_RESULTS = 50
 
