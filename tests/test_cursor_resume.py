@@ -53,6 +53,7 @@ def take(broker, queue: str) -> list:
     messages = []
     while not waiting.empty():
         messages.append(Message.decode(waiting.get_nowait()))
+        waiting.task_done()  # else the queue counts it unfinished and a later join() waits for it for good
     return messages
 
 
