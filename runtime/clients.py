@@ -75,27 +75,10 @@ def backmarket_client(on_request=None, limiter: FleetRateLimiter | None = None) 
         penalty_s=settings.backmarket_penalty_s, on_request=metrics.request_hook(on_request))
 
 
-def backmarket_orders_client(on_request=None) -> BackMarketClient:
-    """A Back Market client for the order endpoints: their own fleet-wide quota, not the catalog's."""
-    settings = get_settings()
-    limiter = fleet_limiter("backmarket-orders", settings.intake_orders_quota_requests,
-                            settings.intake_orders_quota_window_s, settings.rate_limit_margin_s)
-    return backmarket_client(on_request, limiter=limiter)
-
-
 def refurbed_limiter() -> FleetRateLimiter:
     """The fleet-wide Refurbed quota (orders and offers alike)."""
     settings = get_settings()
     return fleet_limiter("refurbed", settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
-
-
-def refurbed_client(on_request=None) -> RefurbedClient:
-    """A Refurbed client on this process's session, with the fleet-wide Refurbed quota."""
-    settings = get_settings()
-    return RefurbedClient(resources.http_session(), base_url=settings.refurbed_base_url,
-                          token=settings.refurbed_token.get_secret_value(), limiter=refurbed_limiter(),
-                          timeout_s=settings.refurbed_timeout_s, attempts=settings.refurbed_http_attempts,
-                          on_request=metrics.request_hook(on_request))
 
 
 def account_limiter(view: AccountView) -> FleetRateLimiter:
