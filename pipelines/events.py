@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from core.events import LOCAL_CHANGE_TYPES
 from db import events as stock_events
 from db.snapshot import apply_recheck
-from runtime import accounts, resources
+from runtime import accounts, metrics, resources
 from runtime.clients import account_limiter, catalogue_adapter
 from runtime.settings import Settings, get_settings
 from sqlalchemy import text
@@ -171,13 +171,19 @@ async def read_listings(marketplace: str, listings: list[str], slots: PairedSlot
     return fetched_at, await adapter.read_quantity(listings)
 
 
-async def _send_quantity(marketplace: str, listing: str, quantity: int, slots: PairedSlots) -> None:
+async def _send_quantity(marketplace: str, listing: str, quantity: int, slots: PairedSlots | None, *,
+                         expected: int | None = None, reference: str = "") -> bool:
     adapter = catalogue_adapter(accounts.account(marketplace, "push"), limiter=slots)
-    await adapter.set_quantity(listing, quantity)
+    return await adapter.set_quantity(listing, quantity, expected, reference=reference)
 
 
 def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> PushOutcome:
     """Claim the row's push, read its listing, decide with the rules, POST, confirm.
+
+    On a compare-and-set platform (Shopify) the write carries the quantity read: when the
+    marketplace refuses it (an order landed since the read), the push reads again and decides
+    again, up to ``SHOPIFY_PUSH_ATTEMPTS`` writes, then waits for a later drain (``deferred``).
+    Elsewhere the read and the POST go milliseconds apart (:class:`PairedSlots`).
 
     Raises :class:`db.events.PushImpossible` (no listing, or several), and whatever the HTTP calls
     raise; a failed POST keeps the lease (it may still land) and the error on the row.
@@ -195,18 +201,33 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
     if not claim.needed:
         return PushOutcome("nothing")
     view = accounts.account(marketplace, "push")
-    slots = PairedSlots(lambda: account_limiter(view))
+    cas = view.platform.compare_and_set
+    slots = None if cas else PairedSlots(lambda: account_limiter(view))
+    attempts = settings.shopify_push_attempts if cas else 1
     try:
-        fetched_at, quantity = resources.run_on_worker_loop(
-            lambda: read_listings(marketplace, [claim.listing], slots))
-        with sessions() as session:
-            plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
-                                              skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
-            session.commit()
-        if plan is None:
-            return PushOutcome("deferred")
-        if plan.post:
-            resources.run_on_worker_loop(lambda: _send_quantity(marketplace, claim.listing, plan.quantity, slots))
+        for attempt in range(1, attempts + 1):
+            fetched_at, quantity = resources.run_on_worker_loop(
+                lambda: read_listings(marketplace, [claim.listing], slots))
+            with sessions() as session:
+                plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
+                                                  skew=skew(settings),
+                                                  restocks_on_cancel=restocks(marketplace, settings))
+                session.commit()
+            if plan is None:
+                return PushOutcome("deferred")
+            if not plan.post or resources.run_on_worker_loop(lambda: _send_quantity(
+                    marketplace, claim.listing, plan.quantity, slots, expected=quantity if cas else None,
+                    reference=f"gid://stocksync/StockPush/{stock_id}-{fetched_at.timestamp():.0f}")):
+                break
+            # Refused: the stock moved since the read and nothing was written.  Read and decide again.
+            metrics.push_compare_refused(marketplace)
+            logger.info("push of %s on %s refused (stock changed since the read of %d): attempt %d of %d",
+                        sku, marketplace, quantity, attempt, attempts)
+            with sessions() as session:
+                stock_events.forget_refused_push(session, claim)
+                session.commit()
+        else:
+            return PushOutcome("deferred")  # refused each time: the drain gives the row back for a later read
     except BaseException as error:
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
         with sessions() as session:

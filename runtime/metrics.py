@@ -135,6 +135,9 @@ class _Metrics:
             "stocksync_push_backlog_eta_seconds", "Estimated time to push the backlog at the marketplace's quotas "
             "(the line budget left in the window, then whole windows).", ["marketplace"],
             multiprocess_mode="livemostrecent")
+        self.push_compare_refused = counter(
+            "stocksync_push_compare_refused", "Compare-and-set pushes the marketplace refused because its stock "
+            "had changed since the push's read (the push reads again and decides again).", ["marketplace"])
         self.stock_alert_notifications = counter(
             "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
             "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
@@ -278,6 +281,12 @@ def oversold(marketplace: str, count: int = 1) -> None:
 def ledger_broken_rows(marketplace: str, count: int) -> None:
     """How many of ``marketplace``'s stock rows broke the ledger invariant at the last check."""
     _metrics().ledger_broken_rows.labels(marketplace).set(count)
+
+
+@_safely
+def push_compare_refused(marketplace: str) -> None:
+    """Count a compare-and-set push ``marketplace`` refused (its stock changed since the read)."""
+    _metrics().push_compare_refused.labels(marketplace).inc()
 
 
 @_safely

@@ -183,10 +183,15 @@ def test_orders_and_syncs_of_each_account_land_on_its_own_rows(fleet):
     assert states == {code: "pushed" for code in sandboxes}
 
 
-def test_a_local_change_on_an_account_that_cannot_push_is_refused(fleet):
-    from core.platforms import NotSupported
+def test_a_local_change_on_an_account_that_cannot_push_is_refused(fleet, monkeypatch):
+    import dataclasses
+
     from core.events import StockEvent
+    from core.platforms import PLATFORMS, NotSupported
     from pipelines.events import check_accounts
+
+    # Shopify pushes now: one that could not stands for a platform without a push.
+    monkeypatch.setitem(PLATFORMS, "shopify", dataclasses.replace(PLATFORMS["shopify"], push=False))
 
     with resources.sessions()() as session:
         account_rows.add_account(session, platform="shopify", code="shop-eu", credentials_env="STOCKSYNC_ACCOUNT_SHOP",

@@ -5,9 +5,13 @@ login throttling, escaping, secrets.  Real PostgreSQL and Redis; actions enqueue
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 from sqlalchemy import text
+
+from core.platforms import PLATFORMS
+from runtime import accounts
 
 from tests.console_support import (PASSWORD, SECRETS, actions, add_dead_letter, add_variation, audit_rows,  # noqa: F401
                                    client_of, csrf_of, enqueued, ledger_rows, login, run, session_csrf, world)
@@ -379,8 +383,13 @@ def test_the_overview_shows_each_marketplace_push_backlog_against_its_data_limit
     assert "1997 of 2000 per 1h" in table
 
 
-def test_accounts_offer_and_accept_only_what_their_platform_can_do(world):
-    with world.sessions() as session:  # the variation is stocked on a Shopify shop too (no push, no read-one here)
+def test_accounts_offer_and_accept_only_what_their_platform_can_do(world, monkeypatch, request):
+    # Every API platform reads one, pushes and polls now: a Shopify that could not is the platform that cannot.
+    monkeypatch.setitem(PLATFORMS, "shopify", dataclasses.replace(PLATFORMS["shopify"], read_one=False, push=False,
+                                                                  poll_orders=False))
+    accounts.forget()
+    request.addfinalizer(accounts.forget)  # no view of the changed table outlives the test
+    with world.sessions() as session:  # the variation is stocked on that shop too (no push, no read-one)
         session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
                              "SELECT :v, id, 4 FROM marketplaces WHERE code = 'shop-eu'"), {"v": world.variation_id})
         session.execute(text("INSERT INTO listings (marketplace_id, external_id, variation_id, sku) "
