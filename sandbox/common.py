@@ -34,8 +34,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-__all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_error",
-           "credential_matches", "injected_failure", "max_in_window", "pause", "serve_counted"]
+__all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_body",
+           "admin_error", "credential_matches", "injected_failure", "max_in_window", "optional_bool", "pause", "serve_counted"]
 
 
 class OutOfStock(ValueError):
@@ -236,6 +236,22 @@ def max_in_window(times: Sequence[float], window_s: float) -> int:
 def admin_error(status: int, message: str) -> web.Response:
     """An answer of a ``/_sandbox/`` admin route refusing a request."""
     return web.json_response({"error": message}, status=status)
+
+
+async def admin_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object an admin route was sent; ``ValueError`` when it is not one."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    return body
+
+
+def optional_bool(body: dict[str, Any], name: str, default: bool | None = None) -> bool | None:
+    """``body[name]``: true, false, or ``default`` when absent; ``ValueError`` for anything else."""
+    value = body.get(name, default)
+    if value is not default and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true, false or absent")
+    return value
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ from sandbox.common import (
     OutOfStock,
     SlidingWindowQuota,
     WebhookSender,
+    admin_body,
     admin_error,
     credential_matches,
     injected_failure,
+    optional_bool,
     pause,
     serve_counted,
 )
@@ -619,7 +621,7 @@ class RefurbedSandbox(Dials):
     async def _admin_add_offer(self, request: web.Request) -> web.Response:
         """``{"sku", "stock"}`` adds one offer; ``{"count", "seed"}`` adds generated ones (see :meth:`add_offers`)."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "count" in body:
                 return web.json_response({"added": self.add_offers(int(body["count"]), seed=int(body.get("seed", 1)))},
                                          status=201)
@@ -630,7 +632,7 @@ class RefurbedSandbox(Dials):
     async def _admin_set_stock(self, request: web.Request) -> web.Response:
         """``{"<sku>": stock, ...}``: set offers' stock, as the merchant's back office would."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             stocks = {sku: _check_stock(stock) for sku, stock in body.items()}
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
@@ -644,7 +646,7 @@ class RefurbedSandbox(Dials):
 
     async def _admin_place(self, request: web.Request) -> web.Response:
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             order = self.place_order(body["skus"], notify=bool(body.get("notify", True)))
         except OutOfStock as error:
             return admin_error(409, str(error))
@@ -655,10 +657,8 @@ class RefurbedSandbox(Dials):
     async def _admin_item_state(self, request: web.Request) -> web.Response:
         """``{"state", "restock"?}``: move an item as the customer or the merchant would."""
         try:
-            body = await _admin_body(request)
-            restock = body.get("restock")
-            if restock is not None and not isinstance(restock, bool):
-                raise ValueError("restock must be true, false or absent")
+            body = await admin_body(request)
+            restock = optional_bool(body, "restock")
             item = self.set_item_state(request.match_info["item_id"], str(body["state"]), restock=restock)
         except KeyError as error:
             return admin_error(404 if "order item" in str(error) else 400, str(error))
@@ -669,7 +669,7 @@ class RefurbedSandbox(Dials):
     async def _admin_faults(self, request: web.Request) -> web.Response:
         """``{"rate_limit": n, "retry_after_s": s}`` and/or ``{"fail": n, "status": 5xx}``."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "rate_limit" in body:
                 self.rate_limit_next(int(body["rate_limit"]), float(body.get("retry_after_s", 1.0)))
             if "fail" in body:
@@ -839,13 +839,6 @@ def _only_fields(body: dict, known: set[str], message: str) -> None:
     unknown = sorted(set(body) - known)
     if unknown:
         raise _RpcError(INVALID_ARGUMENT, f"unknown field {unknown[0]!r} in {message}")
-
-
-async def _admin_body(request: web.Request) -> dict[str, Any]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    return body
 
 
 def _money(cents: int) -> str:

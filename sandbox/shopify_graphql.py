@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import datetime, timezone
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -34,7 +35,7 @@ from sandbox.shopify_cost import MAX_QUERY_COST, CostBucket, query_cost
 if TYPE_CHECKING:
     from sandbox.shopify import ShopifySandbox
 
-__all__ = ["MAX_PAGE_SIZE", "answer", "gid", "parse_gid", "schema"]
+__all__ = ["MAX_PAGE_SIZE", "answer", "gid", "iso_datetime", "parse_gid", "schema"]
 
 #: The most items one connection page may hold (Shopify's limit).
 MAX_PAGE_SIZE = 250
@@ -48,6 +49,11 @@ _datetime, _url = ScalarType("DateTime"), ScalarType("URL")
 def gid(kind: str, number: int) -> str:
     """A Shopify global id: ``gid://shopify/<kind>/<number>``."""
     return f"gid://shopify/{kind}/{number}"
+
+
+def iso_datetime(moment: datetime) -> str:
+    """A ``DateTime`` as Shopify writes it: UTC, to the second, ``2026-01-09T19:35:56Z``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_gid(value: Any, kind: str) -> int | None:
