@@ -141,6 +141,7 @@ class ShopifySandbox(Dials):
                     self._levels[item_id, location["id"]] = rng.randint(0, 6)
             self._products.append({"id": PRODUCT_ID_BASE + p, "title": f"Refurbished phone {p + 1}",
                                    "variants": variants})
+        self._variant_pairs = sorted(self._variants_by_id.items())
         self._level_updated: dict[tuple[int, int], datetime] = {}
         self._bucket_used = 0.0
         self._bucket_at = clock()
@@ -245,6 +246,10 @@ class ShopifySandbox(Dials):
         """Every variant (the shop's own dicts: read only)."""
         return [variant for product in self._products for variant in product["variants"]]
 
+    def variant_pairs_locked(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(id, variant)`` of every variant, by id (made once: the catalogue does not change)."""
+        return self._variant_pairs
+
     def variant_locked(self, variant_id: int | None) -> dict[str, Any] | None:
         """The variant with this id, or None."""
         return self._variants_by_id.get(variant_id)
@@ -263,7 +268,7 @@ class ShopifySandbox(Dials):
 
     def variant_view_locked(self, variant: dict[str, Any]) -> dict[str, Any]:
         """A ``ProductVariant`` (its ``inventoryItem`` is resolved on demand)."""
-        product = next(p for p in self._products if p["id"] == variant["product_id"])
+        product = self._products[variant["product_id"] - PRODUCT_ID_BASE]
         levels = [self._levels[variant["inventory_item_id"], loc] for loc in self.location_ids_locked()]
         return {"id": gid("ProductVariant", variant["id"]), "legacyResourceId": str(variant["id"]),
                 "sku": variant["sku"], "title": variant["title"], "price": variant["price"],
@@ -441,8 +446,8 @@ class ShopifySandbox(Dials):
         """Stop the webhook sender once its queue is empty."""
         self._orders.webhooks.close()
 
-    def orders_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, dict[str, Any]]]:
-        """``(sort key, Order view)`` of the orders matching a search ``query``.  Raises ``ValueError``."""
+    def orders_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, int]]:
+        """``(sort key, order id)`` of the orders matching a search ``query``.  Raises ``ValueError``."""
         return self._orders.search_locked(query, sort_key)
 
     def order_view_locked(self, order_id: int | None) -> dict[str, Any] | None:

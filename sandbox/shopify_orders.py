@@ -138,14 +138,11 @@ class ShopifyOrders:
         """How many orders the shop has taken."""
         return len(self._orders)
 
-    def search_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, dict[str, Any]]]:
-        """``(sort key, Order view)`` of the orders matching ``query``.  Raises ``ValueError``."""
+    def search_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, int]]:
+        """``(sort key, order id)`` of the orders matching ``query``.  Raises ``ValueError``."""
         tests = _parse_query(query or "")
-        found = []
-        for order in self._orders.values():
-            if all(test(order) for test in tests):
-                found.append((_sort_key(order, sort_key), self._view(order)))
-        return found
+        return [(_sort_key(order, sort_key), order["id"]) for order in self._orders.values()
+                if all(test(order) for test in tests)]
 
     def view_locked(self, order_id: int | None) -> dict[str, Any] | None:
         """One ``Order`` view, or None."""

@@ -10,11 +10,13 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
+from graphql import GraphQLError
 
 from core.platforms import SHOPIFY_API_VERSION
 from sandbox.common import OutOfStock
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
+from sandbox.shopify_graphql import connection
 from workers.intake.auth import SignatureError, verify_shopify
 
 TOKEN = "shpat_graphql_tests"
@@ -383,3 +385,37 @@ def test_the_control_routes_place_and_cancel_orders_and_set_faults(shop):
         200, {"pending_failures": 1, "pending_throttles": 1, "pending_429s": 0})
     assert post(url, "/_sandbox/faults", {"throttle": "many"}, token=None)[0] == 400
     assert post(url, "/_sandbox/config", {"cost_restore_rate": 0}, token=None)[0] == 400
+
+
+def test_connection_pages_both_ways_from_any_cursor():
+    items = [(key, f"node{key}") for key in range(1, 12)]
+    forward, after, pages = [], None, 0
+    while True:
+        page = connection(items, first=4, after=after)
+        forward += page["nodes"]
+        pages += 1
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert forward == [f"node{key}" for key in range(1, 12)] and pages == 3
+    backward = connection(items, first=4, reverse=True)
+    assert backward["nodes"] == ["node11", "node10", "node9", "node8"]
+    after_reverse = connection(items, first=4, reverse=True, after=backward["pageInfo"]["endCursor"])
+    assert after_reverse["nodes"] == ["node7", "node6", "node5", "node4"]
+    last = connection(items, last=3, before=connection(items, first=5)["pageInfo"]["endCursor"])
+    assert last["nodes"] == ["node2", "node3", "node4"] and last["pageInfo"]["hasPreviousPage"]
+    assert connection(items, first=0)["nodes"] == []
+    with pytest.raises(GraphQLError, match="cursor"):
+        connection(items, first=1, after="not-a-cursor")
+
+
+def test_cost_counts_fragments_and_aliases_like_plain_fields(shop):
+    sandbox, url, _ = shop
+    answer = gql(url, """
+      fragment Level on InventoryLevel { quantities(names: ["available"]) { quantity } }
+      query { a: productVariants(first: 3) { nodes { id inventoryItem { ... on InventoryItem {
+                inventoryLevel(locationId: "%s") { ...Level } } } } }
+              b: locations(first: 2) { edges { node { id } } } }""" % location_gid(sandbox))
+    # a: 2 + 3 x (node 1 + item 1 + level 1 + quantities 1) = 14; b: 2 + 2 x 1 = 4.
+    assert answer["extensions"]["cost"]["requestedQueryCost"] == 18
+    assert answer["extensions"]["cost"]["actualQueryCost"] == 18
