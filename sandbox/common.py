@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 __all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_body",
-           "admin_error", "credential_matches", "injected_failure", "max_in_window", "optional_bool", "pause", "serve_counted"]
+           "admin_error", "credential_matches", "injected_failure", "max_in_window", "optional_bool", "pause",
+           "serve_counted"]
 
 
 class OutOfStock(ValueError):
@@ -325,7 +326,7 @@ class WebhookSender:
                  max_attempts: int, retry_s: float) -> None:
         for attempt in range(1, max_attempts + 1):
             payload, headers = body()
-            status, error = post(url, payload, {"Content-Type": "application/json", "User-Agent": self._user_agent,
+            status, error = _post(url, payload, {"Content-Type": "application/json", "User-Agent": self._user_agent,
                                                 **headers})
             with self._lock:
                 self._deliveries.append(Delivery(order_id, copy, attempt, status, error, time.monotonic()))
@@ -334,7 +335,7 @@ class WebhookSender:
             time.sleep(retry_s * 2 ** (attempt - 1))  # the vendors retry "with an increasing interval"
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
     """POST ``body`` to ``url``; ``(status, None)`` or ``(None, error)`` when no answer came."""
     parts = urlsplit(url)
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

@@ -359,7 +359,8 @@ class ShopifySandbox(Dials):
             # 2026-01: changeFromQuantity, when given (even null), decides; the deprecated compareQuantity
             # and ignoreCompareQuantity only count without it.
             if "changeFromQuantity" in quantity:
-                expected, code, field = quantity["changeFromQuantity"], "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity"
+                expected, field = quantity["changeFromQuantity"], "changeFromQuantity"
+                code = "CHANGE_FROM_QUANTITY_STALE"
             elif given.get("ignoreCompareQuantity"):
                 expected, code, field = None, "", ""
             elif quantity.get("compareQuantity") is not None:
@@ -647,7 +648,8 @@ class ShopifySandbox(Dials):
         except OutOfStock as error:
             return admin_error(409, str(error))
         except KeyError as error:
-            return admin_error(404 if "no " in str(error) else 400, f"expected {{\"lines\": {{sku: quantity}}}}: {error}")
+            return admin_error(404 if "no " in str(error) else 400,
+                               f"expected {{\"lines\": {{sku: quantity}}}}: {error}")
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
         return web.json_response(order, status=201)
@@ -681,8 +683,8 @@ class ShopifySandbox(Dials):
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
         with self._lock:
-            return web.json_response({"pending_failures": len(self._faults), "pending_throttles": self._forced_throttles,
-                                      "pending_429s": self._forced_429})
+            return web.json_response({"pending_failures": len(self._faults),
+                                      "pending_throttles": self._forced_throttles, "pending_429s": self._forced_429})
 
     def _item_of(self, sku: str) -> int:
         for product in self._products:
