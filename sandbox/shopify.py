@@ -152,6 +152,7 @@ class ShopifySandbox(Dials):
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._writes = {"applied": 0, "refused_stale": 0, "refused_other": 0}
+        self._throttled = 0  # GraphQL answers THROTTLED (by the bucket or the dial)
         self._groups = itertools.count(ADJUSTMENT_GROUP_ID_BASE)
         self._orders = ShopifyOrders(self, self._lock)
         self.configure(token=token, bucket_size=bucket_size, leak_per_s=leak_per_s, latency_s=latency_s,
@@ -234,9 +235,9 @@ class ShopifySandbox(Dials):
         return self.quantities()
 
     def stats(self) -> dict[str, Any]:
-        """Requests by resource, answers by status, GraphQL writes applied and refused, orders."""
+        """Requests by resource, answers by status, GraphQL answers THROTTLED, writes applied and refused, orders."""
         with self._lock:
-            return {"requests": dict(self._requests), "by_status": dict(self._statuses),
+            return {"requests": dict(self._requests), "by_status": dict(self._statuses), "throttled": self._throttled,
                     "total_requests": sum(self._requests.values()), "inventory_writes": dict(self._writes),
                     "orders": self._orders.count_locked()}
 
@@ -541,6 +542,8 @@ class ShopifySandbox(Dials):
                 answered = shopify_graphql.answer(self, self._cost_bucket, body, throttled=throttled)
             except ValueError as error:
                 return self._answer(400, {"errors": str(error)})
+            self._throttled += any(isinstance(e, dict) and e.get("extensions", {}).get("code") == "THROTTLED"
+                                   for e in answered.get("errors", ()))
         return web.json_response(answered)
 
     def _paged(self, request: web.Request, key: str, rows: Callable[[dict[str, str]], list[dict[str, Any]]],

@@ -135,9 +135,9 @@ class ShopifySide(Side):
     account = "shop"
     bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
 
-    def __init__(self, restocks: bool) -> None:
-        self.sandbox = ShopifySandbox(products=LISTINGS // 2, variants_per_product=2, locations=1, token=TOKEN,
-                                      restock_on_cancel=restocks, seed=77, **self.bucket)
+    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
+        self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
+                                      restock_on_cancel=restocks, seed=seed, **self.bucket)
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
         self._armed: set[str] = set()
         self._ambushed: queue.SimpleQueue = queue.SimpleQueue()
