@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -64,6 +65,8 @@ from sandbox.shopify_graphql import gid, iso_datetime, parse_gid
 from sandbox.shopify_orders import ShopifyOrders
 
 __all__ = ["ShopifySandbox"]
+
+_OPERATION = re.compile(r"\s*(?:query|mutation)\s+(\w+)")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 250
@@ -153,6 +156,8 @@ class ShopifySandbox(Dials):
         self._statuses: Counter[int] = Counter()
         self._writes = {"applied": 0, "refused_stale": 0, "refused_other": 0}
         self._throttled = 0  # GraphQL answers THROTTLED (by the bucket or the dial)
+        #: Operation name -> [answers run, requested cost, actual cost] of the GraphQL queries run (not throttled).
+        self._costs: dict[str, list[float]] = {}
         self._groups = itertools.count(ADJUSTMENT_GROUP_ID_BASE)
         self._orders = ShopifyOrders(self, self._lock)
         self.configure(token=token, bucket_size=bucket_size, leak_per_s=leak_per_s, latency_s=latency_s,
@@ -238,6 +243,8 @@ class ShopifySandbox(Dials):
         """Requests by resource, answers by status, GraphQL answers THROTTLED, writes applied and refused, orders."""
         with self._lock:
             return {"requests": dict(self._requests), "by_status": dict(self._statuses), "throttled": self._throttled,
+                    "query_costs": {name: {"answers": int(runs), "requested": requested, "actual": actual}
+                                    for name, (runs, requested, actual) in self._costs.items()},
                     "total_requests": sum(self._requests.values()), "inventory_writes": dict(self._writes),
                     "orders": self._orders.count_locked()}
 
@@ -544,6 +551,13 @@ class ShopifySandbox(Dials):
                 return self._answer(400, {"errors": str(error)})
             self._throttled += any(isinstance(e, dict) and e.get("extensions", {}).get("code") == "THROTTLED"
                                    for e in answered.get("errors", ()))
+            cost = answered.get("extensions", {}).get("cost", {})
+            if "data" in answered and cost.get("actualQueryCost") is not None:
+                named = _OPERATION.match(body.get("query", "")) if isinstance(body, dict) else None
+                totals = self._costs.setdefault(named.group(1) if named else "(anonymous)", [0, 0.0, 0.0])
+                totals[0] += 1
+                totals[1] += cost["requestedQueryCost"]
+                totals[2] += cost["actualQueryCost"]
         return web.json_response(answered)
 
     def _paged(self, request: web.Request, key: str, rows: Callable[[dict[str, str]], list[dict[str, Any]]],
