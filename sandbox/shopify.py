@@ -100,7 +100,8 @@ class ShopifySandbox(Dials):
     requests answered 500, seeded), ``restock_on_cancel`` (whether a cancelled order gives its units
     back by default), ``webhook_url``, ``webhook_secret`` and ``shop_domain`` (the order webhooks).
     ``products`` × ``variants_per_product`` variants, SKUs ``SHOP-0001-1``...; every
-    ``no_sku_every``-th variant has an empty SKU (0: none).  Every method takes the sandbox's lock;
+    ``no_sku_every``-th variant has an empty SKU (0: none); ``skus`` instead: one product of one
+    variant per SKU given (a catalogue listed on other marketplaces too).  Every method takes the sandbox's lock;
     the ``*_locked`` ones are for :mod:`sandbox.shopify_graphql`'s resolvers, which run under it.
     """
 
@@ -113,9 +114,12 @@ class ShopifySandbox(Dials):
                  cost_restore_rate: float = STANDARD_RESTORE_RATE, restock_on_cancel: bool = True,
                  webhook_url: str | None = None, webhook_secret: str = "shopify-sandbox-webhook-secret",
                  shop_domain: str = "sandbox-shop.myshopify.com", no_sku_every: int = 0, seed: int = 1,
+                 skus: list[str] | None = None,
                  clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] | None = None) -> None:
         if products < 0 or variants_per_product < 1 or locations < 1:
             raise ValueError("products must be >= 0, variants_per_product and locations >= 1")
+        if skus is not None:  # a catalogue listed elsewhere too: one product of one variant per SKU
+            products, variants_per_product = len(skus), 1
         self._clock = clock
         self.now = now or (lambda: datetime.now(timezone.utc))
         self._lock = threading.Lock()
@@ -134,6 +138,7 @@ class ShopifySandbox(Dials):
             for v in range(variants_per_product):
                 number += 1
                 sku = "" if no_sku_every and number % no_sku_every == 0 else f"SHOP-{p + 1:04d}-{v + 1}"
+                sku = skus[p] if skus is not None else sku
                 item_id = INVENTORY_ITEM_ID_BASE + number
                 variant = {"id": VARIANT_ID_BASE + number, "product_id": PRODUCT_ID_BASE + p,
                            "title": f"Grade {'ABC'[v % 3]}", "sku": sku, "inventory_item_id": item_id,

@@ -1,9 +1,10 @@
-"""``stocksync demo``: one seller on two marketplaces (sandbox Back Market and Refurbed), in one process.
+"""``stocksync demo``: one seller on three marketplaces (sandbox Back Market, Refurbed and Shopify), in one process.
 
-One catalogue is listed on both; each account is synced through the one catalogue pipeline, orders
-land on each marketplace and are polled, a top-up is pushed to each, the sandboxes change 5% of their
-stock and both are synced again; a table per account shows what every step did, on the embedded
-PostgreSQL.
+One catalogue is listed on all three (the Shopify shop as an account of its own, ``shop``, on the
+sandbox's GraphQL Admin API at the standard plan's query-cost rate); each account is synced through
+the one catalogue pipeline, orders land on each marketplace and are polled, a top-up is pushed to
+each (to Shopify with its compare-and-set), the sandboxes change 5% of their stock and every account
+is synced again; a table per account shows what every step did, on the embedded PostgreSQL.
 
 With ``--console`` the operator console stays up afterwards on the demo's data, with a demo user it
 prints; if ``redis-server`` is installed the demo then runs on a local Redis (so dead letters exist
@@ -33,10 +34,11 @@ DEMO_USER = "demo"
 @click.option("--console", "with_console", is_flag=True,
               help="Then serve the operator console on the demo's data (CONSOLE_HOST:CONSOLE_PORT) until Ctrl-C.")
 def demo_command(listings: int, change: int | None, with_console: bool) -> None:
-    """A seller on sandbox Back Market and Refurbed: sync, orders, top-ups, sync again (embedded PostgreSQL)."""
+    """A seller on sandbox Back Market, Refurbed and Shopify: sync, orders, top-ups, sync again (embedded PostgreSQL)."""
     from sandbox.backmarket import BackMarketSandbox
     from sandbox.refurbed import RefurbedSandbox
     from sandbox.server import serve_in_thread
+    from sandbox.shopify import ShopifySandbox
 
     settings = get_settings()
     # The sandboxes enforce the marketplaces' real quotas; the fleet's limiters keep under them.
@@ -45,9 +47,12 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
                                 quota_window_s=settings.backmarket_quota_window_s)
     refurbed = RefurbedSandbox(token="demo-token", quota_requests=settings.refurbed_quota_requests,
                                quota_window_s=settings.refurbed_quota_window_s)
-    refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on both
+    refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on all three
+    shop = ShopifySandbox(skus=[sandbox.listing(i)["sku"] for i in range(listings)], locations=1, token="demo-token",
+                          seed=7)  # the standard plan's cost bucket, as Shopify meters it
     server = serve_in_thread(sandbox.build_app())
     refurbed_server = serve_in_thread(refurbed.build_app())
+    shop_server = serve_in_thread(shop.build_app())
     redis_server = None
     redis_url = ""
     if with_console and shutil.which("redis-server"):
@@ -58,20 +63,22 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     # The demo is self-contained whatever the environment says: embedded database, no Redis (or its own).
     os.environ.update({"REDIS_URL": redis_url, "DATABASE_URL": "", "BACKMARKET_BASE_URL": server.url,
                        "BACKMARKET_TOKEN": "demo-token", "REFURBED_BASE_URL": refurbed_server.url,
-                       "REFURBED_TOKEN": "demo-token", "METRICS_PORT": "0"})
+                       "REFURBED_TOKEN": "demo-token", "METRICS_PORT": "0", "ACCOUNTS_ALLOW_LOOPBACK": "true",
+                       SHOP_CREDENTIAL: "demo-token"})
     get_settings.cache_clear()
     from db.migrate import upgrade
     from runtime import resources
     from workers.cli.common import console, summary_table
 
-    click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed with the same "
-               f"catalogue at {refurbed_server.url}")
+    click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed and sandbox "
+               f"Shopify with the same catalogue at {refurbed_server.url} and {shop_server.url}")
     upgrade(resources.database_url())
+    _add_shop(shop_server.url)
     runs = []
     try:
         with in_process_worker(on_redis=bool(redis_url)):
             runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
-            orders = _orders_on_each(sandbox, refurbed)
+            orders = _orders_on_each(sandbox, refurbed, shop)
             click.echo(f"{orders} orders placed on the marketplaces; polling them")
             for code in ACCOUNTS:
                 _poll(code)
@@ -82,11 +89,13 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
             # skew of a push is not trusted for that row (the next sync reads it), by the stock rules.
             for sku in sorted(refurbed.quantities())[-count:]:
                 refurbed.set_offer_stock(sku, refurbed.stock(sku) + 1)
+            for sku in sorted(shop.truth())[-count:]:  # by hand in the shop's admin too
+                shop.set_available(sku, (shop.available(sku) or 0) + 1)
             click.echo(f"changed the stock of {count} listings on each marketplace; syncing again")
             runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
             console.print(summary_table(runs, title="demo: two stock syncs of each account"))
-            console.print(_accounts_table(sandbox, refurbed))
-            backmarket_stats, refurbed_stats = sandbox.stats(), refurbed.stats()
+            console.print(_accounts_table(sandbox, refurbed, shop))
+            backmarket_stats, refurbed_stats, shop_stats = sandbox.stats(), refurbed.stats(), shop.stats()
             for name, requests, limited, quota, window in (
                     ("Back Market", backmarket_stats["total_requests"], backmarket_stats["rate_limited"],
                      settings.backmarket_quota_requests, settings.backmarket_quota_window_s),
@@ -94,22 +103,43 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
                      settings.refurbed_quota_requests, settings.refurbed_quota_window_s)):
                 click.echo(f"sandbox {name} saw {requests} requests, {limited} answered 429 (quota {quota} per "
                            f"{window:g} s)")
+            spent = sum(cost["actual"] for cost in shop_stats["query_costs"].values())
+            click.echo(f"sandbox Shopify saw {shop_stats['total_requests']} requests costing {spent:,.0f} query "
+                       f"points, {shop_stats['throttled']} answered THROTTLED (bucket 2000 points, 100 a second); "
+                       f"compare-and-set writes {shop_stats['inventory_writes']}")
             if with_console:
                 _serve_console()
     finally:
         server.stop()
         refurbed_server.stop()
+        shop_server.stop()
         if redis_server is not None:
             redis_server.stop()
     if any(run.status != "succeeded" for run in runs):
         sys.exit(1)
 
 
-#: The demo seller's accounts (the main ones of the settings).
-ACCOUNTS = ("backmarket", "refurbed")
+#: The demo seller's accounts: the main ones of the settings, and the Shopify shop added as an account.
+ACCOUNTS = ("backmarket", "refurbed", "shop")
+#: Where the shop account's access token is read from.
+SHOP_CREDENTIAL = "STOCKSYNC_ACCOUNT_DEMO_SHOP_TOKEN"
 
 
-def _orders_on_each(backmarket, refurbed, count: int = 5) -> int:
+def _add_shop(url: str) -> None:
+    """The demo's Shopify shop as an account (the sandbox on loopback; its token in :data:`SHOP_CREDENTIAL`)."""
+    from db import accounts as account_rows
+    from runtime import resources
+
+    with resources.sessions()() as session:
+        if account_rows.get_account(session, "shop") is None:
+            account_rows.add_account(session, platform="shopify", code="shop", name="Shopify shop",
+                                     credentials_env=SHOP_CREDENTIAL, base_url=url, allow_loopback=True)
+        else:  # a demo before this one left it: the sandbox has a new port
+            account_rows.require_account(session, "shop").base_url = url
+        session.commit()
+
+
+def _orders_on_each(backmarket, refurbed, shop, count: int = 5) -> int:
     """``count`` one-unit orders on each marketplace, of listings in stock; how many in all."""
     listings = [listing for listing, quantity in sorted(backmarket.quantities().items()) if quantity > 1][:count]
     for listing in listings:
@@ -117,7 +147,10 @@ def _orders_on_each(backmarket, refurbed, count: int = 5) -> int:
     skus = [sku for sku, stock in sorted(refurbed.quantities().items()) if stock > 1][:count]
     for sku in skus:
         refurbed.place_order([sku], notify=False)
-    return len(listings) + len(skus)
+    in_shop = [sku for sku, available in sorted(shop.truth().items()) if available > 1][:count]
+    for sku in in_shop:
+        shop.place_order({sku: 1}, notify=False)  # no webhook in the demo: the poll finds them
+    return len(listings) + len(skus) + len(in_shop)
 
 
 def _poll(code: str) -> None:
@@ -154,7 +187,7 @@ def _topup_each() -> None:
     push_stock.broker.join("stock-push")
 
 
-def _accounts_table(backmarket, refurbed):
+def _accounts_table(backmarket, refurbed, shop):
     """Per account: rows, units listed here and on the marketplace, rows that differ, rows pushed."""
     from rich.table import Table
 
@@ -163,7 +196,7 @@ def _accounts_table(backmarket, refurbed):
 
     on_marketplace = {"backmarket": {backmarket.entry(listing).sku: quantity
                                      for listing, quantity in backmarket.quantities().items()},
-                      "refurbed": refurbed.quantities()}
+                      "refurbed": refurbed.quantities(), "shop": shop.truth()}
     table = Table(title="demo: each account against its marketplace")
     for column in ("account", "rows", "units here", "units there", "rows that differ", "pushed"):
         table.add_column(column, justify="left" if column == "account" else "right")
