@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.events import LOCAL_CHANGE_TYPES
+from core.push_log import PushState
 from db import events as stock_events
 from db.snapshot import apply_recheck
+from pipelines import push_log
 from runtime import accounts, resources
 from runtime.clients import account_limiter, catalogue_adapter
 from runtime.settings import Settings, get_settings
@@ -189,6 +191,9 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         if stock_id is None:
             raise stock_events.PushImpossible(f"no stock row for sku {sku!r} on {marketplace}")
         claim = stock_events.claim_push(session, stock_id, owner, lease=lease)
+        if claim is not None and not claim.needed:
+            push_log.note(session, PushState.SUPERSEDED, stock_ids=[stock_id], start=False,
+                          note="another push had sent the latest change")
         session.commit()
     if claim is None:
         return PushOutcome("busy")
@@ -202,6 +207,7 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         with sessions() as session:
             plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
                                               skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
+            _log_read(session, claim, quantity, plan)
             session.commit()
         if plan is None:
             return PushOutcome("deferred")
@@ -211,13 +217,28 @@ def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> Pus
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
         with sessions() as session:
             stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
+            push_log.note(session, PushState.RETRIED, stock_ids=[stock_id], error=f"{type(error).__name__}: {error}")
             session.commit()
         raise
     with sessions() as session:
         up_to_date = stock_events.finish_push(session, claim)
+        push_log.note(session, PushState.CONFIRMED if up_to_date else PushState.SUPERSEDED, stock_ids=[stock_id],
+                      quantity_read=quantity, quantity_sent=plan.quantity,
+                      note=None if up_to_date else "a newer local change came after its read: pushed again")
         session.commit()
     logger.info("pushed %s on %s: quantity %d (read %d)", sku, marketplace, plan.quantity, quantity)
     return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
+
+
+def _log_read(session, claim: stock_events.PushClaim, quantity: int, plan: stock_events.PushPlan | None) -> None:
+    """The push log's side of a read: waiting (not trusted yet), sent (the POST goes out next), or nothing
+    (an earlier attempt had landed: confirmed by :func:`push_row`)."""
+    if plan is None:
+        push_log.note(session, PushState.WAITING, stock_ids=[claim.stock_id], quantity_read=quantity,
+                      note="read within the clock skew of a change: read again later")
+    elif plan.post:
+        push_log.note(session, PushState.SENT, stock_ids=[claim.stock_id], quantity_read=quantity,
+                      quantity_sent=plan.quantity, owner=claim.owner)
 
 
 _FLAGGED_ROW = text(
@@ -260,17 +281,21 @@ def retry_push(marketplace: str, sku: str) -> bool:
     with resources.sessions()() as session:
         changed = stock_events.retry_failed_pushes(session, marketplace, failed_before=datetime.now(timezone.utc),
                                                    sku=sku)
+        push_log.note(session, PushState.RETRIED, back_in_line=marketplace, sku=sku, note="retried by an operator")
         session.commit()
     return bool(changed)
 
 
 def sweep(marketplace: str) -> tuple[int, int]:
     """``(rows to re-check, rows to push)`` of ``marketplace`` that wait; ``failed`` pushes of over a minute
-    ago go back in line first (a push that failed for good is tried again at each sweep)."""
+    ago go back in line first (a push that failed for good is tried again at each sweep), and pushes
+    that ended over ``PUSH_LOG_RETENTION_DAYS`` ago leave the push log."""
     now = datetime.now(timezone.utc)
     with resources.sessions()() as session:
         if pushed(marketplace):
             stock_events.retry_failed_pushes(session, marketplace, failed_before=now - timedelta(minutes=1))
+            push_log.note(session, PushState.RETRIED, back_in_line=marketplace, note="retried by the sweep")
+        push_log.prune(session, marketplace, get_settings().push_log_retention_days, now)
         session.commit()
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
         pending = stock_events.push_backlog(session, marketplace).get(marketplace, 0)

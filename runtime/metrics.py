@@ -135,6 +135,12 @@ class _Metrics:
             "stocksync_push_backlog_eta_seconds", "Estimated time to push the backlog at the marketplace's quotas "
             "(the line budget left in the window, then whole windows).", ["marketplace"],
             multiprocess_mode="livemostrecent")
+        self.pushes = counter(
+            "stocksync_pushes", "Pushes of stock rows that reached a state (the push log's states: waiting, sent, "
+            "confirmed, superseded, refused, failed, retried), per account.", ["marketplace", "state"])
+        self.pushes_waiting = gauge(
+            "stocksync_pushes_waiting", "Pushes waiting for their turn (the data limit, a read within the clock "
+            "skew) at the last drain of each account.", ["marketplace"], multiprocess_mode="livemostrecent")
         self.stock_alert_notifications = counter(
             "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
             "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
@@ -339,6 +345,19 @@ def push_backlog(marketplace: str, rows: int, eta_s: float) -> None:
     metrics = _metrics()
     metrics.push_backlog.labels(marketplace).set(rows)
     metrics.push_backlog_eta.labels(marketplace).set(eta_s)
+
+
+@_safely
+def pushes(marketplace: str, state: str, count: int = 1) -> None:
+    """Count ``count`` pushes of ``marketplace`` that reached ``state`` (a push log state)."""
+    if count:
+        _metrics().pushes.labels(marketplace, state).inc(count)
+
+
+@_safely
+def pushes_waiting(marketplace: str, count: int) -> None:
+    """Publish how many of ``marketplace``'s pushes wait for their turn."""
+    _metrics().pushes_waiting.labels(marketplace).set(count)
 
 
 @_safely
