@@ -33,6 +33,24 @@ TOKEN = "browser-token"
 LISTINGS = 1500
 
 
+class Shots(list):
+    """Full-page screenshots into ``ARTIFACTS``, their paths kept in order: ``shots(page, "name")``."""
+
+    def __call__(self, page, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        self.append(path)
+
+
+def open_page(playwright):
+    """Headless chromium and one page (1400x900, 30 s timeouts): ``(browser, page)``."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(30_000)
+    return browser, page
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
@@ -75,19 +93,11 @@ def test_an_operator_does_the_day_in_a_browser(fleet):
 
     import redis
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     url, sessions = fleet["url"], fleet["sessions"]
-    shots = []
-
-    def shot(page, name):
-        path = ARTIFACTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        shots.append(path)
+    shot = shots = Shots()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
+        browser, page = open_page(playwright)
         try:
             # Log in (every page sends an anonymous visitor to the login page first).
             page.goto(url + "/syncs")

@@ -18,8 +18,7 @@ from db import push_log
 from pipelines import drain as drains
 from pipelines import events as pipeline
 from pipelines import push_log as push_log_pipeline
-from runtime.settings import Settings
-from tests.test_events_drain import Broker, topup, world  # noqa: F401
+from tests.test_events_drain import Broker, scale_data_limit, topup, world  # noqa: F401
 
 
 def entries(world, **wanted) -> list[push_log.PushEntry]:
@@ -34,11 +33,7 @@ def counted(state: str) -> float:
 
 def test_pushes_beyond_the_data_limit_wait_then_are_sent_and_confirmed(world):
     sandbox = world["sandbox"]
-    sandbox.configure(lines_per_window=2, lines_window_s=2.0)
-    # The production margin: our window and the sandbox's see a request at slightly different moments.
-    world["configure"](BACKMARKET_PUSH_LINES_PER_HOUR="2", BACKMARKET_PUSH_LINES_WINDOW_S="2",
-                       STOCK_DRAIN_MAX_WAIT_S="0",
-                       RATE_LIMIT_MARGIN_S=str(Settings.model_fields["rate_limit_margin_s"].default))
+    scale_data_limit(world, 2, 2.0)  # 2 lines per 2 seconds
     rows = world["listings"][:4]
     for n, listing in enumerate(rows):
         topup(world, listing, 3, f"PO-{n}")

@@ -17,7 +17,7 @@ from db.engine import session_factory
 from runtime.local_servers import free_port, wait_until
 from tests.console_support import PASSWORD, add_user
 from tests.fleet import ROOT
-from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _healthy
+from tests.test_console_browser import CHROMIUM, Shots, _healthy, open_page
 from tests.test_push_log_http import HOSTILE_SKU, seed_pushes
 
 pytestmark = pytest.mark.e2e
@@ -51,18 +51,11 @@ def console(tmp_path, redis_url, database_url):
 def test_a_viewer_reads_the_push_log_and_a_skus_last_pushes_in_a_browser(console):
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    url, shots = console["url"], []
-
-    def shot(page, name):
-        path = ARTIFACTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        shots.append(path)
+    url = console["url"]
+    shot = shots = Shots()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
+        browser, page = open_page(playwright)
         try:
             page.goto(url + "/pushes")
             page.fill("#username", "vera")
