@@ -7,10 +7,11 @@ state lives on ``marketplace_stock``; the reconciliation report and the push log
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (BigInteger, Boolean, CheckConstraint, DateTime, ForeignKey, Index, Integer, String, Text, func,
                         text)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.push_log import OPEN_STATES, STATES
@@ -42,6 +43,9 @@ class ReconciliationReport(Base):
     marketplace: Mapped[int] = mapped_column(Integer)
     difference: Mapped[int] = mapped_column(Integer)
     corrected: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    #: Why it differs (:class:`core.drift.DriftCause`) and what shows it (migration 0012a); None before.
+    cause: Mapped[str | None] = mapped_column(String(32))
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -117,6 +117,10 @@ class _Metrics:
         self.discrepancies = counter(
             "stocksync_reconciliation_discrepancies", "Stock rows a reconciliation found different from the "
             "marketplace.", ["marketplace"])
+        self.drift = counter(
+            "stocksync_drift", "Stock rows a reconciliation found different from the marketplace, by cause (drift "
+            "explained: stale_read, push_lost, unbooked_order, one_sided_restock, hand_edit).",
+            ["marketplace", "cause"])
         self.dead_letters = counter(
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
@@ -291,6 +295,13 @@ def discrepancies(marketplace: str, count: int) -> None:
     """Count ``count`` stock rows a reconciliation of ``marketplace`` found different."""
     if count:
         _metrics().discrepancies.labels(marketplace).inc(count)
+
+
+@_safely
+def drift(marketplace: str, cause: str, count: int) -> None:
+    """Count ``count`` differences of a reconciliation of ``marketplace`` whose cause is ``cause``."""
+    if count:
+        _metrics().drift.labels(marketplace, cause).inc(count)
 
 
 @_safely
