@@ -116,3 +116,4 @@ def test_the_rules_in_order():
         found, evidence = explain(facts)
         assert found == cause, (facts, found)
         json.dumps(evidence, default=str)  # evidence is kept as JSON
+

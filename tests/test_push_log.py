@@ -163,7 +163,7 @@ def test_a_filter_reads_the_states_times_and_pages():
     assert found.until == datetime(2026, 12, 8, tzinfo=timezone.utc)
 
 
-def test_the_migration_matches_the_model_and_goes_down_and_up(pg_server):
+def test_the_migrations_match_the_models_and_go_down_and_up(pg_server):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from sqlalchemy import create_engine, inspect
@@ -179,11 +179,13 @@ def test_the_migration_matches_the_model_and_goes_down_and_up(pg_server):
         with engine.connect() as connection:
             diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             indexes = {ix["name"] for ix in inspect(connection).get_indexes("push_log")}
-        assert [entry for entry in diff if "push_log" in repr(entry)] == []
+        assert [entry for entry in diff if "push_log" in repr(entry) or "reconciliation_reports" in repr(entry)] == []
         assert {"ix_push_log_account", "ix_push_log_state", "ix_push_log_started", "ix_push_log_open"} <= indexes
         downgrade(url, "0010")
         assert "push_log" not in inspect(engine).get_table_names()
+        assert "cause" not in {c["name"] for c in inspect(engine).get_columns("reconciliation_reports")}
         upgrade(url)
         assert "push_log" in inspect(engine).get_table_names()
+        assert {"cause", "evidence"} <= {c["name"] for c in inspect(engine).get_columns("reconciliation_reports")}
     finally:
         engine.dispose()
