@@ -8,7 +8,7 @@ from sqlalchemy import text
 
 from db.reconcile import begin_reconciliation, compare_page, finish_reconciliation
 from db.snapshot import PageItem
-from tests.console_support import client_of, run, world  # noqa: F401
+from tests.console_support import pages_as, world  # noqa: F401
 
 
 def test_a_reconciliations_page_shows_its_counts_per_cause_and_each_rows_cause(world):
@@ -23,14 +23,7 @@ def test_a_reconciliations_page_shows_its_counts_per_cause_and_each_rows_cause(w
         session.commit()
         finish_reconciliation(session, reconciliation.id, threshold=10)
 
-    async def scenario(server):
-        client = await client_of(server, "viewer")
-        response = await client.get(f"/syncs/{reconciliation.id}")
-        body = await response.text()
-        await client.close()
-        return response.status, body
-
-    status, page = run(world, scenario)
+    status, page = pages_as(world, "viewer", f"/syncs/{reconciliation.id}")[f"/syncs/{reconciliation.id}"]
     assert status == 200
     assert '<li data-cause="hand_edit">hand_edit <b>1</b></li>' in page
     assert '<li data-cause="push_lost">push_lost <b>0</b></li>' in page

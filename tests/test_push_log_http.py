@@ -14,7 +14,7 @@ from db.engine import session_factory
 from pipelines import push_log
 from runtime.settings import Settings
 from sandbox.server import serve_in_thread
-from tests.console_support import add_variation, client_of, run, world  # noqa: F401
+from tests.console_support import add_variation, client_of, pages_as, run, world  # noqa: F401
 from tests.test_read_api import READ_API_TOKENS, get
 from workers.intake.app import build_intake_app
 
@@ -41,17 +41,8 @@ def seed_pushes(sessions) -> dict[str, int]:
 def test_a_viewer_reads_the_push_log_filtered_paged_and_escaped(world):
     seed_pushes(world.sessions)
 
-    async def scenario(server):
-        client = await client_of(server, "viewer")
-        answers = {}
-        for path in ("/pushes", "/pushes?state=failed", "/pushes?account=refurbed&state=waiting",
-                     "/pushes?limit=1", "/pushes?since=2099-01-01T00:00:00Z", f"/variations/{world.variation_id}"):
-            response = await client.get(path)
-            answers[path] = (response.status, await response.text())
-        await client.close()
-        return answers
-
-    answers = run(world, scenario)
+    answers = pages_as(world, "viewer", "/pushes", "/pushes?state=failed", "/pushes?account=refurbed&state=waiting",
+                       "/pushes?limit=1", "/pushes?since=2099-01-01T00:00:00Z", f"/variations/{world.variation_id}")
     assert {status for status, _ in answers.values()} == {200}
     status, page = answers["/pushes"]
     # The counts per state on top, every state listed.
@@ -76,14 +67,7 @@ def test_a_viewer_reads_the_push_log_filtered_paged_and_escaped(world):
 @pytest.mark.parametrize("query", ["state=lost", "since=yesterday", "until=2026-13-01", "before=abc", "limit=0",
                                    "since=2026-12-02&until=2026-12-01", "account=" + "x" * 65])
 def test_a_bad_filter_on_the_console_is_a_400_naming_it(world, query):
-    async def scenario(server):
-        client = await client_of(server, "viewer")
-        response = await client.get(f"/pushes?{query}")
-        body = await response.text()
-        await client.close()
-        return response.status, body
-
-    status, body = run(world, scenario)
+    status, body = pages_as(world, "viewer", f"/pushes?{query}")[f"/pushes?{query}"]
     assert status == 400 and query.split("=")[0] in body
 
 
