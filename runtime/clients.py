@@ -55,12 +55,23 @@ def push_lines_limiter(marketplace: str) -> FleetRateLimiter | None:
     return None if quota is None else fleet_limiter(*quota)
 
 
+_ADAPTERS: dict[str, type[CatalogueAdapter]] = {
+    "backmarket": BackMarketAdapter, "refurbed": RefurbedAdapter, "shopify": ShopifyAdapter}
+
+
+def push_batch(marketplace: str) -> int:
+    """How many of ``marketplace``'s rows one push reads and writes together (its adapter's ``push_batch``)."""
+    view = accounts.find(marketplace)
+    adapter = _ADAPTERS.get(view.platform.name) if view is not None else None
+    return adapter.push_batch if adapter is not None else 1
+
+
 def push_pace_s(marketplace: str) -> float:
-    """Seconds of ``marketplace``'s request quota one push takes (a read and a POST)."""
+    """Seconds of ``marketplace``'s request quota one row's push takes (a read and a write, shared by a batch)."""
     settings = get_settings()
     view = accounts.find(marketplace)
     if view is not None and view.platform.name == "refurbed":
-        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests
+        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests / push_batch(marketplace)
     return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
 
 
