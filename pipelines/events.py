@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -115,8 +116,8 @@ class PairedSlots:
     """Two slots of the catalog quota taken at once, so that a push's GET and POST go milliseconds apart.
 
     An absolute POST erases any order the marketplace took between our read and its landing: the
-    POST must not wait for the quota after the read.  A first slot whose pair is not free at once
-    is given back (held, its request would reach the marketplace late and crowd the window).
+    POST must not wait for the quota after the read.  Both are granted together (urgent, ahead of
+    a walk's page fetches) or neither.
     """
 
     def __init__(self, make_limiter, *, max_wait_s: float = 120.0) -> None:
@@ -134,17 +135,16 @@ class PairedSlots:
         return self._limiter
 
     async def take_two(self) -> None:
+        # Urgent: a walk's page fetches must not take every slot a window frees while a push waits.
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started, member = loop.time(), uuid.uuid4().hex
         while True:
-            await self.limiter.acquire()
-            first = self.limiter.last_slot
-            granted, wait_s = await self.limiter.try_acquire()
+            granted, wait_s = await self.limiter.try_acquire(2, urgent=True, member=member)
             if granted:
-                self.held = [first, self.limiter.last_slot]
+                self.held = list(self.limiter.last_slots)
                 return
-            await self.limiter.refund(first)
-            if loop.time() - started > self.max_wait_s:
+            if loop.time() - started + wait_s > self.max_wait_s:
+                await self.limiter.withdraw(member, 2)
                 raise TimeoutError(f"no two free slots of {self.limiter.name} in {self.max_wait_s:.0f}s")
             await asyncio.sleep(wait_s + random.uniform(0, 0.05))
 
