@@ -44,6 +44,10 @@ class StockFileError(ValueError):
     """The file as a whole cannot be read: too big, not UTF-8 text, no header, a column missing."""
 
 
+class FileTooBig(StockFileError):
+    """The file is larger than the import takes."""
+
+
 @dataclass(frozen=True)
 class GoodsLine:
     """One readable line of a goods-received file (``line``: its line number in the file, the header is 1)."""
@@ -101,7 +105,7 @@ class ImportPreview:
 def decode_text(data: bytes, *, max_bytes: int) -> str:
     """``data`` as text: at most ``max_bytes``, UTF-8 (a BOM is dropped), no NUL; :class:`StockFileError` otherwise."""
     if len(data) > max_bytes:
-        raise StockFileError(f"the file is {len(data)} bytes, more than the {max_bytes} allowed: split it")
+        raise FileTooBig(f"the file is {len(data)} bytes, more than the {max_bytes} allowed: split it")
     if b"\x00" in data:
         raise StockFileError("the file is not a text file (it holds NUL bytes): upload a CSV")
     try:
@@ -307,5 +311,5 @@ def _json(value):
 
 
 __all__ = ["COLUMNS", "FORMATS", "LEDGER_COLUMNS", "MEDIA_TYPES", "STOCK_COLUMNS", "AccountFacts", "BadLine",
-           "GoodsLine", "ImportPreview", "ParsedFile", "StockFileError", "check_format", "check_goods_received",
+           "FileTooBig", "GoodsLine", "ImportPreview", "ParsedFile", "StockFileError", "check_format", "check_goods_received",
            "decode_text", "encode_rows", "header", "parse_bound", "parse_goods_received", "parse_quantity"]
