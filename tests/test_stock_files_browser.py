@@ -19,7 +19,7 @@ from db.engine import session_factory
 from runtime.local_servers import free_port, wait_until
 from tests.console_support import PASSWORD, add_user, add_variation
 from tests.fleet import ROOT
-from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _healthy
+from tests.test_console_browser import CHROMIUM, Screenshots, _healthy, chromium_page
 
 pytestmark = pytest.mark.e2e
 
@@ -70,77 +70,58 @@ def _topups(sessions) -> list[tuple]:
 
 
 def test_an_operator_imports_goods_received_in_a_browser(console):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     url, sessions = console["url"], console["sessions"]
     goods = console["tmp"] / "goods-received.csv"
     goods.write_text(GOODS)
-    shots = []
+    shot = Screenshots()
+    with chromium_page(accept_downloads=True) as page:
+        page.goto(url + "/stock")
+        page.fill("#username", "bo")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_selector("#files")
 
-    def shot(page, name):
-        path = ARTIFACTS / f"{name}.png"
-        page.screenshot(path=str(path), full_page=True)
-        shots.append(path)
+        # The stock download: a file, every account's rows.
+        with page.expect_download() as download:
+            page.click("#export-stock-csv")
+        rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
+        assert download.value.suggested_filename.startswith("stock-")
+        assert {(row["sku"], row["quantity"]) for row in rows} == {("IPHONE13-128-BLK", "5"), ("PIXEL7-128-WHT", "1")}
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
-        page.set_default_timeout(30_000)
-        try:
-            page.goto(url + "/stock")
-            page.fill("#username", "bo")
-            page.fill("#password", PASSWORD)
-            page.click("#login")
-            page.wait_for_selector("#files")
+        # Upload: the preview names every bad line and books nothing.
+        page.click("#import-link")
+        page.set_input_files("#import-file", str(goods))
+        shot(page, "stock-import-form")
+        page.click("#upload")
+        page.wait_for_selector("#import-summary")
+        assert "2 lines to book (6 units), 4 bad lines" in page.inner_text("#import-summary")
+        bad = {int(row.get_attribute("data-line")): row.inner_text()
+               for row in page.locator("#import-bad tbody tr").all()}
+        assert sorted(bad) == [4, 5, 6, 7]
+        assert "unknown SKU 'NOKIA-3310'" in bad[4] and "Shopify" in bad[5]
+        assert "whole number" in bad[6] and "duplicate reference 'GR-118'" in bad[7]
+        assert page.locator("#import-good tbody tr").count() == 2
+        shot(page, "stock-import-preview")
+        assert _topups(sessions) == []
 
-            # The stock download: a file, every account's rows.
-            with page.expect_download() as download:
-                page.click("#export-stock-csv")
-            rows = list(csv.DictReader(io.StringIO(open(download.value.path(), encoding="utf-8").read())))
-            assert download.value.suggested_filename.startswith("stock-")
-            assert {(row["sku"], row["quantity"]) for row in rows} == {("IPHONE13-128-BLK", "5"), ("PIXEL7-128-WHT", "1")}
+        # Confirm: booked once, the operator as the actor, in the ledger of the SKU.
+        page.click("#confirm-import")
+        page.wait_for_selector("#flash")
+        assert "booked 2 top-ups (6 units)" in page.inner_text("#flash")
+        shot(page, "stock-import-booked")
+        assert _topups(sessions) == [("backmarket", 4, "console:GR-118", "bo"), ("counter", 2, "console:GR-119", "bo")]
+        page.goto(f"{url}/variations/{console['iphone']}")
+        assert page.inner_text("#total-stock") == "9"
+        assert "console:GR-118" in page.locator("#ledger tbody tr").first.inner_text()
+        shot(page, "stock-import-variation")
 
-            # Upload: the preview names every bad line and books nothing.
-            page.click("#import-link")
-            page.set_input_files("#import-file", str(goods))
-            shot(page, "stock-import-form")
-            page.click("#upload")
-            page.wait_for_selector("#import-summary")
-            assert "2 lines to book (6 units), 4 bad lines" in page.inner_text("#import-summary")
-            bad = {int(row.get_attribute("data-line")): row.inner_text()
-                   for row in page.locator("#import-bad tbody tr").all()}
-            assert sorted(bad) == [4, 5, 6, 7]
-            assert "unknown SKU 'NOKIA-3310'" in bad[4] and "Shopify" in bad[5]
-            assert "whole number" in bad[6] and "duplicate reference 'GR-118'" in bad[7]
-            assert page.locator("#import-good tbody tr").count() == 2
-            shot(page, "stock-import-preview")
-            assert _topups(sessions) == []
-
-            # Confirm: booked once, the operator as the actor, in the ledger of the SKU.
-            page.click("#confirm-import")
-            page.wait_for_selector("#flash")
-            assert "booked 2 top-ups (6 units)" in page.inner_text("#flash")
-            shot(page, "stock-import-booked")
-            assert _topups(sessions) == [("backmarket", 4, "console:GR-118", "bo"), ("counter", 2, "console:GR-119", "bo")]
-            page.goto(f"{url}/variations/{console['iphone']}")
-            assert page.inner_text("#total-stock") == "9"
-            assert "console:GR-118" in page.locator("#ledger tbody tr").first.inner_text()
-            shot(page, "stock-import-variation")
-
-            # The same file again: every line refused, nothing to confirm, nothing booked twice.
-            page.goto(url + "/stock/import")
-            page.set_input_files("#import-file", str(goods))
-            page.click("#upload")
-            page.wait_for_selector("#import-summary")
-            assert page.inner_text("#import-summary").startswith("0 lines to book (0 units), 6 bad lines")
-            assert "already booked" in page.inner_text("#import-bad")
-            assert page.locator("#confirm-import").count() == 0
-            assert len(_topups(sessions)) == 2
-        except Exception:
-            print("failed on", page.url, page.content()[:3000])
-            raise
-        finally:
-            browser.close()
-    print("\nstock import screenshots:\n" + "\n".join(f"  {path}" for path in shots))
-    assert all(path.stat().st_size > 1000 for path in shots)
+        # The same file again: every line refused, nothing to confirm, nothing booked twice.
+        page.goto(url + "/stock/import")
+        page.set_input_files("#import-file", str(goods))
+        page.click("#upload")
+        page.wait_for_selector("#import-summary")
+        assert page.inner_text("#import-summary").startswith("0 lines to book (0 units), 6 bad lines")
+        assert "already booked" in page.inner_text("#import-bad")
+        assert page.locator("#confirm-import").count() == 0
+        assert len(_topups(sessions)) == 2
+    shot.report("stock import screenshots")
