@@ -302,8 +302,18 @@ def _csv(rows) -> str:
     return buffer.getvalue()
 
 
+#: What a spreadsheet reads as a formula at the start of a cell.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _text(value) -> str:
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        # A SKU, note or reference typed by anyone must not run as a formula in the operator's spreadsheet
+        # (OWASP's CSV injection advice): the leading quote keeps it text.  Numbers are left as they are.
+        return "'" + value
+    return str(value)
 
 
 def _json(value):

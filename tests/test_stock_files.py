@@ -125,6 +125,15 @@ def test_export_formats_stream_rows_as_csv_and_json_lines():
                                 "last_synced_at": "2026-11-24T09:30:00+00:00"}
 
 
+def test_a_csv_cell_a_spreadsheet_would_run_as_a_formula_is_kept_text():
+    rows = [{"sku": "=HYPERLINK(\"http://x\")", "note": "@SUM(A1)", "change": -3, "reference": "+1"}]
+    columns = ("sku", "note", "change", "reference")
+    [row] = csv.DictReader(io.StringIO(header(columns, "csv") + encode_rows(rows, columns, "csv")))
+    assert row == {"sku": "'=HYPERLINK(\"http://x\")", "note": "'@SUM(A1)", "change": "-3", "reference": "'+1"}
+    # JSON lines carry the values as they are: no spreadsheet reads them
+    assert json.loads(encode_rows(rows, columns, "jsonl"))["sku"] == "=HYPERLINK(\"http://x\")"
+
+
 def test_range_bounds_are_dates_or_times_in_utc():
     assert parse_bound("2026-11-24", "from") == datetime(2026, 11, 24, tzinfo=timezone.utc)
     assert parse_bound("2026-11-24T10:00:00+01:00", "to") == datetime(2026, 11, 24, 9, tzinfo=timezone.utc)
