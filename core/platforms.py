@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The Shopify Admin API version stocksync speaks (GraphQL ``/admin/api/<version>/graphql.json``): the one
+#: place it is pinned; the adapter and the sandbox both read it.
+SHOPIFY_API_VERSION = "2026-01"
+
 #: How a platform's catalogue is walked: numbered pages (page 1 says how many: fan out the rest),
 #: or a cursor chain (each page names the next).
 NUMBERED, CURSOR = "numbered", "cursor"

@@ -38,7 +38,8 @@ def test_each_difference_gets_its_cause_and_evidence(world):
     # A lost push: a top-up pushed and confirmed, then the marketplace shows again what the push read.
     book(world, StockEvent.of("stock_topup", marketplace="backmarket", sku=pushed["sku"], quantity=2,
                               event_time=now - timedelta(minutes=20), reference="PO-1"))
-    assert pipeline.push_row("backmarket", pushed["sku"], "push-1", lease=pipeline.push_lease()).status == "pushed"
+    (outcome,) = pipeline.push_rows("backmarket", [pushed["sku"]], "push-1", lease=pipeline.push_lease())
+    assert outcome.status == "pushed"
     assert sandbox.quantity(pushed["id"]) == quantities[pushed["id"]] + 2
     sandbox.set_quantity(pushed["id"], quantities[pushed["id"]])
     # The push was ten minutes ago: the rules do not trust a page read within the clock skew of a push.

@@ -74,16 +74,16 @@ def test_pushes_beyond_the_data_limit_wait_then_are_sent_and_confirmed(world):
 def test_a_change_after_the_read_supersedes_the_push_and_a_newer_one_sends_it(world, monkeypatch):
     listing = world["listings"][0]
     topup(world, listing, 2, "PO-1")
-    sending = pipeline._send_quantity
+    sending = pipeline._send_quantities
     late = []
 
-    async def change_lands_first(marketplace, listing_id, quantity, slots):
-        if not late:  # a top-up booked between the push's read and its POST
-            late.append(quantity)
+    async def change_lands_first(marketplace, quantities, slots):
+        if not late:  # a top-up booked between the push's read and its write
+            late.append(quantities)
             topup(world, listing, 5, "PO-late")
-        await sending(marketplace, listing_id, quantity, slots)
+        return await sending(marketplace, quantities, slots)
 
-    monkeypatch.setattr(pipeline, "_send_quantity", change_lands_first)
+    monkeypatch.setattr(pipeline, "_send_quantities", change_lands_first)
     broker = Broker()
     drains.request("push", "backmarket", broker.send)
     broker.run()

@@ -17,7 +17,7 @@ from db.engine import session_factory
 from runtime.local_servers import free_port, wait_until
 from tests.console_support import PASSWORD, add_user
 from tests.fleet import ROOT
-from tests.test_console_browser import CHROMIUM, Shots, _healthy, open_page
+from tests.test_console_browser import CHROMIUM, Screenshots, _healthy, chromium_page
 from tests.test_push_log_http import HOSTILE_SKU, seed_pushes
 
 pytestmark = pytest.mark.e2e
@@ -49,56 +49,45 @@ def console(tmp_path, redis_url, database_url):
 
 
 def test_a_viewer_reads_the_push_log_and_a_skus_last_pushes_in_a_browser(console):
-    from playwright.sync_api import sync_playwright
-
     url = console["url"]
-    shot = shots = Shots()
+    shot = Screenshots()
+    with chromium_page() as page:
+        page.goto(url + "/pushes")
+        page.fill("#username", "vera")
+        page.fill("#password", PASSWORD)
+        page.click("#login")
+        page.wait_for_url(url + "/pushes", wait_until="domcontentloaded")
+        assert page.locator("nav a.active").inner_text() == "Push log"
+        counts = {item.get_attribute("data-state"): item.locator("b").inner_text()
+                  for item in page.locator("#push-counts li").all()}
+        assert counts == {"waiting": "1", "sent": "0", "confirmed": "1", "superseded": "0", "refused": "0",
+                          "failed": "1", "retried": "0"}
+        assert page.locator("#pushes tbody tr").count() == 3
+        # The hostile SKU is shown as text, and no script ran (a dialog would have stopped the page).
+        failed_row = page.locator("#pushes tr[data-state=failed]")
+        assert HOSTILE_SKU in failed_row.inner_text() and "<b>HTTP 500</b>" in failed_row.inner_text()
+        shot(page, "push-log")
 
-    with sync_playwright() as playwright:
-        browser, page = open_page(playwright)
-        try:
-            page.goto(url + "/pushes")
-            page.fill("#username", "vera")
-            page.fill("#password", PASSWORD)
-            page.click("#login")
-            page.wait_for_url(url + "/pushes", wait_until="domcontentloaded")
-            assert page.locator("nav a.active").inner_text() == "Push log"
-            counts = {item.get_attribute("data-state"): item.locator("b").inner_text()
-                      for item in page.locator("#push-counts li").all()}
-            assert counts == {"waiting": "1", "sent": "0", "confirmed": "1", "superseded": "0", "refused": "0",
-                              "failed": "1", "retried": "0"}
-            assert page.locator("#pushes tbody tr").count() == 3
-            # The hostile SKU is shown as text, and no script ran (a dialog would have stopped the page).
-            failed_row = page.locator("#pushes tr[data-state=failed]")
-            assert HOSTILE_SKU in failed_row.inner_text() and "<b>HTTP 500</b>" in failed_row.inner_text()
-            shot(page, "push-log")
+        # Filter with the form: failed pushes of Back Market only.
+        page.select_option("#push-filters select[name=state]", "failed")
+        page.select_option("#push-filters select[name=account]", "backmarket")
+        page.click("#push-filter")
+        page.wait_for_url("**/pushes?*state=failed*")
+        assert page.locator("#pushes tbody tr").count() == 1
+        assert page.locator("#pushes tbody tr").get_attribute("data-state") == "failed"
+        assert page.locator("#push-filters select[name=state]").input_value() == "failed"
+        shot(page, "push-log-failed")
 
-            # Filter with the form: failed pushes of Back Market only.
-            page.select_option("#push-filters select[name=state]", "failed")
-            page.select_option("#push-filters select[name=account]", "backmarket")
-            page.click("#push-filter")
-            page.wait_for_url("**/pushes?*state=failed*")
-            assert page.locator("#pushes tbody tr").count() == 1
-            assert page.locator("#pushes tbody tr").get_attribute("data-state") == "failed"
-            assert page.locator("#push-filters select[name=state]").input_value() == "failed"
-            shot(page, "push-log-failed")
+        # A bad time in the filter: a clear 400 naming it.
+        answer = page.goto(url + "/pushes?since=yesterday")
+        assert answer.status == 400 and "since must be an ISO 8601 time" in page.inner_text("body")
 
-            # A bad time in the filter: a clear 400 naming it.
-            answer = page.goto(url + "/pushes?since=yesterday")
-            assert answer.status == 400 and "since must be an ISO 8601 time" in page.inner_text("body")
-
-            # The SKU page shows its last pushes, and links to all of them in the log.
-            page.goto(url + f"/variations/{console['variation_id']}")
-            last = page.locator("#last-pushes tbody tr")
-            assert last.count() == 1 and "confirmed" in last.inner_text() and "7" in last.inner_text()
-            shot(page, "push-log-variation")
-            page.click("#all-pushes")
-            page.wait_for_url("**/pushes?sku=*")
-            assert page.locator("#pushes tbody tr").count() == 1
-        except Exception:
-            print("failed on", page.url, page.content()[:3000])
-            raise
-        finally:
-            browser.close()
-    print("\npush log screenshots:\n" + "\n".join(f"  {path}" for path in shots))
-    assert all(path.stat().st_size > 1000 for path in shots)
+        # The SKU page shows its last pushes, and links to all of them in the log.
+        page.goto(url + f"/variations/{console['variation_id']}")
+        last = page.locator("#last-pushes tbody tr")
+        assert last.count() == 1 and "confirmed" in last.inner_text() and "7" in last.inner_text()
+        shot(page, "push-log-variation")
+        page.click("#all-pushes")
+        page.wait_for_url("**/pushes?sku=*")
+        assert page.locator("#pushes tbody tr").count() == 1
+    shot.report("push log screenshots")
