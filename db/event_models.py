@@ -43,7 +43,7 @@ class ReconciliationReport(Base):
     marketplace: Mapped[int] = mapped_column(Integer)
     difference: Mapped[int] = mapped_column(Integer)
     corrected: Mapped[bool] = mapped_column(Boolean, server_default="false")
-    #: Why it differs (:class:`core.drift.DriftCause`) and what shows it (migration 0012a); None before.
+    #: Why it differs (:class:`core.drift.DriftCause`) and what shows it (migration 0012); None before.
     cause: Mapped[str | None] = mapped_column(String(32))
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,15 +1,15 @@
 """drift explained: each reconciliation difference's cause and its evidence
 
-Revision ID: 0012a
-Revises: 0012
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-07 18:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-revision = '0012a'
-down_revision = '0012'
+revision = '0012'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
