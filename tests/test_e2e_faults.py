@@ -91,19 +91,22 @@ def booked_orders(sessions) -> int:
 
 def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound(tmp_path, redis_url, database_url,
                                                                                    sandbox):
-    # Latency keeps pages in flight long enough to kill a worker with work in its hands.
+    # Latency and a quota of 20 pages a second keep the walk going for seconds (its fan-out due a window at a
+    # time), so the victim has fetches in hand and delayed ones held when it is killed, however busy the machine.
     sandbox.configure(latency_s=0.05)
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=sandbox.url, token=TOKEN,
-                    **PRODUCTION_BROKER)
+                    quota_requests=20, quota_window_s=1.0, **PRODUCTION_BROKER)
     victim = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "victim.log").start()
-    survivor = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "survivor.log").start()
+    survivor = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "survivor.log")
     sessions = session_factory(database_url)
     client = redis.Redis.from_url(redis_url)
     try:
         assert start_sync(env).returncode == 0
         wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 15, 120,
                    interval=0.05, what="the sync to be under way")
+        # Every message fetched so far is in the victim's hands; the survivor starts before the kill.
         held = unacked(client)
+        survivor.start()
         victim.kill()
         killed_at = time.monotonic()
         assert held > 0 and run_row(sessions)["status"] == "running"
