@@ -34,8 +34,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-__all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_error",
-           "credential_matches", "injected_failure", "max_in_window", "pause", "serve_counted"]
+__all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_body",
+           "admin_error", "credential_matches", "injected_failure", "max_in_window", "optional_bool", "pause",
+           "serve_counted"]
 
 
 class OutOfStock(ValueError):
@@ -238,6 +239,22 @@ def admin_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+async def admin_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object an admin route was sent; ``ValueError`` when it is not one."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    return body
+
+
+def optional_bool(body: dict[str, Any], name: str, default: bool | None = None) -> bool | None:
+    """``body[name]``: true, false, or ``default`` when absent; ``ValueError`` for anything else."""
+    value = body.get(name, default)
+    if value is not default and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true, false or absent")
+    return value
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One webhook POST: which order, which copy (0 first, 1.. re-sends), which attempt, what came back.
@@ -309,7 +326,7 @@ class WebhookSender:
                  max_attempts: int, retry_s: float) -> None:
         for attempt in range(1, max_attempts + 1):
             payload, headers = body()
-            status, error = post(url, payload, {"Content-Type": "application/json", "User-Agent": self._user_agent,
+            status, error = _post(url, payload, {"Content-Type": "application/json", "User-Agent": self._user_agent,
                                                 **headers})
             with self._lock:
                 self._deliveries.append(Delivery(order_id, copy, attempt, status, error, time.monotonic()))
@@ -318,7 +335,7 @@ class WebhookSender:
             time.sleep(retry_s * 2 ** (attempt - 1))  # the vendors retry "with an increasing interval"
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
     """POST ``body`` to ``url``; ``(status, None)`` or ``(None, error)`` when no answer came."""
     parts = urlsplit(url)
     connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection

@@ -4,30 +4,30 @@ What it serves and how it behaves where the vendor's docs are silent: :class:`Re
 """
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import math
-import queue
 import random
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from sandbox.common import (
+    Delivery,
     Dials,
     Draws,
     OutOfStock,
     SlidingWindowQuota,
+    WebhookSender,
+    admin_body,
     admin_error,
     credential_matches,
     injected_failure,
+    optional_bool,
     pause,
     serve_counted,
 )
@@ -69,21 +69,6 @@ _ENUMS = {"grading": ("A", "B", "C", "AA"), "warranty": ("M12", "M18", "M24", "M
 _ADDRESS = {"first_name": "Erika", "family_name": "Mustermann", "entity": "FEMALE", "country_code": "AT",
             "post_code": "1010", "town": "Wien", "street_name": "Stephansplatz", "house_no": "1",
             "phone_number": "+4312345678"}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook POST: which order, which copy (0 first, 1.. re-sends), which attempt, what came back.
-
-    ``status`` is ``None`` when no answer came (connection refused, timeout); ``error`` says why.
-    """
-
-    order_id: int
-    copy: int
-    attempt: int
-    status: int | None
-    error: str | None
-    at: float
 
 
 class _RpcError(Exception):
@@ -246,12 +231,10 @@ class RefurbedSandbox(Dials):
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._offer_updates = 0
-        self._deliveries: list[Delivery] = []
         self._offers: dict[int, dict[str, Any]] = {}  # OfferService (sandbox/specs/refurbed-merchant-openapi.json)
         self._by_sku: dict[str, int] = {}
         self._item_offers: dict[str, int] = {}  # order item id -> the offer its unit came from
-        self._outbox: queue.Queue[tuple[int, int] | None] = queue.Queue()
-        self._sender: threading.Thread | None = None
+        self._webhooks = WebhookSender("refurbed-webhook", "refurbed-ion-sandbox")
         self.configure(token=token, webhook_url=webhook_url, webhook_resends=webhook_resends,
                        webhook_max_attempts=webhook_max_attempts, webhook_retry_s=webhook_retry_s,
                        latency_s=latency_s, error_rate=error_rate, quota_requests=quota_requests,
@@ -431,62 +414,33 @@ class RefurbedSandbox(Dials):
         with self._lock:
             return {"requests": dict(self._requests), "by_status": {str(k): v for k, v in sorted(self._statuses.items())},
                     "rate_limited": self._statuses.get(429, 0), "offer_updates": self._offer_updates,
-                    "deliveries": len(self._deliveries)}
+                    "deliveries": len(self._webhooks.deliveries())}
 
     # -- the webhook ---------------------------------------------------------------------------------
 
     def notify(self, order_id: int) -> None:
         """Queue the ``{"order_id": n}`` notification of an order (delivered 1 + ``webhook_resends`` times)."""
         with self._lock:
-            if self._webhook_url is None:
-                return
-            copies = 1 + self._webhook_resends
-            if self._sender is None or not self._sender.is_alive():
-                self._sender = threading.Thread(target=self._send_forever, name="refurbed-webhook", daemon=True)
-                self._sender.start()
+            url, copies = self._webhook_url, 1 + self._webhook_resends
+            attempts, retry_s = self._webhook_max_attempts, self._webhook_retry_s
+        if url is None:
+            return
+        # Unsigned, as Refurbed's: the receiver's URL carries its secret.
+        body = json.dumps({"order_id": order_id}).encode()
         for copy in range(copies):
-            self._outbox.put((order_id, copy))
+            self._webhooks.send(order_id, copy, url, lambda: (body, {}), attempts, retry_s)
 
     def deliveries(self) -> list[Delivery]:
         """Every webhook attempt so far, oldest first."""
-        with self._lock:
-            return list(self._deliveries)
+        return self._webhooks.deliveries()
 
     def wait_for_deliveries(self, timeout: float = 30.0) -> None:
         """Wait until every queued notification was delivered or gave up; raise ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        while self._outbox.unfinished_tasks:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"webhook deliveries still pending after {timeout:g}s")
-            time.sleep(0.01)
+        self._webhooks.wait(timeout)
 
     def close(self) -> None:
         """Stop the sender thread once its queue is empty."""
-        if self._sender is not None and self._sender.is_alive():
-            self._outbox.put(None)
-            self._sender.join(10)
-
-    def _send_forever(self) -> None:
-        while True:
-            job = self._outbox.get()
-            try:
-                if job is None:
-                    return
-                self._deliver(*job)
-            finally:
-                self._outbox.task_done()
-
-    def _deliver(self, order_id: int, copy: int) -> None:
-        with self._lock:
-            url, attempts, retry_s = self._webhook_url, self._webhook_max_attempts, self._webhook_retry_s
-        body = json.dumps({"order_id": order_id}).encode()
-        for attempt in range(1, attempts + 1):
-            status, error = _post(url, body)
-            with self._lock:
-                self._deliveries.append(Delivery(order_id, copy, attempt, status, error, time.monotonic()))
-            if status is not None and 200 <= status < 300:
-                return
-            time.sleep(retry_s * 2 ** (attempt - 1))  # "for up to two days with an increasing interval"
+        self._webhooks.close()
 
     # -- the app -------------------------------------------------------------------------------------
 
@@ -667,7 +621,7 @@ class RefurbedSandbox(Dials):
     async def _admin_add_offer(self, request: web.Request) -> web.Response:
         """``{"sku", "stock"}`` adds one offer; ``{"count", "seed"}`` adds generated ones (see :meth:`add_offers`)."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "count" in body:
                 return web.json_response({"added": self.add_offers(int(body["count"]), seed=int(body.get("seed", 1)))},
                                          status=201)
@@ -678,7 +632,7 @@ class RefurbedSandbox(Dials):
     async def _admin_set_stock(self, request: web.Request) -> web.Response:
         """``{"<sku>": stock, ...}``: set offers' stock, as the merchant's back office would."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             stocks = {sku: _check_stock(stock) for sku, stock in body.items()}
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
@@ -692,7 +646,7 @@ class RefurbedSandbox(Dials):
 
     async def _admin_place(self, request: web.Request) -> web.Response:
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             order = self.place_order(body["skus"], notify=bool(body.get("notify", True)))
         except OutOfStock as error:
             return admin_error(409, str(error))
@@ -703,10 +657,8 @@ class RefurbedSandbox(Dials):
     async def _admin_item_state(self, request: web.Request) -> web.Response:
         """``{"state", "restock"?}``: move an item as the customer or the merchant would."""
         try:
-            body = await _admin_body(request)
-            restock = body.get("restock")
-            if restock is not None and not isinstance(restock, bool):
-                raise ValueError("restock must be true, false or absent")
+            body = await admin_body(request)
+            restock = optional_bool(body, "restock")
             item = self.set_item_state(request.match_info["item_id"], str(body["state"]), restock=restock)
         except KeyError as error:
             return admin_error(404 if "order item" in str(error) else 400, str(error))
@@ -717,7 +669,7 @@ class RefurbedSandbox(Dials):
     async def _admin_faults(self, request: web.Request) -> web.Response:
         """``{"rate_limit": n, "retry_after_s": s}`` and/or ``{"fail": n, "status": 5xx}``."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "rate_limit" in body:
                 self.rate_limit_next(int(body["rate_limit"]), float(body.get("retry_after_s", 1.0)))
             if "fail" in body:
@@ -889,30 +841,5 @@ def _only_fields(body: dict, known: set[str], message: str) -> None:
         raise _RpcError(INVALID_ARGUMENT, f"unknown field {unknown[0]!r} in {message}")
 
 
-async def _admin_body(request: web.Request) -> dict[str, Any]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    return body
-
-
 def _money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
-
-
-def _post(url: str, body: bytes) -> tuple[int | None, str | None]:
-    """POST ``body`` to ``url``; ``(status, None)`` or ``(None, error)`` when no answer came."""
-    parts = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=10)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    try:
-        connection.request("POST", path or "/", body=body, headers={"Content-Type": "application/json",
-                                                                   "User-Agent": "refurbed-ion-sandbox"})
-        response = connection.getresponse()
-        response.read()
-        return response.status, None
-    except OSError as error:
-        return None, f"{type(error).__name__}: {error}"
-    finally:
-        connection.close()

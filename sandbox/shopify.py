@@ -1,15 +1,43 @@
-"""A simulated Shopify shop: the Admin REST reads a stock sync makes.
+"""A simulated Shopify shop: the GraphQL Admin API (cost, throttling, compare-and-set writes, orders
+and their webhooks) and the legacy Admin REST reads.
 
-Served under ``/admin/api/{version}/``: ``products.json`` (products with their variants: ``sku``,
-``inventory_item_id``), ``locations.json`` and ``inventory_levels.json?location_ids=...`` (one
-level per inventory item and location, ``available`` may be ``null`` when untracked).  Lists take
-``limit`` (at most 250, default 50) and page with a ``Link`` header whose ``rel="next"`` URL carries
-an opaque ``page_info`` (with it, only ``limit`` and ``fields`` may be given, as on Shopify).
+GraphQL, ``POST /admin/api/{version}/graphql.json`` (:mod:`sandbox.shopify_graphql`; the schema in
+``sandbox/shopify.graphql``, Shopify's type names; the version ``core.platforms.SHOPIFY_API_VERSION``
+is what stocksync sends, any is served): ``productVariants``, ``productVariant``, ``inventoryItem``
+(``inventoryLevel(locationId:)``, ``inventoryLevels``, ``quantities(names:)``), ``locations``,
+``location``, ``orders`` and ``order``; the mutation ``inventorySetQuantities`` with 2026-01's
+compare-and-set (``changeFromQuantity``; a stale one answers ``CHANGE_FROM_QUANTITY_STALE`` and
+writes nothing).  Every answer carries ``extensions.cost``; cost rules and the bucket (the standard
+plan's 2000 points, 100 a second) are in :mod:`sandbox.shopify_cost`: a query over the points
+available is answered ``THROTTLED`` (HTTP 200, no ``data``).  Behaviour the sandbox chooses where
+Shopify's would differ:
 
-Every request needs ``X-Shopify-Access-Token``.  Calls go through a leaky bucket (``bucket_size``
-40, ``leak_per_s`` 2 by default) reported in ``X-Shopify-Shop-Api-Call-Limit: used/size``; a call
-that would overflow it is answered ``429`` with ``Retry-After``.  :meth:`ShopifySandbox.rate_limit_next`
-makes the next N calls 429 whatever the bucket says (the 429 dial).
+- the shop keeps ``available`` only: ``on_hand`` reads the same, the other quantity names 0; an
+  item is ``tracked`` when its level at every location is (``set_available(sku, None)`` untracks
+  one); a write to an untracked level tracks it;
+- an order takes its units from ``available`` at once (Shopify moves them to ``committed``);
+- the ``orders`` search understands ``created_at``, ``updated_at`` and ``name`` terms and refuses
+  the rest with an error naming it (Shopify ignores them with a warning).
+
+Orders (:mod:`sandbox.shopify_orders`): :meth:`ShopifySandbox.place_order` lowers ``available`` at a
+location, :meth:`ShopifySandbox.cancel_order` sets ``cancelledAt`` and restocks or not; both send
+their webhook (``orders/create``, ``orders/cancelled``) signed as Shopify signs.
+
+REST, served under ``/admin/api/{version}/``: ``products.json`` (products with their variants:
+``sku``, ``inventory_item_id``), ``locations.json`` and ``inventory_levels.json?location_ids=...``
+(one level per inventory item and location, ``available`` may be ``null`` when untracked).  Lists
+take ``limit`` (at most 250, default 50) and page with a ``Link`` header whose ``rel="next"`` URL
+carries an opaque ``page_info`` (with it, only ``limit`` and ``fields`` may be given, as on
+Shopify).  REST calls go through a leaky bucket (``bucket_size`` 40, ``leak_per_s`` 2 by default)
+reported in ``X-Shopify-Shop-Api-Call-Limit: used/size``; a call that would overflow it is
+answered ``429`` with ``Retry-After``.
+
+Every API call needs ``X-Shopify-Access-Token``.  Fault dials: ``latency_s``, ``error_rate`` (500s,
+seeded), :meth:`ShopifySandbox.fail_next` (5xx), :meth:`ShopifySandbox.throttle_next` (GraphQL
+``THROTTLED``), :meth:`ShopifySandbox.rate_limit_next` (REST 429).  ``/_sandbox/...`` control
+routes (no authentication: loopback by default): ``stats``, ``config``, ``quantities``,
+``available``, ``orders``, ``orders/{id}/cancel``, ``faults``.  :meth:`ShopifySandbox.quantities`
+is the tests' truth.
 """
 from __future__ import annotations
 
@@ -29,9 +57,10 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from sandbox import shopify_graphql
-from sandbox.common import Delivery, Dials, OutOfStock, admin_error, injected_failure, pause, serve_counted
+from sandbox.common import (Delivery, Dials, OutOfStock, admin_body, admin_error, injected_failure, optional_bool,
+                            pause, serve_counted)
 from sandbox.shopify_cost import STANDARD_MAXIMUM_AVAILABLE, STANDARD_RESTORE_RATE, CostBucket
-from sandbox.shopify_graphql import gid, parse_gid
+from sandbox.shopify_graphql import gid, iso_datetime, parse_gid
 from sandbox.shopify_orders import ShopifyOrders
 
 __all__ = ["ShopifySandbox"]
@@ -112,6 +141,7 @@ class ShopifySandbox(Dials):
                     self._levels[item_id, location["id"]] = rng.randint(0, 6)
             self._products.append({"id": PRODUCT_ID_BASE + p, "title": f"Refurbished phone {p + 1}",
                                    "variants": variants})
+        self._variant_pairs = sorted(self._variants_by_id.items())
         self._level_updated: dict[tuple[int, int], datetime] = {}
         self._bucket_used = 0.0
         self._bucket_at = clock()
@@ -216,6 +246,10 @@ class ShopifySandbox(Dials):
         """Every variant (the shop's own dicts: read only)."""
         return [variant for product in self._products for variant in product["variants"]]
 
+    def variant_pairs_locked(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(id, variant)`` of every variant, by id (made once: the catalogue does not change)."""
+        return self._variant_pairs
+
     def variant_locked(self, variant_id: int | None) -> dict[str, Any] | None:
         """The variant with this id, or None."""
         return self._variants_by_id.get(variant_id)
@@ -234,7 +268,7 @@ class ShopifySandbox(Dials):
 
     def variant_view_locked(self, variant: dict[str, Any]) -> dict[str, Any]:
         """A ``ProductVariant`` (its ``inventoryItem`` is resolved on demand)."""
-        product = next(p for p in self._products if p["id"] == variant["product_id"])
+        product = self._products[variant["product_id"] - PRODUCT_ID_BASE]
         levels = [self._levels[variant["inventory_item_id"], loc] for loc in self.location_ids_locked()]
         return {"id": gid("ProductVariant", variant["id"]), "legacyResourceId": str(variant["id"]),
                 "sku": variant["sku"], "title": variant["title"], "price": variant["price"],
@@ -262,7 +296,7 @@ class ShopifySandbox(Dials):
         item_id = variant["inventory_item_id"]
         updated = self._level_updated.get((item_id, location_id), LEVELS_CREATED_AT)
         return {"id": f"gid://shopify/InventoryLevel/{location_id}?inventory_item_id={item_id}",
-                "updatedAt": _iso(updated), "location": self.location_view_locked(location_id),
+                "updatedAt": iso_datetime(updated), "location": self.location_view_locked(location_id),
                 "item": self.item_view_locked(variant), "_key": (item_id, location_id)}
 
     def quantity_view_locked(self, level: dict[str, Any], name: str) -> dict[str, Any]:
@@ -325,7 +359,8 @@ class ShopifySandbox(Dials):
             # 2026-01: changeFromQuantity, when given (even null), decides; the deprecated compareQuantity
             # and ignoreCompareQuantity only count without it.
             if "changeFromQuantity" in quantity:
-                expected, code, field = quantity["changeFromQuantity"], "CHANGE_FROM_QUANTITY_STALE", "changeFromQuantity"
+                expected, field = quantity["changeFromQuantity"], "changeFromQuantity"
+                code = "CHANGE_FROM_QUANTITY_STALE"
             elif given.get("ignoreCompareQuantity"):
                 expected, code, field = None, "", ""
             elif quantity.get("compareQuantity") is not None:
@@ -352,7 +387,7 @@ class ShopifySandbox(Dials):
                             "ledgerDocumentUri": None, "item": self.item_view_locked(variant),
                             "location": self.location_view_locked(location)})
         self._writes["applied"] += 1
-        group = {"id": gid("InventoryAdjustmentGroup", next(self._groups)), "createdAt": _iso(moment),
+        group = {"id": gid("InventoryAdjustmentGroup", next(self._groups)), "createdAt": iso_datetime(moment),
                  "reason": given["reason"], "referenceDocumentUri": uri, "changes": changes}
         return {"inventoryAdjustmentGroup": group, "userErrors": []}
 
@@ -412,8 +447,8 @@ class ShopifySandbox(Dials):
         """Stop the webhook sender once its queue is empty."""
         self._orders.webhooks.close()
 
-    def orders_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, dict[str, Any]]]:
-        """``(sort key, Order view)`` of the orders matching a search ``query``.  Raises ``ValueError``."""
+    def orders_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, int]]:
+        """``(sort key, order id)`` of the orders matching a search ``query``.  Raises ``ValueError``."""
         return self._orders.search_locked(query, sort_key)
 
     def order_view_locked(self, order_id: int | None) -> dict[str, Any] | None:
@@ -587,7 +622,7 @@ class ShopifySandbox(Dials):
     async def _admin_set_available(self, request: web.Request) -> web.Response:
         """``{"sku", "available", "location_id"?}``: set one level, as the merchant's admin would."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             available = body["available"]
             if available is not None and (not isinstance(available, int) or isinstance(available, bool)):
                 raise ValueError(f"available must be an integer or null, got {available!r}")
@@ -604,18 +639,17 @@ class ShopifySandbox(Dials):
     async def _admin_place(self, request: web.Request) -> web.Response:
         """``{"lines": {"<sku>": quantity, ...}, "location_id"?, "notify"?}``: a customer's order."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             lines = body["lines"]
             if not isinstance(lines, dict) or not lines:
                 raise ValueError("lines must be a non-empty object of SKU -> quantity")
-            notify = body.get("notify", True)
-            if not isinstance(notify, bool):
-                raise ValueError("notify must be true or false")
-            order = self.place_order(lines, location_id=body.get("location_id"), notify=notify)
+            order = self.place_order(lines, location_id=body.get("location_id"),
+                                     notify=optional_bool(body, "notify", True))
         except OutOfStock as error:
             return admin_error(409, str(error))
         except KeyError as error:
-            return admin_error(404 if "no " in str(error) else 400, f"expected {{\"lines\": {{sku: quantity}}}}: {error}")
+            return admin_error(404 if "no " in str(error) else 400,
+                               f"expected {{\"lines\": {{sku: quantity}}}}: {error}")
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
         return web.json_response(order, status=201)
@@ -623,15 +657,10 @@ class ShopifySandbox(Dials):
     async def _admin_cancel(self, request: web.Request) -> web.Response:
         """``{"restock"?, "reason"?, "notify"?}``: cancel an order, with or without restocking it."""
         try:
-            body = await _admin_body(request)
-            restock = body.get("restock")
-            if restock is not None and not isinstance(restock, bool):
-                raise ValueError("restock must be true, false or absent")
-            notify = body.get("notify", True)
-            if not isinstance(notify, bool):
-                raise ValueError("notify must be true or false")
-            order = self.cancel_order(int(request.match_info["order_id"]), restock=restock,
-                                      reason=str(body.get("reason", "CUSTOMER")), notify=notify)
+            body = await admin_body(request)
+            order = self.cancel_order(int(request.match_info["order_id"]), restock=optional_bool(body, "restock"),
+                                      reason=str(body.get("reason", "CUSTOMER")),
+                                      notify=optional_bool(body, "notify", True))
         except KeyError as error:
             return admin_error(404, str(error))
         except (TypeError, ValueError) as error:
@@ -641,7 +670,7 @@ class ShopifySandbox(Dials):
     async def _admin_faults(self, request: web.Request) -> web.Response:
         """``{"throttle": n}`` (GraphQL THROTTLED), ``{"rate_limit": n}`` (REST 429), ``{"fail": n, "status": 5xx}``."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             for name in ("throttle", "rate_limit", "fail"):
                 if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool) or body[name] < 0):
                     raise ValueError(f"{name} must be an integer >= 0")
@@ -654,8 +683,8 @@ class ShopifySandbox(Dials):
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
         with self._lock:
-            return web.json_response({"pending_failures": len(self._faults), "pending_throttles": self._forced_throttles,
-                                      "pending_429s": self._forced_429})
+            return web.json_response({"pending_failures": len(self._faults),
+                                      "pending_throttles": self._forced_throttles, "pending_429s": self._forced_429})
 
     def _item_of(self, sku: str) -> int:
         for product in self._products:
@@ -675,18 +704,6 @@ def _ids(text: str | None) -> set[int]:
         raise ValueError("ids must be comma-separated integers") from None
 
 
-def _iso(moment: datetime) -> str:
-    """``2026-01-09T19:35:56Z``: Shopify's DateTime, in UTC, to the second."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _is_uri(text: str) -> bool:
     parts = urlsplit(text)
     return bool(parts.scheme) and bool(parts.netloc or parts.path)
-
-
-async def _admin_body(request: web.Request) -> dict[str, Any]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    return body

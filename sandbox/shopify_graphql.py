@@ -13,10 +13,12 @@ whose lock is held while they run (its ``*_locked`` methods).
 from __future__ import annotations
 
 import base64
+import bisect
 import binascii
 import json
+from datetime import datetime, timezone
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ariadne import MutationType, ObjectType, QueryType, ScalarType, make_executable_schema
 from graphql import (
@@ -34,7 +36,7 @@ from sandbox.shopify_cost import MAX_QUERY_COST, CostBucket, query_cost
 if TYPE_CHECKING:
     from sandbox.shopify import ShopifySandbox
 
-__all__ = ["MAX_PAGE_SIZE", "answer", "gid", "parse_gid", "schema"]
+__all__ = ["MAX_PAGE_SIZE", "answer", "gid", "iso_datetime", "parse_gid", "schema"]
 
 #: The most items one connection page may hold (Shopify's limit).
 MAX_PAGE_SIZE = 250
@@ -48,6 +50,11 @@ _datetime, _url = ScalarType("DateTime"), ScalarType("URL")
 def gid(kind: str, number: int) -> str:
     """A Shopify global id: ``gid://shopify/<kind>/<number>``."""
     return f"gid://shopify/{kind}/{number}"
+
+
+def iso_datetime(moment: datetime) -> str:
+    """A ``DateTime`` as Shopify writes it: UTC, to the second, ``2026-01-09T19:35:56Z``."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_gid(value: Any, kind: str) -> int | None:
@@ -79,40 +86,55 @@ def _uncursor(cursor: str, argument: str) -> int | tuple[int, ...]:
         raise GraphQLError(f"Invalid cursor for '{argument}': {cursor!r}") from None
 
 
-def connection(items: Iterable[tuple[int, Any]], *, first: int | None = None, after: str | None = None,
-               last: int | None = None, before: str | None = None, reverse: bool = False) -> dict[str, Any]:
-    """One page of ``(key, node)`` pairs (sorted by key) as a Shopify connection, cursors opaque.
+def connection(items: Sequence[tuple[Any, Any]], *, first: int | None = None, after: str | None = None,
+               last: int | None = None, before: str | None = None, reverse: bool = False,
+               view: Callable[[Any], Any] = lambda source: source) -> dict[str, Any]:
+    """One page of ``(key, source)`` pairs, sorted by key ascending, as a Shopify connection, cursors opaque.
+
+    The cursors are found by bisection and ``view`` makes nodes of the page's sources only, so a
+    page of a large shop costs what the page holds, not what the shop holds.
 
     Raises:
-      GraphQLError: Neither or both of ``first`` and ``last``, a size outside 1..250, a bad cursor.
+      GraphQLError: Neither or both of ``first`` and ``last``, a size outside 0..250, a bad cursor.
     """
     if (first is None) == (last is None):
         raise GraphQLError("you must provide one of first or last")
     size = first if first is not None else last
     if not 0 <= size <= MAX_PAGE_SIZE:
         raise GraphQLError(f"The maximum number of items that can be requested is {MAX_PAGE_SIZE}, got {size}.")
-    ordered = sorted(items, key=lambda pair: pair[0], reverse=reverse)
+    low, high = 0, len(items)  # the items between the cursors: items[low:high]
+
+    def position(mark: Any, right: bool) -> int:
+        return (bisect.bisect_right if right else bisect.bisect_left)(items, mark, key=lambda pair: pair[0])
+
     if after is not None:
         mark = _uncursor(after, "after")
-        ordered = [pair for pair in ordered if (pair[0] < mark if reverse else pair[0] > mark)]
+        low, high = (low, min(high, position(mark, False))) if reverse else (max(low, position(mark, True)), high)
     if before is not None:
         mark = _uncursor(before, "before")
-        ordered = [pair for pair in ordered if (pair[0] > mark if reverse else pair[0] < mark)]
+        low, high = (max(low, position(mark, True)), high) if reverse else (low, min(high, position(mark, False)))
+    between = max(0, high - low)
+    count = min(size, between)
+    # Walked in the order asked for; "first" takes from its start, "last" from its end.
+    from_start = (first is not None) != reverse
+    indexes = range(low, low + count) if from_start else range(high - count, high)
+    page = [items[i] for i in (reversed(indexes) if reverse else indexes)]
     if first is not None:
-        page, more_after, more_before = ordered[:size], len(ordered) > size, after is not None
+        more_after, more_before = between > size, after is not None
     else:
-        page = ordered[max(0, len(ordered) - size):]
-        more_after, more_before = before is not None, len(ordered) > size
-    edges = [{"cursor": _cursor(key), "node": node} for key, node in page]
+        more_after, more_before = before is not None, between > size
+    edges = [{"cursor": _cursor(key), "node": view(source)} for key, source in page]
     return {"edges": edges, "nodes": [edge["node"] for edge in edges],
             "pageInfo": {"hasNextPage": more_after, "hasPreviousPage": more_before,
                          "startCursor": edges[0]["cursor"] if edges else None,
                          "endCursor": edges[-1]["cursor"] if edges else None}}
 
 
-def _page(items: Iterable[tuple[int, Any]], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _page(items: Iterable[tuple[Any, Any]], kwargs: dict[str, Any],
+          view: Callable[[Any], Any] = lambda source: source, *, ordered: bool = False) -> dict[str, Any]:
+    items = items if ordered else sorted(items, key=lambda pair: pair[0])
     return connection(items, **{name: kwargs.get(name) for name in ("first", "after", "last", "before")},
-                      reverse=bool(kwargs.get("reverse")))
+                      reverse=bool(kwargs.get("reverse")), view=view)
 
 
 # -- resolvers (the shop's lock is held) -------------------------------------------------------------------
@@ -121,7 +143,7 @@ def _page(items: Iterable[tuple[int, Any]], kwargs: dict[str, Any]) -> dict[str,
 @_query.field("productVariants")
 def _resolve_variants(_: Any, info: Any, **kwargs: Any) -> dict[str, Any]:
     shop: ShopifySandbox = info.context
-    return _page(((v["id"], shop.variant_view_locked(v)) for v in shop.variants_locked()), kwargs)
+    return _page(shop.variant_pairs_locked(), kwargs, shop.variant_view_locked, ordered=True)
 
 
 @_query.field("productVariant")
@@ -158,7 +180,7 @@ def _resolve_location(_: Any, info: Any, id: str | None = None) -> dict[str, Any
 def _resolve_orders(_: Any, info: Any, query: str | None = None, sortKey: str = "ID", **kwargs: Any) -> dict[str, Any]:
     shop: ShopifySandbox = info.context
     try:
-        return _page(shop.orders_locked(query, sortKey), kwargs)
+        return _page(shop.orders_locked(query, sortKey), kwargs, shop.order_view_locked)
     except ValueError as error:
         raise GraphQLError(f"Invalid search query {query!r}: {error}") from None
 
@@ -186,8 +208,8 @@ def _resolve_level(item: dict[str, Any], info: Any, locationId: str) -> dict[str
 @_item.field("inventoryLevels")
 def _resolve_levels(item: dict[str, Any], info: Any, **kwargs: Any) -> dict[str, Any]:
     shop: ShopifySandbox = info.context
-    return _page(((location, shop.level_view_locked(item["_variant"], location))
-                  for location in shop.location_ids_locked()), kwargs)
+    return _page(((location, location) for location in shop.location_ids_locked()), kwargs,
+                 lambda location: shop.level_view_locked(item["_variant"], location))
 
 
 @_level.field("quantities")

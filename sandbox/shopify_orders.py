@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from core.platforms import SHOPIFY_API_VERSION
 from core.signatures import shopify_hmac
 from sandbox.common import OutOfStock, WebhookSender
-from sandbox.shopify_graphql import gid
+from sandbox.shopify_graphql import gid, iso_datetime
 
 if TYPE_CHECKING:
     from sandbox.shopify import ShopifySandbox
@@ -138,14 +138,11 @@ class ShopifyOrders:
         """How many orders the shop has taken."""
         return len(self._orders)
 
-    def search_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, dict[str, Any]]]:
-        """``(sort key, Order view)`` of the orders matching ``query``.  Raises ``ValueError``."""
+    def search_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, int]]:
+        """``(sort key, order id)`` of the orders matching ``query``.  Raises ``ValueError``."""
         tests = _parse_query(query or "")
-        found = []
-        for order in self._orders.values():
-            if all(test(order) for test in tests):
-                found.append((_sort_key(order, sort_key), self._view(order)))
-        return found
+        return [(_sort_key(order, sort_key), order["id"]) for order in self._orders.values()
+                if all(test(order) for test in tests)]
 
     def view_locked(self, order_id: int | None) -> dict[str, Any] | None:
         """One ``Order`` view, or None."""
@@ -167,7 +164,7 @@ class ShopifyOrders:
                               "currentQuantity": 0 if order["cancelled_at"] else line["quantity"],
                               "variant": shop.variant_view_locked(line["variant"])}
                  for line in order["lines"]}
-        refunds = [{"id": gid("Refund", refund["id"]), "createdAt": _iso(refund["created_at"]),
+        refunds = [{"id": gid("Refund", refund["id"]), "createdAt": iso_datetime(refund["created_at"]),
                     "_refundLineItems": [
                         {"id": gid("RefundLineItem", item["id"]), "lineItem": lines[item["line"]["id"]],
                          "quantity": item["quantity"], "restockType": item["restock_type"],
@@ -176,9 +173,9 @@ class ShopifyOrders:
                         for item in refund["lines"]]}
                    for refund in order["refunds"]]
         return {"id": gid("Order", order["id"]), "legacyResourceId": str(order["id"]), "name": f"#{order['number']}",
-                "createdAt": _iso(order["created_at"]), "processedAt": _iso(order["created_at"]),
-                "updatedAt": _iso(order["updated_at"]),
-                "cancelledAt": _iso(order["cancelled_at"]) if order["cancelled_at"] else None,
+                "createdAt": iso_datetime(order["created_at"]), "processedAt": iso_datetime(order["created_at"]),
+                "updatedAt": iso_datetime(order["updated_at"]),
+                "cancelledAt": iso_datetime(order["cancelled_at"]) if order["cancelled_at"] else None,
                 "cancelReason": order["cancel_reason"], "_lineItems": list(lines.values()), "_refunds": refunds}
 
     def _body(self, order: dict[str, Any]) -> dict[str, Any]:
@@ -215,11 +212,6 @@ class ShopifyOrders:
                    "X-Shopify-Triggered-At": datetime.now(timezone.utc).isoformat()}
         self.webhooks.send(order_id, 0, dials["webhook_url"], lambda: (body, headers), WEBHOOK_MAX_ATTEMPTS,
                            WEBHOOK_RETRY_S)
-
-
-def _iso(moment: datetime) -> str:
-    """``2026-01-09T19:35:56Z``: Shopify's DateTime, in UTC, to the second."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _second(moment: datetime) -> datetime:
