@@ -473,3 +473,36 @@ def test_an_admin_adds_and_disables_accounts_under_the_rules(world):
     assert "disabled (never synced, polled or pushed)" in page and "restock_on_cancel" in page
     audited = " ".join(str(row.arguments) + (row.detail or "") for row in audit_rows(world, action="account.add"))
     assert "must start with" in audited
+
+
+def test_a_shopify_row_is_refreshed_topped_up_and_synced_like_the_others(world):
+    with world.sessions() as session:  # the variation is stocked on a Shopify shop too
+        session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
+                             "SELECT :v, id, 4 FROM marketplaces WHERE code = 'shop-eu'"), {"v": world.variation_id})
+        session.execute(text("INSERT INTO listings (marketplace_id, external_id, variation_id, sku) "
+                             "SELECT id, '39072857', :v, 'IPHONE13-128-BLK' FROM marketplaces WHERE code = 'shop-eu'"),
+                        {"v": world.variation_id})
+        session.commit()
+    accounts.forget()
+    form = {"variation_id": str(world.variation_id), "marketplace": "shop-eu"}
+
+    async def scenario(server):
+        client = await client_of(server, "operator")
+        csrf = await session_csrf(client)
+        page = await (await client.get(f"/variations/{world.variation_id}")).text()
+        answers = {}
+        for name, path, extra in (("topup", "/stock/topup", {"quantity": "2"}), ("refresh", "/stock/refresh", {}),
+                                  ("sync", "/syncs/start", {"force": "1"})):
+            response = await client.post(path, data={**form, **extra, "reference": f"R-shop-{name}",
+                                                     "csrf_token": csrf}, allow_redirects=False)
+            answers[name] = response.status
+        await client.close()
+        return page, answers
+
+    page, answers = run(world, scenario)
+    assert answers == {"topup": 303, "refresh": 303, "sync": 303}
+    rows = dict(re.findall(r'<tr data-marketplace="([^"]+)">(.*?)</tr>', page, re.S))
+    assert "Refresh from the marketplace" in rows["shop-eu"]
+    assert ledger_rows(world, "topup") == [("operator", "console:R-shop-topup")]
+    sent = {m.actor_name for m in enqueued(world.broker)}
+    assert {"recheck_stock", "fetch_listings_page"} <= sent, sent
