@@ -131,8 +131,9 @@ class ShopifyAdapter(CatalogueAdapter):
     Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
     or, when None, every active location of the shop.  A row's quantity is the sum over them; a level
     Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
-    reads as 0.  A push sets the first location so that the sum becomes the target, with Shopify's
-    compare-and-set on what that location held: a stale belief is refused (``set_quantity`` False).
+    reads as 0.  A push reads the levels again (a few points), refuses a belief they do not show, and
+    sets the first location so that the sum becomes the target, with Shopify's compare-and-set on
+    what that location held: a stale belief is refused either way (``set_quantity`` False).
     """
 
     platform = "shopify"
@@ -173,18 +174,15 @@ class ShopifyAdapter(CatalogueAdapter):
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
                            reference: str = "") -> bool:
         locations = await self.locations()
-        if len(locations) == 1:
-            return await self.client.set_available(listing_id, locations[0], quantity, change_from=expected,
-                                                   reference=reference or PUSH_REFERENCE)
-        # Several locations: the first takes the difference; the others are read to know what it holds.
+        # The levels as Shopify holds them (an oversold one below 0): the compare is on the raw value,
+        # the belief on what a read shows (each level at least 0), the change on the first location.
         _, levels = await self.client.levels(listing_id, locations)
         held = [max(0, level) for level in levels if level is not None]
         if expected is not None and sum(held) != expected:
             return False
-        first = levels[0] or 0
+        first = max(0, levels[0] or 0)
         return await self.client.set_available(listing_id, locations[0], max(0, first + quantity - sum(held)),
-                                               change_from=first if levels[0] is not None else None,
-                                               reference=reference or PUSH_REFERENCE)
+                                               change_from=levels[0], reference=reference or PUSH_REFERENCE)
 
 
 __all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "RefurbedAdapter", "ShopifyAdapter"]
