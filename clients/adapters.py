@@ -2,11 +2,13 @@
 
 ``list_page`` is the verb of the one catalogue pipeline: one page of the account's listings, as the
 items a fetch-page message carries, with what the walk needs next (the catalogue's size for numbered
-pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a push's
-read-before-write, a re-check); ``set_quantity`` sends one absolute quantity.  Neither Back Market nor
-Refurbed has a compare-and-set: the push pipeline reads first and sends at once after; Shopify has
-one (``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.  Paging,
-quotas, 429s and errors stay the client's business.
+pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a
+re-check); ``set_quantity`` sends one absolute quantity.  A push works on up to ``push_batch``
+listings at once: ``read_quantities`` then ``set_quantities`` (one listing each: the single verbs;
+Refurbed reads and writes up to 50 in one call each).  Neither Back Market nor Refurbed has a
+compare-and-set: the push pipeline reads first and sends at once after; Shopify has one
+(``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.
+Paging, quotas, 429s and errors stay the client's business.
 
 Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
 """
@@ -17,8 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
+from clients.errors import ApiError
+from clients.refurbed import MAX_BATCH_UPDATE, OfferStockUpdate, RefurbedClient
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
-from clients.refurbed import RefurbedClient
 from clients.shopify import DEFAULT_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
 from clients.shopify import MAX_LOCATIONS as SHOPIFY_MAX_LOCATIONS
 from clients.shopify import ShopifyClient
@@ -64,6 +67,22 @@ class CatalogueAdapter(abc.ABC):
         Returns False when the marketplace refused a stale ``expected`` (read again, decide again).
         """
         raise NotImplementedError(f"{self.platform} listings cannot be pushed")
+
+    #: How many listings one push reads and writes together (a platform with batch calls says more).
+    push_batch: int = 1
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        """What the marketplace lists of each listing now; a listing it does not know is left out."""
+        return {listing: await self.read_quantity([listing]) for listing in listing_ids}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        """Set each listing's quantity (absolute); the lines that failed on their own, with their error.
+
+        Raises what the call raises when nothing may have been written (or, one at a time, the first failure).
+        """
+        for listing, quantity in quantities:
+            await self.set_quantity(listing, quantity)
+        return {}
 
 
 def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
@@ -119,6 +138,21 @@ class RefurbedAdapter(CatalogueAdapter):
                            reference: str = "") -> bool:
         await self.client.update_offer(listing_id, stock=quantity)
         return True
+
+    push_batch = MAX_BATCH_UPDATE
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        if len(listing_ids) == 1:  # a push of one row reads as a re-check does
+            return await super().read_quantities(listing_ids)
+        page = await self.client.list_offers(ids=listing_ids, limit=max(len(listing_ids), 1))
+        return {offer.id: offer.stock for offer in page.offers}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        if len(quantities) == 1:
+            return await super().set_quantities(quantities)
+        results = await self.client.batch_update_offers(
+            [OfferStockUpdate(quantity, offer_id=listing) for listing, quantity in quantities])
+        return {listing: result.error for (listing, _), result in zip(quantities, results) if result.error is not None}
 
 
 #: Shopify's ``referenceDocumentUri`` of a push that names no record of its own.

@@ -330,6 +330,9 @@ class Settings(BaseSettings):
 
     #: Rows per page of the ledger, the audit and the run lists.
     console_page_size: int = Field(50, ge=1, le=1000)
+    #: The largest goods-received file ``stocksync stock import`` and the console's import take (bytes;
+    #: 1 MiB is some 20,000 lines).  The console keeps an upload in Redis until confirmed, an hour at most.
+    stock_import_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 def default_metrics_dir() -> Path:
