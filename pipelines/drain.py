@@ -20,9 +20,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from clients.ratelimit import RateLimitWaitTimeout
+from core.push_log import PushState
 from db import events as stock_events
 from pipelines.events import (push_lease, push_rows, pushed, read_and_apply, readable, recheck_delay_ms,
                               skew)
+from pipelines import push_log
 from runtime import metrics, resources
 from runtime.clients import push_batch, push_line_quota, push_lines_limiter, push_pace_s
 from runtime.locks import LeaderLock
@@ -199,7 +201,7 @@ def _drain_pushes(marketplace: str, owner: str, lock: LeaderLock) -> tuple[int, 
                 slot, wait_s = resources.run_on_worker_loop(
                     lambda: _take_line(marketplace, settings.stock_drain_max_wait_s))
                 if wait_s:
-                    _give_back(claims[start + index:], owner)
+                    _give_back(claims[start + index:], owner, waiting="waiting for the data limit (lines per window)")
                     for taken in slots:
                         resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
                     return done, math.ceil(wait_s * 1000)
@@ -254,22 +256,27 @@ async def _refund_line(marketplace: str, slot: str) -> None:
         await limiter.refund(slot)
 
 
-def _give_back(claims: list, owner: str, *, until: datetime | None = None) -> None:
+def _give_back(claims: list, owner: str, *, until: datetime | None = None, waiting: str | None = None) -> None:
+    """Release ``claims`` unused; ``waiting``: why they wait (the push log says so)."""
     if claims:
         with resources.sessions()() as session:
             stock_events.release_pushes(session, [claim.stock_id for claim in claims], owner, until=until)
+            if waiting:
+                push_log.note(session, PushState.WAITING, stock_ids=[claim.stock_id for claim in claims], note=waiting)
             session.commit()
 
 
 def _failed(stock_id: int, owner: str, error: str) -> None:
     with resources.sessions()() as session:
         stock_events.release_push(session, stock_id, owner, error, failed=True)
+        push_log.note(session, PushState.FAILED, stock_ids=[stock_id], error=error)
         session.commit()
 
 
 def pushes_failed(owner: str, error: str) -> int:
     """A push drain failed for good: the rows it held are ``failed`` (the sweep puts them back in line)."""
     with resources.sessions()() as session:
+        push_log.note(session, PushState.FAILED, lease_owner=owner, error=error)
         count = stock_events.fail_pushes_of(session, owner, error)
         session.commit()
     return count
@@ -316,6 +323,7 @@ def publish_backlog(marketplace: str) -> Backlog:
     """Count ``marketplace``'s push backlog and publish it (and its ETA) as gauges."""
     with resources.sessions()() as session:
         rows = stock_events.push_backlog(session, marketplace).get(marketplace, 0)
+        push_log.publish_waiting(session, marketplace)
     limiter_used = None
     quota = push_line_quota(marketplace)
     if quota is not None:

@@ -16,9 +16,11 @@ from datetime import datetime, timedelta, timezone
 
 from clients.errors import NotFound
 from core.events import LOCAL_CHANGE_TYPES
+from core.push_log import PushState
 from db import events as stock_events
 from db.snapshot import apply_recheck
-from runtime import accounts, metrics, resources
+from pipelines import push_log
+from runtime import accounts, resources
 from runtime.clients import account_limiter, catalogue_adapter
 from runtime.settings import Settings, get_settings
 from sqlalchemy import text
@@ -209,6 +211,9 @@ def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta
                 if stock_id is None:
                     raise stock_events.PushImpossible(f"no stock row for sku {sku!r} on {marketplace}")
                 claim = stock_events.claim_push(session, stock_id, owner, lease=lease)
+                if claim is not None and not claim.needed:
+                    push_log.note(session, PushState.SUPERSEDED, stock_ids=[stock_id], start=False,
+                                  note="another push had sent the latest change")
                 session.commit()
         except stock_events.PushImpossible as impossible:
             outcomes[sku] = PushOutcome("failed", error=impossible)
@@ -242,6 +247,11 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
                 plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
                                                   skew=skew(settings),
                                                   restocks_on_cancel=restocks(marketplace, settings))
+                if plan is None:
+                    _log(session, claim, PushState.WAITING, quantity,
+                         note="read within the clock skew of a change: read again later")
+                elif plan.post:
+                    _log(session, claim, PushState.SENT, quantity, plan.quantity)
                 session.commit()
             if plan is None:
                 return PushOutcome("deferred")
@@ -249,20 +259,27 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
                     marketplace, claim.listing, plan.quantity, quantity,
                     f"gid://stocksync/StockPush/{claim.stock_id}-{fetched_at.timestamp():.0f}")):
                 break
-            metrics.push_compare_refused(marketplace)
             logger.info("push of %s on %s refused (stock changed since the read of %d): attempt %d of %d",
                         claim.sku, marketplace, quantity, attempt, attempts)
             with sessions() as session:
                 stock_events.forget_refused_push(session, claim)
+                _log(session, claim, PushState.REFUSED, quantity, plan.quantity,
+                     note="the marketplace's count was not the one read (an order came): read again")
                 session.commit()
         else:
-            return PushOutcome("deferred")  # refused each time: the drain gives the row back for a later read
+            with sessions() as session:
+                _log(session, claim, PushState.WAITING, quantity,
+                     note=f"refused {attempts} times: a later drain reads again")
+                session.commit()
+            return PushOutcome("deferred")  # the drain gives the row back for a later read
     except BaseException as error:
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
         _note_errors([claim], owner, {claim.stock_id: error})
         raise
     with sessions() as session:
         up_to_date = stock_events.finish_push(session, claim)
+        _log(session, claim, PushState.CONFIRMED if up_to_date else PushState.SUPERSEDED, quantity, plan.quantity,
+             note=None if up_to_date else "a newer local change came after its read")
         session.commit()
     logger.info("pushed %s on %s: quantity %d (read %d)", claim.sku, marketplace, plan.quantity, quantity)
     return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
@@ -294,6 +311,8 @@ def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Set
                     restocks_on_cancel=restocks(marketplace, settings))
                 if plan is None:
                     outcomes[claim.sku] = PushOutcome("deferred")
+                    _log(session, claim, PushState.WAITING, quantities[claim.listing],
+                         note="read within the clock skew of a change: read again later")
                 else:
                     plans[claim.sku] = plan
             session.commit()
@@ -306,7 +325,11 @@ def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Set
                 for sku in [sku for sku in to_send if by_sku[sku].stock_id in moved]:
                     stock_events.drop_push_plan(session, by_sku[sku])
                     outcomes[sku] = PushOutcome("deferred")
+                    _log(session, by_sku[sku], PushState.WAITING, quantities[by_sku[sku].listing],
+                         note="an order came after the read: read again later")
                     del plans[sku], to_send[sku]
+                for sku, plan in to_send.items():
+                    _log(session, by_sku[sku], PushState.SENT, quantities[by_sku[sku].listing], plan.quantity)
                 session.commit()
         lines = [(by_sku[sku].listing, plan.quantity) for sku, plan in to_send.items()]
         if lines:
@@ -324,6 +347,10 @@ def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Set
     confirmed = [claim for claim in claims if claim.sku in plans and claim.stock_id not in failed]
     with sessions() as session:
         up_to_date = {claim.sku: stock_events.finish_push(session, claim) for claim in confirmed}
+        for claim in confirmed:
+            fresh = up_to_date[claim.sku]
+            _log(session, claim, PushState.CONFIRMED if fresh else PushState.SUPERSEDED, quantities[claim.listing],
+                 plans[claim.sku].quantity, note=None if fresh else "a newer local change came after its read")
         session.commit()
     for claim in confirmed:
         plan = plans[claim.sku]
@@ -338,8 +365,17 @@ def _note_errors(claims: list, owner: str, errors: dict[int, BaseException]) -> 
     if errors:
         with resources.sessions()() as session:
             for stock_id, error in errors.items():
-                stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
+                said = f"{type(error).__name__}: {error}"
+                stock_events.note_push_error(session, stock_id, owner, said)
+                push_log.note(session, PushState.RETRIED, stock_ids=[stock_id], error=said)
             session.commit()
+
+
+def _log(session, claim: stock_events.PushClaim, state: PushState, quantity_read: int,
+         quantity_sent: int | None = None, note: str | None = None) -> None:
+    """Record ``state`` of ``claim``'s push in the push log (in ``session``'s transaction)."""
+    push_log.note(session, state, stock_ids=[claim.stock_id], quantity_read=quantity_read, quantity_sent=quantity_sent,
+                  note=note, owner=claim.owner)
 
 
 _FLAGGED_ROW = text(
@@ -382,17 +418,21 @@ def retry_push(marketplace: str, sku: str) -> bool:
     with resources.sessions()() as session:
         changed = stock_events.retry_failed_pushes(session, marketplace, failed_before=datetime.now(timezone.utc),
                                                    sku=sku)
+        push_log.note(session, PushState.RETRIED, back_in_line=marketplace, sku=sku, note="retried by an operator")
         session.commit()
     return bool(changed)
 
 
 def sweep(marketplace: str) -> tuple[int, int]:
     """``(rows to re-check, rows to push)`` of ``marketplace`` that wait; ``failed`` pushes of over a minute
-    ago go back in line first (a push that failed for good is tried again at each sweep)."""
+    ago go back in line first (a push that failed for good is tried again at each sweep), and pushes
+    that ended over ``PUSH_LOG_RETENTION_DAYS`` ago leave the push log."""
     now = datetime.now(timezone.utc)
     with resources.sessions()() as session:
         if pushed(marketplace):
             stock_events.retry_failed_pushes(session, marketplace, failed_before=now - timedelta(minutes=1))
+            push_log.note(session, PushState.RETRIED, back_in_line=marketplace, note="retried by the sweep")
+        push_log.prune(session, marketplace, get_settings().push_log_retention_days, now)
         session.commit()
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
         pending = stock_events.push_backlog(session, marketplace).get(marketplace, 0)

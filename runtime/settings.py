@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     stock_drain_batch: int = Field(20, ge=1, le=500)
     stock_drain_run_s: float = Field(120.0, gt=0)
     stock_drain_max_wait_s: float = Field(30.0, ge=0)
+    #: How long the push log keeps a push that ended (the sweep prunes older ones; open ones stay).
+    push_log_retention_days: int = Field(30, ge=1, le=3650)
     #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
     #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
     stock_recheck_threads: int = Field(2, ge=1)

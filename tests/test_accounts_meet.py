@@ -339,6 +339,10 @@ def test_a_shops_webhooks_polls_cancellations_and_refused_pushes_meet_on_its_row
                            event_time=datetime.now(timezone.utc)))
         eventually(broker, lambda: shop.quantities_by_sku()[sku] == before + 3 - 1, "the raced push")
         assert shop.sandbox.stats()["inventory_writes"]["refused_stale"] == 1
+        with resources.sessions()() as session:  # the push log: the refused compare, then the push that landed
+            pushes = session.execute(text(
+                "SELECT state FROM push_log WHERE sku = :sku ORDER BY id"), {"sku": sku}).scalars().all()
+        assert pushes[-2:] == ["refused", "confirmed"], pushes
         poll(broker, "shop-eu")  # the raced order reaches the ledger (unsure so close to the read: re-read)
         eventually(broker, lambda: rows() == listed_by_sandbox(sandboxes), "the re-read after the raced order")
         assert_rows_true(sandboxes)

@@ -21,7 +21,8 @@ from core.accounts import AccountError
 from core.console_rules import console_reference
 from core.events import InvalidEvent, make_event
 from core.platforms import NotSupported, platform
-from db import console_queries
+from core.push_log import PushFilter
+from db import console_queries, push_log
 from db.accounts import list_accounts
 from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
@@ -29,6 +30,9 @@ from workers.console.security import Done, Refused, action, current_user
 routes = web.RouteTableDef()
 
 MAX_SEARCH_RESULTS = 50
+
+#: Pushes shown on a variation's page (the push log has the rest).
+LAST_PUSHES = 10
 
 
 #: The largest id or number a form or query may carry (PostgreSQL's bigint): past it, a 400, not a 500.
@@ -74,7 +78,9 @@ def _variation_page(session, variation_id: int, before_id: int | None, limit: in
         return None
     ledger, more = console_queries.ledger_page(session, variation_id, before_id=before_id, limit=limit)
     able = _accounts(session)
+    pushes, _ = push_log.list_pushes(session, PushFilter(sku=variation.sku, limit=LAST_PUSHES))
     return {"variation": variation, "stock": console_queries.stock_rows(session, variation_id), "ledger": ledger,
+            "pushes": pushes,
             "more": more, "marketplaces": [code for code, p in able.items() if p.takes_local_changes],
             "refreshable": [code for code, p in able.items() if p.read_one]}
 
