@@ -189,13 +189,19 @@ class FleetRateLimiter:
         return bool(await self.redis.zrem(self.key, slot))
 
     def _report(self, waited: float) -> None:
-        if self.on_wait is None:
-            return
-        try:
-            self.on_wait(self.name, waited)
-        except Exception:
-            # Metrics must never cost a request its slot.
-            self.logger.exception("on_wait callback of rate limiter %r failed", self.name)
+        report_wait(self.on_wait, self.name, waited, self.logger)
+
+
+def report_wait(on_wait: Callable[[str, float], None] | None, name: str, waited: float,
+                logger: logging.Logger) -> None:
+    """Tell ``on_wait`` how long a limiter (or cost bucket) ``name`` made a caller wait; its failure is only logged."""
+    if on_wait is None:
+        return
+    try:
+        on_wait(name, waited)
+    except Exception:
+        # Metrics must never cost a request its slot.
+        logger.exception("on_wait callback of %r failed", name)
 
 
 def slots_used(redis, name: str, window_s: float, *, namespace: str = "stocksync") -> int:

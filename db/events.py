@@ -483,6 +483,16 @@ def moved_since_read(session: Session, owner: str, seen: dict[int, int]) -> set[
         {"ids": list(seen), "seen": list(seen.values()), "owner": owner[:64]}).scalars())
 
 
+def forget_refused_push(session: Session, claim: PushClaim) -> None:
+    """Forget the plan of a compare-and-set push the marketplace refused: it is known not to have landed.
+
+    The next read of the same claim then decides afresh (no "did it land?" guess).  Does not commit.
+    """
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_planned = NULL WHERE id = :sid AND push_lease_owner = :owner"),
+        {"sid": claim.stock_id, "owner": claim.owner[:64]})
+
+
 def finish_push(session: Session, claim: PushClaim, *, now: datetime | None = None) -> bool:
     """Record a push the marketplace confirmed; True when the row is now up to date.  Does not commit.
 

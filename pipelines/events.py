@@ -222,9 +222,72 @@ def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta
             outcomes[sku] = PushOutcome("busy" if claim is None else "nothing")
         else:
             claims.append(claim)
-    if claims:
+    if claims and accounts.account(marketplace, "push").platform.compare_and_set:
+        outcomes.update({claim.sku: _compare_and_set(marketplace, claim, owner, settings) for claim in claims})
+    elif claims:
         outcomes.update(_read_decide_write(marketplace, claims, owner, settings))
     return [outcomes[sku] for sku in skus]
+
+
+def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) -> PushOutcome:
+    """Push one row to a marketplace with a compare-and-set (Shopify): read, decide, write if unchanged.
+
+    The write carries what the read showed; when the marketplace refuses it (an order landed since
+    the read, nothing written), the plan is forgotten and the row read and decided again, up to
+    ``SHOPIFY_PUSH_ATTEMPTS`` writes, then ``deferred`` to a later drain.  No paired slots: the
+    compare makes the time between the read and the write harmless.
+    """
+    sessions = resources.sessions()
+    attempts = settings.shopify_push_attempts
+    try:
+        for attempt in range(1, attempts + 1):
+            fetched_at, quantity = resources.run_on_worker_loop(
+                lambda: read_listings(marketplace, [claim.listing]))
+            with sessions() as session:
+                plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
+                                                  skew=skew(settings),
+                                                  restocks_on_cancel=restocks(marketplace, settings))
+                if plan is None:
+                    _log(session, claim, PushState.WAITING, quantity,
+                         note="read within the clock skew of a change: read again later")
+                elif plan.post:
+                    _log(session, claim, PushState.SENT, quantity, plan.quantity)
+                session.commit()
+            if plan is None:
+                return PushOutcome("deferred")
+            if not plan.post or resources.run_on_worker_loop(lambda: _send_compared(
+                    marketplace, claim.listing, plan.quantity, quantity,
+                    f"gid://stocksync/StockPush/{claim.stock_id}-{fetched_at.timestamp():.0f}")):
+                break
+            logger.info("push of %s on %s refused (stock changed since the read of %d): attempt %d of %d",
+                        claim.sku, marketplace, quantity, attempt, attempts)
+            with sessions() as session:
+                stock_events.forget_refused_push(session, claim)
+                _log(session, claim, PushState.REFUSED, quantity, plan.quantity,
+                     note="the marketplace's count was not the one read (an order came): read again")
+                session.commit()
+        else:
+            with sessions() as session:
+                _log(session, claim, PushState.WAITING, quantity,
+                     note=f"refused {attempts} times: a later drain reads again")
+                session.commit()
+            return PushOutcome("deferred")  # the drain gives the row back for a later read
+    except BaseException as error:
+        # The lease stays: a retry of this message takes it back and its read tells whether we landed.
+        _note_errors([claim], owner, {claim.stock_id: error})
+        raise
+    with sessions() as session:
+        up_to_date = stock_events.finish_push(session, claim)
+        _log(session, claim, PushState.CONFIRMED if up_to_date else PushState.SUPERSEDED, quantity, plan.quantity,
+             note=None if up_to_date else "a newer local change came after its read")
+        session.commit()
+    logger.info("pushed %s on %s: quantity %d (read %d)", claim.sku, marketplace, plan.quantity, quantity)
+    return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
+
+
+async def _send_compared(marketplace: str, listing: str, quantity: int, expected: int, reference: str) -> bool:
+    adapter = catalogue_adapter(accounts.account(marketplace, "push"))
+    return await adapter.set_quantity(listing, quantity, expected, reference=reference)
 
 
 def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Settings) -> dict[str, PushOutcome]:

@@ -7,6 +7,8 @@ import io
 import json
 from datetime import datetime, timezone
 
+import dataclasses
+
 import pytest
 
 from core.platforms import platform
@@ -16,7 +18,8 @@ from core.stock_files import (LEDGER_COLUMNS, STOCK_COLUMNS, AccountFacts, Stock
 MAX = 64 * 1024
 ACCOUNTS = {"backmarket": AccountFacts(platform("backmarket"), True),
             "counter": AccountFacts(platform("manual"), True),
-            "shop-eu": AccountFacts(platform("shopify"), True),
+            # Shopify pushes now: one that could not stands for a platform without a push.
+            "shop-eu": AccountFacts(dataclasses.replace(platform("shopify"), push=False), True),
             "refurbed": AccountFacts(platform("refurbed"), False)}
 SKUS = {"SKU-A", "SKU-B"}
 

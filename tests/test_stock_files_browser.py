@@ -45,6 +45,7 @@ def console(tmp_path, redis_url, database_url):
     add_variation(sessions, "PIXEL7-128-WHT", title="Pixel 7 128 GB white", listed=1)
     with sessions() as session:
         accounts.add_account(session, platform="manual", code="counter", name="Shop counter")
+        accounts.set_enabled(session, "shopify", False)  # line 5's account
         session.commit()
     port = free_port()
     log = open(tmp_path / "console.log", "wb")
@@ -98,7 +99,7 @@ def test_an_operator_imports_goods_received_in_a_browser(console):
         bad = {int(row.get_attribute("data-line")): row.inner_text()
                for row in page.locator("#import-bad tbody tr").all()}
         assert sorted(bad) == [4, 5, 6, 7]
-        assert "unknown SKU 'NOKIA-3310'" in bad[4] and "Shopify" in bad[5]
+        assert "unknown SKU 'NOKIA-3310'" in bad[4] and "'shopify' is disabled" in bad[5]
         assert "whole number" in bad[6] and "duplicate reference 'GR-118'" in bad[7]
         assert page.locator("#import-good tbody tr").count() == 2
         shot(page, "stock-import-preview")

@@ -20,7 +20,7 @@ GOODS = ("sku,account,quantity,reference\n"
          "SKU-A,backmarket,3,GR-1\n"
          "SKU-B,counter,2,GR-2\n"
          "SKU-X,backmarket,1,GR-3\n"       # unknown SKU
-         "SKU-A,shopify,1,GR-4\n"          # Shopify cannot take a local change
+         "SKU-A,shopify,1,GR-4\n"          # a disabled account
          "SKU-B,backmarket,0,GR-5\n"       # zero
          "SKU-B,backmarket,4,GR-1\n")      # duplicate reference
 
@@ -32,6 +32,7 @@ def env(tmp_path, redis_url, database_url):
     add_variation(sessions, "SKU-B", listed=1, listing="listing-b")
     with sessions() as session:
         accounts.add_account(session, platform="manual", code="counter")
+        accounts.set_enabled(session, "shopify", False)
         session.commit()
     return {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "sessions": sessions, "tmp": tmp_path}
 
@@ -61,7 +62,7 @@ def test_a_dry_run_names_every_bad_line_and_books_nothing(env):
     before = listed(env["sessions"])
     done = run(env, "stock", "import", str(path))
     assert done.returncode == 1, done.stderr
-    for line, words in ((4, "unknown SKU 'SKU-X'"), (5, "Shopify"), (6, "at least 1, got 0"),
+    for line, words in ((4, "unknown SKU 'SKU-X'"), (5, "'shopify' is disabled"), (6, "at least 1, got 0"),
                         (7, "duplicate reference 'GR-1'")):
         assert any(row.startswith(str(line)) and words in row for row in done.stdout.splitlines()), (line, done.stdout)
     assert "would book 2 top-ups (5 units)" in done.stdout

@@ -4,11 +4,16 @@ CSRF, a viewer, a binary file, a file too big, another user's upload) each a 4xx
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
 import aiohttp
+import pytest
 from sqlalchemy import text
+
+from core.platforms import PLATFORMS
+from runtime import accounts
 
 from tests.console_support import (add_variation, audit_rows, client_of, enqueued, ledger_rows, run,  # noqa: F401
                                    session_csrf, world)
@@ -64,7 +69,16 @@ def test_any_role_downloads_the_stock_and_the_ledger_streamed(world):
     assert 'href="/stock/export?format=csv"' in page and 'href="/stock/import"' not in page  # a viewer: no import
 
 
-def test_upload_preview_confirm_books_once_and_a_re_import_books_nothing(world):
+@pytest.fixture
+def shop_without_push(monkeypatch):
+    """Shopify pushes now: a Shopify that could not stands for a platform that cannot take a local change (GR-3)."""
+    monkeypatch.setitem(PLATFORMS, "shopify", dataclasses.replace(PLATFORMS["shopify"], push=False))
+    accounts.forget()
+    yield
+    accounts.forget()
+
+
+def test_upload_preview_confirm_books_once_and_a_re_import_books_nothing(world, shop_without_push):
     before = listed(world)
 
     async def scenario(server):
@@ -110,7 +124,7 @@ def test_upload_preview_confirm_books_once_and_a_re_import_books_nothing(world):
     assert upload.arguments["file"] == "file 'goods.csv'" and "csrf_token" not in upload.arguments
 
 
-def test_hostile_posts_get_a_4xx_and_book_nothing(world):
+def test_hostile_posts_get_a_4xx_and_book_nothing(world, shop_without_push):
     async def scenario(server):
         operator = await client_of(server, "operator")
         viewer = await client_of(server, "viewer")
