@@ -2,11 +2,13 @@
 
 ``list_page`` is the verb of the one catalogue pipeline: one page of the account's listings, as the
 items a fetch-page message carries, with what the walk needs next (the catalogue's size for numbered
-pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a push's
-read-before-write, a re-check); ``set_quantity`` sends one absolute quantity.  Neither Back Market nor
-Refurbed has a compare-and-set: the push pipeline reads first and sends at once after; Shopify has
-one (``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.  Paging,
-quotas, 429s and errors stay the client's business.
+pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a
+re-check); ``set_quantity`` sends one absolute quantity.  A push works on up to ``push_batch``
+listings at once: ``read_quantities`` then ``set_quantities`` (one listing each: the single verbs;
+Refurbed reads and writes up to 50 in one call each).  Neither Back Market nor Refurbed has a
+compare-and-set: the push pipeline reads first and sends at once after; Shopify has one
+(``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.
+Paging, quotas, 429s and errors stay the client's business.
 
 Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
 """
@@ -17,8 +19,9 @@ import math
 from dataclasses import dataclass, field
 
 from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
+from clients.errors import ApiError
+from clients.refurbed import MAX_BATCH_UPDATE, OfferStockUpdate, RefurbedClient
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
-from clients.refurbed import RefurbedClient
 from clients.shopify import DEFAULT_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
 from clients.shopify import MAX_LOCATIONS as SHOPIFY_MAX_LOCATIONS
 from clients.shopify import ShopifyClient
@@ -64,6 +67,22 @@ class CatalogueAdapter(abc.ABC):
         Returns False when the marketplace refused a stale ``expected`` (read again, decide again).
         """
         raise NotImplementedError(f"{self.platform} listings cannot be pushed")
+
+    #: How many listings one push reads and writes together (a platform with batch calls says more).
+    push_batch: int = 1
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        """What the marketplace lists of each listing now; a listing it does not know is left out."""
+        return {listing: await self.read_quantity([listing]) for listing in listing_ids}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        """Set each listing's quantity (absolute); the lines that failed on their own, with their error.
+
+        Raises what the call raises when nothing may have been written (or, one at a time, the first failure).
+        """
+        for listing, quantity in quantities:
+            await self.set_quantity(listing, quantity)
+        return {}
 
 
 def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
@@ -120,6 +139,21 @@ class RefurbedAdapter(CatalogueAdapter):
         await self.client.update_offer(listing_id, stock=quantity)
         return True
 
+    push_batch = MAX_BATCH_UPDATE
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        if len(listing_ids) == 1:  # a push of one row reads as a re-check does
+            return await super().read_quantities(listing_ids)
+        page = await self.client.list_offers(ids=listing_ids, limit=max(len(listing_ids), 1))
+        return {offer.id: offer.stock for offer in page.offers}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        if len(quantities) == 1:
+            return await super().set_quantities(quantities)
+        results = await self.client.batch_update_offers(
+            [OfferStockUpdate(quantity, offer_id=listing) for listing, quantity in quantities])
+        return {listing: result.error for (listing, _), result in zip(quantities, results) if result.error is not None}
+
 
 #: Shopify's ``referenceDocumentUri`` of a push that names no record of its own.
 PUSH_REFERENCE = "gid://stocksync/StockPush/0"
@@ -131,8 +165,9 @@ class ShopifyAdapter(CatalogueAdapter):
     Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
     or, when None, every active location of the shop.  A row's quantity is the sum over them; a level
     Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
-    reads as 0.  A push sets the first location so that the sum becomes the target, with Shopify's
-    compare-and-set on what that location held: a stale belief is refused (``set_quantity`` False).
+    reads as 0.  A push reads the levels again (a few points), refuses a belief they do not show, and
+    sets the first location so that the sum becomes the target, with Shopify's compare-and-set on
+    what that location held: a stale belief is refused either way (``set_quantity`` False).
     """
 
     platform = "shopify"
@@ -173,18 +208,15 @@ class ShopifyAdapter(CatalogueAdapter):
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
                            reference: str = "") -> bool:
         locations = await self.locations()
-        if len(locations) == 1:
-            return await self.client.set_available(listing_id, locations[0], quantity, change_from=expected,
-                                                   reference=reference or PUSH_REFERENCE)
-        # Several locations: the first takes the difference; the others are read to know what it holds.
+        # The levels as Shopify holds them (an oversold one below 0): the compare is on the raw value,
+        # the belief on what a read shows (each level at least 0), the change on the first location.
         _, levels = await self.client.levels(listing_id, locations)
         held = [max(0, level) for level in levels if level is not None]
         if expected is not None and sum(held) != expected:
             return False
-        first = levels[0] or 0
+        first = max(0, levels[0] or 0)
         return await self.client.set_available(listing_id, locations[0], max(0, first + quantity - sum(held)),
-                                               change_from=first if levels[0] is not None else None,
-                                               reference=reference or PUSH_REFERENCE)
+                                               change_from=levels[0], reference=reference or PUSH_REFERENCE)
 
 
 __all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "RefurbedAdapter", "ShopifyAdapter"]

@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from clients.ratelimit import report_wait
+
 if TYPE_CHECKING:
     import redis.asyncio
 
@@ -63,7 +65,7 @@ class FleetCostBucket:
                 keys=[self.key], args=["debit", max(0.0, float(cost)), self.maximum, self.restore_rate])
             if int(granted):
                 waited = loop.time() - started
-                self._report(waited)
+                report_wait(self.on_wait, self.name, waited, self.logger)
                 return waited
             await asyncio.sleep(int(wait_us) / 1_000_000 + random.uniform(0, MAX_JITTER_S))
 
@@ -84,11 +86,3 @@ class FleetCostBucket:
         _, _, points = await self._script(keys=[self.key], args=["debit", 0, self.maximum, self.restore_rate])
         return float(points)
 
-    def _report(self, waited: float) -> None:
-        if self.on_wait is None:
-            return
-        try:
-            self.on_wait(self.name, waited)
-        except Exception:
-            # Metrics must never cost a call its budget.
-            self.logger.exception("on_wait callback of cost bucket %r failed", self.name)

@@ -349,6 +349,9 @@ class ShopifyClient:
                     charged = 0.0 if throttled else (cost.actual if cost.actual is not None else cost.requested)
                     await self.cost_bucket.credit(requested - charged)
                     await self.cost_bucket.observe(cost.available, cost.maximum, cost.restore_rate)
+            if throttled and cost is None and self.cost_bucket is not None:
+                # No figures with it: take the bucket as empty, so the retry waits for the points.
+                await self.cost_bucket.observe(0, self.cost_bucket.maximum, self.cost_bucket.restore_rate)
             if throttled:
                 self.throttled += 1
                 self.logger.info("Shopify answered THROTTLED to %s: waiting for the bucket", name)

@@ -428,6 +428,25 @@ class IntakeState:
         return sent
 
 
+def unbooked_order_lines(marketplace: str) -> dict[str, list[dict]]:
+    """The order lines of ``marketplace`` the intake sent and the ledger has not booked, by SKU (drift evidence).
+
+    Read from the intake's memo (:attr:`IntakeState.unconfirmed_key`): each is an order the marketplace
+    took whose ``order_created`` is not in the ledger yet.
+    """
+    state = IntakeState(None, get_settings().redis_namespace, marketplace)
+    entries = [json.loads(raw) for raw in resources.sync_redis().hvals(state.unconfirmed_key)]
+    created = [StockEvent.of(e["kind"], **e["fields"]) for entry in entries for e in entry["events"]
+               if e["kind"] == "order_created"]
+    booked = _booked([event.key for event in created])
+    lines: dict[str, list[dict]] = {}
+    for event in created:
+        if event.key not in booked:
+            lines.setdefault(event.sku, []).append({"order_id": event.order_id, "order_line_id": event.order_line_id,
+                                                    "quantity": event.quantity})
+    return lines
+
+
 def _unconfirmed(chain: EventChain, sent_at: float, *, sends: int) -> str:
     return json.dumps({"events": [{"kind": e.kind, "fields": e.fields} for e in chain], "sent_at": sent_at,
                        "sends": sends})

@@ -57,12 +57,23 @@ def push_lines_limiter(marketplace: str) -> FleetRateLimiter | None:
     return None if quota is None else fleet_limiter(*quota)
 
 
+_ADAPTERS: dict[str, type[CatalogueAdapter]] = {
+    "backmarket": BackMarketAdapter, "refurbed": RefurbedAdapter, "shopify": ShopifyAdapter}
+
+
+def push_batch(marketplace: str) -> int:
+    """How many of ``marketplace``'s rows one push reads and writes together (its adapter's ``push_batch``)."""
+    view = accounts.find(marketplace)
+    adapter = _ADAPTERS.get(view.platform.name) if view is not None else None
+    return adapter.push_batch if adapter is not None else 1
+
+
 def push_pace_s(marketplace: str) -> float:
-    """Seconds of ``marketplace``'s request quota one push takes (a read and a POST)."""
+    """Seconds of ``marketplace``'s request quota one row's push takes (a read and a write, shared by a batch)."""
     settings = get_settings()
     view = accounts.find(marketplace)
     if view is not None and view.platform.name == "refurbed":
-        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests
+        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests / push_batch(marketplace)
     if view is not None and view.platform.name == "shopify":
         # A read (a few points) and a compare-and-set (10) out of the shop's restore rate.
         return 15 / settings.shopify_cost_restore_per_s
@@ -86,23 +97,27 @@ def refurbed_limiter() -> FleetRateLimiter:
     return fleet_limiter("refurbed", settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
 
 
-def account_limiter(view: AccountView) -> FleetRateLimiter:
-    """The fleet-wide limiter an account's calls count against (each account has its own quota).
+def account_quota(view: AccountView) -> tuple[str, int, float, float]:
+    """``(limiter name, requests, window_s, margin_s)`` of the quota an account's calls count against.
 
-    The main accounts keep their limiters' names (``backmarket-catalog``, ``refurbed``); another
-    account's is named after its code.  Shopify has none: see :func:`shop_cost_bucket`.
+    Each account has its own: the main accounts keep their limiters' names (``backmarket-catalog``,
+    ``refurbed``); another account's is named after its code.  Shopify has none: see :func:`shop_cost_bucket`.
     """
     settings = get_settings()
     if view.platform.name == "backmarket":
-        if view.code == "backmarket":
-            return backmarket_limiter()
-        return fleet_limiter(f"backmarket-catalog:{view.code}", settings.backmarket_quota_requests,
-                             settings.backmarket_quota_window_s, settings.rate_limit_margin_s)
+        name = "backmarket-catalog" if view.code == "backmarket" else f"backmarket-catalog:{view.code}"
+        return (name, settings.backmarket_quota_requests, settings.backmarket_quota_window_s,
+                settings.rate_limit_margin_s)
     if view.platform.name == "refurbed":
-        return fleet_limiter("refurbed" if view.code == "refurbed" else f"refurbed:{view.code}",
-                             settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
+        return ("refurbed" if view.code == "refurbed" else f"refurbed:{view.code}",
+                settings.refurbed_quota_requests, settings.refurbed_quota_window_s, 0.0)
     raise AccountError(f"account {view.code} is on {view.platform.title}: its calls are paced by query cost "
                        "(shop_cost_bucket), not by a request quota")
+
+
+def account_limiter(view: AccountView) -> FleetRateLimiter:
+    """The fleet-wide limiter an account's calls count against (:func:`account_quota`)."""
+    return fleet_limiter(*account_quota(view))
 
 
 def shop_cost_bucket(view: AccountView) -> FleetCostBucket:

@@ -203,7 +203,8 @@ class RefurbedSandbox(Dials):
     - ``restock_on_cancel``: see above.
 
     Faults for one-off tests: :meth:`rate_limit_next` and :meth:`fail_next` answer the next calls
-    429 or 5xx, whatever the quota says.  ``clock`` (default ``time.monotonic``) times the quota;
+    429 or 5xx, whatever the quota says; :meth:`fail_offer_updates` fails the next updates of some
+    offers alone (one line of a batch).  ``clock`` (default ``time.monotonic``) times the quota;
     ``wall_clock`` (default ``time.time``) makes ``X-RateLimit-Reset``.
 
     Every method takes the sandbox's lock: the app runs on its own thread.
@@ -228,6 +229,8 @@ class RefurbedSandbox(Dials):
         self._error_rng = random.Random(f"refurbed-errors:{seed}")
         self._quota = SlidingWindowQuota(None, None)
         self._faults: deque[tuple[int, float]] = deque()  # (HTTP status, Retry-After seconds for a 429)
+        self._update_faults: dict[str, list[int]] = {}  # SKU -> the gRPC codes its next updates fail with
+        self._walk_cursors: list[str | None] = []  # each unfiltered ListOffers call's starting_after
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._offer_updates = 0
@@ -273,6 +276,15 @@ class RefurbedSandbox(Dials):
             raise ValueError(f"status must be a 5xx, got {status!r}")
         with self._lock:
             self._faults.extend([(status, 0.0)] * calls)
+
+    def fail_offer_updates(self, skus: Iterable[str], status: int = 503, calls: int = 1) -> None:
+        """Fail the next ``calls`` updates of each offer of ``skus`` with ``status`` (a 5xx), the call around them
+        going through: in ``BatchUpdateOffers`` that update's ``Result`` carries the error, the others apply."""
+        if not 500 <= status <= 599:
+            raise ValueError(f"status must be a 5xx, got {status!r}")
+        with self._lock:
+            for sku in skus:
+                self._update_faults.setdefault(sku, []).extend([UNAVAILABLE if status == 503 else INTERNAL] * calls)
 
     # -- orders --------------------------------------------------------------------------------------
 
@@ -415,6 +427,11 @@ class RefurbedSandbox(Dials):
             return {"requests": dict(self._requests), "by_status": {str(k): v for k, v in sorted(self._statuses.items())},
                     "rate_limited": self._statuses.get(429, 0), "offer_updates": self._offer_updates,
                     "deliveries": len(self._webhooks.deliveries())}
+
+    def walk_cursors(self) -> list[str | None]:
+        """The ``starting_after`` of every unfiltered ``ListOffers`` call (a catalogue walk's pages), in order."""
+        with self._lock:
+            return list(self._walk_cursors)
 
     # -- the webhook ---------------------------------------------------------------------------------
 
@@ -579,6 +596,8 @@ class RefurbedSandbox(Dials):
         if ids:
             offers = [offer for offer in offers if offer["id"] in {str(i) for i in ids}]
         page, has_more = _paginate(offers, pagination, limit, descending)
+        if not filters:
+            self._walk_cursors.append(pagination.get("starting_after"))
         return {"offers": [_shown(offer) for offer in page], "has_more": has_more}
 
     def _get_offer(self, body: dict) -> dict:
@@ -717,6 +736,9 @@ class RefurbedSandbox(Dials):
         return changes
 
     def _apply(self, offer: dict[str, Any], changes: dict[str, Any]) -> None:
+        faults = self._update_faults.get(offer["sku"])
+        if faults:
+            raise _RpcError(faults.pop(0), "internal error (injected by the sandbox for this offer)")
         if changes.pop("delete_reference_min_price", False):
             offer.pop("reference_min_price", None)
         if changes.pop("delete_secondary_shipping_profile_id", False):

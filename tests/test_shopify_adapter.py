@@ -90,16 +90,30 @@ def test_a_stale_belief_is_refused_and_nothing_is_written(shop):
     before = sandbox.available(sku, first)
 
     async def stale_then_fresh(adapter):
-        refused = await adapter.set_quantity(item, before + 3, before + 1, reference="gid://stocksync/StockPush/7")
-        after_refusal = sandbox.available(sku, first)
+        # A belief the levels do not show: refused before any write.
+        by_adapter = await adapter.set_quantity(item, before + 3, before + 1, reference="gid://stocksync/StockPush/7")
+        # A stale changeFromQuantity reaching Shopify: refused by Shopify, nothing written.
+        by_shopify = await adapter.client.set_available(item, str(first), before + 3, change_from=before + 1,
+                                                        reference="gid://stocksync/StockPush/7")
+        after_refusals = sandbox.available(sku, first)
         belief = await adapter.read_quantity([item])
         done = await adapter.set_quantity(item, belief + 3, belief, reference="gid://stocksync/StockPush/7")
-        return refused, after_refusal, belief, done
+        return by_adapter, by_shopify, after_refusals, belief, done
 
-    refused, after_refusal, belief, done = run(url, stale_then_fresh, location_ids=[str(first)])
-    assert (refused, after_refusal, belief, done) == (False, before, before, True)
+    assert run(url, stale_then_fresh, location_ids=[str(first)]) == (False, False, before, before, True)
     assert sandbox.available(sku, first) == before + 3
     assert sandbox.stats()["inventory_writes"] == {"applied": 1, "refused_stale": 1, "refused_other": 0}
+
+
+def test_an_oversold_level_is_compared_as_shopify_holds_it(shop):
+    sandbox, url = shop
+    first = sandbox.location_ids()[0]
+    sku = sorted(sandbox.truth())[3]
+    item = next(str(v["inventory_item_id"]) for v in sandbox.variants() if v["sku"] == sku)
+    sandbox.set_available(sku, -2, first)  # oversold: a read shows 0, Shopify holds -2
+    assert run(url, lambda adapter: adapter.read_quantity([item]), location_ids=[str(first)]) == 0
+    assert run(url, lambda adapter: adapter.set_quantity(item, 4, 0), location_ids=[str(first)]) is True
+    assert sandbox.available(sku, first) == 4
 
 
 def test_with_several_locations_a_push_lands_the_difference_on_the_first(shop):

@@ -119,24 +119,27 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
         sys.exit(1)
 
 
-#: The demo seller's accounts: the main ones of the settings, and the Shopify shop added as an account.
+#: The demo seller's accounts (the main ones of the settings, and a Shopify shop added by the demo).
 ACCOUNTS = ("backmarket", "refurbed", "shop")
-#: Where the shop account's access token is read from.
+
+#: The variable the demo shop's credential is read from.
 SHOP_CREDENTIAL = "STOCKSYNC_ACCOUNT_DEMO_SHOP_TOKEN"
 
 
 def _add_shop(url: str) -> None:
-    """The demo's Shopify shop as an account (the sandbox on loopback; its token in :data:`SHOP_CREDENTIAL`)."""
-    from db import accounts as account_rows
+    """The demo's Shopify account on the sandbox shop (its URL changes each run)."""
+    from db import accounts
+    from runtime import accounts as views
     from runtime import resources
 
     with resources.sessions()() as session:
-        if account_rows.get_account(session, "shop") is None:
-            account_rows.add_account(session, platform="shopify", code="shop", name="Shopify shop",
-                                     credentials_env=SHOP_CREDENTIAL, base_url=url, allow_loopback=True)
-        else:  # a demo before this one left it: the sandbox has a new port
-            account_rows.require_account(session, "shop").base_url = url
+        if accounts.get_account(session, "shop") is None:
+            accounts.add_account(session, platform="shopify", code="shop", name="Shopify shop",
+                                 credentials_env=SHOP_CREDENTIAL, base_url=url, allow_loopback=True)
+        else:  # the embedded database outlives the run; the sandbox's port does not
+            accounts.set_base_url(session, "shop", url, allow_loopback=True)
         session.commit()
+    views.forget()
 
 
 def _orders_on_each(backmarket, refurbed, shop, count: int = 5) -> int:

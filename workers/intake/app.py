@@ -16,6 +16,8 @@ Routes:
 - ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
   ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call;
   only with ``Authorization: Bearer <a token of READ_API_TOKENS>``.
+- ``GET /pushes``: the push log (filters ``account``, ``state``, ``since``, ``until``, ``sku``;
+  paged by ``before`` and ``limit``), with the counts per state; the same token.
 - ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
   schema at the migrations' head: 200 ``{"status": "ok"}`` or 503 ``{"status": "not ok"}``; what is
   wrong only to a caller with a read token).
@@ -45,6 +47,9 @@ from sqlalchemy.exc import DBAPIError
 
 from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidStockEvent, StockEvent, check_sku
+from core.push_log import BadPushFilter, parse_filter
+from db import push_log
+from db.engine import session_factory
 from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
@@ -77,6 +82,7 @@ EVENTS_KEY = web.AppKey("events", StockEvents)
 READER_KEY = web.AppKey("reader", object)
 READY_KEY = web.AppKey("ready", ReadinessProbe)
 READ_TOKENS_KEY = web.AppKey("read_tokens", list)
+DATABASE_URL_KEY = web.AppKey("database_url", str)
 
 
 def redact_path(path: str) -> str:
@@ -169,11 +175,13 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app[READER_KEY] = None
     app[READY_KEY] = ReadinessProbe(settings.redis_url, database_url or resources.database_url)
     app[READ_TOKENS_KEY] = auth.token_list(settings.read_api_tokens.get_secret_value())
+    app[DATABASE_URL_KEY] = database_url or ""
     app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
     app.router.add_post("/webhooks/shopify", shopify_webhook)
     app.router.add_post("/events", producer_events)
     app.router.add_get("/stock", stock_by_sku)
     app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
+    app.router.add_get("/pushes", pushes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
@@ -456,6 +464,24 @@ async def stock_by_variation(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no variation {raw}")
     return _stock_response(found)
+
+
+@_read_api("account", "state", "since", "until", "sku", "before", "limit")
+async def pushes(request: web.Request) -> web.Response:
+    """``GET /pushes``: one page of the push log, newest first, and the counts per state of its filters."""
+    try:
+        wanted = parse_filter(request.query)
+    except BadPushFilter as bad:
+        return _error(400, str(bad))
+
+    def read() -> dict:
+        with session_factory(request.app[DATABASE_URL_KEY] or resources.database_url())() as session:
+            entries, more = push_log.list_pushes(session, wanted)
+            counts = push_log.count_states(session, wanted)
+        return {"pushes": [entry.as_json() for entry in entries], "counts": counts,
+                "next_before": entries[-1].id if more else None}
+
+    return _stock_response(await asyncio.to_thread(read))
 
 
 class StockReader:
