@@ -1,6 +1,7 @@
 """Reconciliation with causes (drift explained) against today's walk without them: same data, alternated.
 
     .venv/bin/python bench/reconcile_drift.py [--listings 20000] [--runs 3] [--hand-edit-pct 2] [--per-cause 100]
+                                              [--statements]
 
 Real ``redis-server`` and PostgreSQL (the test servers' settings: fsync off), the Back Market
 sandbox over HTTP in this process (its quota off: this measures our side).  The catalogue is
@@ -23,7 +24,8 @@ read no memo; the code is unchanged).  A dry run corrects nothing, so every run 
 Printed: wall time p50/min per mode and the ratio, rows found and explained, the causes found
 against the causes made (per row: every report's cause against the one the bench made for it),
 and CPU seconds of the PostgreSQL server (postmaster and its backends, from /proc) and of this
-process (the sandbox included) per run.
+process (the sandbox included) per run.  With ``--statements``, one more run of each mode timed per
+SQL statement (``bench/bulk_sync.py``'s cursor-event timer): where the difference between the modes goes.
 """
 from __future__ import annotations
 
@@ -185,6 +187,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per mode (after one untimed warm-up each)")
     parser.add_argument("--hand-edit-pct", type=int, default=2)
     parser.add_argument("--per-cause", type=int, default=100, help="rows each of the other four causes")
+    parser.add_argument("--statements", action="store_true",
+                        help="then one instrumented run per mode: each statement's client-side ms per page")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-reconcile-"))
@@ -257,6 +261,14 @@ def main() -> None:
         if all(r["rows"].keys() == made.keys() for r in results) and all(
                 r["rows"] == made for r in results if r["mode"] == "causes"):
             print("    every run found exactly the rows made; every run with causes gave each row the cause made")
+        if args.statements:
+            from bench.bulk_sync import StatementTimes
+
+            for mode in ("causes", "today"):
+                with StatementTimes() as statements:
+                    result = run_once(mode, postgres.process.pid, sessions)
+                print(f"  where a page's time goes, {mode} (instrumented run, {result['seconds']:.2f} s):")
+                print("\n".join(statements.report(result["summary"].pages, most=14, min_count=1)))
     finally:
         server.stop()
         postgres.stop()
