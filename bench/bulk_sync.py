@@ -171,9 +171,11 @@ class StatementTimes:
         entry[0] += 1
         entry[1] += elapsed
 
-    def report(self, pages: int, most: int = 8) -> list[str]:
-        """One line per statement run on every page or more: mean ms per page, slowest first."""
-        rows = [(total / pages * 1000, text_) for text_, (count, total) in self.totals.items() if count >= pages]
+    def report(self, pages: int, most: int = 8, min_count: int | None = None) -> list[str]:
+        """One line per statement run on every page or more (``min_count`` times, if given): mean ms per
+        page, slowest first."""
+        least = pages if min_count is None else min_count
+        rows = [(total / pages * 1000, text_) for text_, (count, total) in self.totals.items() if count >= least]
         return [f"  {ms:6.2f} ms/page  {text_}" for ms, text_ in sorted(rows, reverse=True)[:most]]
 
 
