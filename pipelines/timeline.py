@@ -1,0 +1,178 @@
+"""A SKU's timeline across every account, as the console and the read API show it; the reads' retention.
+
+:func:`sources` is the seam: one function per source yields that source's entries of the window
+(the ledger, the marketplaces' reads, the orders behind order rows, the pushes); a new source (the
+push log) is one more function there.  :func:`core.timeline.merge` puts them in time order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+from sqlalchemy.orm import Session
+
+from core import timeline as rules
+from core.stock_chart import Chart, build_chart
+from core.timeline import Entry
+from db import timeline as queries
+from db.console_queries import variation_id_by_sku
+from runtime import resources
+from runtime.settings import get_settings
+
+#: How far back a timeline looks from its "as of" moment unless told (its chart's window too).
+DEFAULT_DAYS = 90
+#: Entries listed by default, and at most (the JSON's ``limit``).
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 5000
+#: Most rows of one source a window reads (the chart's points); older ones are left out, and said so.
+WINDOW_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """The rows of one variation's window ``[since, until]``, read once and shared by the sources."""
+
+    variation_id: int
+    since: datetime
+    until: datetime
+    ledger: list[queries.LedgerRow]
+    reads: list[queries.ReadRow]
+    pushes: list[queries.PushRow]
+
+    @property
+    def cut(self) -> bool:
+        """Whether a source had more rows than :data:`WINDOW_ROWS` in the window."""
+        return len(self.ledger) > WINDOW_ROWS or len(self.reads) > WINDOW_ROWS
+
+
+def ledger_entries(window: Window) -> Iterable[Entry]:
+    """Every ledger row of the window, at its booking."""
+    for row in window.ledger[:WINDOW_ROWS]:
+        yield Entry(row.created_at, "ledger", row.account, row.id, {
+            "id": row.id, "change_type": row.change_type, "before": row.quantity_before, "after": row.quantity_after,
+            "change": row.change, "order_id": row.order_id, "order_line_id": row.order_line_id,
+            "reference": row.reference, "actor": row.actor, "event_time": row.event_time})
+
+
+def read_entries(window: Window) -> Iterable[Entry]:
+    """What the marketplaces' reads said, when it changed (``source``: page, single or reconcile)."""
+    for row in window.reads[:WINDOW_ROWS]:
+        yield Entry(row.read_at, "read", row.account, row.id,
+                    {"quantity": row.quantity, "source": row.source, "sync_id": row.sync_id})
+
+
+def order_entries(window: Window) -> Iterable[Entry]:
+    """The orders behind the window's order rows (:func:`core.timeline.orders_of`)."""
+    return rules.orders_of(ledger_entries(window))
+
+
+def push_entries(window: Window) -> Iterable[Entry]:
+    """Each account's last confirmed push in the window (what the stock row keeps until the push log)."""
+    for row in window.pushes:
+        yield Entry(row.pushed_at, "push", row.account, row.stock_id, {"quantity": row.quantity, "state": row.state})
+
+
+#: The sources of a timeline, each ``(window) -> entries``.
+SOURCES: tuple[Callable[[Window], Iterable[Entry]], ...] = (ledger_entries, read_entries, order_entries, push_entries)
+
+
+def sources(window: Window) -> list[Iterable[Entry]]:
+    """Every source's entries of ``window``."""
+    return [source(window) for source in SOURCES]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A variation's timeline as of a moment: every account's state then, the latest entries, the chart."""
+
+    variation_id: int
+    sku: str
+    as_of: datetime
+    since: datetime
+    accounts: list[queries.AccountState]
+    entries: list[Entry]
+    #: Entries of the window left out (the window had more than ``limit``, or a source more than it reads).
+    truncated: bool
+    chart: Chart
+
+    def to_json(self) -> dict:
+        """The JSON of the read API."""
+        return {"sku": self.sku, "variation_id": self.variation_id, "as_of": self.as_of.isoformat(),
+                "since": self.since.isoformat(),
+                "accounts": {a.account: {"listed": a.listed, "booked_at": _iso(a.booked_at), "read": a.read,
+                                         "read_at": _iso(a.read_at)} for a in self.accounts},
+                "entries": [entry.to_json() for entry in self.entries], "truncated": self.truncated}
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def read_window(session: Session, variation_id: int, since: datetime, until: datetime) -> Window:
+    """The window's rows of every source."""
+    return Window(variation_id, since, until,
+                  queries.ledger_rows(session, variation_id, since=since, until=until, limit=WINDOW_ROWS),
+                  queries.read_rows(session, variation_id, since=since, until=until, limit=WINDOW_ROWS),
+                  queries.last_pushes(session, variation_id, since=since, until=until))
+
+
+def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime | None = None,
+             since: datetime | None = None, limit: int = DEFAULT_LIMIT, days: int = DEFAULT_DAYS) -> Timeline:
+    """Variation ``variation_id``'s timeline of ``[since, as_of]`` (default: ``days`` before ``as_of``, or
+    from its first booking; ``as_of`` default now): the latest ``limit`` entries and the chart."""
+    as_of = as_of or datetime.now(timezone.utc)
+    since = since or rules.window_start(as_of, queries.first_booked(session, variation_id), days)
+    window = read_window(session, variation_id, since, as_of)
+    merged = list(rules.merge(*sources(window)))
+    entries, more = rules.latest(merged, limit)
+    begin = {state.account: state.listed for state in queries.account_states(session, variation_id, since)}
+    return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
+                    more or window.cut, chart_of(merged, since, as_of, begin))
+
+
+def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
+    """The timeline of the variation whose SKU is ``sku`` (None: no such variation)."""
+    variation_id = variation_id_by_sku(session, sku)
+    return None if variation_id is None else timeline(session, variation_id, sku, **options)
+
+
+#: Ledger change types marked on the chart, by mark kind (orders come from their own entries).
+_MARKED = {"topup": "topup", "manual": "manual"}
+
+
+def chart_of(entries: list[Entry], start: datetime, end: datetime, begin: dict[str, int]) -> Chart:
+    """The chart of merged ``entries``: bookings as lines, reads as dots, orders, top-ups, manual changes
+    and pushes as marks."""
+    changes: dict[str, list] = {}
+    reads: dict[str, list] = {}
+    marks = []
+    for entry in entries:
+        if entry.kind == "ledger":
+            changes.setdefault(entry.account, []).append((entry.at, entry.data["after"]))
+            kind = _MARKED.get(entry.data["change_type"])
+            if kind:
+                marks.append((entry.at, entry.account, kind, f"{entry.data['change_type']} {entry.data['change']:+d}"))
+        elif entry.kind == "read":
+            reads.setdefault(entry.account, []).append((entry.at, entry.data["quantity"]))
+        elif entry.kind == "order":
+            marks.append((entry.at, entry.account, "order", f"order {entry.data['order_id']}"))
+        elif entry.kind == "push":
+            marks.append((entry.at, entry.account, "push", f"push of {entry.data['quantity']}"))
+    for account in begin:
+        changes.setdefault(account, [])
+    return build_chart(start, end, begin, changes, reads, marks)
+
+
+def prune_reads(now: datetime | None = None, *, batch: int = 5000) -> int:
+    """Delete the reads older than ``LISTING_READS_RETENTION_DAYS`` (each row's latest kept), a batch per
+    transaction; return how many."""
+    before = (now or datetime.now(timezone.utc)) - timedelta(days=get_settings().listing_reads_retention_days)
+    total = 0
+    with resources.sessions()() as session:
+        while True:
+            deleted = queries.prune_reads(session, before, batch=batch)
+            session.commit()
+            total += deleted
+            if deleted < batch:
+                return total
