@@ -66,7 +66,7 @@ class Chart:
 def _nice_step(span: int, ticks: int = 5) -> int:
     raw = max(1, span) / ticks
     power = 10 ** math.floor(math.log10(raw))
-    return int(next(step * power for step in (1, 2, 5, 10) if step * power >= raw) or 1)
+    return max(1, int(next(step * power for step in (1, 2, 5, 10) if step * power >= raw)))
 
 
 def _step_path(points: list[tuple[float, float]]) -> str:
@@ -138,9 +138,7 @@ def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: 
     for moment, account, kind, label in marks:
         if kind not in MARKS or account not in colour:
             continue
-        symbol = MARKS[kind][0]
-        row = list(MARKS).index(kind)
-        placed.append(Mark(x_of(moment), top - 14 + 0 * row, kind, symbol, account, colour[account], label))
+        placed.append(Mark(x_of(moment), top - 8, kind, MARKS[kind][0], account, colour[account], label))
         if kind not in shown:
             shown.append(kind)
     x_ticks = [(left + plot_width * i / 4, (start + (end - start) * i / 4).strftime(time_format)) for i in range(5)]

@@ -137,6 +137,24 @@ def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
     return None if variation_id is None else timeline(session, variation_id, sku, **options)
 
 
+def parse_options(as_of: str | None = None, since: str | None = None, limit: str | None = None) -> dict:
+    """A timeline's options as given in a query string (text or None), checked; :class:`core.timeline.BadMoment`
+    naming the parameter and what was wrong otherwise."""
+    options: dict = {}
+    if as_of is not None and as_of.strip():
+        options["as_of"] = rules.parse_moment(as_of, "as_of")
+    if since is not None and since.strip():
+        options["since"] = rules.parse_moment(since, "since")
+        if options["since"] >= options.get("as_of", datetime.now(timezone.utc)):
+            raise rules.BadMoment("since must be before as_of (or before now, without as_of)")
+    if limit is not None:
+        text = limit.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= MAX_LIMIT):
+            raise rules.BadMoment(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {limit[:40]!r}")
+        options["limit"] = int(text)
+    return options
+
+
 #: Ledger change types marked on the chart, by mark kind (orders come from their own entries).
 _MARKED = {"topup": "topup", "manual": "manual"}
 

@@ -16,6 +16,9 @@ Routes:
 - ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
   ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call;
   only with ``Authorization: Bearer <a token of READ_API_TOKENS>``.
+- ``GET /skus/{sku}/timeline?as_of=&since=&limit=``: the SKU's timeline across every account
+  (:mod:`pipelines.timeline`): every account's state as of ``as_of`` (default now) and the latest
+  ``limit`` entries (ledger rows, reads, orders, pushes) of ``[since, as_of]`` in time order; same tokens.
 - ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
   schema at the migrations' head: 200 ``{"status": "ok"}`` or 503 ``{"status": "not ok"}``; what is
   wrong only to a caller with a read token).
@@ -45,6 +48,9 @@ from sqlalchemy.exc import DBAPIError
 
 from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidStockEvent, StockEvent, check_sku
+from core.timeline import BadMoment
+from db.engine import session_factory
+from pipelines import timeline
 from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
@@ -77,6 +83,7 @@ EVENTS_KEY = web.AppKey("events", StockEvents)
 READER_KEY = web.AppKey("reader", object)
 READY_KEY = web.AppKey("ready", ReadinessProbe)
 READ_TOKENS_KEY = web.AppKey("read_tokens", list)
+DATABASE_URL_KEY = web.AppKey("database_url", str)
 
 
 def redact_path(path: str) -> str:
@@ -169,11 +176,14 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app[READER_KEY] = None
     app[READY_KEY] = ReadinessProbe(settings.redis_url, database_url or resources.database_url)
     app[READ_TOKENS_KEY] = auth.token_list(settings.read_api_tokens.get_secret_value())
+    app[DATABASE_URL_KEY] = database_url or ""
     app.router.add_post("/webhooks/refurbed/{secret}", refurbed_webhook)
     app.router.add_post("/webhooks/shopify", shopify_webhook)
     app.router.add_post("/events", producer_events)
     app.router.add_get("/stock", stock_by_sku)
     app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
+    # A SKU may hold '/': the route takes the rest of the path up to the last '/timeline'.
+    app.router.add_get("/skus/{sku:.+}/timeline", sku_timeline)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
@@ -456,6 +466,28 @@ async def stock_by_variation(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no variation {raw}")
     return _stock_response(found)
+
+
+@_read_api("as_of", "since", "limit")
+async def sku_timeline(request: web.Request) -> web.Response:
+    """``GET /skus/{sku}/timeline``: the SKU's timeline across every account, as of ``as_of``."""
+    sku = request.match_info["sku"]
+    try:
+        check_sku(sku)
+        options = timeline.parse_options(request.query.get("as_of"), request.query.get("since"),
+                                         request.query.get("limit"))
+    except (InvalidStockEvent, BadMoment) as invalid:
+        return _error(400, str(invalid))
+    sessions = session_factory(request.app[DATABASE_URL_KEY] or resources.database_url())
+
+    def read():
+        with sessions() as session:
+            return timeline.timeline_of_sku(session, sku, **options)
+
+    found = await asyncio.to_thread(read)
+    if found is None:
+        return _error(404, f"no variation with SKU {sku[:200]!r}")
+    return _stock_response(found.to_json())
 
 
 class StockReader:
