@@ -96,7 +96,7 @@ def _step_path(points: list[tuple[float, float]]) -> str:
 
 def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: dict[str, list[tuple[datetime, int]]],
                 reads: dict[str, list[tuple[datetime, int]]], marks: list[tuple[datetime, str, str, str]], *,
-                width: int = 960, height: int = 280, time_format: str = "%m-%d %H:%M") -> Chart:
+                width: int = 960, height: int = 280) -> Chart:
     """The chart of ``[start, end]``.
 
     ``begin``: each account's listed quantity at ``start``; ``changes``: its bookings after (time,
@@ -141,6 +141,7 @@ def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: 
         placed.append(Mark(x_of(moment), top - 8, kind, MARKS[kind][0], account, colour[account], label))
         if kind not in shown:
             shown.append(kind)
+    time_format = "%H:%M:%S" if span_s < 3600 else "%m-%d %H:%M" if span_s < 4 * 86400 else "%Y-%m-%d"
     x_ticks = [(left + plot_width * i / 4, (start + (end - start) * i / 4).strftime(time_format)) for i in range(5)]
     y_ticks = [(y_of(q), q) for q in range(int(low), int(high) + 1, step)]
     told = "; ".join(f"{s.account} {s.first} to {s.last} ({s.changes} change{'s' * (s.changes != 1)})"

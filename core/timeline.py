@@ -117,9 +117,9 @@ def parse_moment(text: str, name: str = "as_of") -> datetime:
     return moment
 
 
-def window_start(as_of_moment: datetime, first_booked: datetime | None, days: int) -> datetime:
-    """Where a timeline before ``as_of_moment`` starts: ``days`` before it, or the SKU's first booking if later."""
+def window_start(as_of_moment: datetime, first: datetime | None, days: int) -> datetime:
+    """Where a timeline before ``as_of_moment`` starts: ``days`` before it, or the SKU's first entry if later."""
     start = as_of_moment - timedelta(days=days)
-    if first_booked is not None and start < first_booked <= as_of_moment:
-        return first_booked
+    if first is not None and start < first <= as_of_moment:
+        return first
     return start

@@ -83,10 +83,12 @@ def account_states(session: Session, variation_id: int, moment: datetime) -> lis
     return [AccountState(**row._mapping) for row in rows]
 
 
-def first_booked(session: Session, variation_id: int) -> datetime | None:
-    """When the variation's first ledger row was booked (None: it has none)."""
+def first_moment(session: Session, variation_id: int) -> datetime | None:
+    """The variation's first booking or first kept read, whichever came first (None: neither)."""
     return session.execute(text(
-        "SELECT created_at FROM stock_ledger WHERE variation_id = :v ORDER BY id LIMIT 1"),
+        "SELECT least((SELECT created_at FROM stock_ledger WHERE variation_id = :v ORDER BY id LIMIT 1), "
+        "(SELECT min(r.read_at) FROM marketplace_stock s CROSS JOIN LATERAL (SELECT read_at FROM listing_reads x "
+        " WHERE x.stock_id = s.id ORDER BY x.read_at LIMIT 1) r WHERE s.variation_id = :v))"),
         {"v": variation_id}).scalar()
 
 

@@ -120,9 +120,9 @@ def read_window(session: Session, variation_id: int, since: datetime, until: dat
 def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime | None = None,
              since: datetime | None = None, limit: int = DEFAULT_LIMIT, days: int = DEFAULT_DAYS) -> Timeline:
     """Variation ``variation_id``'s timeline of ``[since, as_of]`` (default: ``days`` before ``as_of``, or
-    from its first booking; ``as_of`` default now): the latest ``limit`` entries and the chart."""
+    from its first booking or read; ``as_of`` default now): the latest ``limit`` entries and the chart."""
     as_of = as_of or datetime.now(timezone.utc)
-    since = since or rules.window_start(as_of, queries.first_booked(session, variation_id), days)
+    since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
     window = read_window(session, variation_id, since, as_of)
     merged = list(rules.merge(*sources(window)))
     entries, more = rules.latest(merged, limit)

@@ -116,6 +116,7 @@ def test_chart_lines_steps_marks_and_words():
     assert [q for _, q in chart.y_ticks] == [0, 2, 4, 6, 8]
     assert "bm 5 to 8 (2 changes)" in chart.summary and "rf 0 to 2 (1 change)" in chart.summary
     assert "Marked: 1 order, 1 top-up." in chart.summary
+    assert [label for _, label in chart.x_ticks] == ["12-01 08:00", "12-01 08:25", "12-01 08:50", "12-01 09:15", "12-01 09:40"]
 
 
 def test_chart_keeps_a_few_points_per_pixel_however_many_rows():
