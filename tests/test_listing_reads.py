@@ -97,3 +97,24 @@ def test_prune_keeps_the_window_and_each_rows_latest_read(sessions):
     # SKU-1 keeps what is within the window; SKU-2's latest read is older than it, and kept.
     assert reads(sessions) == [("SKU-2", 10, T0 + timedelta(days=1), "page"),
                                ("SKU-1", 4, T0 + timedelta(days=3), "page")]
+
+
+def test_the_scheduled_prune_uses_the_retention_setting(sessions, database_url, monkeypatch):
+    from pipelines.timeline import prune_reads as scheduled_prune
+    from runtime import resources
+    from runtime.settings import get_settings
+    from workers.scheduler import JOBS_BY_NAME
+
+    for day, quantity in enumerate((1, 2, 3)):
+        sync(sessions, {1: quantity}, T0 + timedelta(days=day))
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("LISTING_READS_RETENTION_DAYS", "2")
+    get_settings.cache_clear()
+    resources.database_url.cache_clear()
+    try:
+        assert scheduled_prune(now=T0 + timedelta(days=2, hours=1), batch=1) == 1  # only day 0 is past 2 days
+    finally:
+        get_settings.cache_clear()
+        resources.database_url.cache_clear()
+    assert [q for _, q, _, _ in reads(sessions)] == [2, 3]
+    assert JOBS_BY_NAME["listing_reads_prune"].actor == "prune_listing_reads"
