@@ -2,8 +2,9 @@
 
 The console draws it as server-rendered SVG from these numbers (no script, no external asset); a
 series is a step line (the listed quantity holds until the next booking), the marketplace's reads
-are dots beside it, and orders, top-ups and pushes are marks along the top.  However many rows
-a window holds, a line has at most a few points per pixel column.
+are dots beside it (a dashed step line when there are too many to tell apart), and orders,
+top-ups and pushes are marks along the top.  However many rows a window holds, a line has at most
+a few points per pixel column (the caller may give them already sliced per column).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ class Series:
     first: int
     last: int
     changes: int
+    #: The reads as a dashed step line, when there are too many for dots ("" otherwise).
+    read_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class Mark:
     account: str
     colour: str
     label: str
+    #: How many events of the kind the mark stands for (one pixel column's worth).
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,21 +99,32 @@ def _step_path(points: list[tuple[float, float]]) -> str:
     return "".join(parts)
 
 
+#: Most read dots a chart draws; past it the reads are a dashed line.
+MAX_DOTS = 150
+
+#: Width of the plot area of the default chart (the column count a caller may slice its rows into).
+PLOT_WIDTH = 960 - 52 - 16
+
+
 def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: dict[str, list[tuple[datetime, int]]],
-                reads: dict[str, list[tuple[datetime, int]]], marks: list[tuple[datetime, str, str, str]], *,
+                reads: dict[str, list[tuple[datetime, int]]], marks: list[tuple[datetime, str, str, str, int]], *,
+                read_begin: dict[str, int] | None = None, changes_counted: dict[str, int] | None = None,
                 width: int = 960, height: int = 280) -> Chart:
     """The chart of ``[start, end]``.
 
     ``begin``: each account's listed quantity at ``start``; ``changes``: its bookings after (time,
-    quantity after), in time order; ``reads``: what the marketplace's reads said (time, quantity);
-    ``marks``: (time, account, kind of :data:`MARKS`, label).
+    quantity after), in time order; ``reads``: what the marketplace's reads said (time, quantity),
+    ``read_begin`` the last read before ``start``; ``marks``: (time, account, kind of :data:`MARKS`,
+    label, how many events it stands for).  ``changes_counted``: how many bookings each account's points stand for (default: one each).
     """
     left, right, top, bottom = 52, 16, 26, 30
     plot_width, plot_height = width - left - right, height - top - bottom
     span_s = max((end - start).total_seconds(), 1.0)
     accounts = sorted(set(begin) | set(changes) | set(reads))
+    read_begin = read_begin or {}
     values = [0, *begin.values(), *(q for rows in changes.values() for _, q in rows),
-              *(q for rows in reads.values() for _, q in rows)]
+              *(q for rows in reads.values() for _, q in rows), *read_begin.values()]
+    dots = sum(len(rows) for rows in reads.values()) <= MAX_DOTS
     low, high = min(values), max(max(values), 1)
     step = _nice_step(high - low)
     low, high = math.floor(low / step) * step, math.ceil(high / step) * step
@@ -128,25 +144,36 @@ def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: 
         points = [(x_of(start), y_of(first))] + [(x_of(t), y_of(q)) for t, q in rows]
         last = rows[-1][1] if rows else first
         points.append((x_of(end), y_of(last)))
-        dots = {}
-        for moment, quantity in reads.get(account, []):
-            dots[(round(x_of(moment)), quantity)] = (x_of(moment), y_of(quantity), quantity)
-        series.append(Series(account, PALETTE[index % len(PALETTE)], _step_path(points), list(dots.values()),
-                             first, last, len(rows)))
+        said = reads.get(account, [])
+        placed_dots, read_path = {}, ""
+        if dots:
+            for moment, quantity in said:
+                placed_dots[(round(x_of(moment)), quantity)] = (round(x_of(moment), 1), round(y_of(quantity), 1),
+                                                                quantity)
+        elif said:
+            start_read = read_begin.get(account)
+            read_points = ([(x_of(start), y_of(start_read))] if start_read is not None else []) + [
+                (x_of(t), y_of(q)) for t, q in said]
+            read_points.append((x_of(end), read_points[-1][1]))
+            read_path = _step_path(read_points)
+        counted = (changes_counted or {}).get(account, len(rows))
+        series.append(Series(account, PALETTE[index % len(PALETTE)], _step_path(points), list(placed_dots.values()),
+                             first, last, counted, read_path))
     colour = {s.account: s.colour for s in series}
     placed, shown = [], []
-    for moment, account, kind, label in marks:
+    for moment, account, kind, label, count in marks:
         if kind not in MARKS or account not in colour:
             continue
-        placed.append(Mark(x_of(moment), top - 8, kind, MARKS[kind][0], account, colour[account], label))
+        placed.append(Mark(round(x_of(moment), 1), top - 8, kind, MARKS[kind][0], account, colour[account], label,
+                           count))
         if kind not in shown:
             shown.append(kind)
     time_format = "%H:%M:%S" if span_s < 3600 else "%m-%d %H:%M" if span_s < 4 * 86400 else "%Y-%m-%d"
-    x_ticks = [(left + plot_width * i / 4, (start + (end - start) * i / 4).strftime(time_format)) for i in range(5)]
-    y_ticks = [(y_of(q), q) for q in range(int(low), int(high) + 1, step)]
+    x_ticks = [(round(left + plot_width * i / 4, 1), (start + (end - start) * i / 4).strftime(time_format)) for i in range(5)]
+    y_ticks = [(round(y_of(q), 1), q) for q in range(int(low), int(high) + 1, step)]
     told = "; ".join(f"{s.account} {s.first} to {s.last} ({s.changes} change{'s' * (s.changes != 1)})"
                      for s in series) or "no stock rows"
-    counts = {kind: sum(m.kind == kind for m in placed) for kind in shown}
+    counts = {kind: sum(m.count for m in placed if m.kind == kind) for kind in shown}
     marked = ", ".join(f"{n} {MARKS[kind][1]}{'s' * (n != 1)}" for kind, n in counts.items())
     summary = (f"Listed stock per account from {start.strftime('%Y-%m-%d %H:%M')} to {end.strftime('%Y-%m-%d %H:%M')}"
                f" UTC: {told}." + (f" Marked: {marked}." if marked else ""))

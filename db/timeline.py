@@ -12,6 +12,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from db.console_queries import LedgerRow
+
 
 @dataclass(frozen=True)
 class AccountState:
@@ -25,24 +27,6 @@ class AccountState:
     booked_at: datetime | None
     read: int | None
     read_at: datetime | None
-
-
-@dataclass(frozen=True)
-class LedgerRow:
-    """A ledger row as the timeline needs it."""
-
-    id: int
-    account: str
-    change_type: str
-    quantity_before: int
-    quantity_after: int
-    change: int
-    order_id: str | None
-    order_line_id: str | None
-    reference: str | None
-    actor: str | None
-    event_time: datetime
-    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -96,8 +80,8 @@ def ledger_rows(session: Session, variation_id: int, *, since: datetime, until: 
                 ) -> list[LedgerRow]:
     """The variation's ledger rows booked in ``[since, until]``, newest first, at most ``limit + 1``."""
     rows = session.execute(text(
-        "SELECT l.id, m.code AS account, l.change_type, l.quantity_before, l.quantity_after, l.change, l.order_id, "
-        "l.order_line_id, l.reference, l.actor, l.event_time, l.created_at "
+        "SELECT l.id, m.code AS marketplace, l.change_type, l.quantity_before, l.quantity_after, l.change, "
+        "l.order_id, l.order_line_id, l.reference, l.actor, l.note, l.sync_id, l.event_time, l.created_at "
         "FROM stock_ledger l JOIN marketplaces m ON m.id = l.marketplace_id "
         "WHERE l.variation_id = :v AND l.created_at BETWEEN :since AND :until ORDER BY l.id DESC LIMIT :limit"),
         {"v": variation_id, "since": since, "until": until, "limit": limit + 1})
@@ -125,6 +109,72 @@ def last_pushes(session: Session, variation_id: int, *, since: datetime, until: 
         "WHERE s.variation_id = :v AND s.pushed_at BETWEEN :since AND :until ORDER BY m.code"),
         {"v": variation_id, "since": since, "until": until})
     return [PushRow(**row._mapping) for row in rows]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One account's rows of one slice of a window (a chart's pixel column): when the first was, how
+    many, their lowest, highest and last quantity; ``kind``: a mark's kind (bucketed marks only)."""
+
+    account: str
+    bucket: int
+    first_at: datetime
+    n: int
+    low: int
+    high: int
+    last: int
+    #: Of those, the bookings of each marked change type: type -> (how many, their sum of changes).
+    marked: dict[str, tuple[int, int]] | None = None
+
+
+# The slice of [since, until] a time falls in, 0..n-1 (:since, :span seconds, :n slices).
+_BUCKET = ("LEAST(CAST(:n AS int) - 1, floor(extract(epoch FROM ({column} - CAST(:since AS timestamptz))) "
+           "/ CAST(:span AS float8) * CAST(:n AS int)))::int")
+
+
+def ledger_buckets(session: Session, stocks: dict[int, str], *, since: datetime, until: datetime, n: int,
+                   marked: tuple[str, ...] = ()) -> list[Bucket]:
+    """The bookings of stock rows ``stocks`` (id -> account) in ``[since, until]``, in ``n`` slices per row
+    (what a chart's line needs), with how many of ``marked`` change types each slice holds (its marks)."""
+    counts = ", ".join(f"count(*) FILTER (WHERE l.change_type = :m{i}) AS n{i}, "
+                       f"COALESCE(sum(l.change) FILTER (WHERE l.change_type = :m{i}), 0) AS c{i}"
+                       for i in range(len(marked)))
+    rows = session.execute(text(
+        "SELECT l.stock_id, b.bucket, min(l.created_at) AS first_at, count(*) AS n, min(l.quantity_after) AS low, "
+        "max(l.quantity_after) AS high, (array_agg(l.quantity_after ORDER BY l.id DESC))[1] AS last"
+        + (", " + counts if counts else "") + " "
+        f"FROM stock_ledger l CROSS JOIN LATERAL (SELECT {_BUCKET.format(column='l.created_at')} AS bucket) b "
+        "WHERE l.variation_id = (SELECT variation_id FROM marketplace_stock WHERE id = :first) "
+        "AND l.stock_id = ANY(CAST(:ids AS bigint[])) AND l.created_at BETWEEN :since AND :until "
+        "GROUP BY l.stock_id, b.bucket ORDER BY l.stock_id, b.bucket"),
+        {**{f"m{i}": kind for i, kind in enumerate(marked)}, **_params(stocks, since, until, n)})
+    return [Bucket(stocks[row.stock_id], row.bucket, row.first_at, row.n, row.low, row.high, row.last,
+                   {kind: (row[7 + 2 * i], row[8 + 2 * i]) for i, kind in enumerate(marked)})
+            for row in rows]
+
+
+def read_buckets(session: Session, stocks: dict[int, str], *, since: datetime, until: datetime, n: int
+                 ) -> list[Bucket]:
+    """The kept reads of stock rows ``stocks`` in ``[since, until]``, in ``n`` slices per row."""
+    rows = session.execute(text(
+        "SELECT r.stock_id, b.bucket, min(r.read_at) AS first_at, count(*) AS n, min(r.quantity) AS low, "
+        "max(r.quantity) AS high, (array_agg(r.quantity ORDER BY r.read_at DESC, r.id DESC))[1] AS last "
+        # Row by row on (stock_id, read_at): a time range alone would walk every account's reads of the window.
+        "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT * FROM listing_reads x "
+        "  WHERE x.stock_id = s.id AND x.read_at BETWEEN :since AND :until) r "
+        f"CROSS JOIN LATERAL (SELECT {_BUCKET.format(column='r.read_at')} AS bucket) b "
+        "GROUP BY r.stock_id, b.bucket ORDER BY r.stock_id, b.bucket"), _params(stocks, since, until, n))
+    return _buckets(rows, stocks)
+
+
+def _params(stocks: dict[int, str], since: datetime, until: datetime, n: int) -> dict:
+    return {"ids": list(stocks), "first": next(iter(stocks), 0), "since": since, "until": until, "n": n,
+            "span": max((until - since).total_seconds(), 1e-6)}
+
+
+def _buckets(rows, stocks: dict[int, str]) -> list[Bucket]:
+    return [Bucket(stocks[row.stock_id], row.bucket, row.first_at, row.n, row.low, row.high, row.last)
+            for row in rows]
 
 
 def prune_reads(session: Session, before: datetime, *, batch: int = 5000) -> int:

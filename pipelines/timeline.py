@@ -13,10 +13,10 @@ from typing import Callable, Iterable
 from sqlalchemy.orm import Session
 
 from core import timeline as rules
-from core.stock_chart import Chart, build_chart
+from core.stock_chart import PLOT_WIDTH, Chart, build_chart
 from core.timeline import Entry
 from db import timeline as queries
-from db.console_queries import variation_id_by_sku
+from db.console_queries import LedgerRow, variation_id_by_sku
 from runtime import resources
 from runtime.settings import get_settings
 
@@ -25,31 +25,34 @@ DEFAULT_DAYS = 90
 #: Entries listed by default, and at most (the JSON's ``limit``).
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 5000
-#: Most rows of one source a window reads (the chart's points); older ones are left out, and said so.
-WINDOW_ROWS = 20_000
+#: A chart's lines are sliced in columns this many pixels wide (a few points each), its marks coarser still:
+#: one per account and kind per :data:`MARK_COLUMNS` pixels, saying how many events it stands for.
+LINE_COLUMNS = 4
+MARK_COLUMNS = 24
 
 
 @dataclass(frozen=True)
 class Window:
-    """The rows of one variation's window ``[since, until]``, read once and shared by the sources."""
+    """The latest rows (at most ``limit`` + 1) of each source in one variation's window ``[since, until]``."""
 
     variation_id: int
     since: datetime
     until: datetime
-    ledger: list[queries.LedgerRow]
+    limit: int
+    ledger: list[LedgerRow]
     reads: list[queries.ReadRow]
     pushes: list[queries.PushRow]
 
     @property
     def cut(self) -> bool:
-        """Whether a source had more rows than :data:`WINDOW_ROWS` in the window."""
-        return len(self.ledger) > WINDOW_ROWS or len(self.reads) > WINDOW_ROWS
+        """Whether a source had more than ``limit`` rows in the window."""
+        return len(self.ledger) > self.limit or len(self.reads) > self.limit
 
 
 def ledger_entries(window: Window) -> Iterable[Entry]:
-    """Every ledger row of the window, at its booking."""
-    for row in window.ledger[:WINDOW_ROWS]:
-        yield Entry(row.created_at, "ledger", row.account, row.id, {
+    """The window's latest ledger rows, at their booking."""
+    for row in window.ledger[:window.limit]:
+        yield Entry(row.created_at, "ledger", row.marketplace, row.id, {
             "id": row.id, "change_type": row.change_type, "before": row.quantity_before, "after": row.quantity_after,
             "change": row.change, "order_id": row.order_id, "order_line_id": row.order_line_id,
             "reference": row.reference, "actor": row.actor, "event_time": row.event_time})
@@ -57,7 +60,7 @@ def ledger_entries(window: Window) -> Iterable[Entry]:
 
 def read_entries(window: Window) -> Iterable[Entry]:
     """What the marketplaces' reads said, when it changed (``source``: page, single or reconcile)."""
-    for row in window.reads[:WINDOW_ROWS]:
+    for row in window.reads[:window.limit]:
         yield Entry(row.read_at, "read", row.account, row.id,
                     {"quantity": row.quantity, "source": row.source, "sync_id": row.sync_id})
 
@@ -109,11 +112,11 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def read_window(session: Session, variation_id: int, since: datetime, until: datetime) -> Window:
-    """The window's rows of every source."""
-    return Window(variation_id, since, until,
-                  queries.ledger_rows(session, variation_id, since=since, until=until, limit=WINDOW_ROWS),
-                  queries.read_rows(session, variation_id, since=since, until=until, limit=WINDOW_ROWS),
+def read_window(session: Session, variation_id: int, since: datetime, until: datetime, limit: int) -> Window:
+    """The window's latest rows of every source."""
+    return Window(variation_id, since, until, limit,
+                  queries.ledger_rows(session, variation_id, since=since, until=until, limit=limit),
+                  queries.read_rows(session, variation_id, since=since, until=until, limit=limit),
                   queries.last_pushes(session, variation_id, since=since, until=until))
 
 
@@ -123,12 +126,10 @@ def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime |
     from its first booking or read; ``as_of`` default now): the latest ``limit`` entries and the chart."""
     as_of = as_of or datetime.now(timezone.utc)
     since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
-    window = read_window(session, variation_id, since, as_of)
-    merged = list(rules.merge(*sources(window)))
-    entries, more = rules.latest(merged, limit)
-    begin = {state.account: state.listed for state in queries.account_states(session, variation_id, since)}
+    window = read_window(session, variation_id, since, as_of, limit)
+    entries, more = rules.latest(rules.merge(*sources(window)), limit)
     return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
-                    more or window.cut, chart_of(merged, since, as_of, begin))
+                    more or window.cut, chart(session, window))
 
 
 def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
@@ -155,31 +156,45 @@ def parse_options(as_of: str | None = None, since: str | None = None, limit: str
     return options
 
 
-#: Ledger change types marked on the chart, by mark kind (orders come from their own entries).
-_MARKED = {"topup": "topup", "manual": "manual"}
+#: Ledger change types marked on the chart, as mark kinds (core.stock_chart.MARKS).
+_MARKED = {"order_created": "order", "topup": "topup", "manual": "manual"}
+_MARK_WORDS = {"order": ("order", "orders"), "topup": ("top-up", "top-ups"), "manual": ("manual change",
+                                                                                       "manual changes")}
 
 
-def chart_of(entries: list[Entry], start: datetime, end: datetime, begin: dict[str, int]) -> Chart:
-    """The chart of merged ``entries``: bookings as lines, reads as dots, orders, top-ups, manual changes
-    and pushes as marks."""
-    changes: dict[str, list] = {}
+def chart(session: Session, window: Window) -> Chart:
+    """The window's chart: every booking and read of it sliced per pixel column in SQL (whatever their
+    number, a few points per column), orders, top-ups and manual changes per few columns, the pushes."""
+    columns = PLOT_WIDTH // LINE_COLUMNS
+    since, until = window.since, window.until
+    begin = queries.account_states(session, window.variation_id, since)
+    stocks = {state.stock_id: state.account for state in begin}
+    changes: dict[str, list] = {state.account: [] for state in begin}
+    counted: dict[str, int] = {}
+    sliced: dict[tuple, list] = {}  # (account, kind, mark slice) -> [first time, how many, sum of changes]
+    for bucket in queries.ledger_buckets(session, stocks, since=since, until=until, n=columns,
+                                         marked=tuple(_MARKED)):
+        changes.setdefault(bucket.account, []).extend(
+            (bucket.first_at, q) for q in (bucket.low, bucket.high, bucket.last))  # the last one last
+        counted[bucket.account] = counted.get(bucket.account, 0) + bucket.n
+        for change_type, (n, change) in bucket.marked.items():
+            if n:
+                key = (bucket.account, _MARKED[change_type], bucket.bucket * LINE_COLUMNS // MARK_COLUMNS)
+                found = sliced.setdefault(key, [bucket.first_at, 0, 0])
+                found[1] += n
+                found[2] += change
     reads: dict[str, list] = {}
+    for bucket in queries.read_buckets(session, stocks, since=since, until=until, n=columns):
+        reads.setdefault(bucket.account, []).extend(
+            (bucket.first_at, q) for q in (bucket.low, bucket.high, bucket.last))
     marks = []
-    for entry in entries:
-        if entry.kind == "ledger":
-            changes.setdefault(entry.account, []).append((entry.at, entry.data["after"]))
-            kind = _MARKED.get(entry.data["change_type"])
-            if kind:
-                marks.append((entry.at, entry.account, kind, f"{entry.data['change_type']} {entry.data['change']:+d}"))
-        elif entry.kind == "read":
-            reads.setdefault(entry.account, []).append((entry.at, entry.data["quantity"]))
-        elif entry.kind == "order":
-            marks.append((entry.at, entry.account, "order", f"order {entry.data['order_id']}"))
-        elif entry.kind == "push":
-            marks.append((entry.at, entry.account, "push", f"push of {entry.data['quantity']}"))
-    for account in begin:
-        changes.setdefault(account, [])
-    return build_chart(start, end, begin, changes, reads, marks)
+    for (account, kind, _), (first_at, n, change) in sliced.items():
+        one, many = _MARK_WORDS[kind]
+        marks.append((first_at, account, kind, f"{n} {one if n == 1 else many} ({change:+d})", n))
+    marks += [(push.pushed_at, push.account, "push", f"push of {push.quantity}", 1) for push in window.pushes]
+    return build_chart(since, until, {state.account: state.listed for state in begin}, changes, reads, marks,
+                       read_begin={state.account: state.read for state in begin if state.read is not None},
+                       changes_counted=counted)
 
 
 def prune_reads(now: datetime | None = None, *, batch: int = 5000) -> int:

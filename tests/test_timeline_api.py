@@ -157,7 +157,9 @@ def test_the_sku_page_shows_states_chart_and_entries_as_of_a_moment(history, wor
     assert 'role="img"' in svg and 'aria-labelledby="chart-title chart-desc"' in svg
     assert re.search(r"<title id=\"chart-title\">Listed stock of SKU &lt;b&gt;", svg)
     assert 'class="series" data-account="backmarket"' in svg and 'class="series" data-account="refurbed"' in svg
-    assert svg.count('class="mark mark-order"') == 2 and svg.count('class="mark mark-topup"') == 1
+    # The two orders, an hour apart in a window of days, share one mark that says so.
+    assert svg.count('class="mark mark-order"') == 1 and "backmarket: 2 orders (-2)" in svg
+    assert svg.count('class="mark mark-topup"') == 1 and "Marked: 2 orders, 1 top-up." in svg
     assert svg.count('class="read"') == 2 and "<script" not in svg and "style=" not in svg
     assert "backmarket 5 to 6" in page and "refurbed 0 to 4" in page  # the chart told in words
     assert re.search(r'data-account="backmarket"><td>Back Market <small>\(backmarket\)</small></td>'

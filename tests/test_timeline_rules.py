@@ -99,8 +99,8 @@ def test_chart_lines_steps_marks_and_words():
     chart = build_chart(at(0), at(100), {"bm": 5, "rf": 0},
                         {"bm": [(at(25), 3), (at(75), 8)], "rf": [(at(50), 2)]},
                         {"bm": [(at(20), 3)]},
-                        [(at(25), "bm", "order", "order O-1"), (at(75), "bm", "topup", "topup +5"),
-                         (at(80), "zz", "order", "unknown account"), (at(80), "bm", "nonsense", "?")],
+                        [(at(25), "bm", "order", "order O-1", 1), (at(75), "bm", "topup", "topup +5", 1),
+                         (at(80), "zz", "order", "unknown account", 1), (at(80), "bm", "nonsense", "?", 1)],
                         width=452, height=156)
     left, top, plot_w, plot_h = chart.left, chart.top, chart.plot_width, chart.plot_height
     assert (plot_w, plot_h) == (452 - 52 - 16, 156 - 26 - 30)
@@ -121,5 +121,14 @@ def test_chart_lines_steps_marks_and_words():
 
 def test_chart_keeps_a_few_points_per_pixel_however_many_rows():
     rows = [(T0 + timedelta(seconds=n), n % 7) for n in range(10_000)]
-    chart = build_chart(T0, rows[-1][0], {"bm": 0}, {"bm": rows}, {}, [], width=468)
+    chart = build_chart(T0, rows[-1][0], {"bm": 0}, {"bm": rows}, {"bm": rows}, [], read_begin={"bm": 3},
+                        width=468)
     assert chart.series[0].path.count("V") <= 3 * 400 + 2
+    # Too many reads for dots: a dashed line from the read before the window, as thin.
+    assert chart.series[0].reads == [] and chart.series[0].read_path.startswith(f"M52.0,")
+    assert chart.series[0].read_path.count("V") <= 3 * 400 + 2
+
+
+def test_marks_standing_for_several_events_count_them_in_the_words():
+    chart = build_chart(at(0), at(10), {"bm": 5}, {}, {}, [(at(5), "bm", "order", "3 orders", 3)])
+    assert chart.marks[0].count == 3 and "Marked: 3 orders." in chart.summary
