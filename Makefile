@@ -36,3 +36,4 @@ test: system-deps $(VENV)/.installed $(NODE_TOOLS)
 
 bench: system-deps $(VENV)/.installed
 	$(VENV)/bin/python bench/bulk_sync.py
+	$(VENV)/bin/python bench/accounts_sync.py

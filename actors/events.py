@@ -98,6 +98,29 @@ def book_and_count(events: list[StockEvent], sessions=None) -> list[EventResult]
     return results
 
 
+def book_and_push(events: list[StockEvent], *, sessions=None, broker: dramatiq.Broker | None = None,
+                  redis=None) -> tuple[list[EventResult], bool]:
+    """An operator's local changes (the console's Top-up and Adjust, a goods-received file): booked in
+    transactions of at most :data:`MAX_BATCH` events, counted, then their drains asked for.
+
+    Returns the results and whether the drains were asked for: a queue that is down leaves the rows
+    pending, which the sweep pushes (the booking stands: the operator's action survives Redis).
+    """
+    results: list[EventResult] = []
+    for start in range(0, len(events), MAX_BATCH):
+        results += book_and_count(events[start:start + MAX_BATCH], sessions)
+    wanted: set[tuple[str, str]] = set()
+    for event, result in zip(events, results):
+        wanted |= drains_wanted(event, result)
+    try:
+        request_drains(wanted, broker, redis)
+    except Exception as error:  # Redis down or lost: the rows stay pending, the sweep pushes them
+        logger.warning("%d events booked, but their pushes were not enqueued (%s: %s); the sweep will push them",
+                       len(events), type(error).__name__, str(error)[:200])
+        return results, False
+    return results, True
+
+
 def _count(event: StockEvent, source: str, result: EventResult) -> None:
     if result.status == "duplicate":
         metrics.duplicate_event(source)

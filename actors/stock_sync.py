@@ -64,7 +64,7 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
         if fetched.next_cursor is not None and fan_out:
             await asyncio.to_thread(_enqueue_pages, sync_id, [page + 1], marketplace, True, fetched.next_cursor)
     elif page == 1 and fetched.total_pages > 1 and fan_out:
-        # Fan out at once: the fleet-wide limiter, not a chain, paces the fetches.
+        # Fan out now, each page due when the quota frees its slot (the limiter still guards the quota).
         await asyncio.to_thread(_enqueue_pages, sync_id, range(2, fetched.total_pages + 1), marketplace)
     first_or_last = page == 1 or cursor_walk
     await asyncio.to_thread(
@@ -74,8 +74,10 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
 
 def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True, cursor: str | None = None) -> None:
     broker = fetch_listings_page.broker
-    for page in pages:
-        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor))
+    pages = list(pages)
+    # Paced, not all due now: fetches waiting on the limiter would hold every worker thread.
+    for page, delay_ms in zip(pages, pipeline.fetch_delays_ms(marketplace, len(pages))):
+        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor), delay=delay_ms or None)
 
 
 @dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000,

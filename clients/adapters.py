@@ -2,10 +2,13 @@
 
 ``list_page`` is the verb of the one catalogue pipeline: one page of the account's listings, as the
 items a fetch-page message carries, with what the walk needs next (the catalogue's size for numbered
-pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a push's
-read-before-write, a re-check); ``set_quantity`` sends one absolute quantity.  Neither Back Market nor
-Refurbed has a compare-and-set: the push pipeline reads first and sends at once after.  Paging,
-quotas, 429s and errors stay the client's business.
+pages, the next cursor for cursor pages).  ``read_quantity`` reads one row's listings back (a
+re-check); ``set_quantity`` sends one absolute quantity.  A push works on up to ``push_batch``
+listings at once: ``read_quantities`` then ``set_quantities`` (one listing each: the single verbs;
+Refurbed reads and writes up to 50 in one call each).  Neither Back Market nor Refurbed has a
+compare-and-set: the push pipeline reads first and sends at once after; Shopify has one
+(``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.
+Paging, quotas, 429s and errors stay the client's business.
 
 Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
 """
@@ -16,9 +19,11 @@ import math
 from dataclasses import dataclass, field
 
 from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
+from clients.errors import ApiError
+from clients.refurbed import MAX_BATCH_UPDATE, OfferStockUpdate, RefurbedClient
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
-from clients.refurbed import RefurbedClient
-from clients.shopify import MAX_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
+from clients.shopify import DEFAULT_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
+from clients.shopify import MAX_LOCATIONS as SHOPIFY_MAX_LOCATIONS
 from clients.shopify import ShopifyClient
 
 
@@ -51,9 +56,33 @@ class CatalogueAdapter(abc.ABC):
         """What the marketplace lists of a row now: its listings' quantities summed."""
         raise NotImplementedError(f"{self.platform} listings cannot be read one at a time")
 
-    async def set_quantity(self, listing_id: str, quantity: int) -> None:
-        """Set one listing's quantity (absolute)."""
+    #: Whether ``set_quantity`` honours ``expected`` (the marketplace refuses a stale belief, nothing written).
+    compare_and_set: bool = False
+
+    async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
+                           reference: str = "") -> bool:
+        """Set one listing's quantity (absolute); with ``compare_and_set``, only if it still is ``expected``.
+
+        ``reference``: the stocksync record the change comes from (where the marketplace keeps one).
+        Returns False when the marketplace refused a stale ``expected`` (read again, decide again).
+        """
         raise NotImplementedError(f"{self.platform} listings cannot be pushed")
+
+    #: How many listings one push reads and writes together (a platform with batch calls says more).
+    push_batch: int = 1
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        """What the marketplace lists of each listing now; a listing it does not know is left out."""
+        return {listing: await self.read_quantity([listing]) for listing in listing_ids}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        """Set each listing's quantity (absolute); the lines that failed on their own, with their error.
+
+        Raises what the call raises when nothing may have been written (or, one at a time, the first failure).
+        """
+        for listing, quantity in quantities:
+            await self.set_quantity(listing, quantity)
+        return {}
 
 
 def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
@@ -79,8 +108,10 @@ class BackMarketAdapter(CatalogueAdapter):
     async def read_quantity(self, listing_ids: list[str]) -> int:
         return sum([parse_listing(await self.client.get_listing(listing)).quantity for listing in listing_ids])
 
-    async def set_quantity(self, listing_id: str, quantity: int) -> None:
+    async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
+                           reference: str = "") -> bool:
         await self.client.update_listing(listing_id, quantity=quantity)
+        return True
 
 
 class RefurbedAdapter(CatalogueAdapter):
@@ -103,19 +134,44 @@ class RefurbedAdapter(CatalogueAdapter):
     async def read_quantity(self, listing_ids: list[str]) -> int:
         return sum([(await self.client.get_offer(offer)).stock for offer in listing_ids])
 
-    async def set_quantity(self, listing_id: str, quantity: int) -> None:
+    async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
+                           reference: str = "") -> bool:
         await self.client.update_offer(listing_id, stock=quantity)
+        return True
+
+    push_batch = MAX_BATCH_UPDATE
+
+    async def read_quantities(self, listing_ids: list[str]) -> dict[str, int]:
+        if len(listing_ids) == 1:  # a push of one row reads as a re-check does
+            return await super().read_quantities(listing_ids)
+        page = await self.client.list_offers(ids=listing_ids, limit=max(len(listing_ids), 1))
+        return {offer.id: offer.stock for offer in page.offers}
+
+    async def set_quantities(self, quantities: list[tuple[str, int]]) -> dict[str, ApiError]:
+        if len(quantities) == 1:
+            return await super().set_quantities(quantities)
+        results = await self.client.batch_update_offers(
+            [OfferStockUpdate(quantity, offer_id=listing) for listing, quantity in quantities])
+        return {listing: result.error for (listing, _), result in zip(quantities, results) if result.error is not None}
+
+
+#: Shopify's ``referenceDocumentUri`` of a push that names no record of its own.
+PUSH_REFERENCE = "gid://stocksync/StockPush/0"
 
 
 class ShopifyAdapter(CatalogueAdapter):
-    """A Shopify shop's ``available`` inventory per variant, summed over its locations (or the ones given).
+    """A Shopify shop's ``available`` inventory per variant (an inventory item is a listing), on the GraphQL API.
 
-    A page is one page of products and the levels of their variants' inventory items.  A level Shopify
-    does not track (``available`` null) is left out; below zero (oversold) reads as 0: a shop cannot
-    list less than nothing.
+    Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
+    or, when None, every active location of the shop.  A row's quantity is the sum over them; a level
+    Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
+    reads as 0.  A push reads the levels again (a few points), refuses a belief they do not show, and
+    sets the first location so that the sum becomes the target, with Shopify's compare-and-set on
+    what that location held: a stale belief is refused either way (``set_quantity`` False).
     """
 
     platform = "shopify"
+    compare_and_set = True
 
     def __init__(self, client: ShopifyClient, *, location_ids: list[str] | None = None,
                  limit: int = SHOPIFY_PAGE_LIMIT) -> None:
@@ -123,18 +179,44 @@ class ShopifyAdapter(CatalogueAdapter):
         self.location_ids = location_ids
         self.limit = limit
 
-    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
-        variants, next_cursor = await self.client.variants_page(cursor, limit=self.limit)
+    async def locations(self) -> list[str]:
+        """The locations counted (the account's, or the shop's active ones, up to the query's limit)."""
         if self.location_ids is None:
-            self.location_ids = [str(location["id"]) for location in await self.client.list_locations()
-                                 if location.get("active", True)]
-        totals: dict[str, int] = {}
-        for level in await self.client.levels_of([v.inventory_item_id for v in variants], self.location_ids):
-            if level.available is not None:
-                totals[level.inventory_item_id] = totals.get(level.inventory_item_id, 0) + max(0, level.available)
-        items, skipped = _with_sku([{"id": v.inventory_item_id, "sku": v.sku, "quantity": totals[v.inventory_item_id],
-                                     "title": v.title} for v in variants if v.inventory_item_id in totals])
-        return CataloguePage(items, page if next_cursor is None else None, next_cursor, skipped=skipped)
+            self.location_ids = (await self.client.location_ids())[:SHOPIFY_MAX_LOCATIONS]
+        if not self.location_ids:
+            raise ValueError("the shop has no active location to count stock at")
+        return self.location_ids
+
+    async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        result = await self.client.variants_page(await self.locations(), cursor, limit=self.limit)
+        listed = []
+        for variant in result.variants:
+            stocked = [level for level in variant.levels if level is not None]
+            if variant.tracked and stocked:
+                listed.append({"id": variant.inventory_item_id, "sku": variant.sku,
+                               "quantity": sum(max(0, level) for level in stocked), "title": None})
+        items, skipped = _with_sku(listed)
+        return CataloguePage(items, page if result.next_cursor is None else None, result.next_cursor, skipped=skipped)
+
+    async def read_quantity(self, listing_ids: list[str]) -> int:
+        total = 0
+        for listing in listing_ids:
+            _, levels = await self.client.levels(listing, await self.locations())
+            total += sum(max(0, level) for level in levels if level is not None)
+        return total
+
+    async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
+                           reference: str = "") -> bool:
+        locations = await self.locations()
+        # The levels as Shopify holds them (an oversold one below 0): the compare is on the raw value,
+        # the belief on what a read shows (each level at least 0), the change on the first location.
+        _, levels = await self.client.levels(listing_id, locations)
+        held = [max(0, level) for level in levels if level is not None]
+        if expected is not None and sum(held) != expected:
+            return False
+        first = max(0, levels[0] or 0)
+        return await self.client.set_available(listing_id, locations[0], max(0, first + quantity - sum(held)),
+                                               change_from=levels[0], reference=reference or PUSH_REFERENCE)
 
 
 __all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "RefurbedAdapter", "ShopifyAdapter"]

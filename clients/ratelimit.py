@@ -9,7 +9,9 @@ checked and updated by one Lua script (``ratelimit.lua``) on Redis ``TIME``, so 
 matter how many processes share it or how far apart their clocks are.  A 429 from the API calls
 :meth:`FleetRateLimiter.penalize`, which blocks every acquirer in the fleet until it expires; when
 the API did not count the refused request, :meth:`FleetRateLimiter.refund` takes its slot back out
-of the window.
+of the window.  An *urgent* acquirer (a push, whose read and write must go together) is served
+before the others: while it waits, its slots are claimed, so a walk's page fetches cannot take
+every slot a window frees.
 
 "At least X seconds apart" is ``limit=1, window_s=X``.
 """
@@ -87,12 +89,15 @@ class FleetRateLimiter:
         self.on_wait = on_wait
         self.key = f"{namespace}:ratelimit:{name}"
         self.penalty_key = f"{namespace}:ratelimit:{name}:penalty"
+        self.claims_key = f"{namespace}:ratelimit:{name}:urgent"
         #: Redis time (seconds since the epoch) of the last slot this instance granted, or ``None``.
         #: Read it right after ``await acquire()``, before the next ``await``.
         self.last_granted_at: float | None = None
         #: The id of the last slot this instance granted (its window entry), for :meth:`refund`, or
         #: ``None``.  Read it right after ``await acquire()``, before the next ``await``.
         self.last_slot: str | None = None
+        #: Every slot of the last grant (several when ``count`` > 1), for :meth:`refund`.
+        self.last_slots: list[str] = []
         self._window_us = max(1, round(self.window_s * 1_000_000))
         self._script = redis.register_script(LUA_SOURCE)
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
@@ -100,25 +105,33 @@ class FleetRateLimiter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.key!r}, limit={self.limit}, window_s={self.window_s})"
 
-    async def try_acquire(self) -> tuple[bool, float]:
-        """Make one attempt at a slot.
+    async def try_acquire(self, count: int = 1, *, urgent: bool = False, member: str | None = None
+                          ) -> tuple[bool, float]:
+        """Make one attempt at ``count`` slots, granted together or not at all.
+
+        ``urgent``: served before the others; refused, it claims its slots until it comes back with
+        the same ``member`` (or a window passes).
 
         Returns:
           tuple[bool, float]: ``(True, 0.0)`` when granted, else ``(False, seconds)`` where
           ``seconds`` is how long until a slot may be free (a penalty's remaining time, or until
           the oldest slot in the window leaves it).
         """
-        member = uuid.uuid4().hex
+        if not 1 <= count <= self.limit:
+            raise ValueError(f"count must be between 1 and the limit {self.limit}, got {count!r}")
+        member = member or uuid.uuid4().hex
         granted, wait_us, now_us = await self._script(
-            keys=[self.key, self.penalty_key], args=["acquire", self.limit, self._window_us, member])
+            keys=[self.key, self.penalty_key, self.claims_key],
+            args=["acquire", self.limit, self._window_us, member, count, "1" if urgent else "0"])
         if int(granted):
             self.last_granted_at = int(now_us) / 1_000_000
-            self.last_slot = member
+            self.last_slots = [f"{member}:{i}" for i in range(1, count + 1)]
+            self.last_slot = self.last_slots[0]
             return True, 0.0
         return False, int(wait_us) / 1_000_000
 
-    async def acquire(self) -> float:
-        """Wait for a slot, however long the quota (or a penalty) makes it take.
+    async def acquire(self, count: int = 1, *, urgent: bool = False) -> float:
+        """Wait for ``count`` slots (granted together), however long the quota (or a penalty) makes it take.
 
         Returns:
           float: The seconds spent waiting.
@@ -128,22 +141,30 @@ class FleetRateLimiter:
         """
         loop = asyncio.get_running_loop()
         started = loop.time()
+        member = uuid.uuid4().hex  # one claim across the attempts of this wait
         while True:
-            granted, wait_s = await self.try_acquire()
+            granted, wait_s = await self.try_acquire(count, urgent=urgent, member=member)
             waited = loop.time() - started
             if granted:
                 self._report(waited)
                 return waited
             if self.max_wait_s is not None and waited + wait_s > self.max_wait_s:
                 # Fail now rather than sleep into a timeout we already know about.
+                if urgent:
+                    await self.withdraw(member, count)
                 raise RateLimitWaitTimeout(self.name, waited, self.max_wait_s, wait_s)
             # Sleep exactly until the slot should free up; the jitter spreads out waiters that
             # were all told the same moment, so they do not all hit Redis in the same millisecond.
             await asyncio.sleep(wait_s + random.uniform(0, MAX_JITTER_S))
 
+    async def withdraw(self, member: str, count: int = 1) -> None:
+        """Drop the claim an urgent acquirer that gives up left (it would lapse on its own within a window)."""
+        await self.redis.zrem(self.claims_key, *(f"{member}:{i}" for i in range(1, count + 1)))
+
     async def remaining(self) -> int:
         """Slots free in the window now (nothing is taken; a penalty is not counted)."""
-        used, _ = await self._script(keys=[self.key, self.penalty_key], args=["peek", self._window_us])
+        used, _ = await self._script(keys=[self.key, self.penalty_key, self.claims_key],
+                                     args=["peek", self._window_us])
         return max(0, self.limit - int(used))
 
     async def penalize(self, seconds: float) -> None:
@@ -168,13 +189,19 @@ class FleetRateLimiter:
         return bool(await self.redis.zrem(self.key, slot))
 
     def _report(self, waited: float) -> None:
-        if self.on_wait is None:
-            return
-        try:
-            self.on_wait(self.name, waited)
-        except Exception:
-            # Metrics must never cost a request its slot.
-            self.logger.exception("on_wait callback of rate limiter %r failed", self.name)
+        report_wait(self.on_wait, self.name, waited, self.logger)
+
+
+def report_wait(on_wait: Callable[[str, float], None] | None, name: str, waited: float,
+                logger: logging.Logger) -> None:
+    """Tell ``on_wait`` how long a limiter (or cost bucket) ``name`` made a caller wait; its failure is only logged."""
+    if on_wait is None:
+        return
+    try:
+        on_wait(name, waited)
+    except Exception:
+        # Metrics must never cost a request its slot.
+        logger.exception("on_wait callback of %r failed", name)
 
 
 def slots_used(redis, name: str, window_s: float, *, namespace: str = "stocksync") -> int:
@@ -183,6 +210,6 @@ def slots_used(redis, name: str, window_s: float, *, namespace: str = "stocksync
     For readers outside an event loop (the console): the same script and keys as :class:`FleetRateLimiter`.
     """
     key = f"{namespace}:ratelimit:{name}"
-    used, _ = redis.register_script(LUA_SOURCE)(keys=[key, f"{key}:penalty"],
+    used, _ = redis.register_script(LUA_SOURCE)(keys=[key, f"{key}:penalty", f"{key}:urgent"],
                                                  args=["peek", max(1, round(window_s * 1_000_000))])
     return int(used)

@@ -10,7 +10,7 @@ retried by :class:`clients.http.JsonApi` with backoff, a 429 until ``Retry-After
 
 Orders: :meth:`RefurbedClient.get_order` (a webhook says only ``{"order_id": n}``, so the order is
 always re-fetched) and :meth:`RefurbedClient.list_orders` (the backstop walk).  Offers:
-:meth:`~RefurbedClient.list_offers` (by cursor), :meth:`~RefurbedClient.get_offer`,
+:meth:`~RefurbedClient.list_offers` (by cursor, or some offers by id), :meth:`~RefurbedClient.get_offer`,
 :meth:`~RefurbedClient.update_offer` and :meth:`~RefurbedClient.batch_update_offers` (1 to 50 a call).
 
 **Stock is absolute and there is no compare-and-set.**  ``UpdateOffer`` sets ``stock`` to the
@@ -315,10 +315,14 @@ class RefurbedClient:
                 return
             cursor = page.orders[-1].id
 
-    async def list_offers(self, *, starting_after: str | None = None, limit: int = MAX_PAGE_LIMIT) -> OffersPage:
+    async def list_offers(self, *, starting_after: str | None = None, limit: int = MAX_PAGE_LIMIT,
+                          ids: Sequence[str | int] | None = None) -> OffersPage:
         """``OfferService/ListOffers``: one page of this merchant's offers by ascending id (sandbox/specs/refurbed-merchant-openapi.json).
 
+        ``ids``: only these offers (``filter.id.any_of``; at most ``limit``, so one page holds them all).
+
         Raises:
+          ValueError: A bad limit or id (nothing is sent).
           MalformedResponse: The answer is not ``{"offers": [Offer...], "has_more": bool}`` of valid offers.
         """
         if not 1 <= limit <= MAX_PAGE_LIMIT:
@@ -326,7 +330,12 @@ class RefurbedClient:
         pagination: dict[str, Any] = {"limit": limit}
         if starting_after is not None:
             pagination["starting_after"] = _int64_text("starting_after", starting_after)
-        body = await self._call(LIST_OFFERS, {"pagination": pagination, "sort": {"by": "ID", "order": "ASC"}})
+        request: dict[str, Any] = {"pagination": pagination, "sort": {"by": "ID", "order": "ASC"}}
+        if ids is not None:
+            if not 1 <= len(ids) <= limit:
+                raise ValueError(f"ids must name 1 to {limit} offers (one page), got {len(ids)}")
+            request["filter"] = {"id": {"any_of": [_int64_text(f"ids[{n}]", i) for n, i in enumerate(ids)]}}
+        body = await self._call(LIST_OFFERS, request)
         if not isinstance(body, dict) or not isinstance(body.get("offers", []), list):
             raise MalformedResponse(f"expected {{\"offers\": [...], \"has_more\": bool}}, got {_kind(body)}",
                                     api=API, endpoint=LIST_OFFERS, status=200)

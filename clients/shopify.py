@@ -1,248 +1,482 @@
-"""A Shopify Admin REST API client for inventory reads.
+"""A Shopify Admin GraphQL API client: catalogue pages, one item's level, compare-and-set writes, orders.
 
-Auth is the ``X-Shopify-Access-Token`` header; paths are ``/admin/api/{version}/...json``.  Lists
-page by the ``Link`` header (``<url?page_info=...>; rel="next"``): the next page's URL is taken
-as given.  Shopify meters REST calls with a leaky bucket per app and store (40 calls, leaking 2 a
-second on a standard plan) and reports it in ``X-Shopify-Shop-Api-Call-Limit: used/size``: this
-client slows down before the bucket is full, and a ``429`` is waited out for its ``Retry-After``
-(with a fleet-wide limiter, the whole fleet pauses) and retried.  Errors are the typed errors of
+Every call is ``POST /admin/api/{SHOPIFY_API_VERSION}/graphql.json`` with ``X-Shopify-Access-Token``
+and ``{"query", "variables"}``; the documents are the module's constants (and
+:func:`variants_query` / :func:`level_query`, which name one aliased ``inventoryLevel`` per location),
+so a test can run the very strings this client sends.  IDs travel as Shopify's GIDs
+(``gid://shopify/InventoryItem/123``); stocksync keeps the number (:func:`gid_number`), so a
+listing, an order and an order line are named alike by a webhook and by a poll.
+
+Shopify meters GraphQL by query cost (a leaky bucket per app and shop).  With a
+:class:`clients.costbucket.FleetCostBucket`, every call first debits its requested cost (the cost
+Shopify last reported for that operation, or an upper bound), then gives back what it did not use
+and lowers the fleet's bucket to Shopify's ``throttleStatus``.  A ``THROTTLED`` answer (HTTP 200, no
+data) is charged nothing: its cost is given back and the call waits in the bucket for the points,
+then goes again (at most ``throttled_attempts`` times).  Errors are the typed errors of
 :mod:`clients.errors`; the token never shows in an error, a log line or a repr.
-
-What the store integrations need: :meth:`ShopifyClient.iter_variants` (SKU and inventory item of
-every variant), :meth:`ShopifyClient.list_locations` and :meth:`ShopifyClient.iter_inventory_levels`.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import aiohttp
 
-from clients.errors import MalformedResponse
-from clients.http import (ErrorDetails, JsonApi, RequestRecord, RetryPolicy, Secret, AttemptHeaders, json_kind,
-                          retry_after, text, with_hint)
+from clients.errors import ApiError, BadRequest, Forbidden, MalformedResponse, RateLimited, ServerError
+from clients.http import AttemptHeaders, ErrorDetails, JsonApi, RequestRecord, RetryPolicy, Secret, json_kind, text, \
+    with_hint
+from core.accounts import MAX_SHOP_LOCATIONS
+from core.platforms import SHOPIFY_API_VERSION
 
 if TYPE_CHECKING:
-    from clients.ratelimit import FleetRateLimiter
+    from clients.costbucket import FleetCostBucket
 
 #: The API's name in errors, records and metrics.
 API = "shopify"
 
-#: The REST Admin API version used unless told otherwise.
-DEFAULT_API_VERSION = "2025-01"
+#: The route of every call (errors and metrics name the operation after it).
+GRAPHQL = "POST /admin/api/{version}/graphql.json"
 
-LIST_PRODUCTS = "GET /admin/api/{version}/products.json"
-LIST_LOCATIONS = "GET /admin/api/{version}/locations.json"
-LIST_INVENTORY_LEVELS = "GET /admin/api/{version}/inventory_levels.json"
-
-#: The largest ``limit`` Shopify's REST lists accept.
+#: The largest ``first`` Shopify's connections accept.
 MAX_PAGE_LIMIT = 250
 
-CALL_LIMIT_HEADER = "X-Shopify-Shop-Api-Call-Limit"
+#: Variants per catalogue page: 100 variants at one location cost about 400 points (a standard
+#: plan restores 100 a second), and a page stays well under the bucket with a few locations.
+DEFAULT_PAGE_LIMIT = 100
 
-_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?([a-z]+)"?')
+#: Locations one query may name (each is an aliased ``inventoryLevel``: its cost grows with them).
+MAX_LOCATIONS = MAX_SHOP_LOCATIONS
+
+#: The CAS refusal of ``inventorySetQuantities`` in 2026-01 (``changeFromQuantity`` no longer matches).
+STALE_CODES = frozenset({"CHANGE_FROM_QUANTITY_STALE", "COMPARE_QUANTITY_STALE"})
+
+#: What Shopify last asked for each (shop, operation) in this process: the next call of it debits that much.
+_REQUESTED: dict[tuple[str, str], float] = {}
+
 _HINTS = {
-    401: "the access token was refused: check the store integration's credential variable",
-    403: "the app lacks a scope (inventory reads need read_inventory and read_products)",
-    404: "no such shop, API version or resource",
-    429: "over Shopify's REST call limit",
+    401: "the access token was refused: check the account's credential variable",
+    403: "the app lacks a scope (stocksync needs read_products, read_inventory, write_inventory, read_orders)",
+    404: "no such shop or API version",
+    429: "over Shopify's request limit",
 }
+
+LOCATIONS_QUERY = """query StocksyncLocations($first: Int!) {
+  locations(first: $first) { edges { node { id } } }
+}"""
+
+SET_MUTATION = """mutation StocksyncSetAvailable($input: InventorySetQuantitiesInput!) {
+  inventorySetQuantities(input: $input) {
+    inventoryAdjustmentGroup { id reason changes { name delta } }
+    userErrors { field message code }
+  }
+}"""
+
+#: Orders per page and lines per order: 15 × (3 + 50) points stays under Shopify's 1,000-point single query limit.
+ORDERS_PAGE_LIMIT, ORDER_LINES = 15, 50
+
+ORDERS_QUERY = """query StocksyncOrders($first: Int!, $after: String, $query: String) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    edges { cursor node {
+      id name createdAt updatedAt cancelledAt
+      lineItems(first: 50) { nodes { id sku quantity } pageInfo { hasNextPage } }
+    } }
+    pageInfo { hasNextPage endCursor }
+  }
+}"""
+
+_AVAILABLE = 'quantities(names: ["available"]) { name quantity }'
+
+
+def _levels(count: int) -> str:
+    """One aliased ``inventoryLevel`` per location (``at0``, ``at1``...), each on its own variable."""
+    return " ".join(f"at{i}: inventoryLevel(locationId: $l{i}) {{ {_AVAILABLE} }}" for i in range(count))
+
+
+def _location_vars(count: int) -> str:
+    return "".join(f", $l{i}: ID!" for i in range(count))
+
+
+def variants_query(locations: int) -> str:
+    """The catalogue page query for ``locations`` locations: variants with SKU, inventory item and levels."""
+    return (f"query StocksyncVariants($first: Int!, $after: String{_location_vars(locations)}) {{\n"
+            "  productVariants(first: $first, after: $after) {\n"
+            f"    edges {{ cursor node {{ id sku inventoryItem {{ id tracked {_levels(locations)} }} }} }}\n"
+            "    pageInfo { hasNextPage endCursor }\n  }\n}")
+
+
+def level_query(locations: int) -> str:
+    """One inventory item's ``available`` at ``locations`` locations."""
+    return (f"query StocksyncLevel($id: ID!{_location_vars(locations)}) {{\n"
+            f"  inventoryItem(id: $id) {{ id tracked {_levels(locations)} }}\n}}")
+
+
+def gid(kind: str, number: str | int) -> str:
+    """Shopify's global id of ``kind`` number ``number`` (``gid://shopify/InventoryItem/123``)."""
+    return f"gid://shopify/{kind}/{number}"
+
+
+_GID = re.compile(r"gid://shopify/([A-Za-z]+)/(\d+)(?:\?.*)?")
+
+
+def gid_number(value: Any, kind: str) -> str:
+    """The number of a GID of ``kind`` (:class:`MalformedResponse` otherwise)."""
+    found = _GID.fullmatch(value) if isinstance(value, str) else None
+    if found is None or found.group(1) != kind:
+        raise MalformedResponse(f"expected a gid://shopify/{kind}/... id, got {str(value)[:60]!r}", api=API,
+                                endpoint=GRAPHQL, status=200)
+    return found.group(2)
 
 
 @dataclass(frozen=True)
-class ShopifyVariant:
-    """A product variant: its SKU (may be empty) and the inventory item that holds its stock."""
+class VariantStock:
+    """A variant: its SKU (may be empty), its inventory item and ``available`` at each location asked.
+
+    ``levels`` has one entry per location asked, ``None`` where the item is not stocked there;
+    ``tracked`` False: Shopify does not count this item's stock.
+    """
+
+    variant_id: str
+    sku: str
+    inventory_item_id: str
+    tracked: bool
+    levels: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class VariantsPage:
+    """One page of variants and the cursor of the next one (None: the last page)."""
+
+    variants: list[VariantStock]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    """A line of an order: its number (``gid://shopify/LineItem/N``), SKU and quantity."""
 
     id: str
     sku: str
-    inventory_item_id: str
-    title: str | None
+    quantity: int
 
 
 @dataclass(frozen=True)
-class InventoryLevel:
-    """Stock of one inventory item at one location; ``available`` is ``None`` when it is not tracked."""
+class ShopifyOrder:
+    """An order as the poll needs it; times are Shopify's ISO 8601 strings."""
 
-    inventory_item_id: str
-    location_id: str
-    available: int | None
+    id: str
+    name: str
+    created_at: str
+    updated_at: str
+    cancelled_at: str | None
+    lines: list[OrderLine]
+
+
+@dataclass(frozen=True)
+class OrdersPage:
+    orders: list[ShopifyOrder]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class QueryCost:
+    """``extensions.cost`` of one answer."""
+
+    requested: float
+    actual: float | None
+    available: float
+    maximum: float
+    restore_rate: float
 
 
 class ShopifyClient:
-    """A Shopify Admin REST client for one shop, on the process's aiohttp session.
+    """A Shopify Admin GraphQL client for one shop, on the process's aiohttp session.
 
     Parameters:
       session(aiohttp.ClientSession): The process's HTTP session.
       base_url(str): ``https://{shop}.myshopify.com`` (or a sandbox).
       token(str): The Admin API access token (``X-Shopify-Access-Token``); never in an error or a log.
-      api_version(str): e.g. ``2025-01``.
-      limiter(FleetRateLimiter): Optional fleet-wide quota of this shop; every attempt takes a slot
-        first, and a 429 pauses every holder for ``Retry-After``.
+      api_version(str): The pinned version (:data:`core.platforms.SHOPIFY_API_VERSION`).
+      cost_bucket(FleetCostBucket): The shop's fleet-wide query-cost budget; None: no pacing but Shopify's answers.
       timeout_s(float): Total time for one HTTP attempt.
       attempts(int): HTTP attempts per call for transient errors (429, 5xx, transport).
       backoff_s(float): First backoff after a 5xx or transport error; doubles each attempt (≤ 30 s).
-      leak_per_s(float): How fast the shop's bucket empties (2 a second on a standard plan).
-      headroom(int): Calls kept free in the bucket: when the call-limit header says fewer are left,
-        the next request waits until the bucket has leaked enough.
+      throttled_attempts(int): ``THROTTLED`` answers one call waits out before it gives up (RateLimited).
       on_request(Callable[[RequestRecord], None]): Called once per HTTP attempt.
     """
 
     def __init__(self, session: aiohttp.ClientSession, *, base_url: str, token: str,
-                 api_version: str = DEFAULT_API_VERSION, limiter: FleetRateLimiter | None = None,
-                 timeout_s: float = 30, attempts: int = 5, backoff_s: float = 0.5, leak_per_s: float = 2.0,
-                 headroom: int = 2, on_request: Callable[[RequestRecord], None] | None = None) -> None:
-        if attempts < 1:
-            raise ValueError(f"attempts must be at least 1, got {attempts!r}")
+                 api_version: str = SHOPIFY_API_VERSION, cost_bucket: FleetCostBucket | None = None,
+                 timeout_s: float = 30, attempts: int = 4, backoff_s: float = 0.5, throttled_attempts: int = 20,
+                 on_request: Callable[[RequestRecord], None] | None = None) -> None:
+        if attempts < 1 or throttled_attempts < 1:
+            raise ValueError(f"attempts and throttled_attempts must be at least 1, got {attempts!r}, "
+                             f"{throttled_attempts!r}")
         if not re.fullmatch(r"\d{4}-\d{2}|unstable", api_version):
-            raise ValueError(f"api_version must look like 2025-01, got {api_version!r}")
-        if leak_per_s <= 0:
-            raise ValueError(f"leak_per_s must be positive, got {leak_per_s!r}")
+            raise ValueError(f"api_version must look like 2026-01, got {api_version!r}")
         self.base_url = base_url.rstrip("/")
         self.api_version = api_version
-        self.limiter = limiter
-        self.leak_per_s = leak_per_s
-        self.headroom = max(0, headroom)
-        #: The last ``X-Shopify-Shop-Api-Call-Limit`` seen, as ``(used, size)``.
-        self.call_limit: tuple[int, int] | None = None
-        #: Seconds this client slept because the bucket was nearly full (not counting 429 waits).
-        self.throttled_s = 0.0
+        self.cost_bucket = cost_bucket
+        self.throttled_attempts = throttled_attempts
+        #: The last ``extensions.cost`` seen, and how many THROTTLED answers this client waited out.
+        self.last_cost: QueryCost | None = None
+        self.throttled = 0
         self.logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
-        secret = Secret(token)
+        self._path = f"/admin/api/{api_version}/graphql.json"
         self._http = JsonApi(
-            session, api=API, base_url=self.base_url, describe_error=_describe_error, reset_at=retry_after,
-            request_id_header="X-Request-Id", auth=AttemptHeaders({"X-Shopify-Access-Token": token}, secret),
+            session, api=API, base_url=self.base_url, describe_error=_describe_error,
+            request_id_header="X-Request-Id", auth=AttemptHeaders({"X-Shopify-Access-Token": token}, Secret(token)),
             headers={"Accept": "application/json"},
-            # A 429 waits its Retry-After (at least one leak), then the call is tried again.
-            retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, penalty_s=1.0 / leak_per_s),
+            retry=RetryPolicy(attempts=attempts, backoff_s=backoff_s, penalty_s=1.0),
             timeout_s=timeout_s, on_request=on_request, logger=self.logger)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_version={self.api_version!r}, token=<hidden>)"
 
-    # -- reads ---------------------------------------------------------------------------------------
+    # -- the verbs -----------------------------------------------------------------------------------
 
-    async def list_locations(self) -> list[dict[str, Any]]:
-        """Every location of the shop (``locations.json``; not paged), as returned."""
-        body, _ = await self._get(LIST_LOCATIONS, self._url("locations.json"))
-        locations = self._list_of(body, "locations", LIST_LOCATIONS)
-        for index, location in enumerate(locations):
-            if not isinstance(location, dict) or not _is_id(location.get("id")):
-                raise MalformedResponse(f"locations[{index}]: expected an object with an integer id",
-                                        api=API, endpoint=LIST_LOCATIONS, status=200)
-        return locations
+    async def location_ids(self) -> list[str]:
+        """The numbers of the shop's active locations (Shopify's ``locations`` lists the active ones)."""
+        data = await self.execute(LOCATIONS_QUERY, {"first": 50}, name="locations", estimate=52)
+        return [gid_number(edge.get("node", {}).get("id"), "Location")
+                for edge in _path(data, "locations", "edges", kind=list)]
 
-    async def iter_variants(self, *, limit: int = MAX_PAGE_LIMIT) -> AsyncIterator[list[ShopifyVariant]]:
-        """Every product variant, a page of products at a time (``products.json``, Link paging)."""
-        params = {"limit": str(_check_limit(limit)), "fields": "id,title,variants"}
-        async for products in self._pages(LIST_PRODUCTS, self._url("products.json", params), "products"):
-            variants = []
-            for index, product in enumerate(products):
-                if not isinstance(product, dict) or not isinstance(product.get("variants", []), list):
-                    raise MalformedResponse(f"products[{index}]: expected an object with a variants list",
-                                            api=API, endpoint=LIST_PRODUCTS, status=200)
-                for variant in product.get("variants", []):
-                    variants.append(_parse_variant(variant, product))
-            yield variants
-
-    async def variants_page(self, cursor: str | None = None, *, limit: int = MAX_PAGE_LIMIT
-                            ) -> tuple[list[ShopifyVariant], str | None]:
-        """One page of products' variants and the cursor of the next page (None: the last one).
-
-        The cursor is the next page's path on this shop (from the ``Link`` header), so a walk can
-        stop and resume at any page.
-        """
-        if cursor is None:
-            url = self._url("products.json", {"limit": str(_check_limit(limit)), "fields": "id,title,variants"})
-        else:
-            url = self.base_url + cursor
-        body, next_url = await self._get(LIST_PRODUCTS, url)
+    async def variants_page(self, locations: list[str], cursor: str | None = None, *,
+                            limit: int = DEFAULT_PAGE_LIMIT) -> VariantsPage:
+        """One page of variants with their ``available`` at ``locations`` (location numbers)."""
+        _check_locations(locations)
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE_LIMIT}, got {limit!r}")
+        variables: dict[str, Any] = {"first": limit, "after": cursor, **_location_variables(locations)}
+        data = await self.execute(variants_query(len(locations)), variables, name=f"variants:{len(locations)}",
+                                  estimate=2 + limit * (2 + len(locations)))
+        connection = _path(data, "productVariants", kind=dict)
         variants = []
-        for index, product in enumerate(self._list_of(body, "products", LIST_PRODUCTS)):
-            if not isinstance(product, dict) or not isinstance(product.get("variants", []), list):
-                raise MalformedResponse(f"products[{index}]: expected an object with a variants list",
-                                        api=API, endpoint=LIST_PRODUCTS, status=200)
-            variants.extend(_parse_variant(variant, product) for variant in product.get("variants", []))
-        return variants, None if next_url is None else next_url[len(self.base_url):]
+        for index, edge in enumerate(_path(connection, "edges", kind=list)):
+            node = edge.get("node") if isinstance(edge, dict) else None
+            if not isinstance(node, dict) or not isinstance(node.get("inventoryItem"), dict):
+                raise _malformed(f"productVariants.edges[{index}]: expected a node with an inventoryItem")
+            sku = node.get("sku") or ""
+            if not isinstance(sku, str):
+                raise _malformed(f"productVariants.edges[{index}].node.sku must be a string")
+            item = node["inventoryItem"]
+            variants.append(VariantStock(gid_number(node.get("id"), "ProductVariant"), sku.strip(),
+                                         gid_number(item.get("id"), "InventoryItem"), item.get("tracked") is not False,
+                                         _levels_of(item, len(locations))))
+        return VariantsPage(variants, _next_cursor(connection))
 
-    async def levels_of(self, item_ids: list[str], location_ids: list[str | int]) -> list[InventoryLevel]:
-        """The inventory levels of ``item_ids`` at ``location_ids`` (every page of them)."""
-        if not item_ids or not location_ids:
-            return []
-        params = {"inventory_item_ids": ",".join(item_ids), "location_ids": ",".join(str(i) for i in location_ids),
-                  "limit": str(MAX_PAGE_LIMIT)}
-        levels: list[InventoryLevel] = []
-        async for page in self._pages(LIST_INVENTORY_LEVELS, self._url("inventory_levels.json", params),
-                                      "inventory_levels"):
-            levels.extend(_parse_level(level, index) for index, level in enumerate(page))
-        return levels
+    async def levels(self, inventory_item: str, locations: list[str]) -> tuple[bool, tuple[int | None, ...]]:
+        """``(tracked, available at each location)`` of one inventory item (its number); an unknown item is an ApiError."""
+        _check_locations(locations)
+        data = await self.execute(level_query(len(locations)),
+                                  {"id": gid("InventoryItem", inventory_item), **_location_variables(locations)},
+                                  name=f"level:{len(locations)}", estimate=2 + len(locations))
+        item = data.get("inventoryItem")
+        if not isinstance(item, dict):
+            raise ApiError(f"no inventory item {inventory_item} on this shop", api=API, endpoint=GRAPHQL, status=200,
+                           code="NOT_FOUND")
+        return item.get("tracked") is not False, _levels_of(item, len(locations))
 
-    async def iter_inventory_levels(self, location_ids: list[str | int], *, limit: int = MAX_PAGE_LIMIT
-                                    ) -> AsyncIterator[list[InventoryLevel]]:
-        """Every inventory level at ``location_ids``, a page at a time (``inventory_levels.json``)."""
-        if not location_ids:
-            raise ValueError("inventory_levels.json needs at least one location id")
-        params = {"location_ids": ",".join(str(i) for i in location_ids), "limit": str(_check_limit(limit))}
-        async for levels in self._pages(LIST_INVENTORY_LEVELS, self._url("inventory_levels.json", params),
-                                        "inventory_levels"):
-            yield [_parse_level(level, index) for index, level in enumerate(levels)]
+    async def set_available(self, inventory_item: str, location: str, quantity: int, *, change_from: int | None,
+                            reference: str) -> bool:
+        """Set ``available`` of one item at one location, if it still is ``change_from`` (the compare-and-set).
 
-    # -- HTTP ----------------------------------------------------------------------------------------
+        Returns True when set, False when Shopify refused a stale ``change_from`` (nothing was written).
+        Any other user error raises :class:`BadRequest` (permanent) naming Shopify's code and message.
+        """
+        variables = {"input": {
+            "name": "available", "reason": "correction", "referenceDocumentUri": reference,
+            "quantities": [{"inventoryItemId": gid("InventoryItem", inventory_item),
+                            "locationId": gid("Location", location), "quantity": quantity,
+                            "changeFromQuantity": change_from}]}}
+        data = await self.execute(SET_MUTATION, variables, name="set", estimate=10)
+        payload = _path(data, "inventorySetQuantities", kind=dict)
+        errors = payload.get("userErrors") or []
+        if not isinstance(errors, list):
+            raise _malformed("inventorySetQuantities.userErrors must be a list")
+        if any(isinstance(e, dict) and e.get("code") in STALE_CODES for e in errors):
+            return False
+        if errors:
+            described = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
+            raise BadRequest(f"inventorySetQuantities refused: {described}"[:300], api=API, endpoint=GRAPHQL,
+                             status=200, code=str(errors[0].get("code")) if isinstance(errors[0], dict) else None)
+        return True
 
-    def _url(self, resource: str, params: dict[str, str] | None = None) -> str:
-        url = f"{self.base_url}/admin/api/{self.api_version}/{resource}"
-        if params:
-            url += "?" + urlencode(params)
-        return url
+    async def orders_page(self, updated_since: str, cursor: str | None = None, *,
+                          limit: int = ORDERS_PAGE_LIMIT) -> OrdersPage:
+        """Orders updated at or after ``updated_since`` (ISO 8601, UTC), oldest change first, one page."""
+        variables = {"first": limit, "after": cursor, "query": f"updated_at:>='{updated_since}'"}
+        data = await self.execute(ORDERS_QUERY, variables, name="orders", estimate=2 + limit * (3 + ORDER_LINES))
+        connection = _path(data, "orders", kind=dict)
+        orders = []
+        for index, edge in enumerate(_path(connection, "edges", kind=list)):
+            node = edge.get("node") if isinstance(edge, dict) else None
+            if not isinstance(node, dict):
+                raise _malformed(f"orders.edges[{index}]: expected a node")
+            orders.append(_parse_order(node))
+        return OrdersPage(orders, _next_cursor(connection))
 
-    async def _pages(self, route: str, url: str, key: str) -> AsyncIterator[list]:
-        next_url: str | None = url
-        while next_url is not None:
-            body, next_url = await self._get(route, next_url)
-            yield self._list_of(body, key, route)
+    # -- GraphQL -------------------------------------------------------------------------------------
 
-    def _list_of(self, body: Any, key: str, route: str) -> list:
-        if not isinstance(body, dict) or not isinstance(body.get(key), list):
-            raise MalformedResponse(f"expected {{\"{key}\": [...]}}, got {json_kind(body)}", api=API, endpoint=route,
-                                    status=200)
-        return body[key]
+    async def execute(self, query: str, variables: Mapping[str, Any], *, name: str, estimate: float) -> dict:
+        """Run one document and return its ``data``, paced by the cost bucket, THROTTLED answers waited out."""
+        route = f"{GRAPHQL} {name}"
+        for _ in range(self.throttled_attempts):
+            requested = _REQUESTED.get((self.base_url, name), estimate)
+            if self.cost_bucket is not None:
+                await self.cost_bucket.debit(requested)
+            try:
+                answer = await self._http.call("POST", route, self._path,
+                                               body={"query": query, "variables": dict(variables)})
+            except BaseException:
+                # Not run (or not known to have run): its points come back with Shopify's next figures.
+                if self.cost_bucket is not None:
+                    await self.cost_bucket.credit(requested)
+                raise
+            body = answer.body
+            if not isinstance(body, dict):
+                raise _malformed(f"expected a JSON object, got {json_kind(body)}", route)
+            cost = _cost(body)
+            throttled = _throttled(body)
+            if cost is not None:
+                self.last_cost = cost
+                _REQUESTED[(self.base_url, name)] = cost.requested
+                if self.cost_bucket is not None:
+                    # A throttled query is charged nothing; otherwise what it did not use comes back.
+                    charged = 0.0 if throttled else (cost.actual if cost.actual is not None else cost.requested)
+                    await self.cost_bucket.credit(requested - charged)
+                    await self.cost_bucket.observe(cost.available, cost.maximum, cost.restore_rate)
+            if throttled and cost is None and self.cost_bucket is not None:
+                # No figures with it: take the bucket as empty, so the retry waits for the points.
+                await self.cost_bucket.observe(0, self.cost_bucket.maximum, self.cost_bucket.restore_rate)
+            if throttled:
+                self.throttled += 1
+                self.logger.info("Shopify answered THROTTLED to %s: waiting for the bucket", name)
+                if self.cost_bucket is None:
+                    raise RateLimited("THROTTLED: over the shop's query-cost budget", api=API, endpoint=route,
+                                      status=200, code="THROTTLED")
+                continue
+            if body.get("errors"):
+                raise _graphql_error(body["errors"], route)
+            data = body.get("data")
+            if not isinstance(data, dict):
+                raise _malformed(f"expected data to be an object, got {json_kind(data)}", route)
+            return data
+        raise RateLimited(f"THROTTLED {self.throttled_attempts} times in a row", api=API, endpoint=route, status=200,
+                          code="THROTTLED")
 
-    async def _get(self, route: str, url: str) -> tuple[Any, str | None]:
-        """GET ``url`` (on this shop) after the bucket allows it; the body and the next page's URL."""
-        if not url.startswith(self.base_url + "/"):
-            raise MalformedResponse("a Link header points outside the shop", api=API, endpoint=route, status=200)
-        await self._respect_bucket()
-        answer = await self._http.call("GET", route, url[len(self.base_url):], limiter=self.limiter)
-        self._note_call_limit(answer.headers)
-        return answer.body, _next_link(answer.headers.get("Link", ""))
 
-    async def _respect_bucket(self) -> None:
-        """Wait, when the last call-limit header left less than ``headroom`` calls, until it has leaked."""
-        if self.call_limit is None:
-            return
-        used, size = self.call_limit
-        excess = used - (size - self.headroom - 1)
-        if excess > 0:
-            delay = excess / self.leak_per_s
-            self.throttled_s += delay
-            self.logger.info("Shopify call limit %d/%d: waiting %.2fs", used, size, delay)
-            self.call_limit = None
-            await asyncio.sleep(delay)
+# -- parsing --------------------------------------------------------------------------------------------
 
-    def _note_call_limit(self, headers: Mapping[str, str]) -> None:
-        value = headers.get(CALL_LIMIT_HEADER, "")
-        used, _, size = value.partition("/")
-        if used.strip().isdigit() and size.strip().isdigit() and int(size) > 0:
-            self.call_limit = (int(used), int(size))
+
+def _malformed(message: str, route: str = GRAPHQL) -> MalformedResponse:
+    return MalformedResponse(message, api=API, endpoint=route, status=200)
+
+
+def _path(data: Any, *keys: str, kind: type) -> Any:
+    value = data
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    if not isinstance(value, kind):
+        raise _malformed(f"{'.'.join(keys)}: expected {kind.__name__}, got {json_kind(value)}")
+    return value
+
+
+def _next_cursor(connection: dict) -> str | None:
+    info = _path(connection, "pageInfo", kind=dict)
+    if not info.get("hasNextPage"):
+        return None
+    cursor = info.get("endCursor")
+    if not isinstance(cursor, str) or not cursor:
+        raise _malformed("pageInfo.hasNextPage is true but endCursor is missing")
+    return cursor
+
+
+def _levels_of(item: dict, count: int) -> tuple[int | None, ...]:
+    levels = []
+    for i in range(count):
+        level = item.get(f"at{i}")
+        if level is None:
+            levels.append(None)  # not stocked at that location
+            continue
+        quantities = level.get("quantities") if isinstance(level, dict) else None
+        if not isinstance(quantities, list):
+            raise _malformed(f"inventoryLevel: expected quantities, got {json_kind(quantities)}")
+        available = [q.get("quantity") for q in quantities if isinstance(q, dict) and q.get("name") == "available"]
+        if len(available) != 1 or not isinstance(available[0], int) or isinstance(available[0], bool):
+            raise _malformed("inventoryLevel: expected one integer 'available' quantity")
+        levels.append(available[0])
+    return tuple(levels)
+
+
+def _parse_order(node: dict) -> ShopifyOrder:
+    order_id = gid_number(node.get("id"), "Order")
+    for name in ("createdAt", "updatedAt"):
+        if not isinstance(node.get(name), str):
+            raise _malformed(f"order {order_id}: {name} must be an ISO 8601 time")
+    cancelled = node.get("cancelledAt")
+    if cancelled is not None and not isinstance(cancelled, str):
+        raise _malformed(f"order {order_id}: cancelledAt must be an ISO 8601 time or null")
+    if node.get("lineItems", {}).get("pageInfo", {}).get("hasNextPage"):
+        # Lines past the first ORDER_LINES are not booked by the poll (its webhook carries them all).
+        logging.getLogger(__name__).error("order %s has over %d lines: the poll books the first %d", order_id,
+                                          ORDER_LINES, ORDER_LINES)
+    lines = []
+    for line in _path(node, "lineItems", "nodes", kind=list):
+        if not isinstance(line, dict):
+            raise _malformed(f"order {order_id}: a line item is not an object")
+        quantity = line.get("quantity")
+        if not isinstance(quantity, int) or isinstance(quantity, bool):
+            raise _malformed(f"order {order_id}: a line item's quantity must be an integer")
+        sku = line.get("sku") or ""
+        lines.append(OrderLine(gid_number(line.get("id"), "LineItem"), sku.strip() if isinstance(sku, str) else "",
+                               quantity))
+    return ShopifyOrder(order_id, str(node.get("name") or ""), node["createdAt"], node["updatedAt"], cancelled, lines)
+
+
+def _cost(body: dict) -> QueryCost | None:
+    cost = body.get("extensions", {}).get("cost") if isinstance(body.get("extensions"), dict) else None
+    if not isinstance(cost, dict) or not isinstance(cost.get("throttleStatus"), dict):
+        return None
+    status = cost["throttleStatus"]
+    try:
+        return QueryCost(float(cost["requestedQueryCost"]),
+                         None if cost.get("actualQueryCost") is None else float(cost["actualQueryCost"]),
+                         float(status["currentlyAvailable"]), float(status["maximumAvailable"]),
+                         float(status["restoreRate"]))
+    except (KeyError, TypeError, ValueError):
+        raise _malformed("extensions.cost: expected requestedQueryCost and a throttleStatus of numbers") from None
+
+
+def _codes(errors: Any) -> list[str]:
+    if not isinstance(errors, list):
+        return []
+    return [str(e.get("extensions", {}).get("code")) for e in errors
+            if isinstance(e, dict) and isinstance(e.get("extensions"), dict)]
+
+
+def _throttled(body: dict) -> bool:
+    return "THROTTLED" in _codes(body.get("errors"))
+
+
+def _graphql_error(errors: Any, route: str) -> ApiError:
+    """A GraphQL ``errors`` list as the typed error it amounts to."""
+    messages = [str(e.get("message")) for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+    message = "; ".join(messages)[:300] or text(json.dumps(errors).encode())[:300]
+    codes = _codes(errors)
+    code = codes[0] if codes else None
+    if code in ("INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE"):
+        return ServerError(message, api=API, endpoint=route, status=200, code=code)
+    if code == "ACCESS_DENIED":
+        return Forbidden(with_hint(message, _HINTS[403]), api=API, endpoint=route, status=200, code=code)
+    return BadRequest(message, api=API, endpoint=route, status=200, code=code)
 
 
 def _describe_error(status: int, raw: bytes, headers: Mapping[str, str]) -> ErrorDetails:
-    """Shopify's ``{"errors": "..."}``, ``{"errors": [...]}`` or ``{"errors": {"field": [...]}}``."""
+    """Shopify's ``{"errors": "..."}`` or ``{"errors": [{"message": ...}]}``."""
     message = ""
     try:
         body = json.loads(raw)
@@ -250,10 +484,8 @@ def _describe_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Erro
         body = None
     if isinstance(body, dict) and "errors" in body:
         errors = body["errors"]
-        if isinstance(errors, dict):
-            message = "; ".join(f"{key}: {value}" for key, value in errors.items())
-        elif isinstance(errors, list):
-            message = "; ".join(map(str, errors))
+        if isinstance(errors, list):
+            message = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)
         else:
             message = str(errors)
     elif raw:
@@ -261,45 +493,15 @@ def _describe_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Erro
     return ErrorDetails(message=with_hint(message, _HINTS.get(status)), request_id=headers.get("X-Request-Id"))
 
 
-def _next_link(link: str) -> str | None:
-    """The ``rel="next"`` URL of a ``Link`` header, or ``None`` on the last page."""
-    for url, rel in _LINK.findall(link or ""):
-        if rel == "next":
-            return url
-    return None
+def _check_locations(locations: list[str]) -> None:
+    if not 1 <= len(locations) <= MAX_LOCATIONS:
+        raise ValueError(f"between 1 and {MAX_LOCATIONS} locations, got {len(locations)}")
 
 
-def _parse_variant(variant: Any, product: dict) -> ShopifyVariant:
-    if not isinstance(variant, dict) or not _is_id(variant.get("id")) or not _is_id(variant.get("inventory_item_id")):
-        raise MalformedResponse(f"product {product.get('id')}: a variant lacks an integer id or inventory_item_id",
-                                api=API, endpoint=LIST_PRODUCTS, status=200)
-    sku = variant.get("sku") or ""
-    if not isinstance(sku, str):
-        raise MalformedResponse(f"variant {variant['id']}: sku must be a string", api=API, endpoint=LIST_PRODUCTS,
-                                status=200)
-    titles = [t for t in (product.get("title"), variant.get("title")) if isinstance(t, str) and t
-              and t != "Default Title"]
-    return ShopifyVariant(id=str(variant["id"]), sku=sku.strip(), inventory_item_id=str(variant["inventory_item_id"]),
-                          title=" / ".join(titles) or None)
+def _location_variables(locations: list[str]) -> dict[str, str]:
+    return {f"l{i}": gid("Location", location) for i, location in enumerate(locations)}
 
 
-def _parse_level(level: Any, index: int) -> InventoryLevel:
-    if (not isinstance(level, dict) or not _is_id(level.get("inventory_item_id"))
-            or not _is_id(level.get("location_id"))):
-        raise MalformedResponse(f"inventory_levels[{index}]: expected inventory_item_id and location_id integers",
-                                api=API, endpoint=LIST_INVENTORY_LEVELS, status=200)
-    available = level.get("available")
-    if available is not None and (not isinstance(available, int) or isinstance(available, bool)):
-        raise MalformedResponse(f"inventory_levels[{index}]: available must be an integer or null, got "
-                                f"{json_kind(available)}", api=API, endpoint=LIST_INVENTORY_LEVELS, status=200)
-    return InventoryLevel(str(level["inventory_item_id"]), str(level["location_id"]), available)
-
-
-def _check_limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_PAGE_LIMIT:
-        raise ValueError(f"limit must be in 1..{MAX_PAGE_LIMIT}, got {limit!r}")
-    return limit
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+__all__ = ["API", "DEFAULT_PAGE_LIMIT", "LOCATIONS_QUERY", "MAX_PAGE_LIMIT", "ORDERS_QUERY", "OrderLine", "OrdersPage",
+           "QueryCost", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock", "VariantsPage", "gid",
+           "gid_number", "level_query", "variants_query"]

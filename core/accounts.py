@@ -90,12 +90,17 @@ def check_base_url(url: str | None, platform: Platform, *, allow_loopback: bool 
     return url.rstrip("/")
 
 
+#: The most Shopify locations an account may sum (each is a level in every catalogue query: cost grows with them).
+MAX_SHOP_LOCATIONS = 10
+
 #: The options an account may have, and what each must be.
 OPTIONS = {
     "restock_on_cancel": "true or false: whether a cancelled order gives its units back on the marketplace by itself",
     "webhook_secret_env": f"the NAME of the variable holding its webhook secret ({CREDENTIAL_PREFIX}...)",
     "shop_domain": "the shop's myshopify.com domain (Shopify webhooks name it)",
-    "location_ids": "a list of Shopify location ids whose stock is counted (default: every active one)",
+    "location_id": "the Shopify location id whose stock is counted and pushed (instead of location_ids)",
+    "location_ids": f"a list of 1 to {MAX_SHOP_LOCATIONS} Shopify location ids whose stock is summed; pushes go to "
+                    "the first (default: every active location)",
     "language": "the Back Market language of its listings (e.g. fr-fr)",
 }
 
@@ -109,8 +114,9 @@ def check_options(options: Mapping[str, Any], platform: Platform) -> dict[str, A
         ok = {"restock_on_cancel": isinstance(value, bool),
               "webhook_secret_env": isinstance(value, str),
               "shop_domain": isinstance(value, str) and platform.allows_host(value) and "/" not in value,
-              "location_ids": isinstance(value, list) and all(isinstance(v, (int, str)) and str(v).isdigit()
-                                                              for v in value),
+              "location_id": _location(value),
+              "location_ids": isinstance(value, list) and 1 <= len(value) <= MAX_SHOP_LOCATIONS
+              and all(_location(v) for v in value),
               "language": isinstance(value, str) and re.fullmatch(r"[a-z]{2}-[a-z]{2}", value) is not None}[key]
         if not ok:
             raise AccountError(f"option {key}: expected {OPTIONS[key]}")
@@ -118,8 +124,21 @@ def check_options(options: Mapping[str, Any], platform: Platform) -> dict[str, A
                                             or check_credentials_env(value, platform) is None):
             raise AccountError(f"option {key}: expected {OPTIONS[key]}")
         checked[key] = value
+    if "location_id" in checked and "location_ids" in checked:
+        raise AccountError("options location_id and location_ids: give one of them (one location, or several summed)")
     return checked
 
 
+def _location(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).isdigit() and int(value) > 0
+
+
+def shop_locations(options: Mapping[str, Any]) -> list[str] | None:
+    """The Shopify locations an account counts (``location_id`` or ``location_ids``, as numbers), or None: every active one."""
+    if options.get("location_id") is not None:
+        return [str(options["location_id"])]
+    return [str(location) for location in options["location_ids"]] if options.get("location_ids") else None
+
+
 __all__ = ["AccountError", "CODE", "CREDENTIAL_PREFIX", "OPTIONS", "check_base_url", "check_code",
-           "check_credentials_env", "check_options", "is_loopback"]
+           "check_credentials_env", "check_options", "is_loopback", "shop_locations"]

@@ -104,3 +104,10 @@ def client_address(peer: str | None, forwarded_for: list[str], trusted: tuple[Ne
 
 #: Every reference an operator types is booked under this prefix; no other channel may use it.
 CONSOLE_REFERENCE_PREFIX = "console:"
+
+
+def console_reference(typed: str) -> str:
+    """The ledger reference of what an operator typed (a form, a goods-received file): in the console's own
+    namespace (once, so that a reference copied from the ledger names the same event)."""
+    typed = typed.strip()
+    return typed if typed.startswith(CONSOLE_REFERENCE_PREFIX) else CONSOLE_REFERENCE_PREFIX + typed

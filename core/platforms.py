@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The Shopify Admin API version stocksync speaks (GraphQL ``/admin/api/<version>/graphql.json``): the one
+#: place it is pinned; the adapter and the sandbox both read it.
+SHOPIFY_API_VERSION = "2026-01"
+
 #: How a platform's catalogue is walked: numbered pages (page 1 says how many: fan out the rest),
 #: or a cursor chain (each page names the next).
 NUMBERED, CURSOR = "numbered", "cursor"
@@ -47,6 +51,9 @@ class Platform:
     hosts: tuple[str, ...]
     #: The settings variable of the platform's default credential (the main account's).
     default_credential: str
+    #: A push is a compare-and-set (the marketplace refuses it when the stock changed since the read),
+    #: so its read and its write need not go milliseconds apart.
+    compare_and_set: bool = False
 
     def allows_host(self, host: str) -> bool:
         """Whether ``host`` is one of the platform's own (exact, or under a listed ``.suffix``)."""
@@ -90,8 +97,9 @@ PLATFORMS: dict[str, Platform] = {
                  default_credential="BACKMARKET_TOKEN"),
         Platform("refurbed", "Refurbed", CURSOR, read_one=True, push=True, poll_orders=True,
                  restocks_on_cancel=True, hosts=("api.refurbed.com",), default_credential="REFURBED_TOKEN"),
-        Platform("shopify", "Shopify", CURSOR, read_one=False, push=False, poll_orders=False,
-                 restocks_on_cancel=True, hosts=(".myshopify.com",), default_credential="SHOPIFY_TOKEN"),
+        Platform("shopify", "Shopify", CURSOR, read_one=True, push=True, poll_orders=True,
+                 restocks_on_cancel=True, hosts=(".myshopify.com",), default_credential="SHOPIFY_TOKEN",
+                 compare_and_set=True),
         # Stock counted here only (a counter, a channel listed by hand): nothing to walk, read or push.
         Platform("manual", "a manual account", None, read_one=False, push=False, poll_orders=False,
                  restocks_on_cancel=False, hosts=(), default_credential=""),
@@ -107,4 +115,5 @@ def platform(name: str) -> Platform:
         raise UnknownPlatform(f"unknown platform {name!r}: expected one of {', '.join(PLATFORMS)}") from None
 
 
-__all__ = ["CAPABILITIES", "CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "UnknownPlatform", "platform"]
+__all__ = ["CAPABILITIES", "CURSOR", "NUMBERED", "NotSupported", "PLATFORMS", "Platform", "SHOPIFY_API_VERSION",
+           "UnknownPlatform", "platform"]

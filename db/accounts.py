@@ -79,6 +79,14 @@ def set_enabled(session: Session, code: str, enabled: bool) -> Account:
     return account
 
 
+def set_base_url(session: Session, code: str, base_url: str, *, allow_loopback: bool = False) -> Account:
+    """Point the account ``code`` at ``base_url`` (checked as when added: its platform's hosts).  Flushes."""
+    account = require_account(session, code)
+    account.base_url = check_base_url(base_url, platform_named(account.platform), allow_loopback=allow_loopback)
+    session.flush()
+    return account
+
+
 def stock_of(session: Session, code: str) -> dict[str, int]:
     """Account ``code``'s listed stock by SKU."""
     return dict(session.execute(text(

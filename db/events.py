@@ -363,10 +363,15 @@ class PushClaim:
 
 @dataclass(frozen=True)
 class PushPlan:
-    """What a push's read decided: POST ``quantity`` (``post``), or the earlier attempt had landed."""
+    """What a push's read decided: POST ``quantity`` (``post``), or the earlier attempt had landed.
+
+    ``seen``: the row's ``listed - unpushed`` once the read was applied; a marketplace event booked
+    after that moves it (see :func:`moved_since_read`).
+    """
 
     quantity: int
     post: bool = True
+    seen: int | None = None
 
 
 def find_stock_id(session: Session, marketplace: str, sku: str) -> int | None:
@@ -443,16 +448,49 @@ def read_for_push(session: Session, claim: PushClaim, *, fetched_at: datetime, q
                           change_type="recheck", actor="push", skew=skew, now=now, lease_owner=claim.owner,
                           restocks_on_cancel=restocks_on_cancel)
     if not rows or rows[0].state != "apply":
-        session.execute(text(
-            "UPDATE marketplace_stock SET push_lease_owner = NULL, push_lease_until = NULL, push_planned = NULL "
-            "WHERE id = :sid AND push_lease_owner = :owner"), {"sid": claim.stock_id, "owner": claim.owner[:64]})
+        drop_push_plan(session, claim)
         return None
     planned = booking.push_quantity(rows[0].after)
-    session.execute(text(
+    seen = session.execute(text(
         "UPDATE marketplace_stock SET push_planned = :q, push_read_quantity = :read, push_read_at = :t, "
         "push_read_seq = push_seq, push_claimed_unpushed = unpushed, push_started_at = :now "
-        "WHERE id = :sid"), {"q": planned, "read": quantity, "t": fetched_at, "now": now, "sid": claim.stock_id})
-    return PushPlan(planned)
+        "WHERE id = :sid RETURNING listed - unpushed"),
+        {"q": planned, "read": quantity, "t": fetched_at, "now": now, "sid": claim.stock_id}).scalar_one()
+    return PushPlan(planned, seen=seen)
+
+
+def drop_push_plan(session: Session, claim: PushClaim) -> None:
+    """Nothing is sent on this read: give the lease back and forget the plan (the row stays waiting).  Does not commit."""
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_lease_owner = NULL, push_lease_until = NULL, push_planned = NULL "
+        "WHERE id = :sid AND push_lease_owner = :owner"), {"sid": claim.stock_id, "owner": claim.owner[:64]})
+
+
+def moved_since_read(session: Session, owner: str, seen: dict[int, int]) -> set[int]:
+    """Rows (of ``seen``: stock id -> :attr:`PushPlan.seen`) a marketplace event moved since their push's read,
+    or whose lease ``owner`` lost.
+
+    Such an event (an order booked between the read and the write) may be one the write would erase
+    on the marketplace: the row's plan no longer holds, so it is not sent.  A local change moves
+    ``listed`` and ``unpushed`` alike: it leaves the row ``pending`` for the next push instead.
+    """
+    if not seen:
+        return set()
+    return set(session.execute(text(
+        "SELECT s.id FROM marketplace_stock s "
+        "JOIN unnest(CAST(:ids AS bigint[]), CAST(:seen AS int[])) AS t(id, seen) ON s.id = t.id "
+        "WHERE s.listed - s.unpushed <> t.seen OR s.push_lease_owner IS DISTINCT FROM :owner"),
+        {"ids": list(seen), "seen": list(seen.values()), "owner": owner[:64]}).scalars())
+
+
+def forget_refused_push(session: Session, claim: PushClaim) -> None:
+    """Forget the plan of a compare-and-set push the marketplace refused: it is known not to have landed.
+
+    The next read of the same claim then decides afresh (no "did it land?" guess).  Does not commit.
+    """
+    session.execute(text(
+        "UPDATE marketplace_stock SET push_planned = NULL WHERE id = :sid AND push_lease_owner = :owner"),
+        {"sid": claim.stock_id, "owner": claim.owner[:64]})
 
 
 def finish_push(session: Session, claim: PushClaim, *, now: datetime | None = None) -> bool:
@@ -592,11 +630,12 @@ def claim_pushes(session: Session, marketplace: str, owner: str, *, lease: timed
 
 
 def release_pushes(session: Session, stock_ids: list[int], owner: str, *, until: datetime | None = None) -> None:
-    """Give back leases ``owner`` took and did not use (kept until ``until`` when given: a backoff).  Does not commit."""
+    """Give back leases ``owner`` took and did not use; with ``until``, a backoff: no push (``owner``'s
+    included) takes those rows before then, even one whose read already let go of them.  Does not commit."""
     session.execute(text(
-        "UPDATE marketplace_stock SET push_lease_owner = CASE WHEN CAST(:until AS timestamptz) IS NULL THEN NULL "
-        "ELSE push_lease_owner END, push_lease_until = :until "
-        "WHERE id = ANY(CAST(:ids AS bigint[])) AND push_lease_owner = :owner"),
+        "UPDATE marketplace_stock SET push_lease_owner = NULL, push_lease_until = :until "
+        "WHERE id = ANY(CAST(:ids AS bigint[])) "
+        "AND (push_lease_owner = :owner OR CAST(:until AS timestamptz) IS NOT NULL AND push_lease_owner IS NULL)"),
         {"ids": stock_ids, "owner": owner[:64], "until": until})
 
 

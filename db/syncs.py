@@ -212,14 +212,13 @@ def get_run(session: Session, sync_id: int) -> SyncRun | None:
     return session.scalar(select(SyncRun).where(SyncRun.id == sync_id).execution_options(populate_existing=True))
 
 
-def recent_runs(session: Session, limit: int = 20, kind: str | None = None, target: str | None = None
-                ) -> list[SyncRun]:
-    """The latest runs (of ``kind``, of ``target``, when given), newest first."""
+def recent_runs(session: Session, limit: int = 20, kind: str | None = None, target: str | None = None,
+                status: str | None = None) -> list[SyncRun]:
+    """The latest runs (of ``kind``, of ``target``, in ``status``, when given), newest first."""
     query = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
-    if kind:
-        query = query.where(SyncRun.kind == kind)
-    if target:
-        query = query.where(SyncRun.target == target)
+    for column, value in ((SyncRun.kind, kind), (SyncRun.target, target), (SyncRun.status, status)):
+        if value is not None:
+            query = query.where(column == value)
     return list(session.scalars(query))
 
 

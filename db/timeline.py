@@ -1,4 +1,4 @@
-"""A SKU's timeline as queries (ledger rows, the marketplaces' reads, the last pushes), and the reads' retention.
+"""A SKU's timeline as queries (ledger rows, the marketplaces' reads, sliced for a chart), and the reads' retention.
 
 Each query reads one window ``[since, until]`` of one variation, newest first, at most ``limit``
 rows (one more tells the caller there were more), by the indexes ``(variation_id, id)`` of the
@@ -39,17 +39,6 @@ class ReadRow:
     read_at: datetime
     source: str
     sync_id: int | None
-
-
-@dataclass(frozen=True)
-class PushRow:
-    """An account's last confirmed push of a variation (the stock row keeps only its last one)."""
-
-    stock_id: int
-    account: str
-    quantity: int | None
-    pushed_at: datetime
-    state: str | None
 
 
 def account_states(session: Session, variation_id: int, moment: datetime) -> list[AccountState]:
@@ -99,16 +88,6 @@ def read_rows(session: Session, variation_id: int, *, since: datetime, until: da
         "WHERE s.variation_id = :v ORDER BY r.read_at DESC, r.id DESC LIMIT :limit"),
         {"v": variation_id, "since": since, "until": until, "limit": limit + 1})
     return [ReadRow(**row._mapping) for row in rows]
-
-
-def last_pushes(session: Session, variation_id: int, *, since: datetime, until: datetime) -> list[PushRow]:
-    """Each account's last confirmed push of the variation, if it falls in ``[since, until]``."""
-    rows = session.execute(text(
-        "SELECT s.id AS stock_id, m.code AS account, s.pushed_quantity AS quantity, s.pushed_at, "
-        "s.push_state AS state FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
-        "WHERE s.variation_id = :v AND s.pushed_at BETWEEN :since AND :until ORDER BY m.code"),
-        {"v": variation_id, "since": since, "until": until})
-    return [PushRow(**row._mapping) for row in rows]
 
 
 @dataclass(frozen=True)

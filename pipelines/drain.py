@@ -5,7 +5,7 @@ one message, unless one is already on its way).  A drain holds its marketplace's
 time per marketplace and kind), takes the due rows in batches (flagged rows for ``recheck``,
 ``pending`` ones for ``push``, oldest first: :func:`db.events.claim_rechecks` /
 :func:`db.events.claim_pushes`), waits in-process for the fleet limiters and processes each row
-once.  Its message ends when no row is due, after ``STOCK_DRAIN_RUN_S``, or when a limiter's wait
+once (pushes in the platform's batches: :func:`pipelines.events.push_rows`).  Its message ends when no row is due, after ``STOCK_DRAIN_RUN_S``, or when a limiter's wait
 is longer than ``STOCK_DRAIN_MAX_WAIT_S`` (the data limit of an hour's lines): then it asks for the
 next drain, delayed until the rows or the slot are due.  So messages and log lines follow the rows
 checked, never the waits.  ``actors/events.py`` sends what :func:`request` asks for.
@@ -20,11 +20,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from clients.ratelimit import RateLimitWaitTimeout
+from core.push_log import PushState
 from db import events as stock_events
-from pipelines.events import (push_lease, pushed, readable, push_row, read_and_apply, recheck_delay_ms,
+from pipelines.events import (push_lease, push_rows, pushed, read_and_apply, readable, recheck_delay_ms,
                               skew)
+from pipelines import push_log
 from runtime import metrics, resources
-from runtime.clients import push_line_quota, push_lines_limiter, push_pace_s
+from runtime.clients import push_batch, push_line_quota, push_lines_limiter, push_pace_s
 from runtime.locks import LeaderLock
 from runtime.settings import get_settings
 
@@ -181,39 +183,57 @@ def _drain_pushes(marketplace: str, owner: str, lock: LeaderLock) -> tuple[int, 
     if not pushed(marketplace):
         return 0, None
     lease = push_lease(settings)
+    batch = push_batch(marketplace)
     deadline = time.monotonic() + settings.stock_drain_run_s
     done = 0
     while time.monotonic() < deadline:
         with resources.sessions()() as session:
+            # At least a write's worth: a platform that writes rows in batches fills them.
             claims = stock_events.claim_pushes(session, marketplace, owner, lease=lease,
-                                               limit=settings.stock_drain_batch)
+                                               limit=max(settings.stock_drain_batch, batch))
             session.commit()
         if not claims:
             break
-        for index, claim in enumerate(claims):
-            slot, wait_s = resources.run_on_worker_loop(
-                lambda: _take_line(marketplace, settings.stock_drain_max_wait_s))
-            if wait_s:
-                _give_back(claims[index:], owner)
-                return done, math.ceil(wait_s * 1000)
+        for start in range(0, len(claims), batch):
+            chunk = claims[start:start + batch]
+            slots = []
+            for index, claim in enumerate(chunk):
+                slot, wait_s = resources.run_on_worker_loop(
+                    lambda: _take_line(marketplace, settings.stock_drain_max_wait_s))
+                if wait_s:
+                    _give_back(claims[start + index:], owner, waiting="waiting for the data limit (lines per window)")
+                    for taken in slots:
+                        resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
+                    return done, math.ceil(wait_s * 1000)
+                if slot is not None:
+                    slots.append(slot)
             try:
-                outcome = push_row(marketplace, claim.sku, owner, lease=lease)
-            except stock_events.PushImpossible as impossible:
-                # This row cannot be pushed until someone fixes it: the others still can.
-                logger.error("push of %s on %s impossible: %s", claim.sku, marketplace, impossible)
-                _failed(claim.stock_id, owner, str(impossible))
-                outcome = None
+                outcomes = push_rows(marketplace, [claim.sku for claim in chunk], owner, lease=lease)
             except BaseException:
-                _give_back(claims[index + 1:], owner)
+                _give_back(claims[start + len(chunk):], owner)
                 raise
-            if slot is not None and (outcome is None or not outcome.posted):
-                resources.run_on_worker_loop(lambda: _refund_line(marketplace, slot))
-            if outcome is not None and outcome.status == "deferred":
-                # The read could not be trusted: this row waits out the skew, the others go on.
-                _give_back([claim], owner, until=datetime.now(timezone.utc)
-                           + timedelta(milliseconds=recheck_delay_ms(settings)))
-            done += 1
+            unposted = sum(not outcome.posted for outcome in outcomes)
+            for taken in slots[:unposted]:  # a line of the data limit per row actually written
+                resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
+            errors = []
+            for claim, outcome in zip(chunk, outcomes):
+                if isinstance(outcome.error, stock_events.PushImpossible):
+                    # This row cannot be pushed until someone fixes it: the others still can.
+                    logger.error("push of %s on %s impossible: %s", claim.sku, marketplace, outcome.error)
+                    _failed(claim.stock_id, owner, str(outcome.error))
+                elif outcome.error is not None:
+                    errors.append(outcome.error)
+                elif outcome.status == "deferred":
+                    # The read could not be trusted: this row waits out the skew, the others go on.
+                    _give_back([claim], owner, until=datetime.now(timezone.utc)
+                               + timedelta(milliseconds=recheck_delay_ms(settings)))
+            done += len(chunk)
             lock.renew()
+            if errors:
+                # A line that failed on its own fails as a single push does: this message is retried (its
+                # leases taken back), or dead-lettered; the rows not started go back in line first.
+                _give_back(claims[start + len(chunk):], owner)
+                raise next((error for error in errors if not getattr(error, "permanent", False)), errors[0])
     return done, None
 
 
@@ -236,22 +256,27 @@ async def _refund_line(marketplace: str, slot: str) -> None:
         await limiter.refund(slot)
 
 
-def _give_back(claims: list, owner: str, *, until: datetime | None = None) -> None:
+def _give_back(claims: list, owner: str, *, until: datetime | None = None, waiting: str | None = None) -> None:
+    """Release ``claims`` unused; ``waiting``: why they wait (the push log says so)."""
     if claims:
         with resources.sessions()() as session:
             stock_events.release_pushes(session, [claim.stock_id for claim in claims], owner, until=until)
+            if waiting:
+                push_log.note(session, PushState.WAITING, stock_ids=[claim.stock_id for claim in claims], note=waiting)
             session.commit()
 
 
 def _failed(stock_id: int, owner: str, error: str) -> None:
     with resources.sessions()() as session:
         stock_events.release_push(session, stock_id, owner, error, failed=True)
+        push_log.note(session, PushState.FAILED, stock_ids=[stock_id], error=error)
         session.commit()
 
 
 def pushes_failed(owner: str, error: str) -> int:
     """A push drain failed for good: the rows it held are ``failed`` (the sweep puts them back in line)."""
     with resources.sessions()() as session:
+        push_log.note(session, PushState.FAILED, lease_owner=owner, error=error)
         count = stock_events.fail_pushes_of(session, owner, error)
         session.commit()
     return count
@@ -298,6 +323,7 @@ def publish_backlog(marketplace: str) -> Backlog:
     """Count ``marketplace``'s push backlog and publish it (and its ETA) as gauges."""
     with resources.sessions()() as session:
         rows = stock_events.push_backlog(session, marketplace).get(marketplace, 0)
+        push_log.publish_waiting(session, marketplace)
     limiter_used = None
     quota = push_line_quota(marketplace)
     if quota is not None:

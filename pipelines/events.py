@@ -10,12 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from clients.errors import NotFound
 from core.events import LOCAL_CHANGE_TYPES
+from core.push_log import PushState
 from db import events as stock_events
 from db.snapshot import apply_recheck
+from pipelines import push_log
 from runtime import accounts, resources
 from runtime.clients import account_limiter, catalogue_adapter
 from runtime.settings import Settings, get_settings
@@ -98,22 +102,24 @@ def book_events(events: list[stock_events.StockEvent], sessions=None) -> list[st
 
 @dataclass(frozen=True)
 class PushOutcome:
-    """What :func:`push_row` did: ``nothing`` to push, ``busy`` (another push holds the row),
-    ``deferred`` (the read could not be trusted: push later), ``pushed``, or ``pending`` (a change
-    came after the read: push again)."""
+    """What a push did with one row: ``nothing`` to push, ``busy`` (another push holds the row),
+    ``deferred`` (the read could not be trusted, or an order came after it: push later), ``pushed``,
+    ``pending`` (a change came after the read: push again), or ``failed`` (``error``: the row's own,
+    kept on the row with its lease, as a failed single push leaves it)."""
 
     status: str
     quantity: int | None = None
-    #: Whether a POST went out (a line of the marketplace's data limit was used).
+    #: Whether the row's line was written (a line of the marketplace's data limit was used).
     posted: bool = False
+    error: BaseException | None = None
 
 
 class PairedSlots:
     """Two slots of the catalog quota taken at once, so that a push's GET and POST go milliseconds apart.
 
     An absolute POST erases any order the marketplace took between our read and its landing: the
-    POST must not wait for the quota after the read.  A first slot whose pair is not free at once
-    is given back (held, its request would reach the marketplace late and crowd the window).
+    POST must not wait for the quota after the read.  Both are granted together (urgent, ahead of
+    a walk's page fetches) or neither.
     """
 
     def __init__(self, make_limiter, *, max_wait_s: float = 120.0) -> None:
@@ -131,17 +137,16 @@ class PairedSlots:
         return self._limiter
 
     async def take_two(self) -> None:
+        # Urgent: a walk's page fetches must not take every slot a window frees while a push waits.
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started, member = loop.time(), uuid.uuid4().hex
         while True:
-            await self.limiter.acquire()
-            first = self.limiter.last_slot
-            granted, wait_s = await self.limiter.try_acquire()
+            granted, wait_s = await self.limiter.try_acquire(2, urgent=True, member=member)
             if granted:
-                self.held = [first, self.limiter.last_slot]
+                self.held = list(self.limiter.last_slots)
                 return
-            await self.limiter.refund(first)
-            if loop.time() - started > self.max_wait_s:
+            if loop.time() - started + wait_s > self.max_wait_s:
+                await self.limiter.withdraw(member, 2)
                 raise TimeoutError(f"no two free slots of {self.limiter.name} in {self.max_wait_s:.0f}s")
             await asyncio.sleep(wait_s + random.uniform(0, 0.05))
 
@@ -171,53 +176,206 @@ async def read_listings(marketplace: str, listings: list[str], slots: PairedSlot
     return fetched_at, await adapter.read_quantity(listings)
 
 
-async def _send_quantity(marketplace: str, listing: str, quantity: int, slots: PairedSlots) -> None:
+async def _read_for_push(marketplace: str, listings: list[str], slots: PairedSlots) -> tuple[datetime, dict[str, int]]:
+    """Each listing's quantity (one call for a batch), as of when the request left, on the pair of slots."""
+    await slots.take_two()
+    fetched_at = datetime.now(timezone.utc)
     adapter = catalogue_adapter(accounts.account(marketplace, "push"), limiter=slots)
-    await adapter.set_quantity(listing, quantity)
+    return fetched_at, await adapter.read_quantities(listings)
 
 
-def push_row(marketplace: str, sku: str, owner: str, *, lease: timedelta) -> PushOutcome:
-    """Claim the row's push, read its listing, decide with the rules, POST, confirm.
+async def _send_quantities(marketplace: str, quantities: list[tuple[str, int]], slots: PairedSlots) -> dict:
+    adapter = catalogue_adapter(accounts.account(marketplace, "push"), limiter=slots)
+    return await adapter.set_quantities(quantities)
 
-    Raises :class:`db.events.PushImpossible` (no listing, or several), and whatever the HTTP calls
-    raise; a failed POST keeps the lease (it may still land) and the error on the row.
+
+def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta) -> list[PushOutcome]:
+    """Push rows of ``marketplace``: claim each, read their listings, decide each with the rules, write, confirm.
+
+    The one push path: up to the adapter's ``push_batch`` rows read in one call and written in one
+    (a batch of one is a single read and POST), the write sent at once after the read, on a pair of
+    quota slots taken together.  A row whose plan a marketplace event moved between the read and
+    the write is not sent (:func:`db.events.moved_since_read`).  Per row, in ``skus``' order: a
+    :class:`PushOutcome`; a row that cannot be pushed (:class:`db.events.PushImpossible`) or whose
+    line failed on its own is ``failed`` with its error.  Raises what the read or the write raise
+    for the whole batch; a failed write keeps the leases (it may still land) and the error on the rows.
     """
     settings = get_settings()
     sessions = resources.sessions()
-    with sessions() as session:
-        stock_id = stock_events.find_stock_id(session, marketplace, sku)
-        if stock_id is None:
-            raise stock_events.PushImpossible(f"no stock row for sku {sku!r} on {marketplace}")
-        claim = stock_events.claim_push(session, stock_id, owner, lease=lease)
-        session.commit()
-    if claim is None:
-        return PushOutcome("busy")
-    if not claim.needed:
-        return PushOutcome("nothing")
-    view = accounts.account(marketplace, "push")
-    slots = PairedSlots(lambda: account_limiter(view))
+    outcomes: dict[str, PushOutcome] = {}
+    claims: list[stock_events.PushClaim] = []
+    for sku in skus:
+        try:
+            with sessions() as session:
+                stock_id = stock_events.find_stock_id(session, marketplace, sku)
+                if stock_id is None:
+                    raise stock_events.PushImpossible(f"no stock row for sku {sku!r} on {marketplace}")
+                claim = stock_events.claim_push(session, stock_id, owner, lease=lease)
+                if claim is not None and not claim.needed:
+                    push_log.note(session, PushState.SUPERSEDED, stock_ids=[stock_id], start=False,
+                                  note="another push had sent the latest change")
+                session.commit()
+        except stock_events.PushImpossible as impossible:
+            outcomes[sku] = PushOutcome("failed", error=impossible)
+            continue
+        if claim is None or not claim.needed:
+            outcomes[sku] = PushOutcome("busy" if claim is None else "nothing")
+        else:
+            claims.append(claim)
+    if claims and accounts.account(marketplace, "push").platform.compare_and_set:
+        outcomes.update({claim.sku: _compare_and_set(marketplace, claim, owner, settings) for claim in claims})
+    elif claims:
+        outcomes.update(_read_decide_write(marketplace, claims, owner, settings))
+    return [outcomes[sku] for sku in skus]
+
+
+def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) -> PushOutcome:
+    """Push one row to a marketplace with a compare-and-set (Shopify): read, decide, write if unchanged.
+
+    The write carries what the read showed; when the marketplace refuses it (an order landed since
+    the read, nothing written), the plan is forgotten and the row read and decided again, up to
+    ``SHOPIFY_PUSH_ATTEMPTS`` writes, then ``deferred`` to a later drain.  No paired slots: the
+    compare makes the time between the read and the write harmless.
+    """
+    sessions = resources.sessions()
+    attempts = settings.shopify_push_attempts
     try:
-        fetched_at, quantity = resources.run_on_worker_loop(
-            lambda: read_listings(marketplace, [claim.listing], slots))
-        with sessions() as session:
-            plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
-                                              skew=skew(settings), restocks_on_cancel=restocks(marketplace, settings))
-            session.commit()
-        if plan is None:
-            return PushOutcome("deferred")
-        if plan.post:
-            resources.run_on_worker_loop(lambda: _send_quantity(marketplace, claim.listing, plan.quantity, slots))
+        for attempt in range(1, attempts + 1):
+            fetched_at, quantity = resources.run_on_worker_loop(
+                lambda: read_listings(marketplace, [claim.listing]))
+            with sessions() as session:
+                plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
+                                                  skew=skew(settings),
+                                                  restocks_on_cancel=restocks(marketplace, settings))
+                if plan is None:
+                    _log(session, claim, PushState.WAITING, quantity,
+                         note="read within the clock skew of a change: read again later")
+                elif plan.post:
+                    _log(session, claim, PushState.SENT, quantity, plan.quantity)
+                session.commit()
+            if plan is None:
+                return PushOutcome("deferred")
+            if not plan.post or resources.run_on_worker_loop(lambda: _send_compared(
+                    marketplace, claim.listing, plan.quantity, quantity,
+                    f"gid://stocksync/StockPush/{claim.stock_id}-{fetched_at.timestamp():.0f}")):
+                break
+            logger.info("push of %s on %s refused (stock changed since the read of %d): attempt %d of %d",
+                        claim.sku, marketplace, quantity, attempt, attempts)
+            with sessions() as session:
+                stock_events.forget_refused_push(session, claim)
+                _log(session, claim, PushState.REFUSED, quantity, plan.quantity,
+                     note="the marketplace's count was not the one read (an order came): read again")
+                session.commit()
+        else:
+            with sessions() as session:
+                _log(session, claim, PushState.WAITING, quantity,
+                     note=f"refused {attempts} times: a later drain reads again")
+                session.commit()
+            return PushOutcome("deferred")  # the drain gives the row back for a later read
     except BaseException as error:
         # The lease stays: a retry of this message takes it back and its read tells whether we landed.
-        with sessions() as session:
-            stock_events.note_push_error(session, stock_id, owner, f"{type(error).__name__}: {error}")
-            session.commit()
+        _note_errors([claim], owner, {claim.stock_id: error})
         raise
     with sessions() as session:
         up_to_date = stock_events.finish_push(session, claim)
+        _log(session, claim, PushState.CONFIRMED if up_to_date else PushState.SUPERSEDED, quantity, plan.quantity,
+             note=None if up_to_date else "a newer local change came after its read")
         session.commit()
-    logger.info("pushed %s on %s: quantity %d (read %d)", sku, marketplace, plan.quantity, quantity)
+    logger.info("pushed %s on %s: quantity %d (read %d)", claim.sku, marketplace, plan.quantity, quantity)
     return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
+
+
+async def _send_compared(marketplace: str, listing: str, quantity: int, expected: int, reference: str) -> bool:
+    adapter = catalogue_adapter(accounts.account(marketplace, "push"))
+    return await adapter.set_quantity(listing, quantity, expected, reference=reference)
+
+
+def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Settings) -> dict[str, PushOutcome]:
+    sessions = resources.sessions()
+    view = accounts.account(marketplace, "push")
+    slots = PairedSlots(lambda: account_limiter(view))
+    outcomes: dict[str, PushOutcome] = {}
+    failed: dict[int, BaseException] = {}
+    try:
+        fetched_at, quantities = resources.run_on_worker_loop(
+            lambda: _read_for_push(marketplace, [claim.listing for claim in claims], slots))
+        plans: dict[str, stock_events.PushPlan] = {}
+        with sessions() as session:  # in id order, as bookings lock rows
+            for claim in sorted(claims, key=lambda claim: claim.stock_id):
+                if claim.listing not in quantities:
+                    failed[claim.stock_id] = NotFound(f"{marketplace} listing {claim.listing} ({claim.sku}) was not "
+                                                      "in the read", api=view.platform.name)
+                    continue
+                plan = stock_events.read_for_push(
+                    session, claim, fetched_at=fetched_at, quantity=quantities[claim.listing], skew=skew(settings),
+                    restocks_on_cancel=restocks(marketplace, settings))
+                if plan is None:
+                    outcomes[claim.sku] = PushOutcome("deferred")
+                    _log(session, claim, PushState.WAITING, quantities[claim.listing],
+                         note="read within the clock skew of a change: read again later")
+                else:
+                    plans[claim.sku] = plan
+            session.commit()
+        by_sku = {claim.sku: claim for claim in claims}
+        to_send = {sku: plan for sku, plan in plans.items() if plan.post}
+        if to_send:
+            with sessions() as session:
+                moved = stock_events.moved_since_read(
+                    session, owner, {by_sku[sku].stock_id: plan.seen for sku, plan in to_send.items()})
+                for sku in [sku for sku in to_send if by_sku[sku].stock_id in moved]:
+                    stock_events.drop_push_plan(session, by_sku[sku])
+                    outcomes[sku] = PushOutcome("deferred")
+                    _log(session, by_sku[sku], PushState.WAITING, quantities[by_sku[sku].listing],
+                         note="an order came after the read: read again later")
+                    del plans[sku], to_send[sku]
+                for sku, plan in to_send.items():
+                    _log(session, by_sku[sku], PushState.SENT, quantities[by_sku[sku].listing], plan.quantity)
+                session.commit()
+        lines = [(by_sku[sku].listing, plan.quantity) for sku, plan in to_send.items()]
+        if lines:
+            line_errors = resources.run_on_worker_loop(lambda: _send_quantities(marketplace, lines, slots))
+            failed.update({by_sku[sku].stock_id: line_errors[by_sku[sku].listing] for sku in to_send
+                           if by_sku[sku].listing in line_errors})
+    except BaseException as error:
+        # The leases stay: a retry of this message takes them back and its read tells whether we landed.
+        _note_errors(claims, owner, dict.fromkeys((claim.stock_id for claim in claims), error))
+        raise
+    _note_errors(claims, owner, failed)
+    for claim in claims:
+        if claim.stock_id in failed:
+            outcomes[claim.sku] = PushOutcome("failed", posted=claim.sku in to_send, error=failed[claim.stock_id])
+    confirmed = [claim for claim in claims if claim.sku in plans and claim.stock_id not in failed]
+    with sessions() as session:
+        up_to_date = {claim.sku: stock_events.finish_push(session, claim) for claim in confirmed}
+        for claim in confirmed:
+            fresh = up_to_date[claim.sku]
+            _log(session, claim, PushState.CONFIRMED if fresh else PushState.SUPERSEDED, quantities[claim.listing],
+                 plans[claim.sku].quantity, note=None if fresh else "a newer local change came after its read")
+        session.commit()
+    for claim in confirmed:
+        plan = plans[claim.sku]
+        logger.info("pushed %s on %s: quantity %d (read %d)", claim.sku, marketplace, plan.quantity,
+                    quantities[claim.listing])
+        outcomes[claim.sku] = PushOutcome("pushed" if up_to_date[claim.sku] else "pending", plan.quantity,
+                                          posted=plan.post)
+    return outcomes
+
+
+def _note_errors(claims: list, owner: str, errors: dict[int, BaseException]) -> None:
+    if errors:
+        with resources.sessions()() as session:
+            for stock_id, error in errors.items():
+                said = f"{type(error).__name__}: {error}"
+                stock_events.note_push_error(session, stock_id, owner, said)
+                push_log.note(session, PushState.RETRIED, stock_ids=[stock_id], error=said)
+            session.commit()
+
+
+def _log(session, claim: stock_events.PushClaim, state: PushState, quantity_read: int,
+         quantity_sent: int | None = None, note: str | None = None) -> None:
+    """Record ``state`` of ``claim``'s push in the push log (in ``session``'s transaction)."""
+    push_log.note(session, state, stock_ids=[claim.stock_id], quantity_read=quantity_read, quantity_sent=quantity_sent,
+                  note=note, owner=claim.owner)
 
 
 _FLAGGED_ROW = text(
@@ -260,17 +418,21 @@ def retry_push(marketplace: str, sku: str) -> bool:
     with resources.sessions()() as session:
         changed = stock_events.retry_failed_pushes(session, marketplace, failed_before=datetime.now(timezone.utc),
                                                    sku=sku)
+        push_log.note(session, PushState.RETRIED, back_in_line=marketplace, sku=sku, note="retried by an operator")
         session.commit()
     return bool(changed)
 
 
 def sweep(marketplace: str) -> tuple[int, int]:
     """``(rows to re-check, rows to push)`` of ``marketplace`` that wait; ``failed`` pushes of over a minute
-    ago go back in line first (a push that failed for good is tried again at each sweep)."""
+    ago go back in line first (a push that failed for good is tried again at each sweep), and pushes
+    that ended over ``PUSH_LOG_RETENTION_DAYS`` ago leave the push log."""
     now = datetime.now(timezone.utc)
     with resources.sessions()() as session:
         if pushed(marketplace):
             stock_events.retry_failed_pushes(session, marketplace, failed_before=now - timedelta(minutes=1))
+            push_log.note(session, PushState.RETRIED, back_in_line=marketplace, note="retried by the sweep")
+        push_log.prune(session, marketplace, get_settings().push_log_retention_days, now)
         session.commit()
         flagged = stock_events.rows_to_recheck(session, marketplace, older_than=now - 2 * skew())
         pending = stock_events.push_backlog(session, marketplace).get(marketplace, 0)

@@ -23,6 +23,7 @@ import dramatiq
 
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
 from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
+from clients.shopify import ShopifyOrder
 from core.events import InvalidStockEvent, StockEvent
 from db.ledger import booked_keys
 from runtime import accounts, resources
@@ -115,8 +116,8 @@ def refurbed_order_events(order: RefurbedOrder, *, observed_at: datetime, source
     return chains
 
 
-def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datetime | None = None
-                         ) -> tuple[list[EventChain], list[str]]:
+def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datetime | None = None,
+                         source: str = "webhook") -> tuple[list[EventChain], list[str]]:
     """The event chains of a Shopify order webhook payload, and the line ids left out (no SKU).
 
     Only the body is signed (``X-Shopify-Topic`` is not), so what is booked comes from the body:
@@ -153,7 +154,7 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
             skipped.append(str(line["id"])[:64])
             continue
         common = {"marketplace": marketplace, "order_id": order["id"], "order_line_id": line["id"],
-                  "sku": line["sku"], "quantity": line.get("quantity"), "source": "webhook"}
+                  "sku": line["sku"], "quantity": line.get("quantity"), "source": source}
         chain = [StockEvent.of("order_created", event_time=created_at, now=now, **common)]
         if cancelled_at is not None:
             chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now, **common))
@@ -230,7 +231,7 @@ async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | No
         logger.info("orders of %s are being polled already: this poll stops here", marketplace)
         return None
     try:
-        walk = walk_backmarket if view.platform.name == "backmarket" else walk_refurbed
+        walk = {"backmarket": walk_backmarket, "shopify": walk_shopify}.get(view.platform.name, walk_refurbed)
         counts = await walk(state, broker, view)
         counts["resent"] = await state.resend_unbooked(broker)
         return counts
@@ -238,12 +239,18 @@ async def walk_orders_of(marketplace: str, broker: dramatiq.Broker) -> dict | No
         await state.unlock()
 
 
+def _since(watermark: datetime | None) -> datetime:
+    """Where a watermark walk starts: the watermark minus the overlap, or the lookback before the first walk."""
+    settings = get_settings()
+    if watermark is not None:
+        return watermark - timedelta(seconds=settings.intake_orders_overlap_s)
+    return datetime.now(timezone.utc) - timedelta(seconds=settings.intake_orders_lookback_s)
+
+
 async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
     """Walk ``/ws/orders`` modified since the watermark (minus the overlap); advance the watermark."""
-    settings = get_settings()
     watermark = await state.watermark()
-    since = (watermark - timedelta(seconds=settings.intake_orders_overlap_s) if watermark is not None
-             else datetime.now(timezone.utc) - timedelta(seconds=settings.intake_orders_lookback_s))
+    since = _since(watermark)
     newest, counts = watermark, {"pages": 0, "orders": 0, "events": 0}
     async for page in walk_orders(orders_client(view), page_size=50,
                                   date_modification=since.strftime("%Y-%m-%dT%H:%M:%SZ")):
@@ -279,6 +286,44 @@ async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker, view: accou
             break
         cursor = page.orders[-1].id
     counts["watermark"] = None
+    return counts
+
+
+def shopify_polled_events(order: ShopifyOrder, marketplace: str, *, now: datetime | None = None) -> list[EventChain]:
+    """The event chains of a polled Shopify order: the same as its webhook's (same order and line numbers,
+    so a webhook and a poll book it once); an order that cannot be booked is logged and left out."""
+    body = {"id": int(order.id), "created_at": order.created_at, "cancelled_at": order.cancelled_at,
+            "line_items": [{"id": int(line.id), "sku": line.sku, "quantity": line.quantity} for line in order.lines]}
+    topic = "orders/create" if order.cancelled_at is None else "orders/cancelled"
+    try:
+        return shopify_order_events(body, topic, marketplace, now=now, source="poll")[0]
+    except (MalformedOrder, InvalidStockEvent) as invalid:
+        logger.warning("shopify order %s (%s) cannot be booked: %s", order.name or order.id, marketplace, invalid)
+        return []
+
+
+async def walk_shopify(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
+    """Walk the shop's orders updated since the watermark (minus the overlap), cancellations included."""
+    watermark = await state.watermark()
+    since = _since(watermark)
+    client = orders_client(view)
+    newest, counts, cursor = watermark, {"pages": 0, "orders": 0, "events": 0}, None
+    while True:
+        page = await client.orders_page(since.strftime("%Y-%m-%dT%H:%M:%SZ"), cursor)
+        counts["pages"] += 1
+        counts["orders"] += len(page.orders)
+        counts["events"] += await state.send_new(
+            [chain for order in page.orders for chain in shopify_polled_events(order, view.code)], broker)
+        for order in page.orders:
+            updated = _aware(order.updated_at, "updatedAt")
+            newest = updated if newest is None else max(newest, updated)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    # Only after every event of the walk is enqueued: a walk that fails half-way is read again.
+    if newest is not None and newest != watermark:
+        await state.set_watermark(newest)
+    counts["watermark"] = newest.isoformat() if newest else None
     return counts
 
 
@@ -381,6 +426,25 @@ class IntakeState:
             logger.warning("orders of %s: re-sent %d event(s) of %d order line(s) not booked after %.0f s",
                            self.marketplace, sent, len(resend), grace)
         return sent
+
+
+def unbooked_order_lines(marketplace: str) -> dict[str, list[dict]]:
+    """The order lines of ``marketplace`` the intake sent and the ledger has not booked, by SKU (drift evidence).
+
+    Read from the intake's memo (:attr:`IntakeState.unconfirmed_key`): each is an order the marketplace
+    took whose ``order_created`` is not in the ledger yet.
+    """
+    state = IntakeState(None, get_settings().redis_namespace, marketplace)
+    entries = [json.loads(raw) for raw in resources.sync_redis().hvals(state.unconfirmed_key)]
+    created = [StockEvent.of(e["kind"], **e["fields"]) for entry in entries for e in entry["events"]
+               if e["kind"] == "order_created"]
+    booked = _booked([event.key for event in created])
+    lines: dict[str, list[dict]] = {}
+    for event in created:
+        if event.key not in booked:
+            lines.setdefault(event.sku, []).append({"order_id": event.order_id, "order_line_id": event.order_line_id,
+                                                    "quantity": event.quantity})
+    return lines
 
 
 def _unconfirmed(chain: EventChain, sent_at: float, *, sends: int) -> str:

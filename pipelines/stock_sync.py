@@ -19,7 +19,7 @@ from db.snapshot import PageItem, PageResult, apply_page
 from pipelines import events
 from runtime import accounts, metrics, resources, sync_stats
 from runtime.accounts import AccountView
-from runtime.clients import catalogue_adapter
+from runtime.clients import account_quota, catalogue_adapter
 from runtime.settings import get_settings
 
 SYNC_KIND = "stock"
@@ -91,6 +91,22 @@ async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", c
     # not when its answer arrived.
     fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
     return FetchedPage(fetched_at, result.items, result.total_pages, result.count, result.next_cursor)
+
+
+def fetch_delays_ms(marketplace: str, count: int) -> list[int]:
+    """When each of ``count`` page fetches enqueued together is due (ms from now): a quota window's worth at a time.
+
+    All due at once, a walk's fetches sat in the worker threads waiting for the limiter (a Back
+    Market walk of 400 pages held every thread for its 200 s: the other accounts' pages, the
+    applies, the events and the pushes waited behind them; ``bench/accounts_sync.py``).  Here the
+    fetch that sends them has taken one slot; the rest of this window's slots go now, and each
+    following window's as the sliding window frees them together, so a fetch finds its slot free,
+    and a push (two slots at once) takes its pair when a window opens.  A single page is due now.
+    """
+    if count <= 1:
+        return [0] * count
+    _, requests, window_s, margin_s = account_quota(check_account(marketplace))
+    return [int((index + 1) // requests * (window_s + margin_s) * 1000) for index in range(count)]
 
 
 def next_page_to_fetch(sync_id: int, page: int, cursor: str | None) -> tuple[int, str | None] | None:

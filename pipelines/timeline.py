@@ -15,7 +15,10 @@ from sqlalchemy.orm import Session
 from core import timeline as rules
 from core.stock_chart import PLOT_WIDTH, Chart, build_chart
 from core.timeline import Entry
+from core.push_log import PushFilter
+from db import push_log
 from db import timeline as queries
+from db.push_log import PushEntry
 from db.console_queries import LedgerRow, variation_id_by_sku
 from runtime import resources
 from runtime.settings import get_settings
@@ -41,7 +44,7 @@ class Window:
     limit: int
     ledger: list[LedgerRow]
     reads: list[queries.ReadRow]
-    pushes: list[queries.PushRow]
+    pushes: list[PushEntry]
 
     @property
     def cut(self) -> bool:
@@ -71,9 +74,11 @@ def order_entries(window: Window) -> Iterable[Entry]:
 
 
 def push_entries(window: Window) -> Iterable[Entry]:
-    """Each account's last confirmed push in the window (what the stock row keeps until the push log)."""
-    for row in window.pushes:
-        yield Entry(row.pushed_at, "push", row.account, row.stock_id, {"quantity": row.quantity, "state": row.state})
+    """The window's latest pushes from the push log, at their outcome (finished, else sent, else started)."""
+    for push in window.pushes:
+        yield Entry(push.finished_at or push.sent_at or push.started_at, "push", push.account, push.id, {
+            "push_id": push.id, "state": push.state, "quantity": push.quantity_sent, "read": push.quantity_read,
+            "attempts": push.attempts, "error": push.error, "started_at": push.started_at})
 
 
 #: The sources of a timeline, each ``(window) -> entries``.
@@ -112,12 +117,14 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-def read_window(session: Session, variation_id: int, since: datetime, until: datetime, limit: int) -> Window:
-    """The window's latest rows of every source."""
+def read_window(session: Session, variation_id: int, sku: str, since: datetime, until: datetime, limit: int
+                ) -> Window:
+    """The window's latest rows of every source (pushes: those started in it)."""
+    pushes, _ = push_log.list_pushes(session, PushFilter(sku=sku, since=since, until=until + timedelta(microseconds=1),
+                                                         limit=limit))
     return Window(variation_id, since, until, limit,
                   queries.ledger_rows(session, variation_id, since=since, until=until, limit=limit),
-                  queries.read_rows(session, variation_id, since=since, until=until, limit=limit),
-                  queries.last_pushes(session, variation_id, since=since, until=until))
+                  queries.read_rows(session, variation_id, since=since, until=until, limit=limit), pushes)
 
 
 def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime | None = None,
@@ -126,7 +133,7 @@ def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime |
     from its first booking or read; ``as_of`` default now): the latest ``limit`` entries and the chart."""
     as_of = as_of or datetime.now(timezone.utc)
     since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
-    window = read_window(session, variation_id, since, as_of, limit)
+    window = read_window(session, variation_id, sku, since, as_of, limit)
     entries, more = rules.latest(rules.merge(*sources(window)), limit)
     return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
                     more or window.cut, chart(session, window))
@@ -191,7 +198,8 @@ def chart(session: Session, window: Window) -> Chart:
     for (account, kind, _), (first_at, n, change) in sliced.items():
         one, many = _MARK_WORDS[kind]
         marks.append((first_at, account, kind, f"{n} {one if n == 1 else many} ({change:+d})", n))
-    marks += [(push.pushed_at, push.account, "push", f"push of {push.quantity}", 1) for push in window.pushes]
+    marks += [(push.finished_at or push.sent_at or push.started_at, push.account, "push",
+               f"push of {push.quantity_sent} ({push.state})", 1) for push in window.pushes]
     return build_chart(since, until, {state.account: state.listed for state in begin}, changes, reads, marks,
                        read_begin={state.account: state.read for state in begin if state.read is not None},
                        changes_counted=counted)

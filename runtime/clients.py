@@ -6,14 +6,16 @@ publishes its quota and its waits, so the dashboards draw calls against quota fo
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import urlsplit
 
 from clients.adapters import BackMarketAdapter, CatalogueAdapter, RefurbedAdapter, ShopifyAdapter
 from clients.backmarket import BackMarketClient
 from clients.ingram import FleetSemaphore, IngramClient, SharedToken
+from clients.costbucket import FleetCostBucket
 from clients.ratelimit import FleetRateLimiter
 from clients.refurbed import RefurbedClient
 from clients.shopify import ShopifyClient
-from core.accounts import AccountError
+from core.accounts import AccountError, shop_locations
 from runtime import accounts, metrics, resources
 from runtime.accounts import AccountView
 from runtime.settings import get_settings
@@ -55,12 +57,26 @@ def push_lines_limiter(marketplace: str) -> FleetRateLimiter | None:
     return None if quota is None else fleet_limiter(*quota)
 
 
+_ADAPTERS: dict[str, type[CatalogueAdapter]] = {
+    "backmarket": BackMarketAdapter, "refurbed": RefurbedAdapter, "shopify": ShopifyAdapter}
+
+
+def push_batch(marketplace: str) -> int:
+    """How many of ``marketplace``'s rows one push reads and writes together (its adapter's ``push_batch``)."""
+    view = accounts.find(marketplace)
+    adapter = _ADAPTERS.get(view.platform.name) if view is not None else None
+    return adapter.push_batch if adapter is not None else 1
+
+
 def push_pace_s(marketplace: str) -> float:
-    """Seconds of ``marketplace``'s request quota one push takes (a read and a POST)."""
+    """Seconds of ``marketplace``'s request quota one row's push takes (a read and a write, shared by a batch)."""
     settings = get_settings()
     view = accounts.find(marketplace)
     if view is not None and view.platform.name == "refurbed":
-        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests
+        return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests / push_batch(marketplace)
+    if view is not None and view.platform.name == "shopify":
+        # A read (a few points) and a compare-and-set (10) out of the shop's restore rate.
+        return 15 / settings.shopify_cost_restore_per_s
     return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
 
 
@@ -81,32 +97,47 @@ def refurbed_limiter() -> FleetRateLimiter:
     return fleet_limiter("refurbed", settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
 
 
-def account_limiter(view: AccountView) -> FleetRateLimiter:
-    """The fleet-wide limiter an account's calls count against (each account has its own quota).
+def account_quota(view: AccountView) -> tuple[str, int, float, float]:
+    """``(limiter name, requests, window_s, margin_s)`` of the quota an account's calls count against.
 
-    The main accounts keep their limiters' names (``backmarket-catalog``, ``refurbed``); another
-    account's is named after its code.  Shopify: its shop's leak rate over a 10 s window.
+    Each account has its own: the main accounts keep their limiters' names (``backmarket-catalog``,
+    ``refurbed``); another account's is named after its code.  Shopify has none: see :func:`shop_cost_bucket`.
     """
     settings = get_settings()
     if view.platform.name == "backmarket":
-        if view.code == "backmarket":
-            return backmarket_limiter()
-        return fleet_limiter(f"backmarket-catalog:{view.code}", settings.backmarket_quota_requests,
-                             settings.backmarket_quota_window_s, settings.rate_limit_margin_s)
+        name = "backmarket-catalog" if view.code == "backmarket" else f"backmarket-catalog:{view.code}"
+        return (name, settings.backmarket_quota_requests, settings.backmarket_quota_window_s,
+                settings.rate_limit_margin_s)
     if view.platform.name == "refurbed":
-        return fleet_limiter("refurbed" if view.code == "refurbed" else f"refurbed:{view.code}",
-                             settings.refurbed_quota_requests, settings.refurbed_quota_window_s)
-    window_s = 10.0
-    return fleet_limiter(f"shopify:{view.code}", max(1, int(settings.shopify_leak_per_s * window_s)), window_s,
-                         settings.rate_limit_margin_s)
+        return ("refurbed" if view.code == "refurbed" else f"refurbed:{view.code}",
+                settings.refurbed_quota_requests, settings.refurbed_quota_window_s, 0.0)
+    raise AccountError(f"account {view.code} is on {view.platform.title}: its calls are paced by query cost "
+                       "(shop_cost_bucket), not by a request quota")
+
+
+def account_limiter(view: AccountView) -> FleetRateLimiter:
+    """The fleet-wide limiter an account's calls count against (:func:`account_quota`)."""
+    return fleet_limiter(*account_quota(view))
+
+
+def shop_cost_bucket(view: AccountView) -> FleetCostBucket:
+    """The fleet-wide query-cost budget of a Shopify account's shop (one per shop host: Shopify's bucket is per shop)."""
+    settings = get_settings()
+    return FleetCostBucket(resources.async_redis(), f"shopify-cost:{urlsplit(accounts.base_url(view)).netloc}",
+                           maximum=settings.shopify_cost_bucket_points, restore_rate=settings.shopify_cost_restore_per_s,
+                           namespace=settings.redis_namespace, on_wait=metrics.rate_limit_wait)
 
 
 def account_client(view: AccountView, on_request=None, limiter: FleetRateLimiter | None = None):
-    """The vendor client of ``view``'s platform: its base URL, its credential, its own limiter."""
+    """The vendor client of ``view``'s platform: its base URL, its credential, its own limiter (Shopify: its shop's cost bucket)."""
     settings = get_settings()
     http, token, base = resources.http_session(), accounts.credential(view), accounts.base_url(view)
-    limiter = limiter or account_limiter(view)
     hook = metrics.request_hook(on_request)
+    if view.platform.name == "shopify":
+        return ShopifyClient(http, base_url=base, token=token, cost_bucket=shop_cost_bucket(view),
+                             timeout_s=settings.shopify_timeout_s, attempts=settings.shopify_http_attempts,
+                             on_request=hook)
+    limiter = limiter or account_limiter(view)
     if view.platform.name == "backmarket":
         return BackMarketClient(http, base_url=base, token=token, user_agent=settings.backmarket_user_agent,
                                 language=view.options.get("language", settings.backmarket_language), limiter=limiter,
@@ -115,11 +146,6 @@ def account_client(view: AccountView, on_request=None, limiter: FleetRateLimiter
     if view.platform.name == "refurbed":
         return RefurbedClient(http, base_url=base, token=token, limiter=limiter, timeout_s=settings.refurbed_timeout_s,
                               attempts=settings.refurbed_http_attempts, on_request=hook)
-    if view.platform.name == "shopify":
-        return ShopifyClient(http, base_url=base, token=token, api_version=settings.shopify_api_version,
-                             limiter=limiter, leak_per_s=settings.shopify_leak_per_s,
-                             timeout_s=settings.shopify_timeout_s, attempts=settings.shopify_http_attempts,
-                             on_request=hook)
     raise AccountError(f"account {view.code} is on {view.platform.title}: it has no API client")
 
 
@@ -142,8 +168,7 @@ def catalogue_adapter(view: AccountView, on_request=None, limiter: FleetRateLimi
         return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
     if view.platform.name == "refurbed":
         return RefurbedAdapter(client, limit=get_settings().refurbed_page_size)
-    locations = view.options.get("location_ids")
-    return ShopifyAdapter(client, location_ids=[str(location) for location in locations] if locations else None)
+    return ShopifyAdapter(client, location_ids=shop_locations(view.options), limit=get_settings().shopify_page_size)
 
 
 def ingram_pa_limiter() -> FleetRateLimiter:

@@ -117,6 +117,10 @@ class _Metrics:
         self.discrepancies = counter(
             "stocksync_reconciliation_discrepancies", "Stock rows a reconciliation found different from the "
             "marketplace.", ["marketplace"])
+        self.drift = counter(
+            "stocksync_drift", "Stock rows a reconciliation found different from the marketplace, by cause (drift "
+            "explained: stale_read, push_lost, unbooked_order, one_sided_restock, hand_edit).",
+            ["marketplace", "cause"])
         self.dead_letters = counter(
             "stocksync_dead_letters", "Messages that failed for good and went to their queue's dead letters.",
             ["queue", "actor"])
@@ -135,6 +139,12 @@ class _Metrics:
             "stocksync_push_backlog_eta_seconds", "Estimated time to push the backlog at the marketplace's quotas "
             "(the line budget left in the window, then whole windows).", ["marketplace"],
             multiprocess_mode="livemostrecent")
+        self.pushes = counter(
+            "stocksync_pushes", "Pushes of stock rows that reached a state (the push log's states: waiting, sent, "
+            "confirmed, superseded, refused, failed, retried), per account.", ["marketplace", "state"])
+        self.pushes_waiting = gauge(
+            "stocksync_pushes_waiting", "Pushes waiting for their turn (the data limit, a read within the clock "
+            "skew) at the last drain of each account.", ["marketplace"], multiprocess_mode="livemostrecent")
         self.stock_alert_notifications = counter(
             "stocksync_stock_alert_notifications", "Stock alert notifications by event (fired, resolved) and "
             "outcome (sent, failed: one per failed delivery attempt of a message).", ["event", "outcome"])
@@ -288,6 +298,13 @@ def discrepancies(marketplace: str, count: int) -> None:
 
 
 @_safely
+def drift(marketplace: str, cause: str, count: int) -> None:
+    """Count ``count`` differences of a reconciliation of ``marketplace`` whose cause is ``cause``."""
+    if count:
+        _metrics().drift.labels(marketplace, cause).inc(count)
+
+
+@_safely
 def intake_request(route: str, status: int, elapsed_s: float) -> None:
     """Count one request the HTTP intake answered: ``route`` is the route's template, never the path."""
     metrics = _metrics()
@@ -339,6 +356,19 @@ def push_backlog(marketplace: str, rows: int, eta_s: float) -> None:
     metrics = _metrics()
     metrics.push_backlog.labels(marketplace).set(rows)
     metrics.push_backlog_eta.labels(marketplace).set(eta_s)
+
+
+@_safely
+def pushes(marketplace: str, state: str, count: int = 1) -> None:
+    """Count ``count`` pushes of ``marketplace`` that reached ``state`` (a push log state)."""
+    if count:
+        _metrics().pushes.labels(marketplace, state).inc(count)
+
+
+@_safely
+def pushes_waiting(marketplace: str, count: int) -> None:
+    """Publish how many of ``marketplace``'s pushes wait for their turn."""
+    _metrics().pushes_waiting.labels(marketplace).set(count)
 
 
 @_safely

@@ -165,6 +165,8 @@ class Settings(BaseSettings):
     stock_drain_batch: int = Field(20, ge=1, le=500)
     stock_drain_run_s: float = Field(120.0, gt=0)
     stock_drain_max_wait_s: float = Field(30.0, ge=0)
+    #: How long the push log keeps a push that ended (the sweep prunes older ones; open ones stay).
+    push_log_retention_days: int = Field(30, ge=1, le=3650)
     #: Re-checks (queue ``stock-recheck``) running at once per worker process: they wait on the
     #: catalog quota, and must leave the other threads to order booking (the rest wait on their queue).
     stock_recheck_threads: int = Field(2, ge=1)
@@ -271,10 +273,14 @@ class Settings(BaseSettings):
     shopify_http_attempts: int = Field(4, ge=1, validation_alias=AliasChoices("shopify_http_attempts",
                                                                               "store_http_attempts"))
     shopify_timeout_s: float = Field(30.0, gt=0, validation_alias=AliasChoices("shopify_timeout_s", "store_timeout_s"))
-    #: Shopify Admin REST API version of every Shopify account; its REST leak rate per shop
-    #: (2 calls a second on a standard plan, 4 Advanced, 20 Plus), shared by the fleet.
-    shopify_api_version: str = Field("2025-01", pattern=r"^(\d{4}-\d{2}|unstable)$")
-    shopify_leak_per_s: float = Field(2.0, gt=0)
+    #: A shop's GraphQL query-cost bucket (points) and restore rate (points a second) until Shopify's
+    #: own ``throttleStatus`` says otherwise (every answer corrects them): a standard plan restores 100 a second.
+    shopify_cost_bucket_points: float = Field(2000.0, gt=0)
+    #: Variants per catalogue page (each costs about 2 + one per location of the query's points).
+    shopify_page_size: int = Field(100, ge=1, le=250)
+    shopify_cost_restore_per_s: float = Field(100.0, gt=0)
+    #: Compare-and-set writes a push tries (each after a fresh read) before it waits for a later drain.
+    shopify_push_attempts: int = Field(3, ge=1)
 
     #: Stock alerts (db/alerts.py): the threshold of every variation's total stock when no rule
     #: sets one; stock strictly below it fires an alert.  0: no alert unless a rule asks for one.
@@ -334,6 +340,9 @@ class Settings(BaseSettings):
 
     #: Rows per page of the ledger, the audit and the run lists.
     console_page_size: int = Field(50, ge=1, le=1000)
+    #: The largest goods-received file ``stocksync stock import`` and the console's import take (bytes;
+    #: 1 MiB is some 20,000 lines).  The console keeps an upload in Redis until confirmed, an hour at most.
+    stock_import_max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
 
 def default_metrics_dir() -> Path:

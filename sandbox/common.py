@@ -11,6 +11,8 @@ same and lives here:
 - :func:`pause` (the latency dial), :func:`injected_failure` (the error-rate dial);
 - :func:`serve_counted`: gate, handler and the per-status count, aiohttp's own 404/405 included;
 - :class:`Draws`: deterministic draws from a hash, to generate a catalogue item on its own in O(1);
+- :class:`WebhookSender`: a webhook's POSTs from a background thread, retried with a doubling
+  interval, every attempt kept as a :class:`Delivery`;
 - :func:`max_in_window` (what a quota test asserts), :func:`admin_error` and :class:`OutOfStock`.
 """
 from __future__ import annotations
@@ -18,16 +20,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import http.client
 import math
+import queue
 import random
+import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
-__all__ = ["Admission", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "admin_error", "credential_matches",
-           "injected_failure", "max_in_window", "pause", "serve_counted"]
+__all__ = ["Admission", "Delivery", "Dials", "Draws", "OutOfStock", "SlidingWindowQuota", "WebhookSender", "admin_body",
+           "admin_error", "credential_matches", "injected_failure", "max_in_window", "optional_bool", "pause",
+           "serve_counted"]
 
 
 class OutOfStock(ValueError):
@@ -228,3 +237,116 @@ def max_in_window(times: Sequence[float], window_s: float) -> int:
 def admin_error(status: int, message: str) -> web.Response:
     """An answer of a ``/_sandbox/`` admin route refusing a request."""
     return web.json_response({"error": message}, status=status)
+
+
+async def admin_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object an admin route was sent; ``ValueError`` when it is not one."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    return body
+
+
+def optional_bool(body: dict[str, Any], name: str, default: bool | None = None) -> bool | None:
+    """``body[name]``: true, false, or ``default`` when absent; ``ValueError`` for anything else."""
+    value = body.get(name, default)
+    if value is not default and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true, false or absent")
+    return value
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook POST: which order, which copy (0 first, 1.. re-sends), which attempt, what came back.
+
+    ``status`` is ``None`` when no answer came (connection refused, timeout); ``error`` says why.
+    """
+
+    order_id: int
+    copy: int
+    attempt: int
+    status: int | None
+    error: str | None
+    at: float
+
+
+class WebhookSender:
+    """A sandbox's webhook POSTs, made one after another by a daemon thread started on the first one.
+
+    A POST that gets no 2xx (or no answer) is tried again after ``retry_s``, doubling, up to
+    ``max_attempts`` times in all; every attempt is kept as a :class:`Delivery`.
+    """
+
+    def __init__(self, name: str, user_agent: str) -> None:
+        self._name, self._user_agent = name, user_agent
+        self._lock = threading.Lock()
+        self._outbox: queue.Queue[tuple | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._deliveries: list[Delivery] = []
+
+    def send(self, order_id: int, copy: int, url: str, body: Callable[[], tuple[bytes, dict[str, str]]],
+             max_attempts: int, retry_s: float) -> None:
+        """Queue one POST to ``url``; ``body()`` makes its body and headers when it is sent (each attempt)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._send_forever, name=self._name, daemon=True)
+                self._thread.start()
+        self._outbox.put((order_id, copy, url, body, max_attempts, retry_s))
+
+    def deliveries(self) -> list[Delivery]:
+        """Every attempt so far, oldest first."""
+        with self._lock:
+            return list(self._deliveries)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Wait until every queued POST was delivered or gave up; raise ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        while self._outbox.unfinished_tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"webhook deliveries still pending after {timeout:g}s")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Stop the thread once its queue is empty."""
+        if self._thread is not None and self._thread.is_alive():
+            self._outbox.put(None)
+            self._thread.join(10)
+
+    def _send_forever(self) -> None:
+        while True:
+            job = self._outbox.get()
+            try:
+                if job is None:
+                    return
+                self._deliver(*job)
+            finally:
+                self._outbox.task_done()
+
+    def _deliver(self, order_id: int, copy: int, url: str, body: Callable[[], tuple[bytes, dict[str, str]]],
+                 max_attempts: int, retry_s: float) -> None:
+        for attempt in range(1, max_attempts + 1):
+            payload, headers = body()
+            status, error = _post(url, payload, {"Content-Type": "application/json", "User-Agent": self._user_agent,
+                                                **headers})
+            with self._lock:
+                self._deliveries.append(Delivery(order_id, copy, attempt, status, error, time.monotonic()))
+            if status is not None and 200 <= status < 300:
+                return
+            time.sleep(retry_s * 2 ** (attempt - 1))  # the vendors retry "with an increasing interval"
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str | None]:
+    """POST ``body`` to ``url``; ``(status, None)`` or ``(None, error)`` when no answer came."""
+    parts = urlsplit(url)
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=10)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("POST", path or "/", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        return response.status, None
+    except OSError as error:
+        return None, f"{type(error).__name__}: {error}"
+    finally:
+        connection.close()

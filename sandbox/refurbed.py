@@ -4,30 +4,30 @@ What it serves and how it behaves where the vendor's docs are silent: :class:`Re
 """
 from __future__ import annotations
 
-import http.client
 import itertools
 import json
 import math
-import queue
 import random
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from sandbox.common import (
+    Delivery,
     Dials,
     Draws,
     OutOfStock,
     SlidingWindowQuota,
+    WebhookSender,
+    admin_body,
     admin_error,
     credential_matches,
     injected_failure,
+    optional_bool,
     pause,
     serve_counted,
 )
@@ -69,21 +69,6 @@ _ENUMS = {"grading": ("A", "B", "C", "AA"), "warranty": ("M12", "M18", "M24", "M
 _ADDRESS = {"first_name": "Erika", "family_name": "Mustermann", "entity": "FEMALE", "country_code": "AT",
             "post_code": "1010", "town": "Wien", "street_name": "Stephansplatz", "house_no": "1",
             "phone_number": "+4312345678"}
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One webhook POST: which order, which copy (0 first, 1.. re-sends), which attempt, what came back.
-
-    ``status`` is ``None`` when no answer came (connection refused, timeout); ``error`` says why.
-    """
-
-    order_id: int
-    copy: int
-    attempt: int
-    status: int | None
-    error: str | None
-    at: float
 
 
 class _RpcError(Exception):
@@ -218,7 +203,8 @@ class RefurbedSandbox(Dials):
     - ``restock_on_cancel``: see above.
 
     Faults for one-off tests: :meth:`rate_limit_next` and :meth:`fail_next` answer the next calls
-    429 or 5xx, whatever the quota says.  ``clock`` (default ``time.monotonic``) times the quota;
+    429 or 5xx, whatever the quota says; :meth:`fail_offer_updates` fails the next updates of some
+    offers alone (one line of a batch).  ``clock`` (default ``time.monotonic``) times the quota;
     ``wall_clock`` (default ``time.time``) makes ``X-RateLimit-Reset``.
 
     Every method takes the sandbox's lock: the app runs on its own thread.
@@ -243,15 +229,15 @@ class RefurbedSandbox(Dials):
         self._error_rng = random.Random(f"refurbed-errors:{seed}")
         self._quota = SlidingWindowQuota(None, None)
         self._faults: deque[tuple[int, float]] = deque()  # (HTTP status, Retry-After seconds for a 429)
+        self._update_faults: dict[str, list[int]] = {}  # SKU -> the gRPC codes its next updates fail with
+        self._walk_cursors: list[str | None] = []  # each unfiltered ListOffers call's starting_after
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._offer_updates = 0
-        self._deliveries: list[Delivery] = []
         self._offers: dict[int, dict[str, Any]] = {}  # OfferService (sandbox/specs/refurbed-merchant-openapi.json)
         self._by_sku: dict[str, int] = {}
         self._item_offers: dict[str, int] = {}  # order item id -> the offer its unit came from
-        self._outbox: queue.Queue[tuple[int, int] | None] = queue.Queue()
-        self._sender: threading.Thread | None = None
+        self._webhooks = WebhookSender("refurbed-webhook", "refurbed-ion-sandbox")
         self.configure(token=token, webhook_url=webhook_url, webhook_resends=webhook_resends,
                        webhook_max_attempts=webhook_max_attempts, webhook_retry_s=webhook_retry_s,
                        latency_s=latency_s, error_rate=error_rate, quota_requests=quota_requests,
@@ -290,6 +276,15 @@ class RefurbedSandbox(Dials):
             raise ValueError(f"status must be a 5xx, got {status!r}")
         with self._lock:
             self._faults.extend([(status, 0.0)] * calls)
+
+    def fail_offer_updates(self, skus: Iterable[str], status: int = 503, calls: int = 1) -> None:
+        """Fail the next ``calls`` updates of each offer of ``skus`` with ``status`` (a 5xx), the call around them
+        going through: in ``BatchUpdateOffers`` that update's ``Result`` carries the error, the others apply."""
+        if not 500 <= status <= 599:
+            raise ValueError(f"status must be a 5xx, got {status!r}")
+        with self._lock:
+            for sku in skus:
+                self._update_faults.setdefault(sku, []).extend([UNAVAILABLE if status == 503 else INTERNAL] * calls)
 
     # -- orders --------------------------------------------------------------------------------------
 
@@ -431,62 +426,38 @@ class RefurbedSandbox(Dials):
         with self._lock:
             return {"requests": dict(self._requests), "by_status": {str(k): v for k, v in sorted(self._statuses.items())},
                     "rate_limited": self._statuses.get(429, 0), "offer_updates": self._offer_updates,
-                    "deliveries": len(self._deliveries)}
+                    "deliveries": len(self._webhooks.deliveries())}
+
+    def walk_cursors(self) -> list[str | None]:
+        """The ``starting_after`` of every unfiltered ``ListOffers`` call (a catalogue walk's pages), in order."""
+        with self._lock:
+            return list(self._walk_cursors)
 
     # -- the webhook ---------------------------------------------------------------------------------
 
     def notify(self, order_id: int) -> None:
         """Queue the ``{"order_id": n}`` notification of an order (delivered 1 + ``webhook_resends`` times)."""
         with self._lock:
-            if self._webhook_url is None:
-                return
-            copies = 1 + self._webhook_resends
-            if self._sender is None or not self._sender.is_alive():
-                self._sender = threading.Thread(target=self._send_forever, name="refurbed-webhook", daemon=True)
-                self._sender.start()
+            url, copies = self._webhook_url, 1 + self._webhook_resends
+            attempts, retry_s = self._webhook_max_attempts, self._webhook_retry_s
+        if url is None:
+            return
+        # Unsigned, as Refurbed's: the receiver's URL carries its secret.
+        body = json.dumps({"order_id": order_id}).encode()
         for copy in range(copies):
-            self._outbox.put((order_id, copy))
+            self._webhooks.send(order_id, copy, url, lambda: (body, {}), attempts, retry_s)
 
     def deliveries(self) -> list[Delivery]:
         """Every webhook attempt so far, oldest first."""
-        with self._lock:
-            return list(self._deliveries)
+        return self._webhooks.deliveries()
 
     def wait_for_deliveries(self, timeout: float = 30.0) -> None:
         """Wait until every queued notification was delivered or gave up; raise ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        while self._outbox.unfinished_tasks:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"webhook deliveries still pending after {timeout:g}s")
-            time.sleep(0.01)
+        self._webhooks.wait(timeout)
 
     def close(self) -> None:
         """Stop the sender thread once its queue is empty."""
-        if self._sender is not None and self._sender.is_alive():
-            self._outbox.put(None)
-            self._sender.join(10)
-
-    def _send_forever(self) -> None:
-        while True:
-            job = self._outbox.get()
-            try:
-                if job is None:
-                    return
-                self._deliver(*job)
-            finally:
-                self._outbox.task_done()
-
-    def _deliver(self, order_id: int, copy: int) -> None:
-        with self._lock:
-            url, attempts, retry_s = self._webhook_url, self._webhook_max_attempts, self._webhook_retry_s
-        body = json.dumps({"order_id": order_id}).encode()
-        for attempt in range(1, attempts + 1):
-            status, error = _post(url, body)
-            with self._lock:
-                self._deliveries.append(Delivery(order_id, copy, attempt, status, error, time.monotonic()))
-            if status is not None and 200 <= status < 300:
-                return
-            time.sleep(retry_s * 2 ** (attempt - 1))  # "for up to two days with an increasing interval"
+        self._webhooks.close()
 
     # -- the app -------------------------------------------------------------------------------------
 
@@ -625,6 +596,8 @@ class RefurbedSandbox(Dials):
         if ids:
             offers = [offer for offer in offers if offer["id"] in {str(i) for i in ids}]
         page, has_more = _paginate(offers, pagination, limit, descending)
+        if not filters:
+            self._walk_cursors.append(pagination.get("starting_after"))
         return {"offers": [_shown(offer) for offer in page], "has_more": has_more}
 
     def _get_offer(self, body: dict) -> dict:
@@ -667,7 +640,7 @@ class RefurbedSandbox(Dials):
     async def _admin_add_offer(self, request: web.Request) -> web.Response:
         """``{"sku", "stock"}`` adds one offer; ``{"count", "seed"}`` adds generated ones (see :meth:`add_offers`)."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "count" in body:
                 return web.json_response({"added": self.add_offers(int(body["count"]), seed=int(body.get("seed", 1)))},
                                          status=201)
@@ -678,7 +651,7 @@ class RefurbedSandbox(Dials):
     async def _admin_set_stock(self, request: web.Request) -> web.Response:
         """``{"<sku>": stock, ...}``: set offers' stock, as the merchant's back office would."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             stocks = {sku: _check_stock(stock) for sku, stock in body.items()}
         except (TypeError, ValueError) as error:
             return admin_error(400, str(error))
@@ -692,7 +665,7 @@ class RefurbedSandbox(Dials):
 
     async def _admin_place(self, request: web.Request) -> web.Response:
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             order = self.place_order(body["skus"], notify=bool(body.get("notify", True)))
         except OutOfStock as error:
             return admin_error(409, str(error))
@@ -703,10 +676,8 @@ class RefurbedSandbox(Dials):
     async def _admin_item_state(self, request: web.Request) -> web.Response:
         """``{"state", "restock"?}``: move an item as the customer or the merchant would."""
         try:
-            body = await _admin_body(request)
-            restock = body.get("restock")
-            if restock is not None and not isinstance(restock, bool):
-                raise ValueError("restock must be true, false or absent")
+            body = await admin_body(request)
+            restock = optional_bool(body, "restock")
             item = self.set_item_state(request.match_info["item_id"], str(body["state"]), restock=restock)
         except KeyError as error:
             return admin_error(404 if "order item" in str(error) else 400, str(error))
@@ -717,7 +688,7 @@ class RefurbedSandbox(Dials):
     async def _admin_faults(self, request: web.Request) -> web.Response:
         """``{"rate_limit": n, "retry_after_s": s}`` and/or ``{"fail": n, "status": 5xx}``."""
         try:
-            body = await _admin_body(request)
+            body = await admin_body(request)
             if "rate_limit" in body:
                 self.rate_limit_next(int(body["rate_limit"]), float(body.get("retry_after_s", 1.0)))
             if "fail" in body:
@@ -765,6 +736,9 @@ class RefurbedSandbox(Dials):
         return changes
 
     def _apply(self, offer: dict[str, Any], changes: dict[str, Any]) -> None:
+        faults = self._update_faults.get(offer["sku"])
+        if faults:
+            raise _RpcError(faults.pop(0), "internal error (injected by the sandbox for this offer)")
         if changes.pop("delete_reference_min_price", False):
             offer.pop("reference_min_price", None)
         if changes.pop("delete_secondary_shipping_profile_id", False):
@@ -889,30 +863,5 @@ def _only_fields(body: dict, known: set[str], message: str) -> None:
         raise _RpcError(INVALID_ARGUMENT, f"unknown field {unknown[0]!r} in {message}")
 
 
-async def _admin_body(request: web.Request) -> dict[str, Any]:
-    body = await request.json()
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    return body
-
-
 def _money(cents: int) -> str:
     return f"{cents // 100}.{cents % 100:02d}"
-
-
-def _post(url: str, body: bytes) -> tuple[int | None, str | None]:
-    """POST ``body`` to ``url``; ``(status, None)`` or ``(None, error)`` when no answer came."""
-    parts = urlsplit(url)
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=10)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    try:
-        connection.request("POST", path or "/", body=body, headers={"Content-Type": "application/json",
-                                                                   "User-Agent": "refurbed-ion-sandbox"})
-        response = connection.getresponse()
-        response.read()
-        return response.status, None
-    except OSError as error:
-        return None, f"{type(error).__name__}: {error}"
-    finally:
-        connection.close()

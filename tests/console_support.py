@@ -169,6 +169,20 @@ async def client_of(server, username: str | None = None) -> aiohttp.ClientSessio
     return client
 
 
+def pages_as(world, username: str, *paths: str) -> dict[str, tuple[int, str]]:
+    """GET each of ``paths`` as ``username`` (logged in once) on a fresh console: path -> (status, body)."""
+    async def scenario(server):
+        client = await client_of(server, username)
+        answers = {}
+        for path in paths:
+            response = await client.get(path)
+            answers[path] = (response.status, await response.text())
+        await client.close()
+        return answers
+
+    return run(world, scenario)
+
+
 def enqueued(broker) -> list[Message]:
     return [Message.decode(raw) for queue in broker.queues.values() for raw in list(queue.queue)]
 

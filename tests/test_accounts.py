@@ -6,21 +6,14 @@ The actors run on the in-process stub broker (no REDIS_URL) with worker threads,
 """
 from __future__ import annotations
 
-import asyncio
-
-import aiohttp
 import dramatiq
 import pytest
-import redis.asyncio
 from click.testing import CliRunner
 from sqlalchemy import text
 
 from actors import accounts as account_actors
 from actors import stock_sync
 from actors.retry import MalformedMessage
-from clients.adapters import ShopifyAdapter
-from clients.ratelimit import FleetRateLimiter
-from clients.shopify import ShopifyClient
 from core.accounts import AccountError
 from db import accounts as account_rows
 from db.ledger import check_invariant
@@ -142,17 +135,18 @@ def test_each_account_runs_its_actor_for_every_ready_account_and_no_other(env, m
     assert sent == [("start_stock_sync", ("backmarket", False, "scheduled"), {}),
                     ("start_stock_sync", ("refurbed-at", False, "scheduled"), {})]
     assert fan_out("resume_stalled_syncs", "paging")[0] == ["backmarket", "refurbed-at", "shop-eu"]
-    assert fan_out("poll_orders", "poll_orders")[0] == ["backmarket", "refurbed-at"]  # Refurbed's walk too
+    # Refurbed's walk and the shop's (not auto-synced, but its orders and pushes are kept going).
+    assert fan_out("poll_orders", "poll_orders")[0] == ["backmarket", "refurbed-at", "shop-eu"]
     codes, sent = fan_out("reconcile_stock", "paging", [], {"trigger": "scheduled"})
     assert sent == [("reconcile_stock", (code,), {"trigger": "scheduled"}) for code in ("backmarket", "refurbed-at",
                                                                                           "shop-eu")]
-    assert fan_out("sweep_stock", ["push", "read_one"])[0] == ["backmarket", "refurbed-at"]
+    assert fan_out("sweep_stock", ["push", "read_one"])[0] == ["backmarket", "refurbed-at", "shop-eu"]
 
     with sessions() as session:  # a disabled account drops out of every job at its next fire
         account_rows.set_enabled(session, "refurbed-at", False)
         session.commit()
     accounts.forget()
-    assert fan_out("poll_orders", "poll_orders")[0] == ["backmarket"]
+    assert fan_out("poll_orders", "poll_orders")[0] == ["backmarket", "shop-eu"]
 
 
 @pytest.mark.parametrize("args, error", [
@@ -166,67 +160,7 @@ def test_each_account_refuses_a_malformed_message_naming_what_is_wrong(args, err
         account_actors.each_account.fn(*args)
 
 
-# -- the Shopify adapter against its sandbox ------------------------------------------------------------------
-
-
-def run_async(coroutine_function):
-    async def go():
-        async with aiohttp.ClientSession() as http:
-            return await coroutine_function(http)
-    return asyncio.run(go())
-
-
-def test_shopify_pages_by_cursor_and_slows_down_before_the_bucket_is_full():
-    sandbox = ShopifySandbox(products=30, variants_per_product=2, locations=2, token=SHOP_SECRET, no_sku_every=7,
-                             bucket_size=6, leak_per_s=20.0)
-    server = serve_in_thread(sandbox.build_app())
-    clients = []
-
-    async def walk(http):
-        client = ShopifyClient(http, base_url=server.url, token=SHOP_SECRET, leak_per_s=20.0, headroom=2)
-        clients.append(client)
-        adapter, pages, cursor = ShopifyAdapter(client, limit=7), [], None
-        for page in range(1, 100):
-            pages.append(await adapter.list_page(page, cursor))
-            cursor = pages[-1].next_cursor
-            if cursor is None:
-                return pages
-
-    try:
-        pages = run_async(walk)
-    finally:
-        server.stop()
-    assert {item["sku"]: item["quantity"] for page in pages for item in page.items} == sandbox.truth()
-    assert sum(page.skipped for page in pages) == len([v for v in sandbox.variants() if not v["sku"]]) > 0
-    assert pages[-1].total_pages == len(pages) and all(page.total_pages is None for page in pages[:-1])
-    assert set(sandbox.stats()["by_status"]) == {200}  # a bucket of 6: without the call-limit header it would overflow
-    assert clients[0].throttled_s > 0
-
-
-def test_shopify_429_waits_retry_after_and_penalizes_the_fleet(redis_url):
-    sandbox = ShopifySandbox(products=2, token=SHOP_SECRET)
-    server = serve_in_thread(sandbox.build_app())
-    sandbox.rate_limit_next(2)
-    statuses = []
-
-    async def walk(http):
-        limiter = FleetRateLimiter(redis.asyncio.Redis.from_url(redis_url), "shopify:test", 100, 1.0)
-        client = ShopifyClient(http, base_url=server.url, token=SHOP_SECRET, limiter=limiter, attempts=4,
-                               on_request=lambda record: statuses.append(record.status))
-        started = asyncio.get_running_loop().time()
-        locations = await client.list_locations()
-        elapsed = asyncio.get_running_loop().time() - started
-        await limiter.redis.aclose()
-        return locations, elapsed
-
-    try:
-        locations, elapsed = run_async(walk)
-    finally:
-        server.stop()
-    assert [location["id"] for location in locations] == sandbox.location_ids()
-    assert statuses == [429, 429, 200]
-    # Each 429 paused the fleet-wide limiter (every worker on this shop) for at least one leak (0.5 s).
-    assert elapsed >= 0.95
+# The Shopify adapter against its GraphQL sandbox: tests/test_shopify_adapter.py.
 
 
 # -- every account through the one pipeline ------------------------------------------------------------
@@ -272,6 +206,7 @@ def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
     add(sessions, "shopify", "shop-eu", SHOP_ENV, url, options={"shop_domain": "shop-eu.myshopify.com"})
     truth = sandbox.truth()
 
+    sandbox.throttle_next(4)  # a throttled shop: the pages wait in its cost bucket, none is lost or failed
     run = sync("shop-eu")
     assert (run.kind, run.target, run.status) == ("stock", "shop-eu", "succeeded")
     assert stock(sessions, "shop-eu") == truth
@@ -347,7 +282,12 @@ def test_options_names_and_shopify_hosts_are_checked(env):
         for options, error in (({"restock_on_cancel": "no"}, "option restock_on_cancel"),
                                ({"colour": "red"}, "unknown option 'colour'"),
                                ({"webhook_secret_env": "DATABASE_URL"}, "must start with STOCKSYNC_ACCOUNT_"),
-                               ({"shop_domain": "evil.example.com"}, "option shop_domain")):
+                               ({"shop_domain": "evil.example.com"}, "option shop_domain"),
+                               ({"location_ids": []}, "option location_ids"),
+                               ({"location_ids": list(range(1, 12))}, "option location_ids"),
+                               ({"location_id": True}, "option location_id"),
+                               ({"location_id": "gid"}, "option location_id"),
+                               ({"location_id": 1, "location_ids": [2]}, "give one of them")):
             with pytest.raises(AccountError, match=error):
                 account_rows.add_account(session, platform="shopify", code="shop-x", credentials_env=SHOP_ENV,
                                          options=options)

@@ -17,12 +17,12 @@ SERVICES = COMPOSE["services"]
 #: The secrets compose must be given: no default, no start without them.
 PASSWORDS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD")
 #: The services that run the stocksync image.
-APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox", "refurbed-sandbox")
+APP = ("migrate", "workers", "scheduler", "intake", "console", "sandbox", "refurbed-sandbox", "shopify-sandbox")
 
 
 def test_it_has_every_service_of_the_fleet():
     assert set(SERVICES) == {"postgres", "redis", "migrate", "workers", "scheduler", "intake", "console", "sandbox",
-                             "refurbed-sandbox", "prometheus", "grafana"}
+                             "refurbed-sandbox", "shopify-sandbox", "prometheus", "grafana"}
     for name in APP:
         assert SERVICES[name]["build"] == "." and SERVICES[name]["image"] == "stocksync:latest", name
         assert isinstance(SERVICES[name]["command"], list), f"{name}: exec form, so SIGTERM reaches the process"

@@ -5,9 +5,13 @@ login throttling, escaping, secrets.  Real PostgreSQL and Redis; actions enqueue
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 from sqlalchemy import text
+
+from core.platforms import PLATFORMS
+from runtime import accounts
 
 from tests.console_support import (PASSWORD, SECRETS, actions, add_dead_letter, add_variation, audit_rows,  # noqa: F401
                                    client_of, csrf_of, enqueued, ledger_rows, login, run, session_csrf, world)
@@ -379,13 +383,25 @@ def test_the_overview_shows_each_marketplace_push_backlog_against_its_data_limit
     assert "1997 of 2000 per 1h" in table
 
 
-def test_accounts_offer_and_accept_only_what_their_platform_can_do(world):
-    with world.sessions() as session:  # the variation is stocked on a Shopify shop too (no push, no read-one here)
+def stock_on_shop(world, listing: str) -> None:
+    """The world's variation stocked (4) on the Shopify account ``shop-eu`` as listing ``listing``."""
+    with world.sessions() as session:
         session.execute(text("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
                              "SELECT :v, id, 4 FROM marketplaces WHERE code = 'shop-eu'"), {"v": world.variation_id})
         session.execute(text("INSERT INTO listings (marketplace_id, external_id, variation_id, sku) "
-                             "SELECT id, 'sh-1', :v, 'IPHONE13-128-BLK' FROM marketplaces WHERE code = 'shop-eu'"),
-                        {"v": world.variation_id})
+                             "SELECT id, :l, :v, 'IPHONE13-128-BLK' FROM marketplaces WHERE code = 'shop-eu'"),
+                        {"v": world.variation_id, "l": listing})
+        session.commit()
+
+
+def test_accounts_offer_and_accept_only_what_their_platform_can_do(world, monkeypatch, request):
+    # Every API platform reads one, pushes and polls now: a Shopify that could not is the platform that cannot.
+    monkeypatch.setitem(PLATFORMS, "shopify", dataclasses.replace(PLATFORMS["shopify"], read_one=False, push=False,
+                                                                  poll_orders=False))
+    accounts.forget()
+    request.addfinalizer(accounts.forget)  # no view of the changed table outlives the test
+    stock_on_shop(world, "sh-1")  # the variation is stocked on that shop too (no push, no read-one)
+    with world.sessions() as session:
         session.execute(text("INSERT INTO marketplaces (code, name) VALUES ('counter', 'Shop counter')"))
         session.commit()
     form = {"variation_id": str(world.variation_id), "reference": "R-{n}"}
@@ -464,3 +480,30 @@ def test_an_admin_adds_and_disables_accounts_under_the_rules(world):
     assert "disabled (never synced, polled or pushed)" in page and "restock_on_cancel" in page
     audited = " ".join(str(row.arguments) + (row.detail or "") for row in audit_rows(world, action="account.add"))
     assert "must start with" in audited
+
+
+def test_a_shopify_row_is_refreshed_topped_up_and_synced_like_the_others(world):
+    stock_on_shop(world, "39072857")  # the variation is stocked on a Shopify shop too
+    accounts.forget()
+    form = {"variation_id": str(world.variation_id), "marketplace": "shop-eu"}
+
+    async def scenario(server):
+        client = await client_of(server, "operator")
+        csrf = await session_csrf(client)
+        page = await (await client.get(f"/variations/{world.variation_id}")).text()
+        answers = {}
+        for name, path, extra in (("topup", "/stock/topup", {"quantity": "2"}), ("refresh", "/stock/refresh", {}),
+                                  ("sync", "/syncs/start", {"force": "1"})):
+            response = await client.post(path, data={**form, **extra, "reference": f"R-shop-{name}",
+                                                     "csrf_token": csrf}, allow_redirects=False)
+            answers[name] = response.status
+        await client.close()
+        return page, answers
+
+    page, answers = run(world, scenario)
+    assert answers == {"topup": 303, "refresh": 303, "sync": 303}
+    rows = dict(re.findall(r'<tr data-marketplace="([^"]+)">(.*?)</tr>', page, re.S))
+    assert "Refresh from the marketplace" in rows["shop-eu"]
+    assert ledger_rows(world, "topup") == [("operator", "console:R-shop-topup")]
+    sent = {m.actor_name for m in enqueued(world.broker)}
+    assert {"recheck_stock", "fetch_listings_page"} <= sent, sent

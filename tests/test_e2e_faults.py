@@ -1,12 +1,15 @@
 """The fleet under faults, end to end: real ``dramatiq workers.fleet`` processes, real Redis and PostgreSQL.
 
 Each test runs the production defaults of the broker (heartbeat 60 s, maintenance chance 0.1%,
-recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.
+recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.  The SIGKILLed
+cursor chain (Refurbed) runs the production page size and quota too: the sandbox's latency alone
+keeps a fetch in flight to kill.
 """
 from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
@@ -88,19 +91,22 @@ def booked_orders(sessions) -> int:
 
 def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound(tmp_path, redis_url, database_url,
                                                                                    sandbox):
-    # Latency keeps pages in flight long enough to kill a worker with work in its hands.
+    # Latency and a quota of 20 pages a second keep the walk going for seconds (its fan-out due a window at a
+    # time), so the victim has fetches in hand and delayed ones held when it is killed, however busy the machine.
     sandbox.configure(latency_s=0.05)
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=sandbox.url, token=TOKEN,
-                    **PRODUCTION_BROKER)
+                    quota_requests=20, quota_window_s=1.0, **PRODUCTION_BROKER)
     victim = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "victim.log").start()
-    survivor = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "survivor.log").start()
+    survivor = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "survivor.log")
     sessions = session_factory(database_url)
     client = redis.Redis.from_url(redis_url)
     try:
         assert start_sync(env).returncode == 0
         wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 15, 120,
                    interval=0.05, what="the sync to be under way")
+        # Every message fetched so far is in the victim's hands; the survivor starts before the kill.
         held = unacked(client)
+        survivor.start()
         victim.kill()
         killed_at = time.monotonic()
         assert held > 0 and run_row(sessions)["status"] == "running"
@@ -220,7 +226,6 @@ def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tm
     # what is tested is that the missing pages are found in PostgreSQL and fetched again.
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
                     quota_requests=2, quota_window_s=1.0, sync_resume_after_s="10", **PRODUCTION_BROKER)
-    # 2 threads prefetch 4 messages a queue: most pages are in Redis, not in the worker's hands, when flushed.
     fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers.log").start()
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
@@ -228,10 +233,14 @@ def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tm
         assert start_sync(env).returncode == 0
         wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 5, 60,
                    interval=0.05, what="the sync to be under way")
-        # What a Redis restart without persistence does to the sync's queued messages.
+        # A worker crash and a Redis restart without persistence together: the fan-out's pages (due a
+        # quota window at a time, so mostly delayed messages in the worker's hands) are gone everywhere.
+        fleet.kill()
         for queue in ("stock-fetch", "stock-apply"):
             for name in (queue, f"{queue}.DQ"):
                 client.delete(f"dramatiq:{name}", f"dramatiq:{name}.msgs")
+        client.delete(*client.keys("dramatiq:__acks__.*") or ["-"])
+        fleet = WorkerFleet(env, processes=1, threads=2, log_path=tmp_path / "workers-after.log").start()
         def stalled() -> bool:
             with sessions() as session:
                 return session.execute(text(
@@ -486,3 +495,89 @@ def _pings(client: redis.Redis) -> bool:
         return client.ping()
     except redis.ConnectionError:
         return False
+
+
+REFURBED_TOKEN = "e2e-faults-refurbed-token"
+REFURBED_OFFERS = 3000  # 30 pages of the production page size (100)
+
+
+def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_page(tmp_path, redis_url,
+                                                                                      database_url):
+    from sandbox.refurbed import RefurbedSandbox
+
+    # Latency keeps a page's fetch in flight long enough to kill the group with the chain in its hands.
+    sandbox = RefurbedSandbox(token=REFURBED_TOKEN, latency_s=0.1)
+    sandbox.add_offers(REFURBED_OFFERS, seed=31)
+    server = serve_in_thread(sandbox.build_app())
+    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url="http://127.0.0.1:9",
+                    token=TOKEN, refurbed_base_url=server.url, refurbed_token=REFURBED_TOKEN, **PRODUCTION_BROKER)
+    victim = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "victim.log").start()
+    restarted = None
+    sessions = session_factory(database_url)
+    client = redis.Redis.from_url(redis_url)
+    broker = build_broker(Settings(redis_url=redis_url))
+    from actors import stock_sync  # a message factory only: the fleet does the work
+
+    def applied(sync_id: int) -> dict[int, str | None]:
+        with sessions() as session:
+            return dict(session.execute(text("SELECT page, next_cursor FROM sync_pages WHERE sync_id = :s"),
+                                        {"s": sync_id}).all())
+
+    try:
+        broker.enqueue(stock_sync.start_stock_sync.message_with_options(
+            kwargs=dict(marketplace="refurbed", force=True, trigger="manual")))
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 8 and unacked(client), 120,
+                   interval=0.02, what="the walk under way with a message in hand")
+        victim.kill()
+        killed_at = time.monotonic()
+        run_id = run_row(sessions)["id"]
+        at_kill = applied(run_id)
+        fetched_before = len(sandbox.walk_cursors())
+        assert run_row(sessions)["status"] == "running" and len(at_kill) < REFURBED_OFFERS // 100
+        # The group comes back (its supervisor restarts it); the messages the dead one held come back
+        # to it once their worker's heartbeat is older than the timeout.
+        restarted = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "restarted.log").start()
+        run = wait_finished(sessions, RECOVERY_BOUND_S + 60)
+        took = time.monotonic() - killed_at
+        assert run["status"] == "succeeded", run["error"]
+        pages = REFURBED_OFFERS // 100
+        assert (run["pages_done"], run["total_pages"], run["items"]) == (pages, pages, REFURBED_OFFERS)
+        # The rest of the walk is a few seconds of work: the wait was the recovery.
+        assert took <= RECOVERY_BOUND_S + 15, f"the sync finished {took:.0f} s after the SIGKILL"
+
+        # Every page applied once (sync_pages), and each stock row written by at most one of them.
+        done = applied(run_id)
+        assert sorted(done) == list(range(1, pages + 1)) and done[pages] is None
+        with sessions() as session:
+            assert session.execute(text("SELECT sum(items) FROM sync_pages WHERE sync_id = :s"),
+                                   {"s": run_id}).scalar() == REFURBED_OFFERS
+            assert session.execute(text(
+                "SELECT count(*) FROM (SELECT stock_id FROM stock_ledger WHERE sync_id = :s GROUP BY stock_id "
+                "HAVING count(*) > 1) twice"), {"s": run_id}).scalar() == 0
+            assert check_invariant(session) == []
+        # The chain went on from the cursor stored with the last page applied before the kill: no page
+        # applied by then was fetched again, and only a page in flight at the kill was fetched twice.
+        # The cursor each page is fetched from is the one stored with the page before it (chain.index
+        # raises on any other): a resumed fetch starts from PostgreSQL's cursor, not from a guess.
+        chain = [None] + [done[page] for page in range(1, pages)]
+        walked = sandbox.walk_cursors()
+        before_kill = [chain.index(cursor) + 1 for cursor in walked[:fetched_before]]
+        after_kill = [chain.index(cursor) + 1 for cursor in walked[fetched_before:]]
+        last_applied = max(at_kill)
+        # Resumed between the last page applied and the first page never fetched.
+        assert after_kill and last_applied < min(after_kill) <= max(before_kill) + 1, (last_applied, after_kill)
+        fetches = Counter(before_kill + after_kill)
+        assert set(fetches) == set(range(1, pages + 1))
+        twice = sorted(page for page, count in fetches.items() if count > 1)
+        assert all(page > last_applied for page in twice) and max(fetches.values()) <= 2, twice
+        # Every row equals the marketplace.
+        assert local_stock(sessions) == {offer["id"]: offer["stock"] for offer in sandbox.offers()}
+        wait_until(lambda: unacked(client) == 0, 10, what="no message left unacked")
+        print(f"cursor walk finished {took:.1f} s after the SIGKILL (bound {RECOVERY_BOUND_S:.0f} s + 15 s); "
+              f"{len(at_kill)} page(s) applied before it, fetched twice: {twice}")
+    finally:
+        victim.kill()
+        if restarted is not None:
+            restarted.stop()
+        broker.close()
+        server.stop()

@@ -95,6 +95,16 @@ def topup(world, listing, quantity: int, reference: str) -> None:
         session.commit()
 
 
+def scale_data_limit(world, lines: int, window_s: float) -> None:
+    """The data limit scaled down to ``lines`` per ``window_s``, on our side and the sandbox's, and no drain
+    sits out a wait for a line.  With the production margin (the fixture's is smaller, for speed): our
+    window and the sandbox's clock see a request at slightly different moments, which is what it is for."""
+    world["sandbox"].configure(lines_per_window=lines, lines_window_s=window_s)
+    world["configure"](BACKMARKET_PUSH_LINES_PER_HOUR=str(lines), BACKMARKET_PUSH_LINES_WINDOW_S=str(window_s),
+                       STOCK_DRAIN_MAX_WAIT_S="0",
+                       RATE_LIMIT_MARGIN_S=str(Settings.model_fields["rate_limit_margin_s"].default))
+
+
 def test_a_burst_of_flagged_rows_is_drained_in_batches_each_row_read_once(world, caplog):
     flag(world, world["listings"])
     broker = Broker()
@@ -162,13 +172,7 @@ def test_an_ambiguous_row_is_read_again_later_not_in_a_loop(world):
 
 def test_pushes_beyond_the_data_limit_wait_in_order_and_superseded_ones_merge(world):
     sandbox = world["sandbox"]
-    # Scaled down: 5 lines per 2 seconds, on our side and the sandbox's.
-    sandbox.configure(lines_per_window=5, lines_window_s=2.0)
-    # The production margin (the fixture's is smaller, for speed): our window and the sandbox's clock
-    # see a request at slightly different moments, which is what the margin is for.
-    world["configure"](BACKMARKET_PUSH_LINES_PER_HOUR="5", BACKMARKET_PUSH_LINES_WINDOW_S="2",
-                       STOCK_DRAIN_MAX_WAIT_S="0",
-                       RATE_LIMIT_MARGIN_S=str(Settings.model_fields["rate_limit_margin_s"].default))
+    scale_data_limit(world, 5, 2.0)  # 5 lines per 2 seconds
     rows = world["listings"][:12]
     for n, listing in enumerate(rows):
         topup(world, listing, 1, f"PO-{n}")

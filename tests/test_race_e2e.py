@@ -1,6 +1,6 @@
 """End to end: orders race a stock sync on real worker processes; every row ends at the true count.
 
-On each platform (Back Market: numbered pages fanned out; Refurbed: a cursor chain), while a sync
+On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: cursor chains), while a sync
 walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
 once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
 sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
@@ -8,7 +8,10 @@ or after the page that shows it, a cancellation sometimes before its order, some
 keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
 no row waits for a push or a re-check, every row must equal the truth (0 above, 0 below) and the
 marketplace must show it.  Production defaults, but for the clock skew's neighbours: a page of 10
-listings and a quota of 4 calls a second, so that a walk takes seconds.
+listings and a quota of 4 calls a second (a Shopify shop: a cost bucket of 120 points restoring 40 a
+second), so that a walk takes seconds.  Shopify's pushes are compare-and-sets: an order landing
+between a push's read and its write is refused by the shop and the push reads again; the refusals
+are counted.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
+from sandbox.shopify import ShopifySandbox
 from tests.fleet import WorkerFleet, fleet_env
 
 pytestmark = pytest.mark.e2e
@@ -97,13 +101,51 @@ class RefurbedSide:
         return []
 
 
+class ShopifySide:
+    """The sandbox Shopify shop (one location) as the race drives it: levels by SKU, an order, its cancellation."""
+
+    account = "shop-race"
+    credential = "STOCKSYNC_ACCOUNT_SHOP_RACE_TOKEN"
+
+    def __init__(self, restocks: bool) -> None:
+        self.sandbox = ShopifySandbox(products=LISTINGS // 2, variants_per_product=2, locations=1, token=TOKEN,
+                                      seed=77, restock_on_cancel=restocks, cost_maximum=120, cost_restore_rate=40)
+
+    def env(self, url: str) -> dict:
+        return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true", self.credential: TOKEN,
+                "shopify_page_size": 10, "shopify_cost_bucket_points": 120, "shopify_cost_restore_per_s": 40}
+
+    def add_account(self, sessions, url: str) -> None:
+        from db import accounts
+
+        with sessions() as session:
+            accounts.add_account(session, platform="shopify", code=self.account, credentials_env=self.credential,
+                                 base_url=url, allow_loopback=True)
+            session.commit()
+
+    def quantity(self, sku: str) -> int:
+        return self.sandbox.available(sku) or 0
+
+    def order(self, sku: str) -> tuple[str, str, str]:
+        order = self.sandbox.place_order({sku: 1}, notify=False)
+        return str(order["id"]), str(order["line_items"][0]["id"]), order["created_at"]
+
+    def cancel(self, order_id: str, line_id: str) -> str:
+        return self.sandbox.cancel_order(int(order_id), notify=False)["cancelled_at"]
+
+    def moves(self, sku: str) -> list[str]:
+        return []
+
+
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
     platform, restocks = request.param
-    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide}[platform](restocks)
+    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](restocks)
     server = serve_in_thread(side.sandbox.build_app())
     quotas = {"backmarket": {"quota_requests": 4, "quota_window_s": 1.0},
-              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0}}[platform]
+              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0}, "shopify": {}}[platform]
+    if hasattr(side, "add_account"):
+        side.add_account(session_factory(database_url), server.url)
     env = fleet_env(redis_url=redis_url, database_url=database_url, token=TOKEN,
                     stock_not_restocking="" if restocks else side.account, **side.env(server.url), **quotas)
     fleet = WorkerFleet(env, processes=2, threads=4, log_path=tmp_path / "fleet.log").start()
@@ -171,9 +213,11 @@ def local(world) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
-                                        (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5)],
+                                        (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
+                                        (("shopify", True), 6), (("shopify", False), 7)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
-                                                 "refurbed-restocks-4", "refurbed-keeps-5"])
+                                                 "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
+                                                 "shopify-keeps-7"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -235,6 +279,9 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
     assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
 
+    if isinstance(side, ShopifySide):  # what the compare-and-set refused (an order between read and write)
+        counts["compares refused"] = side.sandbox.stats()["inventory_writes"]["refused_stale"]
+        print(f"shopify race {seed}: {counts}")
     booked = local(world)
     above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}
     below = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] < truth[sku]}

@@ -182,6 +182,85 @@ def test_refund_gives_back_exactly_the_slot_named_and_only_once():
     run(main())
 
 
+def test_several_slots_are_granted_together_or_not_at_all():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=3, window_s=10)
+        await limiter.acquire()
+        await limiter.acquire()
+        # Given one free slot, a pair is refused and takes nothing
+        granted, wait_s = await limiter.try_acquire(2)
+        assert granted is False and 9.0 < wait_s <= 10.0
+        assert await limiter.remaining() == 1
+        limiter2 = FleetRateLimiter(fake_redis(), "bm2", limit=3, window_s=10)
+        assert await limiter2.try_acquire(2) == (True, 0.0)
+        assert len(limiter2.last_slots) == 2 and await limiter2.remaining() == 1
+        # Each slot of a pair can be given back on its own
+        assert await limiter2.refund(limiter2.last_slots[1]) is True
+        assert await limiter2.remaining() == 2
+        with pytest.raises(ValueError, match="count"):
+            await limiter2.try_acquire(4)
+
+    run(main())
+
+
+def test_an_urgent_waiter_gets_the_next_free_slots_before_the_others():
+    async def main():
+        server = fakeredis.FakeServer()
+        walk = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "bm", limit=4, window_s=0.3)
+        push = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "bm", limit=4, window_s=0.3)
+        for _ in range(4):
+            await walk.acquire()
+        # Given a full window and an urgent pair waiting, when the window frees, I expect the walk
+        # to be granted only what is left beside the claimed pair
+        granted, _ = await push.try_acquire(2, urgent=True, member="push-1")
+        assert granted is False
+        assert await push.redis.zcard(push.claims_key) == 2
+        await asyncio.sleep(0.31)
+        assert [(await walk.try_acquire())[0] for _ in range(3)] == [True, True, False]
+        assert await push.try_acquire(2, urgent=True, member="push-1") == (True, 0.0)
+        # Served, its claim is gone: the walk has the rest of the next window to itself
+        assert await push.redis.zcard(push.claims_key) == 0
+
+    run(main())
+
+
+def test_a_walk_of_acquirers_cannot_starve_an_urgent_pair():
+    async def main():
+        server = fakeredis.FakeServer()
+        walk = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "bm", limit=4, window_s=0.2)
+        push = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "bm", limit=4, window_s=0.2)
+        stop = asyncio.Event()
+
+        async def fetcher():
+            while not stop.is_set():
+                await walk.acquire()
+
+        fetchers = [asyncio.create_task(fetcher()) for _ in range(8)]
+        await asyncio.sleep(0.25)  # the walk holds the window
+        # When a push wants two slots at once, I expect it served within about one window
+        waited = await asyncio.wait_for(push.acquire(2, urgent=True), timeout=2.0)
+        stop.set()
+        for task in fetchers:
+            task.cancel()
+        await asyncio.gather(*fetchers, return_exceptions=True)
+        assert waited < 0.5, waited
+
+    run(main())
+
+
+def test_an_urgent_waiter_that_gives_up_leaves_no_claim():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=2, window_s=10, max_wait_s=0.1)
+        await limiter.acquire()
+        with pytest.raises(RateLimitWaitTimeout):
+            await limiter.acquire(2, urgent=True)
+        assert await limiter.redis.zcard(limiter.claims_key) == 0
+        # So the one free slot is still anybody's
+        assert await limiter.try_acquire() == (True, 0.0)
+
+    run(main())
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="limit"):
         FleetRateLimiter(fake_redis(), "bm", limit=0, window_s=1)

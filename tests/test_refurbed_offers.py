@@ -266,6 +266,18 @@ def test_offers_page_by_cursor_both_ways(refurbed):
     assert status == 400 and "both" in both["message"]
 
 
+def test_list_offers_by_id_reads_a_batch_in_one_call_and_refuses_more_than_a_page_before_sending(refurbed):
+    sandbox, server = refurbed
+    ids = [offer["id"] for offer in sandbox.offers()]
+    before = sandbox.stats()["requests"].get("ListOffers", 0)
+    page = with_client(server.url, lambda client: client.list_offers(ids=[ids[4], int(ids[1])], limit=2))
+    assert [offer.id for offer in page.offers] == [ids[1], ids[4]] and page.has_more is False
+    for bad in ([], ids[:3], ["x"]):
+        with pytest.raises(ValueError):
+            with_client(server.url, lambda client: client.list_offers(ids=bad, limit=2))
+    assert sandbox.stats()["requests"]["ListOffers"] - before == 1
+
+
 def test_quota_answers_carry_the_rate_limit_headers_and_a_429_says_when(refurbed):
     sandbox, server = refurbed
     sandbox.configure(quota_requests=2, quota_window_s=30.0)

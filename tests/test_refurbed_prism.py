@@ -105,6 +105,8 @@ def test_the_sandbox_answers_as_the_spec_says_for_every_endpoint_it_serves(proxi
         ("OfferService/ListOffers", {"pagination": {"limit": 2}, "sort": {"by": "ID", "order": "ASC"}}, 200),
         ("OfferService/ListOffers", {"pagination": {"limit": 2, "starting_after": offer["id"]}}, 200),
         ("OfferService/ListOffers", {"pagination": {"limit": 101}}, 400),
+        # A push's read of a batch: the offers by id, one page.
+        ("OfferService/ListOffers", {"pagination": {"limit": 2}, "filter": {"id": {"any_of": [offer["id"]]}}}, 200),
         ("OfferService/GetOffer", {"identifier": {"id": offer["id"]}}, 200),
         ("OfferService/GetOffer", {"identifier": {"sku": "RB-NONE"}}, 404),
         ("OfferService/UpdateOffer", {"identifier": {"sku": "RB-3"}, "stock": 0}, 200),

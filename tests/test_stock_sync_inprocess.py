@@ -124,3 +124,30 @@ def test_cli_refuses_an_unknown_marketplace_clearly(accounts_only):
     result = CliRunner().invoke(main, ["sync", "ebay"])
     assert result.exit_code == 2
     assert "no account 'ebay'" in result.output
+
+
+def test_a_fan_out_makes_each_page_due_when_the_quota_frees_its_slot(pipeline, monkeypatch):
+    """All due at once, a walk's fetches held every worker thread waiting on the limiter (the other
+    accounts' pages, the applies, events and pushes waited behind them: bench/accounts_sync.py)."""
+    sandbox, broker = pipeline
+    sandbox.configure(quota_requests=5, quota_window_s=1.0)  # the vendor refuses anything beyond the quota
+    monkeypatch.setenv("BACKMARKET_QUOTA_REQUESTS", "5")
+    get_settings.cache_clear()
+    window_ms = (1 + get_settings().rate_limit_margin_s) * 1000
+    sent = {}  # page -> delay when first enqueued (the worker enqueues a delayed message again once due)
+    enqueue = broker.enqueue
+
+    def spy(message, *, delay=None):
+        if message.actor_name == "fetch_listings_page":
+            sent.setdefault(message.args[1], delay)
+        return enqueue(message, delay=delay)
+
+    monkeypatch.setattr(broker, "enqueue", spy)
+    sync_id = stock_sync.begin_stock_sync("backmarket", trigger="manual")
+    run_to_end(broker)
+    # Page 1 took a slot: pages 2-5 go with it, then five a window, as the sliding window frees them.
+    assert sent == {1: None, **{page: int((page - 1) // 5 * window_ms) or None for page in range(2, 16)}}
+    with resources.sessions()() as session:
+        run = get_run(session, sync_id)
+    assert (run.status, run.pages_done, run.retries) == ("succeeded", 15, 0)
+    assert sandbox.stats()["rate_limited"] == 0 and sandbox.max_in_any_window(1.0) <= 5

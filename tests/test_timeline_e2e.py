@@ -206,9 +206,12 @@ def test_the_sku_page_with_its_chart_in_a_browser(world):
             assert page.locator("#stock-chart path.series").count() == 2
             box = chart.bounding_box()
             assert box["width"] > 600 and box["height"] > 200
-            assert page.locator("#stock-chart .mark-order").count() == 2
-            assert page.locator("#stock-chart .mark-topup").count() == 2
+            # The two orders, within a second, may share one mark (one per few pixel columns): it counts them.
+            assert page.locator("#stock-chart .mark-order").count() in (1, 2)
+            assert page.locator("#stock-chart .mark-topup").count() == 2  # one per account
             assert page.locator("#stock-chart .mark-push").count() == 1
+            told = page.inner_text("#chart-summary")
+            assert all(words in told for words in ("2 orders", "2 top-ups", "1 push"))
             assert page.locator("#stock-chart circle.read").count() == 3
             legend = page.inner_text("#chart-legend")
             assert "backmarket listed" in legend and "shop listed" in legend and "order" in legend

@@ -20,12 +20,14 @@ from workers.cli import (
     doctor,
     dlq,
     ingram,
+    ledger,
     monitor,
     poll_orders,
     reconcile,
     sandbox,
     scheduler,
     serve,
+    stock,
     sync,
     syncs,
     users,
@@ -79,5 +81,5 @@ for command in (db.db_group, sync.sync_command, demo.demo_command, sandbox.sandb
                 reconcile.reconcile_command, ingram.ingram, monitor.monitor_command, serve.serve_command,
                 poll_orders.poll_orders_command, dlq.dlq, scheduler.scheduler, accounts.accounts_group,
                 accounts.stores_group, alerts.alerts_group, console.console_command, users.users_group,
-                doctor.doctor_command, syncs.syncs_command):
+                doctor.doctor_command, syncs.syncs_command, stock.stock_group, ledger.ledger_group):
     main.add_command(command)

@@ -53,7 +53,7 @@ def _options(pairs: tuple[str, ...]) -> dict:
 @click.option("--base-url", default=None, help="Its API, https on the platform's own hosts (default: the "
               "platform's; Shopify: https://SHOP.myshopify.com).")
 @click.option("--option", "option_pairs", multiple=True, metavar="KEY=VALUE",
-              help="An option (restock_on_cancel, webhook_secret_env, shop_domain, location_ids, language). "
+              help="An option (restock_on_cancel, webhook_secret_env, shop_domain, location_id, location_ids, language). "
                    "Repeatable.")
 @click.option("--disabled", is_flag=True, help="Add it disabled (never synced, polled or pushed until enabled).")
 @click.option("--no-auto-sync", is_flag=True, help="Leave it out of the scheduled stock sync.")

@@ -135,3 +135,29 @@ def print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]
     click.echo(line([column.upper() for column in columns]))
     for row in rows:
         click.echo(line(row))
+
+
+def write_export(kind: str, fmt: str, output: str, **filters) -> None:
+    """Write the ``kind`` export (``stock`` or ``ledger``) in ``fmt`` to ``output`` (``-``: stdout), a page at
+    a time: a ledger of any size is never held whole."""
+    from pipelines.stock_files import export_chunks
+
+    chunks = export_chunks(kind, fmt, **filters)
+    if output == "-":
+        stream = click.get_text_stream("stdout")
+        for chunk in chunks:
+            stream.write(chunk)
+        stream.flush()
+        return
+    with open(output, "w", encoding="utf-8", newline="") as file:
+        for chunk in chunks:
+            file.write(chunk)
+    err_console.print(f"{kind} export written to {output}")
+
+
+def export_options(command):
+    """Add ``--format csv|jsonl`` and ``--output FILE`` to an export command."""
+    command = click.option("--output", "-o", default="-", show_default=True, metavar="FILE",
+                           help="Where to write it; - is stdout.")(command)
+    return click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True,
+                        help="CSV with a header line, or JSON lines (one object per line).")(command)

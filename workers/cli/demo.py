@@ -1,8 +1,9 @@
-"""``stocksync demo``: one seller on two marketplaces (sandbox Back Market and Refurbed), in one process.
+"""``stocksync demo``: one seller on three marketplaces (sandbox Back Market, Refurbed and a Shopify shop), in one process.
 
-One catalogue is listed on both; each account is synced through the one catalogue pipeline, orders
-land on each marketplace and are polled, a top-up is pushed to each, the sandboxes change 5% of their
-stock and both are synced again; a table per account shows what every step did, on the embedded
+One catalogue is listed on Back Market and Refurbed, the shop has its own; each account is synced
+through the one catalogue pipeline, orders land on each marketplace and are polled, a top-up is
+pushed to each (to the shop with Shopify's compare-and-set), the sandboxes change 5% of their stock
+and every account is synced again; a table per account shows what every step did, on the embedded
 PostgreSQL.
 
 With ``--console`` the operator console stays up afterwards on the demo's data, with a demo user it
@@ -33,10 +34,11 @@ DEMO_USER = "demo"
 @click.option("--console", "with_console", is_flag=True,
               help="Then serve the operator console on the demo's data (CONSOLE_HOST:CONSOLE_PORT) until Ctrl-C.")
 def demo_command(listings: int, change: int | None, with_console: bool) -> None:
-    """A seller on sandbox Back Market and Refurbed: sync, orders, top-ups, sync again (embedded PostgreSQL)."""
+    """A seller on sandbox Back Market, Refurbed and Shopify: sync, orders, top-ups, sync again (embedded PostgreSQL)."""
     from sandbox.backmarket import BackMarketSandbox
     from sandbox.refurbed import RefurbedSandbox
     from sandbox.server import serve_in_thread
+    from sandbox.shopify import ShopifySandbox
 
     settings = get_settings()
     # The sandboxes enforce the marketplaces' real quotas; the fleet's limiters keep under them.
@@ -46,8 +48,12 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     refurbed = RefurbedSandbox(token="demo-token", quota_requests=settings.refurbed_quota_requests,
                                quota_window_s=settings.refurbed_quota_window_s)
     refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on both
+    # The shop sells its own catalogue (two variants a product, one location), at the standard plan's cost rate.
+    shop = ShopifySandbox(products=max(1, listings // 4), variants_per_product=2, locations=1, token="demo-token",
+                          seed=7)
     server = serve_in_thread(sandbox.build_app())
     refurbed_server = serve_in_thread(refurbed.build_app())
+    shop_server = serve_in_thread(shop.build_app())
     redis_server = None
     redis_url = ""
     if with_console and shutil.which("redis-server"):
@@ -58,7 +64,8 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     # The demo is self-contained whatever the environment says: embedded database, no Redis (or its own).
     os.environ.update({"REDIS_URL": redis_url, "DATABASE_URL": "", "BACKMARKET_BASE_URL": server.url,
                        "BACKMARKET_TOKEN": "demo-token", "REFURBED_BASE_URL": refurbed_server.url,
-                       "REFURBED_TOKEN": "demo-token", "METRICS_PORT": "0"})
+                       "REFURBED_TOKEN": "demo-token", "METRICS_PORT": "0", "ACCOUNTS_ALLOW_LOOPBACK": "true",
+                       SHOP_CREDENTIAL: "demo-token"})
     get_settings.cache_clear()
     from db.migrate import upgrade
     from runtime import resources
@@ -67,11 +74,12 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed with the same "
                f"catalogue at {refurbed_server.url}")
     upgrade(resources.database_url())
+    _add_shop(shop_server.url)
     runs = []
     try:
         with in_process_worker(on_redis=bool(redis_url)):
             runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
-            orders = _orders_on_each(sandbox, refurbed)
+            orders = _orders_on_each(sandbox, refurbed, shop)
             click.echo(f"{orders} orders placed on the marketplaces; polling them")
             for code in ACCOUNTS:
                 _poll(code)
@@ -82,10 +90,12 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
             # skew of a push is not trusted for that row (the next sync reads it), by the stock rules.
             for sku in sorted(refurbed.quantities())[-count:]:
                 refurbed.set_offer_stock(sku, refurbed.stock(sku) + 1)
+            for sku in sorted(shop.truth())[-max(1, count // 2):]:
+                shop.set_available(sku, (shop.available(sku) or 0) + 1)
             click.echo(f"changed the stock of {count} listings on each marketplace; syncing again")
             runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
             console.print(summary_table(runs, title="demo: two stock syncs of each account"))
-            console.print(_accounts_table(sandbox, refurbed))
+            console.print(_accounts_table(sandbox, refurbed, shop))
             backmarket_stats, refurbed_stats = sandbox.stats(), refurbed.stats()
             for name, requests, limited, quota, window in (
                     ("Back Market", backmarket_stats["total_requests"], backmarket_stats["rate_limited"],
@@ -94,22 +104,46 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
                      settings.refurbed_quota_requests, settings.refurbed_quota_window_s)):
                 click.echo(f"sandbox {name} saw {requests} requests, {limited} answered 429 (quota {quota} per "
                            f"{window:g} s)")
+            shop_stats = shop.stats()
+            click.echo(f"sandbox Shopify saw {shop_stats['total_requests']} requests (a query-cost bucket of "
+                       f"{shop.throttle_status()['maximumAvailable']:g} points), inventory writes "
+                       f"{shop_stats['inventory_writes']}")
             if with_console:
                 _serve_console()
     finally:
         server.stop()
         refurbed_server.stop()
+        shop_server.stop()
         if redis_server is not None:
             redis_server.stop()
     if any(run.status != "succeeded" for run in runs):
         sys.exit(1)
 
 
-#: The demo seller's accounts (the main ones of the settings).
-ACCOUNTS = ("backmarket", "refurbed")
+#: The demo seller's accounts (the main ones of the settings, and a Shopify shop added by the demo).
+ACCOUNTS = ("backmarket", "refurbed", "shop")
+
+#: The variable the demo shop's credential is read from.
+SHOP_CREDENTIAL = "STOCKSYNC_ACCOUNT_DEMO_SHOP_TOKEN"
 
 
-def _orders_on_each(backmarket, refurbed, count: int = 5) -> int:
+def _add_shop(url: str) -> None:
+    """The demo's Shopify account on the sandbox shop (its URL changes each run)."""
+    from db import accounts
+    from runtime import accounts as views
+    from runtime import resources
+
+    with resources.sessions()() as session:
+        if accounts.get_account(session, "shop") is None:
+            accounts.add_account(session, platform="shopify", code="shop", name="Shopify shop",
+                                 credentials_env=SHOP_CREDENTIAL, base_url=url, allow_loopback=True)
+        else:  # the embedded database outlives the run; the sandbox's port does not
+            accounts.set_base_url(session, "shop", url, allow_loopback=True)
+        session.commit()
+    views.forget()
+
+
+def _orders_on_each(backmarket, refurbed, shop, count: int = 5) -> int:
     """``count`` one-unit orders on each marketplace, of listings in stock; how many in all."""
     listings = [listing for listing, quantity in sorted(backmarket.quantities().items()) if quantity > 1][:count]
     for listing in listings:
@@ -117,7 +151,10 @@ def _orders_on_each(backmarket, refurbed, count: int = 5) -> int:
     skus = [sku for sku, stock in sorted(refurbed.quantities().items()) if stock > 1][:count]
     for sku in skus:
         refurbed.place_order([sku], notify=False)
-    return len(listings) + len(skus)
+    shop_skus = [sku for sku, stock in sorted(shop.truth().items()) if stock > 1][:count]
+    for sku in shop_skus:
+        shop.place_order({sku: 1}, notify=False)
+    return len(listings) + len(skus) + len(shop_skus)
 
 
 def _poll(code: str) -> None:
@@ -154,7 +191,7 @@ def _topup_each() -> None:
     push_stock.broker.join("stock-push")
 
 
-def _accounts_table(backmarket, refurbed):
+def _accounts_table(backmarket, refurbed, shop):
     """Per account: rows, units listed here and on the marketplace, rows that differ, rows pushed."""
     from rich.table import Table
 
@@ -163,7 +200,7 @@ def _accounts_table(backmarket, refurbed):
 
     on_marketplace = {"backmarket": {backmarket.entry(listing).sku: quantity
                                      for listing, quantity in backmarket.quantities().items()},
-                      "refurbed": refurbed.quantities()}
+                      "refurbed": refurbed.quantities(), "shop": shop.truth()}
     table = Table(title="demo: each account against its marketplace")
     for column in ("account", "rows", "units here", "units there", "rows that differ", "pushed"):
         table.add_column(column, justify="left" if column == "account" else "right")

@@ -2,7 +2,8 @@
 
 - ``stocksync reconcile backmarket [--dry-run] [--threshold N] [--show N]``: compare the
   marketplace's listing pages with the stock table; report (and correct, unless a dry run) every
-  difference; alert above the threshold.
+  difference with its cause (drift explained: stale_read, push_lost, unbooked_order,
+  one_sided_restock, hand_edit); alert above the threshold.
 """
 from __future__ import annotations
 
@@ -45,15 +46,21 @@ def reconcile_command(marketplace: str, dry_run: bool, threshold: int | None, sh
                   str(summary.corrected), str(summary.deferred), str(summary.threshold),
                   "ALERT" if summary.alert else "-")
     console.print(table)
+    if summary.discrepancies:
+        causes = Table(title="differences per cause")
+        for cause in summary.causes:
+            causes.add_column(cause, justify="right")
+        causes.add_row(*(str(count) for count in summary.causes.values()))
+        console.print(causes)
     if show and summary.discrepancies:
         with resources.sessions()() as session:
             rows = discrepancy_report(session, summary.run_id, limit=show)
         details = Table(title=f"largest differences ({len(rows)} of {summary.discrepancies})")
-        for column in ("sku", "listing", "local", "marketplace", "difference", "corrected"):
+        for column in ("sku", "listing", "local", "marketplace", "difference", "corrected", "cause"):
             details.add_column(column, justify="right" if column in ("local", "marketplace", "difference") else "left")
         for row in rows:
             details.add_row(row.sku, row.listing or "-", str(row.local), str(row.marketplace), f"{row.difference:+d}",
-                            "yes" if row.corrected else "no")
+                            "yes" if row.corrected else "no", row.cause or "-")
         console.print(details)
     if summary.status != "succeeded":
         raise click.ClickException(f"reconciliation {summary.run_id} {summary.status}: {summary.error}")

@@ -5,26 +5,20 @@ import click
 
 
 @click.command("syncs")
-@click.option("--kind", default=None, help="Only runs of this kind (stock, supplier, store, ...).")
-@click.option("--target", default=None, help="Only runs of this target (backmarket, ingram, a store's name, ...).")
+@click.option("--kind", default=None, help="Only runs of this kind (stock, supplier, ...).")
+@click.option("--target", default=None, help="Only runs of this target (an account's code, ingram, ...).")
 @click.option("--status", type=click.Choice(["running", "succeeded", "failed", "abandoned"]), default=None,
               help="Only runs in this state.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000), help="Newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Print every column of each run as JSON.")
 def syncs_command(kind: str | None, target: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Recent sync runs, newest first: kind, target, trigger, status, pages, items, changes, duration, error."""
-    from sqlalchemy import select
-
-    from db.models import SyncRun
+    from db.syncs import recent_runs
     from runtime import resources
     from workers.cli.common import echo_json, print_table, run_dict
 
-    query = select(SyncRun).order_by(SyncRun.id.desc()).limit(limit)
-    for column, value in ((SyncRun.kind, kind), (SyncRun.target, target), (SyncRun.status, status)):
-        if value is not None:
-            query = query.where(column == value)
     with resources.sessions()() as session:
-        runs = list(session.scalars(query))
+        runs = recent_runs(session, limit, kind=kind, target=target, status=status)
     if as_json:
         echo_json([run_dict(run) for run in runs])
         return

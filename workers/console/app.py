@@ -76,6 +76,11 @@ def _with_headers(response, request: web.Request):
     return response
 
 
+async def _prepare_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The same headers on a streamed answer (a download), whose headers are sent before its handler returns."""
+    _with_headers(response, request)
+
+
 @web.middleware
 async def session_middleware(request: web.Request, handler):
     """Every path but the public ones needs a live session; every POST its CSRF token."""
@@ -156,8 +161,12 @@ def build_console_app(settings: Settings | None = None, *, sessions: Callable | 
                       bursts=AuditBursts(redis, settings.redis_namespace,
                                          window_s=settings.console_audit_burst_window_s),
                       trusted_proxies=parse_networks(settings.console_trusted_proxies))
-    app = web.Application(middlewares=[headers_middleware, session_middleware], client_max_size=256 * 1024)
+    # The largest body of any route (an upload's); ``security.read_form`` holds every other form to its own.
+    app = web.Application(middlewares=[headers_middleware, session_middleware],
+                          client_max_size=max(security.MAX_FORM_BYTES,
+                                              settings.stock_import_max_bytes + security.UPLOAD_ENVELOPE))
     app[CONSOLE] = console
+    app.on_response_prepare.append(_prepare_headers)
     environment = aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=jinja2.select_autoescape(default=True),
         undefined=jinja2.StrictUndefined)

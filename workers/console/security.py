@@ -105,8 +105,23 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+#: The largest form body (the app's own limit is an upload's: ``UPLOAD_ENVELOPE`` past ``STOCK_IMPORT_MAX_BYTES``).
+MAX_FORM_BYTES = 256 * 1024
+UPLOAD_ENVELOPE = 64 * 1024
+
+
+def body_limit(request: web.Request) -> int:
+    """The largest body this request's route takes: a form's, or an upload's for a handler marked ``takes_upload``."""
+    if getattr(request.match_info.handler, "takes_upload", False):
+        return request.app[CONSOLE].settings.stock_import_max_bytes + UPLOAD_ENVELOPE
+    return MAX_FORM_BYTES
+
+
 async def read_form(request: web.Request):
     """The request's form fields; a body that is no readable form is the client's error (400), never a 500."""
+    size, limit = request.content_length, body_limit(request)
+    if size is not None and size > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
     try:
         return await request.post()
     except web.HTTPException:
@@ -123,7 +138,8 @@ def current_user(request: web.Request) -> users.SessionInfo:
 
 def audit_arguments(form) -> dict[str, Any]:
     """A form's fields as the audit keeps them: every field but the secret ones, cut to a sane length."""
-    return {key: str(value)[:500] for key, value in form.items() if key not in SECRET_FIELDS}
+    return {key: (f"file {value.filename!r}" if isinstance(value, web.FileField) else str(value))[:500]
+            for key, value in form.items() if key not in SECRET_FIELDS}
 
 
 Handler = Callable[[web.Request], Awaitable[Any]]

@@ -19,6 +19,8 @@ Routes:
 - ``GET /skus/{sku}/timeline?as_of=&since=&limit=``: the SKU's timeline across every account
   (:mod:`pipelines.timeline`): every account's state as of ``as_of`` (default now) and the latest
   ``limit`` entries (ledger rows, reads, orders, pushes) of ``[since, as_of]`` in time order; same tokens.
+- ``GET /pushes``: the push log (filters ``account``, ``state``, ``since``, ``until``, ``sku``;
+  paged by ``before`` and ``limit``), with the counts per state; the same token.
 - ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
   schema at the migrations' head: 200 ``{"status": "ok"}`` or 503 ``{"status": "not ok"}``; what is
   wrong only to a caller with a read token).
@@ -48,7 +50,9 @@ from sqlalchemy.exc import DBAPIError
 
 from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidStockEvent, StockEvent, check_sku
+from core.push_log import BadPushFilter, parse_filter
 from core.timeline import BadMoment
+from db import push_log
 from db.engine import session_factory
 from pipelines import timeline
 from pipelines.events import check_accounts
@@ -184,6 +188,7 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
     # A SKU may hold '/': the route takes the rest of the path up to the last '/timeline'.
     app.router.add_get("/skus/{sku:.+}/timeline", sku_timeline)
+    app.router.add_get("/pushes", pushes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 
@@ -488,6 +493,22 @@ async def sku_timeline(request: web.Request) -> web.Response:
     if found is None:
         return _error(404, f"no variation with SKU {sku[:200]!r}")
     return _stock_response(found.to_json())
+@_read_api("account", "state", "since", "until", "sku", "before", "limit")
+async def pushes(request: web.Request) -> web.Response:
+    """``GET /pushes``: one page of the push log, newest first, and the counts per state of its filters."""
+    try:
+        wanted = parse_filter(request.query)
+    except BadPushFilter as bad:
+        return _error(400, str(bad))
+
+    def read() -> dict:
+        with session_factory(request.app[DATABASE_URL_KEY] or resources.database_url())() as session:
+            entries, more = push_log.list_pushes(session, wanted)
+            counts = push_log.count_states(session, wanted)
+        return {"pushes": [entry.as_json() for entry in entries], "counts": counts,
+                "next_before": entries[-1].id if more else None}
+
+    return _stock_response(await asyncio.to_thread(read))
 
 
 class StockReader:

@@ -12,11 +12,12 @@ later.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import time
 from typing import Iterable
+
+from core.signatures import shopify_hmac
 
 #: The header an in-house producer signs its request with.
 SIGNATURE_HEADER = "X-Stocksync-Signature"
@@ -53,11 +54,6 @@ def secrets_match(given: str | bytes, expected: str | bytes) -> bool:
 
 
 # -- Shopify ---------------------------------------------------------------------------------------
-
-
-def shopify_hmac(secret: str | bytes, body: bytes) -> str:
-    """``X-Shopify-Hmac-Sha256`` for ``body``: base64 of HMAC-SHA256 keyed with the app's secret."""
-    return base64.b64encode(hmac.new(_key(secret), body, hashlib.sha256).digest()).decode()
 
 
 def verify_shopify(secrets: Iterable[str | bytes], body: bytes, header: str | None) -> None:

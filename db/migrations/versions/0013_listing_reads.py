@@ -5,14 +5,14 @@ first): a page of a sync, a single read (a re-check, a push's read) or a reconci
 The timeline of a SKU shows them next to the ledger; ``LISTING_READS_RETENTION_DAYS`` prunes them.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0012
 Create Date: 2026-12-07 18:00:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 revision = '0013'
-down_revision = '0010'
+down_revision = '0012'
 branch_labels = None
 depends_on = None
 

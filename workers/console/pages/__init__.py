@@ -6,8 +6,9 @@ from aiohttp import web
 
 def register(app: web.Application) -> None:
     """Add every page's routes to ``app``."""
-    from workers.console.pages import (accounts, alerts, audit, auth, deadletters, overview, scheduler, stock, syncs,
-                                       users)
+    from workers.console.pages import (accounts, alerts, audit, auth, deadletters, overview, pushes, scheduler, stock,
+                                       stock_files, syncs, users)
 
-    for module in (auth, overview, stock, syncs, accounts, deadletters, alerts, scheduler, audit, users):
+    for module in (auth, overview, stock, stock_files, pushes, syncs, accounts, deadletters, alerts, scheduler, audit,
+                   users):
         app.router.add_routes(module.routes)

@@ -13,32 +13,30 @@ nothing syncs it away), a refresh where one listing can be read.
 """
 from __future__ import annotations
 
-import logging
 import uuid
 
 import aiohttp_jinja2
 from aiohttp import web
 
-from actors.events import book_and_count, drains_wanted, request_drains
+from actors.events import book_and_push
 from core.accounts import AccountError
-from core.console_rules import CONSOLE_REFERENCE_PREFIX
+from core.console_rules import console_reference
 from core.events import InvalidEvent, make_event
 from core.platforms import NotSupported, platform
+from core.push_log import PushFilter
 from core.timeline import BadMoment
-from db import console_queries
+from db import console_queries, push_log
 from db.accounts import list_accounts
 from pipelines import timeline
 from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
-logger = logging.getLogger(__name__)
-
 routes = web.RouteTableDef()
 
-#: Every reference an operator types is booked under this prefix: producers' references are theirs.
-REFERENCE_PREFIX = CONSOLE_REFERENCE_PREFIX
-
 MAX_SEARCH_RESULTS = 50
+
+#: Pushes shown on a variation's page (the push log has the rest).
+LAST_PUSHES = 10
 
 
 #: The largest id or number a form or query may carry (PostgreSQL's bigint): past it, a 400, not a 500.
@@ -84,7 +82,9 @@ def _variation_page(session, variation_id: int, before_id: int | None, limit: in
         return None
     ledger, more = console_queries.ledger_page(session, variation_id, before_id=before_id, limit=limit)
     able = _accounts(session)
+    pushes, _ = push_log.list_pushes(session, PushFilter(sku=variation.sku, limit=LAST_PUSHES))
     return {"variation": variation, "stock": console_queries.stock_rows(session, variation_id), "ledger": ledger,
+            "pushes": pushes,
             "more": more, "marketplaces": [code for code, p in able.items() if p.takes_local_changes],
             "refreshable": [code for code, p in able.items() if p.read_one],
             "timeline": timeline_section(session, variation_id, variation.sku, options)}
@@ -192,13 +192,6 @@ async def adjust(request: web.Request) -> Done:
     return await _local_event(request, "manual_adjustment", "change")
 
 
-def console_reference(typed: str) -> str:
-    """The ledger reference of what an operator typed: in the console's own namespace (once, so that a
-    reference copied from the ledger names the same event)."""
-    typed = typed.strip()
-    return typed if typed.startswith(REFERENCE_PREFIX) else REFERENCE_PREFIX + typed
-
-
 async def _local_event(request: web.Request, kind: str, field: str, *, minimum: int | None = None) -> Done:
     console, form, found, marketplace = await _stock_form(request)
     amount = _int(form.get(field), field, minimum=minimum)
@@ -214,20 +207,16 @@ async def _local_event(request: web.Request, kind: str, field: str, *, minimum: 
         raise _event_error(error) from None
     # Booked before the answer: the operator's action survives Redis losing its data.
     try:
-        result = (await console.call(book_and_count, [event], console.sessions))[0]
+        [result], queued = await console.call(book_and_push, [event], sessions=console.sessions,
+                                              broker=console.broker, redis=console.redis)
     except (AccountError, NotSupported) as error:  # no such account, or one stocksync cannot push to
         raise Refused(f"marketplace: {error}") from None
     what = f"top-up of {amount}" if kind == "stock_topup" else f"adjustment of {amount:+d}"
     if result.status == "duplicate":
         return Done(f"{what} on {marketplace} was already booked (reference {event.reference})",
                     f"/variations/{found.id}", detail=f"duplicate {event.key}")
-    try:
-        await console.call(request_drains, drains_wanted(event, result), console.broker, console.redis)
-        pushed = "its push enqueued" if result.push_requested else "nothing to push"
-    except Exception as error:  # Redis down or lost: the row stays pending, the sweep pushes it
-        logger.warning("%s booked, but its push was not enqueued (%s: %s); the sweep will push it", event.key,
-                       type(error).__name__, str(error)[:200])
-        pushed = "its push will be sent by the next sweep (the queue is unavailable)"
+    pushed = (("its push enqueued" if result.push_requested else "nothing to push") if queued else
+              "its push will be sent by the next sweep (the queue is unavailable)")
     return Done(f"{what} on {marketplace} booked; {pushed}", f"/variations/{found.id}",
                 detail=f"booked {event.key}: {result.before} -> {result.after}")
 

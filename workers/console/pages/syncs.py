@@ -13,6 +13,7 @@ from aiohttp import web
 
 from db import users
 from db.models import SyncRun
+from db.reconcile import KIND, discrepancy_report, summarize
 from pipelines.progress import load_progress
 from workers.console.context import CONSOLE
 from workers.console import security
@@ -62,7 +63,15 @@ async def sync_run(request: web.Request):
     if not found:
         raise web.HTTPNotFound(text=f"no sync run {sync_id}")
     run = await console.read(lambda session: session.get(SyncRun, sync_id))
-    return {"progress": found[0], "run": run}
+    drift = None
+    if run is not None and run.kind == KIND:
+        # Drift explained: the counts per cause and the largest differences with their cause and evidence.
+        def load(session):
+            return {"summary": summarize(session, sync_id),
+                    "rows": discrepancy_report(session, sync_id, limit=console.settings.console_page_size)}
+
+        drift = await console.read(load)
+    return {"progress": found[0], "run": run, "drift": drift}
 
 
 async def _stream(request: web.Request, sync_id: int | None) -> web.StreamResponse:
