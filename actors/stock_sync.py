@@ -14,12 +14,13 @@ from actors.retry import MalformedMessage, transient_only
 from db import syncs
 from pipelines import events as events_pipeline
 from pipelines import stock_sync as pipeline
+from pipelines import timeline
 from pipelines.stock_sync import SYNC_KIND, check_account, page_items
 from runtime import queues
 from runtime.failures import message_argument, on_dead_letter
 
 __all__ = ["SYNC_KIND", "apply_listings_batch", "begin_stock_sync", "check_account", "fetch_listings_page",
-           "page_items", "resume_stalled_syncs", "start_stock_sync"]
+           "page_items", "prune_listing_reads", "resume_stalled_syncs", "start_stock_sync"]
 
 
 def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> int:
@@ -122,3 +123,12 @@ def apply_listings_batch(sync_id: int, page: int, fetched_at: str, items: list, 
 def _fail_sync_run(message: dramatiq.Message, error: str) -> None:
     pipeline.fail(int(message_argument(message, 0, "sync_id")), message_argument(message, 1, "page"),
                   message.actor_name, error)
+
+
+@dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000,
+                time_limit=30 * 60 * 1000)
+def prune_listing_reads() -> int:
+    """Delete the reads past ``LISTING_READS_RETENTION_DAYS`` (the scheduler's ``listing_reads_prune``)."""
+    deleted = timeline.prune_reads()
+    dramatiq.get_logger(__name__).info("pruned %d listing reads past their retention", deleted)
+    return deleted

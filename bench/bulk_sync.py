@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bulk_sync.py [--listings 100000] [--processes 2] [--threads 8]
                                         [--baseline-rows 5000] [--skip-e2e] [--statements]
+                                        [--reads-attempts 3]
 
 1. End to end: N sandbox listings (unthrottled) → real ``dramatiq`` worker processes on a real
    Redis → a real PostgreSQL (durable settings: fsync on).  Prints the wall time of the sync.
@@ -9,7 +10,12 @@
    - set-based: ``db.snapshot.apply_page`` per page of 50 (one transaction per page);
    - per-row (the old system): per listing SELECT the stock row, UPDATE it, INSERT a history row,
      COMMIT.  Run on the first ``--baseline-rows`` rows (it is slow by design).
-   Prints rows/s for both and the ratio.  With ``--statements``, also where the set-based
+   Prints rows/s for both and the ratio.
+3. What keeping the marketplace's reads costs (``listing_reads``, the timeline's reads): the set-based
+   apply with and without them, same data, same server, each into a new database: a first sync
+   (every row's first read is written), then a second sync where one row in ten changed (only those
+   are written; the others cost the lookup of their previous read).  Prints rows/s of both and the
+   cost in per cent.  With ``--statements``, also where the set-based
    apply's time goes: each statement's mean client-side time per page (timed by SQLAlchemy
    cursor events around every statement, so the rows/s of that run include the timing itself).
 """
@@ -97,25 +103,57 @@ def page_items(listings: int) -> list[list[PageItem]]:
     return [items[i:i + PAGE] for i in range(0, len(items), PAGE)]
 
 
-def set_based(pg: PostgresServer, pages: list[list[PageItem]], database: str = "bench_set") -> float:
-    """Rows/s of ``apply_page``, one transaction per page, into a new database ``database``."""
+def set_based(pg: PostgresServer, pages: list[list[PageItem]], database: str = "bench_set",
+              keep_reads: bool = True, resync: list[list[PageItem]] | None = None) -> float | tuple[float, float]:
+    """Rows/s of ``apply_page``, one transaction per page, into a new database ``database``; with ``resync``,
+    the rows/s of a second sync of those pages too."""
     url = pg.create_database(database)
     upgrade(url)
     sessions = session_factory(url)
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket")
         session.commit()
-        sync_id = begin_run(session, kind="stock", target="backmarket", trigger="manual",
-                            policy=SyncPolicy(0, 0, 900), force=True).id
-    now = datetime.now(timezone.utc)
-    rows = sum(len(p) for p in pages)
-    started = time.perf_counter()
-    with sessions() as session:
-        for number, page in enumerate(pages, start=1):
-            apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=number, fetched_at=now,
-                       items=page, total_pages=len(pages) if number == 1 else None)
-            session.commit()
-    return rows / (time.perf_counter() - started)
+    rates = []
+    for sync_pages in [pages] + ([resync] if resync else []):
+        with sessions() as session:
+            sync_id = begin_run(session, kind="stock", target="backmarket", trigger="manual",
+                                policy=SyncPolicy(0, 0, 900), force=True).id
+        now = datetime.now(timezone.utc)
+        rows = sum(len(p) for p in sync_pages)
+        started = time.perf_counter()
+        with sessions() as session:
+            for number, page in enumerate(sync_pages, start=1):
+                apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=number, fetched_at=now,
+                           items=page, total_pages=len(sync_pages) if number == 1 else None, keep_reads=keep_reads)
+                session.commit()
+        rates.append(rows / (time.perf_counter() - started))
+    return tuple(rates) if resync else rates[0]
+
+
+def one_in_ten_changed(pages: list[list[PageItem]]) -> list[list[PageItem]]:
+    """The same pages with every tenth listing's quantity one higher (a second sync's catalogue)."""
+    from dataclasses import replace
+
+    return [[replace(item, quantity=item.quantity + 1) if (n * PAGE + i) % 10 == 0 else item
+             for i, item in enumerate(page)] for n, page in enumerate(pages)]
+
+
+def reads_cost(pg: PostgresServer, pages: list[list[PageItem]], attempts: int = 3) -> list[str]:
+    """The apply with and without ``listing_reads``: a first sync and a second one (one row in ten changed)."""
+    resync = one_in_ten_changed(pages)
+    lines = []
+    # Alternated, ``attempts`` times each, best of them: the machine is shared, the first run warms the server.
+    rates = {True: [], False: []}
+    for attempt in range(attempts):
+        for keep in (False, True):
+            rates[keep].append(set_based(pg, pages, database=f"bench_reads_{int(keep)}_{attempt}", keep_reads=keep,
+                                         resync=resync))
+    for index, what in enumerate(("first sync (every read new)", "second sync (1 in 10 changed)")):
+        without = max(r[index] for r in rates[False])
+        with_reads = max(r[index] for r in rates[True])
+        lines.append(f"apply with listing_reads, {what}: {with_reads:,.0f} rows/s; without: {without:,.0f} rows/s; "
+                     f"cost {100 * (without / with_reads - 1):+.1f}% time per row (best of {attempts} each, alternated)")
+    return lines
 
 
 def per_row(pg: PostgresServer, pages: list[list[PageItem]], limit: int) -> tuple[float, int]:
@@ -126,7 +164,8 @@ def per_row(pg: PostgresServer, pages: list[list[PageItem]], limit: int) -> tupl
     upgrade(url)
     items = [item for page in pages for item in page][:limit]
     with psycopg.connect(pg.conninfo("bench_rows")) as conn:
-        conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market')")
+        conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market') "
+                     "ON CONFLICT (code) DO NOTHING")  # the migrations make the main accounts
         conn.execute("INSERT INTO variations (sku) SELECT unnest(%s::text[])", ([i.sku for i in items],))
         conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed) "
                      "SELECT id, 1, 0 FROM variations")
@@ -171,9 +210,11 @@ class StatementTimes:
         entry[0] += 1
         entry[1] += elapsed
 
-    def report(self, pages: int, most: int = 8) -> list[str]:
-        """One line per statement run on every page or more: mean ms per page, slowest first."""
-        rows = [(total / pages * 1000, text_) for text_, (count, total) in self.totals.items() if count >= pages]
+    def report(self, pages: int, most: int = 8, min_count: int | None = None) -> list[str]:
+        """One line per statement run on every page or more (``min_count`` times, if given): mean ms per
+        page, slowest first."""
+        least = pages if min_count is None else min_count
+        rows = [(total / pages * 1000, text_) for text_, (count, total) in self.totals.items() if count >= least]
         return [f"  {ms:6.2f} ms/page  {text_}" for ms, text_ in sorted(rows, reverse=True)[:most]]
 
 
@@ -184,6 +225,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--baseline-rows", type=int, default=5_000)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--reads-attempts", type=int, default=3,
+                        help="syncs with and without listing_reads, alternated, each this many times (best kept)")
     parser.add_argument("--statements", action="store_true",
                         help="also time the set-based apply's statements (a separate, instrumented run)")
     args = parser.parse_args()
@@ -209,6 +252,7 @@ def main() -> None:
         print(f"apply, per-row (select, update, insert history, commit; old system): {row_rate:,.0f} rows/s "
               f"over {rows} rows")
         print(f"ratio set-based / per-row: {set_rate / row_rate:.1f}x")
+        print("\n".join(reads_cost(pg, pages, args.reads_attempts)))
         if args.statements:
             with StatementTimes() as times:
                 instrumented = set_based(pg, pages, database="bench_statements")

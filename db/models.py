@@ -175,6 +175,31 @@ class StockLedger(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ListingRead(Base):
+    """What a marketplace's read said of one stock row, kept only when it differs from the previous read.
+
+    ``source``: a sync's ``page``, a ``single`` read (a re-check, a push's read) or a ``reconcile``
+    page.  Written in the apply's own statement (:mod:`db.snapshot`); pruned after
+    ``LISTING_READS_RETENTION_DAYS`` except each row's latest read.
+    """
+
+    __tablename__ = "listing_reads"
+    __table_args__ = (
+        CheckConstraint("source IN ('page', 'single', 'reconcile')", name="ck_listing_reads_source"),
+        Index("ix_listing_reads_stock_read", "stock_id", "read_at"),
+        Index("ix_listing_reads_read_at", "read_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    stock_id: Mapped[int] = mapped_column(ForeignKey("marketplace_stock.id", ondelete="CASCADE"))
+    variation_id: Mapped[int] = mapped_column(BigInteger)
+    marketplace_id: Mapped[int] = mapped_column(Integer)
+    quantity: Mapped[int] = mapped_column(Integer)
+    read_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(String(16))
+    sync_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
 class SyncRun(Base):
     """One run of a sync (stock, supplier, store, reconciliation): status, progress and counts."""
 
@@ -231,4 +256,5 @@ class SyncPage(Base):
     next_cursor: Mapped[str | None] = mapped_column(Text)
 
 
-__all__ = ["Account", "Base", "Marketplace", "Variation", "Listing", "MarketplaceStock", "StockLedger", "SyncRun", "SyncPage"]
+__all__ = ["Account", "Base", "ListingRead", "Marketplace", "Variation", "Listing", "MarketplaceStock", "StockLedger",
+           "SyncRun", "SyncPage"]

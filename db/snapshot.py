@@ -24,6 +24,9 @@ from core.booking import DEFAULT_CLOCK_SKEW
 #: Ledger change types a snapshot replaces rather than keeps on top (they *are* snapshots).
 SNAPSHOT_CHANGE_TYPES = ("sync", "reconciliation", "recheck")
 
+#: Where a read came from (``listing_reads.source``), by the ledger change type its snapshot books.
+READ_SOURCES = {"sync": "page", "recheck": "single", "reconciliation": "reconcile"}
+
 #: What :func:`apply_snapshot` did with a row: applied it, or left it (see the module docstring).
 ROW_STATES = SNAPSHOT_STATES
 
@@ -108,7 +111,8 @@ def _dedupe(items: Iterable[PageItem]) -> list[PageItem]:
 def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int, fetched_at: datetime,
                items: Iterable[PageItem], language: str = "fr-fr", total_pages: int | None = None,
                total_items: int | None = None, skew: timedelta | None = None, now: datetime | None = None,
-               restocks_on_cancel: bool = True, next_cursor: str | None = None) -> PageResult:
+               restocks_on_cancel: bool = True, next_cursor: str | None = None, keep_reads: bool = True
+               ) -> PageResult:
     """Apply one page of listings in the caller's transaction (the caller commits).
 
     Idempotent per (sync_id, page): a re-delivered page finds its ``sync_pages`` row and changes
@@ -116,7 +120,8 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
     so "all pages applied" never depends on a message that could be lost.  Rows the page cannot
     be trusted for are left as they are (:func:`apply_snapshot`; ``skew`` defaults to
     :data:`core.booking.DEFAULT_CLOCK_SKEW`).  ``next_cursor``: a cursor walk's way to the next page,
-    kept with this one so a resume starts after the last page applied.
+    kept with this one so a resume starts after the last page applied.  ``keep_reads``: write the
+    page's changed reads to ``listing_reads`` (off only to measure what they cost).
     """
     items = _dedupe(items)
     claimed = session.execute(
@@ -134,7 +139,7 @@ def apply_page(session: Session, *, marketplace_id: int, sync_id: int, page: int
         rows = apply_snapshot(session, marketplace_id=marketplace_id, fetched_at=fetched_at,
                               skus=[i.sku for i in items], quantities=[i.quantity for i in items],
                               key_prefix=f"sync:{sync_id}:{page}:", sync_id=sync_id, skew=skew, now=now,
-                              restocks_on_cancel=restocks_on_cancel)
+                              restocks_on_cancel=restocks_on_cancel, keep_reads=keep_reads)
         changed = sum(row.state == "apply" and row.after != row.before for row in rows)
         deferred = sum(row.state != "apply" for row in rows)
         rechecks = sum(row.state == "ambiguous" for row in rows)
@@ -179,16 +184,18 @@ def upsert_catalogue(session: Session, *, marketplace_id: int, sync_id: int, fet
 def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetime, skus: Sequence[str],
                    quantities: Sequence[int], key_prefix: str, change_type: str = "sync", sync_id: int | None = None,
                    actor: str = "stock_sync", skew: timedelta | None = None, dry_run: bool = False,
-                   now: datetime | None = None, lease_owner: str | None = None, restocks_on_cancel: bool = True
-                   ) -> list[SnapshotRow]:
+                   now: datetime | None = None, lease_owner: str | None = None, restocks_on_cancel: bool = True,
+                   keep_reads: bool = True) -> list[SnapshotRow]:
     """Apply the marketplace's quantities (by SKU, as of ``fetched_at``) to existing stock rows.
 
     Each row becomes what :func:`core.booking.decide_snapshot` says, with one ledger row
     (``change_type``, key ``key_prefix || stock id``) per change and the variation total moved by
     the same delta; a row left ``ambiguous`` is flagged for a re-check.  ``lease_owner``: the
     push whose own read this is (its lease does not make the row ``unpushed``).  Quantities of one
-    SKU are summed (several listings of one variation).  With ``dry_run`` nothing is locked or
-    written: the rows say what would happen.  Does not commit.
+    SKU are summed (several listings of one variation).  What the marketplace said of each row is
+    kept in ``listing_reads`` (whatever the row's state) when it differs from the row's previous
+    read, unless ``keep_reads`` is off.  With ``dry_run`` nothing is locked or written: the rows
+    say what would happen.  Does not commit.
     """
     plan_for_small_batches(session)
     params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
@@ -204,7 +211,8 @@ def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetim
         # snapshot sees every event that committed before we got the locks.
         session.execute(_LOCK_PAGE_ROWS, params)
         rows = session.execute(text(_SNAPSHOT_TARGET + _APPLY_TARGET), {
-            **params, "change_type": change_type, "key_prefix": key_prefix, "sync": sync_id, "actor": actor})
+            **params, "change_type": change_type, "key_prefix": key_prefix, "sync": sync_id, "actor": actor,
+            "source": READ_SOURCES[change_type] if keep_reads else None})
     return [SnapshotRow(row.id, row.state, row.before, row.after, row.api_quantity) for row in rows]
 
 
@@ -351,6 +359,19 @@ _APPLY_TARGET = """
     FROM (SELECT variation_id, sum(change) AS delta FROM ledger GROUP BY variation_id) d
     WHERE v.id = d.variation_id
     RETURNING v.id
+), reads AS (
+    -- What the marketplace said, whatever the row's state, when it differs from the row's read just
+    -- before this one (the first read of a row always): one index lookup per row, no write otherwise.
+    INSERT INTO listing_reads (stock_id, variation_id, marketplace_id, quantity, read_at, source, sync_id)
+    SELECT target.id, target.variation_id, :mp, target.api_quantity, :t, CAST(:source AS text), CAST(:sync AS bigint)
+    FROM target
+    LEFT JOIN LATERAL (
+        SELECT r.quantity FROM listing_reads r WHERE r.stock_id = target.id AND r.read_at <= :t
+        ORDER BY r.read_at DESC LIMIT 1
+    ) previous_read ON true
+    WHERE CAST(:source AS text) IS NOT NULL AND previous_read.quantity IS DISTINCT FROM target.api_quantity
+    ORDER BY target.id
+    RETURNING 1
 )
 SELECT id, state, before, after, api_quantity FROM target ORDER BY id
 """

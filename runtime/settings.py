@@ -258,6 +258,8 @@ class Settings(BaseSettings):
     scheduler_stock_sweep_cron: str = "*/15 * * * *"
     #: Running stock syncs that stopped moving get their missing pages fetched again (``resume_stalled_syncs``).
     scheduler_stock_sync_resume_cron: str = "* * * * *"
+    #: Reads older than ``listing_reads_retention_days`` are pruned (``prune_listing_reads``).
+    scheduler_listing_reads_prune_cron: str = "40 3 * * *"
     #: Time zone the crontab strings are read in.
     scheduler_timezone: str = "UTC"
     #: Leader lock: only the scheduler holding it enqueues.  It expires this long after its holder's
@@ -298,6 +300,10 @@ class Settings(BaseSettings):
     stock_alert_notify_max_retries: int = Field(5, ge=0)
     stock_alert_notify_min_backoff_ms: int = Field(30_000, ge=1)
     stock_alert_notify_max_backoff_ms: int = Field(30 * 60_000, ge=1)
+
+    #: What the marketplaces' reads said (``listing_reads``, the timeline's reads) is kept this many
+    #: days; each stock row's latest read is kept whatever its age (the next read is compared with it).
+    listing_reads_retention_days: int = Field(400, ge=1)
 
     # --- operator console ---
     #: ``stocksync console``: the operator web console.  Loopback unless told otherwise: put a

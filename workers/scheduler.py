@@ -64,6 +64,7 @@ JOBS: tuple[Job, ...] = (
         each_account("sweep_stock", ("push", "read_one"))),
     Job("stock_sync_resume", "scheduler_stock_sync_resume_cron", "each_account",
         each_account("resume_stalled_syncs", "paging")),
+    Job("listing_reads_prune", "scheduler_listing_reads_prune_cron", "prune_listing_reads"),
 )
 
 #: Jobs by name; the names of before accounts (one job per marketplace) name the job that replaced them.

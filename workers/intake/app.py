@@ -16,6 +16,9 @@ Routes:
 - ``GET /stock?sku=...`` and ``GET /variations/{id}/stock``: stock per marketplace with
   ``last_synced_at``, from PostgreSQL (one indexed query on a psycopg async pool), no API call;
   only with ``Authorization: Bearer <a token of READ_API_TOKENS>``.
+- ``GET /skus/{sku}/timeline?as_of=&since=&limit=``: the SKU's timeline across every account
+  (:mod:`pipelines.timeline`): every account's state as of ``as_of`` (default now) and the latest
+  ``limit`` entries (ledger rows, reads, orders, pushes) of ``[since, as_of]`` in time order; same tokens.
 - ``GET /pushes``: the push log (filters ``account``, ``state``, ``since``, ``until``, ``sku``;
   paged by ``before`` and ``limit``), with the counts per state; the same token.
 - ``GET /healthz`` (the process answers) and ``GET /readyz`` (Redis and PostgreSQL reachable, the
@@ -48,8 +51,10 @@ from sqlalchemy.exc import DBAPIError
 from core.console_rules import CONSOLE_REFERENCE_PREFIX
 from core.events import InvalidStockEvent, StockEvent, check_sku
 from core.push_log import BadPushFilter, parse_filter
+from core.timeline import BadMoment
 from db import push_log
 from db.engine import session_factory
+from pipelines import timeline
 from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
@@ -181,6 +186,8 @@ def build_intake_app(settings: Settings | None = None, *, broker: dramatiq.Broke
     app.router.add_post("/events", producer_events)
     app.router.add_get("/stock", stock_by_sku)
     app.router.add_get("/variations/{variation_id}/stock", stock_by_variation)
+    # A SKU may hold '/': the route takes the rest of the path up to the last '/timeline'.
+    app.router.add_get("/skus/{sku:.+}/timeline", sku_timeline)
     app.router.add_get("/pushes", pushes)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -466,6 +473,26 @@ async def stock_by_variation(request: web.Request) -> web.Response:
     return _stock_response(found)
 
 
+@_read_api("as_of", "since", "limit")
+async def sku_timeline(request: web.Request) -> web.Response:
+    """``GET /skus/{sku}/timeline``: the SKU's timeline across every account, as of ``as_of``."""
+    sku = request.match_info["sku"]
+    try:
+        check_sku(sku)
+        options = timeline.parse_options(request.query.get("as_of"), request.query.get("since"),
+                                         request.query.get("limit"))
+    except (InvalidStockEvent, BadMoment) as invalid:
+        return _error(400, str(invalid))
+    sessions = session_factory(request.app[DATABASE_URL_KEY] or resources.database_url())
+
+    def read():
+        with sessions() as session:
+            return timeline.timeline_of_sku(session, sku, **options)
+
+    found = await asyncio.to_thread(read)
+    if found is None:
+        return _error(404, f"no variation with SKU {sku[:200]!r}")
+    return _stock_response(found.to_json())
 @_read_api("account", "state", "since", "until", "sku", "before", "limit")
 async def pushes(request: web.Request) -> web.Response:
     """``GET /pushes``: one page of the push log, newest first, and the counts per state of its filters."""

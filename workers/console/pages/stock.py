@@ -5,7 +5,9 @@ before the operator is answered, with the user as the ledger's ``actor``; their 
 after, and a push Redis loses is sent by the sweep.  The reference comes with the form (made when
 it was shown, or typed) under the ``console:`` prefix, so the same form sent twice books once and
 an operator's reference never takes a producer's.  A refresh enqueues ``recheck_stock`` for the
-row: one GET of its listing, applied with the re-check's rules.  Each is offered, and accepted, only on the
+row: one GET of its listing, applied with the re-check's rules.  The page ends with the SKU's timeline
+across every account (:mod:`pipelines.timeline`): a server-rendered SVG chart and the latest entries,
+as of the moment its GET form (``as_of``) names.  Each is offered, and accepted, only on the
 accounts whose platform can take it (``core.platforms``): a top-up where it can be pushed (or where
 nothing syncs it away), a refresh where one listing can be read.
 """
@@ -22,8 +24,10 @@ from core.console_rules import console_reference
 from core.events import InvalidEvent, make_event
 from core.platforms import NotSupported, platform
 from core.push_log import PushFilter
+from core.timeline import BadMoment
 from db import console_queries, push_log
 from db.accounts import list_accounts
+from pipelines import timeline
 from workers.console.context import CONSOLE
 from workers.console.security import Done, Refused, action, current_user
 
@@ -72,7 +76,7 @@ async def search(request: web.Request):
     return {"q": prefix, "found": found, "limit": MAX_SEARCH_RESULTS}
 
 
-def _variation_page(session, variation_id: int, before_id: int | None, limit: int):
+def _variation_page(session, variation_id: int, before_id: int | None, limit: int, options: dict):
     variation = console_queries.get_variation(session, variation_id)
     if variation is None:
         return None
@@ -82,7 +86,17 @@ def _variation_page(session, variation_id: int, before_id: int | None, limit: in
     return {"variation": variation, "stock": console_queries.stock_rows(session, variation_id), "ledger": ledger,
             "pushes": pushes,
             "more": more, "marketplaces": [code for code, p in able.items() if p.takes_local_changes],
-            "refreshable": [code for code, p in able.items() if p.read_one]}
+            "refreshable": [code for code, p in able.items() if p.read_one],
+            "timeline": timeline_section(session, variation_id, variation.sku, options)}
+
+
+def timeline_section(session, variation_id: int, sku: str, options: dict) -> timeline.Timeline | None:
+    """The page's timeline section (the console bench swaps it for nothing to measure the page without it)."""
+    return timeline.timeline(session, variation_id, sku, limit=TIMELINE_ENTRIES, **options)
+
+
+#: Entries the SKU page lists under its chart (the read API gives more).
+TIMELINE_ENTRIES = 100
 
 
 def _accounts(session) -> dict:
@@ -113,10 +127,16 @@ async def variation(request: web.Request):
     console = request.app[CONSOLE]
     before = request.query.get("before")
     before_id = _int(before, "before", minimum=1) if before else None
-    data = await console.read(_variation_page, _id(request), before_id, console.settings.console_page_size)
+    as_of = request.query.get("as_of")
+    try:
+        options = timeline.parse_options(as_of=as_of)
+    except BadMoment as bad:
+        raise Refused(str(bad)) from None
+    data = await console.read(_variation_page, _id(request), before_id, console.settings.console_page_size,
+                              options)
     if data is None:
         raise web.HTTPNotFound(text=f"no variation {request.match_info['variation_id']}")
-    data.update(before=before_id, reference=uuid.uuid4().hex[:12])
+    data.update(before=before_id, reference=uuid.uuid4().hex[:12], as_of=(as_of or "").strip()[:40])
     return data
 
 

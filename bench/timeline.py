@@ -1,0 +1,183 @@
+"""SKU page benchmark with its timeline and chart: a SKU with 10,000 ledger rows and a year of reads.
+
+    .venv/bin/python bench/timeline.py [--variations 20000] [--ledger-rows 10000] [--read-hours 8760]
+                                       [--requests 300]
+
+A real PostgreSQL (durable settings) with ``--variations`` variations on two accounts (Back Market
+and Refurbed); the SKU under test has ``--ledger-rows`` ledger rows booked over the last year on both
+accounts (syncs, orders, top-ups) and, on each account, a read every hour of that year whose quantity
+changed (``--read-hours``: the most a year of hourly syncs can keep).  The console app is served on
+loopback in this process's background thread, logged in as a viewer; one client on a keep-alive
+connection sends ``--requests`` requests one after the other (client time included).
+
+Baseline in the same run: the same page with its timeline section swapped for nothing (what the page
+cost before the timeline), and ``pipelines.timeline.timeline`` alone on one connection (the section's
+queries, merge and chart, without HTTP or the template).  Goal: p99 < 100 ms for the page with it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import fakeredis  # noqa: E402
+import psycopg  # noqa: E402
+from dramatiq.brokers.stub import StubBroker  # noqa: E402
+
+from bench.console import DURABLE, PASSWORD, measure, percentiles  # noqa: E402
+from db import users  # noqa: E402
+from db.engine import session_factory  # noqa: E402
+from db.migrate import upgrade  # noqa: E402
+from runtime.local_servers import PostgresServer  # noqa: E402
+from runtime.settings import Settings  # noqa: E402
+
+GOAL_MS = 100.0
+SKU = "BENCH-0000001"
+
+
+def seed(pg: PostgresServer, database: str, variations: int, ledger_rows: int, read_hours: int) -> int:
+    """The catalogue on two accounts, and the SKU's year of history; returns its variation id."""
+    with psycopg.connect(pg.conninfo(database)) as conn:
+        conn.execute("INSERT INTO variations (sku, title, total_stock) SELECT 'BENCH-' || lpad(n::text, 7, '0'), "
+                     "'Phone ' || n, 0 FROM generate_series(1, %s) AS n", (variations,))
+        conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed, last_api_quantity, "
+                     "last_synced_at, push_state, pushed_at, pushed_quantity) "
+                     "SELECT v.id, m.id, 0, 0, now() - interval '1 hour', 'pushed', now() - interval '2 days', 0 "
+                     "FROM variations v CROSS JOIN marketplaces m WHERE m.code IN ('backmarket', 'refurbed')")
+        conn.execute("INSERT INTO listings (marketplace_id, external_id, variation_id, sku, title, api_quantity) "
+                     "SELECT s.marketplace_id, md5(v.sku || s.marketplace_id), v.id, v.sku, v.title, 0 "
+                     "FROM variations v JOIN marketplace_stock s ON s.variation_id = v.id")
+        variation_id = conn.execute("SELECT id FROM variations WHERE sku = %s", (SKU,)).fetchone()[0]
+        # A first sync of 20 on each account, then its history: listed == sum(change) holds.
+        conn.execute("INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, "
+                     "quantity_after, change, change_type, idempotency_key, event_time, created_at) "
+                     "SELECT id, variation_id, marketplace_id, 0, 20, 20, 'sync', 'bench:first:' || id, "
+                     "now() - interval '366 days', now() - interval '366 days' FROM marketplace_stock "
+                     "WHERE variation_id = %s", (variation_id,))
+        # The SKU's ledger: a chain per account (each row starts where the one before ended), booked
+        # evenly over the last year: orders, top-ups and syncs.
+        conn.execute("""
+            WITH steps AS (
+                SELECT n, s.id AS stock_id, s.marketplace_id,
+                       CASE WHEN n %% 5 = 0 THEN 'topup' WHEN n %% 7 = 0 THEN 'sync' ELSE 'order_created' END AS kind,
+                       CASE WHEN n %% 5 = 0 THEN 3 WHEN n %% 7 = 0 THEN 1 ELSE -1 END AS change
+                FROM generate_series(1, %(rows)s) AS n
+                JOIN marketplace_stock s ON s.variation_id = %(v)s
+                 AND s.marketplace_id = (SELECT id FROM marketplaces WHERE code =
+                                         CASE WHEN n %% 2 = 0 THEN 'backmarket' ELSE 'refurbed' END)
+            ), chained AS (
+                SELECT *, 20 + sum(change) OVER (PARTITION BY stock_id ORDER BY n) AS after FROM steps
+            )
+            INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
+                                      change_type, order_id, order_line_id, reference, actor, idempotency_key,
+                                      event_time, created_at)
+            SELECT stock_id, %(v)s, marketplace_id, after - change, after, change, kind,
+                   CASE WHEN kind = 'order_created' THEN 'O-' || n END, CASE WHEN kind = 'order_created' THEN 'L-' || n END,
+                   CASE WHEN kind = 'topup' THEN 'PO-' || n END, 'bench', 'bench:' || n,
+                   now() - interval '365 days' * (1 - n::float / %(rows)s),
+                   now() - interval '365 days' * (1 - n::float / %(rows)s)
+            FROM chained ORDER BY n""", {"rows": ledger_rows, "v": variation_id})
+        conn.execute("UPDATE marketplace_stock s SET listed = l.total FROM (SELECT stock_id, sum(change) AS total "
+                     "FROM stock_ledger GROUP BY stock_id) l WHERE l.stock_id = s.id")
+        conn.execute("UPDATE variations v SET total_stock = t.total FROM (SELECT variation_id, sum(listed) AS total "
+                     "FROM marketplace_stock GROUP BY variation_id) t WHERE t.variation_id = v.id")
+        # A year of hourly reads of the SKU on each account, every one a change (the most that is kept),
+        # and one read of every other row (the table is not made of this SKU alone).
+        conn.execute("INSERT INTO listing_reads (stock_id, variation_id, marketplace_id, quantity, read_at, source) "
+                     "SELECT s.id, s.variation_id, s.marketplace_id, 10 + (h %% 9), "
+                     "now() - interval '1 hour' * (%s - h), 'page' FROM marketplace_stock s "
+                     "CROSS JOIN generate_series(1, %s) AS h WHERE s.variation_id = %s",
+                     (read_hours, read_hours, variation_id))
+        conn.execute("INSERT INTO listing_reads (stock_id, variation_id, marketplace_id, quantity, read_at, source) "
+                     "SELECT id, variation_id, marketplace_id, 0, now() - interval '1 hour', 'page' "
+                     "FROM marketplace_stock WHERE variation_id <> %s", (variation_id,))
+        conn.execute("ANALYZE")
+    return variation_id
+
+
+def bare_timeline(sessions, variation_id: int, requests: int) -> list[float]:
+    """``pipelines.timeline.timeline`` as the page calls it, on one pooled connection."""
+    from pipelines import timeline
+    from workers.console.pages.stock import TIMELINE_ENTRIES
+
+    samples = []
+    with sessions() as session:
+        for index in range(requests + 20):
+            started = time.perf_counter()
+            timeline.timeline(session, variation_id, SKU, limit=TIMELINE_ENTRIES)
+            if index >= 20:
+                samples.append(time.perf_counter() - started)
+            session.rollback()
+    return samples
+
+
+def p99_ms(samples: list[float]) -> float:
+    return sorted(samples)[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variations", type=int, default=20_000)
+    parser.add_argument("--ledger-rows", type=int, default=10_000)
+    parser.add_argument("--read-hours", type=int, default=365 * 24)
+    parser.add_argument("--requests", type=int, default=300)
+    args = parser.parse_args()
+
+    from sandbox.server import serve_in_thread
+    from workers.console.app import build_console_app
+    from workers.console.pages import stock
+
+    with tempfile.TemporaryDirectory(prefix="stocksync-bench-timeline-") as folder:
+        pg = PostgresServer(Path(folder) / "pg", options=DURABLE).start()
+        try:
+            url = pg.create_database("bench_timeline")
+            upgrade(url)
+            started = time.perf_counter()
+            variation_id = seed(pg, "bench_timeline", args.variations, args.ledger_rows, args.read_hours)
+            print(f"catalogue: {args.variations} variations on 2 accounts; {SKU}: {args.ledger_rows} ledger rows over "
+                  f"a year, {args.read_hours} reads on each account (seeded in {time.perf_counter() - started:.1f} s)")
+            sessions = session_factory(url)
+            with sessions() as session:
+                users.add_user(session, "bench", PASSWORD, "viewer")
+                session.commit()
+            app = build_console_app(Settings(console_page_size=50), sessions=sessions,
+                                    redis=fakeredis.FakeRedis(), broker=StubBroker(), dead_letters=None)
+            server = serve_in_thread(app)
+            path = f"/variations/{variation_id}"
+            with_name = "SKU page with timeline and chart GET /variations/{id}"
+            without_name = "SKU page without the timeline (baseline)"
+            as_of_name = "SKU page as of half a year ago GET /variations/{id}?as_of="
+            half_year = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 182 * 86400))
+            try:
+                results = asyncio.run(measure(server.url, {with_name: path, as_of_name: f"{path}?as_of={half_year}"},
+                                              args.requests))
+                timeline_section = stock.timeline_section
+                stock.timeline_section = lambda *_: None  # the page as it was before the timeline
+                try:
+                    results.update(asyncio.run(measure(server.url, {without_name: path}, args.requests)))
+                finally:
+                    stock.timeline_section = timeline_section
+            finally:
+                server.stop()
+            results["pipelines.timeline.timeline alone (queries, merge, chart)"] = bare_timeline(
+                sessions, variation_id, args.requests)
+            for name, samples in results.items():
+                print(f"{name}: {percentiles(samples)}")
+            extra = p99_ms(results[with_name]) - p99_ms(results[without_name])
+            print(f"the timeline adds {extra:.2f} ms to the page's p99")
+            for name in (with_name, as_of_name):
+                p99 = p99_ms(results[name])
+                print(f"goal p99 < {GOAL_MS:.0f} ms, {name.split(' GET')[0]}: {'met' if p99 < GOAL_MS else 'NOT met'} "
+                      f"({p99:.2f} ms)")
+        finally:
+            pg.stop()
+
+
+if __name__ == "__main__":
+    main()
