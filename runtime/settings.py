@@ -276,9 +276,10 @@ class Settings(BaseSettings):
     #: A shop's GraphQL query-cost bucket (points) and restore rate (points a second) until Shopify's
     #: own ``throttleStatus`` says otherwise (every answer corrects them): a standard plan restores 100 a second.
     shopify_cost_bucket_points: float = Field(2000.0, gt=0)
-    #: Variants per catalogue page (each costs about 2 + one per location of the query's points).
-    shopify_page_size: int = Field(100, ge=1, le=250)
     shopify_cost_restore_per_s: float = Field(100.0, gt=0)
+    #: Variants per catalogue page of a Shopify sync (Shopify's connections take at most 250; a page of 100
+    #: at one location costs 402 points: 2 + 4 a variant).
+    shopify_page_size: int = Field(100, ge=1, le=250)
     #: Compare-and-set writes a push tries (each after a fresh read) before it waits for a later drain.
     shopify_push_attempts: int = Field(3, ge=1)
 

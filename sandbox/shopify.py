@@ -47,6 +47,7 @@ import itertools
 import json
 import math
 import random
+import re
 import threading
 import time
 from collections import Counter, deque
@@ -64,6 +65,8 @@ from sandbox.shopify_graphql import gid, iso_datetime, parse_gid
 from sandbox.shopify_orders import ShopifyOrders
 
 __all__ = ["ShopifySandbox"]
+
+_OPERATION = re.compile(r"\s*(?:query|mutation)\s+(\w+)")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 250
@@ -97,7 +100,8 @@ class ShopifySandbox(Dials):
     requests answered 500, seeded), ``restock_on_cancel`` (whether a cancelled order gives its units
     back by default), ``webhook_url``, ``webhook_secret`` and ``shop_domain`` (the order webhooks).
     ``products`` × ``variants_per_product`` variants, SKUs ``SHOP-0001-1``...; every
-    ``no_sku_every``-th variant has an empty SKU (0: none).  Every method takes the sandbox's lock;
+    ``no_sku_every``-th variant has an empty SKU (0: none); ``skus`` instead: one product of one
+    variant per SKU given (a catalogue listed on other marketplaces too).  Every method takes the sandbox's lock;
     the ``*_locked`` ones are for :mod:`sandbox.shopify_graphql`'s resolvers, which run under it.
     """
 
@@ -110,9 +114,12 @@ class ShopifySandbox(Dials):
                  cost_restore_rate: float = STANDARD_RESTORE_RATE, restock_on_cancel: bool = True,
                  webhook_url: str | None = None, webhook_secret: str = "shopify-sandbox-webhook-secret",
                  shop_domain: str = "sandbox-shop.myshopify.com", no_sku_every: int = 0, seed: int = 1,
+                 skus: list[str] | None = None,
                  clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] | None = None) -> None:
         if products < 0 or variants_per_product < 1 or locations < 1:
             raise ValueError("products must be >= 0, variants_per_product and locations >= 1")
+        if skus is not None:  # a catalogue listed elsewhere too: one product of one variant per SKU
+            products, variants_per_product = len(skus), 1
         self._clock = clock
         self.now = now or (lambda: datetime.now(timezone.utc))
         self._lock = threading.Lock()
@@ -131,6 +138,7 @@ class ShopifySandbox(Dials):
             for v in range(variants_per_product):
                 number += 1
                 sku = "" if no_sku_every and number % no_sku_every == 0 else f"SHOP-{p + 1:04d}-{v + 1}"
+                sku = skus[p] if skus is not None else sku
                 item_id = INVENTORY_ITEM_ID_BASE + number
                 variant = {"id": VARIANT_ID_BASE + number, "product_id": PRODUCT_ID_BASE + p,
                            "title": f"Grade {'ABC'[v % 3]}", "sku": sku, "inventory_item_id": item_id,
@@ -152,6 +160,9 @@ class ShopifySandbox(Dials):
         self._requests: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._writes = {"applied": 0, "refused_stale": 0, "refused_other": 0}
+        self._throttled = 0  # GraphQL answers THROTTLED (by the bucket or the dial)
+        #: Operation name -> [answers run, requested cost, actual cost] of the GraphQL queries run (not throttled).
+        self._costs: dict[str, list[float]] = {}
         self._groups = itertools.count(ADJUSTMENT_GROUP_ID_BASE)
         self._orders = ShopifyOrders(self, self._lock)
         self.configure(token=token, bucket_size=bucket_size, leak_per_s=leak_per_s, latency_s=latency_s,
@@ -234,9 +245,11 @@ class ShopifySandbox(Dials):
         return self.quantities()
 
     def stats(self) -> dict[str, Any]:
-        """Requests by resource, answers by status, GraphQL writes applied and refused, orders."""
+        """Requests by resource, answers by status, GraphQL answers THROTTLED, writes applied and refused, orders."""
         with self._lock:
-            return {"requests": dict(self._requests), "by_status": dict(self._statuses),
+            return {"requests": dict(self._requests), "by_status": dict(self._statuses), "throttled": self._throttled,
+                    "query_costs": {name: {"answers": int(runs), "requested": requested, "actual": actual}
+                                    for name, (runs, requested, actual) in self._costs.items()},
                     "total_requests": sum(self._requests.values()), "inventory_writes": dict(self._writes),
                     "orders": self._orders.count_locked()}
 
@@ -541,6 +554,15 @@ class ShopifySandbox(Dials):
                 answered = shopify_graphql.answer(self, self._cost_bucket, body, throttled=throttled)
             except ValueError as error:
                 return self._answer(400, {"errors": str(error)})
+            self._throttled += any(isinstance(e, dict) and e.get("extensions", {}).get("code") == "THROTTLED"
+                                   for e in answered.get("errors", ()))
+            cost = answered.get("extensions", {}).get("cost", {})
+            if "data" in answered and cost.get("actualQueryCost") is not None:
+                named = _OPERATION.match(body.get("query", "")) if isinstance(body, dict) else None
+                totals = self._costs.setdefault(named.group(1) if named else "(anonymous)", [0, 0.0, 0.0])
+                totals[0] += 1
+                totals[1] += cost["requestedQueryCost"]
+                totals[2] += cost["actualQueryCost"]
         return web.json_response(answered)
 
     def _paged(self, request: web.Request, key: str, rows: Callable[[dict[str, str]], list[dict[str, Any]]],

@@ -1,6 +1,6 @@
 """End to end: orders race a stock sync on real worker processes; every row ends at the true count.
 
-On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: cursor chains), while a sync
+On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: a cursor chain), while a sync
 walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
 once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
 sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
@@ -8,21 +8,25 @@ or after the page that shows it, a cancellation sometimes before its order, some
 keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
 no row waits for a push or a re-check, every row must equal the truth (0 above, 0 below) and the
 marketplace must show it.  Production defaults, but for the clock skew's neighbours: a page of 10
-listings and a quota of 4 calls a second (a Shopify shop: a cost bucket of 120 points restoring 40 a
-second), so that a walk takes seconds.  Shopify's pushes are compare-and-sets: an order landing
-between a push's read and its write is refused by the shop and the push reads again; the refusals
-are counted.
+listings and a quota of 4 calls a second (Shopify: a cost bucket of 100 points, 40 a second), so
+that a walk takes seconds.  Shopify's pushes are compare-and-set writes: an order landing between a
+push's read and its write is refused by the shop, and the push reads and decides again; the count of
+those refusals must agree between the shop and the fleet's push log.
 """
 from __future__ import annotations
 
+import json
+import queue
 import random
 import time
 from datetime import datetime, timezone
 
 import pytest
 import redis as redis_lib
+from aiohttp import web
 from sqlalchemy import text
 
+from db import accounts as account_rows
 from db.engine import session_factory
 from db.ledger import check_invariant
 from runtime.broker import build_broker
@@ -42,7 +46,27 @@ QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "stock-events", "stock-pus
 DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 
-class BackMarketSide:
+class Side:
+    """What every platform's side does unless it says otherwise."""
+
+    def app(self) -> web.Application:
+        return self.sandbox.build_app()
+
+    def add_account(self, sessions, url: str) -> None:
+        """The main account of the platform's settings is used."""
+
+    def arm(self, sku: str) -> None:
+        """A push of ``sku`` is coming (only a compare-and-set shop has an order wait for it)."""
+
+    def ambushed(self) -> list[tuple[str, str, str, str]]:
+        """``(order, line, SKU, event time)`` of the orders placed between a push's read and its write since last asked."""
+        return []
+
+    def moves(self, sku: str) -> list[str]:
+        return []
+
+
+class BackMarketSide(Side):
     """The sandbox Back Market as the race drives it: listings by SKU, an order line, its cancellation."""
 
     account = "backmarket"
@@ -73,7 +97,7 @@ class BackMarketSide:
                 for change in self.sandbox.stock_changes() if change.listing == self.ids[sku]]
 
 
-class RefurbedSide:
+class RefurbedSide(Side):
     """The sandbox Refurbed as the race drives it: offers by SKU, an order item, its cancellation."""
 
     account = "refurbed"
@@ -97,30 +121,42 @@ class RefurbedSide:
         self.sandbox.set_item_state(line_id, "CANCELLED")
         return datetime.now(timezone.utc).isoformat()  # Refurbed gives no time: the intake takes the observed one
 
-    def moves(self, sku: str) -> list[str]:
-        return []
 
+class ShopifySide(Side):
+    """The sandbox Shopify shop (one location) as the race drives it: an order line, its cancellation.
 
-class ShopifySide:
-    """The sandbox Shopify shop (one location) as the race drives it: levels by SKU, an order, its cancellation."""
+    An account of its own (``shop``, on the sandbox's loopback URL); the shop's query-cost bucket is a
+    small plan's (100 points, 40 a second: a page of 10 variants costs 32), so that a walk takes seconds
+    and the pushes' reads and compare-and-set writes wait in it beside the pages.  A customer lies in
+    wait for each top-up: when the push's write of that item reaches the shop, it orders one unit just
+    before the shop runs it, so that the write's ``changeFromQuantity`` is stale and the shop refuses it.
+    """
 
-    account = "shop-race"
-    credential = "STOCKSYNC_ACCOUNT_SHOP_RACE_TOKEN"
+    account = "shop"
+    bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
 
-    def __init__(self, restocks: bool) -> None:
-        self.sandbox = ShopifySandbox(products=LISTINGS // 2, variants_per_product=2, locations=1, token=TOKEN,
-                                      seed=77, restock_on_cancel=restocks, cost_maximum=120, cost_restore_rate=40)
+    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
+        self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
+                                      restock_on_cancel=restocks, seed=seed, **self.bucket)
+        self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
+        self._armed: set[str] = set()
+        self._ambushed: queue.SimpleQueue = queue.SimpleQueue()
+
+    def app(self) -> web.Application:
+        app = self.sandbox.build_app()
+        app.middlewares.append(self._customer)  # inside the sandbox's own: after its authentication
+        return app
 
     def env(self, url: str) -> dict:
-        return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true", self.credential: TOKEN,
-                "shopify_page_size": 10, "shopify_cost_bucket_points": 120, "shopify_cost_restore_per_s": 40}
+        return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true",
+                "stocksync_account_shop_token": TOKEN, "shopify_page_size": 10,
+                "shopify_cost_bucket_points": self.bucket["cost_maximum"],
+                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"]}
 
     def add_account(self, sessions, url: str) -> None:
-        from db import accounts
-
         with sessions() as session:
-            accounts.add_account(session, platform="shopify", code=self.account, credentials_env=self.credential,
-                                 base_url=url, allow_loopback=True)
+            account_rows.add_account(session, platform="shopify", code=self.account, name="Shop",
+                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True)
             session.commit()
 
     def quantity(self, sku: str) -> int:
@@ -133,19 +169,39 @@ class ShopifySide:
     def cancel(self, order_id: str, line_id: str) -> str:
         return self.sandbox.cancel_order(int(order_id), notify=False)["cancelled_at"]
 
-    def moves(self, sku: str) -> list[str]:
-        return []
+    def arm(self, sku: str) -> None:
+        self._armed.add(sku)
+
+    def ambushed(self) -> list[tuple[str, str, str, str]]:
+        found = []
+        while not self._ambushed.empty():
+            found.append(self._ambushed.get())
+        return found
+
+    @web.middleware
+    async def _customer(self, request: web.Request, handler) -> web.StreamResponse:
+        if request.path.endswith("/graphql.json"):
+            asked = json.loads(await request.read())  # read again by the handler (aiohttp keeps the body)
+            if "StocksyncSetAvailable" in str(asked.get("query")):
+                item = asked["variables"]["input"]["quantities"][0]["inventoryItemId"].rsplit("/", 1)[-1]
+                sku = self.skus.get(item)
+                if sku in self._armed and self.quantity(sku) > 0:  # the push has read: the customer buys now
+                    self._armed.discard(sku)
+                    order_id, line_id, moment = self.order(sku)
+                    self._ambushed.put((order_id, line_id, sku, moment))
+        return await handler(request)
 
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
     platform, restocks = request.param
     side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](restocks)
-    server = serve_in_thread(side.sandbox.build_app())
+    server = serve_in_thread(side.app())
+    sessions = session_factory(database_url)
+    side.add_account(sessions, server.url)
     quotas = {"backmarket": {"quota_requests": 4, "quota_window_s": 1.0},
-              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0}, "shopify": {}}[platform]
-    if hasattr(side, "add_account"):
-        side.add_account(session_factory(database_url), server.url)
+              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0},
+              "shopify": {}}[platform]
     env = fleet_env(redis_url=redis_url, database_url=database_url, token=TOKEN,
                     stock_not_restocking="" if restocks else side.account, **side.env(server.url), **quotas)
     fleet = WorkerFleet(env, processes=2, threads=4, log_path=tmp_path / "fleet.log").start()
@@ -153,7 +209,7 @@ def race(tmp_path, redis_url, database_url, request):
     from actors import events, stock_sync  # message factories only: the fleet does the work
 
     try:
-        yield {"side": side, "sessions": session_factory(database_url), "broker": broker, "events": events,
+        yield {"side": side, "sessions": sessions, "broker": broker, "events": events,
                "sync": stock_sync, "redis": redis_lib.Redis.from_url(redis_url), "restocks": restocks}
     finally:
         fleet.stop()
@@ -229,13 +285,26 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     assert len(skus) == LISTINGS and local(world) == truth
 
     placed: list[tuple[str, str, str, float]] = []   # (order, line, SKU, delay) not cancelled yet
-    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0}
+    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0}
 
     def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float) -> None:
         send(world, getattr(events, kind), delay, marketplace=account, order_id=order_id, order_line_id=line_id,
              sku=sku, quantity=1, event_time=moment, source="webhook")
 
+    def customers() -> int:
+        """Book the orders the shop's customer placed between a push's read and its write; how many."""
+        found = side.ambushed()
+        for order_id, line_id, sku, moment in found:
+            truth[sku] -= 1
+            delay = rng.choice(DELAYS)
+            order_event(order_id, line_id, sku, "order_created", moment, delay)
+            placed.append((order_id, line_id, sku, delay))
+            counts["orders"] += 1
+            counts["ambushed"] += 1
+        return len(found)
+
     def act() -> None:
+        customers()
         for _ in range(3):
             sku = rng.choice(skus)
             if side.quantity(sku) < 1:
@@ -260,6 +329,7 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
         if rng.random() < 0.4:
             sku, quantity = rng.choice(skus), rng.randint(1, 3)
             truth[sku] += quantity
+            side.arm(sku)
             reference = f"PO-{seed}-{counts['topups']}"
             for _ in range(1 + (rng.random() < 0.2)):
                 send(world, events.stock_topup, rng.choice(DELAYS), marketplace=account, sku=sku,
@@ -277,11 +347,10 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     for _ in range(4):  # and a few after the walk
         act()
     wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
+    while customers():  # their events were still to send
+        wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
     assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
 
-    if isinstance(side, ShopifySide):  # what the compare-and-set refused (an order between read and write)
-        counts["compares refused"] = side.sandbox.stats()["inventory_writes"]["refused_stale"]
-        print(f"shopify race {seed}: {counts}")
     booked = local(world)
     above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}
     below = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] < truth[sku]}
@@ -292,3 +361,21 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
     with world["sessions"]() as session:
         assert check_invariant(session) == []
+    if account == "shop":
+        # Each compare-and-set the shop refused (an order landed between a push's read and its write) was
+        # logged by the fleet and read again: the shop's count and the fleet's push log agree.
+        writes = side.sandbox.stats()["inventory_writes"]
+        refused = compare_refused(world, account)
+        print(f"shopify race seed {seed}: {counts}; writes {writes}; compares refused and retried: {refused}")
+        # The shop refused each write a customer went ahead of; the fleet logged those, and the ones its own
+        # re-read before the write found changed (an order of the race between the two).
+        assert writes["refused_stale"] == counts["ambushed"] > 0 and writes["refused_other"] == 0, counts
+        assert refused >= writes["refused_stale"]
+
+
+def compare_refused(world, account: str) -> int:
+    """Pushes of ``account`` the push log shows refused by the marketplace's compare-and-set."""
+    with world["sessions"]() as session:
+        return session.execute(text(
+            "SELECT count(*) FROM push_log p JOIN marketplaces m ON m.id = p.marketplace_id "
+            "WHERE m.code = :code AND p.state = 'refused'"), {"code": account}).scalar_one()

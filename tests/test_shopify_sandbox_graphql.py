@@ -229,6 +229,7 @@ def test_over_the_budget_is_throttled_with_no_data_and_nothing_taken(shop):
     assert [answer.get("errors", [{}])[0].get("message") for answer in answers] == ["Throttled", "Throttled", None]
     assert answers[2]["data"]["inventoryItem"]["inventoryLevel"]["quantities"][0]["quantity"] == \
         sandbox.available("SHOP-0001-1")
+    assert sandbox.stats()["throttled"] == 3  # by the bucket once, by the dial twice
 
 
 def test_a_query_over_the_single_query_limit_is_refused(shop):

@@ -1,10 +1,10 @@
-"""``stocksync demo``: one seller on three marketplaces (sandbox Back Market, Refurbed and a Shopify shop), in one process.
+"""``stocksync demo``: one seller on three marketplaces (sandbox Back Market, Refurbed and Shopify), in one process.
 
-One catalogue is listed on Back Market and Refurbed, the shop has its own; each account is synced
-through the one catalogue pipeline, orders land on each marketplace and are polled, a top-up is
-pushed to each (to the shop with Shopify's compare-and-set), the sandboxes change 5% of their stock
-and every account is synced again; a table per account shows what every step did, on the embedded
-PostgreSQL.
+One catalogue is listed on all three (the Shopify shop as an account of its own, ``shop``, on the
+sandbox's GraphQL Admin API at the standard plan's query-cost rate); each account is synced through
+the one catalogue pipeline, orders land on each marketplace and are polled, a top-up is pushed to
+each (to Shopify with its compare-and-set), the sandboxes change 5% of their stock and every account
+is synced again; a table per account shows what every step did, on the embedded PostgreSQL.
 
 With ``--console`` the operator console stays up afterwards on the demo's data, with a demo user it
 prints; if ``redis-server`` is installed the demo then runs on a local Redis (so dead letters exist
@@ -47,10 +47,9 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
                                 quota_window_s=settings.backmarket_quota_window_s)
     refurbed = RefurbedSandbox(token="demo-token", quota_requests=settings.refurbed_quota_requests,
                                quota_window_s=settings.refurbed_quota_window_s)
-    refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on both
-    # The shop sells its own catalogue (two variants a product, one location), at the standard plan's cost rate.
-    shop = ShopifySandbox(products=max(1, listings // 4), variants_per_product=2, locations=1, token="demo-token",
-                          seed=7)
+    refurbed.add_offers(listings, seed=7)  # the same catalogue, listed on all three
+    shop = ShopifySandbox(skus=[sandbox.listing(i)["sku"] for i in range(listings)], locations=1, token="demo-token",
+                          seed=7)  # the standard plan's cost bucket, as Shopify meters it
     server = serve_in_thread(sandbox.build_app())
     refurbed_server = serve_in_thread(refurbed.build_app())
     shop_server = serve_in_thread(shop.build_app())
@@ -71,8 +70,8 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
     from runtime import resources
     from workers.cli.common import console, summary_table
 
-    click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed with the same "
-               f"catalogue at {refurbed_server.url}")
+    click.echo(f"sandbox Back Market with {listings} listings at {server.url}; sandbox Refurbed and sandbox "
+               f"Shopify with the same catalogue at {refurbed_server.url} and {shop_server.url}")
     upgrade(resources.database_url())
     _add_shop(shop_server.url)
     runs = []
@@ -90,13 +89,13 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
             # skew of a push is not trusted for that row (the next sync reads it), by the stock rules.
             for sku in sorted(refurbed.quantities())[-count:]:
                 refurbed.set_offer_stock(sku, refurbed.stock(sku) + 1)
-            for sku in sorted(shop.truth())[-max(1, count // 2):]:
+            for sku in sorted(shop.truth())[-count:]:  # by hand in the shop's admin too
                 shop.set_available(sku, (shop.available(sku) or 0) + 1)
             click.echo(f"changed the stock of {count} listings on each marketplace; syncing again")
             runs += [run_stock_sync(code, force=True, wait=True) for code in ACCOUNTS]
             console.print(summary_table(runs, title="demo: two stock syncs of each account"))
             console.print(_accounts_table(sandbox, refurbed, shop))
-            backmarket_stats, refurbed_stats = sandbox.stats(), refurbed.stats()
+            backmarket_stats, refurbed_stats, shop_stats = sandbox.stats(), refurbed.stats(), shop.stats()
             for name, requests, limited, quota, window in (
                     ("Back Market", backmarket_stats["total_requests"], backmarket_stats["rate_limited"],
                      settings.backmarket_quota_requests, settings.backmarket_quota_window_s),
@@ -104,10 +103,10 @@ def demo_command(listings: int, change: int | None, with_console: bool) -> None:
                      settings.refurbed_quota_requests, settings.refurbed_quota_window_s)):
                 click.echo(f"sandbox {name} saw {requests} requests, {limited} answered 429 (quota {quota} per "
                            f"{window:g} s)")
-            shop_stats = shop.stats()
-            click.echo(f"sandbox Shopify saw {shop_stats['total_requests']} requests (a query-cost bucket of "
-                       f"{shop.throttle_status()['maximumAvailable']:g} points), inventory writes "
-                       f"{shop_stats['inventory_writes']}")
+            spent = sum(cost["actual"] for cost in shop_stats["query_costs"].values())
+            click.echo(f"sandbox Shopify saw {shop_stats['total_requests']} requests costing {spent:,.0f} query "
+                       f"points, {shop_stats['throttled']} answered THROTTLED (bucket 2000 points, 100 a second); "
+                       f"compare-and-set writes {shop_stats['inventory_writes']}")
             if with_console:
                 _serve_console()
     finally:
@@ -151,10 +150,10 @@ def _orders_on_each(backmarket, refurbed, shop, count: int = 5) -> int:
     skus = [sku for sku, stock in sorted(refurbed.quantities().items()) if stock > 1][:count]
     for sku in skus:
         refurbed.place_order([sku], notify=False)
-    shop_skus = [sku for sku, stock in sorted(shop.truth().items()) if stock > 1][:count]
-    for sku in shop_skus:
-        shop.place_order({sku: 1}, notify=False)
-    return len(listings) + len(skus) + len(shop_skus)
+    in_shop = [sku for sku, available in sorted(shop.truth().items()) if available > 1][:count]
+    for sku in in_shop:
+        shop.place_order({sku: 1}, notify=False)  # no webhook in the demo: the poll finds them
+    return len(listings) + len(skus) + len(in_shop)
 
 
 def _poll(code: str) -> None:
