@@ -18,6 +18,9 @@
 --   lives, others are granted only what is left beside it, so it gets the next free slots.
 -- ARGV[1] = "peek"      ARGV[2] = window (microseconds)
 --   returns {used, now}     slots granted in the window now (nothing is taken)
+-- ARGV[1] = "restamp"   ARGV[2] = window (microseconds), ARGV[3..] = granted members
+--   returns {moved, now}    the members still in the window now count from now (a slot reserved
+--                           ahead of its request is stamped when the request leaves)
 -- ARGV[1] = "penalize"  ARGV[2] = penalty (milliseconds)
 --   returns {pttl, now}     the penalty's remaining time (milliseconds) after this call
 
@@ -37,6 +40,15 @@ if command == "penalize" then
     redis.call("SET", KEYS[2], "1", "PX", penalty_ms)
   end
   return {redis.call("PTTL", KEYS[2]), now}
+end
+
+if command == "restamp" then
+  redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - tonumber(ARGV[2]))
+  local moved = 0
+  for i = 3, #ARGV do
+    moved = moved + redis.call("ZADD", KEYS[1], "XX", "CH", now, ARGV[i])
+  end
+  return {moved, now}
 end
 
 if command == "peek" then

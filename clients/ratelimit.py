@@ -157,6 +157,14 @@ class FleetRateLimiter:
             # were all told the same moment, so they do not all hit Redis in the same millisecond.
             await asyncio.sleep(wait_s + random.uniform(0, MAX_JITTER_S))
 
+    async def restamp(self, slots: list[str]) -> int:
+        """Count ``slots`` (granted earlier, still in the window) from now: a slot reserved ahead of its request
+        is stamped when the request leaves, so the window matches what the API sees.  Returns how many moved."""
+        if not slots:
+            return 0
+        moved, _ = await self._script(keys=[self.key, self.penalty_key, self.claims_key], args=["restamp", self._window_us, *slots])
+        return int(moved)
+
     async def withdraw(self, member: str, count: int = 1) -> None:
         """Drop the claim an urgent acquirer that gives up left (it would lapse on its own within a window)."""
         await self.redis.zrem(self.claims_key, *(f"{member}:{i}" for i in range(1, count + 1)))

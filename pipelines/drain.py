@@ -22,7 +22,7 @@ from typing import Callable
 from clients.ratelimit import RateLimitWaitTimeout
 from core.push_log import PushState
 from db import events as stock_events
-from pipelines.events import (push_lease, push_rows, pushed, read_and_apply, readable, recheck_delay_ms,
+from pipelines.events import (PairPool, push_lease, push_rows, pushed, read_and_apply, readable, recheck_delay_ms,
                               skew)
 from pipelines import push_log
 from runtime import metrics, resources
@@ -194,47 +194,71 @@ def _drain_pushes(marketplace: str, owner: str, lock: LeaderLock) -> tuple[int, 
             session.commit()
         if not claims:
             break
-        for start in range(0, len(claims), batch):
-            chunk = claims[start:start + batch]
-            slots = []
-            for index, claim in enumerate(chunk):
-                slot, wait_s = resources.run_on_worker_loop(
-                    lambda: _take_line(marketplace, settings.stock_drain_max_wait_s))
-                if wait_s:
-                    _give_back(claims[start + index:], owner, waiting="waiting for the data limit (lines per window)")
-                    for taken in slots:
-                        resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
-                    return done, math.ceil(wait_s * 1000)
-                if slot is not None:
-                    slots.append(slot)
-            try:
-                outcomes = push_rows(marketplace, [claim.sku for claim in chunk], owner, lease=lease)
-            except BaseException:
-                _give_back(claims[start + len(chunk):], owner)
-                raise
-            unposted = sum(not outcome.posted for outcome in outcomes)
-            for taken in slots[:unposted]:  # a line of the data limit per row actually written
-                resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
-            errors = []
-            for claim, outcome in zip(chunk, outcomes):
-                if isinstance(outcome.error, stock_events.PushImpossible):
-                    # This row cannot be pushed until someone fixes it: the others still can.
-                    logger.error("push of %s on %s impossible: %s", claim.sku, marketplace, outcome.error)
-                    _failed(claim.stock_id, owner, str(outcome.error))
-                elif outcome.error is not None:
-                    errors.append(outcome.error)
-                elif outcome.status == "deferred":
-                    # The read could not be trusted: this row waits out the skew, the others go on.
-                    _give_back([claim], owner, until=datetime.now(timezone.utc)
-                               + timedelta(milliseconds=recheck_delay_ms(settings)))
-            done += len(chunk)
-            lock.renew()
-            if errors:
-                # A line that failed on its own fails as a single push does: this message is retried (its
-                # leases taken back), or dead-lettered; the rows not started go back in line first.
-                _give_back(claims[start + len(chunk):], owner)
-                raise next((error for error in errors if not getattr(error, "permanent", False)), errors[0])
+        # One-row pushes take their read-and-write pairs for several rows in one grant (see PairPool).
+        pool = PairPool(len(claims)) if batch == 1 and len(claims) > 1 else None
+        try:
+            done += _push_claims(marketplace, owner, claims, batch, lease, pool, lock, settings)
+        except _DataLimitWait as wait:
+            return done + wait.done, wait.delay_ms
+        finally:
+            if pool is not None:
+                resources.run_on_worker_loop(pool.release)
     return done, None
+
+
+class _DataLimitWait(Exception):
+    """The data limit has no line for the next row: the drain ends and comes back when one is free."""
+
+    def __init__(self, done: int, delay_ms: int) -> None:
+        super().__init__(done, delay_ms)
+        self.done, self.delay_ms = done, delay_ms
+
+
+def _push_claims(marketplace: str, owner: str, claims: list, batch: int, lease: timedelta, pool: PairPool | None,
+                 lock: LeaderLock, settings) -> int:
+    """Push ``claims`` a write's worth (``batch``) at a time, each row on a line of the data limit."""
+    done = 0
+    for start in range(0, len(claims), batch):
+        chunk = claims[start:start + batch]
+        slots = []
+        for index, claim in enumerate(chunk):
+            slot, wait_s = resources.run_on_worker_loop(
+                lambda: _take_line(marketplace, settings.stock_drain_max_wait_s))
+            if wait_s:
+                _give_back(claims[start + index:], owner, waiting="waiting for the data limit (lines per window)")
+                for taken in slots:
+                    resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
+                raise _DataLimitWait(done, math.ceil(wait_s * 1000))
+            if slot is not None:
+                slots.append(slot)
+        try:
+            outcomes = push_rows(marketplace, [claim.sku for claim in chunk], owner, lease=lease, pool=pool)
+        except BaseException:
+            _give_back(claims[start + len(chunk):], owner)
+            raise
+        unposted = sum(not outcome.posted for outcome in outcomes)
+        for taken in slots[:unposted]:  # a line of the data limit per row actually written
+            resources.run_on_worker_loop(lambda: _refund_line(marketplace, taken))
+        errors = []
+        for claim, outcome in zip(chunk, outcomes):
+            if isinstance(outcome.error, stock_events.PushImpossible):
+                # This row cannot be pushed until someone fixes it: the others still can.
+                logger.error("push of %s on %s impossible: %s", claim.sku, marketplace, outcome.error)
+                _failed(claim.stock_id, owner, str(outcome.error))
+            elif outcome.error is not None:
+                errors.append(outcome.error)
+            elif outcome.status == "deferred":
+                # The read could not be trusted: this row waits out the skew, the others go on.
+                _give_back([claim], owner, until=datetime.now(timezone.utc)
+                           + timedelta(milliseconds=recheck_delay_ms(settings)))
+        done += len(chunk)
+        lock.renew()
+        if errors:
+            # A line that failed on its own fails as a single push does: this message is retried (its
+            # leases taken back), or dead-lettered; the rows not started go back in line first.
+            _give_back(claims[start + len(chunk):], owner)
+            raise next((error for error in errors if not getattr(error, "permanent", False)), errors[0])
+    return done
 
 
 async def _take_line(marketplace: str, max_wait_s: float) -> tuple[str | None, float]:

@@ -122,10 +122,11 @@ class PairedSlots:
     a walk's page fetches) or neither.
     """
 
-    def __init__(self, make_limiter, *, max_wait_s: float = 120.0) -> None:
+    def __init__(self, make_limiter, *, max_wait_s: float = 120.0, pool: "PairPool | None" = None) -> None:
         self._make_limiter = make_limiter
         self._limiter = None
         self.max_wait_s = max_wait_s
+        self.pool = pool
         self.held: list[str] = []
         self.last_slot: str | None = None
 
@@ -137,17 +138,28 @@ class PairedSlots:
         return self._limiter
 
     async def take_two(self) -> None:
+        if self.pool is not None:
+            if not self.pool.pairs and self.pool.wanted > 1:
+                await self.pool.fill(self)
+            if self.pool.pairs:
+                self.held = self.pool.pairs.pop(0)
+                # They count from now, when the read leaves; a pair held past its window has left it: take another.
+                if await self.limiter.restamp(self.held) == len(self.held):
+                    return
+        self.held = await self.take(2)
+
+    async def take(self, count: int) -> list[str]:
+        """``count`` slots granted together, urgently (ahead of page fetches), waiting up to ``max_wait_s``."""
         # Urgent: a walk's page fetches must not take every slot a window frees while a push waits.
         loop = asyncio.get_running_loop()
         started, member = loop.time(), uuid.uuid4().hex
         while True:
-            granted, wait_s = await self.limiter.try_acquire(2, urgent=True, member=member)
+            granted, wait_s = await self.limiter.try_acquire(count, urgent=True, member=member)
             if granted:
-                self.held = list(self.limiter.last_slots)
-                return
+                return list(self.limiter.last_slots)
             if loop.time() - started + wait_s > self.max_wait_s:
-                await self.limiter.withdraw(member, 2)
-                raise TimeoutError(f"no two free slots of {self.limiter.name} in {self.max_wait_s:.0f}s")
+                await self.limiter.withdraw(member, count)
+                raise TimeoutError(f"no {count} free slots of {self.limiter.name} in {self.max_wait_s:.0f}s")
             await asyncio.sleep(wait_s + random.uniform(0, 0.05))
 
     async def acquire(self) -> float:
@@ -163,6 +175,39 @@ class PairedSlots:
 
     async def refund(self, slot: str) -> bool:
         return await self.limiter.refund(slot)
+
+
+class PairPool:
+    """The read-and-write pairs of several one-row pushes of a drain, taken in one urgent grant.
+
+    During a walk every window's slots go at its start; one pair per push, each waiting for a window,
+    pushes one row per window.  A drain with ``wanted`` rows takes up to ``MAX_POOLED_SHARE`` of the
+    quota's pairs at once; each pair is stamped when its read leaves (:meth:`FleetRateLimiter.restamp`),
+    and the pairs left over are given back (:meth:`release`).
+    """
+
+    #: The share of an account's quota one drain may reserve in one grant (the walk keeps the rest).
+    MAX_POOLED_SHARE = 0.5
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self.pairs: list[list[str]] = []
+        self._limiter = None
+
+    async def fill(self, slots: PairedSlots) -> None:
+        limiter = self._limiter = slots.limiter
+        count = max(1, min(self.wanted, int(limiter.limit * self.MAX_POOLED_SHARE) // 2))
+        taken = await slots.take(2 * count)
+        self.pairs = [taken[index:index + 2] for index in range(0, len(taken), 2)]
+        self.wanted -= count
+
+    async def release(self) -> None:
+        """Give back the pairs no push used."""
+        if self._limiter is not None:
+            for pair in self.pairs:
+                for slot in pair:
+                    await self._limiter.refund(slot)
+        self.pairs = []
 
 
 async def read_listings(marketplace: str, listings: list[str], slots: PairedSlots | None = None
@@ -189,7 +234,8 @@ async def _send_quantities(marketplace: str, quantities: list[tuple[str, int]], 
     return await adapter.set_quantities(quantities)
 
 
-def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta) -> list[PushOutcome]:
+def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta,
+              pool: PairPool | None = None) -> list[PushOutcome]:
     """Push rows of ``marketplace``: claim each, read their listings, decide each with the rules, write, confirm.
 
     The one push path: up to the adapter's ``push_batch`` rows read in one call and written in one
@@ -225,7 +271,7 @@ def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta
     if claims and accounts.account(marketplace, "push").platform.compare_and_set:
         outcomes.update({claim.sku: _compare_and_set(marketplace, claim, owner, settings) for claim in claims})
     elif claims:
-        outcomes.update(_read_decide_write(marketplace, claims, owner, settings))
+        outcomes.update(_read_decide_write(marketplace, claims, owner, settings, pool))
     return [outcomes[sku] for sku in skus]
 
 
@@ -290,10 +336,11 @@ async def _send_compared(marketplace: str, listing: str, quantity: int, expected
     return await adapter.set_quantity(listing, quantity, expected, reference=reference)
 
 
-def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Settings) -> dict[str, PushOutcome]:
+def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Settings,
+                       pool: PairPool | None = None) -> dict[str, PushOutcome]:
     sessions = resources.sessions()
     view = accounts.account(marketplace, "push")
-    slots = PairedSlots(lambda: account_limiter(view))
+    slots = PairedSlots(lambda: account_limiter(view), pool=pool)
     outcomes: dict[str, PushOutcome] = {}
     failed: dict[int, BaseException] = {}
     try:

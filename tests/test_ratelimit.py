@@ -261,6 +261,45 @@ def test_an_urgent_waiter_that_gives_up_leaves_no_claim():
     run(main())
 
 
+def test_a_slot_reserved_ahead_counts_from_when_it_is_restamped():
+    async def main():
+        limiter = FleetRateLimiter(fake_redis(), "bm", limit=2, window_s=0.3)
+        await limiter.acquire(2)
+        reserved = limiter.last_slots
+        await asyncio.sleep(0.2)
+        # Given two slots granted 0.2 s ago, when their requests leave now, I expect them to count a whole
+        # window from now: 0.3 s after the grant the window is still full
+        assert await limiter.restamp(reserved) == 2
+        await asyncio.sleep(0.15)
+        assert (await limiter.try_acquire())[0] is False
+        # A slot that already left the window is not put back into it
+        await asyncio.sleep(0.35)
+        assert await limiter.restamp(reserved) == 0
+        assert await limiter.remaining() == 2
+
+    run(main())
+
+
+def test_a_pool_serves_several_pushes_from_one_urgent_grant_and_gives_back_the_rest():
+    from pipelines.events import PairedSlots, PairPool
+
+    async def main():
+        server = fakeredis.FakeServer()
+        limiter = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "bm", limit=20, window_s=10)
+        pool = PairPool(8)
+        # A pool of 8 rows on a 20-slot quota: at most half the quota (5 pairs) in one grant
+        first = PairedSlots(lambda: limiter, pool=pool)
+        await first.take_two()
+        assert len(first.held) == 2 and len(pool.pairs) == 4 and await limiter.remaining() == 10
+        second = PairedSlots(lambda: limiter, pool=pool)
+        await second.take_two()
+        assert len(pool.pairs) == 3 and set(second.held).isdisjoint(first.held)
+        await pool.release()
+        assert pool.pairs == [] and await limiter.remaining() == 16
+
+    run(main())
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="limit"):
         FleetRateLimiter(fake_redis(), "bm", limit=0, window_s=1)
