@@ -173,7 +173,7 @@ _MARK_WORDS = {"order": ("order", "orders"), "topup": ("top-up", "top-ups"), "ma
 
 
 #: Charts of fixed windows (an "as of" view), most recently used last: key -> chart (see :func:`chart`).
-CHART_CACHE_SIZE = 256
+CHART_CACHE_SIZE = 64
 _charts: OrderedDict[tuple, Chart] = OrderedDict()
 _charts_lock = threading.Lock()
 
