@@ -146,6 +146,20 @@ def read_buckets(session: Session, stocks: dict[int, str], *, since: datetime, u
     return _buckets(rows, stocks)
 
 
+def chart_version(session: Session, variation_id: int, stock_ids: list[int], *, since: datetime, until: datetime
+                  ) -> tuple:
+    """What a chart of ``[since, until]`` is drawn from, in a few numbers: the variation's newest ledger id
+    (the ledger is append-only) and, per stock row, how many reads the window holds and their newest id
+    (a read added, even out of time order, or pruned changes them)."""
+    row = session.execute(text(
+        "SELECT (SELECT max(id) FROM stock_ledger WHERE variation_id = :v) AS ledger, "
+        "ARRAY(SELECT ARRAY[s.id, r.n, r.newest] FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS s(id, o) "
+        "  CROSS JOIN LATERAL (SELECT count(*) AS n, COALESCE(max(x.id), 0) AS newest FROM listing_reads x "
+        "  WHERE x.stock_id = s.id AND x.read_at BETWEEN :since AND :until) r ORDER BY s.o) AS reads"),
+        {"v": variation_id, "ids": stock_ids, "since": since, "until": until}).one()
+    return row.ledger, tuple(tuple(read) for read in row.reads)
+
+
 def _params(stocks: dict[int, str], since: datetime, until: datetime, n: int) -> dict:
     return {"ids": list(stocks), "first": next(iter(stocks), 0), "since": since, "until": until, "n": n,
             "span": max((until - since).total_seconds(), 1e-6)}

@@ -6,6 +6,8 @@ push log) is one more function there.  :func:`core.timeline.merge` puts them in 
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
@@ -131,12 +133,13 @@ def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime |
              since: datetime | None = None, limit: int = DEFAULT_LIMIT, days: int = DEFAULT_DAYS) -> Timeline:
     """Variation ``variation_id``'s timeline of ``[since, as_of]`` (default: ``days`` before ``as_of``, or
     from its first booking or read; ``as_of`` default now): the latest ``limit`` entries and the chart."""
+    fixed = as_of is not None  # a window that does not move with the clock: its chart may be cached
     as_of = as_of or datetime.now(timezone.utc)
     since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
     window = read_window(session, variation_id, sku, since, as_of, limit)
     entries, more = rules.latest(rules.merge(*sources(window)), limit)
     return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
-                    more or window.cut, chart(session, window))
+                    more or window.cut, chart(session, window, cached=fixed))
 
 
 def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
@@ -169,12 +172,45 @@ _MARK_WORDS = {"order": ("order", "orders"), "topup": ("top-up", "top-ups"), "ma
                                                                                        "manual changes")}
 
 
-def chart(session: Session, window: Window) -> Chart:
+#: Charts of fixed windows (an "as of" view), most recently used last: key -> chart (see :func:`chart`).
+CHART_CACHE_SIZE = 64
+_charts: OrderedDict[tuple, Chart] = OrderedDict()
+_charts_lock = threading.Lock()
+
+
+def chart(session: Session, window: Window, *, cached: bool = False) -> Chart:
     """The window's chart: every booking and read of it sliced per pixel column in SQL (whatever their
-    number, a few points per column), orders, top-ups and manual changes per few columns, the pushes."""
+    number, a few points per column), orders, top-ups and manual changes per few columns, the pushes.
+
+    ``cached`` (a window that does not move with the clock): a repeated view is a lookup, keyed by the
+    database, the window, every account's state at its start, :func:`db.timeline.chart_version` (newest ledger id,
+    the window's read count and newest read id per account) and its pushes; a booking, a read (or a
+    pruned one) or a push changes the key, so a stale chart is never shown; the least recently used
+    of :data:`CHART_CACHE_SIZE` charts goes first."""
+    begin = queries.account_states(session, window.variation_id, window.since)
+    if not cached:
+        return _draw(session, window, begin)
+    key = (session.get_bind().url.render_as_string(), window.variation_id, window.since, window.until, tuple(begin),
+           queries.chart_version(session, window.variation_id, [state.stock_id for state in begin],
+                                 since=window.since, until=window.until),
+           tuple((p.id, p.account, p.state, p.quantity_sent, p.started_at, p.sent_at, p.finished_at)
+                 for p in window.pushes))
+    with _charts_lock:
+        found = _charts.get(key)
+        if found is not None:
+            _charts.move_to_end(key)
+            return found
+    drawn = _draw(session, window, begin)
+    with _charts_lock:
+        _charts[key] = drawn
+        while len(_charts) > CHART_CACHE_SIZE:
+            _charts.popitem(last=False)
+    return drawn
+
+
+def _draw(session: Session, window: Window, begin: list[queries.AccountState]) -> Chart:
     columns = PLOT_WIDTH // LINE_COLUMNS
     since, until = window.since, window.until
-    begin = queries.account_states(session, window.variation_id, since)
     stocks = {state.stock_id: state.account for state in begin}
     changes: dict[str, list] = {state.account: [] for state in begin}
     counted: dict[str, int] = {}

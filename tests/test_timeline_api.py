@@ -173,3 +173,34 @@ def test_the_sku_page_shows_states_chart_and_entries_as_of_a_moment(history, wor
     assert "order O-1" in page and "order O-2" not in page  # nothing after the moment
     assert pages["bad"][0] == 400 and "as_of must be an ISO 8601 time" in pages["bad"][1]
     assert pages["early"][0] == 400 and "on or after 2000-01-01" in pages["early"][1]
+
+
+def test_a_fixed_windows_chart_is_a_lookup_until_a_booking_or_a_read_changes_it(history, database_url):
+    from pipelines import timeline
+
+    _, variation_id = history
+    as_of = T0 + timedelta(days=1)
+    sessions = session_factory(database_url)
+    with sessions() as session:
+        first = timeline.timeline(session, variation_id, SKU, as_of=as_of)
+        assert timeline.timeline(session, variation_id, SKU, as_of=as_of).chart is first.chart
+        # The clock's own window is drawn anew each time (it moves with the clock).
+        assert timeline.timeline(session, variation_id, SKU).chart is not timeline.timeline(
+            session, variation_id, SKU).chart
+        stock = {"id": session.execute(text(
+            "SELECT s.id FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+            "WHERE m.code = 'refurbed'")).scalar_one()}
+        book(session, stock, booked=T0 + timedelta(hours=5), change_type="topup", change=2, key="t2")
+        session.commit()
+        booked = timeline.timeline(session, variation_id, SKU, as_of=as_of)
+        assert booked.chart is not first.chart and booked.chart != first.chart
+        assert "refurbed 0 to 6" in booked.chart.summary
+        # A read written late with an older time still changes the window's key.
+        session.execute(text(
+            "INSERT INTO listing_reads (stock_id, variation_id, marketplace_id, quantity, read_at, source) "
+            "SELECT id, variation_id, marketplace_id, 9, :t, 'single' FROM marketplace_stock WHERE id = :s"),
+            {"t": T0 + timedelta(hours=6), "s": stock["id"]})
+        session.commit()
+        read = timeline.timeline(session, variation_id, SKU, as_of=as_of)
+        assert read.chart is not booked.chart
+        assert [q for *_, q in next(s for s in read.chart.series if s.account == "refurbed").reads] == [9]
