@@ -46,7 +46,10 @@ if command == "restamp" then
   redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now - tonumber(ARGV[2]))
   local moved = 0
   for i = 3, #ARGV do
-    moved = moved + redis.call("ZADD", KEYS[1], "XX", "CH", now, ARGV[i])
+    if redis.call("ZSCORE", KEYS[1], ARGV[i]) then
+      redis.call("ZADD", KEYS[1], "XX", now, ARGV[i])
+      moved = moved + 1
+    end
   end
   return {moved, now}
 end
