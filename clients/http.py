@@ -5,7 +5,7 @@ does the same way is here, once: take a slot from the fleet-wide limiter, send o
 session, report a :class:`RequestRecord` per attempt, decode JSON, turn an error answer into the
 typed error of :mod:`clients.errors`, penalize the whole fleet on a 429, retry transient errors
 (429, 5xx, 408/425, timeouts) with backoff and jitter, and keep every :class:`Secret` out of
-reprs, errors and logs.  ``clients/shopify.py`` is the shortest client to copy.
+reprs, errors and logs.  ``clients/ingram.py`` is the shortest client to copy.
 
 Calls are named by route template (``"GET /ws/listings"``), never by URL, in errors and metrics.
 """
