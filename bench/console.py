@@ -44,12 +44,15 @@ GOAL_MS = 50.0
 def seed(pg: PostgresServer, database: str, variations: int, ledger_rows: int) -> int:
     """The catalogue, and ``ledger_rows`` changes of the first variation; returns that variation's id."""
     with psycopg.connect(pg.conninfo(database)) as conn:
-        conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market')")
+        # The migrations add the main accounts' rows: the bench's stock is on Back Market's.
+        conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market') "
+                     "ON CONFLICT (code) DO NOTHING")
         conn.execute("INSERT INTO variations (sku, title, total_stock) SELECT 'BENCH-' || lpad(n::text, 7, '0'), "
                      "'Phone ' || n, n %% 41 FROM generate_series(1, %s) AS n", (variations,))
         conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed, last_api_quantity, "
                      "last_synced_at, push_state) SELECT v.id, m.id, v.total_stock, v.total_stock, "
-                     "now() - interval '1 hour', 'pushed' FROM variations v CROSS JOIN marketplaces m")
+                     "now() - interval '1 hour', 'pushed' FROM variations v CROSS JOIN marketplaces m "
+                     "WHERE m.code = 'backmarket'")
         conn.execute("INSERT INTO listings (marketplace_id, external_id, variation_id, sku, title, api_quantity) "
                      "SELECT s.marketplace_id, md5(v.sku), v.id, v.sku, v.title, s.listed FROM variations v "
                      "JOIN marketplace_stock s ON s.variation_id = v.id")
@@ -72,11 +75,15 @@ def seed(pg: PostgresServer, database: str, variations: int, ledger_rows: int) -
     return variation_id
 
 
-def percentiles(samples: list[float]) -> str:
+def quantile_ms(samples: list[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (seconds), in milliseconds."""
     ordered = sorted(samples)
-    p = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
-    return (f"p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms, max {ordered[-1] * 1000:.2f} ms, "
-            f"mean {statistics.fmean(ordered) * 1000:.2f} ms ({len(ordered)} requests)")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def percentiles(samples: list[float]) -> str:
+    return (f"p50 {quantile_ms(samples, 0.50):.2f} ms, p99 {quantile_ms(samples, 0.99):.2f} ms, "
+            f"max {max(samples) * 1000:.2f} ms, mean {statistics.fmean(samples) * 1000:.2f} ms ({len(samples)} requests)")
 
 
 async def measure(base: str, paths: dict[str, str], requests: int) -> dict[str, list[float]]:

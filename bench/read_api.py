@@ -41,12 +41,13 @@ def seed(pg: PostgresServer, database: str, variations: int) -> None:
     """``variations`` SKUs on Back Market and Refurbed, with synced-at times, in a few statements."""
     with psycopg.connect(pg.conninfo(database)) as conn:
         conn.execute("INSERT INTO marketplaces (code, name) VALUES ('backmarket', 'Back Market'), "
-                     "('refurbed', 'Refurbed')")
+                     "('refurbed', 'Refurbed') ON CONFLICT (code) DO NOTHING")
         conn.execute("INSERT INTO variations (sku, title, total_stock) SELECT 'BENCH-' || lpad(n::text, 7, '0'), "
                      "'Phone ' || n, (n %% 41) * 2 FROM generate_series(1, %s) AS n", (variations,))
         conn.execute("INSERT INTO marketplace_stock (variation_id, marketplace_id, listed, last_api_quantity, "
                      "last_synced_at) SELECT v.id, m.id, v.total_stock / 2, v.total_stock / 2, "
-                     "now() - interval '1 hour' FROM variations v CROSS JOIN marketplaces m")
+                     "now() - interval '1 hour' FROM variations v CROSS JOIN marketplaces m "
+                     "WHERE m.code IN ('backmarket', 'refurbed')")
         conn.execute("ANALYZE")
 
 
