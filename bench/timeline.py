@@ -30,7 +30,7 @@ import fakeredis  # noqa: E402
 import psycopg  # noqa: E402
 from dramatiq.brokers.stub import StubBroker  # noqa: E402
 
-from bench.console import DURABLE, PASSWORD, measure, percentiles  # noqa: E402
+from bench.console import DURABLE, PASSWORD, measure, percentiles, quantile_ms  # noqa: E402
 from db import users  # noqa: E402
 from db.engine import session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
@@ -117,10 +117,6 @@ def bare_timeline(sessions, variation_id: int, requests: int) -> list[float]:
     return samples
 
 
-def p99_ms(samples: list[float]) -> float:
-    return sorted(samples)[min(len(samples) - 1, int(0.99 * len(samples)))] * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variations", type=int, default=20_000)
@@ -169,10 +165,10 @@ def main() -> None:
                 sessions, variation_id, args.requests)
             for name, samples in results.items():
                 print(f"{name}: {percentiles(samples)}")
-            extra = p99_ms(results[with_name]) - p99_ms(results[without_name])
+            extra = quantile_ms(results[with_name], 0.99) - quantile_ms(results[without_name], 0.99)
             print(f"the timeline adds {extra:.2f} ms to the page's p99")
             for name in (with_name, as_of_name):
-                p99 = p99_ms(results[name])
+                p99 = quantile_ms(results[name], 0.99)
                 print(f"goal p99 < {GOAL_MS:.0f} ms, {name.split(' GET')[0]}: {'met' if p99 < GOAL_MS else 'NOT met'} "
                       f"({p99:.2f} ms)")
         finally:

@@ -23,6 +23,7 @@ from runtime.settings import get_settings
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
+from tests.in_process import in_process_fleet
 from workers.cli import main
 
 SHOP_SECRET = "shpat_0123456789abcdef-very-secret"
@@ -33,21 +34,11 @@ SHOP_ENV, REFURBED_ENV = "STOCKSYNC_ACCOUNT_SHOP_EU_TOKEN", "STOCKSYNC_ACCOUNT_R
 @pytest.fixture
 def env(monkeypatch, database_url):
     """The in-process fleet (stub broker, fakeredis) on this test's PostgreSQL, loopback accounts allowed."""
-    for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "ACCOUNTS_ALLOW_LOOPBACK": "true",
-                        SHOP_ENV: SHOP_SECRET, REFURBED_ENV: REFURBED_SECRET, "BACKMARKET_TOKEN": "",
-                        "REFURBED_TOKEN": "", "SHOPIFY_TOKEN": "", "REFURBED_QUOTA_REQUESTS": "1000"}.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    resources.database_url.cache_clear()
-    accounts.forget()
-    broker = stock_sync.fetch_listings_page.broker
-    broker.flush_all()
-    resources.sync_redis().flushall()
-    yield resources.sessions()
-    broker.flush_all()
-    accounts.forget()
-    get_settings.cache_clear()
-    resources.database_url.cache_clear()
+    with in_process_fleet(monkeypatch, {
+            "DATABASE_URL": database_url, "REDIS_URL": "", "ACCOUNTS_ALLOW_LOOPBACK": "true", SHOP_ENV: SHOP_SECRET,
+            REFURBED_ENV: REFURBED_SECRET, "BACKMARKET_TOKEN": "", "REFURBED_TOKEN": "", "SHOPIFY_TOKEN": "",
+            "REFURBED_QUOTA_REQUESTS": "1000"}):
+        yield resources.sessions()
 
 
 @pytest.fixture

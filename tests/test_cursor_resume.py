@@ -14,10 +14,10 @@ from sqlalchemy import text
 
 from actors import stock_sync
 from db.syncs import get_run
-from runtime import accounts, resources
-from runtime.settings import get_settings
+from runtime import resources
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
+from tests.in_process import in_process_fleet
 
 TOKEN = "cursor-resume-token"
 OFFERS = 45  # pages of 10: five pages
@@ -28,21 +28,11 @@ def walk(monkeypatch, database_url):
     sandbox = RefurbedSandbox(token=TOKEN)
     sandbox.add_offers(OFFERS, seed=9)
     server = serve_in_thread(sandbox.build_app())
-    for name, value in {"DATABASE_URL": database_url, "REDIS_URL": "", "REFURBED_BASE_URL": server.url,
-                        "REFURBED_TOKEN": TOKEN, "REFURBED_QUOTA_REQUESTS": "1000", "REFURBED_PAGE_SIZE": "10",
-                        "SYNC_RESUME_AFTER_S": "60"}.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    resources.database_url.cache_clear()
-    accounts.forget()
-    broker = stock_sync.fetch_listings_page.broker
-    broker.flush_all()
-    resources.sync_redis().flushall()
-    yield sandbox, broker
-    broker.flush_all()
+    with in_process_fleet(monkeypatch, {
+            "DATABASE_URL": database_url, "REDIS_URL": "", "REFURBED_BASE_URL": server.url, "REFURBED_TOKEN": TOKEN,
+            "REFURBED_QUOTA_REQUESTS": "1000", "REFURBED_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
+        yield sandbox, broker
     server.stop()
-    get_settings.cache_clear()
-    resources.database_url.cache_clear()
 
 
 def take(broker, queue: str) -> list:
