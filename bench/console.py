@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,8 +87,10 @@ def percentiles(samples: list[float]) -> str:
             f"max {max(samples) * 1000:.2f} ms, mean {statistics.fmean(samples) * 1000:.2f} ms ({len(samples)} requests)")
 
 
-async def measure(base: str, paths: dict[str, str], requests: int) -> dict[str, list[float]]:
-    """Log in, then ``requests`` sequential GETs of each path (after 20 warm-up ones)."""
+async def measure(base: str, paths: dict[str, str | Callable[[int], str]], requests: int, *,
+                  before: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Log in, then ``requests`` sequential GETs of each path (after 20 warm-up ones); a path may be a function
+    of the request's number (a different one each time), and ``before`` runs, untimed, before each request."""
     results: dict[str, list[float]] = {}
     async with aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
         page = await (await client.get("/login")).text()
@@ -98,8 +101,10 @@ async def measure(base: str, paths: dict[str, str], requests: int) -> dict[str, 
         for name, path in paths.items():
             samples = []
             for index in range(requests + 20):
+                if before is not None:
+                    before()
                 started = time.perf_counter()
-                async with client.get(path, allow_redirects=False) as response:
+                async with client.get(path(index) if callable(path) else path, allow_redirects=False) as response:
                     await response.read()
                     assert response.status == 200, (path, response.status)
                 if index >= 20:

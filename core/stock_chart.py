@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 #: One colour per account, in account order (picked to stay apart for the common colour blindnesses).
 PALETTE = ("#2756c5", "#d9480f", "#087f5b", "#862e9c", "#c2255c", "#5c940d", "#1098ad", "#e67700")
@@ -104,6 +104,33 @@ MAX_DOTS = 150
 
 #: Width of the plot area of the default chart (the column count a caller may slice its rows into).
 PLOT_WIDTH = 960 - 52 - 16
+
+
+#: Column widths a chart's grid may take, in ms: 2^(k/4) (each about 19% wider than the one before), from the
+#: epoch, so a column of a width always spans the same time (what lets its roll-up be kept).
+GRID_MS = tuple(sorted({round(2 ** (k / 4)) for k in range(0, 164)}))
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def column_ms(span_s: float, columns: int) -> int:
+    """The grid for about ``columns`` columns over ``span_s`` seconds: the narrowest width of :data:`GRID_MS` at
+    least ``span_s / columns`` (so 84% to 100% of ``columns`` columns, one or two more where the window's
+    ends cut one)."""
+    wanted = span_s * 1000 / max(columns, 1)
+    return next((width for width in GRID_MS if width >= wanted), GRID_MS[-1])
+
+
+def settled_columns(since: datetime, until: datetime, settled_before: datetime, width_ms: int) -> range:
+    """The columns of the ``width_ms`` grid that lie wholly in ``[since, until]`` and ended by ``settled_before``
+    (their rows are no longer expected to change: the ones a chart may keep rolled up)."""
+    width_us = width_ms * 1000
+    first = -(-_micros(since) // width_us)
+    stop = _micros(min(until, settled_before)) // width_us
+    return range(first, max(first, stop))
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: dict[str, list[tuple[datetime, int]]],

@@ -200,6 +200,30 @@ class ListingRead(Base):
     sync_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class ChartCell(Base):
+    """One closed column of a SKU chart's fixed grid, rolled up: a stock row's bookings (``ledger``) or reads
+    (``read``) whose time falls in ``[cell * width_ms, (cell + 1) * width_ms)`` ms since the epoch.
+
+    Derived data, written by the chart (:mod:`pipelines.timeline`) and checked on each draw against
+    the rows' count and id sum (``n``, ``id_sum``); ``marks``: change type -> [how many, sum of changes].
+    """
+
+    __tablename__ = "chart_cells"
+    __table_args__ = (CheckConstraint("source IN ('ledger', 'read')", name="ck_chart_cells_source"),)
+
+    stock_id: Mapped[int] = mapped_column(ForeignKey("marketplace_stock.id", ondelete="CASCADE"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(8), primary_key=True)
+    width_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    cell: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    n: Mapped[int] = mapped_column(Integer)
+    low: Mapped[int] = mapped_column(Integer)
+    high: Mapped[int] = mapped_column(Integer)
+    last: Mapped[int] = mapped_column(Integer)
+    id_sum: Mapped[int] = mapped_column(BigInteger)
+    marks: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
 class SyncRun(Base):
     """One run of a sync (stock, supplier, store, reconciliation): status, progress and counts."""
 

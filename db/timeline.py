@@ -7,9 +7,11 @@ ledger and ``(stock_id, read_at)`` of the reads.  The reads are written by :mod:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from typing import NamedTuple
+import json
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from db.console_queries import LedgerRow
@@ -90,60 +92,140 @@ def read_rows(session: Session, variation_id: int, *, since: datetime, until: da
     return [ReadRow(**row._mapping) for row in rows]
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """One account's rows of one slice of a window (a chart's pixel column): when the first was, how
-    many, their lowest, highest and last quantity; ``kind``: a mark's kind (bucketed marks only)."""
+class Cell(NamedTuple):
+    """One stock row's rows of one column of a chart's grid (``cell``: the column, ``width_ms`` wide from the
+    epoch): when the first was, how many, their lowest, highest and last quantity, the sum of their ids (with
+    ``n``, what a stored cell is checked against), and ``marks``: for each marked change type asked for, how
+    many and their sum of changes, flat (-1 how many: a stored cell rolled up without that type).
+    A tuple, not a dataclass: a chart reads a few hundred."""
 
-    account: str
-    bucket: int
+    stock_id: int
+    cell: int
     first_at: datetime
     n: int
     low: int
     high: int
     last: int
-    #: Of those, the bookings of each marked change type: type -> (how many, their sum of changes).
-    marked: dict[str, tuple[int, int]] | None = None
+    id_sum: int
+    marks: list[int]
 
 
-# The slice of [since, until] a time falls in, 0..n-1 (:since, :span seconds, :n slices).
-_BUCKET = ("LEAST(CAST(:n AS int) - 1, floor(extract(epoch FROM ({column} - CAST(:since AS timestamptz))) "
-           "/ CAST(:span AS float8) * CAST(:n AS int)))::int")
+# A source's rows of stock rows :ids whose time meets {when} (on its column ``at``), as (id, stock_id, at, q,
+# kind, change), and the order that puts its last row first.  The ledger by (variation_id, id), the reads by
+# (stock_id, read_at) row by row (a time range alone would walk every account's reads of the window).
+_ROWS = {
+    "ledger": ("SELECT * FROM (SELECT l.id, l.stock_id, l.created_at AS at, l.quantity_after AS q, "
+               "l.change_type AS kind, l.change FROM stock_ledger l WHERE l.variation_id = "
+               "(SELECT variation_id FROM marketplace_stock WHERE id = :first) AND l.stock_id = ANY(CAST(:ids AS bigint[]))"
+               ") x WHERE {when}", "r.id DESC"),
+    "read": ("SELECT x.id, x.stock_id, x.read_at AS at, x.quantity AS q, NULL AS kind, 0 AS change "
+             "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT id, stock_id, read_at, quantity "
+             "FROM listing_reads x WHERE x.stock_id = s.id AND {when}) x", "r.at DESC, r.id DESC"),
+}
+_TIME = {"ledger": "x.at", "read": "x.read_at"}
+# A row's column of the grid, in whole microseconds (the float epoch is exact to well under one), so a row is in
+# a column exactly when its time is in the column's [start, end).
+_CELL = "(round(date_part('epoch', r.at) * 1000000)::bigint / (CAST(:w AS bigint) * 1000))"
 
 
-def ledger_buckets(session: Session, stocks: dict[int, str], *, since: datetime, until: datetime, n: int,
-                   marked: tuple[str, ...] = ()) -> list[Bucket]:
-    """The bookings of stock rows ``stocks`` (id -> account) in ``[since, until]``, in ``n`` slices per row
-    (what a chart's line needs), with how many of ``marked`` change types each slice holds (its marks)."""
-    counts = ", ".join(f"count(*) FILTER (WHERE l.change_type = :m{i}) AS n{i}, "
-                       f"COALESCE(sum(l.change) FILTER (WHERE l.change_type = :m{i}), 0) AS c{i}"
-                       for i in range(len(marked)))
-    rows = session.execute(text(
-        "SELECT l.stock_id, b.bucket, min(l.created_at) AS first_at, count(*) AS n, min(l.quantity_after) AS low, "
-        "max(l.quantity_after) AS high, (array_agg(l.quantity_after ORDER BY l.id DESC))[1] AS last"
-        + (", " + counts if counts else "") + " "
-        f"FROM stock_ledger l CROSS JOIN LATERAL (SELECT {_BUCKET.format(column='l.created_at')} AS bucket) b "
-        "WHERE l.variation_id = (SELECT variation_id FROM marketplace_stock WHERE id = :first) "
-        "AND l.stock_id = ANY(CAST(:ids AS bigint[])) AND l.created_at BETWEEN :since AND :until "
-        "GROUP BY l.stock_id, b.bucket ORDER BY l.stock_id, b.bucket"),
-        {**{f"m{i}": kind for i, kind in enumerate(marked)}, **_params(stocks, since, until, n)})
-    return [Bucket(stocks[row.stock_id], row.bucket, row.first_at, row.n, row.low, row.high, row.last,
-                   {kind: (row[7 + 2 * i], row[8 + 2 * i]) for i, kind in enumerate(marked)})
-            for row in rows]
+def _rows(source: str, *ranges: str) -> str:
+    """``source``'s rows in any of ``ranges`` (each a condition on ``{t}``, the row's time)."""
+    rows, _ = _ROWS[source]
+    if source == "ledger":  # one pass over the variation's bookings
+        return rows.format(when=" OR ".join(f"({when.format(t=_TIME[source])})" for when in ranges))
+    return " UNION ALL ".join(rows.format(when=when.format(t=_TIME[source])) for when in ranges)
 
 
-def read_buckets(session: Session, stocks: dict[int, str], *, since: datetime, until: datetime, n: int
-                 ) -> list[Bucket]:
-    """The kept reads of stock rows ``stocks`` in ``[since, until]``, in ``n`` slices per row."""
-    rows = session.execute(text(
-        "SELECT r.stock_id, b.bucket, min(r.read_at) AS first_at, count(*) AS n, min(r.quantity) AS low, "
-        "max(r.quantity) AS high, (array_agg(r.quantity ORDER BY r.read_at DESC, r.id DESC))[1] AS last "
-        # Row by row on (stock_id, read_at): a time range alone would walk every account's reads of the window.
-        "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT * FROM listing_reads x "
-        "  WHERE x.stock_id = s.id AND x.read_at BETWEEN :since AND :until) r "
-        f"CROSS JOIN LATERAL (SELECT {_BUCKET.format(column='r.read_at')} AS bucket) b "
-        "GROUP BY r.stock_id, b.bucket ORDER BY r.stock_id, b.bucket"), _params(stocks, since, until, n))
-    return _buckets(rows, stocks)
+def _bounds(stock_ids: list[int], width_ms: int, kept: range) -> dict:
+    return {"ids": stock_ids, "first": stock_ids[0] if stock_ids else 0, "w": width_ms, "lo": kept.start,
+            "hi": kept.stop, "lo_t": _column_start(kept.start, width_ms), "hi_t": _column_start(kept.stop, width_ms)}
+
+
+def _aggregate(source: str, rows: str, marked: tuple[str, ...]) -> str:
+    _, order = _ROWS[source]
+    marks = "ARRAY[" + ", ".join(f"count(*) FILTER (WHERE r.kind = :m{i}), COALESCE(sum(r.change) FILTER "
+                                 f"(WHERE r.kind = :m{i}), 0)" for i in range(len(marked))) + "]::int[]"
+    return (f"SELECT r.stock_id, r.cell, min(r.at) AS first_at, count(*) AS n, min(r.q) AS low, max(r.q) AS high, "
+            f"(array_agg(r.q ORDER BY {order}))[1] AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
+            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM ({rows}) r) r "
+            "GROUP BY r.stock_id, r.cell")
+
+
+def raw_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
+              until: datetime, kept: range = range(0), marked: tuple[str, ...] = ()) -> list[Cell]:
+    """``source``'s rows (``ledger`` bookings or ``read`` reads) of ``stock_ids`` in ``[since, until]`` per column
+    of the ``width_ms`` grid, in stock row and column order, with the count and sum of changes of each
+    ``marked`` change type (``kept``: the columns stored, whose time bounds the statement is given)."""
+    marked = marked if source == "ledger" else ()
+    result = session.execute(text(
+        _aggregate(source, _rows(source, "{t} BETWEEN :since AND :until"), marked) + " ORDER BY 1, 2"),
+        {**_bounds(stock_ids, width_ms, kept), "since": since, "until": until,
+         **{f"m{i}": kind for i, kind in enumerate(marked)}})
+    return [Cell(*row) for row in result]
+
+
+def stored_cells_current(session: Session, source: str, stock_ids: list[int], *, width_ms: int, kept: range
+                         ) -> bool:
+    """Whether ``chart_cells`` holds ``source``'s columns ``kept`` of every stock row as its rows are now: per
+    stock row, the stored cells' count and id sum are its rows' (a row added late, or pruned, changes them)."""
+    if not stock_ids or not kept:
+        return True
+    return bool(session.execute(text(
+        "SELECT bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) "
+        "FROM unnest(CAST(:ids AS bigint[])) AS s(id) "
+        f"LEFT JOIN (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM ({_rows(source, '{t} >= :lo_t AND {t} < :hi_t')}) r "
+        "  GROUP BY r.stock_id) f ON f.stock_id = s.id "
+        "LEFT JOIN (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells "
+        "  WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
+        "  AND cell >= :lo AND cell < :hi GROUP BY stock_id) c ON c.stock_id = s.id"),
+        {**_bounds(stock_ids, width_ms, kept), "source": source}).scalar())
+
+
+def stored_and_ends(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
+                    until: datetime, kept: range, marked: tuple[str, ...] = ()) -> list[Cell]:
+    """``source``'s stored cells of columns ``kept`` and, from its rows, the rest of ``[since, until]`` (the
+    window's ends), in stock row and column order: what :func:`raw_cells` gives when the stored cells are current."""
+    marked = marked if source == "ledger" else ()
+    ends = _rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
+    result = session.execute(text(
+        "SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
+            f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
+            for i in range(len(marked))) + "]::int[] AS marks FROM chart_cells "
+        "WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
+        f"AND cell >= :lo AND cell < :hi UNION ALL {_aggregate(source, ends, marked)} ORDER BY 1, 2"),
+        {**_bounds(stock_ids, width_ms, kept), "source": source, "since": since, "until": until,
+         **{f"m{i}": kind for i, kind in enumerate(marked)}})
+    return [Cell(*row) for row in result]
+
+
+def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
+                cells: list[Cell], marked: tuple[str, ...] = ()) -> None:
+    """Replace ``source``'s stored cells of ``stock_ids`` in columns ``kept`` with ``cells`` (their marks: of
+    ``marked``, in order), in a transaction of its own (the caller's may be a read, rolled back); not waiting for the disk (derived data)."""
+    with engine.begin() as connection:
+        connection.execute(text("SET LOCAL synchronous_commit = off"))
+        connection.execute(text(
+            "DELETE FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source "
+            "AND width_ms = :w AND cell >= :lo AND cell < :hi"),
+            {"ids": stock_ids, "source": source, "w": width_ms, "lo": kept.start, "hi": kept.stop})
+        if cells:
+            connection.execute(text(
+                "INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, marks) "
+                "VALUES (:stock_id, :source, :w, :cell, :first_at, :n, :low, :high, :last, :id_sum, CAST(:marks AS jsonb)) "
+                "ON CONFLICT (stock_id, source, width_ms, cell) DO UPDATE SET first_at = excluded.first_at, "
+                "n = excluded.n, low = excluded.low, high = excluded.high, last = excluded.last, "
+                "id_sum = excluded.id_sum, marks = excluded.marks"),
+                [{"stock_id": c.stock_id, "source": source, "w": width_ms, "cell": c.cell, "first_at": c.first_at,
+                  "n": c.n, "low": c.low, "high": c.high, "last": c.last, "id_sum": c.id_sum,
+                  "marks": json.dumps({kind: c.marks[2 * i:2 * i + 2] for i, kind in enumerate(marked)})}
+                 for c in cells])
+
+
+def _column_start(column: int, width_ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=column * width_ms)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def chart_version(session: Session, variation_id: int, stock_ids: list[int], *, since: datetime, until: datetime
@@ -158,16 +240,6 @@ def chart_version(session: Session, variation_id: int, stock_ids: list[int], *, 
         "  WHERE x.stock_id = s.id AND x.read_at BETWEEN :since AND :until) r ORDER BY s.o) AS reads"),
         {"v": variation_id, "ids": stock_ids, "since": since, "until": until}).one()
     return row.ledger, tuple(tuple(read) for read in row.reads)
-
-
-def _params(stocks: dict[int, str], since: datetime, until: datetime, n: int) -> dict:
-    return {"ids": list(stocks), "first": next(iter(stocks), 0), "since": since, "until": until, "n": n,
-            "span": max((until - since).total_seconds(), 1e-6)}
-
-
-def _buckets(rows, stocks: dict[int, str]) -> list[Bucket]:
-    return [Bucket(stocks[row.stock_id], row.bucket, row.first_at, row.n, row.low, row.high, row.last)
-            for row in rows]
 
 
 def prune_reads(session: Session, before: datetime, *, batch: int = 5000) -> int:

@@ -6,16 +6,18 @@ push log) is one more function there.  :func:`core.timeline.merge` puts them in 
 """
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core import timeline as rules
-from core.stock_chart import PLOT_WIDTH, Chart, build_chart
+from core.stock_chart import PLOT_WIDTH, Chart, build_chart, column_ms, settled_columns
 from core.timeline import Entry
 from core.push_log import PushFilter
 from db import push_log
@@ -24,6 +26,8 @@ from db.push_log import PushEntry
 from db.console_queries import LedgerRow, variation_id_by_sku
 from runtime import resources
 from runtime.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 #: How far back a timeline looks from its "as of" moment unless told (its chart's window too).
 DEFAULT_DAYS = 90
@@ -208,28 +212,66 @@ def chart(session: Session, window: Window, *, cached: bool = False) -> Chart:
     return drawn
 
 
+#: A grid column is rolled up once it ended this long ago (a booking's time is its transaction's start, so a
+#: column that just ended may still get rows; a later one is caught by the stored cells' check all the same).
+SETTLE = timedelta(minutes=10)
+
+
+def chart_cells(session: Session, source: str, stock_ids: list[int], *, since: datetime, until: datetime,
+                width_ms: int, marked: tuple[str, ...] = ()) -> list[queries.Cell]:
+    """``source``'s rows (``ledger`` or ``read``) of ``[since, until]`` per column of the ``width_ms`` grid, in
+    stock row and column order: the settled columns from ``chart_cells`` when they are current (their rows'
+    count and id sum unchanged), else from the rows, then stored for the next draw; the window's ends and
+    the columns still moving from the rows each time."""
+    kept = settled_columns(since, until, datetime.now(timezone.utc) - SETTLE, width_ms)
+    marked = marked if source == "ledger" else ()
+    if kept and queries.stored_cells_current(session, source, stock_ids, width_ms=width_ms, kept=kept):
+        cells = queries.stored_and_ends(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
+                                        kept=kept, marked=marked)
+        if not marked or all(cell.marks[0::2].count(-1) == 0 for cell in cells):  # else rolled up for other marks
+            return cells
+    cells = queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until, kept=kept,
+                              marked=marked)
+    if kept:
+        try:
+            queries.store_cells(session.get_bind().engine, source, stock_ids, width_ms=width_ms, kept=kept,
+                                cells=[cell for cell in cells if cell.cell in kept], marked=marked)
+        except DBAPIError as failed:  # the chart is drawn all the same; the next draw tries again
+            log.warning("chart: could not store the rolled-up columns of stock rows %s: %s", stock_ids,
+                        str(failed.orig)[:200])
+    return cells
+
+
+def clear_chart_cache() -> None:
+    """Forget every cached chart (a bench's first view)."""
+    with _charts_lock:
+        _charts.clear()
+
+
 def _draw(session: Session, window: Window, begin: list[queries.AccountState]) -> Chart:
-    columns = PLOT_WIDTH // LINE_COLUMNS
     since, until = window.since, window.until
     stocks = {state.stock_id: state.account for state in begin}
+    width = column_ms((until - since).total_seconds(), PLOT_WIDTH // LINE_COLUMNS)
+    per_mark = max(1, MARK_COLUMNS // LINE_COLUMNS)
     changes: dict[str, list] = {state.account: [] for state in begin}
     counted: dict[str, int] = {}
     sliced: dict[tuple, list] = {}  # (account, kind, mark slice) -> [first time, how many, sum of changes]
-    for bucket in queries.ledger_buckets(session, stocks, since=since, until=until, n=columns,
-                                         marked=tuple(_MARKED)):
-        changes.setdefault(bucket.account, []).extend(
-            (bucket.first_at, q) for q in (bucket.low, bucket.high, bucket.last))  # the last one last
-        counted[bucket.account] = counted.get(bucket.account, 0) + bucket.n
-        for change_type, (n, change) in bucket.marked.items():
+    for cell in chart_cells(session, "ledger", list(stocks), since=since, until=until, width_ms=width,
+                            marked=tuple(_MARKED)):
+        account = stocks[cell.stock_id]
+        changes.setdefault(account, []).extend(
+            (cell.first_at, q) for q in (cell.low, cell.high, cell.last))  # the last one last
+        counted[account] = counted.get(account, 0) + cell.n
+        for index, kind in enumerate(_MARKED.values()):
+            n, change = cell.marks[2 * index:2 * index + 2]
             if n:
-                key = (bucket.account, _MARKED[change_type], bucket.bucket * LINE_COLUMNS // MARK_COLUMNS)
-                found = sliced.setdefault(key, [bucket.first_at, 0, 0])
+                found = sliced.setdefault((account, kind, cell.cell // per_mark), [cell.first_at, 0, 0])
                 found[1] += n
                 found[2] += change
     reads: dict[str, list] = {}
-    for bucket in queries.read_buckets(session, stocks, since=since, until=until, n=columns):
-        reads.setdefault(bucket.account, []).extend(
-            (bucket.first_at, q) for q in (bucket.low, bucket.high, bucket.last))
+    for cell in chart_cells(session, "read", list(stocks), since=since, until=until, width_ms=width):
+        reads.setdefault(stocks[cell.stock_id], []).extend(
+            (cell.first_at, q) for q in (cell.low, cell.high, cell.last))
     marks = []
     for (account, kind, _), (first_at, n, change) in sliced.items():
         one, many = _MARK_WORDS[kind]
