@@ -80,22 +80,30 @@ def _step_path(points: list[tuple[float, float]]) -> str:
     if not points:
         return ""
     parts = [f"M{points[0][0]:.1f},{points[0][1]:.1f}"]
-    column: list[float] = []
-    column_x = None
+    append = parts.append
+    column = low = high = last = None  # the pixel column's; SVG y grows downwards: low is the largest y
 
-    def flush():
-        if column:
-            low, high, last = max(column), min(column), column[-1]  # SVG y grows downwards
-            for y in dict.fromkeys((low, high, last)):
-                parts.append(f"V{y:.1f}")
+    def flush() -> None:
+        append(f"V{low:.1f}")
+        if high != low:
+            append(f"V{high:.1f}")
+        if last != low and last != high:
+            append(f"V{last:.1f}")
 
     for x, y in points[1:]:
-        if column_x is None or round(x) != round(column_x):
-            flush()
-            column, column_x = [], x
-            parts.append(f"H{x:.1f}")
-        column.append(y)
-    flush()
+        pixel = round(x)
+        if pixel != column:
+            if column is not None:
+                flush()
+            column, low, high = pixel, y, y
+            append(f"H{x:.1f}")
+        elif y > low:
+            low = y
+        elif y < high:
+            high = y
+        last = y
+    if column is not None:
+        flush()
     return "".join(parts)
 
 
@@ -158,17 +166,29 @@ def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: 
     if high == low:
         high = low + step
 
+    start_s, x_scale, y_scale = start.timestamp(), plot_width / span_s, plot_height / (high - low)
+
     def x_of(moment: datetime) -> float:
-        return left + plot_width * min(max((moment - start).total_seconds() / span_s, 0.0), 1.0)
+        return left + min(max((moment.timestamp() - start_s) * x_scale, 0.0), plot_width)
 
     def y_of(quantity: int) -> float:
-        return top + plot_height * (high - quantity) / (high - low)
+        return top + (high - quantity) * y_scale
+
+    def placed_points(rows: list[tuple[datetime, int]]) -> list[tuple[float, float]]:
+        # A chart places a few thousand points, often several at one time (a column's low, high, last): each
+        # time is placed once.
+        placed, moment, x = [], None, 0.0
+        for t, q in rows:
+            if t is not moment:
+                moment, x = t, left + min(max((t.timestamp() - start_s) * x_scale, 0.0), plot_width)
+            placed.append((x, top + (high - q) * y_scale))
+        return placed
 
     series = []
     for index, account in enumerate(accounts):
         first = begin.get(account, 0)
         rows = changes.get(account, [])
-        points = [(x_of(start), y_of(first))] + [(x_of(t), y_of(q)) for t, q in rows]
+        points = [(x_of(start), y_of(first))] + placed_points(rows)
         last = rows[-1][1] if rows else first
         points.append((x_of(end), y_of(last)))
         said = reads.get(account, [])
@@ -179,8 +199,7 @@ def build_chart(start: datetime, end: datetime, begin: dict[str, int], changes: 
                                                                 quantity)
         elif said:
             start_read = read_begin.get(account)
-            read_points = ([(x_of(start), y_of(start_read))] if start_read is not None else []) + [
-                (x_of(t), y_of(q)) for t, q in said]
+            read_points = ([(x_of(start), y_of(start_read))] if start_read is not None else []) + placed_points(said)
             read_points.append((x_of(end), read_points[-1][1]))
             read_path = _step_path(read_points)
         counted = (changes_counted or {}).get(account, len(rows))
