@@ -123,3 +123,17 @@ def window_start(as_of_moment: datetime, first: datetime | None, days: int) -> d
     if first is not None and start < first <= as_of_moment:
         return first
     return start
+
+
+#: What a chart of a window ending now rounds its ends to (see :func:`chart_window`).
+CHART_STEP = timedelta(minutes=1)
+
+
+def chart_window(since: datetime, until: datetime, step: timedelta = CHART_STEP) -> tuple[datetime, datetime]:
+    """The window a chart of ``[since, until]``, ``until`` being now, is drawn over: its ends widened to whole
+    ``step``s from the epoch (each moves by less than one step, less than a pixel of a long window), so every
+    view within one step draws the same window and a repeated one can be a lookup."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    start = epoch + (since - epoch) // step * step
+    end = epoch + -((epoch - until) // step) * step
+    return start, end

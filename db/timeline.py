@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import NamedTuple
-import json
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, text
@@ -152,73 +151,71 @@ def _aggregate(source: str, rows: str, marked: tuple[str, ...]) -> str:
 
 
 def raw_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-              until: datetime, kept: range = range(0), marked: tuple[str, ...] = ()) -> list[Cell]:
+              until: datetime, kept: range = range(0), marked: tuple[str, ...] = (), ends_only: bool = False
+              ) -> list[Cell]:
     """``source``'s rows (``ledger`` bookings or ``read`` reads) of ``stock_ids`` in ``[since, until]`` per column
     of the ``width_ms`` grid, in stock row and column order, with the count and sum of changes of each
-    ``marked`` change type (``kept``: the columns stored, whose time bounds the statement is given)."""
+    ``marked`` change type; ``ends_only``: only the columns outside ``kept`` (the window's ends)."""
     marked = marked if source == "ledger" else ()
-    result = session.execute(text(
-        _aggregate(source, _rows(source, "{t} BETWEEN :since AND :until"), marked) + " ORDER BY 1, 2"),
+    rows = (_rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until") if ends_only
+            else _rows(source, "{t} BETWEEN :since AND :until"))
+    result = session.execute(text(_aggregate(source, rows, marked) + " ORDER BY 1, 2"),
         {**_bounds(stock_ids, width_ms, kept), "since": since, "until": until,
          **{f"m{i}": kind for i, kind in enumerate(marked)}})
     return [Cell(*row) for row in result]
 
 
-def stored_cells_current(session: Session, source: str, stock_ids: list[int], *, width_ms: int, kept: range
-                         ) -> bool:
-    """Whether ``chart_cells`` holds ``source``'s columns ``kept`` of every stock row as its rows are now: per
-    stock row, the stored cells' count and id sum are its rows' (a row added late, or pruned, changes them)."""
-    if not stock_ids or not kept:
-        return True
-    return bool(session.execute(text(
-        "SELECT bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) "
-        "FROM unnest(CAST(:ids AS bigint[])) AS s(id) "
-        f"LEFT JOIN (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM ({_rows(source, '{t} >= :lo_t AND {t} < :hi_t')}) r "
-        "  GROUP BY r.stock_id) f ON f.stock_id = s.id "
-        "LEFT JOIN (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells "
-        "  WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
-        "  AND cell >= :lo AND cell < :hi GROUP BY stock_id) c ON c.stock_id = s.id"),
-        {**_bounds(stock_ids, width_ms, kept), "source": source}).scalar())
-
-
-def stored_and_ends(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-                    until: datetime, kept: range, marked: tuple[str, ...] = ()) -> list[Cell]:
-    """``source``'s stored cells of columns ``kept`` and, from its rows, the rest of ``[since, until]`` (the
-    window's ends), in stock row and column order: what :func:`raw_cells` gives when the stored cells are current."""
+def current_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
+                  until: datetime, kept: range, marked: tuple[str, ...] = ()) -> list[Cell] | None:
+    """What :func:`raw_cells` gives, from ``source``'s stored cells of columns ``kept`` and the rows of the rest of
+    ``[since, until]`` (the window's ends), in one statement; None when the stored cells are not current: per
+    stock row, their count and id sum are not its rows' in ``kept`` (a row added late, or pruned, changes them)."""
     marked = marked if source == "ledger" else ()
     ends = _rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
-    result = session.execute(text(
-        "SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
+    rows = session.execute(text(
+        f"WITH f AS (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM "
+        f"({_rows(source, '{t} >= :lo_t AND {t} < :hi_t')}) r GROUP BY r.stock_id), "
+        "c AS (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
+        "  AND source = :source AND width_ms = :w AND cell >= :lo AND cell < :hi GROUP BY stock_id), "
+        "ok AS (SELECT bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) AS ok "
+        "  FROM unnest(CAST(:ids AS bigint[])) AS s(id) LEFT JOIN f ON f.stock_id = s.id LEFT JOIN c ON c.stock_id = s.id) "
+        "SELECT ok.ok, x.* FROM ok LEFT JOIN LATERAL ("
+        "  SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
             f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
             for i in range(len(marked))) + "]::int[] AS marks FROM chart_cells "
-        "WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
-        f"AND cell >= :lo AND cell < :hi UNION ALL {_aggregate(source, ends, marked)} ORDER BY 1, 2"),
+        "  WHERE ok.ok AND stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
+        f"  AND cell >= :lo AND cell < :hi UNION ALL SELECT * FROM ({_aggregate(source, ends, marked)}) e WHERE ok.ok"
+        ") x ON true ORDER BY x.stock_id, x.cell"),
         {**_bounds(stock_ids, width_ms, kept), "source": source, "since": since, "until": until,
-         **{f"m{i}": kind for i, kind in enumerate(marked)}})
-    return [Cell(*row) for row in result]
+         **{f"m{i}": kind for i, kind in enumerate(marked)}}).all()
+    if not rows or not rows[0][0]:
+        return None
+    return [Cell(*row[1:]) for row in rows if row[1] is not None]
 
 
-def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
-                cells: list[Cell], marked: tuple[str, ...] = ()) -> None:
-    """Replace ``source``'s stored cells of ``stock_ids`` in columns ``kept`` with ``cells`` (their marks: of
-    ``marked``, in order), in a transaction of its own (the caller's may be a read, rolled back); not waiting for the disk (derived data)."""
+def fill_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
+               marked: tuple[str, ...] = ()) -> list[Cell]:
+    """Roll ``source``'s rows of columns ``kept`` up into ``chart_cells`` (replacing what was there) and return
+    those cells, in stock row and column order: one statement in a transaction of its own (the caller's may
+    be a read, rolled back), not waiting for the disk (derived data)."""
+    marked = marked if source == "ledger" else ()
+    params = {**_bounds(stock_ids, width_ms, kept), "source": source,
+              **{f"m{i}": kind for i, kind in enumerate(marked)}}
+    pairs = ", ".join(f"CAST(:m{i} AS text), jsonb_build_array(a.marks[{2 * i + 1}], a.marks[{2 * i + 2}])"
+                      for i in range(len(marked)))
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL synchronous_commit = off"))
         connection.execute(text(
             "DELETE FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source "
-            "AND width_ms = :w AND cell >= :lo AND cell < :hi"),
-            {"ids": stock_ids, "source": source, "w": width_ms, "lo": kept.start, "hi": kept.stop})
-        if cells:
-            connection.execute(text(
-                "INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, marks) "
-                "VALUES (:stock_id, :source, :w, :cell, :first_at, :n, :low, :high, :last, :id_sum, CAST(:marks AS jsonb)) "
-                "ON CONFLICT (stock_id, source, width_ms, cell) DO UPDATE SET first_at = excluded.first_at, "
-                "n = excluded.n, low = excluded.low, high = excluded.high, last = excluded.last, "
-                "id_sum = excluded.id_sum, marks = excluded.marks"),
-                [{"stock_id": c.stock_id, "source": source, "w": width_ms, "cell": c.cell, "first_at": c.first_at,
-                  "n": c.n, "low": c.low, "high": c.high, "last": c.last, "id_sum": c.id_sum,
-                  "marks": json.dumps({kind: c.marks[2 * i:2 * i + 2] for i, kind in enumerate(marked)})}
-                 for c in cells])
+            "AND width_ms = :w AND cell >= :lo AND cell < :hi"), params)
+        rows = connection.execute(text(
+            "INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, marks) "
+            "SELECT a.stock_id, :source, :w, a.cell, a.first_at, a.n, a.low, a.high, a.last, a.id_sum, "
+            f"jsonb_build_object({pairs}) FROM ({_aggregate(source, _rows(source, '{t} >= :lo_t AND {t} < :hi_t'), marked)}) a "
+            "RETURNING stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
+                f"CAST(marks -> :m{i} ->> 0 AS int), CAST(marks -> :m{i} ->> 1 AS int)" for i in range(len(marked)))
+            + "]::int[] AS marks"), params).all()
+    return sorted((Cell(*row) for row in rows), key=lambda cell: (cell.stock_id, cell.cell))
 
 
 def _column_start(column: int, width_ms: int) -> datetime:

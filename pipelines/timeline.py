@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
@@ -137,13 +137,13 @@ def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime |
              since: datetime | None = None, limit: int = DEFAULT_LIMIT, days: int = DEFAULT_DAYS) -> Timeline:
     """Variation ``variation_id``'s timeline of ``[since, as_of]`` (default: ``days`` before ``as_of``, or
     from its first booking or read; ``as_of`` default now): the latest ``limit`` entries and the chart."""
-    fixed = as_of is not None  # a window that does not move with the clock: its chart may be cached
+    moving = as_of is None  # a window that moves with the clock
     as_of = as_of or datetime.now(timezone.utc)
     since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
     window = read_window(session, variation_id, sku, since, as_of, limit)
     entries, more = rules.latest(rules.merge(*sources(window)), limit)
     return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
-                    more or window.cut, chart(session, window, cached=fixed))
+                    more or window.cut, chart(session, window, moving=moving))
 
 
 def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
@@ -182,18 +182,21 @@ _charts: OrderedDict[tuple, Chart] = OrderedDict()
 _charts_lock = threading.Lock()
 
 
-def chart(session: Session, window: Window, *, cached: bool = False) -> Chart:
-    """The window's chart: every booking and read of it sliced per pixel column in SQL (whatever their
-    number, a few points per column), orders, top-ups and manual changes per few columns, the pushes.
+def chart(session: Session, window: Window, *, moving: bool = False) -> Chart:
+    """The window's chart: every booking and read of it sliced per column of a fixed grid (whatever their
+    number, a few points per column; the settled columns rolled up once, see :func:`chart_cells`), orders,
+    top-ups and manual changes per few columns, the pushes.
 
-    ``cached`` (a window that does not move with the clock): a repeated view is a lookup, keyed by the
-    database, the window, every account's state at its start, :func:`db.timeline.chart_version` (newest ledger id,
-    the window's read count and newest read id per account) and its pushes; a booking, a read (or a
-    pruned one) or a push changes the key, so a stale chart is never shown; the least recently used
-    of :data:`CHART_CACHE_SIZE` charts goes first."""
+    A repeated view is a lookup, keyed by the database, the window, every account's state at its start,
+    :func:`db.timeline.chart_version` (newest ledger id, the window's read count and newest read id per
+    account) and its pushes: a booking, a read (or a pruned one) or a push changes the key, so a stale chart
+    is never shown; the least recently used of :data:`CHART_CACHE_SIZE` charts goes first.  ``moving`` (a
+    window ending now): drawn over :func:`core.timeline.chart_window` (its ends to the whole minute), so a
+    view within the same minute is a lookup too."""
+    if moving:
+        since, until = rules.chart_window(window.since, window.until)
+        window = replace(window, since=since, until=until)
     begin = queries.account_states(session, window.variation_id, window.since)
-    if not cached:
-        return _draw(session, window, begin)
     key = (session.get_bind().url.render_as_string(), window.variation_id, window.since, window.until, tuple(begin),
            queries.chart_version(session, window.variation_id, [state.stock_id for state in begin],
                                  since=window.since, until=window.until),
@@ -220,26 +223,28 @@ SETTLE = timedelta(minutes=10)
 def chart_cells(session: Session, source: str, stock_ids: list[int], *, since: datetime, until: datetime,
                 width_ms: int, marked: tuple[str, ...] = ()) -> list[queries.Cell]:
     """``source``'s rows (``ledger`` or ``read``) of ``[since, until]`` per column of the ``width_ms`` grid, in
-    stock row and column order: the settled columns from ``chart_cells`` when they are current (their rows'
-    count and id sum unchanged), else from the rows, then stored for the next draw; the window's ends and
-    the columns still moving from the rows each time."""
+    stock row and column order.  The settled columns come from ``chart_cells`` when they are current (their
+    rows' count and id sum unchanged), else they are rolled up from the rows and stored for the next draw;
+    the window's ends and the columns still moving come from the rows each time."""
     kept = settled_columns(since, until, datetime.now(timezone.utc) - SETTLE, width_ms)
     marked = marked if source == "ledger" else ()
-    if kept and queries.stored_cells_current(session, source, stock_ids, width_ms=width_ms, kept=kept):
-        cells = queries.stored_and_ends(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
-                                        kept=kept, marked=marked)
-        if not marked or all(cell.marks[0::2].count(-1) == 0 for cell in cells):  # else rolled up for other marks
-            return cells
-    cells = queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until, kept=kept,
-                              marked=marked)
-    if kept:
-        try:
-            queries.store_cells(session.get_bind().engine, source, stock_ids, width_ms=width_ms, kept=kept,
-                                cells=[cell for cell in cells if cell.cell in kept], marked=marked)
-        except DBAPIError as failed:  # the chart is drawn all the same; the next draw tries again
-            log.warning("chart: could not store the rolled-up columns of stock rows %s: %s", stock_ids,
-                        str(failed.orig)[:200])
-    return cells
+    if not kept:
+        return queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
+                                 marked=marked)
+    cells = queries.current_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
+                                  kept=kept, marked=marked)
+    if cells is not None and all(-1 not in cell.marks[0::2] for cell in cells):  # -1: rolled up for other marks
+        return cells
+    try:
+        stored = queries.fill_cells(session.get_bind().engine, source, stock_ids, width_ms=width_ms, kept=kept,
+                                    marked=marked)
+    except DBAPIError as failed:  # drawn from the rows all the same; the next draw tries again
+        log.warning("chart: could not roll up the columns of stock rows %s: %s", stock_ids, str(failed.orig)[:200])
+        return queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
+                                 kept=kept, marked=marked)
+    ends = queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until, kept=kept,
+                             marked=marked, ends_only=True)
+    return sorted(stored + ends, key=lambda cell: (cell.stock_id, cell.cell))
 
 
 def clear_chart_cache() -> None:

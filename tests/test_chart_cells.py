@@ -131,12 +131,14 @@ def test_columns_from_stored_cells_are_what_the_rows_say(random_history, source)
         assert draw() == truth()  # from the rows, then stored
         assert stored(session, source) > 100
         kept = settled_columns(since, until, datetime.now(timezone.utc) - timeline.SETTLE, width)
-        assert queries.stored_cells_current(session, source, stocks, width_ms=width, kept=kept)
+        assert queries.current_cells(session, source, stocks, width_ms=width, since=since, until=until, kept=kept,
+                                     marked=marked) == truth()
         assert draw() == truth()  # from the stored cells and the window's ends
         if source == "read":  # a read written late into a stored column, one pruned: both seen
             read(session, stocks[0], since + timedelta(days=10), 99)
             session.commit()
-            assert not queries.stored_cells_current(session, source, stocks, width_ms=width, kept=kept)
+            assert queries.current_cells(session, source, stocks, width_ms=width, since=since, until=until,
+                                         kept=kept) is None
             assert draw() == truth()
             assert 99 in [c[5] for c in draw()]
             session.execute(text("DELETE FROM listing_reads WHERE id = (SELECT min(id) FROM listing_reads "
