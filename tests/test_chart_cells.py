@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from core.stock_chart import GRID_MS, column_ms, settled_columns
+from core.timeline import chart_window
 from db import timeline as queries
 from db.engine import session_factory
 from db.snapshot import ensure_marketplace
@@ -29,6 +30,15 @@ def test_the_grid_is_the_narrowest_width_that_fits_and_keeps_only_whole_settled_
     kept = settled_columns(since, since + timedelta(seconds=10), since + timedelta(seconds=5), 1000)
     assert kept == range(int((since - EPOCH).total_seconds()) + 1, int((since - EPOCH).total_seconds()) + 5)
     assert not settled_columns(since, since + timedelta(seconds=10), since, 1000)
+
+
+def test_a_window_ending_now_is_drawn_over_whole_minutes_the_same_all_minute_long():
+    now = datetime(2026, 12, 7, 21, 14, 36, 123456, tzinfo=timezone.utc)
+    since, until = chart_window(now - timedelta(days=90), now)
+    assert (since, until) == (datetime(2026, 9, 8, 21, 14, tzinfo=timezone.utc),
+                              datetime(2026, 12, 7, 21, 15, tzinfo=timezone.utc))
+    assert chart_window(now - timedelta(days=90, seconds=30), now + timedelta(seconds=20)) == (since, until)
+    assert chart_window(since, until) == (since, until)  # whole minutes stay as they are
 
 
 def _column(moment: datetime, width_ms: int) -> int:
