@@ -211,7 +211,8 @@ class ChartCell(Base):
     __tablename__ = "chart_cells"
     __table_args__ = (CheckConstraint("source IN ('ledger', 'read')", name="ck_chart_cells_source"),)
 
-    stock_id: Mapped[int] = mapped_column(ForeignKey("marketplace_stock.id", ondelete="CASCADE"), primary_key=True)
+    #: No foreign key (a roll-up would check each of its rows); a stock row's id is never reused.
+    stock_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     source: Mapped[str] = mapped_column(String(8), primary_key=True)
     width_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     cell: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -209,12 +209,10 @@ def fill_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: i
             "DELETE FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source "
             "AND width_ms = :w AND cell >= :lo AND cell < :hi"), params)
         rows = connection.execute(text(
-            "INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, marks) "
-            "SELECT a.stock_id, :source, :w, a.cell, a.first_at, a.n, a.low, a.high, a.last, a.id_sum, "
-            f"jsonb_build_object({pairs}) FROM ({_aggregate(source, _rows(source, '{t} >= :lo_t AND {t} < :hi_t'), marked)}) a "
-            "RETURNING stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
-                f"CAST(marks -> :m{i} ->> 0 AS int), CAST(marks -> :m{i} ->> 1 AS int)" for i in range(len(marked)))
-            + "]::int[] AS marks"), params).all()
+            f"WITH a AS ({_aggregate(source, _rows(source, '{t} >= :lo_t AND {t} < :hi_t'), marked)}), "
+            "stored AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, "
+            "id_sum, marks) SELECT a.stock_id, :source, :w, a.cell, a.first_at, a.n, a.low, a.high, a.last, a.id_sum, "
+            f"jsonb_build_object({pairs}) FROM a) SELECT * FROM a"), params).all()
     return sorted((Cell(*row) for row in rows), key=lambda cell: (cell.stock_id, cell.cell))
 
 

@@ -22,8 +22,8 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "chart_cells",
-        sa.Column("stock_id", sa.BigInteger(), sa.ForeignKey("marketplace_stock.id", ondelete="CASCADE"),
-                  primary_key=True),
+        # No foreign key: a roll-up of a few hundred columns would check each (a stock row's id is never reused).
+        sa.Column("stock_id", sa.BigInteger(), primary_key=True),
         sa.Column("source", sa.String(8), primary_key=True),
         sa.Column("width_ms", sa.BigInteger(), primary_key=True),
         sa.Column("cell", sa.BigInteger(), primary_key=True),
