@@ -172,12 +172,15 @@ def current_cells(session: Session, source: str, stock_ids: list[int], *, width_
     stock row, their count and id sum are not its rows' in ``kept`` (a row added late, or pruned, changes them)."""
     marked = marked if source == "ledger" else ()
     ends = _rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
+    settled = _rows(source, "{t} >= :lo_t AND {t} < :hi_t")
     rows = session.execute(text(
-        f"WITH f AS (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM "
-        f"({_rows(source, '{t} >= :lo_t AND {t} < :hi_t')}) r GROUP BY r.stock_id), "
-        "c AS (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
+        "WITH c AS (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
         "  AND source = :source AND width_ms = :w AND cell >= :lo AND cell < :hi GROUP BY stock_id), "
-        "ok AS (SELECT bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) AS ok "
+        # Nothing stored (a first view): not current if any row is there, found without counting them all.
+        f"f AS (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM ({settled}) r WHERE EXISTS (SELECT 1 FROM c) "
+        "  GROUP BY r.stock_id), "
+        "ok AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM c) THEN bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) "
+        f"  AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) ELSE NOT EXISTS (SELECT 1 FROM ({settled}) r) END AS ok "
         "  FROM unnest(CAST(:ids AS bigint[])) AS s(id) LEFT JOIN f ON f.stock_id = s.id LEFT JOIN c ON c.stock_id = s.id) "
         "SELECT ok.ok, x.* FROM ok LEFT JOIN LATERAL ("
         "  SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
