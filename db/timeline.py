@@ -247,3 +247,10 @@ def prune_reads(session: Session, before: datetime, *, batch: int = 5000) -> int
         "DELETE FROM listing_reads WHERE id IN (SELECT o.id FROM listing_reads o WHERE o.read_at < :before "
         "AND EXISTS (SELECT 1 FROM listing_reads n WHERE n.stock_id = o.stock_id AND n.read_at > o.read_at) "
         "ORDER BY o.read_at LIMIT :batch)"), {"before": before, "batch": batch}).rowcount
+
+
+def prune_cells(session: Session, before: datetime) -> int:
+    """Delete the rolled-up chart columns that ended by ``before`` (a chart that needs one again rolls it up
+    anew); return how many.  Does not commit."""
+    return session.execute(text("DELETE FROM chart_cells WHERE (cell + 1) * width_ms <= :before_ms"),
+                           {"before_ms": (before - _EPOCH) // timedelta(milliseconds=1)}).rowcount

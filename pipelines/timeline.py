@@ -290,7 +290,7 @@ def _draw(session: Session, window: Window, begin: list[queries.AccountState]) -
 
 def prune_reads(now: datetime | None = None, *, batch: int = 5000) -> int:
     """Delete the reads older than ``LISTING_READS_RETENTION_DAYS`` (each row's latest kept), a batch per
-    transaction; return how many."""
+    transaction, then the chart columns rolled up that ended as long ago; return how many reads."""
     before = (now or datetime.now(timezone.utc)) - timedelta(days=get_settings().listing_reads_retention_days)
     total = 0
     with resources.sessions()() as session:
@@ -299,4 +299,7 @@ def prune_reads(now: datetime | None = None, *, batch: int = 5000) -> int:
             session.commit()
             total += deleted
             if deleted < batch:
-                return total
+                break
+        queries.prune_cells(session, before)
+        session.commit()
+    return total

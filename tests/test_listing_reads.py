@@ -107,6 +107,14 @@ def test_the_scheduled_prune_uses_the_retention_setting(sessions, database_url, 
 
     for day, quantity in enumerate((1, 2, 3)):
         sync(sessions, {1: quantity}, T0 + timedelta(days=day))
+    hour = 3_600_000
+    with sessions() as session:  # two rolled-up chart columns of an hour: one ended before the cut, one after
+        for moment in (T0, T0 + timedelta(days=1)):
+            session.execute(text(
+                "INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum) "
+                "SELECT id, 'read', :w, :c, :t, 1, 1, 1, 1, 1 FROM marketplace_stock LIMIT 1"),
+                {"w": hour, "c": int(moment.timestamp() * 1000) // hour, "t": moment})
+        session.commit()
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("LISTING_READS_RETENTION_DAYS", "2")
     get_settings.cache_clear()
@@ -117,4 +125,6 @@ def test_the_scheduled_prune_uses_the_retention_setting(sessions, database_url, 
         get_settings.cache_clear()
         resources.database_url.cache_clear()
     assert [q for _, q, _, _ in reads(sessions)] == [2, 3]
+    with sessions() as session:  # the column of day 0 went with its reads
+        assert session.execute(text("SELECT first_at FROM chart_cells")).scalars().all() == [T0 + timedelta(days=1)]
     assert JOBS_BY_NAME["listing_reads_prune"].actor == "prune_listing_reads"
