@@ -17,6 +17,7 @@ from __future__ import annotations
 import abc
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
 from clients.errors import ApiError
@@ -24,7 +25,8 @@ from clients.refurbed import MAX_BATCH_UPDATE, OfferStockUpdate, RefurbedClient
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
 from clients.shopify import DEFAULT_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
 from clients.shopify import MAX_LOCATIONS as SHOPIFY_MAX_LOCATIONS
-from clients.shopify import ShopifyClient
+from clients import shopify_bulk
+from clients.shopify import ShopifyClient, VariantStock, bulk_variants_query, parse_variant
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class CataloguePage:
     ``items``: message dicts (``id``, ``sku``, ``quantity``, ``title``, ...); ``total_pages``: the
     walk's page count when the platform says it (numbered pages), or when this page is a cursor
     walk's last; ``next_cursor``: where a cursor walk goes on (None: this was the last page).
+    ``read_at``: when the marketplace read these quantities, when it says so (a Shopify bulk
+    file: its operation's ``createdAt``); None: the moment the request left.  ``retry_after_s``:
+    the page is not ready yet (a bulk operation still running): fetch it again after that long.
     """
 
     items: list[dict] = field(default_factory=list)
@@ -41,6 +46,8 @@ class CataloguePage:
     next_cursor: str | None = None
     count: int | None = None
     skipped: int = 0
+    read_at: datetime | None = None
+    retry_after_s: float | None = None
 
 
 class CatalogueAdapter(abc.ABC):
@@ -88,6 +95,23 @@ class CatalogueAdapter(abc.ABC):
 def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
     kept = [item for item in items if item["sku"]]
     return kept, len(items) - len(kept)
+
+
+def _listed(variants: list[VariantStock]) -> list[dict]:
+    """Shopify variants as listings: tracked ones stocked at a counted location, summed, below zero as 0."""
+    listed = []
+    for variant in variants:
+        stocked = [level for level in variant.levels if level is not None]
+        if variant.tracked and stocked:
+            listed.append({"id": variant.inventory_item_id, "sku": variant.sku,
+                           "quantity": sum(max(0, level) for level in stocked), "title": None})
+    return listed
+
+
+def _bulk_levels(line: dict) -> int:
+    """How many locations a bulk file's line names (``at0``, ``at1``...: the query it was made with)."""
+    item = line.get("inventoryItem")
+    return sum(1 for key in item if key.startswith("at") and key[2:].isdigit()) if isinstance(item, dict) else 0
 
 
 class BackMarketAdapter(CatalogueAdapter):
@@ -174,10 +198,11 @@ class ShopifyAdapter(CatalogueAdapter):
     compare_and_set = True
 
     def __init__(self, client: ShopifyClient, *, location_ids: list[str] | None = None,
-                 limit: int = SHOPIFY_PAGE_LIMIT) -> None:
+                 limit: int = SHOPIFY_PAGE_LIMIT, bulk_poll_s: float = 2.0) -> None:
         self.client = client
         self.location_ids = location_ids
         self.limit = limit
+        self.bulk_poll_s = bulk_poll_s
 
     async def locations(self) -> list[str]:
         """The locations counted (the account's, or the shop's active ones, up to the query's limit)."""
@@ -188,15 +213,37 @@ class ShopifyAdapter(CatalogueAdapter):
         return self.location_ids
 
     async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        if cursor is not None and cursor.startswith("bulk:"):
+            return await self._bulk_page(page, cursor)
         result = await self.client.variants_page(await self.locations(), cursor, limit=self.limit)
-        listed = []
-        for variant in result.variants:
-            stocked = [level for level in variant.levels if level is not None]
-            if variant.tracked and stocked:
-                listed.append({"id": variant.inventory_item_id, "sku": variant.sku,
-                               "quantity": sum(max(0, level) for level in stocked), "title": None})
-        items, skipped = _with_sku(listed)
+        items, skipped = _with_sku(_listed(result.variants))
         return CataloguePage(items, page if result.next_cursor is None else None, result.next_cursor, skipped=skipped)
+
+    async def _bulk_page(self, page: int, cursor: str) -> CataloguePage:
+        """A bulk walk's page: page 1 starts the operation; the others poll it, then read ``limit`` lines of its file.
+
+        Every page asks Shopify for the operation again (1 point): a fresh file link, and a resumed
+        walk finds a FAILED or EXPIRED one.  Its lines are a snapshot of ``createdAt``.
+        """
+        if cursor == shopify_bulk.BULK_START:
+            started = await shopify_bulk.start(self.client, bulk_variants_query(await self.locations()))
+            return CataloguePage(next_cursor=shopify_bulk.cursor(started.number, 0))
+        number, offset = shopify_bulk.parse_cursor(cursor)
+        operation = await shopify_bulk.operation(self.client, number)
+        if operation.status not in shopify_bulk.FINISHED:
+            return CataloguePage(next_cursor=cursor, retry_after_s=self.bulk_poll_s)
+        if operation.status != "COMPLETED" or not operation.url:
+            ended = f"{operation.status} ({operation.error_code})" if operation.error_code else operation.status
+            raise ApiError(f"bulk operation {number} ended {ended}: the catalogue was not exported", api="shopify",
+                           endpoint="bulkOperation", status=200, code=operation.error_code or operation.status,
+                           permanent=True)
+        read = await shopify_bulk.read_lines(self.client, operation.url, offset, self.limit)
+        variants = [parse_variant(line, _bulk_levels(line), f"bulk operation {number}'s line")
+                    for line in read.lines if "__parentId" not in line]
+        items, skipped = _with_sku(_listed(variants))
+        following = None if read.next_offset is None else shopify_bulk.cursor(number, read.next_offset)
+        return CataloguePage(items, page if following is None else None, following, skipped=skipped,
+                             read_at=datetime.fromisoformat(operation.created_at.replace("Z", "+00:00")))
 
     async def read_quantity(self, listing_ids: list[str]) -> int:
         total = 0

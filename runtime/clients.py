@@ -169,7 +169,9 @@ def catalogue_adapter(view: AccountView, on_request=None, limiter: FleetRateLimi
         return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
     if view.platform.name == "refurbed":
         return RefurbedAdapter(client, limit=get_settings().refurbed_page_size)
-    return ShopifyAdapter(client, location_ids=shop_locations(view.options), limit=get_settings().shopify_page_size)
+    settings = get_settings()
+    return ShopifyAdapter(client, location_ids=shop_locations(view.options), limit=settings.shopify_page_size,
+                          bulk_poll_s=settings.shopify_bulk_poll_s)
 
 
 def ingram_pa_limiter() -> FleetRateLimiter:

@@ -282,6 +282,13 @@ class Settings(BaseSettings):
     shopify_page_size: int = Field(100, ge=1, le=250)
     #: Compare-and-set writes a push tries (each after a fresh read) before it waits for a later drain.
     shopify_push_attempts: int = Field(3, ge=1)
+    #: A Shopify sync walks a bulk operation's file instead of pages when the account's last
+    #: successful sync listed at least this many variants (0: always; the crossover measured by
+    #: ``bench/shopify_sync.py``, README "Benchmarks").
+    shopify_bulk_min_variants: int = Field(2000, ge=0)
+    #: How long a bulk walk waits before asking again about an operation still running (seconds;
+    #: each ask is one delayed message and 1 point, no worker waits).
+    shopify_bulk_poll_s: float = Field(2.0, gt=0, le=300)
 
     #: Stock alerts (db/alerts.py): the threshold of every variation's total stock when no rule
     #: sets one; stock strictly below it fires an alert.  0: no alert unless a rule asks for one.

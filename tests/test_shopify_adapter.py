@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlsplit
 
 import aiohttp
 import fakeredis
 import pytest
 import shopify
 
+from clients import shopify_bulk
 from clients.adapters import ShopifyAdapter
 from clients.costbucket import FleetCostBucket
-from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, gid, level_query,
-                             variants_query)
+from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, bulk_variants_query, gid,
+                             gid_number, level_query, variants_query)
 from core.platforms import SHOPIFY_API_VERSION
+from runtime.local_servers import wait_until
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
 
@@ -234,3 +237,26 @@ def test_shopifys_own_client_gets_the_answers_the_adapter_parses(shop, official_
         [gid("Order", order.id) for order in polled.orders] == [gid("Order", placed["id"])]
     assert [(line.id, line.sku, line.quantity) for line in polled.orders[0].lines] == \
         [(str(line["id"]), line["sku"], line["quantity"]) for line in placed["line_items"]]
+
+
+def test_shopifys_own_client_runs_the_bulk_mutation_and_poll_the_adapter_parses(shop, official_client):
+    sandbox, graphql = official_client
+    sandbox.configure(bulk_startup_s=0.1)
+    first = str(sandbox.location_ids()[0])
+    started = json.loads(graphql.execute(shopify_bulk.RUN_MUTATION, {"query": bulk_variants_query([first])}))
+    payload = started["data"]["bulkOperationRunQuery"]
+    assert payload["userErrors"] == [] and started["extensions"]["cost"]["actualQueryCost"] == 10
+    number = gid_number(payload["bulkOperation"]["id"], "BulkOperation")
+
+    def poll() -> dict:
+        return json.loads(graphql.execute(shopify_bulk.OPERATION_QUERY, {"id": gid("BulkOperation", number)}))
+
+    wait_until(lambda: poll()["data"]["bulkOperation"]["status"] == "COMPLETED", 10, interval=0.05,
+               what="the bulk operation")
+    official = poll()
+    assert official["extensions"]["cost"]["actualQueryCost"] == 1
+    ours = run(shop[1], lambda adapter: shopify_bulk.operation(adapter.client, number))
+    node = official["data"]["bulkOperation"]
+    assert (node["id"], node["status"], node["createdAt"], int(node["objectCount"])) == \
+        (ours.id, ours.status, ours.created_at, ours.object_count) and ours.object_count == len(sandbox.variants())
+    assert urlsplit(node["url"]).path == urlsplit(ours.url).path  # the link is signed afresh on each poll
