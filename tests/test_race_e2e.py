@@ -11,7 +11,9 @@ marketplace must show it.  Production defaults, but for the clock skew's neighbo
 listings and a quota of 4 calls a second (Shopify: a cost bucket of 100 points, 40 a second), so
 that a walk takes seconds.  Shopify's pushes are compare-and-set writes: an order landing between a
 push's read and its write is refused by the shop, and the push reads and decides again; the count of
-those refusals must agree between the shop and the fleet's push log.
+those refusals must agree between the shop and the fleet's push log.  ``shopify-bulk``: the same race
+while the shop's syncs read a bulk operation's file (a snapshot of its ``createdAt``, exported in about
+2 s, orders landing during the export and after it).
 """
 from __future__ import annotations
 
@@ -135,9 +137,12 @@ class ShopifySide(Side):
     account = "shop"
     bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
 
-    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
+    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
+                 bulk: bool = False) -> None:
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
-                                      restock_on_cancel=restocks, seed=seed, **self.bucket)
+                                      restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
+                                      bulk_objects_per_s=100, **self.bucket)
+        self.bulk = bulk
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
         self._armed: set[str] = set()
         self._ambushed: queue.SimpleQueue = queue.SimpleQueue()
@@ -151,7 +156,11 @@ class ShopifySide(Side):
         return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true",
                 "stocksync_account_shop_token": TOKEN, "shopify_page_size": 10,
                 "shopify_cost_bucket_points": self.bucket["cost_maximum"],
-                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"]}
+                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"], **self.bulk_env()}
+
+    def bulk_env(self) -> dict:
+        """With ``bulk``: every sync a bulk export, asked about twice a second (the default is every 2 s)."""
+        return {"shopify_bulk_min_variants": 0, "shopify_bulk_poll_s": 0.5} if self.bulk else {}
 
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:
@@ -194,8 +203,9 @@ class ShopifySide(Side):
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    platform, restocks = request.param
-    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](restocks)
+    platform, restocks, *mode = request.param
+    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](
+        restocks, **({"bulk": True} if mode == ["bulk"] else {}))
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -270,10 +280,11 @@ def local(world) -> dict[str, int]:
 
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
                                         (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
-                                        (("shopify", True), 6), (("shopify", False), 7)],
+                                        (("shopify", True), 6), (("shopify", False), 7),
+                                        (("shopify", True, "bulk"), 8)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
                                                  "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
-                                                 "shopify-keeps-7"])
+                                                 "shopify-keeps-7", "shopify-bulk-restocks-8"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -350,6 +361,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     while customers():  # their events were still to send
         wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
     assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
+    if getattr(side, "bulk", False):
+        assert last_run(world)["details"]["catalogue"] == "bulk"
 
     booked = local(world)
     above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}
