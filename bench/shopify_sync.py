@@ -91,12 +91,7 @@ def main() -> None:
     if args.variants < 2 or not 1 <= args.pushes <= args.variants or not 1 <= args.page_size <= 250:
         parser.error("--variants >= 2, --pushes in 1..variants, --page-size in 1..250")
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-shopify-"))
-    pg = PostgresServer(folder / "pg", options=DURABLE).start()
-    redis = RedisServer(folder / "redis").start()
-    url = pg.create_database("bench_shopify")
-    upgrade(url)
-    sessions = session_factory(url)
+    folder, pg, redis, url, sessions = stores("bench-shopify-")
     shop = ShopifySandbox(products=args.variants // 2, variants_per_product=2, locations=1, token=TOKEN, seed=17)
     server = serve_in_thread(shop.build_app())
     with sessions() as session:
@@ -125,14 +120,19 @@ def main() -> None:
         pg.stop()
 
 
-def compare(sizes: list[int], args) -> None:
-    """Paged walks, then bulk walks, at each size; the crossover."""
-    folder = Path(tempfile.mkdtemp(prefix="bench-shopify-compare-"))
+def stores(prefix: str):
+    """Durable PostgreSQL (migrated) and Redis in a new folder: ``(folder, pg, redis, database url, sessions)``."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     pg = PostgresServer(folder / "pg", options=DURABLE).start()
     redis = RedisServer(folder / "redis").start()
     url = pg.create_database("bench_shopify")
     upgrade(url)
-    sessions = session_factory(url)
+    return folder, pg, redis, url, session_factory(url)
+
+
+def compare(sizes: list[int], args) -> None:
+    """Paged walks, then bulk walks, at each size; the crossover."""
+    folder, pg, redis, url, sessions = stores("bench-shopify-compare-")
     dials = ShopifySandbox(products=0).dials()
     print(f"machine: {os.cpu_count()} cores; fleet {args.processes} processes x {args.threads} threads; one location, "
           f"pages of {args.page_size}; the standard plan's bucket ({STANDARD_MAXIMUM_AVAILABLE:g} points, "
