@@ -54,7 +54,8 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
 
     Numbered pages: page 1 fans out every other page (unless ``fan_out`` is false: a resume fetches
     the missing pages itself).  Cursor pages: each page sends the next one (``fan_out`` false: this
-    page alone), after skipping the pages a resumed walk has applied already.
+    page alone), after skipping the pages a resumed walk has applied already.  A page that is not
+    ready (a bulk export still running) sends itself again, delayed as the adapter says.
     """
     cursor_walk = pipeline.is_cursor_walk(marketplace)
     if cursor_walk and fan_out:
