@@ -1,4 +1,4 @@
-"""A cursor walk (Refurbed; a Shopify bulk file) whose chain is lost mid-way resumes from the last page PostgreSQL applied.
+"""A cursor walk (Refurbed; a Shopify bulk file) whose chain is lost mid-way resumes from its last applied page.
 
 The messages are run by hand (stub broker, no worker) so the test decides what is lost: after two
 pages, the message that carries the chain on vanishes, as with a Redis restart without persistence.
