@@ -285,7 +285,7 @@ class Settings(BaseSettings):
     #: A Shopify sync walks a bulk operation's file instead of pages when the account's last
     #: successful sync listed at least this many variants (0: always; the crossover measured by
     #: ``bench/shopify_sync.py``, README "Benchmarks").
-    shopify_bulk_min_variants: int = Field(2000, ge=0)
+    shopify_bulk_min_variants: int = Field(560, ge=0)
     #: How long a bulk walk waits before asking again about an operation still running (seconds;
     #: each ask is one delayed message and 1 point, no worker waits).
     shopify_bulk_poll_s: float = Field(2.0, gt=0, le=300)
