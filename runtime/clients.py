@@ -75,9 +75,8 @@ def push_pace_s(marketplace: str) -> float:
     if view is not None and view.platform.name == "refurbed":
         return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests / push_batch(marketplace)
     if view is not None and view.platform.name == "shopify":
-        # Two reads of the level (3 points each: the push's, and the adapter's own just before its write)
-        # and the compare-and-set (10), out of the shop's restore rate: what the sandbox counts a push at.
-        return 16 / settings.shopify_cost_restore_per_s
+        # One read of the level and the compare-and-set on it, out of the shop's restore rate.
+        return ShopifyAdapter.push_points / settings.shopify_cost_restore_per_s
     return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
 
 

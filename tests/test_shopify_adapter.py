@@ -130,6 +130,56 @@ def test_with_several_locations_a_push_lands_the_difference_on_the_first(shop):
     assert sandbox.truth()[sku] == 9
 
 
+def costs(sandbox: ShopifySandbox) -> dict[str, tuple[int, float]]:
+    """``{operation: (answers, actual points)}`` the sandbox charged so far."""
+    return {name: (cost["answers"], cost["actual"]) for name, cost in sandbox.stats()["query_costs"].items()}
+
+
+def test_a_push_is_one_read_and_one_compared_write_costing_what_the_eta_counts(shop):
+    sandbox, url = shop
+    first, second = (str(location) for location in sandbox.location_ids())
+    sku = sorted(sandbox.truth())[5]
+    item = next(str(v["inventory_item_id"]) for v in sandbox.variants() if v["sku"] == sku)
+    sandbox.set_available(sku, 3, int(first))
+    sandbox.set_available(sku, 4, int(second))
+
+    # At one location (the account names it): the read, then the write in a fresh adapter (as a push's
+    # two steps run), comparing on what the read found.
+    before = costs(sandbox)
+    read = run(url, lambda adapter: adapter.read_listing(item), location_ids=[first])
+    assert (read.quantity, read.basis.locations, read.basis.levels) == (3, (first,), (3,))
+    assert run(url, lambda adapter: adapter.set_quantity(item, 5, read.quantity, basis=read.basis),
+               location_ids=[first]) is True
+    after = costs(sandbox)
+    spent = {name: (after[name][0] - before.get(name, (0, 0))[0], after[name][1] - before.get(name, (0, 0))[1])
+             for name in after if after[name] != before.get(name)}
+    assert spent == {"StocksyncLevel": (1, 3), "StocksyncSetAvailable": (1, 10)}  # no second read
+    assert sum(points for _, points in spent.values()) == ShopifyAdapter.push_points
+    assert sandbox.available(sku, int(first)) == 5
+
+    # Every active location (none named): the write reuses the read's locations, asking the shop nothing more.
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    assert (read.quantity, read.basis.locations) == (9, (first, second))
+    before = costs(sandbox)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 12, read.quantity, basis=read.basis)) is True
+    assert {name for name in costs(sandbox) if costs(sandbox)[name] != before.get(name)} == {"StocksyncSetAvailable"}
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (8, 4)
+
+    # An order after the read: Shopify refuses the write that compares on it, and nothing is written;
+    # an order at another location than the first is kept (only the first is written, by difference).
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    sandbox.place_order({sku: 1}, location_id=int(first), notify=False)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 20, read.quantity, basis=read.basis)) is False
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (7, 4)
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    sandbox.place_order({sku: 1}, location_id=int(second), notify=False)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 20, read.quantity, basis=read.basis)) is True
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (16, 3)
+    # A read of another item is no basis for this one.
+    with pytest.raises(ValueError, match="levels read of that item"):
+        run(url, lambda adapter: adapter.set_quantity(str(int(item) + 1), 1, read.quantity, basis=read.basis))
+
+
 def test_throttled_answers_are_waited_out_in_the_shops_bucket_and_lose_nothing(shop):
     sandbox, url = shop
     unthrottled = listed(run(url, walk))
