@@ -130,7 +130,11 @@ def base_url(view: AccountView, settings: Settings | None = None) -> str:
     if view.base_url is None:
         default = getattr(settings, f"{view.platform.name}_base_url", None)
         if not default:
-            raise AccountError(f"account {view.code}: no base URL, and {view.platform.title} has no default")
+            hint = " (set SHOPIFY_SHOP_DOMAIN or SHOPIFY_BASE_URL)" if view.platform.name == "shopify" else ""
+            raise AccountError(f"account {view.code}: no base URL, and {view.platform.title} has no default{hint}")
+        if view.platform.name == "shopify":
+            # No vendor default: the setting alone says where the main shop's token goes, so it meets the accounts' rules.
+            return check_base_url(default, view.platform, allow_loopback=settings.accounts_allow_loopback)
         return default
     return check_base_url(view.base_url, view.platform, allow_loopback=settings.accounts_allow_loopback)
 
@@ -175,9 +179,12 @@ def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, set
 
 def configured(view: AccountView, environ: Mapping[str, str] | None = None, settings: Settings | None = None
                ) -> bool:
-    """Whether the account's credential is set in this process (a main account may be left unused)."""
+    """Whether the account's credential (and, for a main account, its base URL) is set in this process (a main
+    account may be left unused)."""
     try:
         credential(view, environ, settings)
+        if view.base_url is None:
+            base_url(view, settings)
     except AccountError:
         return False
     return True
