@@ -59,7 +59,7 @@ from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
 from runtime.failures import is_outage
-from runtime.health import ReadinessProbe, answer
+from runtime.health import ReadinessProbe, answer, public_answer
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
 from workers.intake import auth
@@ -595,10 +595,10 @@ async def readyz(request: web.Request) -> web.Response:
         refused = _reader_refused(request)
         if refused is not None:
             return refused
-    status, body = answer(await asyncio.to_thread(request.app[READY_KEY]))
-    summary = {"status": "ok" if status == 200 else "not ok"}
-    return web.json_response({**summary, **body} if detailed else summary, status=status,
-                             headers={"Cache-Control": "no-store"})
+    checks = await asyncio.to_thread(request.app[READY_KEY])
+    status, summary = public_answer(checks)
+    body = {**summary, **answer(checks)[1]} if detailed else summary
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
 def run(host: str, port: int, *, settings: Settings | None = None) -> None:
