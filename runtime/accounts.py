@@ -139,19 +139,22 @@ def base_url(view: AccountView, settings: Settings | None = None) -> str:
     return check_base_url(view.base_url, view.platform, allow_loopback=settings.accounts_allow_loopback)
 
 
-def main_webhook_account(platform: str, settings: Settings | None = None) -> tuple[str, list[str], None] | None:
-    """``(code, secrets, None)`` of the main account on ``platform``, from the settings alone (no database).
+def main_webhook_account(platform: str, settings: Settings | None = None
+                         ) -> tuple[str, list[str], str | None] | None:
+    """``(code, secrets, shop domain)`` of the main account on ``platform``, from the settings alone (no database).
 
-    Refurbed: ``REFURBED_WEBHOOK_SECRET`` (account ``refurbed``); Shopify: ``SHOPIFY_WEBHOOK_SECRET`` and
-    the previous one during a rotation (account ``SHOPIFY_MARKETPLACE``).  None when not set.
+    Refurbed: ``REFURBED_WEBHOOK_SECRET`` (account ``refurbed``, no domain); Shopify: ``SHOPIFY_WEBHOOK_SECRET``
+    and the previous one during a rotation (account ``SHOPIFY_MARKETPLACE``), its domain
+    ``SHOPIFY_SHOP_DOMAIN`` (None when unset: any shop's delivery the secret signs).  None when no secret is set.
     """
     settings = settings or get_settings()
-    code, secrets = {"refurbed": ("refurbed", [settings.refurbed_webhook_secret]),
-                     "shopify": (settings.shopify_marketplace,
-                                 [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret])
-                     }.get(platform, ("", []))
+    code, secrets, domain = {
+        "refurbed": ("refurbed", [settings.refurbed_webhook_secret], None),
+        "shopify": (settings.shopify_marketplace,
+                    [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret],
+                    settings.shopify_shop_domain or None)}.get(platform, ("", [], None))
     secrets = [secret.get_secret_value() for secret in secrets if secret.get_secret_value()]
-    return (code, secrets, None) if secrets else None
+    return (code, secrets, domain) if secrets else None
 
 
 def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, settings: Settings | None = None
