@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +195,8 @@ class ShopifyAdapter(CatalogueAdapter):
     """A Shopify shop's ``available`` inventory per variant (an inventory item is a listing), on the GraphQL API.
 
     Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
-    or, when None, every active location of the shop.  A row's quantity is the sum over them; a level
+    or, when None, every active location of the shop, as ``shop_locations`` gives them (a process's
+    short-lived copy: ``runtime.clients``) or else as the shop lists them now.  A row's quantity is the sum over them; a level
     Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
     reads as 0.  A push is one read (:meth:`read_listing`) and one write: ``set_quantity`` with the
     read's ``basis`` sets the first location so that the sum becomes the target, with Shopify's
@@ -210,15 +212,17 @@ class ShopifyAdapter(CatalogueAdapter):
     push_points = 13
 
     def __init__(self, client: ShopifyClient, *, location_ids: list[str] | None = None,
-                 limit: int = SHOPIFY_PAGE_LIMIT) -> None:
+                 limit: int = SHOPIFY_PAGE_LIMIT,
+                 shop_locations: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         self.client = client
         self.location_ids = location_ids
         self.limit = limit
+        self.shop_locations = shop_locations or client.location_ids
 
     async def locations(self) -> list[str]:
         """The locations counted (the account's, or the shop's active ones, up to the query's limit)."""
         if self.location_ids is None:
-            self.location_ids = (await self.client.location_ids())[:SHOPIFY_MAX_LOCATIONS]
+            self.location_ids = (await self.shop_locations())[:SHOPIFY_MAX_LOCATIONS]
         if not self.location_ids:
             raise ValueError("the shop has no active location to count stock at")
         return self.location_ids

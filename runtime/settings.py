@@ -311,6 +311,9 @@ class Settings(BaseSettings):
     shopify_page_size: int = Field(100, ge=1, le=250)
     #: Compare-and-set writes a push tries (each after a fresh read) before it waits for a later drain.
     shopify_push_attempts: int = Field(3, ge=1)
+    #: How long a process reuses the shop's active locations it read (an account naming none): pages and
+    #: pushes count a location the shop opens or closes within this.  0: read them for every message.
+    shopify_locations_ttl_s: float = Field(60.0, ge=0)
 
     #: Stock alerts (db/alerts.py): the threshold of every variation's total stock when no rule
     #: sets one; stock strictly below it fires an alert.  0: no alert unless a rule asks for one.

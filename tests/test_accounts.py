@@ -192,8 +192,12 @@ def test_a_refurbed_account_syncs_its_cursor_pages_and_keeps_the_cooldown(env, w
     assert stock(sessions, "refurbed-at") == {**with_sku, "RB-0001": 9}
 
 
-def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
+def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop, monkeypatch):
     sessions, (sandbox, url) = env, shop
+    # Pages of 10 (a cursor chain of 6); the locations read once for the whole test, not once a page.
+    monkeypatch.setenv("SHOPIFY_PAGE_SIZE", "10")
+    monkeypatch.setenv("SHOPIFY_LOCATIONS_TTL_S", "3600")
+    get_settings.cache_clear()
     add(sessions, "shopify", "shop-eu", SHOP_ENV, url, options={"shop_domain": "shop-eu.myshopify.com"})
     truth = sandbox.truth()
 
@@ -210,6 +214,8 @@ def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
     assert stock(sessions, "shop-eu") == sandbox.truth() != truth
     with sessions() as session:
         assert check_invariant(session) == []
+    costs = sandbox.stats()["query_costs"]
+    assert costs["StocksyncVariants"]["answers"] >= 18 and costs["StocksyncLocations"]["answers"] == 1
 
 
 def test_the_main_shopify_account_takes_its_token_and_shop_from_the_settings(env, worker, shop, monkeypatch, caplog):

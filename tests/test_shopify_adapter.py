@@ -17,7 +17,7 @@ from clients.adapters import ShopifyAdapter
 from clients.costbucket import FleetCostBucket
 from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, gid, level_query,
                              variants_query)
-from core.platforms import SHOPIFY_API_VERSION
+from core.platforms import SHOPIFY_API_VERSION, platform
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
 
@@ -66,6 +66,47 @@ def test_pages_by_cursor_sum_every_active_location_and_skip_variants_without_a_s
     # Listings are the inventory items' numbers, as the REST adapter kept them.
     by_sku = {v["sku"]: str(v["inventory_item_id"]) for v in sandbox.variants()}
     assert all(item["id"] == by_sku[item["sku"]] for page in pages for item in page.items)
+
+
+def test_a_process_reads_the_shops_locations_once_a_ttl_and_counts_one_opened_mid_walk_past_it(shop, monkeypatch):
+    # Each page's message builds its own adapter: the locations come from the process's copy, not a read each.
+    from runtime import clients as runtime_clients
+    from runtime.accounts import AccountView
+    from runtime.clients import shop_locations_reader
+    from runtime.settings import get_settings
+
+    sandbox, url = shop
+    for name, value in (("ACCOUNTS_ALLOW_LOOPBACK", "true"), ("SHOPIFY_LOCATIONS_TTL_S", "60"), ("DATABASE_URL", "")):
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    now = [1000.0]
+    monkeypatch.setattr(runtime_clients, "_clock", lambda: now[0])
+    view = AccountView("shop-ttl", "shop-ttl", platform("shopify"), "STOCKSYNC_ACCOUNT_SHOP_TTL", url)
+    before = sandbox.truth()
+
+    async def page(cursor):
+        async with aiohttp.ClientSession() as http:
+            client = ShopifyClient(http, base_url=url, token=TOKEN, backoff_s=0.01)
+            adapter = ShopifyAdapter(client, limit=10, shop_locations=shop_locations_reader(view, client))
+            return await adapter.list_page(1, cursor)
+
+    def location_reads() -> int:
+        return sandbox.stats()["query_costs"].get("StocksyncLocations", {}).get("answers", 0)
+
+    try:
+        pages = [asyncio.run(page(None))]
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        opened = sandbox.add_location(available=5)  # the shop opens a location mid-walk
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        assert location_reads() == 1  # three pages, one read: the third counts the two it knows
+        assert listed(pages) == {sku: before[sku] for sku in listed(pages)}
+        now[0] += 61  # past the TTL: the next page reads the locations again and counts the new one
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        assert location_reads() == 2
+        assert listed(pages[-1:]) == {sku: before[sku] + 5 for sku in listed(pages[-1:])}
+        assert sandbox.available(next(iter(listed(pages[-1:]))), opened) == 5
+    finally:
+        get_settings.cache_clear()
 
 
 def test_one_chosen_location_is_all_that_is_read_and_an_untracked_item_is_left_out(shop):
