@@ -196,12 +196,13 @@ class ShopifyAdapter(CatalogueAdapter):
 
     Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
     or, when None, every active location of the shop, as ``shop_locations`` gives them (a process's
-    short-lived copy: ``runtime.clients``) or else as the shop lists them now.  A row's quantity is the sum over them; a level
-    Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
-    reads as 0.  A push is one read (:meth:`read_listing`) and one write: ``set_quantity`` with the
-    read's ``basis`` sets the first location so that the sum becomes the target, with Shopify's
-    compare-and-set on what that location held at the read (the other locations are not written, so
-    an order there stays counted); a stale belief is refused (``set_quantity`` False).
+    short-lived copy: ``runtime.clients``) or else as the shop lists them now.  A row's quantity is
+    the sum over them; a level Shopify does not track, or an item stocked at none of them, is left
+    out; below zero (oversold) reads as 0.  A push is one read (:meth:`read_listing`) and one write:
+    ``set_quantity`` with the read's ``basis`` sets the first location so that the sum becomes the
+    target, with Shopify's compare-and-set on what that location held at the read (the other
+    locations are not written, so an order there stays counted); a stale belief is refused
+    (``set_quantity`` False).
     """
 
     platform = "shopify"

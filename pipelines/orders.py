@@ -304,7 +304,8 @@ async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker, view: accou
                  for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
             for order in fresh:
                 released = _utc(order.released_at) if order.released_at else None
-                newest = released if newest is None or (released is not None and released > newest) else newest
+                if released is not None and (newest is None or released > newest):
+                    newest = released
                 if (released is None or released >= window) and any(
                         item.state not in SETTLED_ITEM_STATES for item in order.items):
                     still_open.append(order.id)
