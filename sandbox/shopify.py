@@ -255,6 +255,16 @@ class ShopifySandbox(Dials):
         with self._lock:
             return [location["id"] for location in self._locations]
 
+    def add_location(self, available: int = 0) -> int:
+        """Open another active location with every item stocked there at ``available``; return its id."""
+        with self._lock:
+            location_id = LOCATION_ID_BASE + len(self._locations)
+            self._locations.append({"id": location_id, "name": f"Warehouse {len(self._locations) + 1}",
+                                    "active": True, "legacy": False})
+            for item_id in self._variants_by_item:
+                self._levels[item_id, location_id] = available
+            return location_id
+
     def set_available(self, sku: str, available: int | None, location_id: int | None = None) -> None:
         """Set a SKU's ``available`` at one location (default: the first); ``None`` untracks it."""
         with self._lock:
