@@ -296,3 +296,16 @@ def test_an_expired_link_is_a_transient_error_and_a_running_operation_refuses_a_
     (True, None, 2_000, False), (True, None, 0, True), (False, 20_000, 0, False)])
 def test_bulk_is_chosen_from_the_last_known_catalogue_size(has_bulk: bool, last: Any, minimum: int, chosen: bool):
     assert wants_bulk(has_bulk, last, minimum) is chosen
+
+
+def test_a_file_host_that_is_gone_is_a_transient_error_that_shows_no_signature(shop):
+    sandbox, url = shop
+    for link in ("http://127.0.0.1:9/_storage/bulk/1.jsonl?Expires=1&Signature=s3cr3t",  # nobody listens
+                 "http://127.0.0.1:99999/_storage/bulk/1.jsonl?Expires=1&Signature=s3cr3t"):  # an impossible port
+
+        async def unreachable(adapter, link=link):
+            return await shopify_bulk.read_lines(adapter.client, link, 0, 10, timeout_s=5)
+
+        with pytest.raises(ApiError) as gone:
+            adapter_run(url, unreachable)
+        assert not gone.value.permanent and "s3cr3t" not in str(gone.value), str(gone.value)
