@@ -134,6 +134,8 @@ class ShopifySide(Side):
 
     account = "shop"
     bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
+    #: The account's options (its ``restock_on_cancel``); none: the platform's defaults.
+    options: dict | None = None
 
     def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
@@ -156,7 +158,8 @@ class ShopifySide(Side):
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:
             account_rows.add_account(session, platform="shopify", code=self.account, name="Shop",
-                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True)
+                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True,
+                                     options=self.options)
             session.commit()
 
     def quantity(self, sku: str) -> int:
