@@ -163,7 +163,6 @@ def test_orders_missed_by_their_webhooks_are_found_by_the_poll_and_meet_the_sync
 
 @pytest.mark.parametrize("shop, restock", [({}, False), ({"options": {"restock_on_cancel": False}}, True)],
                          indirect=["shop"], ids=["restocking-account-kept", "keeping-account-restocked"])
-@pytest.mark.xfail(strict=True, reason="the fleet decides a restock by the account, not by the order (10 vs 12; 14 vs 12)")
 def test_a_cancellation_restocks_or_not_as_the_shop_says(shop, restock):
     world, sandbox = shop, shop["side"].sandbox
     sync(world)
