@@ -2,7 +2,9 @@
 
 On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: a cursor chain), while a sync
 walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
-once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
+once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which; on the
+"mixed" Shopify shops each cancellation restocks or not at random, whatever the account's default, and
+its event carries what the shop said, as the intake reads it from the refund lines), and
 sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
 or after the page that shows it, a cancellation sometimes before its order, some twice.  The test
 keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
@@ -48,6 +50,10 @@ DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 class Side:
     """What every platform's side does unless it says otherwise."""
+
+    #: What the marketplace said of its last cancellation (Shopify's refund lines): whether it restocked the
+    #: unit; None: it says nothing, the account's default holds.
+    said: bool | None = None
 
     def app(self) -> web.Application:
         return self.sandbox.build_app()
@@ -137,7 +143,10 @@ class ShopifySide(Side):
     #: The account's options (its ``restock_on_cancel``); none: the platform's defaults.
     options: dict | None = None
 
-    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
+    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
+                 mixed: bool = False) -> None:
+        # mixed: each cancellation restocks or not at random, as a merchant chooses per order, whatever the dial.
+        self.mixed, self._choices = mixed, random.Random(seed)
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
                                       restock_on_cancel=restocks, seed=seed, **self.bucket)
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
@@ -170,7 +179,11 @@ class ShopifySide(Side):
         return str(order["id"]), str(order["line_items"][0]["id"]), order["created_at"]
 
     def cancel(self, order_id: str, line_id: str) -> str:
-        return self.sandbox.cancel_order(int(order_id), notify=False)["cancelled_at"]
+        restock = self._choices.random() < 0.5 if self.mixed else None
+        cancelled = self.sandbox.cancel_order(int(order_id), restock=restock, notify=False)
+        # What the signed body says of the line (its one refund line's restock type), as the intake reads it.
+        self.said = cancelled["refunds"][-1]["refund_line_items"][0]["restock_type"] == "cancel"
+        return cancelled["cancelled_at"]
 
     def arm(self, sku: str) -> None:
         self._armed.add(sku)
@@ -197,8 +210,9 @@ class ShopifySide(Side):
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    platform, restocks = request.param
-    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](restocks)
+    platform, restocks, *mixed = request.param
+    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](
+        restocks, **({"mixed": True} if mixed else {}))
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -273,10 +287,11 @@ def local(world) -> dict[str, int]:
 
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
                                         (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
-                                        (("shopify", True), 6), (("shopify", False), 7)],
+                                        (("shopify", True), 6), (("shopify", False), 7),
+                                        (("shopify", True, "mixed"), 8), (("shopify", False, "mixed"), 9)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
                                                  "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
-                                                 "shopify-keeps-7"])
+                                                 "shopify-keeps-7", "shopify-mixed-restocks-8", "shopify-mixed-keeps-9"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -288,11 +303,12 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     assert len(skus) == LISTINGS and local(world) == truth
 
     placed: list[tuple[str, str, str, float]] = []   # (order, line, SKU, delay) not cancelled yet
-    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0}
+    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0,
+              "kept off": 0}
 
-    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float) -> None:
+    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float, **said) -> None:
         send(world, getattr(events, kind), delay, marketplace=account, order_id=order_id, order_line_id=line_id,
-             sku=sku, quantity=1, event_time=moment, source="webhook")
+             sku=sku, quantity=1, event_time=moment, source="webhook", **said)
 
     def customers() -> int:
         """Book the orders the shop's customer placed between a push's read and its write; how many."""
@@ -324,11 +340,13 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
         if placed and rng.random() < 0.6:
             order_id, line_id, sku, order_delay = placed.pop(rng.randrange(len(placed)))
             moment = side.cancel(order_id, line_id)
-            truth[sku] += 1
+            truth[sku] += 1  # back on sale: restocked by the marketplace, or pushed by the fleet
             delay = rng.choice(DELAYS)
             counts["cancel first"] += delay < order_delay
-            order_event(order_id, line_id, sku, "order_cancelled", moment, delay)
+            said = {} if side.said is None else {"restocked": side.said}
+            order_event(order_id, line_id, sku, "order_cancelled", moment, delay, **said)
             counts["cancellations"] += 1
+            counts["kept off"] += side.said is False
         if rng.random() < 0.4:
             sku, quantity = rng.choice(skus), rng.randint(1, 3)
             truth[sku] += quantity
@@ -362,6 +380,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     shown = {sku: side.quantity(sku) for sku in skus}
     assert shown == {sku: max(quantity, 0) for sku, quantity in truth.items()}
     assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
+    if getattr(side, "mixed", False):  # both kinds of cancellation met the account's default
+        assert 0 < counts["kept off"] < counts["cancellations"], counts
     with world["sessions"]() as session:
         assert check_invariant(session) == []
     if account == "shop":
