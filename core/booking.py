@@ -82,8 +82,8 @@ class Booking:
     cancellation whose order is not booked yet: 0 until the order comes).  ``local`` is the part of
     ``change`` the marketplace does not know (it joins ``unpushed`` and asks for a ``push``).
     ``settles``: an order whose cancellation waited books the cancellation's part here too.
-    ``restocked``: on a cancellation's row, the units the marketplace gave back itself (kept in the
-    ledger: a waiting row keeps it for its order to settle by).  ``kept``: a cancellation the
+    ``restocked``: on a cancellation's row, the units the marketplace said it gave back itself (kept
+    in the ledger; a waiting row keeps it for its order to settle by); None when it said nothing.  ``kept``: a cancellation the
     marketplace restocked only in part books the rest as a local change, a row of its own.
     """
 
@@ -131,9 +131,8 @@ def decide_event(kind: str, quantity: int, moment: datetime, synced_at: datetime
         booking = _marketplace_event(-quantity, moment, synced_at, skew)
         if other_half is not None:
             # Its cancellation came first and waited: the units come back now, by the cancellation's own time.
-            back, _ = cancellation_parts(quantity, restocked, restocks_on_cancel)
-            booking = _replace(booking, settles=_cancellation(quantity, back, other_half, synced_at, skew=skew,
-                                                              pushed=pushed))
+            booking = _replace(booking, settles=_cancellation(quantity, restocked, restocks_on_cancel, other_half,
+                                                              synced_at, skew=skew, pushed=pushed))
         return booking
     if kind != "order_cancelled":
         raise ValueError(f"unknown event kind {kind!r}")
@@ -141,19 +140,21 @@ def decide_event(kind: str, quantity: int, moment: datetime, synced_at: datetime
         # Its order is not booked yet: giving the units back now would offer them twice until it comes.
         # What the marketplace said (or None) waits with it: its order settles by it, or by the default then.
         return Booking("waiting", 0, note="waiting for its order", restocked=restocked)
-    back, _ = cancellation_parts(quantity, restocked, restocks_on_cancel)
-    return _cancellation(quantity, back, moment, synced_at, skew=skew, pushed=pushed)
+    return _cancellation(quantity, restocked, restocks_on_cancel, moment, synced_at, skew=skew, pushed=pushed)
 
 
-def _cancellation(quantity: int, back: int, moment: datetime, synced_at: datetime | None, *, skew: timedelta,
-                  pushed: bool) -> Booking:
-    """A cancellation of ``quantity`` units, ``back`` of them restocked by the marketplace itself."""
-    kept = quantity - back
+def _cancellation(quantity: int, said: int | None, restocks_on_cancel: bool, moment: datetime,
+                  synced_at: datetime | None, *, skew: timedelta, pushed: bool) -> Booking:
+    """A cancellation of ``quantity`` units, ``said`` of them restocked by the marketplace by its word (None:
+    by the account's default; its rows then record None, as the rows from before the word was kept)."""
+    back, kept = cancellation_parts(quantity, said, restocks_on_cancel)
     # What the marketplace keeps off until we tell it is a local change like a top-up.
-    local = Booking("applied", kept, local=kept if pushed else 0, push=pushed, restocked=0) if kept else None
+    local = Booking("applied", kept, local=kept if pushed else 0, push=pushed,
+                    restocked=None if said is None else 0) if kept else None
     if not back:
         return local
-    return _replace(_marketplace_event(back, moment, synced_at, skew), restocked=back, kept=local)
+    return _replace(_marketplace_event(back, moment, synced_at, skew), restocked=None if said is None else back,
+                    kept=local)
 
 
 def _marketplace_event(change: int, moment: datetime, synced_at: datetime | None, skew: timedelta) -> Booking:
