@@ -536,5 +536,5 @@ def _location_variables(locations: list[str]) -> dict[str, str]:
 
 
 __all__ = ["API", "DEFAULT_PAGE_LIMIT", "LOCATIONS_QUERY", "MAX_PAGE_LIMIT", "ORDERS_QUERY", "OrderLine", "OrdersPage",
-           "QueryCost", "RefundLine", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock", "VariantsPage", "gid",
-           "gid_number", "level_query", "variants_query"]
+           "QueryCost", "RefundLine", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock",
+           "VariantsPage", "gid", "gid_number", "level_query", "variants_query"]

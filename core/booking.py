@@ -5,13 +5,15 @@ a push makes first) *plus what the marketplace does not know*: ``unpushed``, the
 (top-ups, adjustments, cancellations of a marketplace that does not restock) not yet pushed, and
 the marketplace events (orders; cancellations of one that restocks) that happened after the
 snapshot.  So an order is booked only when no snapshot counted it, and a snapshot is applied as
-``quantity + unpushed + marketplace events after it``.  Whether a cancellation is the marketplace's
-or ours is the marketplace's fact about that cancellation when it says (Shopify's refund lines:
-``restocked`` units of the line), else the account's default; a line partly restocked is booked as
-two rows, the restocked part the marketplace's and the rest ours (:func:`cancellation_parts`).  The one non-obvious rule: when the clocks
+``quantity + unpushed + marketplace events after it``.  The one non-obvious rule: when the clocks
 cannot order an event and a snapshot (within the skew), the lower stock is booked and the row is
 read again later; a push is only ever a fresh read plus ``unpushed``, so it never sends a number
 the rules are unsure of, nor erases an order the marketplace counted.
+
+Whether a cancellation is the marketplace's or ours is the marketplace's word about that
+cancellation when it gives one (Shopify's refund lines: ``restocked`` units of the line), else the
+account's default; a line restocked in part is booked as two rows, the restocked part the
+marketplace's and the rest ours (:func:`cancellation_parts`).
 """
 from __future__ import annotations
 
@@ -83,8 +85,9 @@ class Booking:
     ``change`` the marketplace does not know (it joins ``unpushed`` and asks for a ``push``).
     ``settles``: an order whose cancellation waited books the cancellation's part here too.
     ``restocked``: on a cancellation's row, the units the marketplace said it gave back itself (kept
-    in the ledger; a waiting row keeps it for its order to settle by); None when it said nothing.  ``kept``: a cancellation the
-    marketplace restocked only in part books the rest as a local change, a row of its own.
+    in the ledger; a waiting row keeps it for its order to settle by); None when it said nothing.
+    ``kept``: a cancellation the marketplace restocked only in part books the rest as a local
+    change, a row of its own.
     """
 
     outcome: str

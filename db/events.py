@@ -37,8 +37,8 @@ class EventResult:
     changed; ``before == after`` is the current stock, and the flags say what the row still
     waits for).  ``outcome`` is the rule that decided it (:class:`core.booking.Booking`:
     applied, absorbed, uncertain, waiting; or duplicate).  ``change`` is what was booked (with
-    the part of a cancellation it settles, and a split cancellation's both parts).  ``push_requested``: the caller should enqueue a
-    push of the row.  ``needs_recheck``: the row is flagged to be read again from the
+    the part of a cancellation it settles, and a split cancellation's both parts).
+    ``push_requested``: the caller should enqueue a push of the row.  ``needs_recheck``: the row is flagged to be read again from the
     marketplace.  ``created``: the stock row did not exist.
     """
 

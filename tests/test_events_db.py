@@ -48,8 +48,8 @@ def book(sessions, event: StockEvent, now: float | None = None, not_restocking=(
         return result
 
 
-def sync_page(sessions, quantities: dict[str, int], fetched: float):
-    """A one-page sync of listings ``uuid-<sku>`` fetched at ``at(fetched)``."""
+def sync_page(sessions, quantities: dict[str, int], fetched: float, restocks: bool = True):
+    """A one-page sync of listings ``uuid-<sku>`` fetched at ``at(fetched)`` (``restocks``: the account's default)."""
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket")
         session.commit()
@@ -57,7 +57,8 @@ def sync_page(sessions, quantities: dict[str, int], fetched: float):
                             force=True).id
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=1, fetched_at=at(fetched),
                             items=[PageItem(f"uuid-{sku}", None, sku, None, qty, 2, None, None)
-                                   for sku, qty in quantities.items()], total_pages=1, skew=SKEW)
+                                   for sku, qty in quantities.items()], total_pages=1, skew=SKEW,
+                            restocks_on_cancel=restocks)
         session.commit()
         return result
 
@@ -226,8 +227,12 @@ def test_a_cancellations_own_fact_wins_over_the_accounts_default(sessions, resto
     book(sessions, order("L1", 2, 20), now=21, not_restocking=default)
     cancel = book(sessions, cancellation("L1", 2, 30, restocked), now=31, not_restocking=default)
     assert (cancel.after, cancel.push_requested, row(sessions)["unpushed"]) == (after, bool(unpushed), unpushed)
+    # A page read before it (applied after it) counts it by its own word: the marketplace's part on top of the
+    # read, ours in unpushed, never both.
+    sync_page(sessions, {"SKU-1": 8}, fetched=25, restocks=not default)
+    assert (row(sessions)["listed"], row(sessions)["unpushed"]) == (10, unpushed)
     # A page after it shows what the marketplace did: the row keeps the same count either way.
-    sync_page(sessions, {"SKU-1": 8 + (2 if restocked else 0)}, fetched=40)
+    sync_page(sessions, {"SKU-1": 8 + (2 if restocked else 0)}, fetched=40, restocks=not default)
     assert row(sessions)["listed"] == 10
     assert_invariant(sessions)
 
