@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -75,14 +75,18 @@ SET_MUTATION = """mutation StocksyncSetAvailable($input: InventorySetQuantitiesI
   }
 }"""
 
-#: Orders per page and lines per order: 15 × (3 + 50) points stays under Shopify's 1,000-point single query limit.
-ORDERS_PAGE_LIMIT, ORDER_LINES = 15, 50
+#: Orders per page and lines (and refund lines) per order: an order costs 3 + 50 points for its lines and
+#: 3 + 2 × 50 for its refunds' lines (each names its line item), so 6 a page stay under Shopify's 1,000-point
+#: single query limit.
+ORDERS_PAGE_LIMIT, ORDER_LINES = 6, 50
+ORDER_COST = 3 + ORDER_LINES + 3 + 2 * ORDER_LINES
 
 ORDERS_QUERY = """query StocksyncOrders($first: Int!, $after: String, $query: String) {
   orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
     edges { cursor node {
       id name createdAt updatedAt cancelledAt
       lineItems(first: 50) { nodes { id sku quantity } pageInfo { hasNextPage } }
+      refunds { refundLineItems(first: 50) { nodes { lineItem { id } quantity restockType } } }
     } }
     pageInfo { hasNextPage endCursor }
   }
@@ -106,6 +110,18 @@ def variants_query(locations: int) -> str:
             "  productVariants(first: $first, after: $after) {\n"
             f"    edges {{ cursor node {{ id sku inventoryItem {{ id tracked {_levels(locations)} }} }} }}\n"
             "    pageInfo { hasNextPage endCursor }\n  }\n}")
+
+
+def bulk_variants_query(locations: list[str]) -> str:
+    """The catalogue as one bulk query (no paging, no variables: the locations written in), one line a variant.
+
+    The same selection as :func:`variants_query`, so :func:`parse_variant` reads a file's line as a page's node.
+    """
+    _check_locations(locations)
+    levels = " ".join(f'at{i}: inventoryLevel(locationId: "{gid("Location", location)}") {{ {_AVAILABLE} }}'
+                      for i, location in enumerate(locations))
+    return ("query StocksyncBulkVariants {\n"
+            f"  productVariants {{ edges {{ node {{ id sku inventoryItem {{ id tracked {levels} }} }} }} }}\n}}")
 
 
 def level_query(locations: int) -> str:
@@ -164,6 +180,16 @@ class OrderLine:
 
 
 @dataclass(frozen=True)
+class RefundLine:
+    """A refund's line: ``quantity`` units of line ``line_id``, restocked or not (``restock_type``: CANCEL,
+    RETURN, LEGACY_RESTOCK or NO_RESTOCK, Shopify's ``RefundLineItemRestockType``)."""
+
+    line_id: str
+    quantity: int
+    restock_type: str
+
+
+@dataclass(frozen=True)
 class ShopifyOrder:
     """An order as the poll needs it; times are Shopify's ISO 8601 strings."""
 
@@ -173,6 +199,7 @@ class ShopifyOrder:
     updated_at: str
     cancelled_at: str | None
     lines: list[OrderLine]
+    refund_lines: list[RefundLine] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -218,6 +245,9 @@ class ShopifyClient:
         if not re.fullmatch(r"\d{4}-\d{2}|unstable", api_version):
             raise ValueError(f"api_version must look like 2026-01, got {api_version!r}")
         self.base_url = base_url.rstrip("/")
+        #: The process's session and the attempt callback, for calls off the API's host (a bulk file).
+        self.session = session
+        self.on_request = on_request
         self.api_version = api_version
         self.cost_bucket = cost_bucket
         self.throttled_attempts = throttled_attempts
@@ -257,15 +287,7 @@ class ShopifyClient:
         variants = []
         for index, edge in enumerate(_path(connection, "edges", kind=list)):
             node = edge.get("node") if isinstance(edge, dict) else None
-            if not isinstance(node, dict) or not isinstance(node.get("inventoryItem"), dict):
-                raise _malformed(f"productVariants.edges[{index}]: expected a node with an inventoryItem")
-            sku = node.get("sku") or ""
-            if not isinstance(sku, str):
-                raise _malformed(f"productVariants.edges[{index}].node.sku must be a string")
-            item = node["inventoryItem"]
-            variants.append(VariantStock(gid_number(node.get("id"), "ProductVariant"), sku.strip(),
-                                         gid_number(item.get("id"), "InventoryItem"), item.get("tracked") is not False,
-                                         _levels_of(item, len(locations))))
+            variants.append(parse_variant(node, len(locations), f"productVariants.edges[{index}]"))
         return VariantsPage(variants, _next_cursor(connection))
 
     async def levels(self, inventory_item: str, locations: list[str]) -> tuple[bool, tuple[int | None, ...]]:
@@ -309,7 +331,7 @@ class ShopifyClient:
                           limit: int = ORDERS_PAGE_LIMIT) -> OrdersPage:
         """Orders updated at or after ``updated_since`` (ISO 8601, UTC), oldest change first, one page."""
         variables = {"first": limit, "after": cursor, "query": f"updated_at:>='{updated_since}'"}
-        data = await self.execute(ORDERS_QUERY, variables, name="orders", estimate=2 + limit * (3 + ORDER_LINES))
+        data = await self.execute(ORDERS_QUERY, variables, name="orders", estimate=2 + limit * ORDER_COST)
         connection = _path(data, "orders", kind=dict)
         orders = []
         for index, edge in enumerate(_path(connection, "edges", kind=list)):
@@ -395,6 +417,19 @@ def _next_cursor(connection: dict) -> str | None:
     return cursor
 
 
+def parse_variant(node: Any, locations: int, where: str) -> VariantStock:
+    """A ``ProductVariant`` as the catalogue queries select it (a page's node, a bulk file's line)."""
+    if not isinstance(node, dict) or not isinstance(node.get("inventoryItem"), dict):
+        raise _malformed(f"{where}: expected a node with an inventoryItem")
+    sku = node.get("sku") or ""
+    if not isinstance(sku, str):
+        raise _malformed(f"{where}.sku must be a string")
+    item = node["inventoryItem"]
+    return VariantStock(gid_number(node.get("id"), "ProductVariant"), sku.strip(),
+                        gid_number(item.get("id"), "InventoryItem"), item.get("tracked") is not False,
+                        _levels_of(item, locations))
+
+
 def _levels_of(item: dict, count: int) -> tuple[int | None, ...]:
     levels = []
     for i in range(count):
@@ -434,7 +469,25 @@ def _parse_order(node: dict) -> ShopifyOrder:
         sku = line.get("sku") or ""
         lines.append(OrderLine(gid_number(line.get("id"), "LineItem"), sku.strip() if isinstance(sku, str) else "",
                                quantity))
-    return ShopifyOrder(order_id, str(node.get("name") or ""), node["createdAt"], node["updatedAt"], cancelled, lines)
+    return ShopifyOrder(order_id, str(node.get("name") or ""), node["createdAt"], node["updatedAt"], cancelled, lines,
+                        _refund_lines(order_id, node))
+
+
+def _refund_lines(order_id: str, node: dict) -> list[RefundLine]:
+    """The lines of an order's refunds (a cancellation's restock, or not, is one per line)."""
+    found = []
+    for refund in node.get("refunds") or []:
+        if not isinstance(refund, dict):
+            raise _malformed(f"order {order_id}: a refund is not an object")
+        for item in _path(refund, "refundLineItems", "nodes", kind=list):
+            quantity = item.get("quantity") if isinstance(item, dict) else None
+            if not isinstance(quantity, int) or isinstance(quantity, bool):
+                raise _malformed(f"order {order_id}: a refund line's quantity must be an integer")
+            kind = item.get("restockType")
+            if not isinstance(kind, str):
+                raise _malformed(f"order {order_id}: a refund line's restockType must be a string")
+            found.append(RefundLine(gid_number((item.get("lineItem") or {}).get("id"), "LineItem"), quantity, kind))
+    return found
 
 
 def _cost(body: dict) -> QueryCost | None:
@@ -503,5 +556,6 @@ def _location_variables(locations: list[str]) -> dict[str, str]:
 
 
 __all__ = ["API", "DEFAULT_PAGE_LIMIT", "LOCATIONS_QUERY", "MAX_PAGE_LIMIT", "ORDERS_QUERY", "OrderLine", "OrdersPage",
-           "QueryCost", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock", "VariantsPage", "gid",
-           "gid_number", "level_query", "variants_query"]
+            "QueryCost", "RefundLine", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock",
+            "VariantsPage", "gid", "bulk_variants_query", "gid_number", "level_query", "parse_variant",
+            "variants_query"]

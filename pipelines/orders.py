@@ -22,7 +22,8 @@ from typing import Any
 import dramatiq
 
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
-from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
+from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, SETTLED_ITEM_STATES, RefurbedOrder
+from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
 from clients.shopify import ShopifyOrder
 from core.events import InvalidStockEvent, StockEvent
 from db.ledger import booked_keys
@@ -122,7 +123,8 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
 
     Only the body is signed (``X-Shopify-Topic`` is not), so what is booked comes from the body:
     ``order_created`` per line at ``created_at``, then ``order_cancelled`` (at the body's own
-    ``cancelled_at``) when that is set, chained, so a cancellation whose creation was never
+    ``cancelled_at``, with the units Shopify restocked by its refund lines: :func:`shopify_restocked`)
+    when that is set, chained, so a cancellation whose creation was never
     received still books both and nets to zero.  The topic only has to agree: ``orders/cancelled``
     with a body that is not cancelled (an ``orders/create`` body re-sent under another topic) is
     refused.  Unlike a poll, a bad line refuses the whole payload: the webhook is answered 400.
@@ -146,6 +148,7 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
     created_at = min(_aware(created_at, "created_at"), now)
     if cancelled_at is not None:
         cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
+    restocked = shopify_restocked(order) if cancelled_at is not None else {}
     chains, skipped = [], []
     for index, line in enumerate(order["line_items"]):
         if not isinstance(line, dict) or "id" not in line:
@@ -157,9 +160,54 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
                   "sku": line["sku"], "quantity": line.get("quantity"), "source": source}
         chain = [StockEvent.of("order_created", event_time=created_at, now=now, **common)]
         if cancelled_at is not None:
-            chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now, **common))
+            chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now,
+                                       restocked=_capped(restocked.get(str(line["id"])), line.get("quantity")),
+                                       **common))
         chains.append(chain)
     return chains, skipped
+
+
+#: Shopify's refund line restock types (REST spelling) that put the units back in the shop's stock.
+SHOPIFY_RESTOCKING = frozenset({"cancel", "return", "legacy_restock"})
+SHOPIFY_RESTOCK_TYPES = SHOPIFY_RESTOCKING | {"no_restock"}
+
+
+def shopify_restocked(order: dict) -> dict[str, int]:
+    """Line id -> the units Shopify restocked, by the order's refund lines (``refunds[].refund_line_items[]``:
+    ``line_item_id``, ``quantity``, ``restock_type``); a line no refund line names is left out (Shopify said
+    nothing of it: the account's default decides).
+
+    Raises:
+      MalformedOrder: A refund or refund line is not of Shopify's shape, or names an unknown restock type.
+    """
+    refunds = order.get("refunds") or []
+    if not isinstance(refunds, list):
+        raise MalformedOrder("refunds must be a list")
+    found: dict[str, int] = {}
+    for at, refund in enumerate(refunds):
+        items = refund.get("refund_line_items") if isinstance(refund, dict) else None
+        if not isinstance(items, list):
+            raise MalformedOrder(f"refunds[{at}] must be an object with a refund_line_items list")
+        for index, item in enumerate(items):
+            where = f"refunds[{at}].refund_line_items[{index}]"
+            if not isinstance(item, dict) or item.get("line_item_id") is None:
+                raise MalformedOrder(f"{where} must be an object with a line_item_id")
+            quantity, kind = item.get("quantity"), item.get("restock_type")
+            if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
+                raise MalformedOrder(f"{where}.quantity must be a whole number of units, got {quantity!r}"[:200])
+            if kind not in SHOPIFY_RESTOCK_TYPES:
+                raise MalformedOrder(f"{where}.restock_type must be one of {', '.join(sorted(SHOPIFY_RESTOCK_TYPES))}"
+                                     f", got {str(kind)[:40]!r}")
+            line = str(item["line_item_id"])
+            found[line] = found.get(line, 0) + (quantity if kind in SHOPIFY_RESTOCKING else 0)
+    return found
+
+
+def _capped(restocked: int | None, quantity: Any) -> int | None:
+    # Refund lines summing past the line (a return after a cancel's restock) restock no more than the line.
+    if restocked is None or not isinstance(quantity, int):
+        return restocked
+    return min(restocked, quantity)
 
 
 #: The times of a Shopify order body; the newest is when Shopify made the body (a retry resends it as it was).
@@ -269,23 +317,52 @@ async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker, view: acc
 
 
 async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
-    """Walk Refurbed orders released in the lookback window; send what no webhook brought."""
+    """Walk the Refurbed orders that may have changed; send what no webhook brought.
+
+    Refurbed's orders carry no update time (``ListOrders`` filters on ``released_at``, ``state``, ``id``...)
+    and an item's cancellation moves nothing a filter sees, so a watermark alone would find the new
+    orders (webhooks bring those) and miss the cancellations this walk is for.  A walk reads the orders
+    released since the newest one seen (minus ``INTAKE_ORDERS_OVERLAP_S``) and, by id, those the last
+    walk left open (an item still NEW or ACCEPTED), within ``REFURBED_ORDERS_LOOKBACK_S``; the first walk,
+    or one after Redis lost the walk's state, reads the whole window.
+    """
     settings = get_settings()
     now = datetime.now(timezone.utc)
-    released_since = (now - timedelta(seconds=settings.refurbed_orders_lookback_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window = now - timedelta(seconds=settings.refurbed_orders_lookback_s)
+    watermark, left_open = await state.watermark(), await state.open_orders()
+    since = window if watermark is None or left_open is None else max(
+        window, watermark - timedelta(seconds=settings.intake_orders_overlap_s))
+    reads = [{"released_at_ge": since.strftime("%Y-%m-%dT%H:%M:%SZ")}] + [
+        {"ids": left_open[start:start + REFURBED_PAGE_LIMIT]}
+        for start in range(0, len(left_open or ()), REFURBED_PAGE_LIMIT)]
     client = orders_client(view)
-    counts, cursor = {"pages": 0, "orders": 0, "events": 0}, None
-    while True:
-        page = await client.list_orders(starting_after=cursor, released_at_ge=released_since)
-        counts["pages"] += 1
-        counts["orders"] += len(page.orders)
-        counts["events"] += await state.send_new(
-            [chain for order in page.orders
-             for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
-        if not page.has_more or not page.orders:
-            break
-        cursor = page.orders[-1].id
-    counts["watermark"] = None
+    newest, still_open, seen = watermark, [], set()
+    counts = {"pages": 0, "orders": 0, "events": 0}
+    for read in reads:
+        cursor = None
+        while True:
+            page = await client.list_orders(starting_after=cursor, **read)
+            counts["pages"] += 1
+            fresh = [order for order in page.orders if order.id not in seen]
+            seen.update(order.id for order in fresh)
+            counts["orders"] += len(fresh)
+            counts["events"] += await state.send_new(
+                [chain for order in fresh
+                 for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
+            for order in fresh:
+                released = _utc(order.released_at) if order.released_at else None
+                if released is not None and (newest is None or released > newest):
+                    newest = released
+                if (released is None or released >= window) and any(
+                        item.state not in SETTLED_ITEM_STATES for item in order.items):
+                    still_open.append(order.id)
+            if not page.has_more or not page.orders:
+                break
+            cursor = page.orders[-1].id
+    # Only after every event of the walk is enqueued: a walk that fails half-way is read again.
+    await state.set_walk(newest, still_open)
+    counts["watermark"] = newest.isoformat() if newest else None
+    counts["open"] = len(still_open)
     return counts
 
 
@@ -293,7 +370,10 @@ def shopify_polled_events(order: ShopifyOrder, marketplace: str, *, now: datetim
     """The event chains of a polled Shopify order: the same as its webhook's (same order and line numbers,
     so a webhook and a poll book it once); an order that cannot be booked is logged and left out."""
     body = {"id": int(order.id), "created_at": order.created_at, "cancelled_at": order.cancelled_at,
-            "line_items": [{"id": int(line.id), "sku": line.sku, "quantity": line.quantity} for line in order.lines]}
+            "line_items": [{"id": int(line.id), "sku": line.sku, "quantity": line.quantity} for line in order.lines],
+            "refunds": [{"refund_line_items": [{"line_item_id": int(item.line_id), "quantity": item.quantity,
+                                                "restock_type": item.restock_type.lower()}
+                                               for item in order.refund_lines]}]}
     topic = "orders/create" if order.cancelled_at is None else "orders/cancelled"
     try:
         return shopify_order_events(body, topic, marketplace, now=now, source="poll")[0]
@@ -359,6 +439,19 @@ class IntakeState:
     async def set_watermark(self, moment: datetime) -> None:
         """Store the walk's newest ``date_modification`` (after its events were enqueued)."""
         await self.redis.set(f"{self.prefix}:watermark", moment.isoformat())
+
+    async def open_orders(self) -> list[str] | None:
+        """The orders the last finished walk left open (they may still change), or None before one."""
+        raw = await self.redis.get(f"{self.prefix}:open-orders")
+        return json.loads(raw) if raw else None
+
+    async def set_walk(self, watermark: datetime | None, open_orders: list[str]) -> None:
+        """Store a finished walk's watermark and the orders it left open, together (after its events were enqueued)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if watermark is not None:
+                pipe.set(f"{self.prefix}:watermark", watermark.isoformat())
+            pipe.set(f"{self.prefix}:open-orders", json.dumps(open_orders))
+            await pipe.execute()
 
     async def send_new(self, chains: list[EventChain], broker: dramatiq.Broker) -> int:
         """Send the chains the memo does not know, then remember them; return the events sent.

@@ -2,7 +2,9 @@
 
 On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: a cursor chain), while a sync
 walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
-once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
+once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which; on the
+"mixed" Shopify shops each cancellation restocks or not at random, whatever the account's default, and
+its event carries what the shop said, as the intake reads it from the refund lines), and
 sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
 or after the page that shows it, a cancellation sometimes before its order, some twice.  The test
 keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
@@ -11,7 +13,9 @@ marketplace must show it.  Production defaults, but for the clock skew's neighbo
 listings and a quota of 4 calls a second (Shopify: a cost bucket of 100 points, 40 a second), so
 that a walk takes seconds.  Shopify's pushes are compare-and-set writes: an order landing between a
 push's read and its write is refused by the shop, and the push reads and decides again; the count of
-those refusals must agree between the shop and the fleet's push log.
+those refusals must agree between the shop and the fleet's push log.  ``shopify-bulk-mixed``: the mixed
+race while the shop's syncs read a bulk operation's file (a snapshot of its ``createdAt``, exported in about
+2 s, orders landing during the export and after it).
 """
 from __future__ import annotations
 
@@ -48,6 +52,10 @@ DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 class Side:
     """What every platform's side does unless it says otherwise."""
+
+    #: What the marketplace said of its last cancellation (Shopify's refund lines): whether it restocked the
+    #: unit; None: it says nothing, the account's default holds.
+    said: bool | None = None
 
     def app(self) -> web.Application:
         return self.sandbox.build_app()
@@ -134,10 +142,17 @@ class ShopifySide(Side):
 
     account = "shop"
     bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
+    #: The account's options (its ``restock_on_cancel``); none: the platform's defaults.
+    options: dict | None = None
 
-    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77) -> None:
+    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
+                 bulk: bool = False, mixed: bool = False) -> None:
+        # mixed: each cancellation restocks or not at random, as a merchant chooses per order, whatever the dial.
+        self.mixed, self._choices = mixed, random.Random(seed)
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
-                                      restock_on_cancel=restocks, seed=seed, **self.bucket)
+                                      restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
+                                      bulk_objects_per_s=100, **self.bucket)
+        self.bulk = bulk
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
         self._armed: set[str] = set()
         self._ambushed: queue.SimpleQueue = queue.SimpleQueue()
@@ -151,12 +166,17 @@ class ShopifySide(Side):
         return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true",
                 "stocksync_account_shop_token": TOKEN, "shopify_page_size": 10,
                 "shopify_cost_bucket_points": self.bucket["cost_maximum"],
-                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"]}
+                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"], **self.bulk_env()}
+
+    def bulk_env(self) -> dict:
+        """With ``bulk``: every sync a bulk export, asked about twice a second (the default is every 2 s)."""
+        return {"shopify_bulk_min_variants": 0, "shopify_bulk_poll_s": 0.5} if self.bulk else {}
 
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:
             account_rows.add_account(session, platform="shopify", code=self.account, name="Shop",
-                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True)
+                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True,
+                                     options=self.options)
             session.commit()
 
     def quantity(self, sku: str) -> int:
@@ -167,7 +187,11 @@ class ShopifySide(Side):
         return str(order["id"]), str(order["line_items"][0]["id"]), order["created_at"]
 
     def cancel(self, order_id: str, line_id: str) -> str:
-        return self.sandbox.cancel_order(int(order_id), notify=False)["cancelled_at"]
+        restock = self._choices.random() < 0.5 if self.mixed else None
+        cancelled = self.sandbox.cancel_order(int(order_id), restock=restock, notify=False)
+        # What the signed body says of the line (its one refund line's restock type), as the intake reads it.
+        self.said = cancelled["refunds"][-1]["refund_line_items"][0]["restock_type"] == "cancel"
+        return cancelled["cancelled_at"]
 
     def arm(self, sku: str) -> None:
         self._armed.add(sku)
@@ -194,8 +218,9 @@ class ShopifySide(Side):
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    platform, restocks = request.param
-    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](restocks)
+    platform, restocks, *modes = request.param   # modes: "bulk" (a bulk catalogue), "mixed" (restock per order)
+    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](
+        restocks, **{mode: True for mode in modes})
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -270,10 +295,12 @@ def local(world) -> dict[str, int]:
 
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
                                         (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
-                                        (("shopify", True), 6), (("shopify", False), 7)],
+                                        (("shopify", True), 6), (("shopify", False), 7),
+                                        (("shopify", True, "mixed"), 8), (("shopify", False, "bulk", "mixed"), 9)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
                                                  "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
-                                                 "shopify-keeps-7"])
+                                                 "shopify-keeps-7", "shopify-mixed-restocks-8",
+                                                 "shopify-bulk-mixed-keeps-9"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -285,11 +312,12 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     assert len(skus) == LISTINGS and local(world) == truth
 
     placed: list[tuple[str, str, str, float]] = []   # (order, line, SKU, delay) not cancelled yet
-    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0}
+    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0,
+              "kept off": 0}
 
-    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float) -> None:
+    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float, **said) -> None:
         send(world, getattr(events, kind), delay, marketplace=account, order_id=order_id, order_line_id=line_id,
-             sku=sku, quantity=1, event_time=moment, source="webhook")
+             sku=sku, quantity=1, event_time=moment, source="webhook", **said)
 
     def customers() -> int:
         """Book the orders the shop's customer placed between a push's read and its write; how many."""
@@ -321,11 +349,13 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
         if placed and rng.random() < 0.6:
             order_id, line_id, sku, order_delay = placed.pop(rng.randrange(len(placed)))
             moment = side.cancel(order_id, line_id)
-            truth[sku] += 1
+            truth[sku] += 1  # back on sale: restocked by the marketplace, or pushed by the fleet
             delay = rng.choice(DELAYS)
             counts["cancel first"] += delay < order_delay
-            order_event(order_id, line_id, sku, "order_cancelled", moment, delay)
+            said = {} if side.said is None else {"restocked": side.said}
+            order_event(order_id, line_id, sku, "order_cancelled", moment, delay, **said)
             counts["cancellations"] += 1
+            counts["kept off"] += side.said is False
         if rng.random() < 0.4:
             sku, quantity = rng.choice(skus), rng.randint(1, 3)
             truth[sku] += quantity
@@ -350,6 +380,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     while customers():  # their events were still to send
         wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
     assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
+    if getattr(side, "bulk", False):
+        assert last_run(world)["details"]["catalogue"] == "bulk"
 
     booked = local(world)
     above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}
@@ -359,6 +391,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     shown = {sku: side.quantity(sku) for sku in skus}
     assert shown == {sku: max(quantity, 0) for sku, quantity in truth.items()}
     assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
+    if getattr(side, "mixed", False):  # both kinds of cancellation met the account's default
+        assert 0 < counts["kept off"] < counts["cancellations"], counts
     with world["sessions"]() as session:
         assert check_invariant(session) == []
     if account == "shop":

@@ -5,16 +5,16 @@ bookings (``ledger``) or its reads (``read``) into; filled by the chart when it 
 no longer moves, checked on every draw against its rows' count and id sum (a late row or a pruned one
 refills it).  Derived data: dropping the table loses nothing.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-07 21:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision = '0014'
-down_revision = '0013'
+revision = '0015'
+down_revision = '0014'
 branch_labels = None
 depends_on = None
 
