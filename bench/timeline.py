@@ -6,13 +6,14 @@
 A real PostgreSQL (durable settings) with ``--variations`` variations on two accounts (Back Market
 and Refurbed); the SKU under test has ``--ledger-rows`` ledger rows booked over the last year on both
 accounts (syncs, orders, top-ups) and, on each account, a read every hour of that year whose quantity
-changed (``--read-hours``: the most a year of hourly syncs can keep).  The console app is served on
-loopback in this process's background thread, logged in as a viewer; one client on a keep-alive
-connection sends ``--requests`` requests one after the other (client time included).
+changed (``--read-hours``: the most a year of hourly syncs can keep).  The console is served as in
+production, in a process of its own (``workers.console.app.run`` on loopback, a real Redis, the same
+database); this process is only the client, logged in as a viewer: one keep-alive connection sends
+``--requests`` requests one after the other (client time included).
 
 Baseline in the same run: the same page with its timeline section swapped for nothing (what the page
-cost before the timeline), and ``pipelines.timeline.timeline`` alone on one connection (the section's
-queries, merge and chart, without HTTP or the template).  Besides the page as of now and as of half a
+cost before the timeline; a second server process), and ``pipelines.timeline.timeline`` alone in this
+process on one connection (the section's queries, merge and chart, without HTTP or the template).  Besides the page as of now and as of half a
 year ago (each repeated: its drawn chart a lookup), three views no cache answers: an "as of" moment an
 hour earlier at each request (rolled-up columns shared, no drawn chart), and the first view ever, as of
 now and as of half a year ago (``chart_cells`` emptied and drawn charts forgotten before each request,
@@ -22,15 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import fakeredis  # noqa: E402
 import psycopg  # noqa: E402
 from dramatiq.brokers.stub import StubBroker  # noqa: E402
 
@@ -38,7 +43,7 @@ from bench.console import DURABLE, PASSWORD, measure, percentiles, quantile_ms  
 from db import users  # noqa: E402
 from db.engine import session_factory  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
-from runtime.local_servers import PostgresServer  # noqa: E402
+from runtime.local_servers import PostgresServer, RedisServer, free_port, wait_until  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 
 GOAL_MS = 100.0
@@ -126,21 +131,94 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def serve(without_timeline: bool) -> None:
+    """The console server process: ``workers.console.app.run`` on loopback (DATABASE_URL, REDIS_URL and
+    BENCH_PORT from the environment).  A line ``forget`` on stdin empties the rolled-up columns and the
+    drawn charts and answers ``ok``; the end of stdin stops the server."""
+    import redis
+    from sqlalchemy import text
+
+    from pipelines import timeline
+    from workers.console.app import build_console_app, run
+    from workers.console.pages import stock
+
+    settings = Settings(console_page_size=50)
+    sessions = session_factory(settings.database_url)
+    app = build_console_app(settings, sessions=sessions, redis=redis.Redis.from_url(settings.redis_url),
+                            broker=StubBroker(), dead_letters=None)
+    if without_timeline:
+        stock.timeline_section = lambda *_: None  # the page as it was before the timeline
+
+    def commands() -> None:
+        for line in sys.stdin:
+            if line.strip() == "forget":  # what a first view finds: no rolled-up column, no chart drawn before
+                with sessions() as session:
+                    if session.execute(text("SELECT to_regclass('chart_cells')")).scalar() is not None:
+                        session.execute(text("TRUNCATE chart_cells"))
+                        session.commit()
+                # main's tree (the comparison run) keeps its charts in _charts and has no clear_chart_cache
+                getattr(timeline, "clear_chart_cache", getattr(timeline, "_charts", {}).clear)()
+                print("ok", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=commands, daemon=True).start()
+    run("127.0.0.1", int(os.environ["BENCH_PORT"]), app)
+
+
+class ServerProcess:
+    """A console server process (:func:`serve`) on the bench's database and Redis, on a free loopback port."""
+
+    def __init__(self, database_url: str, redis_url: str, *, without_timeline: bool = False) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve"] + (["--without-timeline"] if without_timeline else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BENCH_PORT": str(port)})
+        wait_until(self._answers, 60, what=f"the console server on port {port}")
+
+    def _answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the console server exited with status {self.process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/login", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def forget(self) -> None:
+        """Empty the server's rolled-up columns and drawn charts (untimed, before a first view)."""
+        self.process.stdin.write("forget\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        assert answer == "ok", f"the console server answered {answer!r} to forget"
+
+    def stop(self) -> None:
+        """Close its stdin (it stops itself) and wait for it to exit."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variations", type=int, default=20_000)
     parser.add_argument("--ledger-rows", type=int, default=10_000)
     parser.add_argument("--read-hours", type=int, default=365 * 24)
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the server process
+    parser.add_argument("--without-timeline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    from sandbox.server import serve_in_thread
-    from workers.console.app import build_console_app
-    from pipelines import timeline
-    from workers.console.pages import stock
+    if args.serve:
+        serve(args.without_timeline)
+        return
 
     with tempfile.TemporaryDirectory(prefix="stocksync-bench-timeline-") as folder:
         pg = PostgresServer(Path(folder) / "pg", options=DURABLE).start()
+        redis_server = RedisServer(Path(folder) / "redis").start()
         try:
             url = pg.create_database("bench_timeline")
             upgrade(url)
@@ -153,9 +231,6 @@ def main() -> None:
             with sessions() as session:
                 users.add_user(session, "bench", PASSWORD, "viewer")
                 session.commit()
-            app = build_console_app(Settings(console_page_size=50), sessions=sessions,
-                                    redis=fakeredis.FakeRedis(), broker=StubBroker(), dead_letters=None)
-            server = serve_in_thread(app)
             path = f"/variations/{variation_id}"
             with_name = "SKU page with timeline and chart GET /variations/{id}"
             without_name = "SKU page without the timeline (baseline)"
@@ -168,26 +243,21 @@ def main() -> None:
             def as_of(moment: float) -> str:
                 return f"{path}?as_of={time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(moment))}"
 
-            def forget() -> None:  # what a first view finds: no rolled-up column, no chart drawn before
-                with psycopg.connect(pg.conninfo("bench_timeline"), autocommit=True) as conn:
-                    conn.execute("TRUNCATE chart_cells")
-                timeline.clear_chart_cache()
-
+            server = ServerProcess(url, redis_server.url)
             try:
                 results = asyncio.run(measure(server.url, {with_name: path, as_of_name: as_of(half_year),
                                                            moving_name: lambda i: as_of(half_year - 3607 * i)},
                                               args.requests))
                 results.update(asyncio.run(measure(server.url, {first_now: path, first_as_of: as_of(half_year)},
-                                                   args.requests, before=forget)))
-                timeline_section = stock.timeline_section
-                stock.timeline_section = lambda *_: None  # the page as it was before the timeline
-                try:
-                    results.update(asyncio.run(measure(server.url, {without_name: path}, args.requests)))
-                finally:
-                    stock.timeline_section = timeline_section
+                                                   args.requests, before=server.forget)))
             finally:
                 server.stop()
-            results["pipelines.timeline.timeline alone (queries, merge, chart)"] = bare_timeline(
+            server = ServerProcess(url, redis_server.url, without_timeline=True)
+            try:
+                results.update(asyncio.run(measure(server.url, {without_name: path}, args.requests)))
+            finally:
+                server.stop()
+            results["pipelines.timeline.timeline alone, in this process (queries, merge, chart)"] = bare_timeline(
                 sessions, variation_id, args.requests)
             for name, samples in results.items():
                 print(f"{name}: {percentiles(samples)}")
@@ -199,8 +269,8 @@ def main() -> None:
                       f"({p99:.2f} ms)")
             print(f"load average (uptime) at the end: {load()}")
         finally:
+            redis_server.stop()
             pg.stop()
-
 
 if __name__ == "__main__":
     main()
