@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -131,6 +132,27 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+class GcPauses:
+    """The server's garbage collections, timed per generation (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def note(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self.started)
+
+    def summary(self) -> str:
+        return "; ".join(f"gen{g} {len(p)} x, max {max(p, default=0) * 1000:.1f} ms, total {sum(p) * 1000:.0f} ms"
+                         for g, p in self.pauses.items())
+
+
+pauses = GcPauses()
+
+
 def serve(without_timeline: bool) -> None:
     """The console server process: ``workers.console.app.run`` on loopback (DATABASE_URL, REDIS_URL and
     BENCH_PORT from the environment).  A line ``forget`` on stdin empties the rolled-up columns and the
@@ -159,9 +181,11 @@ def serve(without_timeline: bool) -> None:
                 # main's tree (the comparison run) keeps its charts in _charts and has no clear_chart_cache
                 getattr(timeline, "clear_chart_cache", getattr(timeline, "_charts", {}).clear)()
                 print("ok", flush=True)
+        print(pauses.summary(), flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=commands, daemon=True).start()
+    gc.callbacks.append(pauses.note)
     run("127.0.0.1", int(os.environ["BENCH_PORT"]), app)
 
 
@@ -193,14 +217,16 @@ class ServerProcess:
         answer = self.process.stdout.readline().strip()
         assert answer == "ok", f"the console server answered {answer!r} to forget"
 
-    def stop(self) -> None:
-        """Close its stdin (it stops itself) and wait for it to exit."""
+    def stop(self) -> str:
+        """Close its stdin (it stops itself) and wait for it to exit; returns its garbage collections' pauses."""
         self.process.stdin.close()
+        collections = self.process.stdout.readline().strip()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        return collections
 
 
 def main() -> None:
@@ -251,12 +277,12 @@ def main() -> None:
                 results.update(asyncio.run(measure(server.url, {first_now: path, first_as_of: as_of(half_year)},
                                                    args.requests, before=server.forget)))
             finally:
-                server.stop()
+                collections = server.stop()
             server = ServerProcess(url, redis_server.url, without_timeline=True)
             try:
                 results.update(asyncio.run(measure(server.url, {without_name: path}, args.requests)))
             finally:
-                server.stop()
+                baseline_collections = server.stop()
             results["pipelines.timeline.timeline alone, in this process (queries, merge, chart)"] = bare_timeline(
                 sessions, variation_id, args.requests)
             for name, samples in results.items():
@@ -267,6 +293,8 @@ def main() -> None:
                 p99 = quantile_ms(results[name], 0.99)
                 print(f"goal p99 < {GOAL_MS:.0f} ms, {name.split(' GET')[0]}: {'met' if p99 < GOAL_MS else 'NOT met'} "
                       f"({p99:.2f} ms)")
+            print(f"server process with the timeline, garbage collections: {collections}")
+            print(f"server process without the timeline, garbage collections: {baseline_collections}")
             print(f"load average (uptime) at the end: {load()}")
         finally:
             redis_server.stop()
