@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bulk_sync.py [--listings 100000] [--processes 2] [--threads 8]
                                         [--baseline-rows 5000] [--skip-e2e] [--statements]
-                                        [--reads-attempts 3]
+                                        [--reads-attempts 3] [--ledger-index]
 
 1. End to end: N sandbox listings (unthrottled) → real ``dramatiq`` worker processes on a real
    Redis → a real PostgreSQL (durable settings: fsync on).  Prints the wall time of the sync.
@@ -18,6 +18,8 @@
    cost in per cent.  With ``--statements``, also where the set-based
    apply's time goes: each statement's mean client-side time per page (timed by SQLAlchemy
    cursor events around every statement, so the rows/s of that run include the timing itself).
+4. With ``--ledger-index``, only this: what the index ``stock_ledger (variation_id, created_at)``
+   (the SKU chart's range reads) would cost the apply, measured as 3. is, with it and without.
 """
 from __future__ import annotations
 
@@ -103,13 +105,22 @@ def page_items(listings: int) -> list[list[PageItem]]:
     return [items[i:i + PAGE] for i in range(0, len(items), PAGE)]
 
 
+#: The index on the ledger the SKU chart's range reads would use (bench/timeline.py), its cost weighed here.
+LEDGER_INDEX = "CREATE INDEX ix_bench_ledger_variation_created ON stock_ledger (variation_id, created_at)"
+
+
 def set_based(pg: PostgresServer, pages: list[list[PageItem]], database: str = "bench_set",
-              keep_reads: bool = True, resync: list[list[PageItem]] | None = None) -> float | tuple[float, float]:
+              keep_reads: bool = True, resync: list[list[PageItem]] | None = None,
+              ledger_index: bool = False) -> float | tuple[float, float]:
     """Rows/s of ``apply_page``, one transaction per page, into a new database ``database``; with ``resync``,
-    the rows/s of a second sync of those pages too."""
+    the rows/s of a second sync of those pages too; ``ledger_index``: with :data:`LEDGER_INDEX` added."""
     url = pg.create_database(database)
     upgrade(url)
     sessions = session_factory(url)
+    if ledger_index:
+        with sessions() as session:
+            session.execute(text(LEDGER_INDEX))
+            session.commit()
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket")
         session.commit()
@@ -138,21 +149,23 @@ def one_in_ten_changed(pages: list[list[PageItem]]) -> list[list[PageItem]]:
              for i, item in enumerate(page)] for n, page in enumerate(pages)]
 
 
-def reads_cost(pg: PostgresServer, pages: list[list[PageItem]], attempts: int = 3) -> list[str]:
-    """The apply with and without ``listing_reads``: a first sync and a second one (one row in ten changed)."""
+def apply_cost(pg: PostgresServer, pages: list[list[PageItem]], what: str, option: str,
+               attempts: int = 3) -> list[str]:
+    """The apply with and without ``what`` (``set_based``'s ``option`` true or false): a first sync and a
+    second one (one row in ten changed)."""
     resync = one_in_ten_changed(pages)
     lines = []
     # Alternated, ``attempts`` times each, best of them: the machine is shared, the first run warms the server.
     rates = {True: [], False: []}
     for attempt in range(attempts):
-        for keep in (False, True):
-            rates[keep].append(set_based(pg, pages, database=f"bench_reads_{int(keep)}_{attempt}", keep_reads=keep,
-                                         resync=resync))
-    for index, what in enumerate(("first sync (every read new)", "second sync (1 in 10 changed)")):
+        for on in (False, True):
+            rates[on].append(set_based(pg, pages, database=f"bench_{option}_{int(on)}_{attempt}", resync=resync,
+                                       **{option: on}))
+    for index, phase in enumerate(("first sync (every read new)", "second sync (1 in 10 changed)")):
         without = max(r[index] for r in rates[False])
-        with_reads = max(r[index] for r in rates[True])
-        lines.append(f"apply with listing_reads, {what}: {with_reads:,.0f} rows/s; without: {without:,.0f} rows/s; "
-                     f"cost {100 * (without / with_reads - 1):+.1f}% time per row (best of {attempts} each, alternated)")
+        with_it = max(r[index] for r in rates[True])
+        lines.append(f"apply with {what}, {phase}: {with_it:,.0f} rows/s; without: {without:,.0f} rows/s; "
+                     f"cost {100 * (without / with_it - 1):+.1f}% time per row (best of {attempts} each, alternated)")
     return lines
 
 
@@ -227,6 +240,9 @@ def main() -> None:
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--reads-attempts", type=int, default=3,
                         help="syncs with and without listing_reads, alternated, each this many times (best kept)")
+    parser.add_argument("--ledger-index", action="store_true",
+                        help="only the apply with and without the index stock_ledger (variation_id, created_at), "
+                             "alternated --reads-attempts times each")
     parser.add_argument("--statements", action="store_true",
                         help="also time the set-based apply's statements (a separate, instrumented run)")
     args = parser.parse_args()
@@ -236,6 +252,10 @@ def main() -> None:
     redis = RedisServer(folder / "redis").start()
     try:
         print(f"machine: {os.cpu_count()} cores; PostgreSQL durable (fsync on, synchronous_commit on)")
+        if args.ledger_index:
+            print("\n".join(apply_cost(pg, page_items(args.listings), "the index stock_ledger (variation_id, "
+                                        "created_at)", "ledger_index", args.reads_attempts)))
+            return
         if not args.skip_e2e:
             figures = end_to_end(folder, pg, redis, args.listings, args.processes, args.threads)
             pages = math.ceil(args.listings / PAGE)
@@ -252,7 +272,7 @@ def main() -> None:
         print(f"apply, per-row (select, update, insert history, commit; old system): {row_rate:,.0f} rows/s "
               f"over {rows} rows")
         print(f"ratio set-based / per-row: {set_rate / row_rate:.1f}x")
-        print("\n".join(reads_cost(pg, pages, args.reads_attempts)))
+        print("\n".join(apply_cost(pg, pages, "listing_reads", "keep_reads", args.reads_attempts)))
         if args.statements:
             with StatementTimes() as times:
                 instrumented = set_based(pg, pages, database="bench_statements")
