@@ -6,6 +6,7 @@ Database and Redis calls are blocking: they run on the default thread pool, one 
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -180,4 +181,8 @@ def build_console_app(settings: Settings | None = None, *, sessions: Callable | 
 
 def run(host: str, port: int, app: web.Application | None = None) -> None:
     """Serve the console until interrupted."""
-    web.run_app(app or build_console_app(), host=host, port=port, print=None, access_log=logger)
+    app = app or build_console_app()
+    # The modules and the app live as long as the process: frozen, the collector's full passes skip them
+    # (walking them took ~150 ms a pass, the SKU page's p99; see README, bench/timeline.py).
+    gc.freeze()
+    web.run_app(app, host=host, port=port, print=None, access_log=logger)
