@@ -1,4 +1,4 @@
-"""A cursor walk (Refurbed) whose chain is lost mid-way resumes from the last page PostgreSQL applied.
+"""A cursor walk (Refurbed, Shopify) whose chain is lost mid-way resumes from the last page PostgreSQL applied.
 
 The messages are run by hand (stub broker, no worker) so the test decides what is lost: after two
 pages, the message that carries the chain on vanishes, as with a Redis restart without persistence.
@@ -14,24 +14,28 @@ from sqlalchemy import text
 
 from actors import stock_sync
 from db.syncs import get_run
-from runtime import resources
-from sandbox.refurbed import RefurbedSandbox
+from runtime import accounts, resources
 from sandbox.server import serve_in_thread
 from tests.in_process import in_process_fleet
+from tests.sides import RefurbedSide, ShopifySide, local_by_sku
 
 TOKEN = "cursor-resume-token"
-OFFERS = 45  # pages of 10: five pages
+#: Each cursor platform's side with five pages of 10 (Refurbed 45 offers, Shopify 46 variants).
+WALKS = {"refurbed": lambda: RefurbedSide(offers=45, seed=9, token=TOKEN),
+         "shopify": lambda: ShopifySide(products=23, seed=9, token=TOKEN)}
 
 
-@pytest.fixture
-def walk(monkeypatch, database_url):
-    sandbox = RefurbedSandbox(token=TOKEN)
-    sandbox.add_offers(OFFERS, seed=9)
-    server = serve_in_thread(sandbox.build_app())
+@pytest.fixture(params=sorted(WALKS))
+def walk(monkeypatch, database_url, request):
+    side = WALKS[request.param]()
+    server = serve_in_thread(side.app())
+    settings = {name.upper(): str(value) for name, value in side.env(server.url).items()}
     with in_process_fleet(monkeypatch, {
-            "DATABASE_URL": database_url, "REDIS_URL": "", "REFURBED_BASE_URL": server.url, "REFURBED_TOKEN": TOKEN,
-            "REFURBED_QUOTA_REQUESTS": "1000", "REFURBED_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
-        yield sandbox, broker
+            "DATABASE_URL": database_url, "REDIS_URL": "", **settings, "REFURBED_QUOTA_REQUESTS": "1000",
+            "REFURBED_PAGE_SIZE": "10", "SHOPIFY_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
+        side.add_account(resources.sessions(), server.url)
+        accounts.forget()  # the account rows are read again with the shop's
+        yield side, broker
     server.stop()
 
 
@@ -71,8 +75,8 @@ def step(broker) -> None:
 
 
 def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
-    sandbox, broker = walk
-    sync_id = stock_sync.begin_stock_sync("refurbed", trigger="manual")
+    side, broker = walk
+    sync_id = stock_sync.begin_stock_sync(side.account, trigger="manual")
     step(broker)  # page 1
     step(broker)  # page 2
     lost = take(broker, "stock-fetch")  # the fetch of page 3, lost with Redis
@@ -83,9 +87,9 @@ def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
         session.execute(text("UPDATE sync_runs SET heartbeat_at = now() - interval '10 minutes' WHERE id = :s"),
                         {"s": sync_id})
         session.commit()
-    listed_before = sandbox.stats()["requests"].get("ListOffers", 0)
+    walked_before = len(side.sandbox.walk_cursors())
 
-    assert stock_sync.resume_stalled_syncs.fn("refurbed") == 1
+    assert stock_sync.resume_stalled_syncs.fn(side.account) == 1
     resumed = take(broker, "stock-fetch")
     assert [(m.args[1], m.args[4]) for m in resumed] == [(3, lost[0].args[4])]  # from page 2's cursor
     for message in resumed:
@@ -94,9 +98,6 @@ def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
         step(broker)
     with resources.sessions()() as session:
         run = get_run(session, sync_id)
-        assert (run.status, run.pages_done, run.total_pages, run.items) == ("succeeded", 5, 5, OFFERS)
-        listed = dict(session.execute(text(
-            "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-            "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = 'refurbed'")).all())
-    assert listed == sandbox.quantities()
-    assert sandbox.stats()["requests"]["ListOffers"] - listed_before == 3  # pages 3, 4, 5: none fetched twice
+        assert (run.status, run.pages_done, run.total_pages, run.items) == ("succeeded", 5, 5, len(side.items()))
+    assert local_by_sku(resources.sessions(), side.account) == side.truth()
+    assert len(side.sandbox.walk_cursors()) - walked_before == 3  # pages 3, 4, 5: none fetched twice
