@@ -330,17 +330,27 @@ def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tm
         server.stop()
 
 
-def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url):
-    side = BackMarketSide(listings=10, seed=8, token=TOKEN)
-    sandbox = side.sandbox
-    server = serve_in_thread(sandbox.build_app())
+#: Each platform's side with 10 listings: a one-row push (Back Market), a batch push (Refurbed), a compare-and-set
+#: push (Shopify).
+SMALL = {"backmarket": lambda: BackMarketSide(listings=10, seed=8, token=TOKEN),
+         "refurbed": lambda: RefurbedSide(offers=10, seed=8, token=TOKEN),
+         "shopify": lambda: ShopifySide(products=5, seed=8, token=TOKEN)}
+
+
+@pytest.mark.parametrize("platform", sorted(SMALL))
+def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url, platform):
+    side = SMALL[platform]()
+    server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
+    side.add_account(sessions, server.url)
     seed_from(sessions, side)
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+    env = fleet_env(redis_url=redis_url, database_url=database_url, **sides_env([(side, server.url)]),
                     **PRODUCTION_BROKER)
-    listing = sandbox.listing(3)
+    sku = side.items()[3]["sku"]
+    expected = side.truth()
+    expected[sku] += 4
     from actors import events
 
     # Only the events queue is consumed: the booking's push message waits on stock-push, and vanishes there.
@@ -348,8 +358,7 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
                          log_path=tmp_path / "booker.log").start()
     fleet = None
     try:
-        broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
-            marketplace="backmarket", sku=listing["sku"], quantity=4, reference="PO-lost-push")))
+        topup(broker, side, sku, 4, "PO-lost-push")
         wait_until(lambda: client.hlen("dramatiq:stock-push.msgs") == 1, 60, what="the booking and its push message")
         booker.stop()
         client.delete("dramatiq:stock-push", "dramatiq:stock-push.msgs")  # a Redis restart without persistence
@@ -361,9 +370,10 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
                 "WHERE push_state = 'pending'"))
             session.commit()
         fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
-        broker.enqueue(events.sweep_stock.message("backmarket"))  # the scheduler's stock_sweep job
-        wait_until(lambda: sandbox.quantity(listing["id"]) == listing["quantity"] + 4, 60, what="the push")
-        assert local_stock(sessions) == sandbox.quantities()
+        broker.enqueue(events.sweep_stock.message(side.account))  # the scheduler's stock_sweep job
+        wait_until(lambda: side.quantity(sku) == expected[sku], 60, what="the push")
+        wait_until(lambda: settled(sessions), 30, what="the row pushed")
+        assert side.truth() == expected and local_by_sku(sessions, side.account) == expected
     finally:
         booker.stop()
         if fleet:
