@@ -66,7 +66,7 @@ class Side:
         """A push of ``sku`` is coming (only a compare-and-set shop has an order wait for it)."""
 
     def ambushed(self) -> list[tuple[str, str, str, str]]:
-        """``(order, line, SKU, event time)`` of the orders placed between a push's read and its write since last asked."""
+        """``(order, line, SKU, event time)`` of orders placed between a push's read and its write since last asked."""
         return []
 
     def moves(self, sku: str) -> list[str]:
@@ -255,6 +255,15 @@ def send_order(broker, side: Side, sku: str) -> str:
         marketplace=side.account, order_id=order_id, order_line_id=line_id, sku=sku, quantity=1,
         event_time=moment, source="webhook")))
     return line_id
+
+
+def send_topup(broker, side: Side, sku: str, quantity: int, reference: str) -> None:
+    """A delivery of ``quantity`` units of ``sku`` on ``side``'s account (``reference``: once): the fleet pushes it."""
+    from actors import events
+
+    broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
+        marketplace=side.account, sku=sku, quantity=quantity, reference=reference,
+        event_time=datetime.now(timezone.utc).isoformat())))
 
 
 def local_by_sku(sessions, account: str) -> dict[str, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -26,7 +25,7 @@ from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import WorkerFleet, fleet_env
 from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, local_by_sku, off_by, seed_from, send_order,
-                         settled, sides_env)
+                         send_topup, settled, sides_env)
 from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -125,15 +124,6 @@ def three_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **s
     return servers, env, WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
 
 
-def topup(broker, side, sku: str, quantity: int, reference: str) -> None:
-    """A delivery of ``quantity`` units of ``sku`` booked on ``side``'s account: the fleet pushes it."""
-    from actors import events
-
-    broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
-        marketplace=side.account, sku=sku, quantity=quantity, reference=reference,
-        event_time=datetime.now(timezone.utc).isoformat())))
-
-
 def account_run(sessions, account: str):
     with sessions() as session:
         return session.execute(text("SELECT * FROM sync_runs WHERE target = :a ORDER BY id DESC LIMIT 1"),
@@ -207,7 +197,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         sell(slice(20, None))  # the second half of the burst, and the deliveries, arrive while PostgreSQL is down
         for side in sides:
             for n, sku in enumerate(topped[side.account]):
-                topup(broker, side, sku, 2, f"PO-outage-{n}")
+                send_topup(broker, side, sku, 2, f"PO-outage-{n}")
                 expected[side.account][sku] += 2
         # The outage itself: the fleet keeps failing on the database meanwhile.
         wait_until(lambda: time.monotonic() - stopped_at >= OUTAGE_S, OUTAGE_S + 10, interval=1,
@@ -358,7 +348,7 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
                          log_path=tmp_path / "booker.log").start()
     fleet = None
     try:
-        topup(broker, side, sku, 4, "PO-lost-push")
+        send_topup(broker, side, sku, 4, "PO-lost-push")
         wait_until(lambda: client.hlen("dramatiq:stock-push.msgs") == 1, 60, what="the booking and its push message")
         booker.stop()
         client.delete("dramatiq:stock-push", "dramatiq:stock-push.msgs")  # a Redis restart without persistence
@@ -550,7 +540,7 @@ def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, d
                 send_order(broker, side, sku)
                 expected[side.account][sku] -= 1
                 if n % 5 == 0:
-                    topup(broker, side, sku, 2, f"PO-restart-{n}")
+                    send_topup(broker, side, sku, 2, f"PO-restart-{n}")
                     expected[side.account][sku] += 2
         wait_until(lambda: booked_orders(sessions) >= orders // 5, 60, interval=0.01, what="the burst under way")
         at_restart = booked_orders(sessions)
