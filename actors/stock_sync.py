@@ -28,9 +28,12 @@ def begin_stock_sync(marketplace: str, *, trigger: str = "manual", force: bool =
 
     Raises :class:`db.syncs.SyncRefused` when a run is going on or the cooldown has not passed.
     """
-    sync_id = pipeline.open_sync(marketplace, trigger=trigger, force=force)
-    fetch_listings_page.send(sync_id, 1, marketplace)
-    return sync_id
+    opened = pipeline.open_sync(marketplace, trigger=trigger, force=force)
+    if opened.first_cursor is None:
+        fetch_listings_page.send(opened.id, 1, marketplace)
+    else:  # a bulk walk: page 1 starts the export
+        fetch_listings_page.send(opened.id, 1, marketplace, True, opened.first_cursor)
+    return opened.id
 
 
 @dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000)
@@ -51,7 +54,8 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
 
     Numbered pages: page 1 fans out every other page (unless ``fan_out`` is false: a resume fetches
     the missing pages itself).  Cursor pages: each page sends the next one (``fan_out`` false: this
-    page alone), after skipping the pages a resumed walk has applied already.
+    page alone), after skipping the pages a resumed walk has applied already.  A page that is not
+    ready (a bulk export still running) sends itself again, delayed as the adapter says.
     """
     cursor_walk = pipeline.is_cursor_walk(marketplace)
     if cursor_walk and fan_out:
@@ -60,6 +64,13 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
             return
         page, cursor = following
     fetched = await pipeline.fetch_page(sync_id, page, marketplace, cursor)
+    if fetched.retry_after_s is not None:
+        # Not ready (a bulk export running): this page again later, no worker waiting for it.
+        await pipeline.page_not_ready(sync_id, page)
+        await asyncio.to_thread(fetch_listings_page.send_with_options, args=(sync_id, page, marketplace, fan_out,
+                                                                             cursor),
+                                delay=int(fetched.retry_after_s * 1000))
+        return
     if cursor_walk:
         if fetched.next_cursor is not None and fan_out:
             await asyncio.to_thread(_enqueue_pages, sync_id, [page + 1], marketplace, True, fetched.next_cursor)

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/shopify_sync.py [--variants 20000] [--pushes 600] [--page-size 100]
         [--processes 2] [--threads 8]
+    .venv/bin/python bench/shopify_sync.py --compare 500,1000,2000,5000,20000
 
 Real ``redis-server`` and PostgreSQL (durable), one real ``dramatiq workers.fleet``, and the Shopify
 GraphQL sandbox on loopback in this process: ``--variants`` variants at one location, the standard
@@ -14,6 +15,14 @@ plan's cost bucket (2000 points, 100 restored a second), the fleet's ``SHOPIFY_C
 2. ``--pushes`` top-ups of distinct SKUs sent at once: pushes per minute sustained, from the first
    top-up sent to the last one shown by the shop, against the bound: a push is a read
    (``inventoryItem``) and a ``inventorySetQuantities``, (pushes × their cost − the bucket) / restore rate.
+
+``--compare SIZES``: paged walks against bulk operations instead.  One shop per size and walk (a fresh
+account: its first sync, rows created), each on its own bucket; a fleet whose
+``SHOPIFY_BULK_MIN_VARIANTS`` is out of reach walks pages, then one whose threshold is 0 walks bulk
+files.  Per size: each walk's wall time (``sync_runs``), its points (what the sandbox charged), the
+crossover (the size from which bulk is faster, interpolated between the sizes measured).  A bulk
+operation's export time is the sandbox's dial (``bulk_startup_s`` + objects / ``bulk_objects_per_s``,
+printed), an assumption where the paged side is Shopify's documented bucket.
 """
 from __future__ import annotations
 
@@ -68,16 +77,21 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, default=100, help="SHOPIFY_PAGE_SIZE")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--compare", help="comma-separated catalogue sizes: paged against bulk at each")
     args = parser.parse_args()
+    if args.compare:
+        try:
+            sizes = sorted({int(size) for size in args.compare.split(",")})
+        except ValueError:
+            parser.error(f"--compare takes comma-separated integers, got {args.compare!r}")
+        if sizes[0] < 2:
+            parser.error("--compare sizes must be at least 2")
+        compare(sizes, args)
+        return
     if args.variants < 2 or not 1 <= args.pushes <= args.variants or not 1 <= args.page_size <= 250:
         parser.error("--variants >= 2, --pushes in 1..variants, --page-size in 1..250")
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-shopify-"))
-    pg = PostgresServer(folder / "pg", options=DURABLE).start()
-    redis = RedisServer(folder / "redis").start()
-    url = pg.create_database("bench_shopify")
-    upgrade(url)
-    sessions = session_factory(url)
+    folder, pg, redis, url, sessions = stores("bench-shopify-")
     shop = ShopifySandbox(products=args.variants // 2, variants_per_product=2, locations=1, token=TOKEN, seed=17)
     server = serve_in_thread(shop.build_app())
     with sessions() as session:
@@ -106,10 +120,108 @@ def main() -> None:
         pg.stop()
 
 
-def local(sessions) -> dict[str, int]:
+def stores(prefix: str):
+    """Durable PostgreSQL (migrated) and Redis in a new folder: ``(folder, pg, redis, database url, sessions)``."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    pg = PostgresServer(folder / "pg", options=DURABLE).start()
+    redis = RedisServer(folder / "redis").start()
+    url = pg.create_database("bench_shopify")
+    upgrade(url)
+    return folder, pg, redis, url, session_factory(url)
+
+
+def compare(sizes: list[int], args) -> None:
+    """Paged walks, then bulk walks, at each size; the crossover."""
+    folder, pg, redis, url, sessions = stores("bench-shopify-compare-")
+    dials = ShopifySandbox(products=0).dials()
+    print(f"machine: {os.cpu_count()} cores; fleet {args.processes} processes x {args.threads} threads; one location, "
+          f"pages of {args.page_size}; the standard plan's bucket ({STANDARD_MAXIMUM_AVAILABLE:g} points, "
+          f"{STANDARD_RESTORE_RATE:g}/s); the sandbox's bulk export: {dials['bulk_startup_s']:g} s + objects / "
+          f"{dials['bulk_objects_per_s']:g} a second; SHOPIFY_BULK_POLL_S 2")
+    walls: dict[str, dict[int, float]] = {"paged": {}, "bulk": {}}
+    for walk, minimum in (("paged", 10**9), ("bulk", 0)):
+        shops, servers, credentials = {}, [], {}
+        for size in sizes:
+            shop = ShopifySandbox(products=size // 2, variants_per_product=2, locations=1, token=TOKEN, seed=17)
+            servers.append(serve_in_thread(shop.build_app()))
+            code = f"{walk}-{size}"
+            credentials[f"stocksync_account_{walk}_{size}"] = TOKEN
+            with sessions() as session:
+                account_rows.add_account(session, platform="shopify", code=code,
+                                         credentials_env=f"STOCKSYNC_ACCOUNT_{walk.upper()}_{size}",
+                                         base_url=servers[-1].url, allow_loopback=True)
+                session.commit()
+            shops[code] = shop
+        env = fleet_env(redis_url=redis.url, database_url=url, backmarket_url="http://127.0.0.1:9", token=TOKEN,
+                        backmarket_token="", accounts_allow_loopback="true", shopify_page_size=args.page_size,
+                        shopify_bulk_min_variants=minimum, **credentials)
+        fleet = WorkerFleet(env, processes=args.processes, threads=args.threads,
+                            log_path=folder / f"fleet-{walk}.log").start()
+        broker = build_broker(Settings(redis_url=redis.url))
+        try:
+            for size in sizes:
+                code = f"{walk}-{size}"
+                done = run_sync(sessions, broker, code)
+                wall = (done["finished_at"] - done["started_at"]).total_seconds()
+                walls[walk][size] = wall
+                found = shops[code].stats()["query_costs"]
+                points = sum(each["actual"] for each in found.values())
+                calls = sum(each["answers"] for each in found.values())
+                print(f"{walk:>5} {size:>6} variants: {done['status']}, {done['catalogue']}, wall {wall:7.1f} s, "
+                      f"{done['pages_done']} pages, {calls} GraphQL calls, {points:,.0f} points "
+                      f"({points / size:.2f} a variant); bound by the bucket {bound_s(points):.1f} s; every row "
+                      f"equal to the shop: {local(sessions, code) == shops[code].truth()}")
+        finally:
+            fleet.stop()
+            broker.close()
+            for server in servers:
+                server.stop()
+            for shop in shops.values():
+                shop.close()
+    print("size      paged      bulk   bulk/paged")
+    for size in sizes:
+        print(f"{size:>6} {walls['paged'][size]:8.1f} s {walls['bulk'][size]:7.1f} s   "
+              f"{walls['bulk'][size] / walls['paged'][size]:.2f}x")
+    print(f"crossover: {crossover(sizes, walls['paged'], walls['bulk'])}")
+    redis.stop()
+    pg.stop()
+
+
+def crossover(sizes: list[int], paged: dict[int, float], bulk: dict[int, float]) -> str:
+    """From which size bulk is faster: between the two measured sizes where the difference changes sign."""
+    gaps = [paged[size] - bulk[size] for size in sizes]
+    if all(gap > 0 for gap in gaps):
+        return f"bulk is faster at every size measured (from {sizes[0]} variants or fewer)"
+    if all(gap <= 0 for gap in gaps):
+        return f"paged is faster at every size measured (up to {sizes[-1]} variants)"
+    for (low, high), (before, after) in zip(zip(sizes, sizes[1:]), zip(gaps, gaps[1:])):
+        if before <= 0 < after:
+            at = low + (high - low) * (-before) / (after - before)
+            return f"about {at:,.0f} variants (bulk slower at {low}, faster at {high}; linear between them)"
+    return "the sizes measured disagree (bulk faster, then slower): measure again"
+
+
+def run_sync(sessions, broker, account: str) -> dict:
+    """Start a sync of ``account`` and wait for it to end: its run, with ``catalogue`` (the walk it took)."""
+    broker.enqueue(dramatiq.Message(queue_name=STOCK_SYNC, actor_name="start_stock_sync", args=(),
+                                    kwargs={"marketplace": account, "force": True, "trigger": "manual"}, options={}))
+
+    def run():
+        with sessions() as session:
+            return session.execute(text("SELECT *, details->>'catalogue' AS catalogue FROM sync_runs WHERE target = :t "
+                                        "ORDER BY id DESC LIMIT 1"), {"t": account}).mappings().first()
+
+    wait_until(lambda: (found := run()) is not None and found["status"] != "running", 3600, interval=0.5,
+               what=f"the sync of {account}")
+    return dict(run())
+
+
+def local(sessions, account: str = ACCOUNT) -> dict[str, int]:
+    """SKU -> listed of ``account``'s rows."""
     with sessions() as session:
         return dict(session.execute(text(
-            "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id")).all())
+            "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :code"), {"code": account}).all())
 
 
 def sync(shop: ShopifySandbox, sessions, broker) -> None:

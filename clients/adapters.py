@@ -7,7 +7,8 @@ re-check); ``set_quantity`` sends one absolute quantity.  A push works on up to 
 listings at once: ``read_quantities`` then ``set_quantities`` (one listing each: the single verbs;
 Refurbed reads and writes up to 50 in one call each).  Neither Back Market nor Refurbed has a
 compare-and-set: the push pipeline reads first and sends at once after; Shopify has one
-(``compare_and_set``): a write based on a stale read is refused, and the pipeline reads again.
+(``compare_and_set``): the push reads with ``read_listing`` and its write compares on what that read
+found (its ``basis``); a write based on a stale read is refused, and the pipeline reads again.
 Paging, quotas, 429s and errors stay the client's business.
 
 Items without a SKU cannot be booked anywhere: they are counted (``skipped``), never sent on.
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from clients.backmarket import MAX_PAGE_SIZE, BackMarketClient, parse_listing
 from clients.errors import ApiError
@@ -24,7 +28,8 @@ from clients.refurbed import MAX_BATCH_UPDATE, OfferStockUpdate, RefurbedClient
 from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
 from clients.shopify import DEFAULT_PAGE_LIMIT as SHOPIFY_PAGE_LIMIT
 from clients.shopify import MAX_LOCATIONS as SHOPIFY_MAX_LOCATIONS
-from clients.shopify import ShopifyClient
+from clients import shopify_bulk
+from clients.shopify import ShopifyClient, VariantStock, bulk_variants_query, parse_variant
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,9 @@ class CataloguePage:
     ``items``: message dicts (``id``, ``sku``, ``quantity``, ``title``, ...); ``total_pages``: the
     walk's page count when the platform says it (numbered pages), or when this page is a cursor
     walk's last; ``next_cursor``: where a cursor walk goes on (None: this was the last page).
+    ``read_at``: when the marketplace read these quantities, when it says so (a Shopify bulk
+    file: its operation's ``createdAt``); None: the moment the request left.  ``retry_after_s``:
+    the page is not ready yet (a bulk operation still running): fetch it again after that long.
     """
 
     items: list[dict] = field(default_factory=list)
@@ -41,6 +49,17 @@ class CataloguePage:
     next_cursor: str | None = None
     count: int | None = None
     skipped: int = 0
+    read_at: datetime | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ListingRead:
+    """One listing as a push read it: the quantity the stock rules decide on, and what a compare-and-set
+    write of it compares on (``basis``: the platform's own figures behind ``quantity``; None where it has none)."""
+
+    quantity: int
+    basis: Any = None
 
 
 class CatalogueAdapter(abc.ABC):
@@ -56,14 +75,19 @@ class CatalogueAdapter(abc.ABC):
         """What the marketplace lists of a row now: its listings' quantities summed."""
         raise NotImplementedError(f"{self.platform} listings cannot be read one at a time")
 
+    async def read_listing(self, listing_id: str) -> ListingRead:
+        """One listing read for a push: its quantity, and the basis its compare-and-set write compares on."""
+        return ListingRead(await self.read_quantity([listing_id]))
+
     #: Whether ``set_quantity`` honours ``expected`` (the marketplace refuses a stale belief, nothing written).
     compare_and_set: bool = False
 
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
-                           reference: str = "") -> bool:
+                           reference: str = "", basis: Any = None) -> bool:
         """Set one listing's quantity (absolute); with ``compare_and_set``, only if it still is ``expected``.
 
-        ``reference``: the stocksync record the change comes from (where the marketplace keeps one).
+        ``reference``: the stocksync record the change comes from (where the marketplace keeps one);
+        ``basis``: what :meth:`read_listing` read (the write compares on it instead of reading again).
         Returns False when the marketplace refused a stale ``expected`` (read again, decide again).
         """
         raise NotImplementedError(f"{self.platform} listings cannot be pushed")
@@ -90,6 +114,23 @@ def _with_sku(items: list[dict]) -> tuple[list[dict], int]:
     return kept, len(items) - len(kept)
 
 
+def _listed(variants: list[VariantStock]) -> list[dict]:
+    """Shopify variants as listings: tracked ones stocked at a counted location, summed, below zero as 0."""
+    listed = []
+    for variant in variants:
+        stocked = [level for level in variant.levels if level is not None]
+        if variant.tracked and stocked:
+            listed.append({"id": variant.inventory_item_id, "sku": variant.sku,
+                           "quantity": sum(max(0, level) for level in stocked), "title": None})
+    return listed
+
+
+def _bulk_levels(line: dict) -> int:
+    """How many locations a bulk file's line names (``at0``, ``at1``...: the query it was made with)."""
+    item = line.get("inventoryItem")
+    return sum(1 for key in item if key.startswith("at") and key[2:].isdigit()) if isinstance(item, dict) else 0
+
+
 class BackMarketAdapter(CatalogueAdapter):
     """A Back Market account's listings: numbered pages; page 1's ``count`` says how many."""
 
@@ -109,7 +150,7 @@ class BackMarketAdapter(CatalogueAdapter):
         return sum([parse_listing(await self.client.get_listing(listing)).quantity for listing in listing_ids])
 
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
-                           reference: str = "") -> bool:
+                           reference: str = "", basis: Any = None) -> bool:
         await self.client.update_listing(listing_id, quantity=quantity)
         return True
 
@@ -135,7 +176,7 @@ class RefurbedAdapter(CatalogueAdapter):
         return sum([(await self.client.get_offer(offer)).stock for offer in listing_ids])
 
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
-                           reference: str = "") -> bool:
+                           reference: str = "", basis: Any = None) -> bool:
         await self.client.update_offer(listing_id, stock=quantity)
         return True
 
@@ -159,64 +200,116 @@ class RefurbedAdapter(CatalogueAdapter):
 PUSH_REFERENCE = "gid://stocksync/StockPush/0"
 
 
+@dataclass(frozen=True)
+class ShopifyLevels:
+    """What a push's read found of one inventory item: the locations counted and their levels as Shopify
+    holds them (an oversold one below 0, None where the item is not stocked), in the same order."""
+
+    inventory_item: str
+    locations: tuple[str, ...]
+    levels: tuple[int | None, ...]
+
+    @property
+    def shown(self) -> int:
+        """The quantity a read shows: the stocked levels summed, each at least 0."""
+        return sum(max(0, level) for level in self.levels if level is not None)
+
+
 class ShopifyAdapter(CatalogueAdapter):
     """A Shopify shop's ``available`` inventory per variant (an inventory item is a listing), on the GraphQL API.
 
     Locations: ``location_ids`` (as the account's options give them; the first is where pushes go)
-    or, when None, every active location of the shop.  A row's quantity is the sum over them; a level
-    Shopify does not track, or an item stocked at none of them, is left out; below zero (oversold)
-    reads as 0.  A push reads the levels again (a few points), refuses a belief they do not show, and
-    sets the first location so that the sum becomes the target, with Shopify's compare-and-set on
-    what that location held: a stale belief is refused either way (``set_quantity`` False).
+    or, when None, every active location of the shop, as ``shop_locations`` gives them (a process's
+    short-lived copy: ``runtime.clients``) or else as the shop lists them now.  A row's quantity is
+    the sum over them; a level Shopify does not track, or an item stocked at none of them, is left
+    out; below zero (oversold) reads as 0.  A push is one read (:meth:`read_listing`) and one write:
+    ``set_quantity`` with the read's ``basis`` sets the first location so that the sum becomes the
+    target, with Shopify's compare-and-set on what that location held at the read (the other
+    locations are not written, so an order there stays counted); a stale belief is refused
+    (``set_quantity`` False).
     """
 
     platform = "shopify"
     compare_and_set = True
 
+    #: Query points one push costs at one location, as Shopify (and the sandbox) charge them: the
+    #: level read (3: the item, its level, their quantities) and the compare-and-set write (10).
+    push_points = 13
+
     def __init__(self, client: ShopifyClient, *, location_ids: list[str] | None = None,
-                 limit: int = SHOPIFY_PAGE_LIMIT) -> None:
+                 limit: int = SHOPIFY_PAGE_LIMIT,
+                 shop_locations: Callable[[], Awaitable[list[str]]] | None = None, bulk_poll_s: float = 2.0) -> None:
         self.client = client
         self.location_ids = location_ids
         self.limit = limit
+        self.shop_locations = shop_locations or client.location_ids
+        self.bulk_poll_s = bulk_poll_s
 
     async def locations(self) -> list[str]:
         """The locations counted (the account's, or the shop's active ones, up to the query's limit)."""
         if self.location_ids is None:
-            self.location_ids = (await self.client.location_ids())[:SHOPIFY_MAX_LOCATIONS]
+            self.location_ids = (await self.shop_locations())[:SHOPIFY_MAX_LOCATIONS]
         if not self.location_ids:
             raise ValueError("the shop has no active location to count stock at")
         return self.location_ids
 
     async def list_page(self, page: int, cursor: str | None = None) -> CataloguePage:
+        if cursor is not None and cursor.startswith("bulk:"):
+            return await self._bulk_page(page, cursor)
         result = await self.client.variants_page(await self.locations(), cursor, limit=self.limit)
-        listed = []
-        for variant in result.variants:
-            stocked = [level for level in variant.levels if level is not None]
-            if variant.tracked and stocked:
-                listed.append({"id": variant.inventory_item_id, "sku": variant.sku,
-                               "quantity": sum(max(0, level) for level in stocked), "title": None})
-        items, skipped = _with_sku(listed)
+        items, skipped = _with_sku(_listed(result.variants))
         return CataloguePage(items, page if result.next_cursor is None else None, result.next_cursor, skipped=skipped)
 
+    async def _bulk_page(self, page: int, cursor: str) -> CataloguePage:
+        """A bulk walk's page: page 1 starts the operation; the others poll it, then read ``limit`` lines of its file.
+
+        Every page asks Shopify for the operation again (1 point): a fresh file link, and a resumed
+        walk finds a FAILED or EXPIRED one.  Its lines are a snapshot of ``createdAt``.
+        """
+        if cursor == shopify_bulk.BULK_START:
+            started = await shopify_bulk.start(self.client, bulk_variants_query(await self.locations()))
+            return CataloguePage(next_cursor=shopify_bulk.cursor(started.number, 0))
+        number, offset = shopify_bulk.parse_cursor(cursor)
+        operation = await shopify_bulk.operation(self.client, number)
+        if operation.status not in shopify_bulk.FINISHED:
+            return CataloguePage(next_cursor=cursor, retry_after_s=self.bulk_poll_s)
+        if operation.status != "COMPLETED" or not operation.url:
+            ended = f"{operation.status} ({operation.error_code})" if operation.error_code else operation.status
+            raise ApiError(f"bulk operation {number} ended {ended}: the catalogue was not exported", api="shopify",
+                           endpoint="bulkOperation", status=200, code=operation.error_code or operation.status,
+                           permanent=True)
+        read = await shopify_bulk.read_lines(self.client, operation.url, offset, self.limit)
+        variants = [parse_variant(line, _bulk_levels(line), f"bulk operation {number}'s line")
+                    for line in read.lines if "__parentId" not in line]
+        items, skipped = _with_sku(_listed(variants))
+        following = None if read.next_offset is None else shopify_bulk.cursor(number, read.next_offset)
+        return CataloguePage(items, page if following is None else None, following, skipped=skipped,
+                             read_at=datetime.fromisoformat(operation.created_at.replace("Z", "+00:00")))
+
     async def read_quantity(self, listing_ids: list[str]) -> int:
-        total = 0
-        for listing in listing_ids:
-            _, levels = await self.client.levels(listing, await self.locations())
-            total += sum(max(0, level) for level in levels if level is not None)
-        return total
+        return sum([(await self.read_listing(listing)).quantity for listing in listing_ids])
+
+    async def read_listing(self, listing_id: str) -> ListingRead:
+        locations = await self.locations()
+        _, levels = await self.client.levels(listing_id, locations)
+        basis = ShopifyLevels(listing_id, tuple(locations), levels)
+        return ListingRead(basis.shown, basis)
 
     async def set_quantity(self, listing_id: str, quantity: int, expected: int | None = None, *,
-                           reference: str = "") -> bool:
-        locations = await self.locations()
-        # The levels as Shopify holds them (an oversold one below 0): the compare is on the raw value,
-        # the belief on what a read shows (each level at least 0), the change on the first location.
-        _, levels = await self.client.levels(listing_id, locations)
-        held = [max(0, level) for level in levels if level is not None]
-        if expected is not None and sum(held) != expected:
+                           reference: str = "", basis: Any = None) -> bool:
+        if basis is None:  # no read to compare on: read now
+            basis = (await self.read_listing(listing_id)).basis
+        if not isinstance(basis, ShopifyLevels) or basis.inventory_item != listing_id:
+            raise ValueError(f"a push of inventory item {listing_id} needs the levels read of that item")
+        # The compare is on the first location's level as Shopify holds it (an oversold one below 0);
+        # the belief on what the read shows (each level at least 0); the change lands on the first location.
+        held = basis.shown
+        if expected is not None and held != expected:
             return False
-        first = max(0, levels[0] or 0)
-        return await self.client.set_available(listing_id, locations[0], max(0, first + quantity - sum(held)),
-                                               change_from=levels[0], reference=reference or PUSH_REFERENCE)
+        first = max(0, basis.levels[0] or 0)
+        return await self.client.set_available(listing_id, basis.locations[0], max(0, first + quantity - held),
+                                               change_from=basis.levels[0], reference=reference or PUSH_REFERENCE)
 
 
-__all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "RefurbedAdapter", "ShopifyAdapter"]
+__all__ = ["BackMarketAdapter", "CatalogueAdapter", "CataloguePage", "ListingRead", "RefurbedAdapter", "ShopifyAdapter",
+           "ShopifyLevels"]

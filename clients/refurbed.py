@@ -81,6 +81,9 @@ MAX_SLOWDOWN_S = 60.0
 HOLDING_ITEM_STATES = frozenset({"NEW", "ACCEPTED", "SHIPPED", "RETURNED"})
 #: Item states that gave the stock back before shipping (REJECTED by the merchant, CANCELLED by the customer).
 RELEASED_ITEM_STATES = frozenset({"REJECTED", "CANCELLED"})
+#: Item states no later change gives stock back from (NEW and ACCEPTED may still be rejected or cancelled;
+#: SHIPPED only becomes RETURNED, which keeps it).
+SETTLED_ITEM_STATES = frozenset({"SHIPPED", "RETURNED", "REJECTED", "CANCELLED"})
 
 _GRPC_CODES = {3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
                9: "FAILED_PRECONDITION", 13: "INTERNAL", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
@@ -274,10 +277,14 @@ class RefurbedClient:
         return _parse_order(body["order"], GET_ORDER, f"order {order_id}")
 
     async def list_orders(self, *, starting_after: str | None = None, limit: int = MAX_PAGE_LIMIT,
-                          states: list[str] | None = None, released_at_ge: str | None = None) -> OrdersPage:
-        """``OrderService/ListOrders``: one page of orders by ascending id, after ``starting_after``."""
+                          states: list[str] | None = None, released_at_ge: str | None = None,
+                          ids: list[str] | None = None) -> OrdersPage:
+        """``OrderService/ListOrders``: one page of orders by ascending id, after ``starting_after``
+        (only ``ids``, at most a page of them, when given)."""
         if not 1 <= limit <= MAX_PAGE_LIMIT:
             raise ValueError(f"limit must be in 1..{MAX_PAGE_LIMIT}, got {limit!r}")
+        if ids is not None and not 1 <= len(ids) <= MAX_PAGE_LIMIT:
+            raise ValueError(f"between 1 and {MAX_PAGE_LIMIT} order ids, got {len(ids)}")
         pagination: dict[str, Any] = {"limit": limit}
         if starting_after is not None:
             pagination["starting_after"] = _int64_text("starting_after", starting_after)
@@ -287,6 +294,8 @@ class RefurbedClient:
             filters["state"] = {"any_of": list(states)}
         if released_at_ge:
             filters["released_at"] = {"ge": released_at_ge}
+        if ids is not None:
+            filters["id"] = {"any_of": [_int64_text("ids", order_id) for order_id in ids]}
         if filters:
             request["filter"] = filters
         body = await self._call(LIST_ORDERS, request)

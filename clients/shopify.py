@@ -108,6 +108,18 @@ def variants_query(locations: int) -> str:
             "    pageInfo { hasNextPage endCursor }\n  }\n}")
 
 
+def bulk_variants_query(locations: list[str]) -> str:
+    """The catalogue as one bulk query (no paging, no variables: the locations written in), one line a variant.
+
+    The same selection as :func:`variants_query`, so :func:`parse_variant` reads a file's line as a page's node.
+    """
+    _check_locations(locations)
+    levels = " ".join(f'at{i}: inventoryLevel(locationId: "{gid("Location", location)}") {{ {_AVAILABLE} }}'
+                      for i, location in enumerate(locations))
+    return ("query StocksyncBulkVariants {\n"
+            f"  productVariants {{ edges {{ node {{ id sku inventoryItem {{ id tracked {levels} }} }} }} }}\n}}")
+
+
 def level_query(locations: int) -> str:
     """One inventory item's ``available`` at ``locations`` locations."""
     return (f"query StocksyncLevel($id: ID!{_location_vars(locations)}) {{\n"
@@ -218,6 +230,9 @@ class ShopifyClient:
         if not re.fullmatch(r"\d{4}-\d{2}|unstable", api_version):
             raise ValueError(f"api_version must look like 2026-01, got {api_version!r}")
         self.base_url = base_url.rstrip("/")
+        #: The process's session and the attempt callback, for calls off the API's host (a bulk file).
+        self.session = session
+        self.on_request = on_request
         self.api_version = api_version
         self.cost_bucket = cost_bucket
         self.throttled_attempts = throttled_attempts
@@ -257,15 +272,7 @@ class ShopifyClient:
         variants = []
         for index, edge in enumerate(_path(connection, "edges", kind=list)):
             node = edge.get("node") if isinstance(edge, dict) else None
-            if not isinstance(node, dict) or not isinstance(node.get("inventoryItem"), dict):
-                raise _malformed(f"productVariants.edges[{index}]: expected a node with an inventoryItem")
-            sku = node.get("sku") or ""
-            if not isinstance(sku, str):
-                raise _malformed(f"productVariants.edges[{index}].node.sku must be a string")
-            item = node["inventoryItem"]
-            variants.append(VariantStock(gid_number(node.get("id"), "ProductVariant"), sku.strip(),
-                                         gid_number(item.get("id"), "InventoryItem"), item.get("tracked") is not False,
-                                         _levels_of(item, len(locations))))
+            variants.append(parse_variant(node, len(locations), f"productVariants.edges[{index}]"))
         return VariantsPage(variants, _next_cursor(connection))
 
     async def levels(self, inventory_item: str, locations: list[str]) -> tuple[bool, tuple[int | None, ...]]:
@@ -395,6 +402,19 @@ def _next_cursor(connection: dict) -> str | None:
     return cursor
 
 
+def parse_variant(node: Any, locations: int, where: str) -> VariantStock:
+    """A ``ProductVariant`` as the catalogue queries select it (a page's node, a bulk file's line)."""
+    if not isinstance(node, dict) or not isinstance(node.get("inventoryItem"), dict):
+        raise _malformed(f"{where}: expected a node with an inventoryItem")
+    sku = node.get("sku") or ""
+    if not isinstance(sku, str):
+        raise _malformed(f"{where}.sku must be a string")
+    item = node["inventoryItem"]
+    return VariantStock(gid_number(node.get("id"), "ProductVariant"), sku.strip(),
+                        gid_number(item.get("id"), "InventoryItem"), item.get("tracked") is not False,
+                        _levels_of(item, locations))
+
+
 def _levels_of(item: dict, count: int) -> tuple[int | None, ...]:
     levels = []
     for i in range(count):
@@ -504,4 +524,4 @@ def _location_variables(locations: list[str]) -> dict[str, str]:
 
 __all__ = ["API", "DEFAULT_PAGE_LIMIT", "LOCATIONS_QUERY", "MAX_PAGE_LIMIT", "ORDERS_QUERY", "OrderLine", "OrdersPage",
            "QueryCost", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock", "VariantsPage", "gid",
-           "gid_number", "level_query", "variants_query"]
+           "bulk_variants_query", "gid_number", "level_query", "parse_variant", "variants_query"]

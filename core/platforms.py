@@ -54,6 +54,9 @@ class Platform:
     #: A push is a compare-and-set (the marketplace refuses it when the stock changed since the read),
     #: so its read and its write need not go milliseconds apart.
     compare_and_set: bool = False
+    #: The catalogue can also be exported in one background operation and read from its file
+    #: (Shopify's bulk query), chosen for large catalogues (``SHOPIFY_BULK_MIN_VARIANTS``).
+    bulk_catalogue: bool = False
 
     def allows_host(self, host: str) -> bool:
         """Whether ``host`` is one of the platform's own (exact, or under a listed ``.suffix``)."""
@@ -99,7 +102,7 @@ PLATFORMS: dict[str, Platform] = {
                  restocks_on_cancel=True, hosts=("api.refurbed.com",), default_credential="REFURBED_TOKEN"),
         Platform("shopify", "Shopify", CURSOR, read_one=True, push=True, poll_orders=True,
                  restocks_on_cancel=True, hosts=(".myshopify.com",), default_credential="SHOPIFY_TOKEN",
-                 compare_and_set=True),
+                 compare_and_set=True, bulk_catalogue=True),
         # Stock counted here only (a counter, a channel listed by hand): nothing to walk, read or push.
         Platform("manual", "a manual account", None, read_one=False, push=False, poll_orders=False,
                  restocks_on_cancel=False, hosts=(), default_credential=""),

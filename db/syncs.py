@@ -222,6 +222,12 @@ def recent_runs(session: Session, limit: int = 20, kind: str | None = None, targ
     return list(session.scalars(query))
 
 
+def last_size(session: Session, kind: str, target: str) -> int | None:
+    """How many items the last successful run of (kind, target) listed (None: no such run)."""
+    return session.scalar(text("SELECT items FROM sync_runs WHERE kind = :k AND target = :t AND status = 'succeeded' "
+                               "ORDER BY finished_at DESC LIMIT 1"), {"k": kind, "t": target})
+
+
 def last_success(session: Session, kind: str, target: str) -> datetime | None:
     """When the last successful run of (kind, target) finished."""
     return session.scalar(text("SELECT max(finished_at) FROM sync_runs WHERE kind = :k AND target = :t "

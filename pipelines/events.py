@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from clients.adapters import ListingRead
 from clients.errors import NotFound
 from core.events import LOCAL_CHANGE_TYPES
 from core.push_log import PushState
@@ -283,8 +284,9 @@ def push_rows(marketplace: str, skus: list[str], owner: str, *, lease: timedelta
 def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) -> PushOutcome:
     """Push one row to a marketplace with a compare-and-set (Shopify): read, decide, write if unchanged.
 
-    The write carries what the read showed; when the marketplace refuses it (an order landed since
-    the read, nothing written), the plan is forgotten and the row read and decided again, up to
+    One read and one write: the write compares on what the read found (the levels as the marketplace
+    holds them, :meth:`clients.adapters.CatalogueAdapter.read_listing`), never reading again; when the
+    marketplace refuses it (an order landed since the read, nothing written), the plan is forgotten and the row read and decided again, up to
     ``SHOPIFY_PUSH_ATTEMPTS`` writes, then ``deferred`` to a later drain.  No paired slots: the
     compare makes the time between the read and the write harmless.
     """
@@ -292,8 +294,8 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
     attempts = settings.shopify_push_attempts
     try:
         for attempt in range(1, attempts + 1):
-            fetched_at, quantity = resources.run_on_worker_loop(
-                lambda: read_listings(marketplace, [claim.listing]))
+            fetched_at, read = resources.run_on_worker_loop(lambda: _read_compared(marketplace, claim.listing))
+            quantity = read.quantity
             with sessions() as session:
                 plan = stock_events.read_for_push(session, claim, fetched_at=fetched_at, quantity=quantity,
                                                   skew=skew(settings),
@@ -307,7 +309,7 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
             if plan is None:
                 return PushOutcome("deferred")
             if not plan.post or resources.run_on_worker_loop(lambda: _send_compared(
-                    marketplace, claim.listing, plan.quantity, quantity,
+                    marketplace, claim.listing, plan.quantity, read,
                     f"gid://stocksync/StockPush/{claim.stock_id}-{fetched_at.timestamp():.0f}")):
                 break
             logger.info("push of %s on %s refused (stock changed since the read of %d): attempt %d of %d",
@@ -336,9 +338,17 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
     return PushOutcome("pushed" if up_to_date else "pending", plan.quantity, posted=plan.post)
 
 
-async def _send_compared(marketplace: str, listing: str, quantity: int, expected: int, reference: str) -> bool:
+async def _read_compared(marketplace: str, listing: str) -> tuple[datetime, ListingRead]:
+    """A compare-and-set push's one read of ``listing``, as of when the request left."""
+    fetched_at = datetime.now(timezone.utc)
     adapter = catalogue_adapter(accounts.account(marketplace, "push"))
-    return await adapter.set_quantity(listing, quantity, expected, reference=reference)
+    return fetched_at, await adapter.read_listing(listing)
+
+
+async def _send_compared(marketplace: str, listing: str, quantity: int, read: ListingRead, reference: str) -> bool:
+    # The write compares on what the push's read found: no second read (the marketplace refuses it if stale).
+    adapter = catalogue_adapter(accounts.account(marketplace, "push"))
+    return await adapter.set_quantity(listing, quantity, read.quantity, reference=reference, basis=read.basis)
 
 
 def _read_decide_write(marketplace: str, claims: list, owner: str, settings: Settings,

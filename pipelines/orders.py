@@ -22,7 +22,8 @@ from typing import Any
 import dramatiq
 
 from clients.backmarket_orders import HOLDING_LINE_STATES, RELEASED_LINE_STATES, Order, parse_time, walk_orders
-from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, RefurbedOrder
+from clients.refurbed import HOLDING_ITEM_STATES, RELEASED_ITEM_STATES, SETTLED_ITEM_STATES, RefurbedOrder
+from clients.refurbed import MAX_PAGE_LIMIT as REFURBED_PAGE_LIMIT
 from clients.shopify import ShopifyOrder
 from core.events import InvalidStockEvent, StockEvent
 from db.ledger import booked_keys
@@ -269,23 +270,52 @@ async def walk_backmarket(state: IntakeState, broker: dramatiq.Broker, view: acc
 
 
 async def walk_refurbed(state: IntakeState, broker: dramatiq.Broker, view: accounts.AccountView) -> dict:
-    """Walk Refurbed orders released in the lookback window; send what no webhook brought."""
+    """Walk the Refurbed orders that may have changed; send what no webhook brought.
+
+    Refurbed's orders carry no update time (``ListOrders`` filters on ``released_at``, ``state``, ``id``...)
+    and an item's cancellation moves nothing a filter sees, so a watermark alone would find the new
+    orders (webhooks bring those) and miss the cancellations this walk is for.  A walk reads the orders
+    released since the newest one seen (minus ``INTAKE_ORDERS_OVERLAP_S``) and, by id, those the last
+    walk left open (an item still NEW or ACCEPTED), within ``REFURBED_ORDERS_LOOKBACK_S``; the first walk,
+    or one after Redis lost the walk's state, reads the whole window.
+    """
     settings = get_settings()
     now = datetime.now(timezone.utc)
-    released_since = (now - timedelta(seconds=settings.refurbed_orders_lookback_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    window = now - timedelta(seconds=settings.refurbed_orders_lookback_s)
+    watermark, left_open = await state.watermark(), await state.open_orders()
+    since = window if watermark is None or left_open is None else max(
+        window, watermark - timedelta(seconds=settings.intake_orders_overlap_s))
+    reads = [{"released_at_ge": since.strftime("%Y-%m-%dT%H:%M:%SZ")}] + [
+        {"ids": left_open[start:start + REFURBED_PAGE_LIMIT]}
+        for start in range(0, len(left_open or ()), REFURBED_PAGE_LIMIT)]
     client = orders_client(view)
-    counts, cursor = {"pages": 0, "orders": 0, "events": 0}, None
-    while True:
-        page = await client.list_orders(starting_after=cursor, released_at_ge=released_since)
-        counts["pages"] += 1
-        counts["orders"] += len(page.orders)
-        counts["events"] += await state.send_new(
-            [chain for order in page.orders
-             for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
-        if not page.has_more or not page.orders:
-            break
-        cursor = page.orders[-1].id
-    counts["watermark"] = None
+    newest, still_open, seen = watermark, [], set()
+    counts = {"pages": 0, "orders": 0, "events": 0}
+    for read in reads:
+        cursor = None
+        while True:
+            page = await client.list_orders(starting_after=cursor, **read)
+            counts["pages"] += 1
+            fresh = [order for order in page.orders if order.id not in seen]
+            seen.update(order.id for order in fresh)
+            counts["orders"] += len(fresh)
+            counts["events"] += await state.send_new(
+                [chain for order in fresh
+                 for chain in refurbed_order_events(order, observed_at=now, source="poll", account=view.code)], broker)
+            for order in fresh:
+                released = _utc(order.released_at) if order.released_at else None
+                if released is not None and (newest is None or released > newest):
+                    newest = released
+                if (released is None or released >= window) and any(
+                        item.state not in SETTLED_ITEM_STATES for item in order.items):
+                    still_open.append(order.id)
+            if not page.has_more or not page.orders:
+                break
+            cursor = page.orders[-1].id
+    # Only after every event of the walk is enqueued: a walk that fails half-way is read again.
+    await state.set_walk(newest, still_open)
+    counts["watermark"] = newest.isoformat() if newest else None
+    counts["open"] = len(still_open)
     return counts
 
 
@@ -359,6 +389,19 @@ class IntakeState:
     async def set_watermark(self, moment: datetime) -> None:
         """Store the walk's newest ``date_modification`` (after its events were enqueued)."""
         await self.redis.set(f"{self.prefix}:watermark", moment.isoformat())
+
+    async def open_orders(self) -> list[str] | None:
+        """The orders the last finished walk left open (they may still change), or None before one."""
+        raw = await self.redis.get(f"{self.prefix}:open-orders")
+        return json.loads(raw) if raw else None
+
+    async def set_walk(self, watermark: datetime | None, open_orders: list[str]) -> None:
+        """Store a finished walk's watermark and the orders it left open, together (after its events were enqueued)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if watermark is not None:
+                pipe.set(f"{self.prefix}:watermark", watermark.isoformat())
+            pipe.set(f"{self.prefix}:open-orders", json.dumps(open_orders))
+            await pipe.execute()
 
     async def send_new(self, chains: list[EventChain], broker: dramatiq.Broker) -> int:
         """Send the chains the memo does not know, then remember them; return the events sent.

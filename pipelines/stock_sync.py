@@ -4,14 +4,22 @@ A page is applied as a snapshot as of the moment its request left (not when its 
 one transaction; the page that completes the run closes it in that same transaction.  Numbered
 pages fan out from page 1; cursor pages form a chain, each page's cursor kept with it in
 PostgreSQL so a resume restarts after the last page applied.
+
+A platform with a bulk export (Shopify's bulk query) walks its file instead of pages when the
+account's last catalogue was large (:func:`wants_bulk`): page 1 starts the operation, page 2 waits
+for it (a delayed message per poll, the run's heartbeat kept), then each page reads the next lines
+of its file, stamped with the operation's snapshot moment; the chain, the apply and the resume are
+the same as a paged walk's (the cursor names the operation and a byte offset in its file).
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from core.errors import MalformedMessage
 from core.events import ID_CHARS, check_sku
+from clients.shopify_bulk import BULK_START
 from core.platforms import CURSOR
 from db import syncs
 from db.events import marketplace_id_of
@@ -34,6 +42,8 @@ class FetchedPage:
     total_pages: int | None
     count: int | None
     next_cursor: str | None = None
+    #: The page is not ready (a bulk export still running): fetch it again after this long.
+    retry_after_s: float | None = None
 
 
 def sync_policy() -> syncs.SyncPolicy:
@@ -61,16 +71,35 @@ def is_cursor_walk(marketplace: str) -> bool:
     return check_account(marketplace).platform.paging == CURSOR
 
 
-def open_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> int:
-    """Open a sync run (lock + cooldown); return its id.
+def wants_bulk(platform_has_bulk: bool, last_size: int | None, min_size: int) -> bool:
+    """Whether a sync walks a bulk export: the platform has one and the last catalogue listed at least ``min_size``.
+
+    ``min_size`` 0: always (a first sync too); otherwise a first sync (size unknown) walks pages.
+    """
+    return platform_has_bulk and (min_size == 0 or (last_size is not None and last_size >= min_size))
+
+
+@dataclass(frozen=True)
+class OpenedSync:
+    """A run just opened and the cursor its page 1 is fetched with (``BULK_START`` for a bulk walk)."""
+
+    id: int
+    first_cursor: str | None = None
+
+
+def open_sync(marketplace: str, *, trigger: str = "manual", force: bool = False) -> OpenedSync:
+    """Open a sync run (lock + cooldown) and choose its walk (pages or a bulk export: ``details.catalogue``).
 
     Raises :class:`db.syncs.SyncRefused` when a run is going on or the cooldown has not passed.
     """
     view = check_account(marketplace)
     with resources.sessions()() as session:
+        bulk = wants_bulk(view.platform.bulk_catalogue, syncs.last_size(session, SYNC_KIND, marketplace),
+                          get_settings().shopify_bulk_min_variants)
         run = syncs.begin_run(session, kind=SYNC_KIND, target=marketplace, trigger=trigger, policy=sync_policy(),
-                              force=force, details={"platform": view.platform.name})
-    return run.id
+                              force=force, details={"platform": view.platform.name,
+                                                    "catalogue": "bulk" if bulk else "pages"})
+    return OpenedSync(run.id, BULK_START if bulk else None)
 
 
 async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", cursor: str | None = None
@@ -88,9 +117,24 @@ async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", c
         await sync_stats.add(redis, settings.redis_namespace, sync_id,
                              sync_stats.count_attempts(records, first_is_retry=not first_fetch))
     # The snapshot is as of the moment the last request left (the one that read the quantities),
-    # not when its answer arrived.
-    fetched_at = datetime.now(timezone.utc) - timedelta(seconds=records[-1].elapsed_s if records else 0)
-    return FetchedPage(fetched_at, result.items, result.total_pages, result.count, result.next_cursor)
+    # not when its answer arrived; a bulk file's lines are as of its operation's snapshot.
+    fetched_at = result.read_at or datetime.now(timezone.utc) - timedelta(
+        seconds=records[-1].elapsed_s if records else 0)
+    return FetchedPage(fetched_at, result.items, result.total_pages, result.count, result.next_cursor,
+                       result.retry_after_s)
+
+
+async def page_not_ready(sync_id: int, page: int) -> None:
+    """A page fetched again later (a bulk export running): the run is alive, and that fetch is no retry."""
+    settings = get_settings()
+    await asyncio.to_thread(_heartbeat, sync_id)
+    await resources.async_redis().delete(sync_stats.page_key(settings.redis_namespace, sync_id, page))
+
+
+def _heartbeat(sync_id: int) -> None:
+    with resources.sessions()() as session:
+        syncs.heartbeat(session, sync_id)
+        session.commit()
 
 
 def fetch_delays_ms(marketplace: str, count: int) -> list[int]:

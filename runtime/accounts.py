@@ -130,24 +130,31 @@ def base_url(view: AccountView, settings: Settings | None = None) -> str:
     if view.base_url is None:
         default = getattr(settings, f"{view.platform.name}_base_url", None)
         if not default:
-            raise AccountError(f"account {view.code}: no base URL, and {view.platform.title} has no default")
+            hint = " (set SHOPIFY_SHOP_DOMAIN or SHOPIFY_BASE_URL)" if view.platform.name == "shopify" else ""
+            raise AccountError(f"account {view.code}: no base URL, and {view.platform.title} has no default{hint}")
+        if view.platform.name == "shopify":
+            # No vendor default: the setting alone says where the main shop's token goes, so it meets the accounts' rules.
+            return check_base_url(default, view.platform, allow_loopback=settings.accounts_allow_loopback)
         return default
     return check_base_url(view.base_url, view.platform, allow_loopback=settings.accounts_allow_loopback)
 
 
-def main_webhook_account(platform: str, settings: Settings | None = None) -> tuple[str, list[str], None] | None:
-    """``(code, secrets, None)`` of the main account on ``platform``, from the settings alone (no database).
+def main_webhook_account(platform: str, settings: Settings | None = None
+                         ) -> tuple[str, list[str], str | None] | None:
+    """``(code, secrets, shop domain)`` of the main account on ``platform``, from the settings alone (no database).
 
-    Refurbed: ``REFURBED_WEBHOOK_SECRET`` (account ``refurbed``); Shopify: ``SHOPIFY_WEBHOOK_SECRET`` and
-    the previous one during a rotation (account ``SHOPIFY_MARKETPLACE``).  None when not set.
+    Refurbed: ``REFURBED_WEBHOOK_SECRET`` (account ``refurbed``, no domain); Shopify: ``SHOPIFY_WEBHOOK_SECRET``
+    and the previous one during a rotation (account ``SHOPIFY_MARKETPLACE``), its domain
+    ``SHOPIFY_SHOP_DOMAIN`` (None when unset: any shop's delivery the secret signs).  None when no secret is set.
     """
     settings = settings or get_settings()
-    code, secrets = {"refurbed": ("refurbed", [settings.refurbed_webhook_secret]),
-                     "shopify": (settings.shopify_marketplace,
-                                 [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret])
-                     }.get(platform, ("", []))
+    code, secrets, domain = {
+        "refurbed": ("refurbed", [settings.refurbed_webhook_secret], None),
+        "shopify": (settings.shopify_marketplace,
+                    [settings.shopify_webhook_secret, settings.shopify_previous_webhook_secret],
+                    settings.shopify_shop_domain or None)}.get(platform, ("", [], None))
     secrets = [secret.get_secret_value() for secret in secrets if secret.get_secret_value()]
-    return (code, secrets, None) if secrets else None
+    return (code, secrets, domain) if secrets else None
 
 
 def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, settings: Settings | None = None
@@ -175,9 +182,12 @@ def webhook_secrets(platform: str, environ: Mapping[str, str] | None = None, set
 
 def configured(view: AccountView, environ: Mapping[str, str] | None = None, settings: Settings | None = None
                ) -> bool:
-    """Whether the account's credential is set in this process (a main account may be left unused)."""
+    """Whether the account's credential (and, for a main account, its base URL) is set in this process (a main
+    account may be left unused)."""
     try:
         credential(view, environ, settings)
+        if view.base_url is None:
+            base_url(view, settings)
     except AccountError:
         return False
     return True

@@ -6,6 +6,9 @@ publishes its quota and its waits, so the dashboards draw calls against quota fo
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from threading import Lock
 from urllib.parse import urlsplit
 
 from clients.adapters import BackMarketAdapter, CatalogueAdapter, RefurbedAdapter, ShopifyAdapter
@@ -75,9 +78,8 @@ def push_pace_s(marketplace: str) -> float:
     if view is not None and view.platform.name == "refurbed":
         return 2 * settings.refurbed_quota_window_s / settings.refurbed_quota_requests / push_batch(marketplace)
     if view is not None and view.platform.name == "shopify":
-        # Two reads of the level (3 points each: the push's, and the adapter's own just before its write)
-        # and the compare-and-set (10), out of the shop's restore rate: what the sandbox counts a push at.
-        return 16 / settings.shopify_cost_restore_per_s
+        # One read of the level and the compare-and-set on it, out of the shop's restore rate.
+        return ShopifyAdapter.push_points / settings.shopify_cost_restore_per_s
     return 2 * settings.backmarket_quota_window_s / settings.backmarket_quota_requests
 
 
@@ -129,6 +131,37 @@ def shop_cost_bucket(view: AccountView) -> FleetCostBucket:
                            namespace=settings.redis_namespace, on_wait=metrics.rate_limit_wait)
 
 
+#: The shops' active locations as this process last read them: (database, account, base URL) -> (read at, ids).
+_shop_locations: dict[tuple[str, str, str], tuple[float, list[str]]] = {}
+_shop_locations_lock = Lock()
+#: The clock of that copy (a test moves it on instead of sleeping).
+_clock = time.monotonic
+
+
+def shop_locations_reader(view: AccountView, client: ShopifyClient) -> Callable[[], Awaitable[list[str]]]:
+    """How an adapter of ``view`` gets its shop's active locations: this process's copy until it is
+    ``SHOPIFY_LOCATIONS_TTL_S`` old, then ``client`` reads them again.
+
+    Not kept with a sync run: a run lasts minutes to hours, and a location the shop opens (or closes)
+    during it would stay uncounted until the next run, while pushes, which read the levels now, counted
+    it.  With a short copy per process every page and push counts it within the TTL.
+    """
+    key = (get_settings().database_url, view.code, accounts.base_url(view))
+
+    async def read() -> list[str]:
+        now = _clock()
+        with _shop_locations_lock:
+            cached = _shop_locations.get(key)
+        if cached is not None and now - cached[0] < get_settings().shopify_locations_ttl_s:
+            return cached[1]
+        found = await client.location_ids()
+        with _shop_locations_lock:
+            _shop_locations[key] = (now, found)
+        return found
+
+    return read
+
+
 def account_client(view: AccountView, on_request=None, limiter: FleetRateLimiter | None = None):
     """The vendor client of ``view``'s platform: its base URL, its credential, its own limiter (Shopify: its shop's cost bucket)."""
     settings = get_settings()
@@ -169,7 +202,9 @@ def catalogue_adapter(view: AccountView, on_request=None, limiter: FleetRateLimi
         return BackMarketAdapter(client, page_size=get_settings().backmarket_page_size)
     if view.platform.name == "refurbed":
         return RefurbedAdapter(client, limit=get_settings().refurbed_page_size)
-    return ShopifyAdapter(client, location_ids=shop_locations(view.options), limit=get_settings().shopify_page_size)
+    settings = get_settings()
+    return ShopifyAdapter(client, location_ids=shop_locations(view.options), limit=settings.shopify_page_size,
+                          shop_locations=shop_locations_reader(view, client), bulk_poll_s=settings.shopify_bulk_poll_s)
 
 
 def ingram_pa_limiter() -> FleetRateLimiter:

@@ -1,16 +1,21 @@
 """Readiness checks: Redis and PostgreSQL reachable, the schema at the migrations' head.
 
-``/readyz`` of the intake and of every ``/metrics`` server answers from :func:`readiness`;
+``/readyz`` of the intake, the console and every ``/metrics`` server answers from :func:`readiness`;
 ``stocksync doctor`` runs the same checks and more.  Each check has a short timeout and says what is
-wrong in words; none prints a URL's password or any other secret.
+wrong in words; none prints a URL's password or any other secret.  An unauthenticated ``/readyz``
+gets the status code and :func:`public_answer`'s one word, never the checks' text (hosts, driver
+errors): :class:`ReadinessProbe` logs what failed instead.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 #: Seconds a check may take before it counts as failed (a readiness probe must answer quickly).
 CHECK_TIMEOUT_S = 3.0
@@ -118,17 +123,35 @@ class ReadinessProbe:
         self.redis_url, self.database_url, self.cache_s = redis_url, database_url, cache_s
         self._lock = threading.Lock()
         self._last: tuple[float, list[Check]] | None = None
+        self._failing: tuple[tuple[str, str], ...] = ()
 
     def __call__(self) -> list[Check]:
         with self._lock:
             if self._last is None or time.monotonic() - self._last[0] > self.cache_s:
                 url = self.database_url() if callable(self.database_url) else self.database_url
                 self._last = (time.monotonic(), readiness(self.redis_url, url))
+                self._log(self._last[1])
             return self._last[1]
+
+    def _log(self, checks: list[Check]) -> None:
+        """What failed goes to the log (the public answer does not say), once per change, not once per probe."""
+        failing = tuple((check.name, check.detail) for check in checks if not check.ok)
+        if failing and failing != self._failing:
+            logger.warning("not ready: %s", "; ".join(f"{name}: {detail}" for name, detail in failing))
+        elif not failing and self._failing:
+            logger.info("ready again")
+        self._failing = failing
+
+
+def public_answer(checks: list[Check]) -> tuple[int, dict]:
+    """The HTTP status (200 ready, 503 not) and the body anyone may see: ``{"status": "ok" | "not ok"}``."""
+    ok = all(check.ok for check in checks)
+    return (200 if ok else 503), {"status": "ok" if ok else "not ok"}
 
 
 def answer(checks: list[Check]) -> tuple[int, dict]:
-    """The HTTP status (200 ready, 503 not) and JSON body of a ``/readyz``."""
+    """The HTTP status (200 ready, 503 not) and JSON body of a ``/readyz`` with each check's details
+    (for an authenticated caller only: :func:`public_answer` for the others)."""
     ok = all(check.ok for check in checks)
     return (200 if ok else 503), {"ok": ok, "checks": {check.name: {"ok": check.ok, "detail": check.detail}
                                                       for check in checks}}

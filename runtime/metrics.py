@@ -545,12 +545,10 @@ class _MetricsServer:
         if path == "/healthz":
             status, body = 200, {"ok": True}
         elif path == "/readyz":
-            from runtime.health import answer
+            from runtime.health import public_answer
 
-            if self.ready is None:
-                status, body = 200, {"ok": True, "checks": {}}
-            else:
-                status, body = answer(self.ready())
+            # Unauthenticated: the status and one word; what failed is in the probe's log lines.
+            status, body = public_answer(self.ready() if self.ready is not None else [])
         else:
             return self.metrics(environ, start_response)
         data = json.dumps(body).encode()

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,6 +112,35 @@ class Settings(BaseSettings):
     #: The Refurbed backstop poll re-reads orders released this far back: webhooks announce new
     #: orders only, so a cancellation is seen by this walk (or a later webhook of the same order).
     refurbed_orders_lookback_s: float = Field(14 * 24 * 3600, gt=0)
+
+    #: The main Shopify shop (the account ``shopify``, which names no credential variable of its own, as
+    #: ``BACKMARKET_TOKEN`` and ``REFURBED_TOKEN`` serve the main Back Market and Refurbed accounts): its Admin
+    #: API access token (``X-Shopify-Access-Token``; never printed), and where it is: ``shopify_base_url``
+    #: (``https://SHOP.myshopify.com``, or a sandbox with ``ACCOUNTS_ALLOW_LOOPBACK``), else ``https://`` and
+    #: ``shopify_shop_domain``.  Shopify has no default host: unset, the main shop is not used.
+    shopify_token: SecretStr = SecretStr("")
+    shopify_shop_domain: str = ""
+    shopify_base_url: str = ""
+
+    @field_validator("shopify_shop_domain")
+    @classmethod
+    def _shop_domain(cls, value: str) -> str:
+        from core.accounts import AccountError, check_options
+        from core.platforms import platform
+
+        value = value.strip().lower()
+        try:
+            if value:
+                check_options({"shop_domain": value}, platform("shopify"))  # a myshopify.com host, no path
+        except AccountError:
+            raise ValueError("expected the main shop's SHOP.myshopify.com domain (no scheme, no path)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _shop_base_url(self) -> "Settings":
+        if not self.shopify_base_url and self.shopify_shop_domain:
+            self.shopify_base_url = f"https://{self.shopify_shop_domain}"
+        return self
 
     #: The app's client secret: ``X-Shopify-Hmac-Sha256`` is keyed with it.
     shopify_webhook_secret: SecretStr = SecretStr("")
@@ -282,6 +311,16 @@ class Settings(BaseSettings):
     shopify_page_size: int = Field(100, ge=1, le=250)
     #: Compare-and-set writes a push tries (each after a fresh read) before it waits for a later drain.
     shopify_push_attempts: int = Field(3, ge=1)
+    #: How long a process reuses the shop's active locations it read (an account naming none): pages and
+    #: pushes count a location the shop opens or closes within this.  0: read them for every message.
+    shopify_locations_ttl_s: float = Field(60.0, ge=0)
+    #: A Shopify sync walks a bulk operation's file instead of pages when the account's last
+    #: successful sync listed at least this many variants (0: always; the crossover measured by
+    #: ``bench/shopify_sync.py``, README "Benchmarks").
+    shopify_bulk_min_variants: int = Field(560, ge=0)
+    #: How long a bulk walk waits before asking again about an operation still running (seconds;
+    #: each ask is one delayed message and 1 point, no worker waits).
+    shopify_bulk_poll_s: float = Field(2.0, gt=0, le=300)
 
     #: Stock alerts (db/alerts.py): the threshold of every variation's total stock when no rule
     #: sets one; stock strictly below it fires an alert.  0: no alert unless a rule asks for one.

@@ -38,6 +38,10 @@ seeded), :meth:`ShopifySandbox.fail_next` (5xx), :meth:`ShopifySandbox.throttle_
 routes (no authentication: loopback by default): ``stats``, ``config``, ``quantities``,
 ``available``, ``orders``, ``orders/{id}/cancel``, ``faults``.  :meth:`ShopifySandbox.quantities`
 is the tests' truth.
+
+Bulk query operations (:mod:`sandbox.shopify_bulk`): ``bulkOperationRunQuery``, ``bulkOperation``,
+``currentBulkOperation``; their JSONL files are served under ``/_storage/bulk/`` by signed links
+that need no access token (a storage host's).
 """
 from __future__ import annotations
 
@@ -58,6 +62,7 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 
 from sandbox import shopify_graphql
+from sandbox.shopify_bulk import STORAGE_PREFIX, BulkOperations
 from sandbox.common import (Delivery, Dials, OutOfStock, admin_body, admin_error, injected_failure, optional_bool,
                             pause, serve_counted)
 from sandbox.shopify_cost import STANDARD_MAXIMUM_AVAILABLE, STANDARD_RESTORE_RATE, CostBucket
@@ -98,7 +103,10 @@ class ShopifySandbox(Dials):
     bucket), ``cost_maximum`` and ``cost_restore_rate`` (the GraphQL cost bucket, Shopify's standard
     plan by default), ``latency_s`` (added to every API request), ``error_rate`` (the share of API
     requests answered 500, seeded), ``restock_on_cancel`` (whether a cancelled order gives its units
-    back by default), ``webhook_url``, ``webhook_secret`` and ``shop_domain`` (the order webhooks).
+    back by default), ``webhook_url``, ``webhook_secret`` and ``shop_domain`` (the order webhooks);
+    bulk operations (:mod:`sandbox.shopify_bulk`): ``bulk_startup_s`` and ``bulk_objects_per_s`` (how
+    long one runs), ``bulk_max_running`` (2026-01: 5), ``bulk_url_ttl_s`` (a file link's life, 7
+    days) and ``storage_url`` (the files' host; None: the address the API was called on).
     ``products`` × ``variants_per_product`` variants, SKUs ``SHOP-0001-1``...; every
     ``no_sku_every``-th variant has an empty SKU (0: none); ``skus`` instead: one product of one
     variant per SKU given (a catalogue listed on other marketplaces too).  Every method takes the sandbox's lock;
@@ -106,7 +114,8 @@ class ShopifySandbox(Dials):
     """
 
     _DIALS = ("token", "bucket_size", "leak_per_s", "latency_s", "error_rate", "cost_maximum", "cost_restore_rate",
-              "restock_on_cancel", "webhook_url", "webhook_secret", "shop_domain")
+              "restock_on_cancel", "webhook_url", "webhook_secret", "shop_domain", "bulk_startup_s",
+              "bulk_objects_per_s", "bulk_max_running", "bulk_url_ttl_s", "storage_url")
 
     def __init__(self, *, products: int = 10, variants_per_product: int = 2, locations: int = 2,
                  token: str = "shpat_sandbox_token", bucket_size: int = 40, leak_per_s: float = 2.0,
@@ -114,7 +123,8 @@ class ShopifySandbox(Dials):
                  cost_restore_rate: float = STANDARD_RESTORE_RATE, restock_on_cancel: bool = True,
                  webhook_url: str | None = None, webhook_secret: str = "shopify-sandbox-webhook-secret",
                  shop_domain: str = "sandbox-shop.myshopify.com", no_sku_every: int = 0, seed: int = 1,
-                 skus: list[str] | None = None,
+                 skus: list[str] | None = None, bulk_startup_s: float = 2.0, bulk_objects_per_s: float = 1000.0,
+                 bulk_max_running: int = 5, bulk_url_ttl_s: float = 7 * 24 * 3600, storage_url: str | None = None,
                  clock: Callable[[], float] = time.monotonic, now: Callable[[], datetime] | None = None) -> None:
         if products < 0 or variants_per_product < 1 or locations < 1:
             raise ValueError("products must be >= 0, variants_per_product and locations >= 1")
@@ -166,15 +176,31 @@ class ShopifySandbox(Dials):
         self._costs: dict[str, list[float]] = {}
         self._groups = itertools.count(ADJUSTMENT_GROUP_ID_BASE)
         self._orders = ShopifyOrders(self, self._lock)
+        self._bulk = BulkOperations(self, clock)
+        self._storage = {"requests": 0, "with_token": 0}
+        self._request_base = "http://127.0.0.1"
         self.configure(token=token, bucket_size=bucket_size, leak_per_s=leak_per_s, latency_s=latency_s,
                        error_rate=error_rate, cost_maximum=cost_maximum, cost_restore_rate=cost_restore_rate,
                        restock_on_cancel=restock_on_cancel, webhook_url=webhook_url, webhook_secret=webhook_secret,
-                       shop_domain=shop_domain)
+                       shop_domain=shop_domain, bulk_startup_s=bulk_startup_s,
+                       bulk_objects_per_s=bulk_objects_per_s, bulk_max_running=bulk_max_running,
+                       bulk_url_ttl_s=bulk_url_ttl_s, storage_url=storage_url)
 
     def _check_dial(self, name: str, value: Any) -> Any:
         if name in ("cost_maximum", "cost_restore_rate", "bucket_size", "leak_per_s") and not (
                 isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if name in ("bulk_objects_per_s", "bulk_url_ttl_s") and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if name == "bulk_startup_s" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                             and value >= 0):
+            raise ValueError(f"bulk_startup_s must be a number >= 0, got {value!r}")
+        if name == "bulk_max_running" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ValueError(f"bulk_max_running must be an integer >= 1, got {value!r}")
+        if name == "storage_url" and value is not None and not (
+                isinstance(value, str) and urlsplit(value).scheme in ("http", "https") and urlsplit(value).netloc):
+            raise ValueError(f"storage_url must be an http(s) base URL or null, got {value!r}")
         if name == "error_rate" and not (isinstance(value, (int, float)) and 0 <= value <= 1):
             raise ValueError(f"error_rate must be a number in 0..1, got {value!r}")
         if name == "restock_on_cancel" and not isinstance(value, bool):
@@ -203,6 +229,16 @@ class ShopifySandbox(Dials):
         with self._lock:
             self._faults.extend([status] * calls)
 
+    def fail_next_bulk(self, error_code: str = "INTERNAL_SERVER_ERROR") -> None:
+        """The next bulk operation ends ``FAILED`` with ``error_code`` (half its lines at ``partialDataUrl``)."""
+        with self._lock:
+            self._bulk.fail_next_locked(error_code)
+
+    def expire_bulk_operations(self) -> int:
+        """Every finished bulk operation ``EXPIRED`` (its file gone, as after seven days); how many."""
+        with self._lock:
+            return self._bulk.expire_locked()
+
     def throttle_status(self) -> dict[str, float]:
         """The GraphQL cost bucket now, as ``extensions.cost.throttleStatus`` shows it."""
         with self._lock:
@@ -219,6 +255,16 @@ class ShopifySandbox(Dials):
         """The locations' ids."""
         with self._lock:
             return [location["id"] for location in self._locations]
+
+    def add_location(self, available: int = 0) -> int:
+        """Open another active location with every item stocked there at ``available``; return its id."""
+        with self._lock:
+            location_id = LOCATION_ID_BASE + len(self._locations)
+            self._locations.append({"id": location_id, "name": f"Warehouse {len(self._locations) + 1}",
+                                    "active": True, "legacy": False})
+            for item_id in self._variants_by_item:
+                self._levels[item_id, location_id] = available
+            return location_id
 
     def set_available(self, sku: str, available: int | None, location_id: int | None = None) -> None:
         """Set a SKU's ``available`` at one location (default: the first); ``None`` untracks it."""
@@ -252,6 +298,7 @@ class ShopifySandbox(Dials):
                     "query_costs": {name: {"answers": int(runs), "requested": requested, "actual": actual}
                                     for name, (runs, requested, actual) in self._costs.items()},
                     "total_requests": sum(self._requests.values()), "inventory_writes": dict(self._writes),
+                    "storage": dict(self._storage),
                     "orders": self._orders.count_locked()}
 
     def walk_cursors(self) -> list[str | None]:
@@ -414,6 +461,25 @@ class ShopifySandbox(Dials):
                  "reason": given["reason"], "referenceDocumentUri": uri, "changes": changes}
         return {"inventoryAdjustmentGroup": group, "userErrors": []}
 
+    def bulk_run_locked(self, query: str) -> dict[str, Any]:
+        """``bulkOperationRunQuery`` (:mod:`sandbox.shopify_bulk`)."""
+        return self._bulk.run_locked(query, self._bulk_dials(), self._storage_base())
+
+    def bulk_view_locked(self, op_id: str) -> dict[str, Any] | None:
+        """``bulkOperation(id:)``."""
+        return self._bulk.view_locked(op_id, self._bulk_dials(), self._storage_base())
+
+    def bulk_current_locked(self, kind: str) -> dict[str, Any] | None:
+        """``currentBulkOperation(type:)``."""
+        return self._bulk.current_locked(kind, self._bulk_dials(), self._storage_base())
+
+    def _bulk_dials(self) -> dict[str, Any]:
+        return {name: getattr(self, f"_{name}") for name in ("bulk_startup_s", "bulk_objects_per_s",
+                                                              "bulk_max_running", "bulk_url_ttl_s")}
+
+    def _storage_base(self) -> str:
+        return (self._storage_url or self._request_base).rstrip("/")
+
     def level_locked(self, variant: dict[str, Any], location_id: int) -> int | None:
         """A variant's ``available`` at a location (None: untracked)."""
         return self._levels[variant["inventory_item_id"], location_id]
@@ -467,8 +533,9 @@ class ShopifySandbox(Dials):
         self._orders.webhooks.wait(timeout)
 
     def close(self) -> None:
-        """Stop the webhook sender once its queue is empty."""
+        """Stop the webhook sender once its queue is empty; delete the bulk operations' files."""
         self._orders.webhooks.close()
+        self._bulk.close()
 
     def orders_locked(self, query: str | None, sort_key: str) -> list[tuple[Any, int]]:
         """``(sort key, order id)`` of the orders matching a search ``query``.  Raises ``ValueError``."""
@@ -501,6 +568,8 @@ class ShopifySandbox(Dials):
     async def _middleware(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         if request.path.startswith(ADMIN_PREFIX):
             return await handler(request)
+        if request.path.startswith(STORAGE_PREFIX):
+            return await self._storage_file(request)
         with self._lock:
             self._requests[request.path.rsplit("/", 1)[-1]] += 1
         limit: list[str] = []  # the REST call-limit header, for the answer
@@ -558,6 +627,7 @@ class ShopifySandbox(Dials):
         except ValueError:
             return self._answer(400, {"errors": "the request body is not JSON"})
         with self._lock:
+            self._request_base = f"{request.scheme}://{request.host}"
             throttled = self._forced_throttles > 0
             self._forced_throttles = max(0, self._forced_throttles - 1)
             try:
@@ -574,6 +644,22 @@ class ShopifySandbox(Dials):
                 totals[1] += cost["requestedQueryCost"]
                 totals[2] += cost["actualQueryCost"]
         return web.json_response(answered)
+
+    async def _storage_file(self, request: web.Request) -> web.StreamResponse:
+        """A bulk operation's file on the storage host: a signed link, no access token (Range honoured)."""
+        name = request.path[len(STORAGE_PREFIX):]
+        with self._lock:
+            self._storage["requests"] += 1
+            self._storage["with_token"] += "X-Shopify-Access-Token" in request.headers
+            status, found, size = self._bulk.file_locked(name, request.query.get("Expires", ""),
+                                                         request.query.get("Signature", ""))
+        if status != 200:
+            return web.Response(status=status, text=f"<Error><Code>{found}</Code></Error>",
+                                content_type="application/xml")
+        if size is not None:  # partial data: served whole, no Range
+            with open(found, "rb") as file:
+                return web.Response(body=file.read(size), content_type="application/jsonl")
+        return web.FileResponse(found, headers={"Content-Type": "application/jsonl"})
 
     def _paged(self, request: web.Request, key: str, rows: Callable[[dict[str, str]], list[dict[str, Any]]],
                ) -> web.Response:
@@ -700,9 +786,14 @@ class ShopifySandbox(Dials):
         return web.json_response(order)
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
-        """``{"throttle": n}`` (GraphQL THROTTLED), ``{"rate_limit": n}`` (REST 429), ``{"fail": n, "status": 5xx}``."""
+        """``{"throttle": n}`` (GraphQL THROTTLED), ``{"rate_limit": n}`` (REST 429), ``{"fail": n, "status": 5xx}``,
+        ``{"bulk_fail": "<errorCode>"}`` (the next bulk operation FAILED), ``{"bulk_expire": true}``."""
         try:
             body = await admin_body(request)
+            if "bulk_fail" in body:
+                self.fail_next_bulk(str(body["bulk_fail"]))
+            if body.get("bulk_expire") is True:
+                self.expire_bulk_operations()
             for name in ("throttle", "rate_limit", "fail"):
                 if name in body and (not isinstance(body[name], int) or isinstance(body[name], bool) or body[name] < 0):
                     raise ValueError(f"{name} must be an integer >= 0")

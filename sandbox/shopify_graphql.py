@@ -16,6 +16,7 @@ import base64
 import bisect
 import binascii
 import json
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -36,7 +37,7 @@ from sandbox.shopify_cost import MAX_QUERY_COST, CostBucket, query_cost
 if TYPE_CHECKING:
     from sandbox.shopify import ShopifySandbox
 
-__all__ = ["MAX_PAGE_SIZE", "answer", "gid", "iso_datetime", "parse_gid", "schema"]
+__all__ = ["BULK", "MAX_PAGE_SIZE", "answer", "gid", "iso_datetime", "parse_gid", "schema"]
 
 #: The most items one connection page may hold (Shopify's limit).
 MAX_PAGE_SIZE = 250
@@ -44,7 +45,10 @@ MAX_PAGE_SIZE = 250
 _query, _mutation = QueryType(), MutationType()
 _variant, _item, _level, _order, _refund = (ObjectType("ProductVariant"), ObjectType("InventoryItem"),
                                             ObjectType("InventoryLevel"), ObjectType("Order"), ObjectType("Refund"))
-_datetime, _url = ScalarType("DateTime"), ScalarType("URL")
+_datetime, _url, _uint64 = ScalarType("DateTime"), ScalarType("URL"), ScalarType("UnsignedInt64")
+
+#: True while a bulk operation's query runs: its connections are walked whole (no first/last).
+BULK: ContextVar[bool] = ContextVar("shopify_bulk", default=False)
 
 
 def gid(kind: str, number: int) -> str:
@@ -97,10 +101,12 @@ def connection(items: Sequence[tuple[Any, Any]], *, first: int | None = None, af
     Raises:
       GraphQLError: Neither or both of ``first`` and ``last``, a size outside 0..250, a bad cursor.
     """
-    if (first is None) == (last is None):
+    if first is None and last is None and BULK.get():
+        first = len(items)  # a bulk query reads the whole connection
+    elif (first is None) == (last is None):
         raise GraphQLError("you must provide one of first or last")
     size = first if first is not None else last
-    if not 0 <= size <= MAX_PAGE_SIZE:
+    if not 0 <= size <= MAX_PAGE_SIZE and not BULK.get():
         raise GraphQLError(f"The maximum number of items that can be requested is {MAX_PAGE_SIZE}, got {size}.")
     low, high = 0, len(items)  # the items between the cursors: items[low:high]
 
@@ -194,6 +200,21 @@ def _resolve_order(_: Any, info: Any, id: str) -> dict[str, Any] | None:
     return shop.order_view_locked(parse_gid(id, "Order"))
 
 
+@_query.field("bulkOperation")
+def _resolve_bulk_operation(_: Any, info: Any, id: str) -> dict[str, Any] | None:
+    return info.context.bulk_view_locked(id)
+
+
+@_query.field("currentBulkOperation")
+def _resolve_current_bulk_operation(_: Any, info: Any, type: str = "QUERY") -> dict[str, Any] | None:
+    return info.context.bulk_current_locked(type)
+
+
+@_mutation.field("bulkOperationRunQuery")
+def _resolve_bulk_run(_: Any, info: Any, query: str) -> dict[str, Any]:
+    return info.context.bulk_run_locked(query)
+
+
 @_variant.field("inventoryItem")
 def _resolve_variant_item(variant: dict[str, Any], info: Any) -> dict[str, Any]:
     return info.context.item_view_locked(variant["_variant"])
@@ -248,7 +269,7 @@ def _resolve_set_quantities(_: Any, info: Any, input: dict[str, Any]) -> dict[st
 def _load_schema() -> GraphQLSchema:
     type_defs = resources.files("sandbox").joinpath("shopify.graphql").read_text(encoding="utf-8")
     return make_executable_schema(type_defs, _query, _mutation, _variant, _item, _level, _order, _refund,
-                                  _datetime, _url)
+                                  _datetime, _url, _uint64)
 
 
 #: The executable schema (built once: building it parses the SDL).

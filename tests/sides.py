@@ -150,7 +150,8 @@ class ShopifySide(Side):
     An account of its own (``shop``, on the sandbox's loopback URL).  ``bucket``: the shop's query-cost
     bucket (None: Shopify's standard plan, the fleet's defaults); :data:`SMALL_PLAN` (100 points, 40 a
     second: a page of 10 variants costs 32) makes a walk take seconds, the pushes' reads and
-    compare-and-set writes waiting in it beside the pages.  A customer lies in wait for each armed SKU:
+    compare-and-set writes waiting in it beside the pages.  ``bulk``: every sync of the shop reads a bulk
+    operation's file (exported in about 2 s) instead of pages.  A customer lies in wait for each armed SKU:
     when a push's write of that item reaches the shop, it orders one unit just before the shop runs it,
     so that the write's ``changeFromQuantity`` is stale and the shop refuses it.
     """
@@ -160,10 +161,12 @@ class ShopifySide(Side):
     SMALL_PLAN = {"cost_maximum": 100, "cost_restore_rate": 40}
 
     def __init__(self, restocks: bool = True, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
-                 token: str = TOKEN, bucket: dict | None = None, **dials) -> None:
+                 token: str = TOKEN, bucket: dict | None = None, bulk: bool = False, **dials) -> None:
         self.bucket = bucket
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=token,
-                                      restock_on_cancel=restocks, seed=seed, **(bucket or {}), **dials)
+                                      restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
+                                      bulk_objects_per_s=100, **(bucket or {}), **dials)
+        self.bulk = bulk
         self.token = token
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
         self._armed: set[str] = set()
@@ -179,7 +182,11 @@ class ShopifySide(Side):
         if self.bucket:
             env.update(shopify_cost_bucket_points=self.bucket["cost_maximum"],
                        shopify_cost_restore_per_s=self.bucket["cost_restore_rate"])
-        return env
+        return {**env, **self.bulk_env()}
+
+    def bulk_env(self) -> dict:
+        """With ``bulk``: every sync a bulk export, asked about twice a second (the default is every 2 s)."""
+        return {"shopify_bulk_min_variants": 0, "shopify_bulk_poll_s": 0.5} if self.bulk else {}
 
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:

@@ -19,7 +19,7 @@ from db import accounts as account_rows
 from db.ledger import check_invariant
 from db.syncs import SyncRefused, get_run
 from runtime import accounts, resources
-from runtime.settings import get_settings
+from runtime.settings import Settings, get_settings
 from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
@@ -192,8 +192,12 @@ def test_a_refurbed_account_syncs_its_cursor_pages_and_keeps_the_cooldown(env, w
     assert stock(sessions, "refurbed-at") == {**with_sku, "RB-0001": 9}
 
 
-def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
+def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop, monkeypatch):
     sessions, (sandbox, url) = env, shop
+    # Pages of 10 (a cursor chain of 6); the locations read once for the whole test, not once a page.
+    monkeypatch.setenv("SHOPIFY_PAGE_SIZE", "10")
+    monkeypatch.setenv("SHOPIFY_LOCATIONS_TTL_S", "3600")
+    get_settings.cache_clear()
     add(sessions, "shopify", "shop-eu", SHOP_ENV, url, options={"shop_domain": "shop-eu.myshopify.com"})
     truth = sandbox.truth()
 
@@ -210,6 +214,44 @@ def test_a_shopify_account_syncs_through_the_same_pipeline(env, worker, shop):
     assert stock(sessions, "shop-eu") == sandbox.truth() != truth
     with sessions() as session:
         assert check_invariant(session) == []
+    costs = sandbox.stats()["query_costs"]
+    assert costs["StocksyncVariants"]["answers"] >= 18 and costs["StocksyncLocations"]["answers"] == 1
+
+
+def test_the_main_shopify_account_takes_its_token_and_shop_from_the_settings(env, worker, shop, monkeypatch, caplog):
+    sessions, (sandbox, url) = env, shop
+    view = accounts.account("shopify")
+    assert view.credentials_env is None and view.base_url is None  # the migration's row: the settings serve it
+    with pytest.raises(AccountError, match="SHOPIFY_TOKEN is not set"):
+        accounts.credential(view)
+    assert not accounts.configured(view)
+
+    # A token without a shop: still not used (the scheduler skips it), and the error says what to set.
+    monkeypatch.setenv("SHOPIFY_TOKEN", SHOP_SECRET)
+    get_settings.cache_clear()
+    with pytest.raises(AccountError, match="set SHOPIFY_SHOP_DOMAIN or SHOPIFY_BASE_URL"):
+        accounts.base_url(view)
+    assert not accounts.configured(view)
+    monkeypatch.setenv("SHOPIFY_SHOP_DOMAIN", "Main-Shop.myshopify.com")
+    get_settings.cache_clear()
+    assert accounts.base_url(view) == "https://main-shop.myshopify.com" and accounts.configured(view)
+    for bad in ("https://main-shop.myshopify.com", "main-shop.example.com", "main-shop.myshopify.com/admin"):
+        with pytest.raises(ValueError, match="shopify_shop_domain"):
+            Settings(shopify_shop_domain=bad)
+    # The base URL, where the token goes, meets the accounts' rules (a sandbox only with ACCOUNTS_ALLOW_LOOPBACK).
+    monkeypatch.setenv("SHOPIFY_BASE_URL", "https://main-shop.myshopify.com.evil.example")
+    get_settings.cache_clear()
+    with pytest.raises(AccountError, match="refused"):
+        accounts.base_url(view)
+
+    # Pointed at the sandbox: the main shop syncs through the one pipeline with SHOPIFY_TOKEN.
+    monkeypatch.setenv("SHOPIFY_BASE_URL", url)
+    get_settings.cache_clear()
+    caplog.set_level("DEBUG")
+    run = sync("shopify")
+    assert (run.status, stock(sessions, "shopify")) == ("succeeded", sandbox.truth())
+    assert SHOP_SECRET not in repr(get_settings()) and SHOP_SECRET not in caplog.text
+    assert "SHOPIFY_TOKEN" in CliRunner().invoke(main, ["accounts", "list"]).output
 
 
 def test_a_refused_credential_fails_the_run_naming_the_variable_never_the_secret(env, worker, shop):

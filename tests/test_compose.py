@@ -8,6 +8,7 @@ import tomllib
 import pytest
 import yaml
 
+from runtime.settings import Settings
 from tests.deploy_commands import Pending, check_command
 from tests.fleet import ROOT
 
@@ -123,6 +124,25 @@ def test_the_fleet_containers_are_healthy_only_when_ready():
         compile(test[3], name, "exec")
     assert SERVICES["workers"]["environment"]["METRICS_PORT"] == "9191"
     assert SERVICES["intake"]["environment"]["INTAKE_PORT"] == "8790"
+
+
+def test_every_main_accounts_settings_reach_the_fleet_containers():
+    # Compose passes a container only the variables its environment names (an .env file only fills them in).
+    from core.platforms import PLATFORMS
+
+    given = {name: f"value-of-{name.lower()}" for name in
+             [platform.default_credential for platform in PLATFORMS.values() if platform.default_credential]
+             + ["BACKMARKET_BASE_URL", "REFURBED_BASE_URL", "SHOPIFY_SHOP_DOMAIN", "SHOPIFY_BASE_URL"]}
+    assert {"BACKMARKET_TOKEN", "REFURBED_TOKEN", "SHOPIFY_TOKEN"} <= set(given)
+    services = yaml.safe_load(interpolate(COMPOSE_TEXT, {**GOOD, **given}))["services"]
+    unset = yaml.safe_load(interpolate(COMPOSE_TEXT, GOOD))["services"]
+    for name in ("migrate", "workers", "scheduler", "intake", "console"):
+        environment = services[name]["environment"]
+        assert {key: environment.get(key) for key in given} == given, name
+        # Unset: the main Shopify shop is not used (no host to send a token to), Refurbed keeps its API's host.
+        # (``KEY: ${KEY:-}`` is an empty string to compose, None to this text-first interpolation.)
+        assert not unset[name]["environment"]["SHOPIFY_TOKEN"] and not unset[name]["environment"]["SHOPIFY_SHOP_DOMAIN"]
+        assert unset[name]["environment"]["REFURBED_BASE_URL"] == Settings.model_fields["refurbed_base_url"].default
 
 
 # -- passwords -------------------------------------------------------------------------------------

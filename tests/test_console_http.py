@@ -233,13 +233,15 @@ def test_every_page_but_login_and_healthz_needs_a_session(world):
                      "/audit", "/users", f"/variations/{world.variation_id}"):
             statuses[path] = (await client.get(path, allow_redirects=False)).status
         public = [(await client.get(path)).status for path in ("/login", "/healthz", "/static/console.css", "/readyz")]
+        ready = await (await client.get("/readyz")).json()
         posted = (await client.post("/stock/topup", data={}, allow_redirects=False)).status
         await client.close()
-        return statuses, public, posted
+        return statuses, public, posted, ready
 
-    statuses, public, posted = run(world, scenario)
+    statuses, public, posted, ready = run(world, scenario)
     assert set(statuses.values()) == {303}, statuses
     assert public == [200, 200, 200, 200] and posted == 401
+    assert ready == {"status": "ok"}  # public: no checks, hosts or errors (those go to the log)
 
 
 def test_login_attempts_slow_down_per_account_and_address_and_per_address(world):

@@ -1,4 +1,5 @@
-"""A cursor walk (Refurbed, Shopify) whose chain is lost mid-way resumes from the last page PostgreSQL applied.
+"""A cursor walk (Refurbed, Shopify's pages; a Shopify bulk file) whose chain is lost mid-way resumes from its last
+applied page.
 
 The messages are run by hand (stub broker, no worker) so the test decides what is lost: after two
 pages, the message that carries the chain on vanishes, as with a Redis restart without persistence.
@@ -16,6 +17,7 @@ from actors import stock_sync
 from db.syncs import get_run
 from runtime import accounts, resources
 from sandbox.server import serve_in_thread
+from sandbox.shopify import ShopifySandbox
 from tests.in_process import in_process_fleet
 from tests.sides import RefurbedSide, ShopifySide, local_by_sku
 
@@ -74,6 +76,22 @@ def step(broker) -> None:
             run_message(message)
 
 
+def resume_to_the_end(broker, sync_id: int, account: str, lost: list) -> dict[str, int]:
+    """Stall the run, resume it (page 3, from the cursor the lost fetch carried), run it out; ``account``'s rows."""
+    with resources.sessions()() as session:
+        session.execute(text("UPDATE sync_runs SET heartbeat_at = now() - interval '10 minutes' WHERE id = :s"),
+                        {"s": sync_id})
+        session.commit()
+    assert stock_sync.resume_stalled_syncs.fn(account) == 1
+    resumed = take(broker, "stock-fetch")
+    assert [(m.args[1], m.args[4]) for m in resumed] == [(3, lost[0].args[4])]  # from page 2's cursor
+    for message in resumed:
+        run_message(message)
+    for _ in range(5):
+        step(broker)
+    return local_by_sku(resources.sessions(), account)
+
+
 def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
     side, broker = walk
     sync_id = stock_sync.begin_stock_sync(side.account, trigger="manual")
@@ -84,20 +102,48 @@ def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
     with resources.sessions()() as session:
         assert [row.page for row in session.execute(text("SELECT page FROM sync_pages WHERE sync_id = :s ORDER BY "
                                                          "page"), {"s": sync_id})] == [1, 2]
-        session.execute(text("UPDATE sync_runs SET heartbeat_at = now() - interval '10 minutes' WHERE id = :s"),
-                        {"s": sync_id})
-        session.commit()
     walked_before = len(side.sandbox.walk_cursors())
 
-    assert stock_sync.resume_stalled_syncs.fn(side.account) == 1
-    resumed = take(broker, "stock-fetch")
-    assert [(m.args[1], m.args[4]) for m in resumed] == [(3, lost[0].args[4])]  # from page 2's cursor
-    for message in resumed:
-        run_message(message)
-    for _ in range(5):
-        step(broker)
+    assert resume_to_the_end(broker, sync_id, side.account, lost) == side.truth()
     with resources.sessions()() as session:
         run = get_run(session, sync_id)
         assert (run.status, run.pages_done, run.total_pages, run.items) == ("succeeded", 5, 5, len(side.items()))
-    assert local_by_sku(resources.sessions(), side.account) == side.truth()
     assert len(side.sandbox.walk_cursors()) - walked_before == 3  # pages 3, 4, 5: none fetched twice
+
+
+@pytest.fixture
+def bulk_walk(monkeypatch, database_url):
+    from db import accounts as account_rows
+    from db.engine import session_factory
+
+    shop = ShopifySandbox(products=20, variants_per_product=2, locations=1, token=TOKEN, bulk_startup_s=0)
+    server = serve_in_thread(shop.build_app())
+    with session_factory(database_url)() as session:
+        account_rows.add_account(session, platform="shopify", code="shop", credentials_env="STOCKSYNC_ACCOUNT_SHOP",
+                                 base_url=server.url, allow_loopback=True)
+        session.commit()
+    with in_process_fleet(monkeypatch, {
+            "DATABASE_URL": database_url, "REDIS_URL": "", "ACCOUNTS_ALLOW_LOOPBACK": "true",
+            "STOCKSYNC_ACCOUNT_SHOP": TOKEN, "SHOPIFY_PAGE_SIZE": "10", "SHOPIFY_BULK_MIN_VARIANTS": "0",
+            "SYNC_RESUME_AFTER_S": "60"}) as broker:
+        yield shop, broker
+    server.stop()
+    shop.close()
+
+
+def test_a_lost_bulk_walk_resumes_at_its_files_byte_offset(bulk_walk):
+    shop, broker = bulk_walk
+    sync_id = stock_sync.begin_stock_sync("shop", trigger="manual")
+    step(broker)  # page 1: the bulk operation started (it exports at once here)
+    step(broker)  # page 2: the first ten lines of its file
+    lost = take(broker, "stock-fetch")  # the fetch of page 3, lost with Redis
+    assert [(m.args[1], m.args[4].startswith("bulk:")) for m in lost] == [(3, True)]
+
+    assert resume_to_the_end(broker, sync_id, "shop", lost) == shop.truth()  # from page 2's byte offset
+    with resources.sessions()() as session:
+        run = get_run(session, sync_id)
+        assert (run.status, run.pages_done, run.items, run.details["catalogue"]) == ("succeeded", 5, 40, "bulk")
+    stats = shop.stats()
+    # One operation; its file read a page at a time, no page read twice, never with the access token.
+    assert stats["query_costs"]["StocksyncBulkRun"]["answers"] == 1
+    assert stats["storage"] == {"requests": 4, "with_token": 0}

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
-from runtime import health
+from runtime import health, metrics
 from runtime.local_servers import free_port
 from runtime.settings import Settings
 from sandbox.server import serve_in_thread
@@ -74,6 +75,29 @@ def test_readiness_names_an_unreachable_database_without_its_password():
         f"postgresql+psycopg://app:s3cret-pw-1@127.0.0.1:{free_port()}/stocksync")
     assert not database.ok and "not reachable" in database.detail and "s3cret-pw-1" not in database.detail
     assert not migrations.ok
+
+
+def test_a_metrics_servers_readyz_answers_ok_or_not_and_logs_what_failed(redis_url, database_url, caplog):
+    port = free_port()
+    settings = SimpleNamespace(metrics_host="127.0.0.1", metrics_port=port, redis_url=redis_url,
+                               database_url=database_url)
+    probe = health.ReadinessProbe(f"redis://127.0.0.1:{free_port()}/0",
+                                  f"postgresql+psycopg://app:s3cret-pw-2@127.0.0.1:{free_port()}/stocksync", cache_s=0)
+    server = metrics.start_exposition_server(settings, ready=probe)
+    caplog.set_level("INFO", logger="runtime.health")
+    try:
+        for _ in range(3):  # unauthenticated: the status and one word, no host, port or driver error
+            assert get(f"http://127.0.0.1:{port}/readyz") == (503, {"status": "not ok"})
+        said = [record.getMessage() for record in caplog.records if record.name == "runtime.health"]
+        assert len(said) == 1, said  # what failed, in the log once, not once per probe
+        assert "redis: not reachable" in said[0] and "postgresql: not reachable" in said[0]
+        assert "s3cret-pw-2" not in caplog.text
+        probe.redis_url, probe.database_url = redis_url, database_url
+        assert get(f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ok"})
+        assert [record.getMessage() for record in caplog.records if record.name == "runtime.health"][1:] == \
+            ["ready again"]
+    finally:
+        server.shutdown()
 
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -18,6 +18,7 @@ import pytest
 from dramatiq import Message
 
 from core.events import StockEvent
+from db import accounts as account_rows
 from runtime import resources
 from runtime.producer import StockEvents
 from runtime.settings import Settings, get_settings
@@ -139,10 +140,11 @@ def shopify_order(order_id: int = 820982911946154508, *, cancelled: bool = False
 
 
 def shopify_post(server, order: dict, *, topic: str = "orders/create", webhook_id: str = "b54557e4-1",
-                 secret: str = SHOPIFY_SECRET, raw: bytes | None = None) -> tuple[int, Any]:
+                 secret: str = SHOPIFY_SECRET, raw: bytes | None = None,
+                 shop: str = "stocksync-test.myshopify.com") -> tuple[int, Any]:
     body = raw if raw is not None else json.dumps(order).encode()
     headers = {"X-Shopify-Hmac-Sha256": auth.shopify_hmac(secret, body), "X-Shopify-Topic": topic,
-               "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-Shop-Domain": "stocksync-test.myshopify.com"}
+               "X-Shopify-Webhook-Id": webhook_id, "X-Shopify-Shop-Domain": shop}
     return post(server, "/webhooks/shopify", body, headers)
 
 
@@ -258,6 +260,53 @@ def test_shopify_topics_that_do_not_move_stock_are_acknowledged(intake):
     status, answer = shopify_post(server, {"id": 1}, topic="customers/create")
     assert status == 200 and "does not move stock" in answer["ignored"]
     assert enqueued(broker) == []
+
+
+def test_the_main_shop_takes_only_its_own_domains_deliveries(monkeypatch, database_url):
+    # One app secret signs every shop that installed the app: SHOPIFY_SHOP_DOMAIN says which is the main one.
+    monkeypatch.setenv("REDIS_URL", "")
+    monkeypatch.setenv("DATABASE_URL", database_url)  # the other accounts, as in the intake fixture
+    monkeypatch.setenv("STOCKSYNC_ACCOUNT_SHOP_EU_WEBHOOK", SHOPIFY_SECRET)  # shop-eu shares the secret
+    get_settings.cache_clear()
+    resources.sync_redis().flushall()
+    from runtime import accounts
+    from workers import fleet
+
+    with resources.sessions()() as session:
+        options = {"shop_domain": "shop-eu.myshopify.com", "webhook_secret_env": "STOCKSYNC_ACCOUNT_SHOP_EU_WEBHOOK"}
+        account_rows.add_account(session, platform="shopify", code="shop-eu",
+                                 credentials_env="STOCKSYNC_ACCOUNT_SHOP_EU", options=options)
+        session.commit()
+    accounts.forget()
+    fleet.broker.flush_all()
+    settings = Settings(shopify_webhook_secret=SHOPIFY_SECRET, shopify_shop_domain="main-shop.myshopify.com",
+                        intake_read_pool_size=1)
+    server = serve_in_thread(build_intake_app(settings, broker=fleet.broker, database_url=database_url))
+
+    def booked_on() -> set[str]:
+        found = {message.kwargs["marketplace"] for message in enqueued(fleet.broker)}
+        fleet.broker.flush_all()
+        return found
+
+    try:
+        # The header's case is not the shop's: Shopify's domains are lower case, the match is too.
+        for number, shop in enumerate(("main-shop.myshopify.com", "Main-Shop.myshopify.com")):
+            status, answer = shopify_post(server, shopify_order(), webhook_id=f"main-{number}", shop=shop)
+            assert status == 202 and answer["events"] == 2
+            assert booked_on() == {"shopify"}
+        # The same secret, another known shop: its account, not the main one.
+        assert shopify_post(server, shopify_order(), webhook_id="eu-1", shop="shop-eu.myshopify.com")[0] == 202
+        assert booked_on() == {"shop-eu"}
+        # A shop no account knows (or none named), though the secret signed it: refused, nothing booked.
+        for number, shop in enumerate(("stranger.myshopify.com", "")):
+            status, answer = shopify_post(server, shopify_order(), webhook_id=f"stranger-{number}", shop=shop)
+            assert status == 401 and "X-Shopify-Shop-Domain names no shop" in answer["error"]
+            assert SHOPIFY_SECRET not in json.dumps(answer)
+        assert booked_on() == set()
+    finally:
+        server.stop()
+        get_settings.cache_clear()
+        accounts.forget()
 
 
 # -- in-house producers ----------------------------------------------------------------------------

@@ -70,8 +70,7 @@ def test_a_sync_logs_json_with_its_context_and_no_secret_and_its_queues_are_meas
         wait_until(lambda: get(f"{base}/healthz")[0] == 200 if _listening(port) else False, 60,
                    what="the workers' /healthz")
         status, body = get(f"{base}/readyz")
-        assert status == 200, body
-        assert json.loads(body)["checks"]["migrations"]["ok"]
+        assert (status, json.loads(body)) == (200, {"status": "ok"}), body  # details only in the log
 
         started = subprocess.run([sys.executable, "-m", "workers.cli", "-v", "sync", "backmarket", "--no-wait"],
                                  cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)

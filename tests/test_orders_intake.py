@@ -193,6 +193,51 @@ def test_refurbed_walk_emits_what_no_webhook_brought(env):
     assert sorted(m.kwargs["order_id"] for m in enqueued(broker)) == [order["id"] for order in placed]
 
 
+def test_refurbed_walk_reads_new_orders_from_its_watermark_and_the_open_ones_by_id(env):
+    _, refurbed, broker = env
+    clock = [datetime.now(timezone.utc) - timedelta(hours=3)]
+    refurbed.now = lambda: clock[0]
+    placed = []
+    for number in range(150):
+        placed.append(refurbed.place_order([f"RB-{number}"], notify=False))
+        clock[0] += timedelta(seconds=30)
+    items = [order["items"][0]["id"] for order in placed]
+
+    def list_calls() -> int:
+        return refurbed.stats()["requests"].get("ListOrders", 0)
+
+    # The first walk reads the whole window; every order is open (its item NEW).
+    counts = poll("refurbed")
+    assert (counts["pages"], counts["orders"], counts["events"], counts["open"]) == (2, 150, 150, 150)
+    assert list_calls() == 2
+    # 140 shipped (settled), 8 still NEW, one ACCEPTED, one cancelled.
+    for item in items[:140] + items[148:149]:
+        refurbed.set_item_state(item, "ACCEPTED")
+    for item in items[:140]:
+        refurbed.set_item_state(item, "SHIPPED")
+    refurbed.set_item_state(items[149], "CANCELLED")
+    broker.flush_all()
+    counts = poll("refurbed")
+    # Released since the newest one seen minus the overlap: the last order (1 page); the 150 left open by id (2).
+    assert (counts["pages"], counts["orders"], counts["events"], counts["open"]) == (3, 150, 2, 9)
+    assert summary(enqueued(broker)) == [("order_created", placed[149]["id"], items[149], 1, "order_cancelled")]
+    # Now only the 9 open ones are read by id, and what was released since: 2 pages, not the window's 2 of 100.
+    clock[0] = datetime.now(timezone.utc)
+    new = refurbed.place_order(["RB-new"], notify=False)
+    refurbed.set_item_state(items[145], "CANCELLED")
+    broker.flush_all()
+    calls = list_calls()
+    counts = poll("refurbed")
+    assert (counts["pages"], counts["orders"], counts["events"], counts["open"]) == (2, 11, 3, 9)
+    assert list_calls() - calls == 2
+    assert summary(enqueued(broker)) == sorted([("order_created", placed[145]["id"], items[145], 1, "order_cancelled"),
+                                                ("order_created", new["id"], new["items"][0]["id"], 1, None)])
+    # Redis lost the walk's state: the next walk reads the whole window again (and sends nothing twice).
+    resources.sync_redis().delete(f"{get_settings().redis_namespace}:orders:refurbed:open-orders")
+    counts = poll("refurbed")
+    assert (counts["pages"], counts["orders"], counts["events"], counts["open"]) == (2, 151, 0, 9)
+
+
 def test_refurbed_unknown_order_is_a_permanent_error(env):
     with pytest.raises(NotFound) as error:
         notified("12345")

@@ -110,8 +110,7 @@ def test_the_metrics_server_serves_queue_metrics_and_health(redis_url, database_
 
         assert get("/healthz") == (200, '{"ok": true}')
         status, body = get("/readyz")
-        assert status == 200, body
-        assert '"migrations": {"ok": true' in body
+        assert (status, body) == (200, '{"status": "ok"}')  # the checks' details only in the log
         assert get("/metrics")[0] == 200
     finally:
         server.shutdown()

@@ -11,7 +11,9 @@ marketplace must show it.  Production defaults, but for the clock skew's neighbo
 listings and a quota of 4 calls a second (Shopify: a cost bucket of 100 points, 40 a second), so
 that a walk takes seconds.  Shopify's pushes are compare-and-set writes: an order landing between a
 push's read and its write is refused by the shop, and the push reads and decides again; the count of
-those refusals must agree between the shop and the fleet's push log.
+those refusals must agree between the shop and the fleet's push log.  ``shopify-bulk``: the same race
+while the shop's syncs read a bulk operation's file (a snapshot of its ``createdAt``, exported in about
+2 s, orders landing during the export and after it).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    platform, restocks = request.param
-    plan = {"bucket": ShopifySide.SMALL_PLAN} if platform == "shopify" else {}
+    platform, restocks, *mode = request.param
+    plan = {"bucket": ShopifySide.SMALL_PLAN, "bulk": mode == ["bulk"]} if platform == "shopify" else {}
     side = SIDES[platform](restocks, token=TOKEN, **plan)
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
@@ -114,10 +116,11 @@ def local(world) -> dict[str, int]:
 
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
                                         (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
-                                        (("shopify", True), 6), (("shopify", False), 7)],
+                                        (("shopify", True), 6), (("shopify", False), 7),
+                                        (("shopify", True, "bulk"), 8)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
                                                  "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
-                                                 "shopify-keeps-7"])
+                                                 "shopify-keeps-7", "shopify-bulk-restocks-8"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -194,6 +197,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     while customers():  # their events were still to send
         wait_until(lambda: quiet(world), 120, interval=0.5, what="quiescence")
     assert last_run(world)["id"] == run_id and last_run(world)["status"] == "succeeded"
+    if getattr(side, "bulk", False):
+        assert last_run(world)["details"]["catalogue"] == "bulk"
 
     booked = local(world)
     above = {sku: (booked[sku], truth[sku]) for sku in truth if booked[sku] > truth[sku]}

@@ -168,12 +168,14 @@ def test_the_client_speaks_the_spec(proxied):
             orders = await client.list_orders(starting_after=str(int(placed["id"]) - 1), states=["NEW"],
                                               released_at_ge="2020-01-01T00:00:00Z")
             order = await client.get_order(orders.orders[0].id)
-            return listed, results, order
+            by_id = await client.list_orders(ids=[placed["id"]])  # the order walk's open orders
+            return listed, results, order, by_id
 
-    listed, results, order = asyncio.run(main())
+    listed, results, order, by_id = asyncio.run(main())
     assert {offer.sku for offer in listed} == skus and len(listed) == len(skus)
     assert all(result.ok for result in results) and order.items[0].sku == "CL-0"
+    assert [found.id for found in by_id.orders] == [order.id]
     assert (sandbox.stock("CL-1"), sandbox.stock("CL-2"), sandbox.stock("CL-0")) == (7, 2, 0)
     lines = log.read_text()[logged:].splitlines()
-    assert sum("Request received" in line for line in lines) >= 7  # every call went through Prism
+    assert sum("Request received" in line for line in lines) >= 8  # every call went through Prism
     assert [line for line in lines if "Violation" in line] == []

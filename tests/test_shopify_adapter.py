@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from urllib.parse import urlsplit
 
 import aiohttp
 import fakeredis
 import pytest
 import shopify
 
+from clients import shopify_bulk
 from clients.adapters import ShopifyAdapter
 from clients.costbucket import FleetCostBucket
-from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, gid, level_query,
-                             variants_query)
-from core.platforms import SHOPIFY_API_VERSION
+from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, bulk_variants_query, gid,
+                             gid_number, level_query, variants_query)
+from core.platforms import SHOPIFY_API_VERSION, platform
+from runtime.local_servers import wait_until
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
 
@@ -66,6 +69,47 @@ def test_pages_by_cursor_sum_every_active_location_and_skip_variants_without_a_s
     # Listings are the inventory items' numbers, as the REST adapter kept them.
     by_sku = {v["sku"]: str(v["inventory_item_id"]) for v in sandbox.variants()}
     assert all(item["id"] == by_sku[item["sku"]] for page in pages for item in page.items)
+
+
+def test_a_process_reads_the_shops_locations_once_a_ttl_and_counts_one_opened_mid_walk_past_it(shop, monkeypatch):
+    # Each page's message builds its own adapter: the locations come from the process's copy, not a read each.
+    from runtime import clients as runtime_clients
+    from runtime.accounts import AccountView
+    from runtime.clients import shop_locations_reader
+    from runtime.settings import get_settings
+
+    sandbox, url = shop
+    for name, value in (("ACCOUNTS_ALLOW_LOOPBACK", "true"), ("SHOPIFY_LOCATIONS_TTL_S", "60"), ("DATABASE_URL", "")):
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    now = [1000.0]
+    monkeypatch.setattr(runtime_clients, "_clock", lambda: now[0])
+    view = AccountView("shop-ttl", "shop-ttl", platform("shopify"), "STOCKSYNC_ACCOUNT_SHOP_TTL", url)
+    before = sandbox.truth()
+
+    async def page(cursor):
+        async with aiohttp.ClientSession() as http:
+            client = ShopifyClient(http, base_url=url, token=TOKEN, backoff_s=0.01)
+            adapter = ShopifyAdapter(client, limit=10, shop_locations=shop_locations_reader(view, client))
+            return await adapter.list_page(1, cursor)
+
+    def location_reads() -> int:
+        return sandbox.stats()["query_costs"].get("StocksyncLocations", {}).get("answers", 0)
+
+    try:
+        pages = [asyncio.run(page(None))]
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        opened = sandbox.add_location(available=5)  # the shop opens a location mid-walk
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        assert location_reads() == 1  # three pages, one read: the third counts the two it knows
+        assert listed(pages) == {sku: before[sku] for sku in listed(pages)}
+        now[0] += 61  # past the TTL: the next page reads the locations again and counts the new one
+        pages.append(asyncio.run(page(pages[-1].next_cursor)))
+        assert location_reads() == 2
+        assert listed(pages[-1:]) == {sku: before[sku] + 5 for sku in listed(pages[-1:])}
+        assert sandbox.available(next(iter(listed(pages[-1:]))), opened) == 5
+    finally:
+        get_settings.cache_clear()
 
 
 def test_one_chosen_location_is_all_that_is_read_and_an_untracked_item_is_left_out(shop):
@@ -128,6 +172,56 @@ def test_with_several_locations_a_push_lands_the_difference_on_the_first(shop):
     assert (sandbox.available(sku, first), sandbox.available(sku, second)) == (4, 5)
     assert run(url, lambda adapter: adapter.set_quantity(item, 1, 7)) is False  # the sum is 9 now: stale
     assert sandbox.truth()[sku] == 9
+
+
+def costs(sandbox: ShopifySandbox) -> dict[str, tuple[int, float]]:
+    """``{operation: (answers, actual points)}`` the sandbox charged so far."""
+    return {name: (cost["answers"], cost["actual"]) for name, cost in sandbox.stats()["query_costs"].items()}
+
+
+def test_a_push_is_one_read_and_one_compared_write_costing_what_the_eta_counts(shop):
+    sandbox, url = shop
+    first, second = (str(location) for location in sandbox.location_ids())
+    sku = sorted(sandbox.truth())[5]
+    item = next(str(v["inventory_item_id"]) for v in sandbox.variants() if v["sku"] == sku)
+    sandbox.set_available(sku, 3, int(first))
+    sandbox.set_available(sku, 4, int(second))
+
+    # At one location (the account names it): the read, then the write in a fresh adapter (as a push's
+    # two steps run), comparing on what the read found.
+    before = costs(sandbox)
+    read = run(url, lambda adapter: adapter.read_listing(item), location_ids=[first])
+    assert (read.quantity, read.basis.locations, read.basis.levels) == (3, (first,), (3,))
+    assert run(url, lambda adapter: adapter.set_quantity(item, 5, read.quantity, basis=read.basis),
+               location_ids=[first]) is True
+    after = costs(sandbox)
+    spent = {name: (after[name][0] - before.get(name, (0, 0))[0], after[name][1] - before.get(name, (0, 0))[1])
+             for name in after if after[name] != before.get(name)}
+    assert spent == {"StocksyncLevel": (1, 3), "StocksyncSetAvailable": (1, 10)}  # no second read
+    assert sum(points for _, points in spent.values()) == ShopifyAdapter.push_points
+    assert sandbox.available(sku, int(first)) == 5
+
+    # Every active location (none named): the write reuses the read's locations, asking the shop nothing more.
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    assert (read.quantity, read.basis.locations) == (9, (first, second))
+    before = costs(sandbox)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 12, read.quantity, basis=read.basis)) is True
+    assert {name for name in costs(sandbox) if costs(sandbox)[name] != before.get(name)} == {"StocksyncSetAvailable"}
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (8, 4)
+
+    # An order after the read: Shopify refuses the write that compares on it, and nothing is written;
+    # an order at another location than the first is kept (only the first is written, by difference).
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    sandbox.place_order({sku: 1}, location_id=int(first), notify=False)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 20, read.quantity, basis=read.basis)) is False
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (7, 4)
+    read = run(url, lambda adapter: adapter.read_listing(item))
+    sandbox.place_order({sku: 1}, location_id=int(second), notify=False)
+    assert run(url, lambda adapter: adapter.set_quantity(item, 20, read.quantity, basis=read.basis)) is True
+    assert (sandbox.available(sku, int(first)), sandbox.available(sku, int(second))) == (16, 3)
+    # A read of another item is no basis for this one.
+    with pytest.raises(ValueError, match="levels read of that item"):
+        run(url, lambda adapter: adapter.set_quantity(str(int(item) + 1), 1, read.quantity, basis=read.basis))
 
 
 def test_throttled_answers_are_waited_out_in_the_shops_bucket_and_lose_nothing(shop):
@@ -234,3 +328,26 @@ def test_shopifys_own_client_gets_the_answers_the_adapter_parses(shop, official_
         [gid("Order", order.id) for order in polled.orders] == [gid("Order", placed["id"])]
     assert [(line.id, line.sku, line.quantity) for line in polled.orders[0].lines] == \
         [(str(line["id"]), line["sku"], line["quantity"]) for line in placed["line_items"]]
+
+
+def test_shopifys_own_client_runs_the_bulk_mutation_and_poll_the_adapter_parses(shop, official_client):
+    sandbox, graphql = official_client
+    sandbox.configure(bulk_startup_s=0.1)
+    first = str(sandbox.location_ids()[0])
+    started = json.loads(graphql.execute(shopify_bulk.RUN_MUTATION, {"query": bulk_variants_query([first])}))
+    payload = started["data"]["bulkOperationRunQuery"]
+    assert payload["userErrors"] == [] and started["extensions"]["cost"]["actualQueryCost"] == 10
+    number = gid_number(payload["bulkOperation"]["id"], "BulkOperation")
+
+    def poll() -> dict:
+        return json.loads(graphql.execute(shopify_bulk.OPERATION_QUERY, {"id": gid("BulkOperation", number)}))
+
+    wait_until(lambda: poll()["data"]["bulkOperation"]["status"] == "COMPLETED", 10, interval=0.05,
+               what="the bulk operation")
+    official = poll()
+    assert official["extensions"]["cost"]["actualQueryCost"] == 1
+    ours = run(shop[1], lambda adapter: shopify_bulk.operation(adapter.client, number))
+    node = official["data"]["bulkOperation"]
+    assert (node["id"], node["status"], node["createdAt"], int(node["objectCount"])) == \
+        (ours.id, ours.status, ours.created_at, ours.object_count) and ours.object_count == len(sandbox.variants())
+    assert urlsplit(node["url"]).path == urlsplit(ours.url).path  # the link is signed afresh on each poll

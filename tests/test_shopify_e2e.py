@@ -7,6 +7,9 @@
 - Orders and a cancellation the shop never announced (no webhook) are found by the order poll, sent
   the way an operator does (``stocksync poll-orders``) and the way the scheduler does (``each_account``
   fanning out ``poll_orders``), and land on the rows the sync keeps; a sync after them changes nothing.
+- A shop synced through a bulk operation (``SHOPIFY_BULK_MIN_VARIANTS`` 0): its file read in pages with no
+  credential sent to the file's host, every row equal to the shop, the ledger invariant kept; then an
+  operation that ends FAILED fails its run with Shopify's error code and changes no row.
 """
 from __future__ import annotations
 
@@ -36,20 +39,23 @@ pytestmark = pytest.mark.e2e
 class Shop(ShopifySide):
     """200 variants at two locations, on the standard plan's bucket (2000 points, 100 a second) unless told."""
 
-    def __init__(self, bucket: dict | None = None) -> None:
-        super().__init__(restocks=True, products=100, locations=2, seed=5, token=TOKEN,
+    def __init__(self, bucket: dict | None = None, *, bulk: bool = False) -> None:
+        super().__init__(restocks=True, products=100, locations=2, seed=5, token=TOKEN, bulk=bulk,
                          bucket=bucket or {"cost_maximum": 2000, "cost_restore_rate": 100})
 
     def env(self, url: str) -> dict:
         # The fleet starts from the standard plan's bucket (production defaults): the shop's answers correct it.
         # Pages of 50 variants: the throttled test's bucket (400 points) cannot hold a page of 100 at two locations.
         return {"backmarket_url": "http://127.0.0.1:9", "backmarket_token": "", "accounts_allow_loopback": "true",
-                "stocksync_account_shop_token": TOKEN, "shopify_page_size": 50}
+                "stocksync_account_shop_token": TOKEN, "shopify_page_size": 50, **self.bulk_env()}
 
 
 @pytest.fixture
 def shop(tmp_path, redis_url, database_url, request):
-    side = Shop(getattr(request, "param", None))
+    param = dict(getattr(request, "param", None) or {})
+    bulk = param.pop("bulk", False)
+    side = Shop(param or None, bulk=bulk)
+    side.sandbox.configure(bulk_startup_s=0.5, bulk_objects_per_s=400)  # 200 variants: exported in 1 s
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -155,3 +161,35 @@ def test_orders_missed_by_their_webhooks_are_found_by_the_poll_and_meet_the_sync
                                 {"run": last_run(world)["id"]}).scalar_one()
         assert check_invariant(session) == []
     assert moved == 0 and dead_letters(world) == 0
+
+
+@pytest.mark.parametrize("shop", [{"bulk": True}], indirect=True)
+def test_a_sync_through_a_bulk_operation_ends_equal_to_the_shop_and_a_failed_one_fails_its_run(shop):
+    world, sandbox = shop, shop["side"].sandbox
+    sync(world)
+    settled(world, "the bulk sync")
+    run = last_run(world)
+    assert (run["status"], run["details"]["catalogue"]) == ("succeeded", "bulk")
+    assert local(world) == sandbox.truth() and len(local(world)) == 200
+    with world["sessions"]() as session:
+        assert check_invariant(session) == []
+    stats = sandbox.stats()
+    costs = stats["query_costs"]
+    assert costs["StocksyncBulkRun"]["answers"] == 1 and "StocksyncVariants" not in costs
+    # The file, 200 lines in pages of 50, from the storage host, which never saw the access token.
+    assert stats["storage"] == {"requests": 4, "with_token": 0}
+    assert run["pages_done"] == 5  # page 1 started the export; 4 pages of its file
+
+    # An order after the export: the next bulk sync finds it; then an export that fails fails its run.
+    sku = next(sku for sku, units in sorted(sandbox.truth().items()) if units > 0)
+    sandbox.place_order({sku: 1}, notify=False)
+    sync(world)
+    settled(world, "the second bulk sync")
+    assert last_run(world)["status"] == "succeeded" and local(world) == sandbox.truth()
+    before = local(world)
+    sandbox.fail_next_bulk("INTERNAL_SERVER_ERROR")
+    sync(world)
+    settled(world, "the failed bulk sync")
+    failed = last_run(world)
+    assert failed["status"] == "failed" and "FAILED (INTERNAL_SERVER_ERROR)" in failed["error"], failed["error"]
+    assert local(world) == before and dead_letters(world) == 1

@@ -155,6 +155,17 @@ def start_sync(env, *extra: str) -> None:
     assert started.returncode == 0, started.stderr
 
 
+def test_the_programs_header_names_every_main_accounts_settings():
+    # The programs read the settings from STOCKSYNC_HOME/.env: the header says which an operator must give.
+    from core.platforms import PLATFORMS
+
+    header = "".join(line for line in (DEPLOY / "stocksync.conf").read_text().splitlines() if line.startswith(";"))
+    for platform in PLATFORMS.values():
+        if platform.default_credential:
+            assert f"{platform.default_credential.split('_')[0]}_*" in header, platform.name
+    assert "SHOPIFY_TOKEN and SHOPIFY_SHOP_DOMAIN" in header
+
+
 def test_every_queue_of_the_fleet_has_a_worker_program():
     from dramatiq.common import q_name
 

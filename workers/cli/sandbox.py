@@ -106,8 +106,13 @@ def refurbed_command(offers, seed, host, port, token, quota_requests, quota_wind
 @click.option("--webhook-url", default=None, metavar="URL",
               help="Where orders/create and orders/cancelled go (e.g. http://127.0.0.1:8790/webhooks/shopify), "
                    f"signed with ${SHOPIFY_WEBHOOK_SECRET_VARIABLE}.  Unset (or no secret): no webhooks.")
+@click.option("--bulk-startup", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds a bulk operation runs before its first object (an assumption, not a Shopify figure).")
+@click.option("--bulk-objects-per-s", default=1000.0, show_default=True, type=click.FloatRange(min=0.001),
+              help="Objects a bulk operation exports a second (an assumption, not a Shopify figure).")
 def shopify_command(products, variants_per_product, locations, seed, host, port, token, shop_domain, cost_maximum,
-                    cost_restore_rate, latency, error_rate, restock_on_cancel, webhook_url) -> None:
+                    cost_restore_rate, latency, error_rate, restock_on_cancel, webhook_url, bulk_startup,
+                    bulk_objects_per_s) -> None:
     """Serve a sandbox Shopify shop (GraphQL Admin API, legacy REST reads) on HOST:PORT."""
     from core.platforms import SHOPIFY_API_VERSION
     from sandbox.server import run_forever
@@ -122,7 +127,8 @@ def shopify_command(products, variants_per_product, locations, seed, host, port,
     sandbox = ShopifySandbox(products=products, variants_per_product=variants_per_product, locations=locations,
                              token=token, cost_maximum=cost_maximum, cost_restore_rate=cost_restore_rate,
                              latency_s=latency, error_rate=error_rate, restock_on_cancel=restock_on_cancel,
-                             webhook_url=webhook_url, webhook_secret=secret, shop_domain=shop_domain, seed=seed)
+                             webhook_url=webhook_url, webhook_secret=secret, shop_domain=shop_domain, seed=seed,
+                             bulk_startup_s=bulk_startup, bulk_objects_per_s=bulk_objects_per_s)
     sends = f", webhooks to {webhook_url}" if webhook_url else ""
     click.echo(f"sandbox Shopify: {products * variants_per_product} variants at {locations} locations on "
                f"http://{host}:{port}/admin/api/{SHOPIFY_API_VERSION}/graphql.json (token {token!r}){sends}")

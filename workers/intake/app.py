@@ -59,7 +59,7 @@ from pipelines.events import check_accounts
 from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, shopify_order_events
 from runtime import accounts, metrics, queues, resources
 from runtime.failures import is_outage
-from runtime.health import ReadinessProbe, answer
+from runtime.health import ReadinessProbe, answer, public_answer
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
 from workers.intake import auth
@@ -335,9 +335,11 @@ async def shopify_webhook(request: web.Request) -> web.Response:
 def _shopify_account(candidates, raw: bytes, headers) -> tuple[str | None, str]:
     """The account whose secret signed this delivery (each shop its own secret), or None and why not.
 
-    Where shops share one app secret, the shop domain header picks among those the signature fits:
-    it can only choose between accounts the signed body was valid for anyway.
+    An account that knows its shop's domain takes only that shop's deliveries: an app's secret signs
+    every shop that installed it.  Where shops share one secret, the shop domain header picks among
+    those the signature fits: it can only choose between accounts the signed body was valid for anyway.
     """
+    shop = headers.get("X-Shopify-Shop-Domain", "").strip().lower()
     refusal, signed = "", []
     for code, secrets, domain in candidates:
         try:
@@ -345,9 +347,11 @@ def _shopify_account(candidates, raw: bytes, headers) -> tuple[str | None, str]:
         except auth.SignatureError as refused:
             refusal = str(refused)
             continue
+        if domain and domain.lower() != shop:
+            refusal = "X-Shopify-Shop-Domain names no shop this webhook secret belongs to"
+            continue
         signed.append((code, domain))
     if len(signed) > 1:
-        shop = headers.get("X-Shopify-Shop-Domain", "").strip().lower()
         signed = [(code, domain) for code, domain in signed if domain and domain.lower() == shop] or signed[:0]
         if not signed:
             return None, "several shops share this webhook secret and X-Shopify-Shop-Domain names none of them"
@@ -595,10 +599,10 @@ async def readyz(request: web.Request) -> web.Response:
         refused = _reader_refused(request)
         if refused is not None:
             return refused
-    status, body = answer(await asyncio.to_thread(request.app[READY_KEY]))
-    summary = {"status": "ok" if status == 200 else "not ok"}
-    return web.json_response({**summary, **body} if detailed else summary, status=status,
-                             headers={"Cache-Control": "no-store"})
+    checks = await asyncio.to_thread(request.app[READY_KEY])
+    status, summary = public_answer(checks)
+    body = {**summary, **answer(checks)[1]} if detailed else summary
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
 def run(host: str, port: int, *, settings: Settings | None = None) -> None:

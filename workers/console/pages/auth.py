@@ -9,7 +9,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from db import users
-from runtime.health import answer
+from runtime.health import public_answer
 from workers.console import security
 from workers.console.context import CONSOLE, USER_KEY, client_address
 
@@ -122,6 +122,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Redis and PostgreSQL reachable, migrations at head (503 saying which is not)."""
-    status, body = answer(await asyncio.to_thread(request.app[CONSOLE].ready))
-    return web.json_response(body, status=status)
+    """Readiness: Redis and PostgreSQL reachable, migrations at head: 200, else 503 (public: the checks'
+    details are in the log, never in the answer)."""
+    status, body = public_answer(await asyncio.to_thread(request.app[CONSOLE].ready))
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
