@@ -21,7 +21,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -75,14 +75,18 @@ SET_MUTATION = """mutation StocksyncSetAvailable($input: InventorySetQuantitiesI
   }
 }"""
 
-#: Orders per page and lines per order: 15 × (3 + 50) points stays under Shopify's 1,000-point single query limit.
-ORDERS_PAGE_LIMIT, ORDER_LINES = 15, 50
+#: Orders per page and lines (and refund lines) per order: an order costs 3 + 50 points for its lines and
+#: 3 + 2 × 50 for its refunds' lines (each names its line item), so 6 a page stay under Shopify's 1,000-point
+#: single query limit.
+ORDERS_PAGE_LIMIT, ORDER_LINES = 6, 50
+ORDER_COST = 3 + ORDER_LINES + 3 + 2 * ORDER_LINES
 
 ORDERS_QUERY = """query StocksyncOrders($first: Int!, $after: String, $query: String) {
   orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
     edges { cursor node {
       id name createdAt updatedAt cancelledAt
       lineItems(first: 50) { nodes { id sku quantity } pageInfo { hasNextPage } }
+      refunds { refundLineItems(first: 50) { nodes { lineItem { id } quantity restockType } } }
     } }
     pageInfo { hasNextPage endCursor }
   }
@@ -176,6 +180,16 @@ class OrderLine:
 
 
 @dataclass(frozen=True)
+class RefundLine:
+    """A refund's line: ``quantity`` units of line ``line_id``, restocked or not (``restock_type``: CANCEL,
+    RETURN, LEGACY_RESTOCK or NO_RESTOCK, Shopify's ``RefundLineItemRestockType``)."""
+
+    line_id: str
+    quantity: int
+    restock_type: str
+
+
+@dataclass(frozen=True)
 class ShopifyOrder:
     """An order as the poll needs it; times are Shopify's ISO 8601 strings."""
 
@@ -185,6 +199,7 @@ class ShopifyOrder:
     updated_at: str
     cancelled_at: str | None
     lines: list[OrderLine]
+    refund_lines: list[RefundLine] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -316,7 +331,7 @@ class ShopifyClient:
                           limit: int = ORDERS_PAGE_LIMIT) -> OrdersPage:
         """Orders updated at or after ``updated_since`` (ISO 8601, UTC), oldest change first, one page."""
         variables = {"first": limit, "after": cursor, "query": f"updated_at:>='{updated_since}'"}
-        data = await self.execute(ORDERS_QUERY, variables, name="orders", estimate=2 + limit * (3 + ORDER_LINES))
+        data = await self.execute(ORDERS_QUERY, variables, name="orders", estimate=2 + limit * ORDER_COST)
         connection = _path(data, "orders", kind=dict)
         orders = []
         for index, edge in enumerate(_path(connection, "edges", kind=list)):
@@ -454,7 +469,25 @@ def _parse_order(node: dict) -> ShopifyOrder:
         sku = line.get("sku") or ""
         lines.append(OrderLine(gid_number(line.get("id"), "LineItem"), sku.strip() if isinstance(sku, str) else "",
                                quantity))
-    return ShopifyOrder(order_id, str(node.get("name") or ""), node["createdAt"], node["updatedAt"], cancelled, lines)
+    return ShopifyOrder(order_id, str(node.get("name") or ""), node["createdAt"], node["updatedAt"], cancelled, lines,
+                        _refund_lines(order_id, node))
+
+
+def _refund_lines(order_id: str, node: dict) -> list[RefundLine]:
+    """The lines of an order's refunds (a cancellation's restock, or not, is one per line)."""
+    found = []
+    for refund in node.get("refunds") or []:
+        if not isinstance(refund, dict):
+            raise _malformed(f"order {order_id}: a refund is not an object")
+        for item in _path(refund, "refundLineItems", "nodes", kind=list):
+            quantity = item.get("quantity") if isinstance(item, dict) else None
+            if not isinstance(quantity, int) or isinstance(quantity, bool):
+                raise _malformed(f"order {order_id}: a refund line's quantity must be an integer")
+            kind = item.get("restockType")
+            if not isinstance(kind, str):
+                raise _malformed(f"order {order_id}: a refund line's restockType must be a string")
+            found.append(RefundLine(gid_number((item.get("lineItem") or {}).get("id"), "LineItem"), quantity, kind))
+    return found
 
 
 def _cost(body: dict) -> QueryCost | None:
@@ -523,5 +556,6 @@ def _location_variables(locations: list[str]) -> dict[str, str]:
 
 
 __all__ = ["API", "DEFAULT_PAGE_LIMIT", "LOCATIONS_QUERY", "MAX_PAGE_LIMIT", "ORDERS_QUERY", "OrderLine", "OrdersPage",
-           "QueryCost", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock", "VariantsPage", "gid",
-           "bulk_variants_query", "gid_number", "level_query", "parse_variant", "variants_query"]
+            "QueryCost", "RefundLine", "SET_MUTATION", "ShopifyClient", "ShopifyOrder", "VariantStock",
+            "VariantsPage", "gid", "bulk_variants_query", "gid_number", "level_query", "parse_variant",
+            "variants_query"]

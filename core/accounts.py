@@ -95,7 +95,8 @@ MAX_SHOP_LOCATIONS = 10
 
 #: The options an account may have, and what each must be.
 OPTIONS = {
-    "restock_on_cancel": "true or false: whether a cancelled order gives its units back on the marketplace by itself",
+    "restock_on_cancel": ("true or false: whether a cancelled order gives its units back on the marketplace by itself "
+                          "(the default: a marketplace's word on one cancellation, Shopify's refund lines, wins)"),
     "webhook_secret_env": f"the NAME of the variable holding its webhook secret ({CREDENTIAL_PREFIX}...)",
     "shop_domain": "the shop's myshopify.com domain (Shopify webhooks name it)",
     "location_id": "the Shopify location id whose stock is counted and pushed (instead of location_ids)",

@@ -9,6 +9,11 @@ snapshot.  So an order is booked only when no snapshot counted it, and a snapsho
 cannot order an event and a snapshot (within the skew), the lower stock is booked and the row is
 read again later; a push is only ever a fresh read plus ``unpushed``, so it never sends a number
 the rules are unsure of, nor erases an order the marketplace counted.
+
+Whether a cancellation is the marketplace's or ours is the marketplace's word about that
+cancellation when it gives one (Shopify's refund lines: ``restocked`` units of the line), else the
+account's default; a line restocked in part is booked as two rows, the restocked part the
+marketplace's and the rest ours (:func:`cancellation_parts`).
 """
 from __future__ import annotations
 
@@ -27,9 +32,38 @@ SNAPSHOT_STATES = ("apply", "stale", "unpushed", "ambiguous")
 DEFAULT_CLOCK_SKEW = timedelta(seconds=5)
 
 
+#: The key suffix of a split cancellation's part the marketplace did not restock (the restocked part
+#: keeps the line's own key, so a cancellation booked before the split existed is still found once).
+NOT_RESTOCKED_SUFFIX = ":not_restocked"
+
+
 def marketplace_kinds(restocks_on_cancel: bool) -> tuple[str, ...]:
-    """The ledger change types a marketplace counts by itself (a snapshot counts them after their time)."""
+    """The ledger change types a marketplace counts by itself by the account's default (a snapshot counts
+    them after their time); a ledger row that records its own fact says so (:func:`counted_by_marketplace`)."""
     return MARKETPLACE_KINDS if restocks_on_cancel else ("order_created",)
+
+
+def counted_by_marketplace(change_type: str, restocked: int | None, restocks_on_cancel: bool) -> bool:
+    """Whether a ledger row is one the marketplace counts by itself: an order, or a cancellation part it
+    restocked (``restocked``: the row's recorded units; None, a row from before the fact was kept: the default).
+
+    ``db/snapshot.py`` says the same in SQL (``_MARKETPLACE_ROW``).
+    """
+    if change_type == "order_cancelled" and restocked is not None:
+        return restocked > 0
+    return change_type in marketplace_kinds(restocks_on_cancel)
+
+
+def cancellation_parts(quantity: int, restocked: int | None, restocks_on_cancel: bool) -> tuple[int, int]:
+    """``(restocked, kept)``: the units of a cancelled line the marketplace gave back itself, and the rest.
+
+    ``restocked``: what the marketplace said of this cancellation (Shopify's refund lines), None when it
+    says nothing (Back Market, Refurbed): then the account's ``restocks_on_cancel`` decides for every unit.
+    """
+    if restocked is None:
+        return (quantity, 0) if restocks_on_cancel else (0, quantity)
+    restocked = min(max(restocked, 0), quantity)
+    return restocked, quantity - restocked
 
 
 def coverage(moment: datetime, synced_at: datetime | None, skew: timedelta) -> str:
@@ -50,6 +84,10 @@ class Booking:
     cancellation whose order is not booked yet: 0 until the order comes).  ``local`` is the part of
     ``change`` the marketplace does not know (it joins ``unpushed`` and asks for a ``push``).
     ``settles``: an order whose cancellation waited books the cancellation's part here too.
+    ``restocked``: on a cancellation's row, the units the marketplace said it gave back itself (kept
+    in the ledger; a waiting row keeps it for its order to settle by); None when it said nothing.
+    ``kept``: a cancellation the marketplace restocked only in part books the rest as a local
+    change, a row of its own.
     """
 
     outcome: str
@@ -59,23 +97,35 @@ class Booking:
     recheck: bool = False
     note: str | None = None
     settles: Booking | None = None
+    restocked: int | None = None
+    kept: Booking | None = None
 
     @property
     def total(self) -> int:
         """The change of the event and of the cancellation it settles."""
-        return self.change + (self.settles.change if self.settles else 0)
+        return sum(part.change for _, part in self.rows())
+
+    def rows(self) -> list[tuple[str, Booking]]:
+        """Each ledger row this booking writes, with its key's suffix after the event's own key (``""``):
+        the event, its not-restocked part, the cancellation it settles and that one's not-restocked part."""
+        found = [("", self)] + ([(NOT_RESTOCKED_SUFFIX, self.kept)] if self.kept else [])
+        if self.settles is not None:
+            found += [(":settled" + suffix, part) for suffix, part in self.settles.rows()]
+        return found
 
 
 def decide_event(kind: str, quantity: int, moment: datetime, synced_at: datetime | None, *, skew: timedelta,
-                 other_half: datetime | None = None, pushed: bool = True, restocks_on_cancel: bool = True
-                 ) -> Booking:
+                 other_half: datetime | None = None, pushed: bool = True, restocks_on_cancel: bool = True,
+                 restocked: int | None = None) -> Booking:
     """What an event does to its row, given the row's last snapshot time ``synced_at``.
 
     ``quantity`` is the units (the signed change for ``manual``).  ``other_half``: the event time of
     the order line's other event when it is booked already (the cancellation, for an order; the
     order, for a cancellation).  ``pushed``: whether the marketplace's stock is pushed at all (if
     not, a local change is kept until the next snapshot, which wins).  ``restocks_on_cancel``:
-    whether the marketplace gives a cancelled line's units back itself.
+    whether the marketplace gives a cancelled line's units back itself (the account's default);
+    ``restocked``: how many of this cancellation's units it did give back, when it said (for an order,
+    what its waiting cancellation recorded), which wins over the default.
     """
     if kind in LOCAL_KINDS:
         change = quantity if kind == "manual" else abs(quantity)
@@ -84,23 +134,30 @@ def decide_event(kind: str, quantity: int, moment: datetime, synced_at: datetime
         booking = _marketplace_event(-quantity, moment, synced_at, skew)
         if other_half is not None:
             # Its cancellation came first and waited: the units come back now, by the cancellation's own time.
-            booking = _replace(booking, settles=_cancellation(quantity, other_half, synced_at, skew=skew,
-                                                              pushed=pushed, restocks=restocks_on_cancel))
+            booking = _replace(booking, settles=_cancellation(quantity, restocked, restocks_on_cancel, other_half,
+                                                              synced_at, skew=skew, pushed=pushed))
         return booking
     if kind != "order_cancelled":
         raise ValueError(f"unknown event kind {kind!r}")
     if other_half is None:
         # Its order is not booked yet: giving the units back now would offer them twice until it comes.
-        return Booking("waiting", 0, note="waiting for its order")
-    return _cancellation(quantity, moment, synced_at, skew=skew, pushed=pushed, restocks=restocks_on_cancel)
+        # What the marketplace said (or None) waits with it: its order settles by it, or by the default then.
+        return Booking("waiting", 0, note="waiting for its order", restocked=restocked)
+    return _cancellation(quantity, restocked, restocks_on_cancel, moment, synced_at, skew=skew, pushed=pushed)
 
 
-def _cancellation(quantity: int, moment: datetime, synced_at: datetime | None, *, skew: timedelta, pushed: bool,
-                  restocks: bool) -> Booking:
-    if restocks:
-        return _marketplace_event(quantity, moment, synced_at, skew)
-    # The marketplace keeps the units off until we tell it: a local change like a top-up.
-    return Booking("applied", quantity, local=quantity if pushed else 0, push=pushed)
+def _cancellation(quantity: int, said: int | None, restocks_on_cancel: bool, moment: datetime,
+                  synced_at: datetime | None, *, skew: timedelta, pushed: bool) -> Booking:
+    """A cancellation of ``quantity`` units, ``said`` of them restocked by the marketplace by its word (None:
+    by the account's default; its rows then record None, as the rows from before the word was kept)."""
+    back, kept = cancellation_parts(quantity, said, restocks_on_cancel)
+    # What the marketplace keeps off until we tell it is a local change like a top-up.
+    local = Booking("applied", kept, local=kept if pushed else 0, push=pushed,
+                    restocked=None if said is None else 0) if kept else None
+    if not back:
+        return local
+    return _replace(_marketplace_event(back, moment, synced_at, skew), restocked=None if said is None else back,
+                    kept=local)
 
 
 def _marketplace_event(change: int, moment: datetime, synced_at: datetime | None, skew: timedelta) -> Booking:

@@ -26,7 +26,8 @@ class DriftCause(str, enum.Enum):
     PUSH_LOST = "push_lost"
     #: The marketplace took an order the ledger has not booked (the intake saw it; its events wait).
     UNBOOKED_ORDER = "unbooked_order"
-    #: A cancellation gave its units back on one side only.
+    #: A cancellation gave its units back on one side only: the marketplace did otherwise than it said
+    #: (a Shopify refund line), or, where it says nothing, than the account's ``restock_on_cancel``.
     ONE_SIDED_RESTOCK = "one_sided_restock"
     #: The count moved on the marketplace with no order and no push: someone changed it by hand.
     HAND_EDIT = "hand_edit"
@@ -47,7 +48,8 @@ class DriftFacts:
     #: The row's last push: ``{"id", "state", "quantity_read", "quantity_sent", "error", "at"}``, or None.
     last_push: dict[str, Any] | None = None
     #: Cancellations of the row in :data:`RESTOCK_LOOKBACK` before the read: ``{"id", "order_id", "order_line_id",
-    #: "change", "event_time"}``.
+    #: "change", "restocked", "event_time"}`` (``restocked``: the units the marketplace said it gave back; None:
+    #: it said nothing, the account's default was booked).
     cancellations: list[dict[str, Any]] = field(default_factory=list)
     #: The marketplace's order lines of the SKU the ledger has not booked: ``{"order_id", "order_line_id",
     #: "quantity"}``.
@@ -72,6 +74,16 @@ def explain(facts: DriftFacts) -> tuple[DriftCause, dict[str, Any]]:
                 or (c["change"] == 0 and facts.difference > 0)]
     if matching:
         side = "ours" if facts.difference < 0 else "the marketplace's"
-        return DriftCause.ONE_SIDED_RESTOCK, {"cancellation": matching[0], "restocked": side}
+        return DriftCause.ONE_SIDED_RESTOCK, {"cancellation": matching[0], "restocked": side,
+                                              "booked_by": _booked_by(matching[0].get("restocked"))}
     return DriftCause.HAND_EDIT, {"why": "no order, push or cancellation explains it",
                                   "marketplace": facts.marketplace, "read_at": facts.fetched_at.isoformat()}
+
+
+def _booked_by(restocked: int | None) -> str:
+    """What the booking of a cancellation went by: the marketplace's word, or the account's default."""
+    if restocked is None:
+        return "the account's restock_on_cancel (the marketplace said nothing of this cancellation)"
+    if restocked:
+        return f"the marketplace's word: it restocked {restocked} unit(s) itself"
+    return "the marketplace's word: it did not restock it (the units were pushed)"

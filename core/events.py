@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, Mapping, Sequence, Union, get_args
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, RootModel,
-                      StringConstraints, TypeAdapter, ValidationError, ValidationInfo, model_validator)
+                      StrictBool, StringConstraints, TypeAdapter, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 #: The kinds of event, by the name of the actor that books them.
@@ -154,6 +155,18 @@ EventTime = Annotated[datetime, BeforeValidator(_iso_time, json_schema_input_typ
                       AfterValidator(_utc_not_future),
                       PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
                       Field(description="ISO 8601 with a zone; default now; at most 5 minutes ahead")]
+def _restocked_value(value: Any) -> Any:
+    # One clear message for every wrong kind (a union would name its first member's complaint).
+    if isinstance(value, bool) or (isinstance(value, int) and 0 <= value <= MAX_QUANTITY):
+        return value
+    raise PydanticCustomError("restocked", "must be true, false or a count of units from 0 to the quantity, got "
+                                           "{given}", {"given": _short(value)})
+
+
+Restocked = Annotated[Union[StrictBool, Annotated[int, Field(strict=True, ge=0, le=MAX_QUANTITY)]],
+                      BeforeValidator(_restocked_value),
+                      Field(description="units the marketplace gave back itself: true (all), false (none) or a "
+                                        "count up to quantity; absent: the account's restock_on_cancel")]
 Reference = _text(TEXT_CHARS, "what makes it happen once (a delivery, a count): its idempotency key")
 Person = _text(TEXT_CHARS, "who did it (on POST /events replaced by the producer's key id: producer:<id>)")
 Note = _text(NOTE_CHARS, "free text")
@@ -201,9 +214,24 @@ class OrderCreated(_OrderLine):
 
 
 class OrderCancelled(_OrderLine):
-    """An order line was cancelled before shipping: its ``quantity`` units come back."""
+    """An order line was cancelled before shipping: its ``quantity`` units come back.
+
+    ``restocked``: what the marketplace did with them, when it says (Shopify: the refund lines'
+    restock type): how many it gave back itself (``true``: all, ``false``: none); the rest stocksync
+    pushes.  Absent: the account's default (``restock_on_cancel``).
+    """
 
     type: Literal["order_cancelled"]
+    restocked: Restocked | None = None
+
+    @field_validator("restocked")
+    @classmethod
+    def _within_quantity(cls, value: bool | int | None, info: ValidationInfo) -> bool | int | None:
+        quantity = info.data.get("quantity")
+        if type(value) is int and quantity is not None and value > quantity:
+            raise PydanticCustomError("restocked_over", "must be at most the quantity ({quantity}), got {given}",
+                                      {"quantity": quantity, "given": value})
+        return value
 
 
 class StockTopup(_Fields):
@@ -338,6 +366,14 @@ class StockEvent(RootModel[AnyKind]):
     @property
     def note(self) -> str | None:
         return getattr(self.root, "note", None)
+
+    @property
+    def restocked(self) -> int | None:
+        """A cancellation's units the marketplace gave back itself, when it said; None: the account's default."""
+        value = getattr(self.root, "restocked", None)
+        if isinstance(value, bool):
+            return self.root.quantity if value else 0
+        return value
 
     @property
     def source(self) -> str | None:

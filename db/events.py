@@ -37,8 +37,8 @@ class EventResult:
     changed; ``before == after`` is the current stock, and the flags say what the row still
     waits for).  ``outcome`` is the rule that decided it (:class:`core.booking.Booking`:
     applied, absorbed, uncertain, waiting; or duplicate).  ``change`` is what was booked (with
-    the part of a cancellation it settles).  ``push_requested``: the caller should enqueue a
-    push of the row.  ``needs_recheck``: the row is flagged to be read again from the
+    the part of a cancellation it settles, and a split cancellation's both parts).
+    ``push_requested``: the caller should enqueue a push of the row.  ``needs_recheck``: the row is flagged to be read again from the
     marketplace.  ``created``: the stock row did not exist.
     """
 
@@ -143,21 +143,28 @@ def record_stock_events(session: Session, events: list[StockEvent], *, now: date
             event.change_type, event.quantity, event.event_time, row.last_synced_at, skew=skew,
             other_half=None if other is None else other.event_time,
             pushed=event.marketplace in pushed,
-            restocks_on_cancel=event.marketplace not in not_restocking)
+            restocks_on_cancel=event.marketplace not in not_restocking,
+            # A cancellation's own fact; for an order, what its waiting cancellation recorded.
+            restocked=event.restocked if other is None or event.change_type == "order_cancelled"
+            else other.restocked)
         before = state.listed
-        entries.append(state.book(_Entry(row, event, key, event.event_time, decision, before)))
-        if decision.settles is not None:
-            entries.append(state.book(_Entry(row, event, _settled_key(event), other.event_time, decision.settles,
-                                             state.listed, "order_cancelled")))
-        booked[key] = SimpleNamespace(stock_id=row.id, change_type=event.change_type, event_time=event.event_time)
+        for suffix, part in decision.rows():
+            # Each part under the line's key (the settled part under the cancellation's), by its own time.
+            settled = suffix.startswith(":settled")
+            entries.append(state.book(_Entry(
+                row, event, (_cancel_key(event) if settled else key) + suffix,
+                other.event_time if settled else event.event_time, part, state.listed,
+                "order_cancelled" if settled else None)))
+        booked[key] = SimpleNamespace(stock_id=row.id, change_type=event.change_type, event_time=event.event_time,
+                                      restocked=decision.restocked)
         results[index] = _applied(event, row.id, decision, before, state.listed, first_on_new_row)
     if entries:
         _write_batch(session, entries, [state for state in states.values() if state.entries], now)
     return results  # type: ignore[return-value]
 
 
-def _settled_key(event: StockEvent) -> str:
-    return order_line_key(event.marketplace, event.order_line_id, "order_cancelled") + ":settled"
+def _cancel_key(event: StockEvent) -> str:
+    return order_line_key(event.marketplace, event.order_line_id, "order_cancelled")
 
 
 def _applied(event: StockEvent, stock_id: int, decision: booking.Booking, before: int, after: int,
@@ -169,8 +176,8 @@ def _applied(event: StockEvent, stock_id: int, decision: booking.Booking, before
                        event.marketplace, after, stock_id)
     return EventResult("applied", stock_id, before, after, oversold=oversold, change=decision.total,
                        idempotency_key=event.key, absorbed=decision.total != event.change,
-                       needs_recheck=decision.recheck or bool(decision.settles and decision.settles.recheck),
-                       push_requested=decision.push or bool(decision.settles and decision.settles.push),
+                       needs_recheck=any(part.recheck for _, part in decision.rows()),
+                       push_requested=any(part.push for _, part in decision.rows()),
                        created=created, outcome=decision.outcome)
 
 
@@ -238,6 +245,7 @@ def _write_batch(session: Session, entries: list[_Entry], changed: list[_RowStat
         "actor": [e.event.actor for e in entries],
         "note": [e.decision.note or e.event.note for e in entries],
         "key": [e.key for e in entries], "t": [e.moment for e in entries],
+        "restocked": [e.decision.restocked for e in entries],
         "row_id": [state.row.id for state in changed], "row_listed": [state.listed for state in changed],
         "row_recheck": [state.rechecked for state in changed], "row_pushes": [state.pushes for state in changed],
         "row_local": [state.local for state in changed],
@@ -259,7 +267,7 @@ _LOCK_STOCK_ROWS = text(
     "ORDER BY s.id FOR UPDATE OF s")
 
 _BOOKED_KEYS = text(
-    "SELECT idempotency_key, stock_id, change_type, event_time FROM stock_ledger "
+    "SELECT idempotency_key, stock_id, change_type, event_time, restocked FROM stock_ledger "
     "WHERE idempotency_key = ANY(CAST(:keys AS text[]))")
 
 # Every ledger row of the batch (in order), then each changed stock row's final quantity and
@@ -268,13 +276,15 @@ _BOOK_BATCH = text("""
 WITH entry AS (
     INSERT INTO stock_ledger (stock_id, variation_id, marketplace_id, quantity_before, quantity_after, change,
                               change_type, order_id, order_line_id, reference, actor, note, idempotency_key,
-                              event_time)
+                              event_time, restocked)
     SELECT s.id, s.variation_id, s.marketplace_id, e.before, e.after, e.change, e.type, e.order_id, e.line, e.ref,
-           e.actor, e.note, e.key, e.t
+           e.actor, e.note, e.key, e.t, e.restocked
     FROM unnest(CAST(:sid AS bigint[]), CAST(:before AS int[]), CAST(:after AS int[]), CAST(:change AS int[]),
                 CAST(:type AS text[]), CAST(:order AS text[]), CAST(:line AS text[]), CAST(:ref AS text[]),
-                CAST(:actor AS text[]), CAST(:note AS text[]), CAST(:key AS text[]), CAST(:t AS timestamptz[]))
-         WITH ORDINALITY AS e(sid, before, after, change, type, order_id, line, ref, actor, note, key, t, position)
+                CAST(:actor AS text[]), CAST(:note AS text[]), CAST(:key AS text[]), CAST(:t AS timestamptz[]),
+                CAST(:restocked AS int[]))
+         WITH ORDINALITY AS e(sid, before, after, change, type, order_id, line, ref, actor, note, key, t, restocked,
+                              position)
     JOIN marketplace_stock s ON s.id = e.sid
     ORDER BY e.position
     ON CONFLICT (idempotency_key) DO NOTHING

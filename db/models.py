@@ -173,6 +173,9 @@ class StockLedger(Base):
     idempotency_key: Mapped[str] = mapped_column(String(300), unique=True)
     event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    #: A cancellation's units the marketplace gave back itself (0: none, the row is a local change);
+    #: NULL on other kinds and older rows: the account's default (``core.booking.counted_by_marketplace``).
+    restocked: Mapped[int | None] = mapped_column(Integer)
 
 
 class ListingRead(Base):

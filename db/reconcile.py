@@ -189,12 +189,12 @@ def drift_facts(session: Session, stock_ids: list[int], fetched_at: datetime) ->
         if row["booked_at"] > fetched_at:
             facts[row["stock_id"]]["booked_after_read"].append(entry)
     for row in session.execute(text(
-            "SELECT stock_id, id, order_id, order_line_id, change, event_time FROM stock_ledger "
+            "SELECT stock_id, id, order_id, order_line_id, change, restocked, event_time FROM stock_ledger "
             "WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND change_type = 'order_cancelled' "
             "AND event_time BETWEEN :since AND :read ORDER BY event_time DESC"),
             {"ids": stock_ids, "since": fetched_at - RESTOCK_LOOKBACK, "read": fetched_at}).mappings():
         facts[row["stock_id"]]["cancellations"].append(
-            {key: row[key] for key in ("id", "order_id", "order_line_id", "change", "event_time")})
+            {key: row[key] for key in ("id", "order_id", "order_line_id", "change", "restocked", "event_time")})
     for row in session.execute(text(
             "SELECT DISTINCT ON (stock_id) stock_id, id, state, quantity_read, quantity_sent, error, updated_at AS at "
             "FROM push_log WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND started_at <= :read "

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from core.booking import SNAPSHOT_STATES, marketplace_kinds
+from core.booking import SNAPSHOT_STATES
 from db import syncs
 from core.booking import DEFAULT_CLOCK_SKEW
 
@@ -200,7 +200,7 @@ def apply_snapshot(session: Session, *, marketplace_id: int, fetched_at: datetim
     plan_for_small_batches(session)
     params = {"sku": list(skus), "qty": list(quantities), "mp": marketplace_id, "t": fetched_at,
               "skew": DEFAULT_CLOCK_SKEW if skew is None else skew,
-              "marketplace_types": list(marketplace_kinds(restocks_on_cancel)),
+              "restocks": restocks_on_cancel,
               "now": now or datetime.now(timezone.utc), "owner": None if lease_owner is None else lease_owner[:64]}
     if not params["sku"]:
         return []
@@ -233,9 +233,15 @@ def marketplace_changes_since(session: Session, stock_id: int, since: datetime, 
                               ) -> int:
     """The sum of a row's marketplace events after ``since`` (what the marketplace did by itself since)."""
     return session.execute(text(
-        "SELECT COALESCE(sum(change), 0)::int FROM stock_ledger WHERE stock_id = :sid AND event_time > :t "
-        "AND change_type = ANY(CAST(:types AS text[]))"),
-        {"sid": stock_id, "t": since, "types": list(marketplace_kinds(restocks_on_cancel))}).scalar_one()
+        "SELECT COALESCE(sum(l.change), 0)::int FROM stock_ledger l WHERE l.stock_id = :sid AND l.event_time > :t "
+        "AND " + _MARKETPLACE_ROW),
+        {"sid": stock_id, "t": since, "restocks": restocks_on_cancel}).scalar_one()
+
+
+#: A ledger row ``l`` the marketplace counts by itself (``core.booking.counted_by_marketplace``): an order, or a
+#: cancellation it restocked by the row's own fact, else by the account's default (``:restocks``).
+_MARKETPLACE_ROW = ("(l.change_type = 'order_created' OR (l.change_type = 'order_cancelled' "
+                    "AND COALESCE(l.restocked > 0, CAST(:restocks AS boolean))))")
 
 
 def finish_run(session: Session, *, sync_id: int, marketplace_id: int) -> str:
@@ -304,7 +310,7 @@ WITH incoming AS (
     ) s
     CROSS JOIN LATERAL (
         SELECT COALESCE(sum(l.change), 0)::int AS change FROM stock_ledger l
-        WHERE l.stock_id = s.id AND l.event_time > :t AND l.change_type = ANY(CAST(:marketplace_types AS text[]))
+        WHERE l.stock_id = s.id AND l.event_time > :t AND """ + _MARKETPLACE_ROW + """
     ) newer
     -- An order or cancellation within the skew of the fetch (a lateral count, not EXISTS: the
     -- planner may run an EXISTS as one scan of every ledger row in the window, for all rows).
@@ -312,7 +318,7 @@ WITH incoming AS (
         SELECT count(*) AS events FROM (
             SELECT 1 FROM stock_ledger l
             WHERE l.stock_id = s.id
-              AND l.change_type = ANY(CAST(:marketplace_types AS text[]))
+              AND """ + _MARKETPLACE_ROW + """
               AND l.event_time BETWEEN :t - CAST(:skew AS interval) AND :t + CAST(:skew AS interval)
             LIMIT 1) one
     ) close

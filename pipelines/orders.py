@@ -123,7 +123,8 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
 
     Only the body is signed (``X-Shopify-Topic`` is not), so what is booked comes from the body:
     ``order_created`` per line at ``created_at``, then ``order_cancelled`` (at the body's own
-    ``cancelled_at``) when that is set, chained, so a cancellation whose creation was never
+    ``cancelled_at``, with the units Shopify restocked by its refund lines: :func:`shopify_restocked`)
+    when that is set, chained, so a cancellation whose creation was never
     received still books both and nets to zero.  The topic only has to agree: ``orders/cancelled``
     with a body that is not cancelled (an ``orders/create`` body re-sent under another topic) is
     refused.  Unlike a poll, a bad line refuses the whole payload: the webhook is answered 400.
@@ -147,6 +148,7 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
     created_at = min(_aware(created_at, "created_at"), now)
     if cancelled_at is not None:
         cancelled_at = min(_aware(cancelled_at, "cancelled_at"), now)
+    restocked = shopify_restocked(order) if cancelled_at is not None else {}
     chains, skipped = [], []
     for index, line in enumerate(order["line_items"]):
         if not isinstance(line, dict) or "id" not in line:
@@ -158,9 +160,54 @@ def shopify_order_events(order: Any, topic: str, marketplace: str, *, now: datet
                   "sku": line["sku"], "quantity": line.get("quantity"), "source": source}
         chain = [StockEvent.of("order_created", event_time=created_at, now=now, **common)]
         if cancelled_at is not None:
-            chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now, **common))
+            chain.append(StockEvent.of("order_cancelled", event_time=cancelled_at, now=now,
+                                       restocked=_capped(restocked.get(str(line["id"])), line.get("quantity")),
+                                       **common))
         chains.append(chain)
     return chains, skipped
+
+
+#: Shopify's refund line restock types (REST spelling) that put the units back in the shop's stock.
+SHOPIFY_RESTOCKING = frozenset({"cancel", "return", "legacy_restock"})
+SHOPIFY_RESTOCK_TYPES = SHOPIFY_RESTOCKING | {"no_restock"}
+
+
+def shopify_restocked(order: dict) -> dict[str, int]:
+    """Line id -> the units Shopify restocked, by the order's refund lines (``refunds[].refund_line_items[]``:
+    ``line_item_id``, ``quantity``, ``restock_type``); a line no refund line names is left out (Shopify said
+    nothing of it: the account's default decides).
+
+    Raises:
+      MalformedOrder: A refund or refund line is not of Shopify's shape, or names an unknown restock type.
+    """
+    refunds = order.get("refunds") or []
+    if not isinstance(refunds, list):
+        raise MalformedOrder("refunds must be a list")
+    found: dict[str, int] = {}
+    for at, refund in enumerate(refunds):
+        items = refund.get("refund_line_items") if isinstance(refund, dict) else None
+        if not isinstance(items, list):
+            raise MalformedOrder(f"refunds[{at}] must be an object with a refund_line_items list")
+        for index, item in enumerate(items):
+            where = f"refunds[{at}].refund_line_items[{index}]"
+            if not isinstance(item, dict) or item.get("line_item_id") is None:
+                raise MalformedOrder(f"{where} must be an object with a line_item_id")
+            quantity, kind = item.get("quantity"), item.get("restock_type")
+            if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
+                raise MalformedOrder(f"{where}.quantity must be a whole number of units, got {quantity!r}"[:200])
+            if kind not in SHOPIFY_RESTOCK_TYPES:
+                raise MalformedOrder(f"{where}.restock_type must be one of {', '.join(sorted(SHOPIFY_RESTOCK_TYPES))}"
+                                     f", got {str(kind)[:40]!r}")
+            line = str(item["line_item_id"])
+            found[line] = found.get(line, 0) + (quantity if kind in SHOPIFY_RESTOCKING else 0)
+    return found
+
+
+def _capped(restocked: int | None, quantity: Any) -> int | None:
+    # Refund lines summing past the line (a return after a cancel's restock) restock no more than the line.
+    if restocked is None or not isinstance(quantity, int):
+        return restocked
+    return min(restocked, quantity)
 
 
 #: The times of a Shopify order body; the newest is when Shopify made the body (a retry resends it as it was).
@@ -323,7 +370,10 @@ def shopify_polled_events(order: ShopifyOrder, marketplace: str, *, now: datetim
     """The event chains of a polled Shopify order: the same as its webhook's (same order and line numbers,
     so a webhook and a poll book it once); an order that cannot be booked is logged and left out."""
     body = {"id": int(order.id), "created_at": order.created_at, "cancelled_at": order.cancelled_at,
-            "line_items": [{"id": int(line.id), "sku": line.sku, "quantity": line.quantity} for line in order.lines]}
+            "line_items": [{"id": int(line.id), "sku": line.sku, "quantity": line.quantity} for line in order.lines],
+            "refunds": [{"refund_line_items": [{"line_item_id": int(item.line_id), "quantity": item.quantity,
+                                                "restock_type": item.restock_type.lower()}
+                                               for item in order.refund_lines]}]}
     topic = "orders/create" if order.cancelled_at is None else "orders/cancelled"
     try:
         return shopify_order_events(body, topic, marketplace, now=now, source="poll")[0]

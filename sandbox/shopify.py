@@ -511,9 +511,10 @@ class ShopifySandbox(Dials):
         """
         return self._orders.place(lines, location_id=location_id, notify=notify)
 
-    def cancel_order(self, order_id: int, *, restock: bool | None = None, reason: str = "CUSTOMER",
+    def cancel_order(self, order_id: int, *, restock: bool | dict[str, int] | None = None, reason: str = "CUSTOMER",
                      notify: bool = True) -> dict[str, Any]:
-        """Cancel an order; its units go back to its location when ``restock`` (default: the dial).
+        """Cancel an order; its units go back to its location when ``restock`` (default: the dial), or
+        as many of each line's as ``restock`` gives its SKU (``{sku: units}``: a line restocked in part).
 
         Raises:
           KeyError: No such order.  ValueError: Already cancelled, or a reason Shopify does not know.

@@ -7,7 +7,11 @@ by the GraphQL ``orders`` query, announced by signed webhooks.
 - **A cancellation** sets ``cancelledAt`` and ``cancelReason`` and, with ``restock`` (default: the
   ``restock_on_cancel`` dial), gives every line's units back to the order's location, recorded as
   Shopify does: a ``Refund`` whose ``refundLineItems`` have ``restockType: CANCEL``, ``restocked:
-  true`` and the ``location``.  Without restock the refund lines say ``NO_RESTOCK``.
+  true`` and the ``location``.  Without restock the refund lines say ``NO_RESTOCK``; ``restock`` as
+  ``{sku: units}`` gives back only those units of each line (a line restocked in part has a ``CANCEL``
+  and a ``NO_RESTOCK`` refund line).  The webhook body says the same in REST:
+  ``refunds[].refund_line_items[]`` with ``line_item_id``, ``quantity``, ``restock_type`` (``cancel``,
+  ``no_restock``).
 - **``updatedAt``** is set on creation and on cancellation (to the second, as Shopify writes it),
   so ``orders(query: "updated_at:>='<watermark>'", sortKey: UPDATED_AT)`` finds both.  The search
   syntax understood: ``created_at`` and ``updated_at`` with ``>=``, ``<=``, ``>``, ``<`` or ``:``
@@ -102,7 +106,8 @@ class ShopifyOrders:
             self._notify("orders/create", order_id)
         return body
 
-    def cancel(self, order_id: int, *, restock: bool | None, reason: str, notify: bool) -> dict[str, Any]:
+    def cancel(self, order_id: int, *, restock: bool | dict[str, int] | None, reason: str, notify: bool
+               ) -> dict[str, Any]:
         """See :meth:`ShopifySandbox.cancel_order`."""
         if reason not in CANCEL_REASONS:
             raise ValueError(f"reason must be one of {', '.join(CANCEL_REASONS)}, got {reason!r}")
@@ -116,14 +121,17 @@ class ShopifyOrders:
             moment = self._shop.now()
             order["cancelled_at"] = order["updated_at"] = moment
             order["cancel_reason"] = reason
-            if restock:
-                for line in order["lines"]:
-                    self._shop.change_level_locked(line["variant"]["inventory_item_id"], order["location_id"],
-                                                   line["quantity"])
-            order["refunds"].append({"id": next(self._refund_ids), "created_at": moment, "lines": [
-                {"id": next(self._refund_ids), "line": line, "quantity": line["quantity"],
-                 "restock_type": "CANCEL" if restock else "NO_RESTOCK", "restocked": restock,
-                 "location_id": order["location_id"] if restock else None} for line in order["lines"]]})
+            items = []
+            for line in order["lines"]:
+                back = _units_back(restock, line)
+                if back:
+                    self._shop.change_level_locked(line["variant"]["inventory_item_id"], order["location_id"], back)
+                # One refund line per restock type: a line restocked in part has two, as Shopify records it.
+                items += [{"id": next(self._refund_ids), "line": line, "quantity": units, "restock_type": kind,
+                           "restocked": kind == "CANCEL",
+                           "location_id": order["location_id"] if kind == "CANCEL" else None}
+                          for kind, units in (("CANCEL", back), ("NO_RESTOCK", line["quantity"] - back)) if units]
+            order["refunds"].append({"id": next(self._refund_ids), "created_at": moment, "lines": items})
             body = self._body(order)
         if notify:
             self._notify("orders/cancelled", order_id)
@@ -197,7 +205,7 @@ class ShopifyOrders:
                            for line in order["lines"]],
             "refunds": [{"id": refund["id"], "created_at": rest_time(refund["created_at"]), "refund_line_items": [
                 {"id": item["id"], "line_item_id": item["line"]["id"], "quantity": item["quantity"],
-                 "restock_type": "cancel" if item["restocked"] else "no_restock", "location_id": item["location_id"]}
+                 "restock_type": item["restock_type"].lower(), "location_id": item["location_id"]}
                 for item in refund["lines"]]} for refund in order["refunds"]],
         }
 
@@ -212,6 +220,13 @@ class ShopifyOrders:
                    "X-Shopify-Triggered-At": datetime.now(timezone.utc).isoformat()}
         self.webhooks.send(order_id, 0, dials["webhook_url"], lambda: (body, headers), WEBHOOK_MAX_ATTEMPTS,
                            WEBHOOK_RETRY_S)
+
+
+def _units_back(restock: bool | dict[str, int], line: dict[str, Any]) -> int:
+    """How many of a cancelled line's units go back: all or none, or as many as ``restock`` gives its SKU."""
+    if isinstance(restock, dict):
+        return max(0, min(int(restock.get(line["variant"]["sku"], 0)), line["quantity"]))
+    return line["quantity"] if restock else 0
 
 
 def _second(moment: datetime) -> datetime:

@@ -40,31 +40,33 @@ class BookingModel:
         self.pushed = pushed
         self.rows: dict[str, ModelRow] = {}
         self.keys: dict[str, datetime] = {}  # booked idempotency key -> event time
+        self.said: dict[str, int | None] = {}  # booked key -> the restock its event recorded (a waiting cancel's)
 
     def row(self, sku: str) -> ModelRow:
         return self.rows.setdefault(sku, ModelRow())
 
     # -- events ------------------------------------------------------------------------------------
 
-    def book(self, kind: str, sku: str, quantity: int, moment: datetime, key: str, other_key: str | None = None
-             ) -> booking.Booking | None:
-        """Book one event; None for a duplicate."""
+    def book(self, kind: str, sku: str, quantity: int, moment: datetime, key: str, other_key: str | None = None,
+             restocked: int | None = None) -> booking.Booking | None:
+        """Book one event (``restocked``: a cancellation's word on its restock); None for a duplicate."""
         row = self.row(sku)
         if key in self.keys:
             return None
         other = self.keys.get(other_key) if other_key else None
+        said = restocked if other is None or kind == "order_cancelled" else self.said.get(other_key)
         decision = booking.decide_event(kind, quantity, moment, row.synced_at, skew=self.skew, other_half=other,
-                                        pushed=self.pushed, restocks_on_cancel=self.restocks)
-        self.keys[key] = moment
-        self._write(row, kind, moment, decision)
-        if decision.settles is not None:
-            self._write(row, "order_cancelled", other, decision.settles)
+                                        pushed=self.pushed, restocks_on_cancel=self.restocks, restocked=said)
+        self.keys[key], self.said[key] = moment, decision.restocked
+        for suffix, part in decision.rows():
+            settled = suffix.startswith(":settled")
+            self._write(row, "order_cancelled" if settled else kind, other if settled else moment, part)
         return decision
 
     def _write(self, row: ModelRow, kind: str, moment: datetime, decision: booking.Booking) -> None:
         row.listed += decision.change
         row.unpushed += decision.local
-        if kind in booking.marketplace_kinds(self.restocks):
+        if booking.counted_by_marketplace(kind, decision.restocked, self.restocks):
             row.events.append((moment, decision.change))
         if decision.recheck:
             row.needs_recheck = True

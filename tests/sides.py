@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import random
 import time
 from datetime import datetime, timezone
 
@@ -36,6 +37,9 @@ class Side:
     name = ""
     #: What a sync of the platform records as a listing's publication state (Back Market's alone has one).
     publication_state: int | None = None
+    #: What the marketplace said of its last cancellation (Shopify's refund lines): whether it restocked the
+    #: unit; None: it says nothing, the account's default holds.
+    said: bool | None = None
 
     def app(self) -> web.Application:
         return self.sandbox.build_app()
@@ -159,9 +163,14 @@ class ShopifySide(Side):
     account = "shop"
     name = "Shop"
     SMALL_PLAN = {"cost_maximum": 100, "cost_restore_rate": 40}
+    #: The account's options (its ``restock_on_cancel``); none: the platform's defaults.
+    options: dict | None = None
 
     def __init__(self, restocks: bool = True, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
-                 token: str = TOKEN, bucket: dict | None = None, bulk: bool = False, **dials) -> None:
+                 token: str = TOKEN, bucket: dict | None = None, bulk: bool = False, mixed: bool = False,
+                 **dials) -> None:
+        # mixed: each cancellation restocks or not at random, as a merchant chooses per order, whatever the dial.
+        self.mixed, self._choices = mixed, random.Random(seed)
         self.bucket = bucket
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=token,
                                       restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
@@ -191,7 +200,8 @@ class ShopifySide(Side):
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:
             account_rows.add_account(session, platform="shopify", code=self.account, name=self.name,
-                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True)
+                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True,
+                                     options=self.options)
             session.commit()
 
     def items(self) -> list[dict]:
@@ -209,7 +219,11 @@ class ShopifySide(Side):
         return str(order["id"]), str(order["line_items"][0]["id"]), order["created_at"]
 
     def cancel(self, order_id: str, line_id: str) -> str:
-        return self.sandbox.cancel_order(int(order_id), notify=False)["cancelled_at"]
+        restock = self._choices.random() < 0.5 if self.mixed else None
+        cancelled = self.sandbox.cancel_order(int(order_id), restock=restock, notify=False)
+        # What the signed body says of the line (its one refund line's restock type), as the intake reads it.
+        self.said = cancelled["refunds"][-1]["refund_line_items"][0]["restock_type"] == "cancel"
+        return cancelled["cancelled_at"]
 
     def arm(self, sku: str) -> None:
         self._armed.add(sku)

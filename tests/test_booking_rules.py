@@ -67,6 +67,61 @@ def test_a_cancellation_before_its_order_waits_and_the_order_settles_it_by_each_
     assert decide("order_created", 2, 20, 100, other_half=at(50)).total == 0
 
 
+@pytest.mark.parametrize("quantity, restocked, default, parts", [
+    (2, None, True, (2, 0)), (2, None, False, (0, 2)),      # the marketplace says nothing: the account decides
+    (2, 2, False, (2, 0)), (2, 0, True, (0, 2)),            # it says: its fact wins over the default
+    (2, 1, True, (1, 1)), (3, 1, False, (1, 2)),            # a line restocked in part
+    (2, 5, True, (2, 0)),                                   # never more than the line
+])
+def test_a_cancellation_is_split_by_what_the_marketplace_restocked(quantity, restocked, default, parts):
+    assert booking.cancellation_parts(quantity, restocked, default) == parts
+
+
+@pytest.mark.parametrize("moment", [50, 100, 150])
+def test_a_cancellation_the_marketplace_did_not_restock_is_local_on_a_restocking_account(moment):
+    decision = decide("order_cancelled", 2, moment, 100, other_half=at(10), restocked=0)
+    assert (decision.outcome, decision.change, decision.local, decision.push, decision.recheck,
+            decision.restocked, decision.kept) == ("applied", 2, 2, True, False, 0, None)
+    assert [suffix for suffix, _ in decision.rows()] == [""]
+
+
+@pytest.mark.parametrize("moment, outcome, change, recheck", [
+    (50, "absorbed", 0, False), (100, "uncertain", 0, True), (150, "applied", 2, False)])
+def test_a_cancellation_the_marketplace_restocked_is_its_own_on_a_keeping_account(moment, outcome, change, recheck):
+    decision = decide("order_cancelled", 2, moment, 100, other_half=at(10), restocks_on_cancel=False, restocked=2)
+    assert (decision.outcome, decision.change, decision.local, decision.push, decision.recheck,
+            decision.restocked) == (outcome, change, 0, False, recheck, 2)
+
+
+@pytest.mark.parametrize("moment, restocked_change", [(50, 0), (150, 1)])
+def test_a_line_restocked_in_part_books_two_rows_under_two_keys(moment, restocked_change):
+    decision = decide("order_cancelled", 2, moment, 100, other_half=at(10), restocked=1)
+    rows = dict(decision.rows())
+    assert list(rows) == ["", booking.NOT_RESTOCKED_SUFFIX]
+    assert (rows[""].change, rows[""].local, rows[""].push, rows[""].restocked) == (restocked_change, 0, False, 1)
+    kept = rows[booking.NOT_RESTOCKED_SUFFIX]
+    assert (kept.change, kept.local, kept.push, kept.restocked) == (1, 1, True, 0)
+    assert decision.total == restocked_change + 1
+
+
+def test_a_waiting_cancellation_keeps_its_fact_and_its_order_settles_by_it():
+    waiting = decide("order_cancelled", 2, 150, 100, restocked=1)
+    assert (waiting.outcome, waiting.change, waiting.restocked) == ("waiting", 0, 1)
+    # The order comes with what the waiting row recorded: one unit the marketplace's (after the read: +1), one ours.
+    order = decide("order_created", 2, 50, 100, other_half=at(150), restocked=waiting.restocked)
+    assert [(suffix, part.change, part.local) for suffix, part in order.rows()] == [
+        ("", 0, 0), (":settled", 1, 0), (":settled" + booking.NOT_RESTOCKED_SUFFIX, 1, 1)]
+    assert (order.total, order.settles.kept.push) == (2, True)
+
+
+@pytest.mark.parametrize("change_type, restocked, default, counted", [
+    ("order_created", None, False, True), ("order_cancelled", None, True, True),
+    ("order_cancelled", None, False, False), ("order_cancelled", 0, True, False), ("order_cancelled", 1, False, True),
+    ("topup", None, True, False)])
+def test_a_ledger_row_is_the_marketplaces_by_its_own_fact_else_the_default(change_type, restocked, default, counted):
+    assert booking.counted_by_marketplace(change_type, restocked, default) is counted
+
+
 def test_local_changes_join_unpushed_and_ask_for_a_push_only_where_stock_is_pushed():
     assert decide("topup", 5, 10, 100) == booking.Booking("applied", 5, local=5, push=True)
     assert decide("manual", -2, 10, 100) == booking.Booking("applied", -2, local=-2, push=True)

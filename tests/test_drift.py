@@ -80,6 +80,7 @@ def test_each_difference_gets_its_cause_and_evidence(world):
     assert found[sold["id"]].evidence["orders"] == [{"order_id": "O-7", "order_line_id": "OL-7", "quantity": 1}]
     restock = found[cancelled["id"]].evidence
     assert restock["cancellation"]["order_id"] == "O-9" and restock["restocked"] == "ours"
+    assert restock["booked_by"].startswith("the account's restock_on_cancel")  # Back Market says nothing
     assert {cause: drift_count(cause) - before[cause] for cause in before} == summary.causes
 
     # Booked at last, the order is no longer unbooked evidence: the same difference is then the sync's to make.
@@ -117,4 +118,15 @@ def test_the_rules_in_order():
         found, evidence = explain(facts)
         assert found == cause, (facts, found)
         json.dumps(evidence, default=str)  # evidence is kept as JSON
+
+
+def test_a_one_sided_restock_says_whether_the_marketplaces_word_or_the_accounts_default_was_booked():
+    read = datetime(2026, 12, 7, 18, tzinfo=timezone.utc)
+    base = {"id": 9, "order_id": "O", "order_line_id": "L", "change": 1, "event_time": read}
+    said = {restocked: explain(DriftFacts(-1, 5, read, cancellations=[{**base, "restocked": restocked}]))[1]
+            for restocked in (None, 0, 1)}
+    assert {restocked: evidence["booked_by"].split(":")[0] for restocked, evidence in said.items()} == {
+        None: "the account's restock_on_cancel (the marketplace said nothing of this cancellation)",
+        0: "the marketplace's word", 1: "the marketplace's word"}
+    assert "did not restock" in said[0]["booked_by"] and "restocked 1 unit(s)" in said[1]["booked_by"]
 

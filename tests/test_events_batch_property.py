@@ -1,6 +1,7 @@
 """A batch booked in one go (``record_stock_events``) does what the rules say for its events one by one.
 
-Hypothesis draws a burst of orders, cancellations (some before their order), re-deliveries,
+Hypothesis draws a burst of orders, cancellations (some before their order, some saying what the
+marketplace restocked of them: all, none or part, whatever the account's default), re-deliveries,
 top-ups and adjustments (some for SKUs never seen, some with a key reused for another SKU), with
 event times around a page fetch so that the rules absorb, flag or keep them, for a marketplace
 that restocks on cancellation and one that does not.  The burst is booked as one batch on
@@ -39,13 +40,16 @@ event_specs = st.lists(st.tuples(
     st.integers(1, 4),                      # quantity (or adjustment size)
     st.sampled_from([-30, -3, -1, 0, 1, 3, 30]),  # seconds from the page's fetch: before, close, after
     st.booleans(),                          # an adjustment's sign
+    st.sampled_from([None, None, True, False, 1, 2]),  # a cancellation's word on its restock (None: the default)
 ), min_size=1, max_size=25)
 
 
 def build(prefix: str, spec) -> StockEvent:
-    kind, sku, number, quantity, offset, negative = spec
+    kind, sku, number, quantity, offset, negative, restocked = spec
     when = FETCHED + timedelta(seconds=offset)
     common = {"marketplace": "backmarket", "sku": f"{prefix}-{sku}", "event_time": when}
+    if kind == "order_cancelled" and restocked is not None:
+        common["restocked"] = restocked if isinstance(restocked, bool) else min(restocked, quantity)
     if kind in ("order_created", "order_cancelled"):
         return StockEvent.of(kind, quantity=quantity, order_id=f"{prefix}-o{number}",
                              order_line_id=f"{prefix}-l{number}", source="webhook", **common)
@@ -106,7 +110,8 @@ def test_a_batch_books_what_the_rules_say_event_by_event(sessions, specs, restoc
         if event.change_type in ("order_created", "order_cancelled"):
             other = event.key.rsplit(":", 1)[0] + (":order_cancelled" if event.change_type == "order_created"
                                                     else ":order_created")
-        decision = model.book(event.change_type, event.sku, event.quantity, event.event_time, event.key, other)
+        decision = model.book(event.change_type, event.sku, event.quantity, event.event_time, event.key, other,
+                              restocked=event.restocked)
         expected[index] = ("duplicate", 0) if decision is None else (decision.outcome, decision.total)
 
     assert [(r.outcome, r.change) for r in results] == expected

@@ -48,8 +48,8 @@ def book(sessions, event: StockEvent, now: float | None = None, not_restocking=(
         return result
 
 
-def sync_page(sessions, quantities: dict[str, int], fetched: float):
-    """A one-page sync of listings ``uuid-<sku>`` fetched at ``at(fetched)``."""
+def sync_page(sessions, quantities: dict[str, int], fetched: float, restocks: bool = True):
+    """A one-page sync of listings ``uuid-<sku>`` fetched at ``at(fetched)`` (``restocks``: the account's default)."""
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket")
         session.commit()
@@ -57,7 +57,8 @@ def sync_page(sessions, quantities: dict[str, int], fetched: float):
                             force=True).id
         result = apply_page(session, marketplace_id=marketplace_id, sync_id=sync_id, page=1, fetched_at=at(fetched),
                             items=[PageItem(f"uuid-{sku}", None, sku, None, qty, 2, None, None)
-                                   for sku, qty in quantities.items()], total_pages=1, skew=SKEW)
+                                   for sku, qty in quantities.items()], total_pages=1, skew=SKEW,
+                            restocks_on_cancel=restocks)
         session.commit()
         return result
 
@@ -186,6 +187,66 @@ def test_a_cancellation_before_its_order_waits_and_the_order_settles_both(sessio
     assert (create.change, create.push_requested, row(sessions)["listed"]) == (0, False, 10)
     assert [(e["change_type"], e["change"]) for e in ledger(sessions)[1:]] == [
         ("order_cancelled", 0), ("order_created", -2), ("order_cancelled", 2)]
+    assert_invariant(sessions)
+
+
+def cancellation(line: str, quantity: int, seconds: float, restocked) -> StockEvent:
+    return StockEvent.of("order_cancelled", marketplace="backmarket", sku="SKU-1", quantity=quantity,
+                         event_time=at(seconds), order_id=f"o{line}", order_line_id=line, source="webhook",
+                         restocked=restocked)
+
+
+def test_a_line_restocked_in_part_is_two_rows_once_whoever_sends_it_again(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, order("L1", 2, 20), now=21)
+    sync_page(sessions, {"SKU-1": 9}, fetched=40)     # the marketplace gave one unit back at 30, kept one off
+    cancel = book(sessions, cancellation("L1", 2, 30, restocked=1), now=41)
+    assert (cancel.change, cancel.after, cancel.push_requested) == (1, 10, True)
+    assert (row(sessions)["listed"], row(sessions)["unpushed"]) == (10, 1)
+    assert [(e["idempotency_key"], e["change"], e["restocked"]) for e in ledger(sessions) if e["order_id"]][1:] == [
+        ("backmarket:L1:order_cancelled", 0, 1), ("backmarket:L1:order_cancelled:not_restocked", 1, 0)]
+    # The webhook re-sent and the poll of the same cancellation (in one batch too) book nothing more.
+    again = book(sessions, cancellation("L1", 2, 30, restocked=1), now=42)
+    with sessions() as session:
+        batch = record_stock_events(session, [cancellation("L1", 2, 30, restocked=True),
+                                              cancellation("L1", 2, 30, restocked=1)], now=at(43), skew=SKEW)
+        session.commit()
+    assert [r.status for r in (again, *batch)] == ["duplicate"] * 3 and row(sessions)["listed"] == 10
+    # A page before the push lands still shows 9: the part ours stays on top of it.
+    sync_page(sessions, {"SKU-1": 9}, fetched=50)
+    assert row(sessions)["listed"] == 10
+    assert_invariant(sessions)
+
+
+@pytest.mark.parametrize("restocked, default, after, unpushed", [
+    (False, (), 10, 2),                 # a restocking account; this cancellation kept its units off: ours
+    (True, ("backmarket",), 10, 0),     # a keeping account; this one was restocked: the marketplace's, never pushed
+])
+def test_a_cancellations_own_fact_wins_over_the_accounts_default(sessions, restocked, default, after, unpushed):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    book(sessions, order("L1", 2, 20), now=21, not_restocking=default)
+    cancel = book(sessions, cancellation("L1", 2, 30, restocked), now=31, not_restocking=default)
+    assert (cancel.after, cancel.push_requested, row(sessions)["unpushed"]) == (after, bool(unpushed), unpushed)
+    # A page read before it (applied after it) counts it by its own word: the marketplace's part on top of the
+    # read, ours in unpushed, never both.
+    sync_page(sessions, {"SKU-1": 8}, fetched=25, restocks=not default)
+    assert (row(sessions)["listed"], row(sessions)["unpushed"]) == (10, unpushed)
+    # A page after it shows what the marketplace did: the row keeps the same count either way.
+    sync_page(sessions, {"SKU-1": 8 + (2 if restocked else 0)}, fetched=40, restocks=not default)
+    assert row(sessions)["listed"] == 10
+    assert_invariant(sessions)
+
+
+def test_a_waiting_cancellation_keeps_its_fact_for_its_order_to_settle_by(sessions):
+    sync_page(sessions, {"SKU-1": 10}, fetched=0)
+    waiting = book(sessions, cancellation("L1", 2, 30, restocked=1), now=31)
+    assert (waiting.outcome, waiting.change, row(sessions)["listed"]) == ("waiting", 0, 10)
+    create = book(sessions, order("L1", 2, 20), now=32)
+    assert (create.change, create.push_requested, row(sessions)["listed"], row(sessions)["unpushed"]) == (
+        0, True, 10, 1)
+    assert [(e["idempotency_key"], e["change"], e["restocked"]) for e in ledger(sessions) if e["order_id"]] == [
+        ("backmarket:L1:order_cancelled", 0, 1), ("backmarket:L1:order_created", -2, None),
+        ("backmarket:L1:order_cancelled:settled", 1, 1), ("backmarket:L1:order_cancelled:settled:not_restocked", 1, 0)]
     assert_invariant(sessions)
 
 

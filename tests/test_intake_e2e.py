@@ -188,6 +188,45 @@ def test_shopify_retries_and_replays_move_stock_once(world):
     assert ledger_rows(sessions, "shopify", "order_created") == 1
 
 
+def test_a_shopify_cancellation_restocked_in_part_books_each_part_once_by_webhook_retry_and_poll(world):
+    from clients.shopify import OrderLine, RefundLine, ShopifyOrder
+    from pipelines.orders import send_chains, shopify_polled_events
+
+    sessions = world["sessions"]
+    created = datetime.now(timezone.utc) - timedelta(minutes=10)
+    cancelled = (created + timedelta(minutes=5)).isoformat()
+    # Three units ordered, then cancelled: the merchant restocked one and kept two off (two refund lines).
+    order = {"id": 450789470, "created_at": created.isoformat(), "cancelled_at": cancelled,
+             "line_items": [{"id": 2, "sku": "SH-CASE", "quantity": 3}],
+             "refunds": [{"id": 9, "refund_line_items": [
+                 {"id": 1, "line_item_id": 2, "quantity": 1, "restock_type": "cancel"},
+                 {"id": 2, "line_item_id": 2, "quantity": 2, "restock_type": "no_restock"}]}]}
+    body = json.dumps(order).encode()
+    headers = {"X-Shopify-Hmac-Sha256": auth.shopify_hmac(SHOPIFY_SECRET, body),
+               "X-Shopify-Topic": "orders/cancelled", "X-Shopify-Webhook-Id": "e2e-cancel-1"}
+    assert post(world["intake"], "/webhooks/shopify", body, headers) == 202
+    assert post(world["intake"], "/webhooks/shopify", body, {**headers, "X-Shopify-Webhook-Id": "e2e-cancel-2"}) == 202
+    # The poll reads the same cancellation from GraphQL: the same word, the same keys.
+    polled = ShopifyOrder(str(order["id"]), "#1002", order["created_at"], cancelled, cancelled,
+                          [OrderLine("2", "SH-CASE", 3)],
+                          [RefundLine("2", 1, "CANCEL"), RefundLine("2", 2, "NO_RESTOCK")])
+    send_chains(shopify_polled_events(polled, "shopify"), world["broker"])
+    settle(world, "the cancellation, its retry and its poll",
+           lambda: ledger_rows(sessions, "shopify", "order_cancelled") >= 2)
+    with sessions() as session:
+        rows = session.execute(text(
+            "SELECT l.idempotency_key, l.change, l.restocked FROM stock_ledger l JOIN marketplaces m "
+            "ON m.id = l.marketplace_id WHERE m.code = 'shopify' AND l.order_id IS NOT NULL ORDER BY l.id")).all()
+        unpushed = session.execute(text(
+            "SELECT s.unpushed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
+            "WHERE v.sku = 'SH-CASE'")).scalar_one()
+        assert check_invariant(session) == []
+    assert [tuple(row) for row in rows] == [("shopify:2:order_created", -3, None), ("shopify:2:order_cancelled", 1, 1),
+                                            ("shopify:2:order_cancelled:not_restocked", 2, 0)]
+    # Back to 10: one unit the shop's own, two ours to push.
+    assert (stock(sessions, "shopify", "SH-CASE"), unpushed) == (10, 2)
+
+
 def test_backmarket_poll_books_orders_and_cancellations_once(world):
     sessions, backmarket, broker = world["sessions"], world["backmarket"], world["broker"]
     from actors.orders import poll_orders

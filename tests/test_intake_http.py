@@ -182,6 +182,45 @@ def test_shopify_cancellation_books_create_then_cancel_in_order(intake):
     assert chained[0]["kwargs"]["event_time"] == CANCELLED.isoformat()
 
 
+def refund_lines(*items: tuple[int, int, str]) -> list[dict]:
+    """One refund of ``(line item id, quantity, restock type)`` lines, in Shopify's webhook (REST) shape."""
+    return [{"id": 509562969, "refund_line_items": [
+        {"id": 104689539 + n, "line_item_id": line, "quantity": quantity, "restock_type": kind, "location_id": None}
+        for n, (line, quantity, kind) in enumerate(items)]}]
+
+
+def test_a_cancellation_carries_what_shopify_restocked_of_each_line(intake):
+    server, broker = intake
+    # The green line kept off, the red one restocked one unit of two (two refund lines), as the signed body says.
+    order = {**shopify_order(cancelled=True), "refunds": refund_lines(
+        (466157049, 1, "no_restock"), (518995019, 1, "cancel"), (518995019, 1, "no_restock"))}
+    status, answer = shopify_post(server, order, topic="orders/cancelled")
+    assert status == 202 and answer["events"] == 4
+    cancels = {m.options["pipe_target"]["kwargs"]["sku"]: m.options["pipe_target"]["kwargs"]
+               for m in enqueued(broker)}
+    assert {sku: kwargs["restocked"] for sku, kwargs in cancels.items()} == {"IPOD2008GREEN": 0, "IPOD2008RED": 1}
+    # No refund line for a line: Shopify said nothing of it, the account's default decides.
+    status, answer = shopify_post(server, {**shopify_order(cancelled=True, order_id=5), "refunds": []},
+                                  topic="orders/cancelled", webhook_id="no-refunds")
+    assert status == 202
+    later = [m.options["pipe_target"]["kwargs"] for m in enqueued(broker) if m.kwargs["order_id"] == "5"]
+    assert len(later) == 2 and all(kwargs.get("restocked") is None for kwargs in later)
+
+
+@pytest.mark.parametrize("refunds, words", [
+    (refund_lines((466157049, 1, "sideways")), "restock_type must be one of cancel, legacy_restock, no_restock"),
+    (refund_lines((466157049, -1, "cancel")), "quantity must be a whole number"),
+    ([{"id": 1}], "refunds[0] must be an object with a refund_line_items list"),
+    ([{"refund_line_items": [{"quantity": 1, "restock_type": "cancel"}]}], "must be an object with a line_item_id"),
+])
+def test_a_cancellation_with_malformed_refund_lines_is_400_naming_them(intake, refunds, words):
+    server, broker = intake
+    status, answer = shopify_post(server, {**shopify_order(cancelled=True), "refunds": refunds},
+                                  topic="orders/cancelled", webhook_id=f"bad-{words[:8]}")
+    assert status == 400 and words in answer["error"]
+    assert enqueued(broker) == []
+
+
 def test_a_create_body_resent_as_a_cancellation_books_nothing(intake):
     # The topic header is not signed: a captured orders/create delivery under orders/cancelled.
     server, broker = intake

@@ -2,7 +2,9 @@
 
 On each platform (Back Market: numbered pages fanned out; Refurbed and Shopify: a cursor chain), while a sync
 walks the sandbox's pages, the test places orders on the sandbox (which lowers its own stock at
-once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which), and
+once), cancels some (the sandbox restocks or not, by its dial, and the fleet is told which; on the
+"mixed" Shopify shops each cancellation restocks or not at random, whatever the account's default, and
+its event carries what the shop said, as the intake reads it from the refund lines), and
 sends top-ups, which the fleet pushes; each event reaches the fleet after a random delay — before
 or after the page that shows it, a cancellation sometimes before its order, some twice.  The test
 keeps the truth itself (initial − orders + cancellations + top-ups).  Once every queue is empty and
@@ -11,8 +13,8 @@ marketplace must show it.  Production defaults, but for the clock skew's neighbo
 listings and a quota of 4 calls a second (Shopify: a cost bucket of 100 points, 40 a second), so
 that a walk takes seconds.  Shopify's pushes are compare-and-set writes: an order landing between a
 push's read and its write is refused by the shop, and the push reads and decides again; the count of
-those refusals must agree between the shop and the fleet's push log.  ``shopify-bulk``: the same race
-while the shop's syncs read a bulk operation's file (a snapshot of its ``createdAt``, exported in about
+those refusals must agree between the shop and the fleet's push log.  ``shopify-bulk-mixed``: the mixed
+race while the shop's syncs read a bulk operation's file (a snapshot of its ``createdAt``, exported in about
 2 s, orders landing during the export and after it).
 """
 from __future__ import annotations
@@ -42,9 +44,9 @@ DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
-    platform, restocks, *mode = request.param
-    plan = {"bucket": ShopifySide.SMALL_PLAN, "bulk": mode == ["bulk"]} if platform == "shopify" else {}
-    side = SIDES[platform](restocks, token=TOKEN, **plan)
+    platform, restocks, *modes = request.param   # modes: "bulk" (a bulk catalogue), "mixed" (restock per order)
+    plan = {"bucket": ShopifySide.SMALL_PLAN} if platform == "shopify" else {}
+    side = SIDES[platform](restocks, token=TOKEN, **plan, **{mode: True for mode in modes})
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -117,10 +119,11 @@ def local(world) -> dict[str, int]:
 @pytest.mark.parametrize("race, seed", [(("backmarket", True), 1), (("backmarket", False), 2),
                                         (("backmarket", True), 3), (("refurbed", True), 4), (("refurbed", False), 5),
                                         (("shopify", True), 6), (("shopify", False), 7),
-                                        (("shopify", True, "bulk"), 8)],
+                                        (("shopify", True, "mixed"), 8), (("shopify", False, "bulk", "mixed"), 9)],
                          indirect=["race"], ids=["backmarket-restocks-1", "backmarket-keeps-2", "backmarket-restocks-3",
                                                  "refurbed-restocks-4", "refurbed-keeps-5", "shopify-restocks-6",
-                                                 "shopify-keeps-7", "shopify-bulk-restocks-8"])
+                                                 "shopify-keeps-7", "shopify-mixed-restocks-8",
+                                                 "shopify-bulk-mixed-keeps-9"])
 def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     world, rng = race, random.Random(seed)
     side, events = world["side"], world["events"]
@@ -132,11 +135,12 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     assert len(skus) == LISTINGS and local(world) == truth
 
     placed: list[tuple[str, str, str, float]] = []   # (order, line, SKU, delay) not cancelled yet
-    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0}
+    counts = {"orders": 0, "cancellations": 0, "topups": 0, "twice": 0, "cancel first": 0, "ambushed": 0,
+              "kept off": 0}
 
-    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float) -> None:
+    def order_event(order_id: str, line_id: str, sku: str, kind: str, moment: str, delay: float, **said) -> None:
         send(world, getattr(events, kind), delay, marketplace=account, order_id=order_id, order_line_id=line_id,
-             sku=sku, quantity=1, event_time=moment, source="webhook")
+             sku=sku, quantity=1, event_time=moment, source="webhook", **said)
 
     def customers() -> int:
         """Book the orders the shop's customer placed between a push's read and its write; how many."""
@@ -168,11 +172,13 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
         if placed and rng.random() < 0.6:
             order_id, line_id, sku, order_delay = placed.pop(rng.randrange(len(placed)))
             moment = side.cancel(order_id, line_id)
-            truth[sku] += 1
+            truth[sku] += 1  # back on sale: restocked by the marketplace, or pushed by the fleet
             delay = rng.choice(DELAYS)
             counts["cancel first"] += delay < order_delay
-            order_event(order_id, line_id, sku, "order_cancelled", moment, delay)
+            said = {} if side.said is None else {"restocked": side.said}
+            order_event(order_id, line_id, sku, "order_cancelled", moment, delay, **said)
             counts["cancellations"] += 1
+            counts["kept off"] += side.said is False
         if rng.random() < 0.4:
             sku, quantity = rng.choice(skus), rng.randint(1, 3)
             truth[sku] += quantity
@@ -208,6 +214,8 @@ def test_orders_racing_a_sync_end_at_the_true_count(race, seed):
     shown = {sku: side.quantity(sku) for sku in skus}
     assert shown == {sku: max(quantity, 0) for sku, quantity in truth.items()}
     assert counts["orders"] >= 30 and counts["cancellations"] >= 5 and counts["topups"] >= 3, counts
+    if getattr(side, "mixed", False):  # both kinds of cancellation met the account's default
+        assert 0 < counts["kept off"] < counts["cancellations"], counts
     with world["sessions"]() as session:
         assert check_invariant(session) == []
     if account == "shop":

@@ -17,8 +17,8 @@ import shopify
 from clients import shopify_bulk
 from clients.adapters import ShopifyAdapter
 from clients.costbucket import FleetCostBucket
-from clients.shopify import (LOCATIONS_QUERY, ORDERS_QUERY, SET_MUTATION, ShopifyClient, bulk_variants_query, gid,
-                             gid_number, level_query, variants_query)
+from clients.shopify import (LOCATIONS_QUERY, ORDERS_PAGE_LIMIT, ORDERS_QUERY, SET_MUTATION, ShopifyClient,
+                             bulk_variants_query, gid, gid_number, level_query, variants_query)
 from core.platforms import SHOPIFY_API_VERSION, platform
 from runtime.local_servers import wait_until
 from sandbox.server import serve_in_thread
@@ -321,7 +321,7 @@ def test_shopifys_own_client_gets_the_answers_the_adapter_parses(shop, official_
 
     sku = ours.variants[0].sku
     placed = sandbox.place_order({sku: 1}, notify=False)
-    orders = json.loads(graphql.execute(ORDERS_QUERY, {"first": 10, "after": None,
+    orders = json.loads(graphql.execute(ORDERS_QUERY, {"first": ORDERS_PAGE_LIMIT, "after": None,
                                                        "query": "updated_at:>='2020-01-01T00:00:00Z'"}))
     polled = run(url, lambda adapter: adapter.client.orders_page("2020-01-01T00:00:00Z"))
     assert [edge["node"]["id"] for edge in orders["data"]["orders"]["edges"]] == \

@@ -20,6 +20,7 @@ from clients.costbucket import FleetCostBucket
 from clients.errors import BadRequest, MalformedResponse, RateLimited
 from clients.shopify import (SET_MUTATION, ShopifyClient, gid, gid_number, level_query, variants_query)
 from core.platforms import SHOPIFY_API_VERSION
+from pipelines.orders import shopify_polled_events
 from sandbox.server import serve_in_thread
 
 TOKEN = "shpat_unit_secret"
@@ -213,6 +214,30 @@ def test_orders_come_with_their_numbers_and_lines():
     assert (order.id, order.name, page.next_cursor) == ("820982911946154508", "#1001", None)
     assert [(line.id, line.sku, line.quantity) for line in order.lines] == [("466157049", "IPOD2008GREEN", 1)]
     assert scripted.asked[0]["variables"]["query"] == "updated_at:>='2026-12-07T09:00:00Z'"
+
+
+def test_a_polled_cancellation_books_what_its_refund_lines_restocked():
+    refund = {"refundLineItems": {"nodes": [
+        {"lineItem": {"id": gid("LineItem", 466157049)}, "quantity": 1, "restockType": "CANCEL"},
+        {"lineItem": {"id": gid("LineItem", 466157049)}, "quantity": 1, "restockType": "NO_RESTOCK"}]}}
+    node = {"id": gid("Order", 820982911946154508), "name": "#1001", "createdAt": "2026-12-07T10:00:00Z",
+            "updatedAt": "2026-12-07T10:05:00Z", "cancelledAt": "2026-12-07T10:05:00Z",
+            "lineItems": {"nodes": [{"id": gid("LineItem", 466157049), "sku": "IPOD2008GREEN", "quantity": 2}],
+                          "pageInfo": {"hasNextPage": False}}, "refunds": [refund]}
+    answer = {"data": {"orders": {"edges": [{"cursor": "o1", "node": node}],
+                                  "pageInfo": {"hasNextPage": False, "endCursor": "o1"}}}}
+    order = with_client(Scripted([(200, answer)]), lambda c: c.orders_page("2026-12-07T09:00:00Z")).orders[0]
+    assert [(r.line_id, r.quantity, r.restock_type) for r in order.refund_lines] == [
+        ("466157049", 1, "CANCEL"), ("466157049", 1, "NO_RESTOCK")]
+    created, cancelled = shopify_polled_events(order, "shop")[0]
+    assert (cancelled.kind, cancelled.quantity, cancelled.restocked, cancelled.key) == (
+        "order_cancelled", 2, 1, "shop:466157049:order_cancelled")
+    bad = {**node, "refunds": [{"refundLineItems": {"nodes": [{"lineItem": {"id": gid("LineItem", 1)},
+                                                                "quantity": "one", "restockType": "CANCEL"}]}}]}
+    with pytest.raises(MalformedResponse, match="refund line's quantity"):
+        with_client(Scripted([(200, {"data": {"orders": {**answer["data"]["orders"],
+                                                         "edges": [{"cursor": "o1", "node": bad}]}}})]),
+                    lambda c: c.orders_page("2026-12-07T09:00:00Z"))
 
 
 def test_gid_numbers_are_checked():

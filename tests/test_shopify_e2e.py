@@ -4,6 +4,9 @@
   top-ups are pushed: the fleet's cost bucket starts from the standard plan's figures and learns the
   shop's from every answer's ``throttleStatus``; ``THROTTLED`` answers are waited out, never retried
   blindly.  Every row ends equal to the shop, every push lands, nothing reaches the dead letters.
+- A cancellation restocks or not as the shop says for that order, whatever the account's default: on an
+  account set to restock, a cancellation without restock is a local change the fleet pushes; on one set
+  not to, a cancellation with restock is the shop's own (pushing it too would count it twice).
 - Orders and a cancellation the shop never announced (no webhook) are found by the order poll, sent
   the way an operator does (``stocksync poll-orders``) and the way the scheduler does (``each_account``
   fanning out ``poll_orders``), and land on the rows the sync keeps; a sync after them changes nothing.
@@ -37,9 +40,11 @@ pytestmark = pytest.mark.e2e
 
 
 class Shop(ShopifySide):
-    """200 variants at two locations, on the standard plan's bucket (2000 points, 100 a second) unless told."""
+    """200 variants at two locations, on the standard plan's bucket (2000 points, 100 a second) unless told;
+    ``options``: the account's (``restock_on_cancel``)."""
 
-    def __init__(self, bucket: dict | None = None, *, bulk: bool = False) -> None:
+    def __init__(self, bucket: dict | None = None, options: dict | None = None, *, bulk: bool = False) -> None:
+        self.options = options or {}
         super().__init__(restocks=True, products=100, locations=2, seed=5, token=TOKEN, bulk=bulk,
                          bucket=bucket or {"cost_maximum": 2000, "cost_restore_rate": 100})
 
@@ -52,9 +57,7 @@ class Shop(ShopifySide):
 
 @pytest.fixture
 def shop(tmp_path, redis_url, database_url, request):
-    param = dict(getattr(request, "param", None) or {})
-    bulk = param.pop("bulk", False)
-    side = Shop(param or None, bulk=bulk)
+    side = Shop(**getattr(request, "param", {}))
     side.sandbox.configure(bulk_startup_s=0.5, bulk_objects_per_s=400)  # 200 variants: exported in 1 s
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
@@ -92,7 +95,7 @@ def ledger_rows(world, change_type: str, source: str | None = None) -> int:
 
 #: A fifth of the standard plan's bucket and half its rate, so that throttling comes within seconds (the orders
 #: query, about 800 points, is not run here: it needs the standard plan's 2000).
-@pytest.mark.parametrize("shop", [{"cost_maximum": 400, "cost_restore_rate": 50}], indirect=True)
+@pytest.mark.parametrize("shop", [{"bucket": {"cost_maximum": 400, "cost_restore_rate": 50}}], indirect=True)
 def test_a_throttled_shop_slows_the_fleet_and_loses_nothing(shop):
     world, sandbox = shop, shop["side"].sandbox
     sandbox.throttle_next(5)  # on top of the bucket: the first answers are THROTTLED whatever it holds
@@ -193,3 +196,31 @@ def test_a_sync_through_a_bulk_operation_ends_equal_to_the_shop_and_a_failed_one
     failed = last_run(world)
     assert failed["status"] == "failed" and "FAILED (INTERNAL_SERVER_ERROR)" in failed["error"], failed["error"]
     assert local(world) == before and dead_letters(world) == 1
+
+
+@pytest.mark.parametrize("shop, restock", [({}, False), ({"options": {"restock_on_cancel": False}}, True)],
+                         indirect=["shop"], ids=["restocking-account-kept", "keeping-account-restocked"])
+def test_a_cancellation_restocks_or_not_as_the_shop_says(shop, restock):
+    world, sandbox = shop, shop["side"].sandbox
+    sync(world)
+    settled(world, "the first sync")
+    sku = next(sku for sku in sorted(sandbox.truth()) if (sandbox.available(sku) or 0) >= 3)
+    before = sandbox.truth()[sku]  # the row is the sum of the shop's locations; the order takes from the first
+
+    # Two units ordered, then the order cancelled against the account's default; no webhook: the poll finds both.
+    order = sandbox.place_order({sku: 2}, notify=False)
+    sandbox.cancel_order(order["id"], restock=restock, notify=False)
+    send(world, world["accounts"].each_account, actor_name="poll_orders", capability="poll_orders")
+    settled(world, "the poll and what it pushes")
+    # The units are back on both sides: given back by the shop, or pushed by the fleet, never both.
+    assert (local(world)[sku], sandbox.truth()[sku]) == (before, before)
+    assert local(world) == sandbox.truth()
+    assert ledger_rows(world, "order_cancelled", "poll") == 1
+
+    # A sync after it changes nothing.
+    sync(world)
+    settled(world, "the sync after the poll")
+    assert local(world) == sandbox.truth() and local(world)[sku] == before
+    with world["sessions"]() as session:
+        assert check_invariant(session) == []
+    assert dead_letters(world) == 0

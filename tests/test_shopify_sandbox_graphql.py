@@ -370,6 +370,26 @@ def test_orders_lower_their_location_and_cancel_restocks_or_not(shop, receiver):
     assert len({headers["X-Shopify-Webhook-Id"] for headers, _ in received}) == 5
 
 
+def test_a_line_restocked_in_part_has_a_cancel_and_a_no_restock_refund_line(shop, receiver):
+    sandbox, url, _ = shop
+    hook_url, received = receiver
+    sandbox.configure(webhook_url=hook_url, webhook_secret="whsec_test")
+    before = sandbox.available("SHOP-0004-1")
+    order = sandbox.place_order({"SHOP-0004-1": 2, "SHOP-0005-2": 1}, notify=False)
+    sandbox.cancel_order(order["id"], restock={"SHOP-0004-1": 1})
+    assert sandbox.available("SHOP-0004-1") == before - 1
+    polled = all_orders(url)[0]["refunds"][0]["refundLineItems"]["nodes"]
+    assert [(line["lineItem"]["sku"], line["quantity"], line["restockType"], line["restocked"]) for line in polled] == [
+        ("SHOP-0004-1", 1, "CANCEL", True), ("SHOP-0004-1", 1, "NO_RESTOCK", False),
+        ("SHOP-0005-2", 1, "NO_RESTOCK", False)]
+    sandbox.wait_for_deliveries()
+    body = json.loads(received[-1][1])
+    lines = {line["sku"]: line["id"] for line in order["line_items"]}
+    assert [(item["line_item_id"], item["quantity"], item["restock_type"])
+            for item in body["refunds"][0]["refund_line_items"]] == [
+        (lines["SHOP-0004-1"], 1, "cancel"), (lines["SHOP-0004-1"], 1, "no_restock"), (lines["SHOP-0005-2"], 1, "no_restock")]
+
+
 def test_the_control_routes_place_and_cancel_orders_and_set_faults(shop):
     sandbox, url, _ = shop
     sandbox.set_available("SHOP-0006-1", 4)
