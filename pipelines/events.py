@@ -150,7 +150,12 @@ class PairedSlots:
         self.held = await self.take(2)
 
     async def take(self, count: int) -> list[str]:
-        """``count`` slots granted together, urgently (ahead of page fetches), waiting up to ``max_wait_s``."""
+        """``count`` slots granted together, urgently (ahead of page fetches), waiting up to ``max_wait_s``.
+
+        A quota smaller than ``count`` (one call a window) grants what it holds: the calls left wait for
+        the next window in :meth:`acquire`, as they must (a limit of 1 refuses a grant of 2 for good).
+        """
+        count = min(count, self.limiter.limit)
         # Urgent: a walk's page fetches must not take every slot a window frees while a push waits.
         loop = asyncio.get_running_loop()
         started, member = loop.time(), uuid.uuid4().hex

@@ -171,6 +171,7 @@ class ShopifySandbox(Dials):
         self._statuses: Counter[int] = Counter()
         self._writes = {"applied": 0, "refused_stale": 0, "refused_other": 0}
         self._throttled = 0  # GraphQL answers THROTTLED (by the bucket or the dial)
+        self._walk_cursors: list[str | None] = []  # each unfiltered productVariants page's ``after``
         #: Operation name -> [answers run, requested cost, actual cost] of the GraphQL queries run (not throttled).
         self._costs: dict[str, list[float]] = {}
         self._groups = itertools.count(ADJUSTMENT_GROUP_ID_BASE)
@@ -300,7 +301,16 @@ class ShopifySandbox(Dials):
                     "storage": dict(self._storage),
                     "orders": self._orders.count_locked()}
 
+    def walk_cursors(self) -> list[str | None]:
+        """The ``after`` of every unfiltered ``productVariants`` page answered (a catalogue walk's pages), in order."""
+        with self._lock:
+            return list(self._walk_cursors)
+
     # -- views for the GraphQL resolvers (lock held) -------------------------------------------------------
+
+    def walked_locked(self, after: str | None) -> None:
+        """Note a catalogue walk's page asked from ``after`` (see :meth:`walk_cursors`)."""
+        self._walk_cursors.append(after)
 
     def variants_locked(self) -> list[dict[str, Any]]:
         """Every variant (the shop's own dicts: read only)."""

@@ -149,7 +149,10 @@ def _page(items: Iterable[tuple[Any, Any]], kwargs: dict[str, Any],
 @_query.field("productVariants")
 def _resolve_variants(_: Any, info: Any, **kwargs: Any) -> dict[str, Any]:
     shop: ShopifySandbox = info.context
-    return _page(shop.variant_pairs_locked(), kwargs, shop.variant_view_locked, ordered=True)
+    page = _page(shop.variant_pairs_locked(), kwargs, shop.variant_view_locked, ordered=True)
+    if kwargs.get("query") is None:  # a catalogue walk's page (answered: a bad cursor raised above)
+        shop.walked_locked(kwargs.get("after"))
+    return page
 
 
 @_query.field("productVariant")

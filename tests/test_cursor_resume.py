@@ -1,4 +1,5 @@
-"""A cursor walk (Refurbed; a Shopify bulk file) whose chain is lost mid-way resumes from its last applied page.
+"""A cursor walk (Refurbed, Shopify's pages; a Shopify bulk file) whose chain is lost mid-way resumes from its last
+applied page.
 
 The messages are run by hand (stub broker, no worker) so the test decides what is lost: after two
 pages, the message that carries the chain on vanishes, as with a Redis restart without persistence.
@@ -14,25 +15,29 @@ from sqlalchemy import text
 
 from actors import stock_sync
 from db.syncs import get_run
-from runtime import resources
-from sandbox.refurbed import RefurbedSandbox
+from runtime import accounts, resources
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
 from tests.in_process import in_process_fleet
+from tests.sides import RefurbedSide, ShopifySide, local_by_sku
 
 TOKEN = "cursor-resume-token"
-OFFERS = 45  # pages of 10: five pages
+#: Each cursor platform's side with five pages of 10 (Refurbed 45 offers, Shopify 46 variants).
+WALKS = {"refurbed": lambda: RefurbedSide(offers=45, seed=9, token=TOKEN),
+         "shopify": lambda: ShopifySide(products=23, seed=9, token=TOKEN)}
 
 
-@pytest.fixture
-def walk(monkeypatch, database_url):
-    sandbox = RefurbedSandbox(token=TOKEN)
-    sandbox.add_offers(OFFERS, seed=9)
-    server = serve_in_thread(sandbox.build_app())
+@pytest.fixture(params=sorted(WALKS))
+def walk(monkeypatch, database_url, request):
+    side = WALKS[request.param]()
+    server = serve_in_thread(side.app())
+    settings = {name.upper(): str(value) for name, value in side.env(server.url).items()}
     with in_process_fleet(monkeypatch, {
-            "DATABASE_URL": database_url, "REDIS_URL": "", "REFURBED_BASE_URL": server.url, "REFURBED_TOKEN": TOKEN,
-            "REFURBED_QUOTA_REQUESTS": "1000", "REFURBED_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
-        yield sandbox, broker
+            "DATABASE_URL": database_url, "REDIS_URL": "", **settings, "REFURBED_QUOTA_REQUESTS": "1000",
+            "REFURBED_PAGE_SIZE": "10", "SHOPIFY_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
+        side.add_account(resources.sessions(), server.url)
+        accounts.forget()  # the account rows are read again with the shop's
+        yield side, broker
     server.stop()
 
 
@@ -84,15 +89,12 @@ def resume_to_the_end(broker, sync_id: int, account: str, lost: list) -> dict[st
         run_message(message)
     for _ in range(5):
         step(broker)
-    with resources.sessions()() as session:
-        return dict(session.execute(text(
-            "SELECT v.sku, s.listed FROM marketplace_stock s JOIN variations v ON v.id = s.variation_id "
-            "JOIN marketplaces m ON m.id = s.marketplace_id WHERE m.code = :code"), {"code": account}).all())
+    return local_by_sku(resources.sessions(), account)
 
 
 def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
-    sandbox, broker = walk
-    sync_id = stock_sync.begin_stock_sync("refurbed", trigger="manual")
+    side, broker = walk
+    sync_id = stock_sync.begin_stock_sync(side.account, trigger="manual")
     step(broker)  # page 1
     step(broker)  # page 2
     lost = take(broker, "stock-fetch")  # the fetch of page 3, lost with Redis
@@ -100,13 +102,13 @@ def test_a_lost_chain_resumes_from_the_last_applied_page(walk):
     with resources.sessions()() as session:
         assert [row.page for row in session.execute(text("SELECT page FROM sync_pages WHERE sync_id = :s ORDER BY "
                                                          "page"), {"s": sync_id})] == [1, 2]
-    listed_before = sandbox.stats()["requests"].get("ListOffers", 0)
+    walked_before = len(side.sandbox.walk_cursors())
 
-    assert resume_to_the_end(broker, sync_id, "refurbed", lost) == sandbox.quantities()
+    assert resume_to_the_end(broker, sync_id, side.account, lost) == side.truth()
     with resources.sessions()() as session:
         run = get_run(session, sync_id)
-        assert (run.status, run.pages_done, run.total_pages, run.items) == ("succeeded", 5, 5, OFFERS)
-    assert sandbox.stats()["requests"]["ListOffers"] - listed_before == 3  # pages 3, 4, 5: none fetched twice
+        assert (run.status, run.pages_done, run.total_pages, run.items) == ("succeeded", 5, 5, len(side.items()))
+    assert len(side.sandbox.walk_cursors()) - walked_before == 3  # pages 3, 4, 5: none fetched twice
 
 
 @pytest.fixture

@@ -1,16 +1,16 @@
 """The fleet under faults, end to end: real ``dramatiq workers.fleet`` processes, real Redis and PostgreSQL.
 
 Each test runs the production defaults of the broker (heartbeat 60 s, maintenance chance 0.1%,
-recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.  The SIGKILLed
-cursor chain (Refurbed) runs the production page size and quota too: the sandbox's latency alone
-keeps a fetch in flight to kill.
+recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.  The PostgreSQL outage
+and the Redis restart run one fleet on three accounts at once (Back Market, Refurbed, Shopify: the
+sides of ``tests/sides.py``), each ending at its own true count and its marketplace's.  The SIGKILLed
+cursor chain (Refurbed, Shopify) runs the production page size and quota too: the sandbox's latency
+alone keeps a fetch in flight to kill.
 """
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
-from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -23,7 +23,9 @@ from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
-from tests.fleet import WorkerFleet, fleet_env, seed_catalogue
+from tests.fleet import WorkerFleet, fleet_env
+from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, local_by_sku, off_by, seed_from, send_order,
+                         send_topup, settled, sides_env)
 from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
 
 pytestmark = pytest.mark.e2e
@@ -49,9 +51,6 @@ def sandbox():
     server.stop()
 
 
-_lines = itertools.count(1)
-
-
 def unacked(client: redis.Redis) -> int:
     """Messages fetched by some worker and not acked yet, over every queue."""
     return sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
@@ -64,24 +63,6 @@ def waiting(client: redis.Redis) -> int:
 
 def dead_letters(client: redis.Redis) -> dict[str, int]:
     return {key.decode(): client.zcard(key) for key in client.scan_iter("dramatiq:*.XQ")}
-
-
-def seed_from(sessions, sandbox: BackMarketSandbox) -> None:
-    seed_catalogue(sessions, [sandbox.listing(i) for i in range(sandbox.listing_count())])
-
-
-def send_order(broker, sandbox: BackMarketSandbox, listing: dict) -> None:
-    """A unit sold on the marketplace (its stock goes down there first), then its order event."""
-    from actors import events  # message factories only: the test process enqueues, the fleet works
-
-    sku = listing["sku"]
-    # The order happens, then the marketplace's count shows it: a page never holds a sale from its future.
-    placed_at = datetime.now(timezone.utc)
-    sandbox.set_quantity(listing["id"], sandbox.quantity(listing["id"]) - 1)
-    line = f"outage-{next(_lines)}"
-    broker.enqueue(events.order_created.message_with_options(kwargs=dict(
-        marketplace="backmarket", order_id=f"order-{line}", order_line_id=line, sku=sku, quantity=1,
-        event_time=placed_at.isoformat(), source="webhook")))
 
 
 def booked_orders(sessions) -> int:
@@ -127,47 +108,116 @@ def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound
         survivor.stop()
 
 
+def three_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **settings):
+    """Serve each side's sandbox, add and seed its account, start one fleet (2 processes x 8 threads) on them all.
+
+    Returns the servers, the fleet's environment and the fleet; the caller stops the fleet and the servers.
+    """
+    servers = [serve_in_thread(side.app()) for side in sides]
+    sessions = session_factory(database_url)
+    for side, server in zip(sides, servers):
+        side.add_account(sessions, server.url)
+        seed_from(sessions, side)
+    env = fleet_env(redis_url=redis_url, database_url=database_url,
+                    **sides_env([(side, server.url) for side, server in zip(sides, servers)]),
+                    **settings, **PRODUCTION_BROKER)
+    return servers, env, WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
+
+
+def account_run(sessions, account: str):
+    with sessions() as session:
+        return session.execute(text("SELECT * FROM sync_runs WHERE target = :a ORDER BY id DESC LIMIT 1"),
+                               {"a": account}).mappings().first()
+
+
+def lines_booked(sessions) -> tuple[int, int]:
+    """Order events booked: ledger rows, and distinct (account, order line)s among them."""
+    with sessions() as session:
+        return tuple(session.execute(text(
+            "SELECT count(*), count(DISTINCT (marketplace_id, order_line_id)) FROM stock_ledger "
+            "WHERE change_type = 'order_created'")).one())
+
+
+def assert_true_counts(sessions, sides: list, expected: dict[str, dict[str, int]]) -> None:
+    """Every account's rows and its marketplace both at the true count (0 above, 0 below, printed)."""
+    for side in sides:
+        above, below = off_by(local_by_sku(sessions, side.account), expected[side.account])
+        shown_above, shown_below = off_by(side.truth(), expected[side.account])
+        print(f"{side.account}: {len(expected[side.account])} rows; local {len(above)} above, {len(below)} below; "
+              f"marketplace {len(shown_above)} above, {len(shown_below)} below")
+        assert (above, below) == ({}, {}), f"{side.account} rows (local, truth) above / below the true count"
+        assert (shown_above, shown_below) == ({}, {}), f"{side.account} marketplace (shown, truth) off the true count"
+
+
 #: Longer than the longest retry budget of the messages a sync and a burst send (a stock event: 10 retries
 #: from 200 ms doubling up to 30 s, jitter up to 2x: about 141 s), as in the outage seen in production.
 OUTAGE_S = 150
 
 
+@pytest.mark.timeout(480)  # the outage alone is 150 s, then three accounts' syncs and pushes catch up
 def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_loses_nothing(
         tmp_path, redis_url, database_url, pg_server):
-    # 2 pages a second across the fleet: the sync's 30 pages are still walking when PostgreSQL stops.
-    sandbox = BackMarketSandbox(listings=1500, seed=5, token=TOKEN, quota_requests=0)
-    server = serve_in_thread(sandbox.build_app())
+    # Three accounts in one outage (one 150-s run, not three): each sync still walking when PostgreSQL stops --
+    # Back Market 30 pages at 2 a second, Refurbed a chain of 15 at 1 a second, Shopify 30 pages of 10 variants
+    # at 32 points each from a bucket of 100 refilled at 40 a second.
+    sides = [BackMarketSide(listings=1500, seed=5, token=TOKEN), RefurbedSide(offers=1500, seed=6, token=TOKEN),
+             ShopifySide(products=150, seed=7, token=TOKEN, bucket=ShopifySide.SMALL_PLAN)]
+    servers, env, fleet = three_accounts(
+        tmp_path, redis_url, database_url, sides, quota_requests=2, quota_window_s=1.0, refurbed_quota_requests=1,
+        refurbed_quota_window_s=1.0, shopify_page_size=10)
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
-                    quota_requests=2, quota_window_s=1.0, **PRODUCTION_BROKER)
-    fleet = WorkerFleet(env, processes=2, threads=8, log_path=tmp_path / "workers.log").start()
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
-    sold = [sandbox.listing(i) for i in range(0, 1500, 25)]  # 60 rows, on 30 pages
+    from actors import stock_sync
+
+    expected = {side.account: side.truth() for side in sides}
+    # 40 stocked rows of each account, spread over its pages; half sold before the outage, half during it.
+    sold = {side.account: [sku for sku, quantity in sorted(expected[side.account].items()) if quantity][::5][:40]
+            for side in sides}
+    topped = {side.account: sold[side.account][::8] for side in sides}  # 5 deliveries each, pushed
+
+    def sell(half: slice) -> None:
+        for side in sides:
+            for sku in sold[side.account][half]:
+                send_order(broker, side, sku)
+                expected[side.account][sku] -= 1
+
     try:
-        assert start_sync(env, "--force").returncode == 0
-        for listing in sold[:30]:
-            send_order(broker, sandbox, listing)
-        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 4, 60,
-                   interval=0.05, what="the sync to be under way")
+        before = {side.account: account_run(sessions, side.account)["id"] for side in sides}
+        for side in sides:
+            broker.enqueue(stock_sync.start_stock_sync.message_with_options(
+                kwargs=dict(marketplace=side.account, force=True, trigger="manual")))
+        sell(slice(0, 20))
+        wait_until(lambda: all((run := account_run(sessions, side.account))["id"] != before[side.account]
+                               and run["pages_done"] >= 3 for side in sides), 60, interval=0.05,
+                   what="every account's sync under way")
+        assert all(account_run(sessions, side.account)["status"] == "running" for side in sides)
         pg_server.stop()
         stopped_at = time.monotonic()
-        for listing in sold[30:]:  # the second half of the burst arrives while PostgreSQL is down
-            send_order(broker, sandbox, listing)
+        sell(slice(20, None))  # the second half of the burst, and the deliveries, arrive while PostgreSQL is down
+        for side in sides:
+            for n, sku in enumerate(topped[side.account]):
+                send_topup(broker, side, sku, 2, f"PO-outage-{n}")
+                expected[side.account][sku] += 2
         # The outage itself: the fleet keeps failing on the database meanwhile.
         wait_until(lambda: time.monotonic() - stopped_at >= OUTAGE_S, OUTAGE_S + 10, interval=1,
                    what="the end of the outage")
         assert dead_letters(client) == {}
         pg_server.start()
         get_engine(database_url).dispose()  # this process's pooled connections died with the server
-        run = wait_finished(sessions, 120)
-        assert run["status"] == "succeeded", run["error"]
-        assert run["pages_done"] == run["total_pages"] == 30
-        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 120,
+        wait_until(lambda: all(account_run(sessions, side.account)["status"] != "running" for side in sides), 120,
+                   interval=0.2, what="every sync to finish")
+        for side in sides:
+            run = account_run(sessions, side.account)
+            assert run["status"] == "succeeded", (side.account, run["error"])
+            assert run["pages_done"] == run["total_pages"] and run["items"] == len(expected[side.account]), \
+                (side.account, dict(run))
+        orders = sum(map(len, sold.values()))
+        wait_until(lambda: booked_orders(sessions) == orders and waiting(client) == 0 and settled(sessions), 120,
                    what="every event booked and every push sent")
+        assert lines_booked(sessions) == (orders, orders)
         assert dead_letters(client) == {}
-        assert local_stock(sessions) == sandbox.quantities()
+        assert_true_counts(sessions, sides, expected)
         with sessions() as session:
             assert check_invariant(session) == []
         assert "without spending a retry" in (tmp_path / "workers.log").read_text()
@@ -176,26 +226,28 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
             pg_server.start()
         fleet.stop()
         broker.close()
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 def test_an_undecodable_message_is_dead_lettered_raw_and_its_neighbours_are_booked(tmp_path, redis_url,
                                                                                     database_url):
-    sandbox = BackMarketSandbox(listings=10, seed=6, token=TOKEN, quota_requests=0)
+    side = BackMarketSide(listings=10, seed=6, token=TOKEN)
+    sandbox = side.sandbox
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
+    seed_from(sessions, side)
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
     listings = [sandbox.listing(i) for i in range(10)]
     # Queued before the worker starts: one fetch (prefetch 16) takes the bad payload with its 10 neighbours.
     for listing in listings[:5]:
-        send_order(broker, sandbox, listing)
+        send_order(broker, side, listing["sku"])
     raw = b"\xff{not json at all"
     client.hset("dramatiq:stock-events.msgs", "raw-1", raw)
     client.rpush("dramatiq:stock-events", "raw-1")
     for listing in listings[5:]:
-        send_order(broker, sandbox, listing)
+        send_order(broker, side, listing["sku"])
     env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
                     **PRODUCTION_BROKER)
     fleet = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "workers.log").start()
@@ -268,16 +320,27 @@ def test_a_sync_whose_queued_pages_vanish_from_redis_is_resumed_from_postgres(tm
         server.stop()
 
 
-def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url):
-    sandbox = BackMarketSandbox(listings=10, seed=8, token=TOKEN, quota_requests=0)
-    server = serve_in_thread(sandbox.build_app())
+#: Each platform's side with 10 listings: a one-row push (Back Market), a batch push (Refurbed), a compare-and-set
+#: push (Shopify).
+SMALL = {"backmarket": lambda: BackMarketSide(listings=10, seed=8, token=TOKEN),
+         "refurbed": lambda: RefurbedSide(offers=10, seed=8, token=TOKEN),
+         "shopify": lambda: ShopifySide(products=5, seed=8, token=TOKEN)}
+
+
+@pytest.mark.parametrize("platform", sorted(SMALL))
+def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, redis_url, database_url, platform):
+    side = SMALL[platform]()
+    server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
+    side.add_account(sessions, server.url)
+    seed_from(sessions, side)
     broker = build_broker(Settings(redis_url=redis_url))
     client = redis.Redis.from_url(redis_url)
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url=server.url, token=TOKEN,
+    env = fleet_env(redis_url=redis_url, database_url=database_url, **sides_env([(side, server.url)]),
                     **PRODUCTION_BROKER)
-    listing = sandbox.listing(3)
+    sku = side.items()[3]["sku"]
+    expected = side.truth()
+    expected[sku] += 4
     from actors import events
 
     # Only the events queue is consumed: the booking's push message waits on stock-push, and vanishes there.
@@ -285,8 +348,7 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
                          log_path=tmp_path / "booker.log").start()
     fleet = None
     try:
-        broker.enqueue(events.stock_topup.message_with_options(kwargs=dict(
-            marketplace="backmarket", sku=listing["sku"], quantity=4, reference="PO-lost-push")))
+        send_topup(broker, side, sku, 4, "PO-lost-push")
         wait_until(lambda: client.hlen("dramatiq:stock-push.msgs") == 1, 60, what="the booking and its push message")
         booker.stop()
         client.delete("dramatiq:stock-push", "dramatiq:stock-push.msgs")  # a Redis restart without persistence
@@ -298,9 +360,10 @@ def test_a_topup_whose_push_message_vanished_is_pushed_by_the_sweep(tmp_path, re
                 "WHERE push_state = 'pending'"))
             session.commit()
         fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
-        broker.enqueue(events.sweep_stock.message("backmarket"))  # the scheduler's stock_sweep job
-        wait_until(lambda: sandbox.quantity(listing["id"]) == listing["quantity"] + 4, 60, what="the push")
-        assert local_stock(sessions) == sandbox.quantities()
+        broker.enqueue(events.sweep_stock.message(side.account))  # the scheduler's stock_sweep job
+        wait_until(lambda: side.quantity(sku) == expected[sku], 60, what="the push")
+        wait_until(lambda: settled(sessions), 30, what="the row pushed")
+        assert side.truth() == expected and local_by_sku(sessions, side.account) == expected
     finally:
         booker.stop()
         if fleet:
@@ -344,10 +407,11 @@ def test_a_page_dead_lettered_while_postgres_is_down_still_fails_its_run(tmp_pat
 
 
 def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tmp_path, redis_url, database_url):
-    sandbox = BackMarketSandbox(listings=40, seed=10, token=TOKEN, quota_requests=0)
+    side = BackMarketSide(listings=40, seed=10, token=TOKEN)
+    sandbox = side.sandbox
     server = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
+    seed_from(sessions, side)
     flagged = [sandbox.listing(i) for i in range(12)]
     with sessions() as session:
         session.execute(text(
@@ -365,7 +429,7 @@ def test_rechecks_waiting_on_the_catalog_quota_leave_threads_to_order_booking(tm
         broker.enqueue(events.recheck_stock.message("backmarket", listing["sku"]))
     ordered = [sandbox.listing(i) for i in range(20, 40)]
     for listing in ordered:
-        send_order(broker, sandbox, listing)
+        send_order(broker, side, listing["sku"])
     fleet = WorkerFleet(env, processes=1, threads=4, log_path=tmp_path / "workers.log").start()
 
     def rechecks_left() -> int:
@@ -424,10 +488,11 @@ class PersistentRedis:
 def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, database_url):
     server = PersistentRedis(tmp_path).start()
     client = server.client
-    sandbox = BackMarketSandbox(listings=10, seed=11, token=TOKEN, quota_requests=0)
+    side = BackMarketSide(listings=10, seed=11, token=TOKEN)
+    sandbox = side.sandbox
     http = serve_in_thread(sandbox.build_app())
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
+    seed_from(sessions, side)
     broker = build_broker(Settings(redis_url=server.url))
     from actors import events
 
@@ -458,35 +523,44 @@ def test_delayed_messages_a_live_worker_held_survive_a_redis_restart(tmp_path, d
 def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, database_url):
     server = PersistentRedis(tmp_path).start()
     client = server.client
-    sandbox = BackMarketSandbox(listings=100, seed=12, token=TOKEN, quota_requests=0)
-    http = serve_in_thread(sandbox.build_app())
+    sides = [BackMarketSide(listings=100, seed=12, token=TOKEN), RefurbedSide(offers=100, seed=13, token=TOKEN),
+             ShopifySide(products=50, seed=14, token=TOKEN)]
     sessions = session_factory(database_url)
-    seed_from(sessions, sandbox)
     broker = build_broker(Settings(redis_url=server.url))
-    stocked = [listing for listing in map(sandbox.listing, range(100)) if listing["quantity"] >= 3]
-    sold = stocked * 3  # 3 orders on each row, pushes racing
-    for listing in sold:
-        send_order(broker, sandbox, listing)
-    env = fleet_env(redis_url=server.url, database_url=database_url, backmarket_url=http.url, token=TOKEN,
-                    **PRODUCTION_BROKER)
-    fleets = [WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / f"w{i}.log").start() for i in range(2)]
+    expected = {side.account: side.truth() for side in sides}
+    # 3 orders on each row that has them, and a delivery on every fifth, pushes racing the orders' events.
+    sold = {side.account: [sku for sku, quantity in sorted(expected[side.account].items()) if quantity >= 3] * 3
+            for side in sides}
+    servers, env, fleet = three_accounts(tmp_path, server.url, database_url, sides)
+    fleets = [fleet, WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "w2.log").start()]
+    orders = sum(map(len, sold.values()))
     try:
-        wait_until(lambda: booked_orders(sessions) >= len(sold) // 5, 60, interval=0.01, what="the burst under way")
+        for side in sides:
+            for n, sku in enumerate(sold[side.account]):
+                send_order(broker, side, sku)
+                expected[side.account][sku] -= 1
+                if n % 5 == 0:
+                    send_topup(broker, side, sku, 2, f"PO-restart-{n}")
+                    expected[side.account][sku] += 2
+        wait_until(lambda: booked_orders(sessions) >= orders // 5, 60, interval=0.01, what="the burst under way")
+        at_restart = booked_orders(sessions)
+        assert at_restart < orders
         server.restart()
-        wait_until(lambda: booked_orders(sessions) == len(sold) and waiting(client) == 0, 60,
+        wait_until(lambda: booked_orders(sessions) == orders and waiting(client) == 0 and settled(sessions), 120,
                    what="every event booked and every push sent")
+        assert lines_booked(sessions) == (orders, orders)
         with sessions() as session:
-            assert session.execute(text("SELECT count(DISTINCT order_line_id) FROM stock_ledger "
-                                        "WHERE change_type = 'order_created'")).scalar() == len(sold)
             assert check_invariant(session) == []
         wait_until(lambda: unacked(client) == 0, 30, what="nothing left unacked")
         assert dead_letters(client) == {}
-        assert local_stock(sessions) == sandbox.quantities()
+        assert_true_counts(sessions, sides, expected)
+        print(f"{orders} orders on 3 accounts, {at_restart} booked when Redis restarted")
     finally:
         for fleet in fleets:
             fleet.stop()
         broker.close()
-        http.stop()
+        for http in servers:
+            http.stop()
         server.kill()
 
 
@@ -497,23 +571,27 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-REFURBED_TOKEN = "e2e-faults-refurbed-token"
-REFURBED_OFFERS = 3000  # 30 pages of the production page size (100)
+#: The cursor walks under a SIGKILL, at the production page size (100) and quota / cost bucket: Refurbed's 3000
+#: offers (30 pages, 10 calls a second), Shopify's 1000 variants (10 pages of about 300 points, from a bucket of
+#: 2000 refilled at 100 a second: 6 pages at once, then one every 3 s).  The sandbox's latency keeps a page's
+#: fetch in flight to kill; the bucket refills while the messages wait for recovery, so the rest is quick.
+CHAINS = {"refurbed": (lambda: RefurbedSide(offers=3000, seed=31, latency_s=0.1), 3000, 8),
+          "shopify": (lambda: ShopifySide(products=500, seed=31, latency_s=0.1), 1000, 4)}
 
 
+@pytest.mark.parametrize("platform", sorted(CHAINS))
 def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_page(tmp_path, redis_url,
-                                                                                      database_url):
-    from sandbox.refurbed import RefurbedSandbox
-
-    # Latency keeps a page's fetch in flight long enough to kill the group with the chain in its hands.
-    sandbox = RefurbedSandbox(token=REFURBED_TOKEN, latency_s=0.1)
-    sandbox.add_offers(REFURBED_OFFERS, seed=31)
-    server = serve_in_thread(sandbox.build_app())
-    env = fleet_env(redis_url=redis_url, database_url=database_url, backmarket_url="http://127.0.0.1:9",
-                    token=TOKEN, refurbed_base_url=server.url, refurbed_token=REFURBED_TOKEN, **PRODUCTION_BROKER)
+                                                                                      database_url, platform):
+    make, listed, kill_after = CHAINS[platform]
+    side = make()
+    sandbox = side.sandbox
+    server = serve_in_thread(side.app())
+    sessions = session_factory(database_url)
+    side.add_account(sessions, server.url)
+    env = fleet_env(redis_url=redis_url, database_url=database_url, **sides_env([(side, server.url)]),
+                    **PRODUCTION_BROKER)
     victim = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "victim.log").start()
     restarted = None
-    sessions = session_factory(database_url)
     client = redis.Redis.from_url(redis_url)
     broker = build_broker(Settings(redis_url=redis_url))
     from actors import stock_sync  # a message factory only: the fleet does the work
@@ -525,23 +603,23 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
 
     try:
         broker.enqueue(stock_sync.start_stock_sync.message_with_options(
-            kwargs=dict(marketplace="refurbed", force=True, trigger="manual")))
-        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= 8 and unacked(client), 120,
-                   interval=0.02, what="the walk under way with a message in hand")
+            kwargs=dict(marketplace=side.account, force=True, trigger="manual")))
+        wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= kill_after
+                   and unacked(client), 120, interval=0.02, what="the walk under way with a message in hand")
         victim.kill()
         killed_at = time.monotonic()
         run_id = run_row(sessions)["id"]
         at_kill = applied(run_id)
         fetched_before = len(sandbox.walk_cursors())
-        assert run_row(sessions)["status"] == "running" and len(at_kill) < REFURBED_OFFERS // 100
+        pages = listed // 100
+        assert run_row(sessions)["status"] == "running" and len(at_kill) < pages
         # The group comes back (its supervisor restarts it); the messages the dead one held come back
         # to it once their worker's heartbeat is older than the timeout.
         restarted = WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "restarted.log").start()
         run = wait_finished(sessions, RECOVERY_BOUND_S + 60)
         took = time.monotonic() - killed_at
         assert run["status"] == "succeeded", run["error"]
-        pages = REFURBED_OFFERS // 100
-        assert (run["pages_done"], run["total_pages"], run["items"]) == (pages, pages, REFURBED_OFFERS)
+        assert (run["pages_done"], run["total_pages"], run["items"]) == (pages, pages, listed)
         # The rest of the walk is a few seconds of work: the wait was the recovery.
         assert took <= RECOVERY_BOUND_S + 15, f"the sync finished {took:.0f} s after the SIGKILL"
 
@@ -550,7 +628,7 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
         assert sorted(done) == list(range(1, pages + 1)) and done[pages] is None
         with sessions() as session:
             assert session.execute(text("SELECT sum(items) FROM sync_pages WHERE sync_id = :s"),
-                                   {"s": run_id}).scalar() == REFURBED_OFFERS
+                                   {"s": run_id}).scalar() == listed
             assert session.execute(text(
                 "SELECT count(*) FROM (SELECT stock_id FROM stock_ledger WHERE sync_id = :s GROUP BY stock_id "
                 "HAVING count(*) > 1) twice"), {"s": run_id}).scalar() == 0
@@ -571,10 +649,10 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
         twice = sorted(page for page, count in fetches.items() if count > 1)
         assert all(page > last_applied for page in twice) and max(fetches.values()) <= 2, twice
         # Every row equals the marketplace.
-        assert local_stock(sessions) == {offer["id"]: offer["stock"] for offer in sandbox.offers()}
+        assert local_by_sku(sessions, side.account) == side.truth()
         wait_until(lambda: unacked(client) == 0, 10, what="no message left unacked")
-        print(f"cursor walk finished {took:.1f} s after the SIGKILL (bound {RECOVERY_BOUND_S:.0f} s + 15 s); "
-              f"{len(at_kill)} page(s) applied before it, fetched twice: {twice}")
+        print(f"{platform} cursor walk finished {took:.1f} s after the SIGKILL (bound {RECOVERY_BOUND_S:.0f} s + "
+              f"15 s); {len(at_kill)} page(s) applied before it, fetched twice: {twice}")
     finally:
         victim.kill()
         if restarted is not None:

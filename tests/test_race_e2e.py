@@ -19,216 +19,43 @@ race while the shop's syncs read a bulk operation's file (a snapshot of its ``cr
 """
 from __future__ import annotations
 
-import json
-import queue
 import random
-import time
 from datetime import datetime, timezone
 
 import pytest
 import redis as redis_lib
-from aiohttp import web
 from sqlalchemy import text
 
-from db import accounts as account_rows
 from db.engine import session_factory
 from db.ledger import check_invariant
 from runtime.broker import build_broker
 from runtime.local_servers import wait_until
 from runtime.settings import Settings
-from sandbox.backmarket import BackMarketSandbox
-from sandbox.refurbed import RefurbedSandbox
 from sandbox.server import serve_in_thread
-from sandbox.shopify import ShopifySandbox
 from tests.fleet import WorkerFleet, fleet_env
+from tests.sides import LISTINGS, SIDES, ShopifySide, settled, sides_env
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-race-token"
-LISTINGS = 120
 QUEUES = ("stock-sync", "stock-fetch", "stock-apply", "stock-events", "stock-push", "stock-recheck")
 #: Seconds an event may take to reach the fleet: within the clock skew (5 s) of its page, and well past it.
 DELAYS = (0, 0.3, 1, 3, 6, 10)
 
 
-class Side:
-    """What every platform's side does unless it says otherwise."""
-
-    #: What the marketplace said of its last cancellation (Shopify's refund lines): whether it restocked the
-    #: unit; None: it says nothing, the account's default holds.
-    said: bool | None = None
-
-    def app(self) -> web.Application:
-        return self.sandbox.build_app()
-
-    def add_account(self, sessions, url: str) -> None:
-        """The main account of the platform's settings is used."""
-
-    def arm(self, sku: str) -> None:
-        """A push of ``sku`` is coming (only a compare-and-set shop has an order wait for it)."""
-
-    def ambushed(self) -> list[tuple[str, str, str, str]]:
-        """``(order, line, SKU, event time)`` of the orders placed between a push's read and its write since last asked."""
-        return []
-
-    def moves(self, sku: str) -> list[str]:
-        return []
-
-
-class BackMarketSide(Side):
-    """The sandbox Back Market as the race drives it: listings by SKU, an order line, its cancellation."""
-
-    account = "backmarket"
-
-    def __init__(self, restocks: bool) -> None:
-        self.sandbox = BackMarketSandbox(listings=LISTINGS, seed=77, token=TOKEN, quota_requests=0,
-                                         restock_on_cancel=restocks)
-        self.ids = {listing["sku"]: listing["id"] for listing in map(self.sandbox.listing, range(LISTINGS))}
-
-    def env(self, url: str) -> dict:
-        return {"backmarket_url": url, "backmarket_page_size": 10}
-
-    def quantity(self, sku: str) -> int:
-        return self.sandbox.quantity(self.ids[sku])
-
-    def order(self, sku: str) -> tuple[str, str, str]:
-        """(order id, line id, event time) of a new one-unit order of ``sku``."""
-        order = self.sandbox.orders.place_order([(self.ids[sku], 1)])
-        return str(order["order_id"]), str(order["orderlines"][0]["id"]), order["date_creation"]
-
-    def cancel(self, order_id: str, line_id: str) -> str:
-        return self.sandbox.orders.set_line_state(int(order_id), int(line_id), 4)["date_modification"]
-
-    def moves(self, sku: str) -> list[str]:
-        offset = time.time() - time.monotonic()  # the sandbox's clock is monotonic
-        return [f"  marketplace {datetime.fromtimestamp(offset + change.at, timezone.utc):%H:%M:%S.%f} "
-                f"{change.before} -> {change.after} ({change.cause})"
-                for change in self.sandbox.stock_changes() if change.listing == self.ids[sku]]
-
-
-class RefurbedSide(Side):
-    """The sandbox Refurbed as the race drives it: offers by SKU, an order item, its cancellation."""
-
-    account = "refurbed"
-
-    def __init__(self, restocks: bool) -> None:
-        self.sandbox = RefurbedSandbox(token=TOKEN, restock_on_cancel=restocks)
-        self.sandbox.add_offers(LISTINGS, seed=77)
-
-    def env(self, url: str) -> dict:
-        return {"backmarket_url": "http://127.0.0.1:9", "refurbed_base_url": url, "refurbed_token": TOKEN,
-                "refurbed_page_size": 10}
-
-    def quantity(self, sku: str) -> int:
-        return self.sandbox.stock(sku)
-
-    def order(self, sku: str) -> tuple[str, str, str]:
-        order = self.sandbox.place_order([sku], notify=False)
-        return order["id"], order["items"][0]["id"], order["released_at"]
-
-    def cancel(self, order_id: str, line_id: str) -> str:
-        self.sandbox.set_item_state(line_id, "CANCELLED")
-        return datetime.now(timezone.utc).isoformat()  # Refurbed gives no time: the intake takes the observed one
-
-
-class ShopifySide(Side):
-    """The sandbox Shopify shop (one location) as the race drives it: an order line, its cancellation.
-
-    An account of its own (``shop``, on the sandbox's loopback URL); the shop's query-cost bucket is a
-    small plan's (100 points, 40 a second: a page of 10 variants costs 32), so that a walk takes seconds
-    and the pushes' reads and compare-and-set writes wait in it beside the pages.  A customer lies in
-    wait for each top-up: when the push's write of that item reaches the shop, it orders one unit just
-    before the shop runs it, so that the write's ``changeFromQuantity`` is stale and the shop refuses it.
-    """
-
-    account = "shop"
-    bucket = {"cost_maximum": 100, "cost_restore_rate": 40}
-    #: The account's options (its ``restock_on_cancel``); none: the platform's defaults.
-    options: dict | None = None
-
-    def __init__(self, restocks: bool, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
-                 bulk: bool = False, mixed: bool = False) -> None:
-        # mixed: each cancellation restocks or not at random, as a merchant chooses per order, whatever the dial.
-        self.mixed, self._choices = mixed, random.Random(seed)
-        self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=TOKEN,
-                                      restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
-                                      bulk_objects_per_s=100, **self.bucket)
-        self.bulk = bulk
-        self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
-        self._armed: set[str] = set()
-        self._ambushed: queue.SimpleQueue = queue.SimpleQueue()
-
-    def app(self) -> web.Application:
-        app = self.sandbox.build_app()
-        app.middlewares.append(self._customer)  # inside the sandbox's own: after its authentication
-        return app
-
-    def env(self, url: str) -> dict:
-        return {"backmarket_url": "http://127.0.0.1:9", "accounts_allow_loopback": "true",
-                "stocksync_account_shop_token": TOKEN, "shopify_page_size": 10,
-                "shopify_cost_bucket_points": self.bucket["cost_maximum"],
-                "shopify_cost_restore_per_s": self.bucket["cost_restore_rate"], **self.bulk_env()}
-
-    def bulk_env(self) -> dict:
-        """With ``bulk``: every sync a bulk export, asked about twice a second (the default is every 2 s)."""
-        return {"shopify_bulk_min_variants": 0, "shopify_bulk_poll_s": 0.5} if self.bulk else {}
-
-    def add_account(self, sessions, url: str) -> None:
-        with sessions() as session:
-            account_rows.add_account(session, platform="shopify", code=self.account, name="Shop",
-                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True,
-                                     options=self.options)
-            session.commit()
-
-    def quantity(self, sku: str) -> int:
-        return self.sandbox.available(sku) or 0
-
-    def order(self, sku: str) -> tuple[str, str, str]:
-        order = self.sandbox.place_order({sku: 1}, notify=False)
-        return str(order["id"]), str(order["line_items"][0]["id"]), order["created_at"]
-
-    def cancel(self, order_id: str, line_id: str) -> str:
-        restock = self._choices.random() < 0.5 if self.mixed else None
-        cancelled = self.sandbox.cancel_order(int(order_id), restock=restock, notify=False)
-        # What the signed body says of the line (its one refund line's restock type), as the intake reads it.
-        self.said = cancelled["refunds"][-1]["refund_line_items"][0]["restock_type"] == "cancel"
-        return cancelled["cancelled_at"]
-
-    def arm(self, sku: str) -> None:
-        self._armed.add(sku)
-
-    def ambushed(self) -> list[tuple[str, str, str, str]]:
-        found = []
-        while not self._ambushed.empty():
-            found.append(self._ambushed.get())
-        return found
-
-    @web.middleware
-    async def _customer(self, request: web.Request, handler) -> web.StreamResponse:
-        if request.path.endswith("/graphql.json"):
-            asked = json.loads(await request.read())  # read again by the handler (aiohttp keeps the body)
-            if "StocksyncSetAvailable" in str(asked.get("query")):
-                item = asked["variables"]["input"]["quantities"][0]["inventoryItemId"].rsplit("/", 1)[-1]
-                sku = self.skus.get(item)
-                if sku in self._armed and self.quantity(sku) > 0:  # the push has read: the customer buys now
-                    self._armed.discard(sku)
-                    order_id, line_id, moment = self.order(sku)
-                    self._ambushed.put((order_id, line_id, sku, moment))
-        return await handler(request)
-
-
 @pytest.fixture
 def race(tmp_path, redis_url, database_url, request):
     platform, restocks, *modes = request.param   # modes: "bulk" (a bulk catalogue), "mixed" (restock per order)
-    side = {"backmarket": BackMarketSide, "refurbed": RefurbedSide, "shopify": ShopifySide}[platform](
-        restocks, **{mode: True for mode in modes})
+    plan = {"bucket": ShopifySide.SMALL_PLAN} if platform == "shopify" else {}
+    side = SIDES[platform](restocks, token=TOKEN, **plan, **{mode: True for mode in modes})
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
-    quotas = {"backmarket": {"quota_requests": 4, "quota_window_s": 1.0},
-              "refurbed": {"refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0},
-              "shopify": {}}[platform]
-    env = fleet_env(redis_url=redis_url, database_url=database_url, token=TOKEN,
-                    stock_not_restocking="" if restocks else side.account, **side.env(server.url), **quotas)
+    # Pages of 10 and a quota of 4 calls a second (Shopify: the side's small cost bucket): a walk takes seconds.
+    paces = {"backmarket": {"backmarket_page_size": 10, "quota_requests": 4, "quota_window_s": 1.0},
+             "refurbed": {"refurbed_page_size": 10, "refurbed_quota_requests": 4, "refurbed_quota_window_s": 1.0},
+             "shopify": {"shopify_page_size": 10}}[platform]
+    env = fleet_env(redis_url=redis_url, database_url=database_url,
+                    stock_not_restocking="" if restocks else side.account, **sides_env([(side, server.url)]), **paces)
     fleet = WorkerFleet(env, processes=2, threads=4, log_path=tmp_path / "fleet.log").start()
     broker = build_broker(Settings(redis_url=redis_url))
     from actors import events, stock_sync  # message factories only: the fleet does the work
@@ -264,11 +91,7 @@ def quiet(world) -> bool:
     client = world["redis"]
     if any(client.hlen(f"dramatiq:{q}.msgs") or client.hlen(f"dramatiq:{q}.DQ.msgs") for q in QUEUES):
         return False
-    with world["sessions"]() as session:
-        return session.execute(text(
-            "SELECT NOT EXISTS (SELECT 1 FROM sync_runs WHERE status = 'running') AND NOT EXISTS ("
-            "SELECT 1 FROM marketplace_stock WHERE needs_recheck OR push_state IN ('pending', 'failed') "
-            "OR push_lease_owner IS NOT NULL)")).scalar()
+    return settled(world["sessions"])
 
 
 def ledgers(world, skus: list[str]) -> str:

@@ -300,6 +300,29 @@ def test_a_pool_serves_several_pushes_from_one_urgent_grant_and_gives_back_the_r
     run(main())
 
 
+def test_a_quota_of_one_call_a_window_still_serves_a_push_its_read_then_its_write():
+    """A pair cannot be granted together under a quota of 1: the read takes the one slot, the write the next window's.
+
+    It used to ask the limiter for 2 slots at once, which a limit of 1 refuses (ValueError): every push
+    drain of such an account was dead-lettered and its rows marked failed.
+    """
+    from pipelines.events import PairedSlots, PairPool
+
+    async def main():
+        server = fakeredis.FakeServer()
+        limiter = FleetRateLimiter(fakeredis.FakeAsyncRedis(server=server), "refurbed", limit=1, window_s=0.2)
+        alone = PairedSlots(lambda: limiter)
+        await alone.take_two()
+        assert len(alone.held) == 1 and await limiter.remaining() == 0
+        assert await alone.acquire() == 0.0  # the read, on the slot held
+        assert await alone.acquire() > 0  # the write waited for the next window
+        pooled = PairedSlots(lambda: limiter, pool=PairPool(3))
+        await pooled.take_two()
+        assert len(pooled.held) == 1
+
+    run(main())
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="limit"):
         FleetRateLimiter(fake_redis(), "bm", limit=0, window_s=1)

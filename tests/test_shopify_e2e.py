@@ -33,7 +33,8 @@ from runtime.local_servers import wait_until
 from runtime.settings import Settings
 from sandbox.server import serve_in_thread
 from tests.fleet import ROOT, WorkerFleet, fleet_env
-from tests.test_race_e2e import QUEUES, TOKEN, ShopifySide, last_run, local, quiet, send, sync
+from tests.sides import ShopifySide
+from tests.test_race_e2e import QUEUES, TOKEN, last_run, local, quiet, send, sync
 
 pytestmark = pytest.mark.e2e
 
@@ -43,9 +44,9 @@ class Shop(ShopifySide):
     ``options``: the account's (``restock_on_cancel``)."""
 
     def __init__(self, bucket: dict | None = None, options: dict | None = None, *, bulk: bool = False) -> None:
-        self.bucket = bucket or {"cost_maximum": 2000, "cost_restore_rate": 100}
         self.options = options or {}
-        super().__init__(restocks=True, products=100, locations=2, seed=5, bulk=bulk)
+        super().__init__(restocks=True, products=100, locations=2, seed=5, token=TOKEN, bulk=bulk,
+                         bucket=bucket or {"cost_maximum": 2000, "cost_restore_rate": 100})
 
     def env(self, url: str) -> dict:
         # The fleet starts from the standard plan's bucket (production defaults): the shop's answers correct it.
