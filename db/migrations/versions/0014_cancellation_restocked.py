@@ -4,7 +4,7 @@ A cancellation's row keeps how many of its units the marketplace gave back itsel
 order, in its refund lines); a line restocked in part is two rows, the restocked part and the rest
 (``<line key>:not_restocked``).  NULL on older rows and other kinds: the account's default decides.
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-07 22:00:00
 """
