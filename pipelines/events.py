@@ -286,9 +286,9 @@ def _compare_and_set(marketplace: str, claim, owner: str, settings: Settings) ->
 
     One read and one write: the write compares on what the read found (the levels as the marketplace
     holds them, :meth:`clients.adapters.CatalogueAdapter.read_listing`), never reading again; when the
-    marketplace refuses it (an order landed since the read, nothing written), the plan is forgotten and the row read and decided again, up to
-    ``SHOPIFY_PUSH_ATTEMPTS`` writes, then ``deferred`` to a later drain.  No paired slots: the
-    compare makes the time between the read and the write harmless.
+    marketplace refuses it (an order landed since the read, nothing written), the plan is forgotten and
+    the row read and decided again, up to ``SHOPIFY_PUSH_ATTEMPTS`` writes, then ``deferred`` to a later
+    drain.  No paired slots: the compare makes the time between the read and the write harmless.
     """
     sessions = resources.sessions()
     attempts = settings.shopify_push_attempts
