@@ -131,8 +131,8 @@ async def read_lines(client: ShopifyClient, url: str, offset: int, count: int, *
                 return FilePage([], None)
             if status not in (200, 206):
                 body = (await response.content.read(300)).decode("utf-8", errors="replace")
-                raise ApiError(f"the bulk file's host answered {status}: {body[:200]}", api=API, endpoint=FILE_ROUTE,
-                               status=status, permanent=False)
+                raise ApiError(f"the bulk file's host answered {status}: {_error_code(body)}", api=API,
+                               endpoint=FILE_ROUTE, status=status, permanent=False)
             position = offset
             if status == 200 and offset:  # Range ignored: skip to the offset
                 await response.content.readexactly(offset)
@@ -154,6 +154,12 @@ async def read_lines(client: ShopifyClient, url: str, offset: int, count: int, *
     finally:
         if client.on_request is not None:
             client.on_request(RequestRecord(API, FILE_ROUTE, status, 1, time.monotonic() - started, 0.0))
+
+
+def _error_code(body: str) -> str:
+    """A storage host's error, by its code only: its body may echo the signed request (the link's secret)."""
+    found = re.search(r"<Code>([A-Za-z]{1,64})</Code>", body) or re.match(r"([A-Za-z]{1,64})(?::|$)", body.strip())
+    return found.group(1) if found else "(body not shown)"
 
 
 def _total_size(response: aiohttp.ClientResponse, offset: int) -> int | None:

@@ -278,6 +278,7 @@ def test_an_expired_link_is_a_transient_error_and_a_running_operation_refuses_a_
     with pytest.raises(ApiError) as refused:
         adapter_run(url, stale_link)
     assert refused.value.status == 403 and not refused.value.permanent
+    assert str(refused.value).endswith("answered 403: SignatureDoesNotMatch"), str(refused.value)  # tampered
 
     sandbox.configure(bulk_max_running=1, bulk_startup_s=30)
 
@@ -309,3 +310,12 @@ def test_a_file_host_that_is_gone_is_a_transient_error_that_shows_no_signature(s
         with pytest.raises(ApiError) as gone:
             adapter_run(url, unreachable)
         assert not gone.value.permanent and "s3cr3t" not in str(gone.value), str(gone.value)
+
+
+@pytest.mark.parametrize("body, shown", [
+    ("<Error><Code>SignatureDoesNotMatch</Code><StringToSign>GET /f?Signature=s3cr3t</StringToSign></Error>",
+     "SignatureDoesNotMatch"),
+    ("ExpiredToken: the signed link has expired", "ExpiredToken"),
+    ("denied for /f?Signature=s3cr3t", "(body not shown)")])
+def test_a_file_hosts_error_is_named_by_its_code_never_by_a_body_that_may_echo_the_link(body: str, shown: str):
+    assert shopify_bulk._error_code(body) == shown
