@@ -116,7 +116,9 @@ def bulk_walk(monkeypatch, database_url):
     from db import accounts as account_rows
     from db.engine import session_factory
 
-    shop = ShopifySandbox(products=20, variants_per_product=2, locations=1, token=TOKEN, bulk_startup_s=0)
+    # An export done the moment it starts: page 2 must find its file, not a running operation to poll again.
+    shop = ShopifySandbox(products=20, variants_per_product=2, locations=1, token=TOKEN, bulk_startup_s=0,
+                          bulk_objects_per_s=1e12)
     server = serve_in_thread(shop.build_app())
     with session_factory(database_url)() as session:
         account_rows.add_account(session, platform="shopify", code="shop", credentials_env="STOCKSYNC_ACCOUNT_SHOP",
