@@ -23,6 +23,7 @@ from core.platforms import SHOPIFY_API_VERSION
 from pipelines.stock_sync import wants_bulk
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
+from tests.test_shopify_sandbox_graphql import post
 
 TOKEN = "shpat_bulk_tests_secret"
 ENDPOINT = f"/admin/api/{SHOPIFY_API_VERSION}/graphql.json"
@@ -42,13 +43,9 @@ def shop():
 
 
 def graphql(url: str, query: str, variables: dict | None = None, token: str = TOKEN) -> dict:
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    connection.request("POST", ENDPOINT, json.dumps({"query": query, "variables": variables or {}}),
-                       {"Content-Type": "application/json", "X-Shopify-Access-Token": token})
-    response = connection.getresponse()
-    assert response.status == 200
-    return json.loads(response.read())
+    status, body = post(url, ENDPOINT, {"query": query, "variables": variables or {}}, token)
+    assert status == 200
+    return body
 
 
 def fetch(url: str, headers: dict | None = None) -> tuple[int, bytes]:
