@@ -6,8 +6,9 @@ ledger and ``(stock_id, read_at)`` of the reads.  The reads are written by :mod:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Engine, text
@@ -42,19 +43,23 @@ class ReadRow:
     sync_id: int | None
 
 
-def account_states(session: Session, variation_id: int, moment: datetime) -> list[AccountState]:
-    """Every account's stock row of the variation as it stood at ``moment``, by account code."""
+def account_states(session: Session, variation_id: int, moments: Sequence[datetime]) -> list[list[AccountState]]:
+    """Every account's stock row of the variation as it stood at each of ``moments`` (by account code), in one
+    statement: a row's last booking by ``(stock_id, created_at)``, its last read by ``(stock_id, read_at)``."""
     rows = session.execute(text(
-        "SELECT s.id AS stock_id, m.code AS account, m.name, COALESCE(l.quantity_after, 0) AS listed, "
+        "SELECT t.o, s.id AS stock_id, m.code AS account, m.name, COALESCE(l.quantity_after, 0) AS listed, "
         "l.created_at AS booked_at, r.quantity AS read, r.read_at "
-        "FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
-        "LEFT JOIN LATERAL (SELECT quantity_after, created_at FROM stock_ledger x "
-        "  WHERE x.variation_id = s.variation_id AND x.stock_id = s.id AND x.created_at <= :t "
-        "  ORDER BY x.id DESC LIMIT 1) l ON true "
-        "LEFT JOIN LATERAL (SELECT quantity, read_at FROM listing_reads x WHERE x.stock_id = s.id AND x.read_at <= :t "
+        "FROM unnest(CAST(:moments AS timestamptz[])) WITH ORDINALITY AS t(at, o) "
+        "CROSS JOIN marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "LEFT JOIN LATERAL (SELECT quantity_after, created_at FROM stock_ledger x WHERE x.stock_id = s.id "
+        "  AND x.created_at <= t.at ORDER BY x.created_at DESC, x.id DESC LIMIT 1) l ON true "
+        "LEFT JOIN LATERAL (SELECT quantity, read_at FROM listing_reads x WHERE x.stock_id = s.id AND x.read_at <= t.at "
         "  ORDER BY x.read_at DESC LIMIT 1) r ON true "
-        "WHERE s.variation_id = :v ORDER BY m.code"), {"v": variation_id, "t": moment})
-    return [AccountState(**row._mapping) for row in rows]
+        "WHERE s.variation_id = :v ORDER BY t.o, m.code"), {"v": variation_id, "moments": list(moments)})
+    states: list[list[AccountState]] = [[] for _ in moments]
+    for order, *state in rows:
+        states[order - 1].append(AccountState(*state))
+    return states
 
 
 def first_moment(session: Session, variation_id: int) -> datetime | None:
@@ -109,114 +114,162 @@ class Cell(NamedTuple):
     marks: list[int]
 
 
-# A source's rows of stock rows :ids whose time meets {when} (on its column ``at``), as (id, stock_id, at, q,
-# kind, change), and the order that puts its last row first.  The ledger by (variation_id, id), the reads by
-# (stock_id, read_at) row by row (a time range alone would walk every account's reads of the window).
-_ROWS = {
-    "ledger": ("SELECT * FROM (SELECT l.id, l.stock_id, l.created_at AS at, l.quantity_after AS q, "
-               "l.change_type AS kind, l.change FROM stock_ledger l WHERE l.variation_id = "
-               "(SELECT variation_id FROM marketplace_stock WHERE id = :first) AND l.stock_id = ANY(CAST(:ids AS bigint[]))"
-               ") x WHERE {when}", "r.id DESC"),
-    "read": ("SELECT x.id, x.stock_id, x.read_at AS at, x.quantity AS q, NULL AS kind, 0 AS change "
-             "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT id, stock_id, read_at, quantity "
-             "FROM listing_reads x WHERE x.stock_id = s.id AND {when}) x", "r.at DESC, r.id DESC"),
+#: The sources of a chart: where each one's rows are (table, time column), their columns (id, stock_id, at, q,
+#: kind, change) and what puts a column's last row highest, as bigints (a booking's id; a read's time, then id).
+_SOURCES = {
+    "ledger": ("stock_ledger", "created_at",
+               "x.id, x.stock_id, x.created_at AS at, x.quantity_after AS q, CAST(x.change_type AS text) AS kind, "
+               "x.change", "r.id"),
+    "read": ("listing_reads", "read_at",
+             "x.id, x.stock_id, x.read_at AS at, x.quantity AS q, CAST(NULL AS text) AS kind, 0 AS change",
+             "r.us, r.id"),
 }
-_TIME = {"ledger": "x.at", "read": "x.read_at"}
-# A row's column of the grid, in whole microseconds (the float epoch is exact to well under one), so a row is in
-# a column exactly when its time is in the column's [start, end).
-_CELL = "(round(date_part('epoch', r.at) * 1000000)::bigint / (CAST(:w AS bigint) * 1000))"
+SOURCES = tuple(_SOURCES)
+# A row's time in whole microseconds from the epoch (the float epoch is exact to well under one), and its column
+# of the grid: a row is in a column exactly when its time is in the column's [start, end).
+_US = "round(date_part('epoch', r.at) * 1000000)::bigint"
+_CELL = "r.us / (CAST(:w AS bigint) * 1000)"
+#: The kept columns' rows, and the window's ends (the rows of ``[since, until]`` outside them).
+_KEPT = ("{t} >= :lo_t AND {t} < :hi_t",)
+_ENDS = ("{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
 
 
-def _rows(source: str, *ranges: str) -> str:
-    """``source``'s rows in any of ``ranges`` (each a condition on ``{t}``, the row's time)."""
-    rows, _ = _ROWS[source]
-    if source == "ledger":  # one pass over the variation's bookings
-        return rows.format(when=" OR ".join(f"({when.format(t=_TIME[source])})" for when in ranges))
-    return " UNION ALL ".join(rows.format(when=when.format(t=_TIME[source])) for when in ranges)
+def _rows(source: str, ranges: tuple[str, ...]) -> str:
+    """``source``'s rows of stock rows ``:ids`` whose time meets any of ``ranges`` (each a condition on ``{t}``),
+    per stock row and range by the ``(stock_id, time)`` index."""
+    table, at, columns, _ = _SOURCES[source]
+    return " UNION ALL ".join(
+        f"SELECT x.* FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT {columns} FROM {table} x "
+        f"WHERE x.stock_id = s.id AND {when.format(t='x.' + at)}) x" for when in ranges)
 
 
-def _bounds(stock_ids: list[int], width_ms: int, kept: range) -> dict:
-    return {"ids": stock_ids, "first": stock_ids[0] if stock_ids else 0, "w": width_ms, "lo": kept.start,
-            "hi": kept.stop, "lo_t": _column_start(kept.start, width_ms), "hi_t": _column_start(kept.stop, width_ms)}
+def _bounds(stock_ids: list[int], width_ms: int, kept: range, since: datetime, until: datetime,
+            marked: tuple[str, ...]) -> dict:
+    # No kept column: the kept range is empty at ``since``, so the ends are the whole window.
+    lo_t, hi_t = (_column_start(kept.start, width_ms), _column_start(kept.stop, width_ms)) if kept else (since, since)
+    return {"ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop, "lo_t": lo_t, "hi_t": hi_t,
+            "since": since, "until": until, **{f"m{i}": kind for i, kind in enumerate(marked)}}
 
 
 def _aggregate(source: str, rows: str, marked: tuple[str, ...]) -> str:
-    _, order = _ROWS[source]
+    """Per (stock row, column): the :class:`Cell` of ``rows`` (with the count and sum of changes per marked type).
+    The last row's quantity is the top of ``max(ARRAY[order..., q])``: no sort, a hash per column."""
+    order = _SOURCES[source][3]
     marks = "ARRAY[" + ", ".join(f"count(*) FILTER (WHERE r.kind = :m{i}), COALESCE(sum(r.change) FILTER "
                                  f"(WHERE r.kind = :m{i}), 0)" for i in range(len(marked))) + "]::int[]"
+    last = len(order.split(",")) + 1
     return (f"SELECT r.stock_id, r.cell, min(r.at) AS first_at, count(*) AS n, min(r.q) AS low, max(r.q) AS high, "
-            f"(array_agg(r.q ORDER BY {order}))[1] AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
-            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM ({rows}) r) r "
+            f"CAST((max(ARRAY[{order}, r.q]))[{last}] AS int) AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
+            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM (SELECT r.*, {_US} AS us FROM ({rows}) r) r) r "
             "GROUP BY r.stock_id, r.cell")
 
 
-def raw_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-              until: datetime, kept: range = range(0), marked: tuple[str, ...] = (), ends_only: bool = False
-              ) -> list[Cell]:
-    """``source``'s rows (``ledger`` bookings or ``read`` reads) of ``stock_ids`` in ``[since, until]`` per column
-    of the ``width_ms`` grid, in stock row and column order, with the count and sum of changes of each
-    ``marked`` change type; ``ends_only``: only the columns outside ``kept`` (the window's ends)."""
-    marked = marked if source == "ledger" else ()
-    rows = (_rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until") if ends_only
-            else _rows(source, "{t} BETWEEN :since AND :until"))
-    result = session.execute(text(_aggregate(source, rows, marked) + " ORDER BY 1, 2"),
-        {**_bounds(stock_ids, width_ms, kept), "since": since, "until": until,
-         **{f"m{i}": kind for i, kind in enumerate(marked)}})
-    return [Cell(*row) for row in result]
+def _marked(source: str, marked: tuple[str, ...]) -> tuple[str, ...]:
+    return marked if source == "ledger" else ()
 
 
-def current_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-                  until: datetime, kept: range, marked: tuple[str, ...] = ()) -> list[Cell] | None:
-    """What :func:`raw_cells` gives, from ``source``'s stored cells of columns ``kept`` and the rows of the rest of
-    ``[since, until]`` (the window's ends), in one statement; None when the stored cells are not current: per
-    stock row, their count and id sum are not its rows' in ``kept`` (a row added late, or pruned, changes them)."""
-    marked = marked if source == "ledger" else ()
-    ends = _rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
-    settled = _rows(source, "{t} >= :lo_t AND {t} < :hi_t")
+def _stored(source: str, marked: tuple[str, ...]) -> str:
+    """``source``'s stored cells of the kept columns (a marked type they were not rolled up with: -1 of them)."""
+    marks = "ARRAY[" + ", ".join(
+        f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
+        for i in range(len(_marked(source, marked)))) + "]::int[]"
+    return (f"SELECT stock_id, cell, first_at, n, low, high, last, id_sum, {marks} AS marks FROM chart_cells "
+            f"WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = '{source}' AND width_ms = :w "
+            "AND cell >= :lo AND cell < :hi")
+
+
+def _current(source: str) -> str:
+    """Whether ``source``'s stored cells of the kept columns are current: per stock row, their count and id sum
+    are its rows' (an index-only scan of the ``(stock_id, time) INCLUDE (id)`` index)."""
+    table, at, _, _ = _SOURCES[source]
+    return ("SELECT COALESCE(bool_and(COALESCE(c.n, 0) = r.n AND COALESCE(c.ids, 0) = COALESCE(r.ids, 0)), true) "
+            "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) AS ids "
+            f"FROM chart_cells WHERE stock_id = s.id AND source = '{source}' AND width_ms = :w AND cell >= :lo "
+            f"AND cell < :hi) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(x.id) AS ids FROM {table} x "
+            f"WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) r")
+
+
+class WindowCells(NamedTuple):
+    """A chart window's cells per source (in stock row and column order): ``kept``, its kept columns' (stored,
+    or from the rows when the stored ones are not ``current``), and ``ends``, the rest of it from the rows."""
+
+    kept: dict[str, list[Cell]]
+    ends: dict[str, list[Cell]]
+    current: dict[str, bool]
+
+
+#: A row of no cell (a source's header in :func:`window_cells`).
+_NO_CELL = ("NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::bigint, NULL::int, NULL::int, NULL::int, "
+            "NULL::bigint, NULL::int[]")
+
+
+def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since: datetime, until: datetime,
+                 kept: range, marked: tuple[str, ...] = ()) -> WindowCells:
+    """Every source's cells of ``[since, until]`` on the ``width_ms`` grid, in one statement: columns ``kept``
+    from ``chart_cells`` when the stored ones are current (their rows' count and id sum unchanged: a row added
+    late, or pruned, changes them), else from the rows (for the caller to store, :func:`store_cells`), and the
+    rest of the window (its ends) from the rows, with ``marked`` change types counted."""
+    parts = [f"SELECT '{source}' AS source, NULL::bool AS part, ok.{source} AS ok, {_NO_CELL} FROM ok"
+             for source in SOURCES]
+    for source in SOURCES:
+        mine = _marked(source, marked)
+        parts += [f"SELECT '{source}', true, true, c.* FROM ({_stored(source, marked)}) c WHERE (SELECT {source} FROM ok)",
+                  f"SELECT '{source}', true, false, a.* FROM ({_aggregate(source, _rows(source, _KEPT), mine)}) a "
+                  f"WHERE NOT (SELECT {source} FROM ok)",
+                  f"SELECT '{source}', false, true, e.* FROM ({_aggregate(source, _rows(source, _ENDS), mine)}) e"]
     rows = session.execute(text(
-        "WITH c AS (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
-        "  AND source = :source AND width_ms = :w AND cell >= :lo AND cell < :hi GROUP BY stock_id), "
-        # Nothing stored (a first view): not current if any row is there, found without counting them all.
-        f"f AS (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM ({settled}) r WHERE EXISTS (SELECT 1 FROM c) "
-        "  GROUP BY r.stock_id), "
-        "ok AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM c) THEN bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) "
-        f"  AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) ELSE NOT EXISTS (SELECT 1 FROM ({settled}) r) END AS ok "
-        "  FROM unnest(CAST(:ids AS bigint[])) AS s(id) LEFT JOIN f ON f.stock_id = s.id LEFT JOIN c ON c.stock_id = s.id) "
-        "SELECT ok.ok, x.* FROM ok LEFT JOIN LATERAL ("
-        "  SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
-            f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
-            for i in range(len(marked))) + "]::int[] AS marks FROM chart_cells "
-        "  WHERE ok.ok AND stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
-        f"  AND cell >= :lo AND cell < :hi UNION ALL SELECT * FROM ({_aggregate(source, ends, marked)}) e WHERE ok.ok"
-        ") x ON true ORDER BY x.stock_id, x.cell"),
-        {**_bounds(stock_ids, width_ms, kept), "source": source, "since": since, "until": until,
-         **{f"m{i}": kind for i, kind in enumerate(marked)}}).all()
-    if not rows or not rows[0][0]:
-        return None
-    return [Cell(*row[1:]) for row in rows if row[1] is not None]
+        "WITH ok AS MATERIALIZED (SELECT " + ", ".join(f"({_current(source)}) AS {source}" for source in SOURCES)
+        + ") " + " UNION ALL ".join(parts)), _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
+    found = WindowCells({source: [] for source in SOURCES}, {source: [] for source in SOURCES}, {})
+    for source, part, ok, *cell in rows:
+        if part is None:
+            found.current[source] = ok
+        else:
+            (found.kept if part else found.ends)[source].append(Cell(*cell))
+    for cells in (*found.kept.values(), *found.ends.values()):
+        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
+    return found
 
 
-def fill_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
-               marked: tuple[str, ...] = ()) -> list[Cell]:
-    """Roll ``source``'s rows of columns ``kept`` up into ``chart_cells`` (replacing what was there) and return
-    those cells, in stock row and column order: one statement in a transaction of its own (the caller's may
-    be a read, rolled back), not waiting for the disk (derived data)."""
-    marked = marked if source == "ledger" else ()
-    params = {**_bounds(stock_ids, width_ms, kept), "source": source,
-              **{f"m{i}": kind for i, kind in enumerate(marked)}}
-    pairs = ", ".join(f"CAST(:m{i} AS text), jsonb_build_array(a.marks[{2 * i + 1}], a.marks[{2 * i + 2}])"
-                      for i in range(len(marked)))
+def kept_cells(session: Session, stock_ids: list[int], *, width_ms: int, kept: range, marked: tuple[str, ...] = (),
+               sources: tuple[str, ...] = SOURCES) -> dict[str, list[Cell]]:
+    """``sources``' cells of columns ``kept`` from their rows, in stock row and column order."""
+    rows = session.execute(text(" UNION ALL ".join(
+        f"SELECT '{source}', a.* FROM ({_aggregate(source, _rows(source, _KEPT), _marked(source, marked))}) a"
+        for source in sources)), _bounds(stock_ids, width_ms, kept, _EPOCH, _EPOCH, marked)).all()
+    found: dict[str, list[Cell]] = {source: [] for source in sources}
+    for source, *cell in rows:
+        found[source].append(Cell(*cell))
+    for cells in found.values():
+        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
+    return found
+
+
+def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
+                cells: list[Cell], marked: tuple[str, ...] = ()) -> None:
+    """Store ``cells``, ``source``'s cells of columns ``kept`` of ``stock_ids`` (``marked``: the change types
+    their marks count), in place of what ``chart_cells`` held there: one statement in a transaction of its own,
+    not waiting for the disk (derived data; a row that came since is caught by the next check).  Written in
+    key order, so two writers of the same cells wait for each other rather than deadlock."""
+    mine = _marked(source, marked)
+    rows = json.dumps([[c.stock_id, c.cell, c.first_at.isoformat(), c.n, c.low, c.high, c.last, c.id_sum,
+                        {kind: c.marks[2 * i:2 * i + 2] for i, kind in enumerate(mine)}] for c in cells])
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL synchronous_commit = off"))
         connection.execute(text(
-            "DELETE FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source "
-            "AND width_ms = :w AND cell >= :lo AND cell < :hi"), params)
-        rows = connection.execute(text(
-            f"WITH a AS ({_aggregate(source, _rows(source, '{t} >= :lo_t AND {t} < :hi_t'), marked)}), "
-            "stored AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, "
-            "id_sum, marks) SELECT a.stock_id, :source, :w, a.cell, a.first_at, a.n, a.low, a.high, a.last, a.id_sum, "
-            f"jsonb_build_object({pairs}) FROM a) SELECT * FROM a"), params).all()
-    return sorted((Cell(*row) for row in rows), key=lambda cell: (cell.stock_id, cell.cell))
+            "WITH c AS (SELECT (x ->> 0)::bigint AS stock_id, (x ->> 1)::bigint AS cell, (x ->> 2)::timestamptz "
+            "  AS first_at, (x ->> 3)::int AS n, (x ->> 4)::int AS low, (x ->> 5)::int AS high, (x ->> 6)::int AS last, "
+            "  (x ->> 7)::bigint AS id_sum, x -> 8 AS marks FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS x), "
+            "w AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, "
+            "  marks) SELECT c.stock_id, :source, :w, c.cell, c.first_at, c.n, c.low, c.high, c.last, c.id_sum, "
+            "  c.marks FROM c ORDER BY c.stock_id, c.cell ON CONFLICT (stock_id, source, width_ms, cell) DO UPDATE "
+            "  SET first_at = excluded.first_at, n = excluded.n, low = excluded.low, high = excluded.high, "
+            "  last = excluded.last, id_sum = excluded.id_sum, marks = excluded.marks) "
+            # The kept columns with no row (left): not written above, so no conflict with those writes.
+            "DELETE FROM chart_cells d WHERE d.stock_id = ANY(CAST(:ids AS bigint[])) AND d.source = :source "
+            "AND d.width_ms = :w AND d.cell >= :lo AND d.cell < :hi "
+            "AND NOT EXISTS (SELECT 1 FROM c WHERE c.stock_id = d.stock_id AND c.cell = d.cell)"),
+            {"rows": rows, "source": source, "ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop})
 
 
 def _column_start(column: int, width_ms: int) -> datetime:
