@@ -178,24 +178,32 @@ def _stored(source: str, marked: tuple[str, ...]) -> str:
             "AND cell >= :lo AND cell < :hi")
 
 
-def _current(source: str) -> str:
-    """Whether ``source``'s stored cells of the kept columns are current: per stock row, their count and id sum
-    are its rows' (an index-only scan of the ``(stock_id, time) INCLUDE (id)`` index)."""
+def _stale(source: str) -> str:
+    """The kept columns where ``source``'s stored cells are not their rows' (count or id sum differ: a row added
+    late or pruned, a column never stored), as one range ``[lo, hi)`` with its times (NULL: none); counted per
+    column by an index-only scan of the ``(stock_id, time) INCLUDE (id)`` index."""
     table, at, _, _ = _SOURCES[source]
-    return ("SELECT COALESCE(bool_and(COALESCE(c.n, 0) = r.n AND COALESCE(c.ids, 0) = COALESCE(r.ids, 0)), true) "
-            "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) AS ids "
-            f"FROM chart_cells WHERE stock_id = s.id AND source = '{source}' AND width_ms = :w AND cell >= :lo "
-            f"AND cell < :hi) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(x.id) AS ids FROM {table} x "
-            f"WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) r")
+    counted = (f"SELECT r.stock_id, r.cell, count(*) AS n, sum(r.id) AS ids FROM (SELECT x.stock_id, x.id, "
+               f"round(date_part('epoch', x.{at}) * 1000000)::bigint / (CAST(:w AS bigint) * 1000) AS cell "
+               f"FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT x.stock_id, x.id, x.{at} "
+               f"FROM {table} x WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) x) r GROUP BY 1, 2")
+    held = (f"SELECT stock_id, cell, n, id_sum FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
+            f"AND source = '{source}' AND width_ms = :w AND cell >= :lo AND cell < :hi")
+    span = (f"SELECT min(COALESCE(r.cell, h.cell)) AS lo, max(COALESCE(r.cell, h.cell)) + 1 AS hi FROM ({counted}) r "
+            f"FULL JOIN ({held}) h ON h.stock_id = r.stock_id AND h.cell = r.cell "
+            "WHERE r.n IS DISTINCT FROM h.n OR r.ids IS DISTINCT FROM h.id_sum")
+    start = "timestamptz 'epoch' + {} * CAST(:w AS bigint) * interval '1 millisecond'"
+    return f"SELECT lo, hi, {start.format('lo')} AS lo_t, {start.format('hi')} AS hi_t FROM ({span}) d"
 
 
 class WindowCells(NamedTuple):
     """A chart window's cells per source (in stock row and column order): ``kept``, its kept columns' (stored,
-    or from the rows when the stored ones are not ``current``), and ``ends``, the rest of it from the rows."""
+    and from the rows over ``stale``, the columns whose stored cells were not current), and ``ends``, the rest
+    of it from the rows."""
 
     kept: dict[str, list[Cell]]
     ends: dict[str, list[Cell]]
-    current: dict[str, bool]
+    stale: dict[str, range | None]
 
 
 #: A row of no cell (a source's header in :func:`window_cells`).
@@ -206,26 +214,29 @@ _NO_CELL = ("NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::bigint, NULL::
 def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since: datetime, until: datetime,
                  kept: range, marked: tuple[str, ...] = ()) -> WindowCells:
     """Every source's cells of ``[since, until]`` on the ``width_ms`` grid, in one statement: columns ``kept``
-    from ``chart_cells`` when the stored ones are current (their rows' count and id sum unchanged: a row added
-    late, or pruned, changes them), else from the rows (for the caller to store, :func:`store_cells`), and the
-    rest of the window (its ends) from the rows, with ``marked`` change types counted."""
-    parts = [f"SELECT '{source}' AS source, NULL::bool AS part, ok.{source} AS ok, {_NO_CELL} FROM ok"
-             for source in SOURCES]
+    from ``chart_cells`` where the stored ones are current (their rows' count and id sum unchanged: a row added
+    late, or pruned, changes them), from the rows over the range of those that are not (for the caller to
+    store, :func:`store_cells`), and the rest of the window (its ends) from the rows, with ``marked`` change
+    types counted."""
+    parts, steps = [], []
     for source in SOURCES:
         mine = _marked(source, marked)
-        parts += [f"SELECT '{source}', true, true, c.* FROM ({_stored(source, marked)}) c WHERE (SELECT {source} FROM ok)",
-                  f"SELECT '{source}', true, false, a.* FROM ({_aggregate(source, _rows(source, _KEPT), mine)}) a "
-                  f"WHERE NOT (SELECT {source} FROM ok)",
-                  f"SELECT '{source}', false, true, e.* FROM ({_aggregate(source, _rows(source, _ENDS), mine)}) e"]
-    rows = session.execute(text(
-        "WITH ok AS MATERIALIZED (SELECT " + ", ".join(f"({_current(source)}) AS {source}" for source in SOURCES)
-        + ") " + " UNION ALL ".join(parts)), _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
+        stale = f"stale_{source}"
+        steps.append(f"{stale} AS MATERIALIZED ({_stale(source)})")
+        fresh = f"{{t}} >= (SELECT lo_t FROM {stale}) AND {{t}} < (SELECT hi_t FROM {stale})"
+        parts += [f"SELECT '{source}' AS source, 'stale' AS part, st.lo, st.hi, {_NO_CELL} FROM {stale} st",
+                  f"SELECT '{source}', 'kept', NULL::bigint, NULL::bigint, c.* FROM ({_stored(source, marked)}) c, "
+                  f"{stale} st WHERE st.lo IS NULL OR c.cell < st.lo OR c.cell >= st.hi",
+                  f"SELECT '{source}', 'kept', NULL, NULL, a.* FROM ({_aggregate(source, _rows(source, (fresh,)), mine)}) a",
+                  f"SELECT '{source}', 'ends', NULL, NULL, e.* FROM ({_aggregate(source, _rows(source, _ENDS), mine)}) e"]
+    rows = session.execute(text("WITH " + ", ".join(steps) + " " + " UNION ALL ".join(parts)),
+                           _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
     found = WindowCells({source: [] for source in SOURCES}, {source: [] for source in SOURCES}, {})
-    for source, part, ok, *cell in rows:
-        if part is None:
-            found.current[source] = ok
+    for source, part, lo, hi, *cell in rows:
+        if part == "stale":
+            found.stale[source] = range(lo, hi) if lo is not None else None
         else:
-            (found.kept if part else found.ends)[source].append(Cell(*cell))
+            getattr(found, part)[source].append(Cell(*cell))
     for cells in (*found.kept.values(), *found.ends.values()):
         cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
     return found

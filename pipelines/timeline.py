@@ -225,7 +225,7 @@ SETTLE = timedelta(minutes=10)
 def chart_cells(session: Session, stock_ids: list[int], *, since: datetime, until: datetime, width_ms: int,
                 marked: tuple[str, ...] = ()) -> dict[str, list[queries.Cell]]:
     """Every source's rows (``ledger``, ``read``) of ``[since, until]`` per column of the ``width_ms`` grid, in
-    stock row and column order.  The settled columns come from ``chart_cells`` when they are current (their
+    stock row and column order.  The settled columns come from ``chart_cells`` where they are current (their
     rows' count and id sum unchanged), else from the rows, stored behind the answer for the next draw
     (:func:`settle_rollups`); the window's ends and the columns still moving come from the rows each time."""
     kept = settled_columns(since, until, datetime.now(timezone.utc) - SETTLE, width_ms)
@@ -233,12 +233,13 @@ def chart_cells(session: Session, stock_ids: list[int], *, since: datetime, unti
                                  marked=marked)
     drawn = {}
     for source in queries.SOURCES:
-        cells, current = found.kept[source], found.current[source]
-        if current and any(-1 in cell.marks[0::2] for cell in cells):  # rolled up without one of the marked types
-            cells, current = queries.kept_cells(session, stock_ids, width_ms=width_ms, kept=kept, marked=marked,
-                                                sources=(source,))[source], False
-        if not current and kept:
-            _store_behind(session.get_bind().engine, source, stock_ids, width_ms, kept, cells, marked)
+        cells, stale = found.kept[source], found.stale[source]
+        if any(-1 in cell.marks[0::2] for cell in cells):  # rolled up without one of the marked types
+            cells, stale = queries.kept_cells(session, stock_ids, width_ms=width_ms, kept=kept, marked=marked,
+                                              sources=(source,))[source], kept
+        if stale:
+            _store_behind(session.get_bind().engine, source, stock_ids, width_ms, stale,
+                          [cell for cell in cells if cell.cell in stale], marked)
         drawn[source] = sorted(cells + found.ends[source], key=lambda cell: (cell.stock_id, cell.cell))
     return drawn
 
