@@ -180,8 +180,8 @@ def _stored(source: str, marked: tuple[str, ...]) -> str:
 
 def _stale(source: str) -> str:
     """The kept columns where ``source``'s stored cells are not their rows' (count or id sum differ: a row added
-    late or pruned, a column never stored), as one range ``[lo, hi)`` with its times (NULL: none); counted per
-    column by an index-only scan of the ``(stock_id, time) INCLUDE (id)`` index."""
+    late or pruned, a column never stored), as one range ``[lo, hi)`` with its times (NULL: none); counted by
+    index-only scans of the ``(stock_id, time) INCLUDE (id)`` index."""
     table, at, _, _ = _SOURCES[source]
     counted = (f"SELECT r.stock_id, r.cell, count(*) AS n, sum(r.id) AS ids FROM (SELECT x.stock_id, x.id, "
                f"round(date_part('epoch', x.{at}) * 1000000)::bigint / (CAST(:w AS bigint) * 1000) AS cell "
@@ -189,9 +189,16 @@ def _stale(source: str) -> str:
                f"FROM {table} x WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) x) r GROUP BY 1, 2")
     held = (f"SELECT stock_id, cell, n, id_sum FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
             f"AND source = '{source}' AND width_ms = :w AND cell >= :lo AND cell < :hi")
+    # Per stock row first (the count and id sum of all its kept rows, no column computed): per column only when
+    # a stock row's differ, so a draw whose stored cells are all current pays for the cheap check alone.
+    current = ("SELECT COALESCE(bool_and(COALESCE(c.n, 0) = r.n AND COALESCE(c.ids, 0) = COALESCE(r.ids, 0)), true) "
+               "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) AS "
+               f"ids FROM chart_cells WHERE stock_id = s.id AND source = '{source}' AND width_ms = :w AND cell >= :lo "
+               f"AND cell < :hi) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(x.id) AS ids FROM {table} x "
+               f"WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) r")
     span = (f"SELECT min(COALESCE(r.cell, h.cell)) AS lo, max(COALESCE(r.cell, h.cell)) + 1 AS hi FROM ({counted}) r "
             f"FULL JOIN ({held}) h ON h.stock_id = r.stock_id AND h.cell = r.cell "
-            "WHERE r.n IS DISTINCT FROM h.n OR r.ids IS DISTINCT FROM h.id_sum")
+            f"WHERE NOT ({current}) AND (r.n IS DISTINCT FROM h.n OR r.ids IS DISTINCT FROM h.id_sum)")
     start = "timestamptz 'epoch' + {} * CAST(:w AS bigint) * interval '1 millisecond'"
     return f"SELECT lo, hi, {start.format('lo')} AS lo_t, {start.format('hi')} AS hi_t FROM ({span}) d"
 
@@ -256,21 +263,28 @@ def kept_cells(session: Session, stock_ids: list[int], *, width_ms: int, kept: r
     return found
 
 
-def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
-                cells: list[Cell], marked: tuple[str, ...] = ()) -> None:
-    """Store ``cells``, ``source``'s cells of columns ``kept`` of ``stock_ids`` (``marked``: the change types
-    their marks count), in place of what ``chart_cells`` held there: one statement in a transaction of its own,
-    not waiting for the disk (derived data; a row that came since is caught by the next check).  Written in
-    key order, so two writers of the same cells wait for each other rather than deadlock."""
+def cells_json(cells: list[Cell]) -> str:
+    """``cells`` as :func:`store_cells` takes them: a flat JSON array per cell, its marks last."""
+    return json.dumps([[c.stock_id, c.cell, c.first_at.isoformat(), c.n, c.low, c.high, c.last, c.id_sum, *c.marks]
+                       for c in cells])
+
+
+def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range, rows: str,
+                marked: tuple[str, ...] = ()) -> None:
+    """Store ``rows`` (:func:`cells_json`), ``source``'s cells of columns ``kept`` of ``stock_ids`` (``marked``:
+    the change types their marks count), in place of what ``chart_cells`` held there: one statement in a
+    transaction of its own, not waiting for the disk (derived data; a row that came since is caught by the next
+    check).  Written in key order, so two writers of the same cells wait for each other rather than deadlock."""
     mine = _marked(source, marked)
-    rows = json.dumps([[c.stock_id, c.cell, c.first_at.isoformat(), c.n, c.low, c.high, c.last, c.id_sum,
-                        {kind: c.marks[2 * i:2 * i + 2] for i, kind in enumerate(mine)}] for c in cells])
+    marks = ", ".join(f"CAST(:m{i} AS text), jsonb_build_array((x ->> {8 + 2 * i})::int, (x ->> {9 + 2 * i})::int)"
+                      for i in range(len(mine)))
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL synchronous_commit = off"))
         connection.execute(text(
             "WITH c AS (SELECT (x ->> 0)::bigint AS stock_id, (x ->> 1)::bigint AS cell, (x ->> 2)::timestamptz "
             "  AS first_at, (x ->> 3)::int AS n, (x ->> 4)::int AS low, (x ->> 5)::int AS high, (x ->> 6)::int AS last, "
-            "  (x ->> 7)::bigint AS id_sum, x -> 8 AS marks FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS x), "
+            f"  (x ->> 7)::bigint AS id_sum, jsonb_build_object({marks}) AS marks "
+            "  FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS x), "
             "w AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, "
             "  marks) SELECT c.stock_id, :source, :w, c.cell, c.first_at, c.n, c.low, c.high, c.last, c.id_sum, "
             "  c.marks FROM c ORDER BY c.stock_id, c.cell ON CONFLICT (stock_id, source, width_ms, cell) DO UPDATE "
@@ -280,7 +294,8 @@ def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: 
             "DELETE FROM chart_cells d WHERE d.stock_id = ANY(CAST(:ids AS bigint[])) AND d.source = :source "
             "AND d.width_ms = :w AND d.cell >= :lo AND d.cell < :hi "
             "AND NOT EXISTS (SELECT 1 FROM c WHERE c.stock_id = d.stock_id AND c.cell = d.cell)"),
-            {"rows": rows, "source": source, "ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop})
+            {"rows": rows, "source": source, "ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop,
+             **{f"m{i}": kind for i, kind in enumerate(mine)}})
 
 
 def _column_start(column: int, width_ms: int) -> datetime:

@@ -258,10 +258,11 @@ def _store_behind(engine: Engine, source: str, stock_ids: list[int], width_ms: i
         if key in _waiting:
             return
         _waiting.add(key)
+    rows = queries.cells_json(cells)  # here: the thread behind only waits on the database
 
     def store() -> None:
         try:
-            queries.store_cells(engine, source, stock_ids, width_ms=width_ms, kept=kept, cells=cells, marked=marked)
+            queries.store_cells(engine, source, stock_ids, width_ms=width_ms, kept=kept, rows=rows, marked=marked)
         except DBAPIError as failed:  # the next draw rolls them up again
             log.warning("chart: could not store the columns of stock rows %s: %s", stock_ids, str(failed.orig)[:200])
         finally:
