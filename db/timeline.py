@@ -6,12 +6,13 @@ ledger and ``(stock_id, read_at)`` of the reads.  The reads are written by :mod:
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, TextClause, text
 from sqlalchemy.orm import Session
 
 from db.console_queries import LedgerRow
@@ -218,13 +219,9 @@ _NO_CELL = ("NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::bigint, NULL::
             "NULL::bigint, NULL::int[]")
 
 
-def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since: datetime, until: datetime,
-                 kept: range, marked: tuple[str, ...] = ()) -> WindowCells:
-    """Every source's cells of ``[since, until]`` on the ``width_ms`` grid, in one statement: columns ``kept``
-    from ``chart_cells`` where the stored ones are current (their rows' count and id sum unchanged: a row added
-    late, or pruned, changes them), from the rows over the range of those that are not (for the caller to
-    store, :func:`store_cells`), and the rest of the window (its ends) from the rows, with ``marked`` change
-    types counted."""
+@functools.lru_cache(maxsize=16)
+def _window_statement(marked: tuple[str, ...]) -> TextClause:
+    """:func:`window_cells`'s statement, built and parsed once per set of marked types."""
     parts, steps = [], []
     for source in SOURCES:
         mine = _marked(source, marked)
@@ -236,8 +233,17 @@ def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since
                   f"{stale} st WHERE st.lo IS NULL OR c.cell < st.lo OR c.cell >= st.hi",
                   f"SELECT '{source}', 'kept', NULL, NULL, a.* FROM ({_aggregate(source, _rows(source, (fresh,)), mine)}) a",
                   f"SELECT '{source}', 'ends', NULL, NULL, e.* FROM ({_aggregate(source, _rows(source, _ENDS), mine)}) e"]
-    rows = session.execute(text("WITH " + ", ".join(steps) + " " + " UNION ALL ".join(parts)),
-                           _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
+    return text("WITH " + ", ".join(steps) + " " + " UNION ALL ".join(parts))
+
+
+def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since: datetime, until: datetime,
+                 kept: range, marked: tuple[str, ...] = ()) -> WindowCells:
+    """Every source's cells of ``[since, until]`` on the ``width_ms`` grid, in one statement: columns ``kept``
+    from ``chart_cells`` where the stored ones are current (their rows' count and id sum unchanged: a row added
+    late, or pruned, changes them), from the rows over the range of those that are not (for the caller to
+    store, :func:`store_cells`), and the rest of the window (its ends) from the rows, with ``marked`` change
+    types counted."""
+    rows = session.execute(_window_statement(marked), _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
     found = WindowCells({source: [] for source in SOURCES}, {source: [] for source in SOURCES}, {})
     for source, part, lo, hi, *cell in rows:
         if part == "stale":
