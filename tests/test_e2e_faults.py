@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 import redis
@@ -24,7 +26,7 @@ from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import WorkerFleet, fleet_env
-from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, local_by_sku, off_by, seed_from, send_order,
+from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, Side, local_by_sku, off_by, seed_from, send_order,
                          send_topup, settled, sides_env)
 from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
 
@@ -571,20 +573,47 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Chain:
+    """A cursor walk to SIGKILL: its side, the rows it lists (100 a page), pages applied before the kill, its catalogue.
+
+    A bulk walk has one page more: page 1 starts the export and reads nothing, page 2 reads the file's first lines.
+    """
+
+    make: Callable[[], Side]
+    listed: int
+    kill_after: int
+    catalogue: str = "pages"
+
+    @property
+    def first_read(self) -> int:
+        """The first page that reads the marketplace's catalogue (a page or the file)."""
+        return 2 if self.catalogue == "bulk" else 1
+
+    @property
+    def pages(self) -> int:
+        return self.listed // 100 + self.first_read - 1
+
+
 #: The cursor walks under a SIGKILL, at the production page size (100) and quota / cost bucket: Refurbed's 3000
 #: offers (30 pages, 10 calls a second), Shopify's 1000 variants (10 pages of about 300 points, from a bucket of
 #: 2000 refilled at 100 a second: 6 pages at once, then one every 3 s).  The sandbox's latency keeps a page's
 #: fetch in flight to kill; the bucket refills while the messages wait for recovery, so the rest is quick.
-CHAINS = {"refurbed": (lambda: RefurbedSide(offers=3000, seed=31, latency_s=0.1), 3000, 8),
-          "shopify": (lambda: ShopifySide(products=500, seed=31, latency_s=0.1), 1000, 4)}
+#: ``shopify-bulk``: the same 1000 variants as a bulk export's file (11 pages of 1 point each, its reads from a
+#: byte offset); SHOPIFY_BULK_MIN_VARIANTS 0 so that this first sync is bulk and writes every row itself (a
+#: seeded catalogue would equal the shop already), polled every 0.5 s of the 2 s the sandbox takes to export.
+CHAINS = {"refurbed": Chain(lambda: RefurbedSide(offers=3000, seed=31, latency_s=0.1), 3000, 8),
+          "shopify": Chain(lambda: ShopifySide(products=500, seed=31, latency_s=0.1), 1000, 4),
+          "shopify-bulk": Chain(lambda: ShopifySide(products=500, seed=32, latency_s=0.1, bulk=True,
+                                                    bulk_objects_per_s=1000), 1000, 4, "bulk")}
 
 
 @pytest.mark.parametrize("platform", sorted(CHAINS))
 def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_page(tmp_path, redis_url,
                                                                                       database_url, platform):
-    make, listed, kill_after = CHAINS[platform]
-    side = make()
-    sandbox = side.sandbox
+    chain = CHAINS[platform]
+    listed, kill_after, pages = chain.listed, chain.kill_after, chain.pages
+    side = chain.make()
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -610,8 +639,7 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
         killed_at = time.monotonic()
         run_id = run_row(sessions)["id"]
         at_kill = applied(run_id)
-        fetched_before = len(sandbox.walk_cursors())
-        pages = listed // 100
+        fetched_before = len(side.walk_cursors())
         assert run_row(sessions)["status"] == "running" and len(at_kill) < pages
         # The group comes back (its supervisor restarts it); the messages the dead one held come back
         # to it once their worker's heartbeat is older than the timeout.
@@ -620,6 +648,7 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
         took = time.monotonic() - killed_at
         assert run["status"] == "succeeded", run["error"]
         assert (run["pages_done"], run["total_pages"], run["items"]) == (pages, pages, listed)
+        assert run["details"]["catalogue"] == chain.catalogue
         # The rest of the walk is a few seconds of work: the wait was the recovery.
         assert took <= RECOVERY_BOUND_S + 15, f"the sync finished {took:.0f} s after the SIGKILL"
 
@@ -635,17 +664,18 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
             assert check_invariant(session) == []
         # The chain went on from the cursor stored with the last page applied before the kill: no page
         # applied by then was fetched again, and only a page in flight at the kill was fetched twice.
-        # The cursor each page is fetched from is the one stored with the page before it (chain.index
+        # The cursor each page is fetched from is the one stored with the page before it (cursors.index
         # raises on any other): a resumed fetch starts from PostgreSQL's cursor, not from a guess.
-        chain = [None] + [done[page] for page in range(1, pages)]
-        walked = sandbox.walk_cursors()
-        before_kill = [chain.index(cursor) + 1 for cursor in walked[:fetched_before]]
-        after_kill = [chain.index(cursor) + 1 for cursor in walked[fetched_before:]]
+        # A bulk walk's cursors are its file reads (operation, Range offset): page 1 starts the export, reads none.
+        cursors = [None] + [done[page] for page in range(1, pages)]
+        walked = side.walk_cursors()
+        before_kill = [cursors.index(cursor) + 1 for cursor in walked[:fetched_before]]
+        after_kill = [cursors.index(cursor) + 1 for cursor in walked[fetched_before:]]
         last_applied = max(at_kill)
         # Resumed between the last page applied and the first page never fetched.
         assert after_kill and last_applied < min(after_kill) <= max(before_kill) + 1, (last_applied, after_kill)
         fetches = Counter(before_kill + after_kill)
-        assert set(fetches) == set(range(1, pages + 1))
+        assert set(fetches) == set(range(chain.first_read, pages + 1))
         twice = sorted(page for page, count in fetches.items() if count > 1)
         assert all(page > last_applied for page in twice) and max(fetches.values()) <= 2, twice
         # Every row equals the marketplace.
