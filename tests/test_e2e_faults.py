@@ -2,10 +2,11 @@
 
 Each test runs the production defaults of the broker (heartbeat 60 s, maintenance chance 0.1%,
 recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.  The PostgreSQL outage
-and the Redis restart run one fleet on three accounts at once (Back Market, Refurbed, Shopify: the
-sides of ``tests/sides.py``), each ending at its own true count and its marketplace's.  The SIGKILLed
-cursor chain (Refurbed, Shopify) runs the production page size and quota too: the sandbox's latency
-alone keeps a fetch in flight to kill.
+and the Redis restart run one fleet on several accounts at once (Back Market, Refurbed, Shopify: the
+sides of ``tests/sides.py``; in the outage a second shop whose sync walks a bulk export), each ending
+at its own true count and its marketplace's.  The SIGKILLed cursor chain (Refurbed, Shopify's pages
+and its bulk file) runs the production page size and quota too: the sandbox's latency alone keeps a
+fetch in flight to kill.
 """
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ def sandbox():
     server.stop()
 
 
-def unacked(client: redis.Redis) -> int:
-    """Messages fetched by some worker and not acked yet, over every queue."""
-    return sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
+def unacked(client: redis.Redis, queue: str = "*") -> int:
+    """Messages fetched by some worker and not acked yet, over every queue (or ``queue`` alone)."""
+    return sum(client.scard(key) for key in client.scan_iter(f"dramatiq:__acks__.*.{queue}"))
 
 
 def waiting(client: redis.Redis) -> int:
@@ -110,7 +111,7 @@ def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound
         survivor.stop()
 
 
-def three_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **settings):
+def fleet_on_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **settings):
     """Serve each side's sandbox, add and seed its account, start one fleet (2 processes x 8 threads) on them all.
 
     Returns the servers, the fleet's environment and the fleet; the caller stops the fleet and the servers.
@@ -156,15 +157,19 @@ def assert_true_counts(sessions, sides: list, expected: dict[str, dict[str, int]
 OUTAGE_S = 150
 
 
-@pytest.mark.timeout(480)  # the outage alone is 150 s, then three accounts' syncs and pushes catch up
+@pytest.mark.timeout(480)  # the outage alone is 150 s, then four accounts' syncs and pushes catch up
 def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_loses_nothing(
         tmp_path, redis_url, database_url, pg_server):
-    # Three accounts in one outage (one 150-s run, not three): each sync still walking when PostgreSQL stops --
+    # Four accounts in one outage (one 150-s run, not four): each sync still walking when PostgreSQL stops --
     # Back Market 30 pages at 2 a second, Refurbed a chain of 15 at 1 a second, Shopify 30 pages of 10 variants
-    # at 32 points each from a bucket of 100 refilled at 40 a second.
+    # at 32 points each from a bucket of 100 refilled at 40 a second, and the seller's second shop (the same
+    # SKUs: one variation, a row on each shop) a bulk export of 600 variants, read 10 lines a page: its last
+    # sync listed at least SHOPIFY_BULK_MIN_VARIANTS (560, the production default), the first shop's fewer.
     sides = [BackMarketSide(listings=1500, seed=5, token=TOKEN), RefurbedSide(offers=1500, seed=6, token=TOKEN),
-             ShopifySide(products=150, seed=7, token=TOKEN, bucket=ShopifySide.SMALL_PLAN)]
-    servers, env, fleet = three_accounts(
+             ShopifySide(products=150, seed=7, token=TOKEN, bucket=ShopifySide.SMALL_PLAN),
+             ShopifySide(products=300, seed=8, token=TOKEN, bucket=ShopifySide.SMALL_PLAN, account="shop-2")]
+    catalogue = {"backmarket": "pages", "refurbed": "pages", "shop": "pages", "shop-2": "bulk"}
+    servers, env, fleet = fleet_on_accounts(
         tmp_path, redis_url, database_url, sides, quota_requests=2, quota_window_s=1.0, refurbed_quota_requests=1,
         refurbed_quota_window_s=1.0, shopify_page_size=10)
     sessions = session_factory(database_url)
@@ -193,7 +198,8 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         wait_until(lambda: all((run := account_run(sessions, side.account))["id"] != before[side.account]
                                and run["pages_done"] >= 3 for side in sides), 60, interval=0.05,
                    what="every account's sync under way")
-        assert all(account_run(sessions, side.account)["status"] == "running" for side in sides)
+        runs = {side.account: account_run(sessions, side.account) for side in sides}
+        assert all(run["status"] == "running" for run in runs.values())
         pg_server.stop()
         stopped_at = time.monotonic()
         sell(slice(20, None))  # the second half of the burst, and the deliveries, arrive while PostgreSQL is down
@@ -214,6 +220,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
             assert run["status"] == "succeeded", (side.account, run["error"])
             assert run["pages_done"] == run["total_pages"] and run["items"] == len(expected[side.account]), \
                 (side.account, dict(run))
+            assert run["details"]["catalogue"] == catalogue[side.account], side.account
         orders = sum(map(len, sold.values()))
         wait_until(lambda: booked_orders(sessions) == orders and waiting(client) == 0 and settled(sessions), 120,
                    what="every event booked and every push sent")
@@ -223,6 +230,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         with sessions() as session:
             assert check_invariant(session) == []
         assert "without spending a retry" in (tmp_path / "workers.log").read_text()
+        print("pages applied when PostgreSQL stopped:", {account: run["pages_done"] for account, run in runs.items()})
     finally:
         if pg_server.process.poll() is not None:
             pg_server.start()
@@ -533,7 +541,7 @@ def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, d
     # 3 orders on each row that has them, and a delivery on every fifth, pushes racing the orders' events.
     sold = {side.account: [sku for sku, quantity in sorted(expected[side.account].items()) if quantity >= 3] * 3
             for side in sides}
-    servers, env, fleet = three_accounts(tmp_path, server.url, database_url, sides)
+    servers, env, fleet = fleet_on_accounts(tmp_path, server.url, database_url, sides)
     fleets = [fleet, WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "w2.log").start()]
     orders = sum(map(len, sold.values()))
     try:
@@ -633,8 +641,10 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
     try:
         broker.enqueue(stock_sync.start_stock_sync.message_with_options(
             kwargs=dict(marketplace=side.account, force=True, trigger="manual")))
+        # A fetch in hand, not only an apply (one applied but not acked yet would come back to no effect).
         wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= kill_after
-                   and unacked(client), 120, interval=0.02, what="the walk under way with a message in hand")
+                   and unacked(client, "stock-fetch"), 120, interval=0.02,
+                   what="the walk under way with a fetch in hand")
         victim.kill()
         killed_at = time.monotonic()
         run_id = run_row(sessions)["id"]
