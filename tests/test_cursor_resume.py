@@ -1,5 +1,6 @@
 """A cursor walk (Refurbed, Shopify's pages; a Shopify bulk file) whose chain is lost mid-way resumes from its last
-applied page; one whose fetch is delivered twice runs one chain still.
+applied page; one whose fetch is delivered twice runs one chain still (and Back Market's numbered
+pages fan out once).
 
 The messages are run by hand (stub broker, no worker) so the test decides what is lost or doubled:
 after two pages, the message that carries the chain on vanishes, as with a Redis restart without
@@ -25,7 +26,8 @@ from runtime import accounts, resources
 from sandbox.server import serve_in_thread
 from sandbox.shopify import ShopifySandbox
 from tests.in_process import in_process_fleet
-from tests.sides import RefurbedSide, ShopifySide, local_by_sku
+from tests.fleet import fleet_env
+from tests.sides import BackMarketSide, RefurbedSide, ShopifySide, local_by_sku, sides_env
 
 TOKEN = "cursor-resume-token"
 #: Each cursor platform's side with five pages of 10 (Refurbed 45 offers, Shopify 46 variants).
@@ -35,12 +37,18 @@ WALKS = {"refurbed": lambda: RefurbedSide(offers=45, seed=9, token=TOKEN),
 
 @pytest.fixture(params=sorted(WALKS))
 def walk(monkeypatch, database_url, request):
-    side = WALKS[request.param]()
+    with side_fleet(monkeypatch, database_url, WALKS[request.param]()) as walked:
+        yield walked
+
+
+@contextmanager
+def side_fleet(monkeypatch, database_url, side):
+    """The in-process fleet with ``side``'s account, five pages of 10; yields (side, broker)."""
     server = serve_in_thread(side.app())
-    settings = {name.upper(): str(value) for name, value in side.env(server.url).items()}
-    with in_process_fleet(monkeypatch, {
-            "DATABASE_URL": database_url, "REDIS_URL": "", **settings, "REFURBED_QUOTA_REQUESTS": "1000",
-            "REFURBED_PAGE_SIZE": "10", "SHOPIFY_PAGE_SIZE": "10", "SYNC_RESUME_AFTER_S": "60"}) as broker:
+    with in_process_fleet(monkeypatch, fleet_env(
+            redis_url="", database_url=database_url, **sides_env([(side, server.url)]), quota_requests=1000,
+            refurbed_quota_requests=1000, refurbed_page_size=10, shopify_page_size=10, backmarket_page_size=10,
+            sync_resume_after_s=60)) as broker:
         side.add_account(resources.sessions(), server.url)
         accounts.forget()  # the account rows are read again with the shop's
         yield side, broker
@@ -169,6 +177,23 @@ def test_a_fetch_delivered_twice_starts_no_second_chain(walk, late):
     assert fetches[2] <= 2 and all(count == 1 for page, count in fetches.items() if page != 2), fetches
     assert_succeeded(sync_id, 5, len(side.items()))
     assert local_by_sku(resources.sessions(), side.account) == side.truth()
+
+
+def test_a_page_1_delivered_twice_fans_the_numbered_pages_out_once(monkeypatch, database_url):
+    # Back Market's numbered pages, for comparison: page 1 sends every other page, so its duplicate
+    # would fetch the whole catalogue again.
+    with side_fleet(monkeypatch, database_url, BackMarketSide(listings=45, seed=9, token=TOKEN)) as (side, broker):
+        sync_id = stock_sync.begin_stock_sync(side.account, trigger="manual")
+        [page_1] = take(broker, "stock-fetch")
+        run_message(page_1)
+        run_message(page_1)  # delivered again: its worker was killed between its fan-out and its ack
+        run_out(broker)
+
+        requests = side.sandbox.listing_page_requests()
+        print(f"backmarket fetch of page 1 delivered twice: {requests} listing page requests for 5 pages")
+        assert requests == 6  # page 1 twice, pages 2 to 5 once
+        assert_succeeded(sync_id, 5, len(side.items()))
+        assert local_by_sku(resources.sessions(), side.account) == side.truth()
 
 
 @pytest.fixture
