@@ -8,6 +8,7 @@ import asyncio
 from datetime import datetime
 
 import dramatiq
+from dramatiq.middleware import CurrentMessage
 
 from actors.events import sweep_stock
 from actors.retry import MalformedMessage, transient_only
@@ -55,21 +56,28 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
     Numbered pages: page 1 fans out every other page (unless ``fan_out`` is false: a resume fetches
     the missing pages itself).  Cursor pages: each page sends the next one (``fan_out`` false: this
     page alone), after skipping the pages a resumed walk has applied already.  A page that is not
-    ready (a bulk export still running) sends itself again, delayed as the adapter says.
+    ready (a bulk export still running) sends itself again, delayed as the adapter says.  A page
+    another message fetches (this one delivered twice, or sent twice) is left to it.
     """
+    current = CurrentMessage.get_current_message()
+    message_id = current.message_id if current is not None else None
     cursor_walk = pipeline.is_cursor_walk(marketplace)
     if cursor_walk and fan_out:
         following = await asyncio.to_thread(pipeline.next_page_to_fetch, sync_id, page, cursor)
         if following is None:
             return
         page, cursor = following
-    fetched = await pipeline.fetch_page(sync_id, page, marketplace, cursor)
+    fetched = await pipeline.fetch_page(sync_id, page, marketplace, cursor, message_id)
+    if fetched is None:
+        dramatiq.get_logger(__name__).info("page %d of sync %d is fetched by another message: %s stops",
+                                           page, sync_id, message_id)
+        return
     if fetched.retry_after_s is not None:
         # Not ready (a bulk export running): this page again later, no worker waiting for it.
-        await pipeline.page_not_ready(sync_id, page)
-        await asyncio.to_thread(fetch_listings_page.send_with_options, args=(sync_id, page, marketplace, fan_out,
-                                                                             cursor),
-                                delay=int(fetched.retry_after_s * 1000))
+        again = fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor)
+        if await pipeline.page_not_ready(sync_id, page, message_id, again.message_id):
+            await asyncio.to_thread(fetch_listings_page.broker.enqueue, again,
+                                    delay=int(fetched.retry_after_s * 1000))
         return
     if cursor_walk:
         if fetched.next_cursor is not None and fan_out:
@@ -83,12 +91,15 @@ async def fetch_listings_page(sync_id: int, page: int, marketplace: str = "backm
         fetched.total_pages if first_or_last else None, fetched.count if page == 1 else None, fetched.next_cursor)
 
 
-def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True, cursor: str | None = None) -> None:
+def _enqueue_pages(sync_id: int, pages, marketplace: str, fan_out: bool = True, cursor: str | None = None, *,
+                   resumed: bool = False) -> None:
     broker = fetch_listings_page.broker
-    pages = list(pages)
+    messages = {page: fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor) for page in pages}
+    if resumed:  # the messages that held these pages are gone: the pages are the new messages'
+        pipeline.resume_claims(sync_id, {page: message.message_id for page, message in messages.items()})
     # Paced, not all due now: fetches waiting on the limiter would hold every worker thread.
-    for page, delay_ms in zip(pages, pipeline.fetch_delays_ms(marketplace, len(pages))):
-        broker.enqueue(fetch_listings_page.message(sync_id, page, marketplace, fan_out, cursor), delay=delay_ms or None)
+    for message, delay_ms in zip(messages.values(), pipeline.fetch_delays_ms(marketplace, len(messages))):
+        broker.enqueue(message, delay=delay_ms or None)
 
 
 @dramatiq.actor(queue_name=queues.STOCK_SYNC, max_retries=3, min_backoff=1000, max_backoff=30000,
@@ -106,7 +117,7 @@ def resume_stalled_syncs(marketplace: str = "backmarket") -> int:
         dramatiq.get_logger(__name__).warning(
             "stock sync %d of %s made no progress: fetching %d missing page(s) again", resume.sync_id,
             marketplace, len(resume.pages))
-        _enqueue_pages(resume.sync_id, resume.pages, marketplace, resume.fan_out, resume.cursor)
+        _enqueue_pages(resume.sync_id, resume.pages, marketplace, resume.fan_out, resume.cursor, resumed=True)
     return sum(len(resume.pages) for resume in resumes)
 
 

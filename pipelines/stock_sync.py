@@ -10,6 +10,10 @@ account's last catalogue was large (:func:`wants_bulk`): page 1 starts the opera
 for it (a delayed message per poll, the run's heartbeat kept), then each page reads the next lines
 of its file, stamped with the operation's snapshot moment; the chain, the apply and the resume are
 the same as a paged walk's (the cursor names the operation and a byte offset in its file).
+
+Each page is fetched by one message (:mod:`core.page_claims`): a fetch delivered twice may fetch
+its own page again, but the pages it sends are claimed by the first copies, so a duplicate never
+becomes a second chain (or a second fan-out) fetching the whole walk again.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from db import syncs
 from db.events import marketplace_id_of
 from db.snapshot import PageItem, PageResult, apply_page
 from pipelines import events
-from runtime import accounts, metrics, resources, sync_stats
+from runtime import accounts, metrics, page_claims, resources, sync_stats
 from runtime.accounts import AccountView
 from runtime.clients import account_quota, catalogue_adapter
 from runtime.settings import get_settings
@@ -102,20 +106,26 @@ def open_sync(marketplace: str, *, trigger: str = "manual", force: bool = False)
     return OpenedSync(run.id, BULK_START if bulk else None)
 
 
-async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", cursor: str | None = None
-                     ) -> FetchedPage:
-    """Fetch one listings page under the account's fleet-wide limiter, its HTTP attempts counted on the run."""
+async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", cursor: str | None = None,
+                     message_id: str | None = None) -> FetchedPage | None:
+    """Fetch one listings page under the account's fleet-wide limiter, its HTTP attempts counted on the run.
+
+    The page is claimed for ``message_id`` first: None (nothing fetched) when another message
+    fetches it.  Without a message (called outside a worker) nothing is claimed.
+    """
     view = check_account(marketplace)
     settings = get_settings()
     redis = resources.async_redis()
-    first_fetch = await redis.set(sync_stats.page_key(settings.redis_namespace, sync_id, page), 1,
-                                  nx=True, ex=sync_stats.STATS_TTL_S)
+    claimed = page_claims.NEW if message_id is None else await page_claims.claim(
+        redis, settings.redis_namespace, sync_id, page, message_id)
+    if claimed == page_claims.TAKEN:
+        return None
     records = []
     try:
         result = await catalogue_adapter(view, on_request=records.append).list_page(page, cursor)
     finally:
         await sync_stats.add(redis, settings.redis_namespace, sync_id,
-                             sync_stats.count_attempts(records, first_is_retry=not first_fetch))
+                             sync_stats.count_attempts(records, first_is_retry=claimed == page_claims.MINE))
     # The snapshot is as of the moment the last request left (the one that read the quantities),
     # not when its answer arrived; a bulk file's lines are as of its operation's snapshot.
     fetched_at = result.read_at or datetime.now(timezone.utc) - timedelta(
@@ -124,11 +134,22 @@ async def fetch_page(sync_id: int, page: int, marketplace: str = "backmarket", c
                        result.retry_after_s)
 
 
-async def page_not_ready(sync_id: int, page: int) -> None:
-    """A page fetched again later (a bulk export running): the run is alive, and that fetch is no retry."""
-    settings = get_settings()
+async def page_not_ready(sync_id: int, page: int, message_id: str | None, successor: str) -> bool:
+    """A page fetched again later by message ``successor`` (a bulk export running): the run is alive.
+
+    The page is handed to ``successor`` (its fetch is no retry); False: ``message_id`` no longer
+    holds it (a late copy of a poll already sent again), so nothing is to be sent.
+    """
     await asyncio.to_thread(_heartbeat, sync_id)
-    await resources.async_redis().delete(sync_stats.page_key(settings.redis_namespace, sync_id, page))
+    if message_id is None:
+        return True
+    return await page_claims.hand_over(resources.async_redis(), get_settings().redis_namespace, sync_id, page,
+                                       message_id, successor)
+
+
+def resume_claims(sync_id: int, messages: dict[int, str]) -> None:
+    """Hand the pages a resume fetches again to its messages (``page -> message id``), whoever held them."""
+    page_claims.resume(resources.sync_redis(), get_settings().redis_namespace, sync_id, messages)
 
 
 def _heartbeat(sync_id: int) -> None:

@@ -17,11 +17,6 @@ def stats_key(namespace: str, sync_id: int) -> str:
     return f"{namespace}:sync:{sync_id}:stats"
 
 
-def page_key(namespace: str, sync_id: int, page: int) -> str:
-    """Set when a page's fetch first starts: a later fetch of the same page is a retry."""
-    return f"{namespace}:sync:{sync_id}:fetched:{page}"
-
-
 def count_attempts(records: Iterable, first_is_retry: bool = False, *, never_retries: Container[str] = (),
                    is_error: Callable[[Any], bool] | None = None) -> dict[str, int]:
     """Counters for one message's HTTP attempts (``RequestRecord`` objects): the one counting rule.

@@ -178,6 +178,7 @@ class ShopifySandbox(Dials):
         self._orders = ShopifyOrders(self, self._lock)
         self._bulk = BulkOperations(self, clock)
         self._storage = {"requests": 0, "with_token": 0}
+        self._file_reads: list[tuple[str, int]] = []  # each bulk file read answered: (operation, Range start)
         self._request_base = "http://127.0.0.1"
         self.configure(token=token, bucket_size=bucket_size, leak_per_s=leak_per_s, latency_s=latency_s,
                        error_rate=error_rate, cost_maximum=cost_maximum, cost_restore_rate=cost_restore_rate,
@@ -305,6 +306,11 @@ class ShopifySandbox(Dials):
         """The ``after`` of every unfiltered ``productVariants`` page answered (a catalogue walk's pages), in order."""
         with self._lock:
             return list(self._walk_cursors)
+
+    def file_reads(self) -> list[tuple[str, int]]:
+        """``(operation number, byte offset)`` of every bulk file read answered (the ``Range`` start; 0 without)."""
+        with self._lock:
+            return list(self._file_reads)
 
     # -- views for the GraphQL resolvers (lock held) -------------------------------------------------------
 
@@ -657,6 +663,9 @@ class ShopifySandbox(Dials):
         if status != 200:
             return web.Response(status=status, text=f"<Error><Code>{found}</Code></Error>",
                                 content_type="application/xml")
+        start = re.match(r"bytes=(\d+)-", request.headers.get("Range", ""))
+        with self._lock:
+            self._file_reads.append((name.removesuffix(".jsonl"), int(start.group(1)) if start else 0))
         if size is not None:  # partial data: served whole, no Range
             with open(found, "rb") as file:
                 return web.Response(body=file.read(size), content_type="application/jsonl")

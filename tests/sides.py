@@ -62,6 +62,10 @@ class Side:
     def quantity(self, sku: str) -> int:
         raise NotImplementedError
 
+    def walk_cursors(self) -> list[str | None]:
+        """The cursor each catalogue page was read from, in the answered order (a cursor walk's sandbox records it)."""
+        return self.sandbox.walk_cursors()
+
     def order(self, sku: str) -> tuple[str, str, str]:
         """(order id, line id, event time) of a new one-unit order of ``sku``: the marketplace's stock goes down."""
         raise NotImplementedError
@@ -155,7 +159,9 @@ class ShopifySide(Side):
     bucket (None: Shopify's standard plan, the fleet's defaults); :data:`SMALL_PLAN` (100 points, 40 a
     second: a page of 10 variants costs 32) makes a walk take seconds, the pushes' reads and
     compare-and-set writes waiting in it beside the pages.  ``bulk``: every sync of the shop reads a bulk
-    operation's file (exported in about 2 s) instead of pages.  A customer lies in wait for each armed SKU:
+    operation's file (exported in about 2 s) instead of pages; without it a sync is bulk as the fleet's
+    ``SHOPIFY_BULK_MIN_VARIANTS`` chooses.  ``account``: a second shop of the seller has a code of its own
+    (its token in ``STOCKSYNC_ACCOUNT_<CODE>_TOKEN``).  A customer lies in wait for each armed SKU:
     when a push's write of that item reaches the shop, it orders one unit just before the shop runs it,
     so that the write's ``changeFromQuantity`` is stale and the shop refuses it.
     """
@@ -168,13 +174,15 @@ class ShopifySide(Side):
 
     def __init__(self, restocks: bool = True, *, products: int = LISTINGS // 2, locations: int = 1, seed: int = 77,
                  token: str = TOKEN, bucket: dict | None = None, bulk: bool = False, mixed: bool = False,
-                 **dials) -> None:
+                 account: str = "shop", **dials) -> None:
         # mixed: each cancellation restocks or not at random, as a merchant chooses per order, whatever the dial.
         self.mixed, self._choices = mixed, random.Random(seed)
         self.bucket = bucket
+        self.account, self.name = account, "Shop" if account == "shop" else f"Shop {account}"
+        self.credentials_env = f"STOCKSYNC_ACCOUNT_{account.upper().replace('-', '_')}_TOKEN"
         self.sandbox = ShopifySandbox(products=products, variants_per_product=2, locations=locations, token=token,
-                                      restock_on_cancel=restocks, seed=seed, bulk_startup_s=1.0,
-                                      bulk_objects_per_s=100, **(bucket or {}), **dials)
+                                      restock_on_cancel=restocks, seed=seed,
+                                      **{"bulk_startup_s": 1.0, "bulk_objects_per_s": 100, **(bucket or {}), **dials})
         self.bulk = bulk
         self.token = token
         self.skus = {str(variant["inventory_item_id"]): variant["sku"] for variant in self.sandbox.variants()}
@@ -187,7 +195,7 @@ class ShopifySide(Side):
         return app
 
     def env(self, url: str) -> dict:
-        env = {"accounts_allow_loopback": "true", "stocksync_account_shop_token": self.token}
+        env = {"accounts_allow_loopback": "true", self.credentials_env.lower(): self.token}
         if self.bucket:
             env.update(shopify_cost_bucket_points=self.bucket["cost_maximum"],
                        shopify_cost_restore_per_s=self.bucket["cost_restore_rate"])
@@ -200,7 +208,7 @@ class ShopifySide(Side):
     def add_account(self, sessions, url: str) -> None:
         with sessions() as session:
             account_rows.add_account(session, platform="shopify", code=self.account, name=self.name,
-                                     credentials_env="STOCKSYNC_ACCOUNT_SHOP_TOKEN", base_url=url, allow_loopback=True,
+                                     credentials_env=self.credentials_env, base_url=url, allow_loopback=True,
                                      options=self.options)
             session.commit()
 
@@ -210,6 +218,14 @@ class ShopifySide(Side):
 
     def truth(self) -> dict[str, int]:
         return self.sandbox.quantities()
+
+    def walk_cursors(self) -> list[str | None]:
+        """A bulk side's file reads as the walk's cursors (``bulk:<operation>:<offset>``); else its pages'."""
+        if not self.bulk:
+            return self.sandbox.walk_cursors()
+        from clients.shopify_bulk import cursor
+
+        return [cursor(number, offset) for number, offset in self.sandbox.file_reads()]
 
     def quantity(self, sku: str) -> int:
         return self.sandbox.available(sku) or 0

@@ -2,15 +2,18 @@
 
 Each test runs the production defaults of the broker (heartbeat 60 s, maintenance chance 0.1%,
 recovery every 5 s, outages ridden out for 30 minutes) unless it says why not.  The PostgreSQL outage
-and the Redis restart run one fleet on three accounts at once (Back Market, Refurbed, Shopify: the
-sides of ``tests/sides.py``), each ending at its own true count and its marketplace's.  The SIGKILLed
-cursor chain (Refurbed, Shopify) runs the production page size and quota too: the sandbox's latency
-alone keeps a fetch in flight to kill.
+and the Redis restart run one fleet on several accounts at once (Back Market, Refurbed, Shopify: the
+sides of ``tests/sides.py``; in the outage a second shop whose sync walks a bulk export), each ending
+at its own true count and its marketplace's.  The SIGKILLed cursor chain (Refurbed, Shopify's pages
+and its bulk file) runs the production page size and quota too: the sandbox's latency alone keeps a
+fetch in flight to kill.
 """
 from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
 
 import pytest
 import redis
@@ -24,7 +27,7 @@ from runtime.settings import Settings
 from sandbox.backmarket import BackMarketSandbox
 from sandbox.server import serve_in_thread
 from tests.fleet import WorkerFleet, fleet_env
-from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, local_by_sku, off_by, seed_from, send_order,
+from tests.sides import (BackMarketSide, RefurbedSide, ShopifySide, Side, local_by_sku, off_by, seed_from, send_order,
                          send_topup, settled, sides_env)
 from tests.test_e2e_stock_sync import TOKEN, local_stock, run_row, start_sync, wait_finished
 
@@ -51,9 +54,9 @@ def sandbox():
     server.stop()
 
 
-def unacked(client: redis.Redis) -> int:
-    """Messages fetched by some worker and not acked yet, over every queue."""
-    return sum(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
+def unacked(client: redis.Redis, queue: str = "*") -> int:
+    """Messages fetched by some worker and not acked yet, over every queue (or ``queue`` alone)."""
+    return sum(client.scard(key) for key in client.scan_iter(f"dramatiq:__acks__.*.{queue}"))
 
 
 def waiting(client: redis.Redis) -> int:
@@ -108,7 +111,7 @@ def test_sigkilled_worker_group_mid_sync_its_messages_come_back_within_the_bound
         survivor.stop()
 
 
-def three_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **settings):
+def fleet_on_accounts(tmp_path, redis_url: str, database_url: str, sides: list, **settings):
     """Serve each side's sandbox, add and seed its account, start one fleet (2 processes x 8 threads) on them all.
 
     Returns the servers, the fleet's environment and the fleet; the caller stops the fleet and the servers.
@@ -154,15 +157,19 @@ def assert_true_counts(sessions, sides: list, expected: dict[str, dict[str, int]
 OUTAGE_S = 150
 
 
-@pytest.mark.timeout(480)  # the outage alone is 150 s, then three accounts' syncs and pushes catch up
+@pytest.mark.timeout(480)  # the outage alone is 150 s, then four accounts' syncs and pushes catch up
 def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_loses_nothing(
         tmp_path, redis_url, database_url, pg_server):
-    # Three accounts in one outage (one 150-s run, not three): each sync still walking when PostgreSQL stops --
+    # Four accounts in one outage (one 150-s run, not four): each sync still walking when PostgreSQL stops --
     # Back Market 30 pages at 2 a second, Refurbed a chain of 15 at 1 a second, Shopify 30 pages of 10 variants
-    # at 32 points each from a bucket of 100 refilled at 40 a second.
+    # at 32 points each from a bucket of 100 refilled at 40 a second, and the seller's second shop (the same
+    # SKUs: one variation, a row on each shop) a bulk export of 600 variants, read 10 lines a page: its last
+    # sync listed at least SHOPIFY_BULK_MIN_VARIANTS (560, the production default), the first shop's fewer.
     sides = [BackMarketSide(listings=1500, seed=5, token=TOKEN), RefurbedSide(offers=1500, seed=6, token=TOKEN),
-             ShopifySide(products=150, seed=7, token=TOKEN, bucket=ShopifySide.SMALL_PLAN)]
-    servers, env, fleet = three_accounts(
+             ShopifySide(products=150, seed=7, token=TOKEN, bucket=ShopifySide.SMALL_PLAN),
+             ShopifySide(products=300, seed=8, token=TOKEN, bucket=ShopifySide.SMALL_PLAN, account="shop-2")]
+    catalogue = {"backmarket": "pages", "refurbed": "pages", "shop": "pages", "shop-2": "bulk"}
+    servers, env, fleet = fleet_on_accounts(
         tmp_path, redis_url, database_url, sides, quota_requests=2, quota_window_s=1.0, refurbed_quota_requests=1,
         refurbed_quota_window_s=1.0, shopify_page_size=10)
     sessions = session_factory(database_url)
@@ -191,7 +198,8 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         wait_until(lambda: all((run := account_run(sessions, side.account))["id"] != before[side.account]
                                and run["pages_done"] >= 3 for side in sides), 60, interval=0.05,
                    what="every account's sync under way")
-        assert all(account_run(sessions, side.account)["status"] == "running" for side in sides)
+        runs = {side.account: account_run(sessions, side.account) for side in sides}
+        assert all(run["status"] == "running" for run in runs.values())
         pg_server.stop()
         stopped_at = time.monotonic()
         sell(slice(20, None))  # the second half of the burst, and the deliveries, arrive while PostgreSQL is down
@@ -212,6 +220,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
             assert run["status"] == "succeeded", (side.account, run["error"])
             assert run["pages_done"] == run["total_pages"] and run["items"] == len(expected[side.account]), \
                 (side.account, dict(run))
+            assert run["details"]["catalogue"] == catalogue[side.account], side.account
         orders = sum(map(len, sold.values()))
         wait_until(lambda: booked_orders(sessions) == orders and waiting(client) == 0 and settled(sessions), 120,
                    what="every event booked and every push sent")
@@ -221,6 +230,7 @@ def test_postgres_down_longer_than_every_retry_budget_mid_sync_and_mid_burst_los
         with sessions() as session:
             assert check_invariant(session) == []
         assert "without spending a retry" in (tmp_path / "workers.log").read_text()
+        print("pages applied when PostgreSQL stopped:", {account: run["pages_done"] for account, run in runs.items()})
     finally:
         if pg_server.process.poll() is not None:
             pg_server.start()
@@ -531,7 +541,7 @@ def test_redis_restarted_mid_burst_loses_doubles_and_strands_nothing(tmp_path, d
     # 3 orders on each row that has them, and a delivery on every fifth, pushes racing the orders' events.
     sold = {side.account: [sku for sku, quantity in sorted(expected[side.account].items()) if quantity >= 3] * 3
             for side in sides}
-    servers, env, fleet = three_accounts(tmp_path, server.url, database_url, sides)
+    servers, env, fleet = fleet_on_accounts(tmp_path, server.url, database_url, sides)
     fleets = [fleet, WorkerFleet(env, processes=1, threads=8, log_path=tmp_path / "w2.log").start()]
     orders = sum(map(len, sold.values()))
     try:
@@ -571,20 +581,47 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class Chain:
+    """A cursor walk to SIGKILL: its side, the rows it lists (100 a page), pages applied before the kill, its catalogue.
+
+    A bulk walk has one page more: page 1 starts the export and reads nothing, page 2 reads the file's first lines.
+    """
+
+    make: Callable[[], Side]
+    listed: int
+    kill_after: int
+    catalogue: str = "pages"
+
+    @property
+    def first_read(self) -> int:
+        """The first page that reads the marketplace's catalogue (a page or the file)."""
+        return 2 if self.catalogue == "bulk" else 1
+
+    @property
+    def pages(self) -> int:
+        return self.listed // 100 + self.first_read - 1
+
+
 #: The cursor walks under a SIGKILL, at the production page size (100) and quota / cost bucket: Refurbed's 3000
 #: offers (30 pages, 10 calls a second), Shopify's 1000 variants (10 pages of about 300 points, from a bucket of
 #: 2000 refilled at 100 a second: 6 pages at once, then one every 3 s).  The sandbox's latency keeps a page's
 #: fetch in flight to kill; the bucket refills while the messages wait for recovery, so the rest is quick.
-CHAINS = {"refurbed": (lambda: RefurbedSide(offers=3000, seed=31, latency_s=0.1), 3000, 8),
-          "shopify": (lambda: ShopifySide(products=500, seed=31, latency_s=0.1), 1000, 4)}
+#: ``shopify-bulk``: the same 1000 variants as a bulk export's file (11 pages of 1 point each, its reads from a
+#: byte offset); SHOPIFY_BULK_MIN_VARIANTS 0 so that this first sync is bulk and writes every row itself (a
+#: seeded catalogue would equal the shop already), polled every 0.5 s of the 2 s the sandbox takes to export.
+CHAINS = {"refurbed": Chain(lambda: RefurbedSide(offers=3000, seed=31, latency_s=0.1), 3000, 8),
+          "shopify": Chain(lambda: ShopifySide(products=500, seed=31, latency_s=0.1), 1000, 4),
+          "shopify-bulk": Chain(lambda: ShopifySide(products=500, seed=32, latency_s=0.1, bulk=True,
+                                                    bulk_objects_per_s=1000), 1000, 4, "bulk")}
 
 
 @pytest.mark.parametrize("platform", sorted(CHAINS))
 def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_page(tmp_path, redis_url,
                                                                                       database_url, platform):
-    make, listed, kill_after = CHAINS[platform]
-    side = make()
-    sandbox = side.sandbox
+    chain = CHAINS[platform]
+    listed, kill_after, pages = chain.listed, chain.kill_after, chain.pages
+    side = chain.make()
     server = serve_in_thread(side.app())
     sessions = session_factory(database_url)
     side.add_account(sessions, server.url)
@@ -604,14 +641,15 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
     try:
         broker.enqueue(stock_sync.start_stock_sync.message_with_options(
             kwargs=dict(marketplace=side.account, force=True, trigger="manual")))
+        # A fetch in hand, not only an apply (one applied but not acked yet would come back to no effect).
         wait_until(lambda: (row := run_row(sessions)) is not None and row["pages_done"] >= kill_after
-                   and unacked(client), 120, interval=0.02, what="the walk under way with a message in hand")
+                   and unacked(client, "stock-fetch"), 120, interval=0.02,
+                   what="the walk under way with a fetch in hand")
         victim.kill()
         killed_at = time.monotonic()
         run_id = run_row(sessions)["id"]
         at_kill = applied(run_id)
-        fetched_before = len(sandbox.walk_cursors())
-        pages = listed // 100
+        fetched_before = len(side.walk_cursors())
         assert run_row(sessions)["status"] == "running" and len(at_kill) < pages
         # The group comes back (its supervisor restarts it); the messages the dead one held come back
         # to it once their worker's heartbeat is older than the timeout.
@@ -620,6 +658,7 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
         took = time.monotonic() - killed_at
         assert run["status"] == "succeeded", run["error"]
         assert (run["pages_done"], run["total_pages"], run["items"]) == (pages, pages, listed)
+        assert run["details"]["catalogue"] == chain.catalogue
         # The rest of the walk is a few seconds of work: the wait was the recovery.
         assert took <= RECOVERY_BOUND_S + 15, f"the sync finished {took:.0f} s after the SIGKILL"
 
@@ -635,17 +674,18 @@ def test_sigkilled_worker_group_mid_cursor_chain_resumes_after_the_last_applied_
             assert check_invariant(session) == []
         # The chain went on from the cursor stored with the last page applied before the kill: no page
         # applied by then was fetched again, and only a page in flight at the kill was fetched twice.
-        # The cursor each page is fetched from is the one stored with the page before it (chain.index
+        # The cursor each page is fetched from is the one stored with the page before it (cursors.index
         # raises on any other): a resumed fetch starts from PostgreSQL's cursor, not from a guess.
-        chain = [None] + [done[page] for page in range(1, pages)]
-        walked = sandbox.walk_cursors()
-        before_kill = [chain.index(cursor) + 1 for cursor in walked[:fetched_before]]
-        after_kill = [chain.index(cursor) + 1 for cursor in walked[fetched_before:]]
+        # A bulk walk's cursors are its file reads (operation, Range offset): page 1 starts the export, reads none.
+        cursors = [None] + [done[page] for page in range(1, pages)]
+        walked = side.walk_cursors()
+        before_kill = [cursors.index(cursor) + 1 for cursor in walked[:fetched_before]]
+        after_kill = [cursors.index(cursor) + 1 for cursor in walked[fetched_before:]]
         last_applied = max(at_kill)
         # Resumed between the last page applied and the first page never fetched.
         assert after_kill and last_applied < min(after_kill) <= max(before_kill) + 1, (last_applied, after_kill)
         fetches = Counter(before_kill + after_kill)
-        assert set(fetches) == set(range(1, pages + 1))
+        assert set(fetches) == set(range(chain.first_read, pages + 1))
         twice = sorted(page for page, count in fetches.items() if count > 1)
         assert all(page > last_applied for page in twice) and max(fetches.values()) <= 2, twice
         # Every row equals the marketplace.

@@ -222,6 +222,8 @@ def test_a_bulk_walk_reads_the_file_in_pages_as_of_its_snapshot_and_equals_the_p
     stats = sandbox.stats()["storage"]
     assert stats["requests"] == 3 and stats["with_token"] == 0
     assert sum(record.endpoint == shopify_bulk.FILE_ROUTE for record in records) == 3
+    # Each read starts (Range) where the page before it left off, as the sandbox saw it.
+    assert sandbox.file_reads() == [shopify_bulk.parse_cursor(page.next_cursor) for page in pages[:-1]]
 
 
 def test_the_files_host_gets_no_credential_even_on_another_host_name(shop):
