@@ -74,14 +74,17 @@ def first_moment(session: Session, variation_id: int) -> datetime | None:
 
 def ledger_rows(session: Session, variation_id: int, *, since: datetime, until: datetime, limit: int
                 ) -> list[LedgerRow]:
-    """The variation's ledger rows booked in ``[since, until]``, newest first, at most ``limit + 1``."""
+    """The variation's ledger rows booked in ``[since, until]``, latest first, at most ``limit + 1``: each stock
+    row's latest by ``(stock_id, created_at)`` (a window far back does not walk the bookings after it)."""
     rows = session.execute(text(
         "SELECT l.id, m.code AS marketplace, l.change_type, l.quantity_before, l.quantity_after, l.change, "
         "l.order_id, l.order_line_id, l.reference, l.actor, l.note, l.sync_id, l.event_time, l.created_at "
-        "FROM stock_ledger l JOIN marketplaces m ON m.id = l.marketplace_id "
-        "WHERE l.variation_id = :v AND l.created_at BETWEEN :since AND :until ORDER BY l.id DESC LIMIT :limit"),
+        "FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "CROSS JOIN LATERAL (SELECT * FROM stock_ledger x WHERE x.stock_id = s.id "
+        "  AND x.created_at BETWEEN :since AND :until ORDER BY x.created_at DESC, x.id DESC LIMIT :limit) l "
+        "WHERE s.variation_id = :v ORDER BY l.created_at DESC, l.id DESC LIMIT :limit"),
         {"v": variation_id, "since": since, "until": until, "limit": limit + 1})
-    return [LedgerRow(**row._mapping) for row in rows]
+    return [LedgerRow(*row) for row in rows.all()]
 
 
 def read_rows(session: Session, variation_id: int, *, since: datetime, until: datetime, limit: int
