@@ -18,8 +18,9 @@
    cost in per cent.  With ``--statements``, also where the set-based
    apply's time goes: each statement's mean client-side time per page (timed by SQLAlchemy
    cursor events around every statement, so the rows/s of that run include the timing itself).
-4. With ``--ledger-index``, only this: what the index ``stock_ledger (variation_id, created_at)``
-   (the SKU chart's range reads) would cost the apply, measured as 3. is, with it and without.
+4. With ``--ledger-index``, only this: what the SKU timeline's indexes (migration 0016:
+   ``stock_ledger (stock_id, created_at) INCLUDE (id)``, and the reads' ``(stock_id, read_at)`` index
+   carrying ``INCLUDE (id, quantity)``) cost the apply, measured as 3. is, with them and without.
 """
 from __future__ import annotations
 
@@ -106,20 +107,23 @@ def page_items(listings: int) -> list[list[PageItem]]:
 
 
 #: The index on the ledger the SKU chart's range reads would use (bench/timeline.py), its cost weighed here.
-LEDGER_INDEX = "CREATE INDEX ix_bench_ledger_variation_created ON stock_ledger (variation_id, created_at)"
+#: The schema without the SKU timeline's indexes of migration 0016 (the reads' index as it was before).
+WITHOUT_TIMELINE_INDEXES = ("DROP INDEX ix_stock_ledger_stock_created", "DROP INDEX ix_listing_reads_stock_read_ids",
+                            "CREATE INDEX ix_listing_reads_stock_read ON listing_reads (stock_id, read_at)")
 
 
 def set_based(pg: PostgresServer, pages: list[list[PageItem]], database: str = "bench_set",
               keep_reads: bool = True, resync: list[list[PageItem]] | None = None,
-              ledger_index: bool = False) -> float | tuple[float, float]:
+              timeline_indexes: bool = True) -> float | tuple[float, float]:
     """Rows/s of ``apply_page``, one transaction per page, into a new database ``database``; with ``resync``,
-    the rows/s of a second sync of those pages too; ``ledger_index``: with :data:`LEDGER_INDEX` added."""
+    the rows/s of a second sync of those pages too; not ``timeline_indexes``: :data:`WITHOUT_TIMELINE_INDEXES`."""
     url = pg.create_database(database)
     upgrade(url)
     sessions = session_factory(url)
-    if ledger_index:
+    if not timeline_indexes:
         with sessions() as session:
-            session.execute(text(LEDGER_INDEX))
+            for statement in WITHOUT_TIMELINE_INDEXES:
+                session.execute(text(statement))
             session.commit()
     with sessions() as session:
         marketplace_id = ensure_marketplace(session, "backmarket")
@@ -241,7 +245,7 @@ def main() -> None:
     parser.add_argument("--reads-attempts", type=int, default=3,
                         help="syncs with and without listing_reads, alternated, each this many times (best kept)")
     parser.add_argument("--ledger-index", action="store_true",
-                        help="only the apply with and without the index stock_ledger (variation_id, created_at), "
+                        help="only the apply with and without the SKU timeline's indexes (migration 0016), "
                              "alternated --reads-attempts times each")
     parser.add_argument("--statements", action="store_true",
                         help="also time the set-based apply's statements (a separate, instrumented run)")
@@ -253,8 +257,8 @@ def main() -> None:
     try:
         print(f"machine: {os.cpu_count()} cores; PostgreSQL durable (fsync on, synchronous_commit on)")
         if args.ledger_index:
-            print("\n".join(apply_cost(pg, page_items(args.listings), "the index stock_ledger (variation_id, "
-                                        "created_at)", "ledger_index", args.reads_attempts)))
+            print("\n".join(apply_cost(pg, page_items(args.listings), "the timeline's indexes (migration 0016)",
+                                        "timeline_indexes", args.reads_attempts)))
             return
         if not args.skip_e2e:
             figures = end_to_end(folder, pg, redis, args.listings, args.processes, args.threads)

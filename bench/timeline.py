@@ -190,13 +190,15 @@ def serve(without_timeline: bool) -> None:
 
 
 class ServerProcess:
-    """A console server process (:func:`serve`) on the bench's database and Redis, on a free loopback port."""
+    """A console server process (:func:`serve`, of ``script``: this file or another checkout's) on the bench's
+    database and Redis, on a free loopback port."""
 
-    def __init__(self, database_url: str, redis_url: str, *, without_timeline: bool = False) -> None:
+    def __init__(self, database_url: str, redis_url: str, *, without_timeline: bool = False,
+                 script: str = __file__) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve"] + (["--without-timeline"] if without_timeline else []),
+            [sys.executable, script, "--serve"] + (["--without-timeline"] if without_timeline else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BENCH_PORT": str(port)})
         wait_until(self._answers, 60, what=f"the console server on port {port}")

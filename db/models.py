@@ -153,7 +153,9 @@ class StockLedger(Base):
     """One row per change of a stock row: ``after`` of a row is ``before`` of the next."""
 
     __tablename__ = "stock_ledger"
-    __table_args__ = (Index("ix_stock_ledger_stock_event", "stock_id", "event_time"),)
+    __table_args__ = (Index("ix_stock_ledger_stock_event", "stock_id", "event_time"),
+                      # A stock row's bookings of a window (a SKU's timeline); the id for the chart's check.
+                      Index("ix_stock_ledger_stock_created", "stock_id", "created_at", postgresql_include=["id"]))
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     stock_id: Mapped[int] = mapped_column(ForeignKey("marketplace_stock.id"))
@@ -189,7 +191,8 @@ class ListingRead(Base):
     __tablename__ = "listing_reads"
     __table_args__ = (
         CheckConstraint("source IN ('page', 'single', 'reconcile')", name="ck_listing_reads_source"),
-        Index("ix_listing_reads_stock_read", "stock_id", "read_at"),
+        # A stock row's latest read, a window of its reads; ids and quantities for index-only roll-ups.
+        Index("ix_listing_reads_stock_read_ids", "stock_id", "read_at", postgresql_include=["id", "quantity"]),
         Index("ix_listing_reads_read_at", "read_at"),
     )
 

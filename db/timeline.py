@@ -6,11 +6,13 @@ ledger and ``(stock_id, read_at)`` of the reads.  The reads are written by :mod:
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, TextClause, text
 from sqlalchemy.orm import Session
 
 from db.console_queries import LedgerRow
@@ -42,19 +44,23 @@ class ReadRow:
     sync_id: int | None
 
 
-def account_states(session: Session, variation_id: int, moment: datetime) -> list[AccountState]:
-    """Every account's stock row of the variation as it stood at ``moment``, by account code."""
+def account_states(session: Session, variation_id: int, moments: Sequence[datetime]) -> list[list[AccountState]]:
+    """Every account's stock row of the variation as it stood at each of ``moments`` (by account code), in one
+    statement: a row's last booking by ``(stock_id, created_at)``, its last read by ``(stock_id, read_at)``."""
     rows = session.execute(text(
-        "SELECT s.id AS stock_id, m.code AS account, m.name, COALESCE(l.quantity_after, 0) AS listed, "
+        "SELECT t.o, s.id AS stock_id, m.code AS account, m.name, COALESCE(l.quantity_after, 0) AS listed, "
         "l.created_at AS booked_at, r.quantity AS read, r.read_at "
-        "FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
-        "LEFT JOIN LATERAL (SELECT quantity_after, created_at FROM stock_ledger x "
-        "  WHERE x.variation_id = s.variation_id AND x.stock_id = s.id AND x.created_at <= :t "
-        "  ORDER BY x.id DESC LIMIT 1) l ON true "
-        "LEFT JOIN LATERAL (SELECT quantity, read_at FROM listing_reads x WHERE x.stock_id = s.id AND x.read_at <= :t "
+        "FROM unnest(CAST(:moments AS timestamptz[])) WITH ORDINALITY AS t(at, o) "
+        "CROSS JOIN marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "LEFT JOIN LATERAL (SELECT quantity_after, created_at FROM stock_ledger x WHERE x.stock_id = s.id "
+        "  AND x.created_at <= t.at ORDER BY x.created_at DESC, x.id DESC LIMIT 1) l ON true "
+        "LEFT JOIN LATERAL (SELECT quantity, read_at FROM listing_reads x WHERE x.stock_id = s.id AND x.read_at <= t.at "
         "  ORDER BY x.read_at DESC LIMIT 1) r ON true "
-        "WHERE s.variation_id = :v ORDER BY m.code"), {"v": variation_id, "t": moment})
-    return [AccountState(**row._mapping) for row in rows]
+        "WHERE s.variation_id = :v ORDER BY t.o, m.code"), {"v": variation_id, "moments": list(moments)})
+    states: list[list[AccountState]] = [[] for _ in moments]
+    for order, *state in rows:
+        states[order - 1].append(AccountState(*state))
+    return states
 
 
 def first_moment(session: Session, variation_id: int) -> datetime | None:
@@ -68,14 +74,17 @@ def first_moment(session: Session, variation_id: int) -> datetime | None:
 
 def ledger_rows(session: Session, variation_id: int, *, since: datetime, until: datetime, limit: int
                 ) -> list[LedgerRow]:
-    """The variation's ledger rows booked in ``[since, until]``, newest first, at most ``limit + 1``."""
+    """The variation's ledger rows booked in ``[since, until]``, latest first, at most ``limit + 1``: each stock
+    row's latest by ``(stock_id, created_at)`` (a window far back does not walk the bookings after it)."""
     rows = session.execute(text(
         "SELECT l.id, m.code AS marketplace, l.change_type, l.quantity_before, l.quantity_after, l.change, "
         "l.order_id, l.order_line_id, l.reference, l.actor, l.note, l.sync_id, l.event_time, l.created_at "
-        "FROM stock_ledger l JOIN marketplaces m ON m.id = l.marketplace_id "
-        "WHERE l.variation_id = :v AND l.created_at BETWEEN :since AND :until ORDER BY l.id DESC LIMIT :limit"),
+        "FROM marketplace_stock s JOIN marketplaces m ON m.id = s.marketplace_id "
+        "CROSS JOIN LATERAL (SELECT * FROM stock_ledger x WHERE x.stock_id = s.id "
+        "  AND x.created_at BETWEEN :since AND :until ORDER BY x.created_at DESC, x.id DESC LIMIT :limit) l "
+        "WHERE s.variation_id = :v ORDER BY l.created_at DESC, l.id DESC LIMIT :limit"),
         {"v": variation_id, "since": since, "until": until, "limit": limit + 1})
-    return [LedgerRow(**row._mapping) for row in rows]
+    return [LedgerRow(*row) for row in rows.all()]
 
 
 def read_rows(session: Session, variation_id: int, *, since: datetime, until: datetime, limit: int
@@ -109,114 +118,193 @@ class Cell(NamedTuple):
     marks: list[int]
 
 
-# A source's rows of stock rows :ids whose time meets {when} (on its column ``at``), as (id, stock_id, at, q,
-# kind, change), and the order that puts its last row first.  The ledger by (variation_id, id), the reads by
-# (stock_id, read_at) row by row (a time range alone would walk every account's reads of the window).
-_ROWS = {
-    "ledger": ("SELECT * FROM (SELECT l.id, l.stock_id, l.created_at AS at, l.quantity_after AS q, "
-               "l.change_type AS kind, l.change FROM stock_ledger l WHERE l.variation_id = "
-               "(SELECT variation_id FROM marketplace_stock WHERE id = :first) AND l.stock_id = ANY(CAST(:ids AS bigint[]))"
-               ") x WHERE {when}", "r.id DESC"),
-    "read": ("SELECT x.id, x.stock_id, x.read_at AS at, x.quantity AS q, NULL AS kind, 0 AS change "
-             "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT id, stock_id, read_at, quantity "
-             "FROM listing_reads x WHERE x.stock_id = s.id AND {when}) x", "r.at DESC, r.id DESC"),
+#: The sources of a chart: where each one's rows are (table, time column), their columns (id, stock_id, at, q,
+#: kind, change) and what puts a column's last row highest, as bigints (a booking's id; a read's time, then id).
+_SOURCES = {
+    "ledger": ("stock_ledger", "created_at",
+               "x.id, x.stock_id, x.created_at AS at, x.quantity_after AS q, CAST(x.change_type AS text) AS kind, "
+               "x.change", "r.id"),
+    "read": ("listing_reads", "read_at",
+             "x.id, x.stock_id, x.read_at AS at, x.quantity AS q, CAST(NULL AS text) AS kind, 0 AS change",
+             "r.us, r.id"),
 }
-_TIME = {"ledger": "x.at", "read": "x.read_at"}
-# A row's column of the grid, in whole microseconds (the float epoch is exact to well under one), so a row is in
-# a column exactly when its time is in the column's [start, end).
-_CELL = "(round(date_part('epoch', r.at) * 1000000)::bigint / (CAST(:w AS bigint) * 1000))"
+SOURCES = tuple(_SOURCES)
+# A row's time in whole microseconds from the epoch (the float epoch is exact to well under one), and its column
+# of the grid: a row is in a column exactly when its time is in the column's [start, end).
+_US = "round(date_part('epoch', r.at) * 1000000)::bigint"
+_CELL = "r.us / (CAST(:w AS bigint) * 1000)"
+#: The kept columns' rows, and the window's ends (the rows of ``[since, until]`` outside them).
+_KEPT = ("{t} >= :lo_t AND {t} < :hi_t",)
+_ENDS = ("{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
 
 
-def _rows(source: str, *ranges: str) -> str:
-    """``source``'s rows in any of ``ranges`` (each a condition on ``{t}``, the row's time)."""
-    rows, _ = _ROWS[source]
-    if source == "ledger":  # one pass over the variation's bookings
-        return rows.format(when=" OR ".join(f"({when.format(t=_TIME[source])})" for when in ranges))
-    return " UNION ALL ".join(rows.format(when=when.format(t=_TIME[source])) for when in ranges)
+def _rows(source: str, ranges: tuple[str, ...]) -> str:
+    """``source``'s rows of stock rows ``:ids`` whose time meets any of ``ranges`` (each a condition on ``{t}``),
+    per stock row and range by the ``(stock_id, time)`` index."""
+    table, at, columns, _ = _SOURCES[source]
+    return " UNION ALL ".join(
+        f"SELECT x.* FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT {columns} FROM {table} x "
+        f"WHERE x.stock_id = s.id AND {when.format(t='x.' + at)}) x" for when in ranges)
 
 
-def _bounds(stock_ids: list[int], width_ms: int, kept: range) -> dict:
-    return {"ids": stock_ids, "first": stock_ids[0] if stock_ids else 0, "w": width_ms, "lo": kept.start,
-            "hi": kept.stop, "lo_t": _column_start(kept.start, width_ms), "hi_t": _column_start(kept.stop, width_ms)}
+def _bounds(stock_ids: list[int], width_ms: int, kept: range, since: datetime, until: datetime,
+            marked: tuple[str, ...]) -> dict:
+    # No kept column: the kept range is empty at ``since``, so the ends are the whole window.
+    lo_t, hi_t = (_column_start(kept.start, width_ms), _column_start(kept.stop, width_ms)) if kept else (since, since)
+    return {"ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop, "lo_t": lo_t, "hi_t": hi_t,
+            "since": since, "until": until, **{f"m{i}": kind for i, kind in enumerate(marked)}}
 
 
 def _aggregate(source: str, rows: str, marked: tuple[str, ...]) -> str:
-    _, order = _ROWS[source]
+    """Per (stock row, column): the :class:`Cell` of ``rows`` (with the count and sum of changes per marked type).
+    The last row's quantity is the top of ``max(ARRAY[order..., q])``: no sort, a hash per column."""
+    order = _SOURCES[source][3]
     marks = "ARRAY[" + ", ".join(f"count(*) FILTER (WHERE r.kind = :m{i}), COALESCE(sum(r.change) FILTER "
                                  f"(WHERE r.kind = :m{i}), 0)" for i in range(len(marked))) + "]::int[]"
+    last = len(order.split(",")) + 1
     return (f"SELECT r.stock_id, r.cell, min(r.at) AS first_at, count(*) AS n, min(r.q) AS low, max(r.q) AS high, "
-            f"(array_agg(r.q ORDER BY {order}))[1] AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
-            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM ({rows}) r) r "
+            f"CAST((max(ARRAY[{order}, r.q]))[{last}] AS int) AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
+            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM (SELECT r.*, {_US} AS us FROM ({rows}) r) r) r "
             "GROUP BY r.stock_id, r.cell")
 
 
-def raw_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-              until: datetime, kept: range = range(0), marked: tuple[str, ...] = (), ends_only: bool = False
-              ) -> list[Cell]:
-    """``source``'s rows (``ledger`` bookings or ``read`` reads) of ``stock_ids`` in ``[since, until]`` per column
-    of the ``width_ms`` grid, in stock row and column order, with the count and sum of changes of each
-    ``marked`` change type; ``ends_only``: only the columns outside ``kept`` (the window's ends)."""
-    marked = marked if source == "ledger" else ()
-    rows = (_rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until") if ends_only
-            else _rows(source, "{t} BETWEEN :since AND :until"))
-    result = session.execute(text(_aggregate(source, rows, marked) + " ORDER BY 1, 2"),
-        {**_bounds(stock_ids, width_ms, kept), "since": since, "until": until,
-         **{f"m{i}": kind for i, kind in enumerate(marked)}})
-    return [Cell(*row) for row in result]
+def _marked(source: str, marked: tuple[str, ...]) -> tuple[str, ...]:
+    return marked if source == "ledger" else ()
 
 
-def current_cells(session: Session, source: str, stock_ids: list[int], *, width_ms: int, since: datetime,
-                  until: datetime, kept: range, marked: tuple[str, ...] = ()) -> list[Cell] | None:
-    """What :func:`raw_cells` gives, from ``source``'s stored cells of columns ``kept`` and the rows of the rest of
-    ``[since, until]`` (the window's ends), in one statement; None when the stored cells are not current: per
-    stock row, their count and id sum are not its rows' in ``kept`` (a row added late, or pruned, changes them)."""
-    marked = marked if source == "ledger" else ()
-    ends = _rows(source, "{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
-    settled = _rows(source, "{t} >= :lo_t AND {t} < :hi_t")
-    rows = session.execute(text(
-        "WITH c AS (SELECT stock_id, sum(n) AS n, sum(id_sum) AS ids FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
-        "  AND source = :source AND width_ms = :w AND cell >= :lo AND cell < :hi GROUP BY stock_id), "
-        # Nothing stored (a first view): not current if any row is there, found without counting them all.
-        f"f AS (SELECT r.stock_id, count(*) AS n, sum(r.id) AS ids FROM ({settled}) r WHERE EXISTS (SELECT 1 FROM c) "
-        "  GROUP BY r.stock_id), "
-        "ok AS (SELECT CASE WHEN EXISTS (SELECT 1 FROM c) THEN bool_and(COALESCE(f.n, 0) = COALESCE(c.n, 0) "
-        f"  AND COALESCE(f.ids, 0) = COALESCE(c.ids, 0)) ELSE NOT EXISTS (SELECT 1 FROM ({settled}) r) END AS ok "
-        "  FROM unnest(CAST(:ids AS bigint[])) AS s(id) LEFT JOIN f ON f.stock_id = s.id LEFT JOIN c ON c.stock_id = s.id) "
-        "SELECT ok.ok, x.* FROM ok LEFT JOIN LATERAL ("
-        "  SELECT stock_id, cell, first_at, n, low, high, last, id_sum, ARRAY[" + ", ".join(
-            f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
-            for i in range(len(marked))) + "]::int[] AS marks FROM chart_cells "
-        "  WHERE ok.ok AND stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source AND width_ms = :w "
-        f"  AND cell >= :lo AND cell < :hi UNION ALL SELECT * FROM ({_aggregate(source, ends, marked)}) e WHERE ok.ok"
-        ") x ON true ORDER BY x.stock_id, x.cell"),
-        {**_bounds(stock_ids, width_ms, kept), "source": source, "since": since, "until": until,
-         **{f"m{i}": kind for i, kind in enumerate(marked)}}).all()
-    if not rows or not rows[0][0]:
-        return None
-    return [Cell(*row[1:]) for row in rows if row[1] is not None]
+def _stored(source: str, marked: tuple[str, ...]) -> str:
+    """``source``'s stored cells of the kept columns (a marked type they were not rolled up with: -1 of them)."""
+    marks = "ARRAY[" + ", ".join(
+        f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
+        for i in range(len(_marked(source, marked)))) + "]::int[]"
+    return (f"SELECT stock_id, cell, first_at, n, low, high, last, id_sum, {marks} AS marks FROM chart_cells "
+            f"WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = '{source}' AND width_ms = :w "
+            "AND cell >= :lo AND cell < :hi")
 
 
-def fill_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range,
-               marked: tuple[str, ...] = ()) -> list[Cell]:
-    """Roll ``source``'s rows of columns ``kept`` up into ``chart_cells`` (replacing what was there) and return
-    those cells, in stock row and column order: one statement in a transaction of its own (the caller's may
-    be a read, rolled back), not waiting for the disk (derived data)."""
-    marked = marked if source == "ledger" else ()
-    params = {**_bounds(stock_ids, width_ms, kept), "source": source,
-              **{f"m{i}": kind for i, kind in enumerate(marked)}}
-    pairs = ", ".join(f"CAST(:m{i} AS text), jsonb_build_array(a.marks[{2 * i + 1}], a.marks[{2 * i + 2}])"
-                      for i in range(len(marked)))
+def _stale(source: str) -> str:
+    """The kept columns where ``source``'s stored cells are not their rows' (count or id sum differ: a row added
+    late or pruned, a column never stored), as one range ``[lo, hi)`` with its times (NULL: none); counted by
+    index-only scans of the ``(stock_id, time) INCLUDE (id)`` index."""
+    table, at, _, _ = _SOURCES[source]
+    counted = (f"SELECT r.stock_id, r.cell, count(*) AS n, sum(r.id) AS ids FROM (SELECT x.stock_id, x.id, "
+               f"round(date_part('epoch', x.{at}) * 1000000)::bigint / (CAST(:w AS bigint) * 1000) AS cell "
+               f"FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT x.stock_id, x.id, x.{at} "
+               f"FROM {table} x WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) x) r GROUP BY 1, 2")
+    held = (f"SELECT stock_id, cell, n, id_sum FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
+            f"AND source = '{source}' AND width_ms = :w AND cell >= :lo AND cell < :hi")
+    # Per stock row first (the count and id sum of all its kept rows, no column computed): per column only when
+    # a stock row's differ, so a draw whose stored cells are all current pays for the cheap check alone.
+    current = ("SELECT COALESCE(bool_and(COALESCE(c.n, 0) = r.n AND COALESCE(c.ids, 0) = COALESCE(r.ids, 0)), true) "
+               "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) AS "
+               f"ids FROM chart_cells WHERE stock_id = s.id AND source = '{source}' AND width_ms = :w AND cell >= :lo "
+               f"AND cell < :hi) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(x.id) AS ids FROM {table} x "
+               f"WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) r")
+    span = (f"SELECT min(COALESCE(r.cell, h.cell)) AS lo, max(COALESCE(r.cell, h.cell)) + 1 AS hi FROM ({counted}) r "
+            f"FULL JOIN ({held}) h ON h.stock_id = r.stock_id AND h.cell = r.cell "
+            f"WHERE NOT ({current}) AND (r.n IS DISTINCT FROM h.n OR r.ids IS DISTINCT FROM h.id_sum)")
+    start = "timestamptz 'epoch' + {} * CAST(:w AS bigint) * interval '1 millisecond'"
+    return f"SELECT lo, hi, {start.format('lo')} AS lo_t, {start.format('hi')} AS hi_t FROM ({span}) d"
+
+
+class WindowCells(NamedTuple):
+    """A chart window's cells per source (in stock row and column order): ``kept``, its kept columns' (stored,
+    and from the rows over ``stale``, the columns whose stored cells were not current), and ``ends``, the rest
+    of it from the rows."""
+
+    kept: dict[str, list[Cell]]
+    ends: dict[str, list[Cell]]
+    stale: dict[str, range | None]
+
+
+#: A row of no cell (a source's header in :func:`window_cells`).
+_NO_CELL = ("NULL::bigint, NULL::bigint, NULL::timestamptz, NULL::bigint, NULL::int, NULL::int, NULL::int, "
+            "NULL::bigint, NULL::int[]")
+
+
+@functools.lru_cache(maxsize=16)
+def _window_statement(marked: tuple[str, ...]) -> TextClause:
+    """:func:`window_cells`'s statement, built and parsed once per set of marked types."""
+    parts, steps = [], []
+    for source in SOURCES:
+        mine = _marked(source, marked)
+        stale = f"stale_{source}"
+        steps.append(f"{stale} AS MATERIALIZED ({_stale(source)})")
+        fresh = f"{{t}} >= (SELECT lo_t FROM {stale}) AND {{t}} < (SELECT hi_t FROM {stale})"
+        parts += [f"SELECT '{source}' AS source, 'stale' AS part, st.lo, st.hi, {_NO_CELL} FROM {stale} st",
+                  f"SELECT '{source}', 'kept', NULL::bigint, NULL::bigint, c.* FROM ({_stored(source, marked)}) c, "
+                  f"{stale} st WHERE st.lo IS NULL OR c.cell < st.lo OR c.cell >= st.hi",
+                  f"SELECT '{source}', 'kept', NULL, NULL, a.* FROM ({_aggregate(source, _rows(source, (fresh,)), mine)}) a",
+                  f"SELECT '{source}', 'ends', NULL, NULL, e.* FROM ({_aggregate(source, _rows(source, _ENDS), mine)}) e"]
+    return text("WITH " + ", ".join(steps) + " " + " UNION ALL ".join(parts))
+
+
+def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since: datetime, until: datetime,
+                 kept: range, marked: tuple[str, ...] = ()) -> WindowCells:
+    """Every source's cells of ``[since, until]`` on the ``width_ms`` grid, in one statement: columns ``kept``
+    from ``chart_cells`` where the stored ones are current (their rows' count and id sum unchanged: a row added
+    late, or pruned, changes them), from the rows over the range of those that are not (for the caller to
+    store, :func:`store_cells`), and the rest of the window (its ends) from the rows, with ``marked`` change
+    types counted."""
+    rows = session.execute(_window_statement(marked), _bounds(stock_ids, width_ms, kept, since, until, marked)).all()
+    found = WindowCells({source: [] for source in SOURCES}, {source: [] for source in SOURCES}, {})
+    for source, part, lo, hi, *cell in rows:
+        if part == "stale":
+            found.stale[source] = range(lo, hi) if lo is not None else None
+        else:
+            getattr(found, part)[source].append(Cell(*cell))
+    for cells in (*found.kept.values(), *found.ends.values()):
+        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
+    return found
+
+
+def kept_cells(session: Session, stock_ids: list[int], *, width_ms: int, kept: range, marked: tuple[str, ...] = (),
+               sources: tuple[str, ...] = SOURCES) -> dict[str, list[Cell]]:
+    """``sources``' cells of columns ``kept`` from their rows, in stock row and column order."""
+    rows = session.execute(text(" UNION ALL ".join(
+        f"SELECT '{source}', a.* FROM ({_aggregate(source, _rows(source, _KEPT), _marked(source, marked))}) a"
+        for source in sources)), _bounds(stock_ids, width_ms, kept, _EPOCH, _EPOCH, marked)).all()
+    found: dict[str, list[Cell]] = {source: [] for source in sources}
+    for source, *cell in rows:
+        found[source].append(Cell(*cell))
+    for cells in found.values():
+        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
+    return found
+
+
+def cells_json(cells: list[Cell]) -> str:
+    """``cells`` as :func:`store_cells` takes them: a flat JSON array per cell, its marks last."""
+    return json.dumps([[c.stock_id, c.cell, c.first_at.isoformat(), c.n, c.low, c.high, c.last, c.id_sum, *c.marks]
+                       for c in cells])
+
+
+def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: int, kept: range, rows: str,
+                marked: tuple[str, ...] = ()) -> None:
+    """Store ``rows`` (:func:`cells_json`), ``source``'s cells of columns ``kept`` of ``stock_ids`` (``marked``:
+    the change types their marks count), in place of what ``chart_cells`` held there: one statement in a
+    transaction of its own, not waiting for the disk (derived data; a row that came since is caught by the next
+    check).  Written in key order, so two writers of the same cells wait for each other rather than deadlock."""
+    mine = _marked(source, marked)
+    marks = ", ".join(f"CAST(:m{i} AS text), jsonb_build_array((x ->> {8 + 2 * i})::int, (x ->> {9 + 2 * i})::int)"
+                      for i in range(len(mine)))
     with engine.begin() as connection:
         connection.execute(text("SET LOCAL synchronous_commit = off"))
         connection.execute(text(
-            "DELETE FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = :source "
-            "AND width_ms = :w AND cell >= :lo AND cell < :hi"), params)
-        rows = connection.execute(text(
-            f"WITH a AS ({_aggregate(source, _rows(source, '{t} >= :lo_t AND {t} < :hi_t'), marked)}), "
-            "stored AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, "
-            "id_sum, marks) SELECT a.stock_id, :source, :w, a.cell, a.first_at, a.n, a.low, a.high, a.last, a.id_sum, "
-            f"jsonb_build_object({pairs}) FROM a) SELECT * FROM a"), params).all()
-    return sorted((Cell(*row) for row in rows), key=lambda cell: (cell.stock_id, cell.cell))
+            "WITH c AS (SELECT (x ->> 0)::bigint AS stock_id, (x ->> 1)::bigint AS cell, (x ->> 2)::timestamptz "
+            "  AS first_at, (x ->> 3)::int AS n, (x ->> 4)::int AS low, (x ->> 5)::int AS high, (x ->> 6)::int AS last, "
+            f"  (x ->> 7)::bigint AS id_sum, jsonb_build_object({marks}) AS marks "
+            "  FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS x), "
+            "w AS (INSERT INTO chart_cells (stock_id, source, width_ms, cell, first_at, n, low, high, last, id_sum, "
+            "  marks) SELECT c.stock_id, :source, :w, c.cell, c.first_at, c.n, c.low, c.high, c.last, c.id_sum, "
+            "  c.marks FROM c ORDER BY c.stock_id, c.cell ON CONFLICT (stock_id, source, width_ms, cell) DO UPDATE "
+            "  SET first_at = excluded.first_at, n = excluded.n, low = excluded.low, high = excluded.high, "
+            "  last = excluded.last, id_sum = excluded.id_sum, marks = excluded.marks) "
+            # The kept columns with no row (left): not written above, so no conflict with those writes.
+            "DELETE FROM chart_cells d WHERE d.stock_id = ANY(CAST(:ids AS bigint[])) AND d.source = :source "
+            "AND d.width_ms = :w AND d.cell >= :lo AND d.cell < :hi "
+            "AND NOT EXISTS (SELECT 1 FROM c WHERE c.stock_id = d.stock_id AND c.cell = d.cell)"),
+            {"rows": rows, "source": source, "ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop,
+             **{f"m{i}": kind for i, kind in enumerate(mine)}})
 
 
 def _column_start(column: int, width_ms: int) -> datetime:

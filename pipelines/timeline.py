@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -142,8 +144,12 @@ def timeline(session: Session, variation_id: int, sku: str, *, as_of: datetime |
     since = since or rules.window_start(as_of, queries.first_moment(session, variation_id), days)
     window = read_window(session, variation_id, sku, since, as_of, limit)
     entries, more = rules.latest(rules.merge(*sources(window)), limit)
-    return Timeline(variation_id, sku, as_of, since, queries.account_states(session, variation_id, as_of), entries,
-                    more or window.cut, chart(session, window, moving=moving))
+    drawn = window
+    if moving:  # charted over its ends widened to the whole minute (see chart())
+        chart_since, chart_until = rules.chart_window(since, as_of)
+        drawn = replace(window, since=chart_since, until=chart_until)
+    states, begin = queries.account_states(session, variation_id, (as_of, drawn.since))
+    return Timeline(variation_id, sku, as_of, since, states, entries, more or window.cut, chart(session, drawn, begin))
 
 
 def timeline_of_sku(session: Session, sku: str, **options) -> Timeline | None:
@@ -182,21 +188,17 @@ _charts: OrderedDict[tuple, Chart] = OrderedDict()
 _charts_lock = threading.Lock()
 
 
-def chart(session: Session, window: Window, *, moving: bool = False) -> Chart:
-    """The window's chart: every booking and read of it sliced per column of a fixed grid (whatever their
-    number, a few points per column; the settled columns rolled up once, see :func:`chart_cells`), orders,
-    top-ups and manual changes per few columns, the pushes.
+def chart(session: Session, window: Window, begin: list[queries.AccountState]) -> Chart:
+    """The window's chart (``begin``: every account's state at its start): every booking and read of it sliced
+    per column of a fixed grid (whatever their number, a few points per column; the settled columns rolled up
+    once, see :func:`chart_cells`), orders, top-ups and manual changes per few columns, the pushes.
 
-    A repeated view is a lookup, keyed by the database, the window, every account's state at its start,
+    A repeated view is a lookup, keyed by the database, the window, ``begin``,
     :func:`db.timeline.chart_version` (newest ledger id, the window's read count and newest read id per
     account) and its pushes: a booking, a read (or a pruned one) or a push changes the key, so a stale chart
-    is never shown; the least recently used of :data:`CHART_CACHE_SIZE` charts goes first.  ``moving`` (a
-    window ending now): drawn over :func:`core.timeline.chart_window` (its ends to the whole minute), so a
-    view within the same minute is a lookup too."""
-    if moving:
-        since, until = rules.chart_window(window.since, window.until)
-        window = replace(window, since=since, until=until)
-    begin = queries.account_states(session, window.variation_id, window.since)
+    is never shown; the least recently used of :data:`CHART_CACHE_SIZE` charts goes first.  A window ending
+    now comes here over :func:`core.timeline.chart_window` (its ends to the whole minute), so a view within
+    the same minute is a lookup too."""
     key = (session.get_bind().url.render_as_string(), window.variation_id, window.since, window.until, tuple(begin),
            queries.chart_version(session, window.variation_id, [state.stock_id for state in begin],
                                  since=window.since, until=window.until),
@@ -220,31 +222,59 @@ def chart(session: Session, window: Window, *, moving: bool = False) -> Chart:
 SETTLE = timedelta(minutes=10)
 
 
-def chart_cells(session: Session, source: str, stock_ids: list[int], *, since: datetime, until: datetime,
-                width_ms: int, marked: tuple[str, ...] = ()) -> list[queries.Cell]:
-    """``source``'s rows (``ledger`` or ``read``) of ``[since, until]`` per column of the ``width_ms`` grid, in
-    stock row and column order.  The settled columns come from ``chart_cells`` when they are current (their
-    rows' count and id sum unchanged), else they are rolled up from the rows and stored for the next draw;
-    the window's ends and the columns still moving come from the rows each time."""
+def chart_cells(session: Session, stock_ids: list[int], *, since: datetime, until: datetime, width_ms: int,
+                marked: tuple[str, ...] = ()) -> dict[str, list[queries.Cell]]:
+    """Every source's rows (``ledger``, ``read``) of ``[since, until]`` per column of the ``width_ms`` grid, in
+    stock row and column order.  The settled columns come from ``chart_cells`` where they are current (their
+    rows' count and id sum unchanged), else from the rows, stored behind the answer for the next draw
+    (:func:`settle_rollups`); the window's ends and the columns still moving come from the rows each time."""
     kept = settled_columns(since, until, datetime.now(timezone.utc) - SETTLE, width_ms)
-    marked = marked if source == "ledger" else ()
-    if not kept:
-        return queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
+    found = queries.window_cells(session, stock_ids, width_ms=width_ms, since=since, until=until, kept=kept,
                                  marked=marked)
-    cells = queries.current_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
-                                  kept=kept, marked=marked)
-    if cells is not None and all(-1 not in cell.marks[0::2] for cell in cells):  # -1: rolled up for other marks
-        return cells
-    try:
-        stored = queries.fill_cells(session.get_bind().engine, source, stock_ids, width_ms=width_ms, kept=kept,
-                                    marked=marked)
-    except DBAPIError as failed:  # drawn from the rows all the same; the next draw tries again
-        log.warning("chart: could not roll up the columns of stock rows %s: %s", stock_ids, str(failed.orig)[:200])
-        return queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until,
-                                 kept=kept, marked=marked)
-    ends = queries.raw_cells(session, source, stock_ids, width_ms=width_ms, since=since, until=until, kept=kept,
-                             marked=marked, ends_only=True)
-    return sorted(stored + ends, key=lambda cell: (cell.stock_id, cell.cell))
+    drawn = {}
+    for source in queries.SOURCES:
+        cells, stale = found.kept[source], found.stale[source]
+        if any(-1 in cell.marks[0::2] for cell in cells):  # rolled up without one of the marked types
+            cells, stale = queries.kept_cells(session, stock_ids, width_ms=width_ms, kept=kept, marked=marked,
+                                              sources=(source,))[source], kept
+        if stale:
+            _store_behind(session.get_bind().engine, source, stock_ids, width_ms, stale,
+                          [cell for cell in cells if cell.cell in stale], marked)
+        drawn[source] = sorted(cells + found.ends[source], key=lambda cell: (cell.stock_id, cell.cell))
+    return drawn
+
+
+#: Roll-ups are stored behind the answer by one thread per process (derived data: a chart drawn from the rows
+#: does not wait for their write); one already waiting is not queued twice.
+_rollups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chart-rollups")
+_waiting: set[tuple] = set()
+_waiting_lock = threading.Lock()
+
+
+def _store_behind(engine: Engine, source: str, stock_ids: list[int], width_ms: int, kept: range,
+                  cells: list[queries.Cell], marked: tuple[str, ...]) -> None:
+    key = (engine.url.render_as_string(), source, tuple(stock_ids), width_ms, kept.start, kept.stop)
+    with _waiting_lock:
+        if key in _waiting:
+            return
+        _waiting.add(key)
+    rows = queries.cells_json(cells)  # here: the thread behind only waits on the database
+
+    def store() -> None:
+        try:
+            queries.store_cells(engine, source, stock_ids, width_ms=width_ms, kept=kept, rows=rows, marked=marked)
+        except DBAPIError as failed:  # the next draw rolls them up again
+            log.warning("chart: could not store the columns of stock rows %s: %s", stock_ids, str(failed.orig)[:200])
+        finally:
+            with _waiting_lock:
+                _waiting.discard(key)
+
+    _rollups.submit(store)
+
+
+def settle_rollups(timeout: float = 60.0) -> None:
+    """Wait until every roll-up queued so far is stored (a test's or a bench's next step reads them)."""
+    _rollups.submit(lambda: None).result(timeout)
 
 
 def clear_chart_cache() -> None:
@@ -261,8 +291,8 @@ def _draw(session: Session, window: Window, begin: list[queries.AccountState]) -
     changes: dict[str, list] = {state.account: [] for state in begin}
     counted: dict[str, int] = {}
     sliced: dict[tuple, list] = {}  # (account, kind, mark slice) -> [first time, how many, sum of changes]
-    for cell in chart_cells(session, "ledger", list(stocks), since=since, until=until, width_ms=width,
-                            marked=tuple(_MARKED)):
+    cells = chart_cells(session, list(stocks), since=since, until=until, width_ms=width, marked=tuple(_MARKED))
+    for cell in cells["ledger"]:
         account = stocks[cell.stock_id]
         changes.setdefault(account, []).extend(
             (cell.first_at, q) for q in (cell.low, cell.high, cell.last))  # the last one last
@@ -274,7 +304,7 @@ def _draw(session: Session, window: Window, begin: list[queries.AccountState]) -
                 found[1] += n
                 found[2] += change
     reads: dict[str, list] = {}
-    for cell in chart_cells(session, "read", list(stocks), since=since, until=until, width_ms=width):
+    for cell in cells["read"]:
         reads.setdefault(stocks[cell.stock_id], []).extend(
             (cell.first_at, q) for q in (cell.low, cell.high, cell.last))
     marks = []

@@ -6,7 +6,6 @@ Database and Redis calls are blocking: they run on the default thread pool, one 
 """
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ from aiohttp import web
 
 from core.console_rules import parse_networks
 from db import users
+from runtime.heap import settle_for_serving
 from runtime.health import ReadinessProbe
 from runtime.settings import Settings, get_settings
 from workers.console import security
@@ -182,7 +182,5 @@ def build_console_app(settings: Settings | None = None, *, sessions: Callable | 
 def run(host: str, port: int, app: web.Application | None = None) -> None:
     """Serve the console until interrupted."""
     app = app or build_console_app()
-    # The modules and the app live as long as the process: frozen, the collector's full passes skip them
-    # (walking them took ~150 ms a pass, the SKU page's p99; see README, bench/timeline.py).
-    gc.freeze()
+    settle_for_serving()
     web.run_app(app, host=host, port=port, print=None, access_log=logger)

@@ -60,6 +60,7 @@ from pipelines.orders import SHOPIFY_TOPICS, MalformedOrder, shopify_body_time, 
 from runtime import accounts, metrics, queues, resources
 from runtime.failures import is_outage
 from runtime.health import ReadinessProbe, answer, public_answer
+from runtime.heap import settle_for_serving
 from runtime.producer import REDIS_UNAVAILABLE, EventsNotSent, StockEvents
 from runtime.settings import Settings, get_settings
 from workers.intake import auth
@@ -608,5 +609,6 @@ async def readyz(request: web.Request) -> web.Response:
 def run(host: str, port: int, *, settings: Settings | None = None) -> None:
     """Serve the intake in the foreground until interrupted (``stocksync serve``)."""
     app = build_intake_app(settings)
+    settle_for_serving()
     web.run_app(app, host=host, port=port, access_log_class=RedactingAccessLogger,
                 access_log=logging.getLogger("stocksync.intake.access"), print=None, shutdown_timeout=5.0)
