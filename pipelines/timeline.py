@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from core import timeline as rules
@@ -263,8 +262,9 @@ def _store_behind(engine: Engine, source: str, stock_ids: list[int], width_ms: i
     def store() -> None:
         try:
             queries.store_cells(engine, source, stock_ids, width_ms=width_ms, kept=kept, rows=rows, marked=marked)
-        except DBAPIError as failed:  # the next draw rolls them up again
-            log.warning("chart: could not store the columns of stock rows %s: %s", stock_ids, str(failed.orig)[:200])
+        except Exception as failed:  # noqa: BLE001 (derived data: the next draw reads them from the rows again)
+            log.warning("chart: could not store the columns of stock rows %s: %s: %s", stock_ids,
+                        type(failed).__name__, str(getattr(failed, "orig", failed))[:200])
         finally:
             with _waiting_lock:
                 _waiting.discard(key)

@@ -191,3 +191,23 @@ def test_the_chart_from_stored_columns_is_the_chart_from_the_rows(random_history
             assert again.chart == first.chart
             session.execute(text("DELETE FROM chart_cells"))
             session.commit()
+
+
+def test_a_roll_up_that_cannot_be_stored_is_logged_and_drawn_from_the_rows_again(random_history, monkeypatch,
+                                                                                 caplog):
+    sessions, _, stocks, since, until, width = random_history
+
+    def refused(*_, **__):
+        raise RuntimeError("the database went away")
+
+    with sessions() as session:
+        truth = expected("read", raw(session, "read", stocks), width, since, until, ())
+        monkeypatch.setattr(queries, "store_cells", refused)
+        assert got(timeline.chart_cells(session, stocks, since=since, until=until, width_ms=width)["read"]) == truth
+        timeline.settle_rollups()
+        assert stored(session, "read") == 0
+        assert "could not store the columns" in caplog.text and "RuntimeError" in caplog.text
+        monkeypatch.undo()  # the next draw stores them: the failed one is no longer counted as waiting
+        assert got(timeline.chart_cells(session, stocks, since=since, until=until, width_ms=width)["read"]) == truth
+        timeline.settle_rollups()
+        assert stored(session, "read") > 100
