@@ -1,8 +1,9 @@
 """A SKU's timeline as queries (ledger rows, the marketplaces' reads, sliced for a chart), and the reads' retention.
 
 Each query reads one window ``[since, until]`` of one variation, newest first, at most ``limit``
-rows (one more tells the caller there were more), by the indexes ``(variation_id, id)`` of the
-ledger and ``(stock_id, read_at)`` of the reads.  The reads are written by :mod:`db.snapshot`.
+rows (one more tells the caller there were more), per stock row by the indexes ``(stock_id,
+created_at)`` of the ledger and ``(stock_id, read_at)`` of the reads (migration 0016).  The reads
+are written by :mod:`db.snapshot`.
 """
 from __future__ import annotations
 
