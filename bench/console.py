@@ -87,17 +87,22 @@ def percentiles(samples: list[float]) -> str:
             f"max {max(samples) * 1000:.2f} ms, mean {statistics.fmean(samples) * 1000:.2f} ms ({len(samples)} requests)")
 
 
+async def log_in(client: aiohttp.ClientSession) -> None:
+    """Log ``client`` in to the console as the bench's viewer (the login form's CSRF token first)."""
+    page = await (await client.get("/login")).text()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    async with client.post("/login", data={"username": "bench", "password": PASSWORD, "csrf_token": token},
+                           allow_redirects=False) as response:
+        assert response.status == 303, response.status
+
+
 async def measure(base: str, paths: dict[str, str | Callable[[int], str]], requests: int, *,
                   before: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Log in, then ``requests`` sequential GETs of each path (after 20 warm-up ones); a path may be a function
     of the request's number (a different one each time), and ``before`` runs, untimed, before each request."""
     results: dict[str, list[float]] = {}
     async with aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
-        page = await (await client.get("/login")).text()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-        async with client.post("/login", data={"username": "bench", "password": PASSWORD, "csrf_token": token},
-                               allow_redirects=False) as response:
-            assert response.status == 303, response.status
+        await log_in(client)
         for name, path in paths.items():
             samples = []
             for index in range(requests + 20):

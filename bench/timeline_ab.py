@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.console import DURABLE, PASSWORD, percentiles  # noqa: E402
+from bench.console import DURABLE, PASSWORD, log_in, percentiles  # noqa: E402
 from bench.timeline import SKU, ServerProcess, load, seed  # noqa: E402
 from db import users  # noqa: E402
 from db.engine import session_factory  # noqa: E402
@@ -42,11 +41,7 @@ def migrate(tree: Path, url: str) -> None:
 
 async def logged_in(base: str) -> aiohttp.ClientSession:
     client = aiohttp.ClientSession(base_url=base, cookie_jar=aiohttp.CookieJar(unsafe=True))
-    page = await (await client.get("/login")).text()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    async with client.post("/login", data={"username": "bench", "password": PASSWORD, "csrf_token": token},
-                           allow_redirects=False) as response:
-        assert response.status == 303, response.status
+    await log_in(client)
     return client
 
 

@@ -85,7 +85,7 @@ def ledger_rows(session: Session, variation_id: int, *, since: datetime, until: 
         "  AND x.created_at BETWEEN :since AND :until ORDER BY x.created_at DESC, x.id DESC LIMIT :limit) l "
         "WHERE s.variation_id = :v ORDER BY l.created_at DESC, l.id DESC LIMIT :limit"),
         {"v": variation_id, "since": since, "until": until, "limit": limit + 1})
-    return [LedgerRow(*row) for row in rows.all()]
+    return [LedgerRow(**row._mapping) for row in rows]
 
 
 def read_rows(session: Session, variation_id: int, *, since: datetime, until: datetime, limit: int
@@ -130,10 +130,27 @@ _SOURCES = {
              "r.us, r.id"),
 }
 SOURCES = tuple(_SOURCES)
-# A row's time in whole microseconds from the epoch (the float epoch is exact to well under one), and its column
-# of the grid: a row is in a column exactly when its time is in the column's [start, end).
-_US = "round(date_part('epoch', r.at) * 1000000)::bigint"
-_CELL = "r.us / (CAST(:w AS bigint) * 1000)"
+
+
+def _us(at: str) -> str:
+    """Time ``at`` in whole microseconds from the epoch (the float epoch is exact to well under one)."""
+    return f"round(date_part('epoch', {at}) * 1000000)::bigint"
+
+
+def _column(us: str) -> str:
+    """The grid column of a time in microseconds ``us``: a row is in a column exactly when its time is in the
+    column's [start, end)."""
+    return f"{us} / (CAST(:w AS bigint) * 1000)"
+
+
+def _held(source: str, stock_ids: str = "= ANY(CAST(:ids AS bigint[]))") -> str:
+    """``source``'s stored cells of the kept columns of the stock rows ``stock_ids`` (a condition on stock_id)."""
+    if source not in _SOURCES:  # written into the statement: one of the sources only
+        raise ValueError(f"no chart source {source!r}")
+    return (f"FROM chart_cells WHERE stock_id {stock_ids} AND source = '{source}' AND width_ms = :w "
+            "AND cell >= :lo AND cell < :hi")
+
+
 #: The kept columns' rows, and the window's ends (the rows of ``[since, until]`` outside them).
 _KEPT = ("{t} >= :lo_t AND {t} < :hi_t",)
 _ENDS = ("{t} >= :since AND {t} < :lo_t", "{t} >= :hi_t AND {t} <= :until")
@@ -165,7 +182,8 @@ def _aggregate(source: str, rows: str, marked: tuple[str, ...]) -> str:
     last = len(order.split(",")) + 1
     return (f"SELECT r.stock_id, r.cell, min(r.at) AS first_at, count(*) AS n, min(r.q) AS low, max(r.q) AS high, "
             f"CAST((max(ARRAY[{order}, r.q]))[{last}] AS int) AS last, CAST(sum(r.id) AS bigint) AS id_sum, "
-            f"{marks} AS marks FROM (SELECT r.*, {_CELL} AS cell FROM (SELECT r.*, {_US} AS us FROM ({rows}) r) r) r "
+            f"{marks} AS marks FROM (SELECT r.*, {_column('r.us')} AS cell FROM (SELECT r.*, {_us('r.at')} AS us "
+            f"FROM ({rows}) r) r) r "
             "GROUP BY r.stock_id, r.cell")
 
 
@@ -178,9 +196,7 @@ def _stored(source: str, marked: tuple[str, ...]) -> str:
     marks = "ARRAY[" + ", ".join(
         f"COALESCE(CAST(marks -> :m{i} ->> 0 AS int), -1), COALESCE(CAST(marks -> :m{i} ->> 1 AS int), 0)"
         for i in range(len(_marked(source, marked)))) + "]::int[]"
-    return (f"SELECT stock_id, cell, first_at, n, low, high, last, id_sum, {marks} AS marks FROM chart_cells "
-            f"WHERE stock_id = ANY(CAST(:ids AS bigint[])) AND source = '{source}' AND width_ms = :w "
-            "AND cell >= :lo AND cell < :hi")
+    return f"SELECT stock_id, cell, first_at, n, low, high, last, id_sum, {marks} AS marks {_held(source)}"
 
 
 def _stale(source: str) -> str:
@@ -188,19 +204,17 @@ def _stale(source: str) -> str:
     late or pruned, a column never stored), as one range ``[lo, hi)`` with its times (NULL: none); counted by
     index-only scans of the ``(stock_id, time) INCLUDE (id)`` index."""
     table, at, _, _ = _SOURCES[source]
-    counted = (f"SELECT r.stock_id, r.cell, count(*) AS n, sum(r.id) AS ids FROM (SELECT x.stock_id, x.id, "
-               f"round(date_part('epoch', x.{at}) * 1000000)::bigint / (CAST(:w AS bigint) * 1000) AS cell "
-               f"FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT x.stock_id, x.id, x.{at} "
-               f"FROM {table} x WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) x) r GROUP BY 1, 2")
-    held = (f"SELECT stock_id, cell, n, id_sum FROM chart_cells WHERE stock_id = ANY(CAST(:ids AS bigint[])) "
-            f"AND source = '{source}' AND width_ms = :w AND cell >= :lo AND cell < :hi")
+    kept_rows = (f"SELECT x.stock_id, x.id, x.{at} FROM {table} x WHERE x.stock_id = s.id "
+                 f"AND {_KEPT[0].format(t='x.' + at)}")
+    counted = (f"SELECT r.stock_id, {_column(_us('r.' + at))} AS cell, count(*) AS n, sum(r.id) AS ids "
+               f"FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL ({kept_rows}) r GROUP BY 1, 2")
+    held = f"SELECT stock_id, cell, n, id_sum {_held(source)}"
     # Per stock row first (the count and id sum of all its kept rows, no column computed): per column only when
     # a stock row's differ, so a draw whose stored cells are all current pays for the cheap check alone.
     current = ("SELECT COALESCE(bool_and(COALESCE(c.n, 0) = r.n AND COALESCE(c.ids, 0) = COALESCE(r.ids, 0)), true) "
-               "FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) AS "
-               f"ids FROM chart_cells WHERE stock_id = s.id AND source = '{source}' AND width_ms = :w AND cell >= :lo "
-               f"AND cell < :hi) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(x.id) AS ids FROM {table} x "
-               f"WHERE x.stock_id = s.id AND x.{at} >= :lo_t AND x.{at} < :hi_t) r")
+               f"FROM unnest(CAST(:ids AS bigint[])) AS s(id) CROSS JOIN LATERAL (SELECT sum(n) AS n, sum(id_sum) "
+               f"AS ids {_held(source, '= s.id')}) c CROSS JOIN LATERAL (SELECT count(*) AS n, sum(r.id) AS ids "
+               f"FROM ({kept_rows}) r) r")
     span = (f"SELECT min(COALESCE(r.cell, h.cell)) AS lo, max(COALESCE(r.cell, h.cell)) + 1 AS hi FROM ({counted}) r "
             f"FULL JOIN ({held}) h ON h.stock_id = r.stock_id AND h.cell = r.cell "
             f"WHERE NOT ({current}) AND (r.n IS DISTINCT FROM h.n OR r.ids IS DISTINCT FROM h.id_sum)")
@@ -209,7 +223,7 @@ def _stale(source: str) -> str:
 
 
 class WindowCells(NamedTuple):
-    """A chart window's cells per source (in stock row and column order): ``kept``, its kept columns' (stored,
+    """A chart window's cells per source (in no order): ``kept``, its kept columns' (stored,
     and from the rows over ``stale``, the columns whose stored cells were not current), and ``ends``, the rest
     of it from the rows."""
 
@@ -254,22 +268,18 @@ def window_cells(session: Session, stock_ids: list[int], *, width_ms: int, since
             found.stale[source] = range(lo, hi) if lo is not None else None
         else:
             getattr(found, part)[source].append(Cell(*cell))
-    for cells in (*found.kept.values(), *found.ends.values()):
-        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
     return found
 
 
 def kept_cells(session: Session, stock_ids: list[int], *, width_ms: int, kept: range, marked: tuple[str, ...] = (),
                sources: tuple[str, ...] = SOURCES) -> dict[str, list[Cell]]:
-    """``sources``' cells of columns ``kept`` from their rows, in stock row and column order."""
+    """``sources``' cells of columns ``kept`` from their rows (in no order)."""
     rows = session.execute(text(" UNION ALL ".join(
         f"SELECT '{source}', a.* FROM ({_aggregate(source, _rows(source, _KEPT), _marked(source, marked))}) a"
         for source in sources)), _bounds(stock_ids, width_ms, kept, _EPOCH, _EPOCH, marked)).all()
     found: dict[str, list[Cell]] = {source: [] for source in sources}
     for source, *cell in rows:
         found[source].append(Cell(*cell))
-    for cells in found.values():
-        cells.sort(key=lambda cell: (cell.stock_id, cell.cell))
     return found
 
 
@@ -301,9 +311,8 @@ def store_cells(engine: Engine, source: str, stock_ids: list[int], *, width_ms: 
             "  SET first_at = excluded.first_at, n = excluded.n, low = excluded.low, high = excluded.high, "
             "  last = excluded.last, id_sum = excluded.id_sum, marks = excluded.marks) "
             # The kept columns with no row (left): not written above, so no conflict with those writes.
-            "DELETE FROM chart_cells d WHERE d.stock_id = ANY(CAST(:ids AS bigint[])) AND d.source = :source "
-            "AND d.width_ms = :w AND d.cell >= :lo AND d.cell < :hi "
-            "AND NOT EXISTS (SELECT 1 FROM c WHERE c.stock_id = d.stock_id AND c.cell = d.cell)"),
+            f"DELETE {_held(source)} AND NOT EXISTS (SELECT 1 FROM c WHERE c.stock_id = chart_cells.stock_id "
+            "AND c.cell = chart_cells.cell)"),
             {"rows": rows, "source": source, "ids": stock_ids, "w": width_ms, "lo": kept.start, "hi": kept.stop,
              **{f"m{i}": kind for i, kind in enumerate(mine)}})
 
